@@ -1,0 +1,370 @@
+//! Streaming reader for pcap and pcapng. Memory is bounded by pcap-file's read buffer whatever
+//! the file size. Damage is reported, not fatal where it can be stepped over: an undecodable
+//! pcapng block is skipped and counted; a record cut short ends the file with a reason.
+
+use std::io::{self, Read};
+
+use pcap_file::pcap::PcapTsResolution;
+use pcap_file::pcap::{PcapHeader, PcapReader};
+use pcap_file::pcapng::{Block, PcapNgReadError, PcapNgReader};
+
+use super::LinkType;
+
+/// Read buffer: large enough for any pcapng block a sane writer emits (256 KiB jumbo frames and
+/// then some), small enough to keep the reader's memory flat.
+const READ_BUFFER: usize = 4 << 20;
+
+/// Why the input could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("not a pcap or pcapng file (magic {0:02x?})")]
+    NotCapture([u8; 4]),
+    #[error("file is shorter than a capture header")]
+    Empty,
+    #[error("bad capture header: {0}")]
+    Header(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Why reading stopped early or a block was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The file ends in the middle of a record.
+    TruncatedRecord,
+    /// A pcapng block could not be decoded and was stepped over.
+    MalformedBlock,
+    /// The file's framing is broken past repair; the rest was not read.
+    CorruptFile,
+}
+
+impl SkipReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TruncatedRecord => "truncated_record",
+            SkipReason::MalformedBlock => "malformed_block",
+            SkipReason::CorruptFile => "corrupt_file",
+        }
+    }
+}
+
+/// One captured packet.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub link: LinkType,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub data: &'a [u8],
+}
+
+enum Inner<R: Read> {
+    Pcap(PcapReader<R>, PcapHeader),
+    PcapNg(Box<PcapNgReader<R>>),
+}
+
+/// Reads records from a pcap or pcapng stream, told apart by the magic number.
+pub struct CaptureReader<R: Read> {
+    inner: Inner<Prefixed<R>>,
+    /// Set when reading stopped before the end of the stream.
+    stopped: Option<SkipReason>,
+    skipped: Vec<SkipReason>,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> CaptureReader<R> {
+    pub fn new(mut input: R) -> Result<Self, ReadError> {
+        let mut magic = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match input.read(&mut magic[got..]) {
+                Ok(0) => return Err(ReadError::Empty),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let stream = Prefixed {
+            prefix: magic,
+            at: 0,
+            inner: input,
+        };
+        let inner = match magic {
+            [0xa1, 0xb2, 0xc3, 0xd4]
+            | [0xd4, 0xc3, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0x3c, 0x4d]
+            | [0x4d, 0x3c, 0xb2, 0xa1] => {
+                let r =
+                    PcapReader::with_capacity(stream, READ_BUFFER).map_err(|e| header_error(&e))?;
+                let h = r.header();
+                Inner::Pcap(r, h)
+            }
+            [0x0a, 0x0d, 0x0d, 0x0a] => Inner::PcapNg(Box::new(
+                PcapNgReader::with_capacity(stream, READ_BUFFER).map_err(|e| header_error(&e))?,
+            )),
+            other => return Err(ReadError::NotCapture(other)),
+        };
+        Ok(CaptureReader {
+            inner,
+            stopped: None,
+            skipped: Vec::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Why reading ended before the end of the stream, if it did.
+    pub fn stopped(&self) -> Option<SkipReason> {
+        self.stopped
+    }
+
+    /// Takes the reasons for blocks skipped since the last call.
+    pub fn take_skipped(&mut self) -> Vec<SkipReason> {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// The next record, `Ok(None)` at the end. I/O errors other than a short read are returned;
+    /// damage inside the file ends or skips with a [`SkipReason`] instead.
+    pub fn next_record(&mut self) -> io::Result<Option<Record<'_>>> {
+        if self.stopped.is_some() {
+            return Ok(None);
+        }
+        match &mut self.inner {
+            Inner::Pcap(r, header) => {
+                let link = LinkType::from(u32::from(header.datalink));
+                let nanos = header.ts_resolution == PcapTsResolution::NanoSecond;
+                match r.next_raw_packet() {
+                    None => Ok(None),
+                    Some(Ok(p)) => {
+                        let frac = u64::from(p.ts_frac);
+                        let ts_ns = u64::from(p.ts_sec) * 1_000_000_000
+                            + if nanos { frac } else { frac * 1000 };
+                        let data: &[u8] = match p.data {
+                            std::borrow::Cow::Borrowed(d) => d,
+                            // The raw parser always borrows; an owned buffer cannot outlive the call.
+                            std::borrow::Cow::Owned(_) => return Ok(None),
+                        };
+                        Ok(Some(Record {
+                            link,
+                            ts_ns,
+                            orig_len: p.orig_len.max(p.incl_len),
+                            data,
+                        }))
+                    }
+                    Some(Err(pcap_file::pcap::PcapReadError::Io(e)))
+                        if e.kind() == io::ErrorKind::UnexpectedEof =>
+                    {
+                        self.stopped = Some(SkipReason::TruncatedRecord);
+                        Ok(None)
+                    }
+                    Some(Err(pcap_file::pcap::PcapReadError::Io(e))) => Err(e),
+                    Some(Err(_)) => {
+                        self.stopped = Some(SkipReason::CorruptFile);
+                        Ok(None)
+                    }
+                }
+            }
+            Inner::PcapNg(r) => next_pcapng(r, &mut self.buf, &mut self.stopped, &mut self.skipped),
+        }
+    }
+}
+
+fn next_pcapng<'a, R: Read>(
+    r: &mut PcapNgReader<R>,
+    buf: &'a mut Vec<u8>,
+    stopped: &mut Option<SkipReason>,
+    skipped: &mut Vec<SkipReason>,
+) -> io::Result<Option<Record<'a>>> {
+    // The packet bytes are copied out so that blocks that are not packets can be skipped in a
+    // loop without holding the reader's borrow; pcap, the common case, stays zero-copy.
+    loop {
+        let step = match r.next_block() {
+            None => return Ok(None),
+            Some(Ok((block, state))) => {
+                let link_of = |id: usize| {
+                    state
+                        .interfaces()
+                        .get(id)
+                        .map_or(LinkType::Other(u32::MAX), |i| {
+                            LinkType::from(u32::from(i.linktype))
+                        })
+                };
+                let (link, ts_ns, orig_len, data) = match &block {
+                    Block::EnhancedPacket(epb) => (
+                        link_of(epb.interface_id as usize),
+                        u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                        epb.original_len,
+                        &epb.data[..],
+                    ),
+                    Block::SimplePacket(spb) => (link_of(0), 0, spb.original_len, &spb.data[..]),
+                    Block::Packet(pb) => (
+                        link_of(usize::from(pb.interface_id)),
+                        u64::try_from(pb.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                        pb.original_len,
+                        &pb.data[..],
+                    ),
+                    _ => continue,
+                };
+                buf.clear();
+                buf.extend_from_slice(data);
+                Step::Packet(link, ts_ns, orig_len.max(data.len() as u32))
+            }
+            Some(Err(PcapNgReadError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                *stopped = Some(SkipReason::TruncatedRecord);
+                return Ok(None);
+            }
+            Some(Err(PcapNgReadError::Io(e))) => return Err(e),
+            Some(Err(PcapNgReadError::BlockConversion(_))) => Step::Malformed,
+            Some(Err(_)) => {
+                *stopped = Some(SkipReason::CorruptFile);
+                return Ok(None);
+            }
+        };
+        match step {
+            Step::Packet(link, ts_ns, orig_len) => {
+                return Ok(Some(Record {
+                    link,
+                    ts_ns,
+                    orig_len,
+                    data: buf,
+                }));
+            }
+            Step::Malformed => {
+                // The reader did not advance past the bad block: step over it as a raw block.
+                skipped.push(SkipReason::MalformedBlock);
+                match r.next_raw_block() {
+                    Some(Ok(_)) => {}
+                    None => return Ok(None),
+                    Some(Err(_)) => {
+                        *stopped = Some(SkipReason::CorruptFile);
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    Packet(LinkType, u64, u32),
+    Malformed,
+}
+
+fn header_error(e: &dyn std::error::Error) -> ReadError {
+    ReadError::Header(e.to_string())
+}
+
+/// Gives back the magic bytes read to sniff the format, then the rest of the stream.
+struct Prefixed<R> {
+    prefix: [u8; 4],
+    at: usize,
+    inner: R,
+}
+
+impl<R: Read> Read for Prefixed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{Encoder, Format, InterfaceInfo, PacketInfo};
+
+    fn sample(format: Format) -> Vec<u8> {
+        let mut enc = Encoder::new(format);
+        let id = enc
+            .add_interface(&InterfaceInfo {
+                link: LinkType::Ethernet,
+                name: "a".into(),
+                description: "a".into(),
+                snaplen: 65535,
+            })
+            .unwrap();
+        for i in 0..3u8 {
+            enc.packet(
+                id,
+                &PacketInfo {
+                    ts_ns: 1_700_000_000_123_456_789 + u64::from(i),
+                    orig_len: 60,
+                    data: &[i; 60],
+                    direction: None,
+                    comment: None,
+                },
+            )
+            .unwrap();
+        }
+        enc.take_bytes()
+    }
+
+    #[test]
+    fn reads_pcap_and_pcapng() {
+        for (format, ts) in [
+            (Format::Pcapng, 1_700_000_000_123_456_790),
+            (Format::Pcap { nanos: true }, 1_700_000_000_123_456_790),
+            (Format::Pcap { nanos: false }, 1_700_000_000_123_456_000),
+        ] {
+            let bytes = sample(format);
+            let mut r = CaptureReader::new(&bytes[..]).unwrap();
+            let mut n = 0;
+            while let Some(rec) = r.next_record().unwrap() {
+                assert_eq!(rec.link, LinkType::Ethernet);
+                assert_eq!(rec.data.len(), 60);
+                if n == 1 {
+                    assert_eq!(rec.ts_ns, ts, "{format:?}");
+                }
+                n += 1;
+            }
+            assert_eq!(n, 3);
+            assert_eq!(r.stopped(), None);
+        }
+    }
+
+    #[test]
+    fn cut_short_mid_record() {
+        for format in [Format::Pcapng, Format::Pcap { nanos: true }] {
+            let bytes = sample(format);
+            let cut = &bytes[..bytes.len() - 10];
+            let mut r = CaptureReader::new(cut).unwrap();
+            let mut n = 0;
+            while r.next_record().unwrap().is_some() {
+                n += 1;
+            }
+            assert_eq!(n, 2);
+            assert_eq!(r.stopped(), Some(SkipReason::TruncatedRecord));
+        }
+    }
+
+    #[test]
+    fn not_a_capture() {
+        assert!(matches!(
+            CaptureReader::new(&b"hello world"[..]),
+            Err(ReadError::NotCapture(_))
+        ));
+        assert!(matches!(
+            CaptureReader::new(&b"he"[..]),
+            Err(ReadError::Empty)
+        ));
+        assert!(matches!(
+            CaptureReader::new(&[0xd4, 0xc3, 0xb2, 0xa1, 2][..]),
+            Err(ReadError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_record_length_does_not_allocate_or_hang() {
+        let mut bytes = sample(Format::Pcap { nanos: true });
+        // First record's incl_len (offset 24 + 8) set to 4 GiB - 1.
+        bytes[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = CaptureReader::new(&bytes[..]).unwrap();
+        assert!(r.next_record().unwrap().is_none());
+        assert!(r.stopped().is_some());
+    }
+}
