@@ -1,0 +1,1 @@
+//! tapwire-netio (being written).
