@@ -259,6 +259,11 @@ impl Decapsulator {
         self.defrag.stats()
     }
 
+    /// Datagrams whose fragments are still incomplete.
+    pub fn pending_datagrams(&self) -> usize {
+        self.defrag.pending()
+    }
+
     /// Drops incomplete datagrams older than the reassembly timeout.
     pub fn expire(&mut self, now_ns: u64) {
         self.defrag.expire(now_ns);

@@ -7,7 +7,7 @@ mod reader;
 mod writer;
 
 pub use reader::{CaptureReader, ReadError, Record, SkipReason};
-pub use writer::{EncodeError, Encoder, Format, InterfaceInfo, PacketInfo};
+pub use writer::{EncodeError, Encoder, Format, InterfaceInfo, PacketInfo, SNAPLEN};
 
 use core::fmt;
 
