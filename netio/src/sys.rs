@@ -1,0 +1,136 @@
+//! The few raw syscalls shared by the modules, behind safe signatures.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::error::{context, context_kind};
+
+/// Plain data that any byte pattern of its size is a valid value of, so the kernel can fill it.
+///
+/// # Safety
+/// Implement only for `repr(C)` types without padding-sensitive invariants, pointers or enums.
+pub(crate) unsafe trait Pod: Copy {}
+
+// SAFETY: integers and these kernel structs of integers accept every bit pattern.
+unsafe impl Pod for libc::c_int {}
+// SAFETY: as above.
+unsafe impl Pod for libc::tpacket_stats_v3 {}
+// SAFETY: as above.
+unsafe impl Pod for libc::tpacket_req3 {}
+// SAFETY: as above.
+unsafe impl Pod for libc::packet_mreq {}
+
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub(crate) fn setsockopt<T: Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to `size_of::<T>()` initialised bytes that live for the call; the
+    // kernel only reads them.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
+/// Reads a socket option; also returns the length the kernel wrote.
+pub(crate) fn getsockopt<T: Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` has room for `len` bytes; the kernel writes at most `len` bytes and
+    // updates `len`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    cvt(ret)?;
+    // SAFETY: zero-initialised and `T: Pod`, so it is valid whether the kernel wrote all of it
+    // or a prefix.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// Takes and clears the socket's pending error (`SO_ERROR`).
+pub(crate) fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let errno: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((errno != 0).then(|| io::Error::from_raw_os_error(errno)))
+}
+
+/// The index of the interface called `name` (`if_nametoindex`).
+///
+/// A missing interface is [`io::ErrorKind::NotFound`] with the name in the message; the errno
+/// (`ENODEV`) stays reachable through [`crate::raw_os_error`].
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "interface name {name:?} must be 1 to {} bytes",
+                libc::IFNAMSIZ - 1
+            ),
+        ));
+    }
+    let c_name = CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} contains a NUL byte"),
+        )
+    })?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        let cause = io::Error::last_os_error();
+        let what = format!("no interface named {name:?} (if_nametoindex)");
+        return Err(if cause.raw_os_error() == Some(libc::ENODEV) {
+            context_kind(io::ErrorKind::NotFound, cause, what)
+        } else {
+            context(cause, what)
+        });
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifindex_rejects_bad_names_before_the_syscall() {
+        for name in ["", "a-name-of-16-chr", "nul\0inside"] {
+            let e = ifindex(name).expect_err(name);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn loopback_has_an_index() {
+        // `lo` exists in every network namespace.
+        assert!(ifindex("lo").expect("lo") > 0);
+    }
+}
