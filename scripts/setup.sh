@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what tapwire's build, tests, benchmarks and lab need on Debian, when missing.
+# Safe to run again: it only installs what is absent. Needs root for apt-get.
+set -euo pipefail
+
+# command name -> Debian package
+declare -A need=(
+  [pcap-config]=libpcap-dev
+  [tshark]=tshark
+  [capinfos]=wireshark-common
+  [tcpdump]=tcpdump
+  [tcpreplay]=tcpreplay
+  [trafgen]=netsniff-ng
+  [iperf3]=iperf3
+  [ovs-vswitchd]=openvswitch-switch
+  [hyperfine]=hyperfine
+  [tmux]=tmux
+  [ip]=iproute2
+  [ping]=iputils-ping
+  [curl]=curl
+  [pkg-config]=pkg-config
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+[ -x /usr/bin/time ] || missing+=(time)
+/usr/bin/python3 -c 'import scapy' 2>/dev/null || missing+=(python3-scapy)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages: ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust 1.95+ (rustup)" >&2; exit 1; }
