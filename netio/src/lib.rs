@@ -28,6 +28,14 @@
 //!   errno through the added context.
 //! - Callers never see raw pointers: buffers are slices, addresses are [`std::net::SocketAddr`],
 //!   sockets are anything [`std::os::fd::AsFd`].
+//!
+//! # Testing
+//!
+//! Block parsing, VLAN re-insertion, address and control-message decoding are unit-tested on
+//! byte arrays. The integration tests (`tests/`) need root: each makes its own network
+//! namespace and veth pair, runs socket setup inside it on a thread that called
+//! `setns(CLONE_NEWNET)` (sockets keep their namespace when handed back to the test thread),
+//! and deletes the namespace in a `Drop` guard. Without root they print why and skip.
 
 pub mod batch;
 pub mod bpf;

@@ -6,6 +6,11 @@
 //! ring, iterates [`Packet`]s without copying, and gives the block back to the kernel when
 //! dropped. One block is held at a time; while it is held the kernel fills the others, and when
 //! all are held it drops packets and counts them ([`Ring::stats`]).
+//!
+//! VLAN tags: on receive the kernel always moves the outermost 802.1Q/802.1ad tag out of the
+//! frame into `tp_vlan_tci`/`tp_vlan_tpid` before packet sockets see it (checked on veth,
+//! kernel 6.18, QinQ included); frames this host sends through a packet socket keep their tag
+//! inline. [`Packet::write_with_vlan`] gives the wire bytes in both cases.
 #![allow(unsafe_code)]
 
 mod parse;
@@ -59,7 +64,8 @@ impl FanoutMode {
     }
 }
 
-/// Join a fanout group: rings with the same `group_id` on the same interface share its packets.
+/// Join a fanout group: rings with the same `group_id` share the interface's packets, each
+/// packet going to one of them. All members must use the same mode and interface.
 ///
 /// `PACKET_FANOUT_FLAG_DEFRAG` is never set: the kernel would reassemble IP fragments before
 /// hashing, and tapwire must see fragments as they were on the wire.
@@ -465,9 +471,12 @@ impl Ring {
     }
 
     /// Waits up to `timeout` for the kernel to hand over the next block. `Ok(None)` on timeout;
-    /// a zero timeout only checks. An error from the socket (`ENETDOWN` when the interface goes
-    /// down or away, see [`crate::is_interface_gone`]) is returned once; the ring stays usable
-    /// and resumes if the same interface comes back up.
+    /// a zero timeout only checks.
+    ///
+    /// An error from the socket is returned once: `ENETDOWN` when the interface goes down or is
+    /// deleted (see [`crate::is_interface_gone`]). After a down, the ring resumes by itself when
+    /// the interface comes back up. After a delete it will never see another packet: drop it
+    /// and open a new ring once an interface of that name exists again (it has a new index).
     pub fn next_block(&mut self, timeout: Duration) -> io::Result<Option<Block<'_>>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
