@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use tapwire_netio::batch::{
-    Datagram, RecvBatch, SendBatch, enable_rxq_ovfl, gre_socket_v4, gre_socket_v6, set_recv_buffer,
+    Datagram, RecvBatch, SendBatch, enable_rxq_ovfl, enable_timestamps, gre_socket_v4,
+    gre_socket_v6, set_recv_buffer,
 };
 
 fn receiver(addr: &str) -> Option<UdpSocket> {
@@ -345,4 +346,36 @@ fn raw_gre_sockets_ipv4_and_ipv6() {
         assert_eq!(source.map(|s| s.ip()), Some(to6.ip()));
         assert_eq!(data, sent, "AF_INET6: starts at the GRE header");
     }
+}
+
+#[test]
+fn timestamps_are_the_kernel_receive_time() {
+    let Some(rx) = receiver("127.0.0.1:0") else {
+        return;
+    };
+    enable_timestamps(&rx).expect("SO_TIMESTAMPNS");
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("sender");
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64
+    };
+    let before = now_ns();
+    for i in 0..3u8 {
+        tx.send_to(&[i; 10], rx.local_addr().expect("addr"))
+            .expect("send");
+    }
+    let mut batch = RecvBatch::new(8, 2048);
+    let mut stamps = Vec::new();
+    while stamps.len() < 3 {
+        batch.recv(&rx).expect("recv");
+        stamps.extend(batch.messages().map(|m| m.ts_ns.expect("timestamp")));
+    }
+    let after = now_ns();
+    assert!(
+        stamps.iter().all(|t| (before..=after).contains(t)),
+        "{stamps:?} not in {before}..={after}"
+    );
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]));
 }

@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::context;
 use crate::sys;
-use wire::{AddrBuf, ControlBuf, decode_addr, encode_addr, rxq_ovfl};
+use wire::{AddrBuf, ControlBuf, decode_addr, encode_addr, parse_control};
 
 /// One datagram of a [`RecvBatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub struct Message<'a> {
     /// [`enable_rxq_ovfl`] is on and the count is non-zero (the kernel sends no control message
     /// while it is zero).
     pub rxq_drops: Option<u32>,
+    /// The kernel's receive time in nanoseconds since the Unix epoch, when
+    /// [`enable_timestamps`] is on.
+    pub ts_ns: Option<u64>,
 }
 
 /// Preallocated buffers for `recvmmsg`: `count` datagrams of up to `buf_size_bytes` each.
@@ -163,12 +166,14 @@ impl RecvBatch {
         // msg_controllen is size_t on glibc but socklen_t on musl.
         #[allow(clippy::unnecessary_cast)]
         let control_len = (hdr.msg_controllen as usize).min(size_of::<ControlBuf>());
+        let control = parse_control(&self.controls[i].0[..control_len]);
         Message {
             data,
             len_bytes,
             truncated: hdr.msg_flags & libc::MSG_TRUNC != 0 || len_bytes > self.buf_size,
             source: decode_addr(&self.names[i], hdr.msg_namelen as usize),
-            rxq_drops: rxq_ovfl(&self.controls[i].0[..control_len]),
+            rxq_drops: control.rxq_drops,
+            ts_ns: control.ts_ns,
         }
     }
 }
@@ -281,6 +286,13 @@ impl SendBatch {
 pub fn enable_rxq_ovfl(socket: &impl AsFd) -> io::Result<()> {
     sys::setsockopt(socket.as_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &1)
         .map_err(|e| context(e, "setsockopt(SO_RXQ_OVFL)"))
+}
+
+/// Asks the kernel to attach each datagram's receive time (`SO_TIMESTAMPNS`), read back as
+/// [`Message::ts_ns`].
+pub fn enable_timestamps(socket: &impl AsFd) -> io::Result<()> {
+    sys::setsockopt(socket.as_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &1)
+        .map_err(|e| context(e, "setsockopt(SO_TIMESTAMPNS)"))
 }
 
 /// What [`set_recv_buffer`] got.

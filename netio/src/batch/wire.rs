@@ -100,9 +100,18 @@ const _: () = {
     assert!(CMSG_HDR_LEN.is_multiple_of(CMSG_ALIGN));
 };
 
-/// The `SO_RXQ_OVFL` counter in `control` (the first `msg_controllen` bytes), walking the
-/// messages the way `CMSG_NXTHDR` does but with bounds checks.
-pub(crate) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
+/// What the control messages of one datagram carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Control {
+    pub rxq_drops: Option<u32>,
+    /// `SO_TIMESTAMPNS`: receive time in nanoseconds since the Unix epoch.
+    pub ts_ns: Option<u64>,
+}
+
+/// Reads `SO_RXQ_OVFL` and `SO_TIMESTAMPNS` from `control` (the first `msg_controllen`
+/// bytes), walking the messages the way `CMSG_NXTHDR` does but with bounds checks.
+pub(crate) fn parse_control(control: &[u8]) -> Control {
+    let mut out = Control::default();
     let mut at = 0usize;
     while let Some(hdr) = at
         .checked_add(CMSG_HDR_LEN)
@@ -124,15 +133,35 @@ pub(crate) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
             hdr[CMSG_ALIGN + 7],
         ]);
         if len < CMSG_HDR_LEN {
-            return None;
+            break;
         }
-        let data = control.get(at + CMSG_HDR_LEN..at.checked_add(len)?)?;
-        if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL && data.len() >= 4 {
-            return Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+        let Some(data) = at
+            .checked_add(len)
+            .and_then(|end| control.get(at + CMSG_HDR_LEN..end))
+        else {
+            break;
+        };
+        if level == libc::SOL_SOCKET {
+            if kind == libc::SO_RXQ_OVFL && data.len() >= 4 {
+                out.rxq_drops = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+            } else if kind == libc::SO_TIMESTAMPNS && data.len() >= 16 {
+                // struct timespec { time_t tv_sec; long tv_nsec; } on 64-bit Linux.
+                let mut sec = [0u8; 8];
+                let mut nsec = [0u8; 8];
+                sec.copy_from_slice(&data[..8]);
+                nsec.copy_from_slice(&data[8..16]);
+                let (sec, nsec) = (i64::from_ne_bytes(sec), i64::from_ne_bytes(nsec));
+                if sec >= 0 && (0..1_000_000_000).contains(&nsec) {
+                    out.ts_ns = Some(sec as u64 * 1_000_000_000 + nsec as u64);
+                }
+            }
         }
-        at = at.checked_add(len.next_multiple_of(CMSG_ALIGN))?;
+        let Some(next) = at.checked_add(len.next_multiple_of(CMSG_ALIGN)) else {
+            break;
+        };
+        at = next;
     }
-    None
+    out
 }
 
 #[cfg(test)]
@@ -196,19 +225,41 @@ mod tests {
             libc::SO_RXQ_OVFL,
             &42u32.to_ne_bytes(),
         ));
-        assert_eq!(rxq_ovfl(&control), Some(42));
-        assert_eq!(rxq_ovfl(&control[..16]), None);
-        assert_eq!(rxq_ovfl(&[]), None);
+        assert_eq!(parse_control(&control).rxq_drops, Some(42));
+        assert_eq!(parse_control(&control[..16]).rxq_drops, None);
+    }
+
+    #[test]
+    fn finds_timestamp() {
+        let mut ts = Vec::new();
+        ts.extend_from_slice(&1_700_000_000i64.to_ne_bytes());
+        ts.extend_from_slice(&123_456_789i64.to_ne_bytes());
+        let mut control = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &7u32.to_ne_bytes());
+        control.extend(cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &ts));
+        assert_eq!(
+            parse_control(&control),
+            Control {
+                rxq_drops: Some(7),
+                ts_ns: Some(1_700_000_000_123_456_789)
+            }
+        );
+        let mut bad = ts.clone();
+        bad[8..16].copy_from_slice(&2_000_000_000i64.to_ne_bytes());
+        assert_eq!(
+            parse_control(&cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &bad)).ts_ns,
+            None
+        );
+        assert_eq!(parse_control(&[]).rxq_drops, None);
     }
 
     #[test]
     fn corrupt_lengths_stop_the_walk() {
         let mut control = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &1u32.to_ne_bytes());
         control[..CMSG_ALIGN].copy_from_slice(&usize::MAX.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&control), None);
+        assert_eq!(parse_control(&control).rxq_drops, None);
         control[..CMSG_ALIGN].copy_from_slice(&3usize.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&control), None);
+        assert_eq!(parse_control(&control).rxq_drops, None);
         control[..CMSG_ALIGN].copy_from_slice(&1000usize.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&control), None);
+        assert_eq!(parse_control(&control).rxq_drops, None);
     }
 }
