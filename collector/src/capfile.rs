@@ -17,6 +17,8 @@ pub struct CaptureFile {
     file: Option<File>,
     enc: Encoder,
     interfaces: FxHashMap<(SourceId, LinkType), u32>,
+    /// The interface of the last packet: a per-source file has one, so this always hits.
+    last_interface: Option<((SourceId, LinkType), u32)>,
     bytes_written: u64,
     packets: u64,
 }
@@ -30,6 +32,7 @@ impl CaptureFile {
             file: Some(file),
             enc: Encoder::new(format),
             interfaces: FxHashMap::default(),
+            last_interface: None,
             bytes_written: 0,
             packets: 0,
         })
@@ -64,11 +67,20 @@ impl CaptureFile {
         link: LinkType,
         info: impl FnOnce() -> InterfaceInfo,
     ) -> Result<u32, EncodeError> {
-        if let Some(&id) = self.interfaces.get(&(source, link)) {
+        if let Some((k, id)) = self.last_interface
+            && k == (source, link)
+        {
             return Ok(id);
         }
-        let id = self.enc.add_interface(&info())?;
-        self.interfaces.insert((source, link), id);
+        let id = match self.interfaces.get(&(source, link)) {
+            Some(&id) => id,
+            None => {
+                let id = self.enc.add_interface(&info())?;
+                self.interfaces.insert((source, link), id);
+                id
+            }
+        };
+        self.last_interface = Some(((source, link), id));
         Ok(id)
     }
 

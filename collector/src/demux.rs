@@ -141,6 +141,20 @@ impl Source {
     }
 }
 
+/// Slots in the recent-sources cache; a power of two.
+const RECENT: usize = 64;
+
+/// Mixes the id with the last byte of the outer address: sessions of one sender differ in the
+/// id, senders of one session id in the address.
+#[inline]
+fn recent_slot(key: &SourceKey) -> usize {
+    let last_byte = match key.src {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    (key.id as usize ^ usize::from(last_byte).rotate_left(3)) & (RECENT - 1)
+}
+
 /// The table full: new sources are refused (and counted by the caller), known ones go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
@@ -151,8 +165,9 @@ pub struct Demux {
     sources: Vec<Source>,
     sender_index: FxHashMap<SenderKey, u32>,
     senders: Vec<Sender>,
-    /// Consecutive packets mostly come from the same source: skip the hash lookup.
-    last: Option<(SourceKey, SourceId)>,
+    /// Sources seen recently, direct-mapped by id and outer address ([`recent_slot`]): a run of
+    /// one source and sessions interleaved round-robin both hit here and skip the hash lookup.
+    recent: [Option<(SourceKey, SourceId)>; RECENT],
     max_sources: usize,
 }
 
@@ -163,7 +178,7 @@ impl Demux {
             sources: Vec::new(),
             sender_index: FxHashMap::default(),
             senders: Vec::new(),
-            last: None,
+            recent: [None; RECENT],
             max_sources,
         }
     }
@@ -171,7 +186,8 @@ impl Demux {
     /// The id of `key`'s source, and whether it was just created.
     #[inline]
     pub fn source_id(&mut self, key: &SourceKey) -> Result<(SourceId, bool), TableFull> {
-        if let Some((k, id)) = self.last
+        let slot = recent_slot(key);
+        if let Some((k, id)) = self.recent[slot]
             && k == *key
         {
             return Ok((id, false));
@@ -189,7 +205,7 @@ impl Demux {
                 (id, true)
             }
         };
-        self.last = Some((*key, id));
+        self.recent[slot] = Some((*key, id));
         Ok((id, new))
     }
 

@@ -120,7 +120,8 @@ impl SeqTracker {
 
     fn classify(&mut self, highest: u32, seq: u32) -> Observation {
         let m = self.modulus;
-        let fwd = (u64::from(seq) + m - u64::from(highest)) % m;
+        // The modulus is a power of two: masking, not a division, on every packet.
+        let fwd = (u64::from(seq) + m - u64::from(highest)) & (m - 1);
         if fwd == 0 {
             self.stats.duplicates += 1;
             return Observation::Duplicate;
@@ -177,8 +178,8 @@ impl SeqTracker {
         let lost = d - 1;
         self.stats.lost += u64::from(lost);
         let m = self.modulus;
-        let from = ((u64::from(highest) + 1) % m) as u32;
-        let to = ((u64::from(seq) + m - 1) % m) as u32;
+        let from = ((u64::from(highest) + 1) & (m - 1)) as u32;
+        let to = ((u64::from(seq) + m - 1) & (m - 1)) as u32;
         Observation::Gap { lost, from, to }
     }
 
@@ -198,6 +199,16 @@ impl SeqTracker {
 
     /// Moves the window `d` numbers forward: bit i becomes bit i + d.
     fn shift(&mut self, d: u32) {
+        if d == 1 {
+            // The next number in order: the common case by far.
+            let mut carry = 0;
+            for w in &mut self.window {
+                let out = *w >> 63;
+                *w = (*w << 1) | carry;
+                carry = out;
+            }
+            return;
+        }
         if d >= WINDOW {
             self.window = [0; (WINDOW / 64) as usize];
             return;

@@ -211,6 +211,7 @@ pub enum Outcome<'a> {
 }
 
 impl From<Error> for Outcome<'_> {
+    #[inline]
     fn from(e: Error) -> Self {
         Outcome::Malformed(e.reason())
     }
@@ -270,6 +271,7 @@ impl Decapsulator {
     }
 
     /// Decapsulates a link-layer frame of type `link` captured at `now_ns`.
+    #[inline]
     pub fn decap_link<'a>(
         &'a mut self,
         link: LinkType,
@@ -285,6 +287,7 @@ impl Decapsulator {
     }
 
     /// Decapsulates an IPv4 or IPv6 datagram, told apart by the version nibble.
+    #[inline]
     pub fn decap_ip<'a>(&'a mut self, data: &'a [u8], now_ns: u64) -> Outcome<'a> {
         match data.first().map(|b| b >> 4) {
             Some(4) => self.decap_ipv4(data, now_ns),
@@ -303,6 +306,7 @@ impl Decapsulator {
         }
     }
 
+    #[inline]
     fn decap_ipv4<'a>(&'a mut self, data: &'a [u8], now_ns: u64) -> Outcome<'a> {
         let p = match ipv4::Packet::new_checked(data) {
             Ok(p) => p,
@@ -373,6 +377,7 @@ impl Decapsulator {
 }
 
 /// The IP datagram inside a link-layer frame; `Ok(None)` when it carries something else.
+#[inline]
 pub fn link_payload(link: LinkType, data: &[u8]) -> Result<Option<&[u8]>, Error> {
     let (ethertype, offset) = match link {
         LinkType::Ethernet => {
@@ -418,6 +423,7 @@ pub fn link_payload(link: LinkType, data: &[u8]) -> Result<Option<&[u8]>, Error>
     })
 }
 
+#[inline]
 fn upper_layer<'a>(
     ports: &Ports,
     src: IpAddr,
@@ -437,6 +443,7 @@ fn upper_layer<'a>(
 }
 
 /// Decapsulates a GRE packet (header first) sent from `src`.
+#[inline]
 pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
     let p = match gre::Packet::new_checked(data) {
         Ok(p) => p,
@@ -625,6 +632,7 @@ pub fn decap_udp<'a>(ports: &Ports, src: IpAddr, dst_port: u16, data: &'a [u8]) 
     Outcome::NotMirror(NotMirror::UdpOther)
 }
 
+#[inline]
 fn mirrored(key: SourceKey, frame: &[u8], link: LinkType, meta: Meta) -> Outcome<'_> {
     if frame.is_empty() {
         return Outcome::Malformed(Reason {

@@ -1,11 +1,12 @@
-//! Streaming reader for pcap and pcapng. Memory is bounded by pcap-file's read buffer whatever
-//! the file size. Damage is reported, not fatal where it can be stepped over: an undecodable
+//! Streaming reader for pcap and pcapng. Memory is bounded by one read buffer whatever the file
+//! size. Classic pcap records are parsed here (the hot path of `tapwire decap`); pcapng goes
+//! through pcap-file. Damage is reported, not fatal where it can be stepped over: an undecodable
 //! pcapng block is skipped and counted; a record cut short ends the file with a reason.
 
 use std::io::{self, Read};
 
-use pcap_file::pcap::PcapTsResolution;
-use pcap_file::pcap::{PcapHeader, PcapReader};
+use pcap_file::Endianness;
+use pcap_file::pcap::{PcapHeader, PcapTsResolution};
 use pcap_file::pcapng::{Block, PcapNgReadError, PcapNgReader};
 
 use super::LinkType;
@@ -60,7 +61,7 @@ pub struct Record<'a> {
 }
 
 enum Inner<R: Read> {
-    Pcap(PcapReader<R>, PcapHeader),
+    Pcap(PcapRecords<R>),
     PcapNg(Box<PcapNgReader<R>>),
 }
 
@@ -94,12 +95,7 @@ impl<R: Read> CaptureReader<R> {
             [0xa1, 0xb2, 0xc3, 0xd4]
             | [0xd4, 0xc3, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d]
-            | [0x4d, 0x3c, 0xb2, 0xa1] => {
-                let r =
-                    PcapReader::with_capacity(stream, READ_BUFFER).map_err(|e| header_error(&e))?;
-                let h = r.header();
-                Inner::Pcap(r, h)
-            }
+            | [0x4d, 0x3c, 0xb2, 0xa1] => Inner::Pcap(PcapRecords::new(stream)?),
             [0x0a, 0x0d, 0x0d, 0x0a] => Inner::PcapNg(Box::new(
                 PcapNgReader::with_capacity(stream, READ_BUFFER).map_err(|e| header_error(&e))?,
             )),
@@ -130,42 +126,138 @@ impl<R: Read> CaptureReader<R> {
             return Ok(None);
         }
         match &mut self.inner {
-            Inner::Pcap(r, header) => {
-                let link = LinkType::from(u32::from(header.datalink));
-                let nanos = header.ts_resolution == PcapTsResolution::NanoSecond;
-                match r.next_raw_packet() {
-                    None => Ok(None),
-                    Some(Ok(p)) => {
-                        let frac = u64::from(p.ts_frac);
-                        let ts_ns = u64::from(p.ts_sec) * 1_000_000_000
-                            + if nanos { frac } else { frac * 1000 };
-                        let data: &[u8] = match p.data {
-                            std::borrow::Cow::Borrowed(d) => d,
-                            // The raw parser always borrows; an owned buffer cannot outlive the call.
-                            std::borrow::Cow::Owned(_) => return Ok(None),
-                        };
-                        Ok(Some(Record {
-                            link,
-                            ts_ns,
-                            orig_len: p.orig_len.max(p.incl_len),
-                            data,
-                        }))
-                    }
-                    Some(Err(pcap_file::pcap::PcapReadError::Io(e)))
-                        if e.kind() == io::ErrorKind::UnexpectedEof =>
-                    {
-                        self.stopped = Some(SkipReason::TruncatedRecord);
-                        Ok(None)
-                    }
-                    Some(Err(pcap_file::pcap::PcapReadError::Io(e))) => Err(e),
-                    Some(Err(_)) => {
-                        self.stopped = Some(SkipReason::CorruptFile);
-                        Ok(None)
-                    }
+            Inner::Pcap(r) => match r.next() {
+                Ok(Some(rec)) => Ok(Some(rec)),
+                Ok(None) => Ok(None),
+                Err(PcapDamage::Io(e)) => Err(e),
+                Err(PcapDamage::Stop(reason)) => {
+                    self.stopped = Some(reason);
+                    Ok(None)
                 }
-            }
+            },
             Inner::PcapNg(r) => next_pcapng(r, &mut self.buf, &mut self.stopped, &mut self.skipped),
         }
+    }
+}
+
+/// Classic pcap records, parsed by hand from a large read buffer: the per-record work is a
+/// bounds check and four integer loads, the record data is borrowed from the buffer.
+struct PcapRecords<R> {
+    input: R,
+    buf: Vec<u8>,
+    /// Unparsed bytes are `buf[pos..len]`.
+    pos: usize,
+    len: usize,
+    swapped: bool,
+    nanos: bool,
+    link: LinkType,
+}
+
+enum PcapDamage {
+    Io(io::Error),
+    Stop(SkipReason),
+}
+
+/// A pcap record header: seconds, fraction, captured length, original length.
+const PCAP_RECORD_HEADER: usize = 16;
+const PCAP_FILE_HEADER: usize = 24;
+
+impl<R: Read> PcapRecords<R> {
+    fn new(input: R) -> Result<Self, ReadError> {
+        let mut r = PcapRecords {
+            input,
+            buf: vec![0; READ_BUFFER],
+            pos: 0,
+            len: 0,
+            swapped: false,
+            nanos: false,
+            link: LinkType::Ethernet,
+        };
+        match r.fill(PCAP_FILE_HEADER) {
+            Ok(true) => {}
+            Ok(false) => return Err(ReadError::Header("file ends inside the pcap header".into())),
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+        let (_, header) =
+            PcapHeader::from_slice(&r.buf[..PCAP_FILE_HEADER]).map_err(|e| header_error(&e))?;
+        r.swapped = header.endianness != Endianness::native();
+        r.nanos = header.ts_resolution == PcapTsResolution::NanoSecond;
+        r.link = LinkType::from(u32::from(header.datalink));
+        r.pos = PCAP_FILE_HEADER;
+        Ok(r)
+    }
+
+    /// Makes at least `n` unparsed bytes available; false at the end of the input before that.
+    #[inline]
+    fn fill(&mut self, n: usize) -> io::Result<bool> {
+        if self.len - self.pos >= n {
+            return Ok(true);
+        }
+        self.refill(n)
+    }
+
+    #[cold]
+    fn refill(&mut self, n: usize) -> io::Result<bool> {
+        if n > self.buf.len() {
+            return Ok(false);
+        }
+        self.buf.copy_within(self.pos..self.len, 0);
+        self.len -= self.pos;
+        self.pos = 0;
+        while self.len < n {
+            match self.input.read(&mut self.buf[self.len..]) {
+                Ok(0) => return Ok(false),
+                Ok(k) => self.len += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    #[inline]
+    fn word(&self, at: usize) -> u32 {
+        let b = [
+            self.buf[at],
+            self.buf[at + 1],
+            self.buf[at + 2],
+            self.buf[at + 3],
+        ];
+        let w = u32::from_ne_bytes(b);
+        if self.swapped { w.swap_bytes() } else { w }
+    }
+
+    /// The next record; `Ok(None)` at a clean end of the input. A record cut short, or larger
+    /// than the read buffer, stops with [`SkipReason::TruncatedRecord`].
+    #[inline]
+    fn next(&mut self) -> Result<Option<Record<'_>>, PcapDamage> {
+        let truncated = PcapDamage::Stop(SkipReason::TruncatedRecord);
+        match self.fill(PCAP_RECORD_HEADER) {
+            Ok(true) => {}
+            Ok(false) if self.pos == self.len => return Ok(None),
+            Ok(false) => return Err(truncated),
+            Err(e) => return Err(PcapDamage::Io(e)),
+        }
+        let at = self.pos;
+        let incl_len = self.word(at + 8) as usize;
+        match self.fill(PCAP_RECORD_HEADER + incl_len) {
+            Ok(true) => {}
+            Ok(false) => return Err(truncated),
+            Err(e) => return Err(PcapDamage::Io(e)),
+        }
+        // `fill` may have moved the record to the start of the buffer.
+        let at = self.pos;
+        let ts_sec = u64::from(self.word(at));
+        let frac = u64::from(self.word(at + 4));
+        let orig_len = self.word(at + 12);
+        let start = at + PCAP_RECORD_HEADER;
+        self.pos = start + incl_len;
+        Ok(Some(Record {
+            link: self.link,
+            ts_ns: ts_sec * 1_000_000_000 + if self.nanos { frac } else { frac * 1000 },
+            orig_len: orig_len.max(incl_len as u32),
+            data: &self.buf[start..start + incl_len],
+        }))
     }
 }
 

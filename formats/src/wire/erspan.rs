@@ -53,6 +53,7 @@ pub const TYPE_III_HEADER_LEN: usize = 12;
 pub const PLATFORM_HEADER_LEN: usize = 8;
 
 /// The ERSPAN version nibble, shared by Types II and III.
+#[inline]
 pub fn version(data: &[u8]) -> Option<u8> {
     data.first().map(|b| b >> 4)
 }
@@ -68,6 +69,7 @@ pub enum Encap {
 }
 
 impl Encap {
+    #[inline]
     const fn from_bits(v: u16) -> Self {
         match v & 3 {
             0 => Encap::Untagged,
@@ -97,6 +99,7 @@ pub enum Bso {
 }
 
 impl Bso {
+    #[inline]
     const fn from_bits(v: u16) -> Self {
         match v & 3 {
             0 => Bso::Good,
@@ -134,6 +137,7 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    #[inline]
     const fn from_bits(v: u16) -> Self {
         match v & 3 {
             0 => Granularity::Micros100,
@@ -162,6 +166,7 @@ pub enum FrameType {
 }
 
 impl FrameType {
+    #[inline]
     const fn from_bits(v: u8) -> Self {
         match v & 0x1f {
             0 => FrameType::Ethernet,
@@ -199,49 +204,60 @@ impl<T: AsRef<[u8]>> PacketII<T> {
         PacketII { buffer }
     }
 
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         need(Layer::ErspanII, buffer.as_ref(), TYPE_II_HEADER_LEN)?;
         Ok(Self::new_unchecked(buffer))
     }
 
+    #[inline]
     fn w0(&self) -> u16 {
         be16(self.buffer.as_ref(), field2::VER_VLAN)
     }
 
+    #[inline]
     fn w1(&self) -> u16 {
         be16(self.buffer.as_ref(), field2::COS_EN_T_SID)
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         (self.w0() >> 12) as u8
     }
 
+    #[inline]
     pub fn vlan(&self) -> VlanId {
         VlanId::from_bits(self.w0())
     }
 
+    #[inline]
     pub fn cos(&self) -> Cos {
         Cos::from_bits((self.w1() >> 13) as u8)
     }
 
+    #[inline]
     pub fn encap(&self) -> Encap {
         Encap::from_bits(self.w1() >> 11)
     }
 
+    #[inline]
     pub fn truncated(&self) -> bool {
         self.w1() & 0x0400 != 0
     }
 
+    #[inline]
     pub fn session_id(&self) -> SessionId {
         SessionId::from_bits(self.w1())
     }
 
+    #[inline]
     pub fn index(&self) -> Index {
         Index::from_bits(be32(self.buffer.as_ref(), field2::INDEX))
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> PacketII<&'a T> {
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[TYPE_II_HEADER_LEN..]
     }
@@ -259,6 +275,7 @@ pub struct ReprII {
 }
 
 impl ReprII {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &PacketII<T>) -> Result<ReprII> {
         if p.version() != 1 {
             return Err(Error::Version {
@@ -330,6 +347,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         PacketIII { buffer }
     }
 
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         let data = p.buffer.as_ref();
@@ -344,26 +362,32 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         Ok(p)
     }
 
+    #[inline]
     fn w0(&self) -> u16 {
         be16(self.buffer.as_ref(), field3::VER_VLAN)
     }
 
+    #[inline]
     fn w1(&self) -> u16 {
         be16(self.buffer.as_ref(), field3::COS_BSO_T_SID)
     }
 
+    #[inline]
     fn flags(&self) -> u16 {
         be16(self.buffer.as_ref(), field3::FLAGS)
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         (self.w0() >> 12) as u8
     }
 
+    #[inline]
     pub fn vlan(&self) -> VlanId {
         VlanId::from_bits(self.w0())
     }
 
+    #[inline]
     pub fn cos(&self) -> Cos {
         Cos::from_bits((self.w1() >> 13) as u8)
     }
@@ -372,10 +396,12 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         Bso::from_bits(self.w1() >> 11)
     }
 
+    #[inline]
     pub fn truncated(&self) -> bool {
         self.w1() & 0x0400 != 0
     }
 
+    #[inline]
     pub fn session_id(&self) -> SessionId {
         SessionId::from_bits(self.w1())
     }
@@ -414,6 +440,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
     }
 
     /// `O`: a platform sub-header follows.
+    #[inline]
     pub fn has_platform(&self) -> bool {
         self.flags() & 0x0001 != 0
     }
@@ -428,6 +455,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         Some(Platform::decode(raw))
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         TYPE_III_HEADER_LEN
             + if self.has_platform() {
@@ -439,6 +467,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> PacketIII<&'a T> {
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -563,6 +592,7 @@ pub struct ReprIII {
 }
 
 impl ReprIII {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &PacketIII<T>) -> Result<ReprIII> {
         if p.version() != 2 {
             return Err(Error::Version {

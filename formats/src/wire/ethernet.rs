@@ -32,6 +32,7 @@ pub enum EtherType {
 }
 
 impl EtherType {
+    #[inline]
     pub const fn is_vlan_tag(self) -> bool {
         matches!(
             self,
@@ -41,6 +42,7 @@ impl EtherType {
 }
 
 impl From<u16> for EtherType {
+    #[inline]
     fn from(v: u16) -> Self {
         match v {
             0x0800 => EtherType::Ipv4,
@@ -56,6 +58,7 @@ impl From<u16> for EtherType {
 }
 
 impl From<EtherType> for u16 {
+    #[inline]
     fn from(e: EtherType) -> u16 {
         match e {
             EtherType::Ipv4 => 0x0800,
@@ -86,6 +89,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         Frame { buffer }
     }
 
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         need(Layer::Ethernet, buffer.as_ref(), HEADER_LEN)?;
         Ok(Self::new_unchecked(buffer))
@@ -104,11 +108,13 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     /// The first EtherType, which may be a VLAN tag's TPID.
+    #[inline]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(be16(self.buffer.as_ref(), field::ETHERTYPE))
     }
 
     /// Walks VLAN tags to the EtherType of the payload.
+    #[inline]
     pub fn untag(&self) -> Result<Untagged> {
         let data = self.buffer.as_ref();
         let mut at = field::ETHERTYPE;

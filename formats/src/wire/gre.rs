@@ -92,12 +92,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Validates that the whole header, optional fields included, is present.
     /// A set routing bit is [`Error::Unsupported`].
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    #[inline]
     pub fn check_len(&self) -> Result<()> {
         let data = self.buffer.as_ref();
         need(Layer::Gre, data, MIN_HEADER_LEN)?;
@@ -114,40 +116,49 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer
     }
 
+    #[inline]
     fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
+    #[inline]
     pub fn checksum_present(&self) -> bool {
         self.flags() & C != 0
     }
 
+    #[inline]
     pub fn routing_present(&self) -> bool {
         self.flags() & R != 0
     }
 
+    #[inline]
     pub fn key_present(&self) -> bool {
         self.flags() & K != 0
     }
 
+    #[inline]
     pub fn sequence_present(&self) -> bool {
         self.flags() & S != 0
     }
 
     /// Version 0 is GRE; version 1 is PPTP's enhanced GRE.
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VERSION] & 0x07
     }
 
+    #[inline]
     fn ack_present(&self) -> bool {
         self.version() == 1 && self.buffer.as_ref()[field::VERSION] & A != 0
     }
 
+    #[inline]
     pub fn protocol(&self) -> Protocol {
         Protocol::from(be16(self.buffer.as_ref(), field::PROTOCOL))
     }
 
     /// Header length including the optional fields the flags announce.
+    #[inline]
     pub fn header_len(&self) -> usize {
         let mut len = MIN_HEADER_LEN;
         if self.checksum_present() || self.routing_present() {
@@ -165,36 +176,43 @@ impl<T: AsRef<[u8]>> Packet<T> {
         len
     }
 
+    #[inline]
     fn key_offset(&self) -> usize {
         field::OPTIONS + if self.checksum_present() { 4 } else { 0 }
     }
 
+    #[inline]
     fn sequence_offset(&self) -> usize {
         self.key_offset() + if self.key_present() { 4 } else { 0 }
     }
 
+    #[inline]
     pub fn checksum(&self) -> Option<u16> {
         self.checksum_present()
             .then(|| be16(self.buffer.as_ref(), field::OPTIONS))
     }
 
+    #[inline]
     pub fn key(&self) -> Option<u32> {
         self.key_present()
             .then(|| be32(self.buffer.as_ref(), self.key_offset()))
     }
 
+    #[inline]
     pub fn sequence(&self) -> Option<u32> {
         self.sequence_present()
             .then(|| be32(self.buffer.as_ref(), self.sequence_offset()))
     }
 
     /// True when no checksum is present or when it covers header and payload correctly.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         !self.checksum_present() || internet_checksum(self.buffer.as_ref()) == 0
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let data = self.buffer.as_ref();
         &data[self.header_len().min(data.len())..]

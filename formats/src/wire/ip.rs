@@ -22,6 +22,7 @@ pub enum Protocol {
 }
 
 impl From<u8> for Protocol {
+    #[inline]
     fn from(v: u8) -> Self {
         match v {
             0 => Protocol::HopByHop,
@@ -42,6 +43,7 @@ impl From<u8> for Protocol {
 }
 
 impl From<Protocol> for u8 {
+    #[inline]
     fn from(p: Protocol) -> u8 {
         match p {
             Protocol::HopByHop => 0,

@@ -26,6 +26,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Validates the header and that the length field fits the buffer. Bytes after `length`
     /// (link padding) are ignored.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         let data = p.buffer.as_ref();
@@ -45,11 +46,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::DST_PORT)
     }
 
     /// The length field: header plus payload.
+    #[inline]
     pub fn length(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
@@ -60,6 +63,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let data = self.buffer.as_ref();
         &data[HEADER_LEN..usize::from(self.length()).clamp(HEADER_LEN, data.len())]
