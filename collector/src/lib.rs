@@ -5,7 +5,10 @@
 //! (decapsulation plus accounting); [`capfile`] and [`offline`] are the shells that touch files.
 
 pub mod capfile;
+pub mod config;
 pub mod demux;
+pub mod filter;
+pub mod live;
 pub mod offline;
 pub mod pipeline;
 pub mod seq;

@@ -1,9 +1,14 @@
 //! The `tapwire` command.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tapwire_collector::config::{self, Config};
+use tapwire_collector::live::engine::Settings;
+use tapwire_collector::live::input::InputKind;
+use tapwire_collector::live::{self, CollectOptions, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
@@ -23,6 +28,79 @@ struct Cli {
 enum Command {
     /// Decapsulate mirrored traffic recorded in pcap/pcapng files into one capture per source.
     Decap(DecapArgs),
+    /// Receive mirrored traffic and write per-session captures (the collector's main job).
+    Collect(Box<CollectArgs>),
+}
+
+#[derive(Args)]
+struct CollectArgs {
+    /// Session configuration (TOML). SIGHUP reloads it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory for auto-discovered sessions and sessions without their own [default: ./captures].
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Do not create a session for sources no configured session takes; count them as dropped.
+    #[arg(long)]
+    no_auto: bool,
+    /// Accept mirror traffic only from these outer source CIDRs (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+    /// Raw GRE over IPv4 (ERSPAN I/II/III, GRE-TEB): local address, or "off".
+    #[arg(long, value_name = "ADDR|off", default_value = "0.0.0.0")]
+    gre_v4: String,
+    /// Raw GRE over IPv6: local address, or "off".
+    #[arg(long, value_name = "ADDR|off", default_value = "::")]
+    gre_v6: String,
+    /// VXLAN over UDP: [ADDR:]PORT, or "off".
+    #[arg(long, value_name = "[ADDR:]PORT|off", default_value = "4789")]
+    vxlan: String,
+    /// GENEVE over UDP: [ADDR:]PORT, or "off".
+    #[arg(long, value_name = "[ADDR:]PORT|off", default_value = "6081")]
+    geneve: String,
+    /// TZSP over UDP: [ADDR:]PORT, or "off".
+    #[arg(long, value_name = "[ADDR:]PORT|off", default_value = "37008")]
+    tzsp: String,
+    /// Capture on a SPAN/monitor NIC with AF_PACKET (repeatable).
+    #[arg(long, value_name = "IF")]
+    interface: Vec<String>,
+    /// Capture threads per interface (PACKET_FANOUT).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Stats API address, or "off".
+    #[arg(long, value_name = "ADDR|off", default_value = tapwire_api::DEFAULT_ADDR)]
+    api: String,
+    /// Token that lets API clients other than localhost act on sessions.
+    #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Run as a service: no terminal UI, logs only.
+    #[arg(long)]
+    no_tui: bool,
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Rotate files at this size (e.g. 1GiB).
+    #[arg(long, value_name = "SIZE")]
+    rotate_size: Option<String>,
+    /// Rotate files this long after they were opened (e.g. 15m).
+    #[arg(long, value_name = "DURATION")]
+    rotate_duration: Option<String>,
+    /// Rotate on wall-clock boundaries (UTC) of this interval (1h: on the hour).
+    #[arg(long, value_name = "DURATION")]
+    rotate_interval: Option<String>,
+    /// Rotate files after this many packets.
+    #[arg(long, value_name = "N")]
+    rotate_packets: Option<u64>,
+    /// Keep at most this many files per session; the oldest are removed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_files: Option<u32>,
+    /// Shell command run on each finished file, with its path as $1.
+    #[arg(long, value_name = "CMD")]
+    on_finish: Option<String>,
+    /// Stop writing (and count drops) below this much free disk [default: min(256MiB, 5% of the disk)].
+    #[arg(long, value_name = "SIZE")]
+    min_free_disk: Option<String>,
+    #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
+    timestamps: TimestampsArg,
 }
 
 #[derive(Args)]
@@ -90,6 +168,229 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Decap(args) => decap(args),
+        Command::Collect(args) => collect(*args),
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn collect(args: CollectArgs) -> ExitCode {
+    let opts = match collect_options(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tapwire collect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs();
+    match live::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StartError>() => {
+            eprintln!("tapwire collect: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("tapwire collect: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns flags and the configuration file into options; any error is one line for exit 2.
+fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
+    let config = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config {
+            collector: config::CollectorConfig {
+                out: None,
+                auto_discover: None,
+                allow: Vec::new(),
+                min_free_disk_bytes: None,
+                default_files: config::FilesConfig::default(),
+            },
+            sessions: Vec::new(),
+        },
+    };
+    let mut files = config.collector.default_files.clone();
+    if let Some(f) = a.format {
+        files.format = format_of(f);
+    }
+    let size = |flag: &str, v: &str| {
+        v.parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| format!("--{flag}: {v:?} is not a size like 100MiB"))
+    };
+    let dur = |flag: &str, v: &str| config::duration(v).map_err(|e| format!("--{flag}: {e}"));
+    if let Some(v) = &a.rotate_size {
+        files.rotate.size_bytes = Some(size("rotate-size", v)?).filter(|n| *n > 0);
+    }
+    if let Some(v) = &a.rotate_duration {
+        files.rotate.duration = Some(dur("rotate-duration", v)?);
+    }
+    if let Some(v) = &a.rotate_interval {
+        files.rotate.interval = Some(dur("rotate-interval", v)?);
+    }
+    if let Some(n) = a.rotate_packets {
+        if n == 0 {
+            return Err("--rotate-packets: must be above 0".into());
+        }
+        files.rotate.packets = Some(n);
+    }
+    if a.max_files.is_some() {
+        files.max_files = a.max_files;
+    }
+    if a.on_finish.is_some() {
+        files.on_finish = a.on_finish.clone();
+    }
+    let allow = if a.allow.is_empty() {
+        config.collector.allow.clone()
+    } else {
+        a.allow
+            .iter()
+            .map(|s| config::cidr(s).map_err(|e| format!("--allow: {e}")))
+            .collect::<Result<_, _>>()?
+    };
+    let min_free_disk_bytes = match &a.min_free_disk {
+        Some(v) => Some(size("min-free-disk", v)?),
+        None => config.collector.min_free_disk_bytes,
+    };
+
+    let mut inputs = Vec::new();
+    let mut ports = decap::Ports {
+        vxlan: Vec::new(),
+        geneve: Vec::new(),
+        tzsp: Vec::new(),
+    };
+    if let Some(ip) = addr_or_off("gre-v4", &a.gre_v4)? {
+        match ip {
+            IpAddr::V4(v4) => inputs.push(InputKind::GreV4(v4)),
+            IpAddr::V6(_) => return Err("--gre-v4: give an IPv4 address".into()),
+        }
+    }
+    if let Some(ip) = addr_or_off("gre-v6", &a.gre_v6)? {
+        match ip {
+            IpAddr::V6(v6) => inputs.push(InputKind::GreV6(v6)),
+            IpAddr::V4(_) => return Err("--gre-v6: give an IPv6 address".into()),
+        }
+    }
+    for (flag, value, list) in [
+        ("vxlan", &a.vxlan, &mut ports.vxlan),
+        ("geneve", &a.geneve, &mut ports.geneve),
+        ("tzsp", &a.tzsp, &mut ports.tzsp),
+    ] {
+        if let Some(sa) = udp_or_off(flag, value)? {
+            list.push(sa.port());
+            inputs.push(InputKind::Udp(sa));
+        }
+    }
+    let all: Vec<u16> = ports
+        .vxlan
+        .iter()
+        .chain(&ports.geneve)
+        .chain(&ports.tzsp)
+        .copied()
+        .collect();
+    if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
+        return Err("--vxlan, --geneve and --tzsp must use different ports".into());
+    }
+    for name in &a.interface {
+        for worker in 0..a.workers {
+            inputs.push(InputKind::Interface {
+                name: name.clone(),
+                worker,
+                workers: a.workers,
+            });
+        }
+    }
+    // Mirror traffic seen on a monitor interface uses the standard ports too.
+    for (list, port) in [
+        (&mut ports.vxlan, 4789),
+        (&mut ports.geneve, 6081),
+        (&mut ports.tzsp, 37008),
+    ] {
+        if list.is_empty() && !a.interface.is_empty() {
+            list.push(port);
+        }
+    }
+    let api = match a.api.as_str() {
+        "off" => None,
+        v => Some(
+            v.parse::<SocketAddr>()
+                .map_err(|_| format!("--api: {v:?} is not ADDR:PORT or off"))?,
+        ),
+    };
+    let out = a
+        .out
+        .clone()
+        .or(config.collector.out.clone())
+        .unwrap_or_else(|| PathBuf::from("captures"));
+    let settings = Settings {
+        out,
+        auto_discover: !a.no_auto && config.collector.auto_discover.unwrap_or(true),
+        allow,
+        default_files: files,
+        timestamps: match a.timestamps {
+            TimestampsArg::Input => Timestamps::Input,
+            TimestampsArg::Erspan => Timestamps::Erspan,
+        },
+        config_path: a.config.clone(),
+    };
+    let _ = a.no_tui;
+    Ok(CollectOptions {
+        settings,
+        config,
+        inputs,
+        decap: decap::Config {
+            ports,
+            ..decap::Config::default()
+        },
+        api,
+        api_token: a.api_token.clone(),
+        min_free_disk_bytes,
+    })
+}
+
+fn addr_or_off(flag: &str, v: &str) -> Result<Option<IpAddr>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("--{flag}: {v:?} is not an address or off"))
+}
+
+/// `4789` (all addresses, IPv4 and IPv6), `ADDR:PORT`, `[V6]:PORT`, or `off`.
+fn udp_or_off(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(Some(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            port,
+        )));
+    }
+    let sa: SocketAddr = v
+        .parse()
+        .map_err(|_| format!("--{flag}: {v:?} is not PORT, ADDR:PORT or off"))?;
+    if sa.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) || sa.port() != 0 {
+        return Ok(Some(sa));
+    }
+    Err(format!("--{flag}: port 0"))
+}
+
+fn format_of(f: FormatArg) -> Format {
+    match f {
+        FormatArg::Pcapng => Format::Pcapng,
+        FormatArg::Pcap => Format::Pcap { nanos: false },
+        FormatArg::PcapNs => Format::Pcap { nanos: true },
     }
 }
 
@@ -98,11 +399,7 @@ fn decap(args: DecapArgs) -> ExitCode {
         inputs: args.inputs,
         out_dir: args.out,
         single: args.single,
-        format: match args.format {
-            FormatArg::Pcapng => Format::Pcapng,
-            FormatArg::Pcap => Format::Pcap { nanos: false },
-            FormatArg::PcapNs => Format::Pcap { nanos: true },
-        },
+        format: format_of(args.format),
         timestamps: match args.timestamps {
             TimestampsArg::Input => Timestamps::Input,
             TimestampsArg::Erspan => Timestamps::Erspan,

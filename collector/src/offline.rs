@@ -347,15 +347,7 @@ impl Outputs {
         // Reuse one String for comments; taken out so `self` stays free to borrow.
         let mut comment = std::mem::take(&mut self.comment);
         comment.clear();
-        if let Some(ev) = d.seq_event {
-            comment.push_str(&ev.comment());
-        }
-        if d.meta.truncated {
-            if !comment.is_empty() {
-                comment.push_str("; ");
-            }
-            comment.push_str("tapwire: truncated by the sender (ERSPAN T bit)");
-        }
+        d.comment(&mut comment);
         let packet = PacketInfo {
             ts_ns,
             orig_len,

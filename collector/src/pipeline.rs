@@ -40,6 +40,22 @@ pub struct Delivery<'a> {
     pub seq_event: Option<SeqEvent>,
 }
 
+impl Delivery<'_> {
+    /// The capture-file comment this packet deserves: a sequence gap or restart before it,
+    /// or the sender's truncation. Appends to `out`; nothing for an ordinary packet.
+    pub fn comment(&self, out: &mut String) {
+        if let Some(ev) = self.seq_event {
+            out.push_str(&ev.comment());
+        }
+        if self.meta.truncated {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str("tapwire: truncated by the sender (ERSPAN T bit)");
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Pipeline {
     decap: Decapsulator,

@@ -1,0 +1,644 @@
+//! The collector's session configuration (TOML): which sources each named session gathers, its
+//! inner filter, its outputs and their rotation. Parsing and validation are pure; compiling
+//! filters is checked here so that a bad file is refused before anything changes.
+//!
+//! ```toml
+//! [collector]
+//! out = "/var/lib/tapwire"          # auto-discovered sessions and default file directory
+//! auto_discover = true
+//! allow = ["10.0.0.0/8"]            # outer source allow-list; empty or absent: everyone
+//! min_free_disk = "2GiB"
+//!
+//! [defaults.files]                  # applied to every session's files unless overridden
+//! format = "pcapng"
+//! rotate = { size = "1GiB", interval = "1h" }
+//! max_files = 48
+//!
+//! [[session]]
+//! name = "web"
+//! filter = "tcp port 443"
+//! sources = [{ src = "10.1.0.0/16", kind = "erspan-ii", id = "10-19" }]
+//! files = { dir = "/var/lib/tapwire/web", rotate = { size = "100MiB" }, on_finish = "gzip -9 \"$1\"" }
+//! ```
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use tapwire_formats::capture::Format;
+use tapwire_formats::decap::{Kind, SourceKey};
+
+/// A configuration problem, phrased for the operator: it names the session and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub collector: CollectorConfig,
+    pub sessions: Vec<SessionConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorConfig {
+    pub out: Option<PathBuf>,
+    pub auto_discover: Option<bool>,
+    pub allow: Vec<IpNet>,
+    pub min_free_disk_bytes: Option<u64>,
+    /// Files settings every session starts from.
+    pub default_files: FilesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    pub name: String,
+    pub enabled: bool,
+    pub sources: Vec<SourceMatch>,
+    pub filter: Option<String>,
+    /// `None`: this session writes no files.
+    pub files: Option<FilesConfig>,
+}
+
+/// Which sources a session gathers: every given field must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMatch {
+    pub src: Option<IpNet>,
+    pub kind: Option<Kind>,
+    pub ids: Option<RangeInclusive<u32>>,
+}
+
+impl SourceMatch {
+    pub fn matches(&self, key: &SourceKey) -> bool {
+        self.src.is_none_or(|net| net.contains(&normalize(key.src)))
+            && self.kind.is_none_or(|k| k == key.kind)
+            && self.ids.as_ref().is_none_or(|r| r.contains(&key.id))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as IPv4.
+pub fn normalize(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesConfig {
+    /// Directory for this session's files; the collector's `out` when absent.
+    pub dir: Option<PathBuf>,
+    pub format: Format,
+    pub rotate: RotatePolicy,
+    /// Files kept per session; the oldest are removed beyond it.
+    pub max_files: Option<u32>,
+    /// Shell command run on each finished file, with the path as `$1`.
+    pub on_finish: Option<String>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            dir: None,
+            format: Format::Pcapng,
+            rotate: RotatePolicy::default(),
+            max_files: None,
+            on_finish: None,
+        }
+    }
+}
+
+/// When a session's current file is finished and the next begun. Any condition met rotates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RotatePolicy {
+    pub size_bytes: Option<u64>,
+    /// Time since the file was opened.
+    pub duration: Option<Duration>,
+    /// Wall-clock aligned: with one hour, files end on the hour (UTC).
+    pub interval: Option<Duration>,
+    pub packets: Option<u64>,
+}
+
+/// Why a file was rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotateReason {
+    Size,
+    Duration,
+    Interval,
+    Packets,
+    Requested,
+    Reconfigured,
+    Shutdown,
+}
+
+impl RotatePolicy {
+    /// Whether a file opened at `opened_ns` holding `bytes` and `packets` is due at `now_ns`.
+    pub fn due(
+        &self,
+        opened_ns: u64,
+        bytes: u64,
+        packets: u64,
+        now_ns: u64,
+    ) -> Option<RotateReason> {
+        if self.size_bytes.is_some_and(|s| bytes >= s) {
+            return Some(RotateReason::Size);
+        }
+        if self.packets.is_some_and(|p| packets >= p) {
+            return Some(RotateReason::Packets);
+        }
+        if self
+            .duration
+            .is_some_and(|d| now_ns.saturating_sub(opened_ns) >= d.as_nanos() as u64)
+        {
+            return Some(RotateReason::Duration);
+        }
+        if let Some(i) = self.interval
+            && now_ns >= next_boundary_ns(opened_ns, i)
+        {
+            return Some(RotateReason::Interval);
+        }
+        None
+    }
+}
+
+/// The first multiple of `interval` since the Unix epoch strictly after `t_ns`.
+pub fn next_boundary_ns(t_ns: u64, interval: Duration) -> u64 {
+    let i = (interval.as_nanos() as u64).max(1);
+    (t_ns / i + 1).saturating_mul(i)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TOML shape, parsed with unknown fields refused, then validated into the types above.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    collector: RawCollector,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    session: Vec<RawSession>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    out: Option<PathBuf>,
+    auto_discover: Option<bool>,
+    #[serde(default)]
+    allow: Vec<String>,
+    min_free_disk: Option<SizeValue>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    files: Option<RawFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    sources: Vec<RawMatch>,
+    filter: Option<String>,
+    files: Option<RawFilesOrOff>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawFilesOrOff {
+    Off(bool),
+    On(RawFiles),
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    dir: Option<PathBuf>,
+    format: Option<String>,
+    rotate: Option<RawRotate>,
+    max_files: Option<u32>,
+    on_finish: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRotate {
+    size: Option<SizeValue>,
+    duration: Option<String>,
+    interval: Option<String>,
+    packets: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    src: Option<String>,
+    kind: Option<String>,
+    id: Option<IdValue>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IdValue {
+    One(u32),
+    Text(String),
+}
+
+impl FromStr for Config {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+        let default_files = match &raw.defaults.files {
+            Some(f) => files(f, &FilesConfig::default(), "[defaults.files]")?,
+            None => FilesConfig::default(),
+        };
+        let collector = CollectorConfig {
+            out: raw.collector.out,
+            auto_discover: raw.collector.auto_discover,
+            allow: raw
+                .collector
+                .allow
+                .iter()
+                .map(|s| cidr(s).map_err(|e| err(format!("[collector] allow: {e}"))))
+                .collect::<Result<_, _>>()?,
+            min_free_disk_bytes: raw
+                .collector
+                .min_free_disk
+                .as_ref()
+                .map(|v| size(v).map_err(|e| err(format!("[collector] min_free_disk: {e}"))))
+                .transpose()?,
+            default_files,
+        };
+        let mut sessions = Vec::new();
+        for s in raw.session {
+            let at = format!("session {:?}", s.name);
+            validate_name(&s.name).map_err(|e| err(format!("{at}: name: {e}")))?;
+            if sessions.iter().any(|o: &SessionConfig| o.name == s.name) {
+                return Err(err(format!("{at}: defined twice")));
+            }
+            if s.sources.is_empty() {
+                return Err(err(format!(
+                    "{at}: sources: at least one source rule is needed"
+                )));
+            }
+            let sources = s
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, m)| source_match(m).map_err(|e| err(format!("{at}: sources[{i}]: {e}"))))
+                .collect::<Result<_, _>>()?;
+            if let Some(f) = &s.filter {
+                compile_check(f).map_err(|e| err(format!("{at}: filter {f:?}: {e}")))?;
+            }
+            let files = match &s.files {
+                None | Some(RawFilesOrOff::Off(true)) => Some(collector.default_files.clone()),
+                Some(RawFilesOrOff::Off(false)) => None,
+                Some(RawFilesOrOff::On(f)) => {
+                    Some(files(f, &collector.default_files, &format!("{at}: files"))?)
+                }
+            };
+            sessions.push(SessionConfig {
+                name: s.name,
+                enabled: s.enabled,
+                sources,
+                filter: s.filter,
+                files,
+            });
+        }
+        Ok(Config {
+            collector,
+            sessions,
+        })
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        text.parse()
+            .map_err(|e: ConfigError| err(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// The first configured session whose rules match `key`, by index.
+    pub fn session_for(&self, key: &SourceKey) -> Option<usize> {
+        self.sessions
+            .iter()
+            .position(|s| s.sources.iter().any(|m| m.matches(key)))
+    }
+}
+
+/// Session names become file names: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("must be 1 to 100 characters".into());
+    }
+    if name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err("use letters, digits, '-', '_', '.', ':' and do not start with '.'".into());
+    }
+    Ok(())
+}
+
+fn files(f: &RawFiles, base: &FilesConfig, at: &str) -> Result<FilesConfig, ConfigError> {
+    let mut out = base.clone();
+    if let Some(d) = &f.dir {
+        out.dir = Some(d.clone());
+    }
+    if let Some(fmt) = &f.format {
+        out.format = match fmt.as_str() {
+            "pcapng" => Format::Pcapng,
+            "pcap" => Format::Pcap { nanos: false },
+            "pcap-ns" => Format::Pcap { nanos: true },
+            other => {
+                return Err(err(format!(
+                    "{at}: format: {other:?} is not one of pcapng, pcap, pcap-ns"
+                )));
+            }
+        };
+    }
+    if let Some(r) = &f.rotate {
+        out.rotate = RotatePolicy {
+            size_bytes: r
+                .size
+                .as_ref()
+                .map(size)
+                .transpose()
+                .map_err(|e| err(format!("{at}: rotate.size: {e}")))?,
+            duration: r
+                .duration
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(|e| err(format!("{at}: rotate.duration: {e}")))?,
+            interval: r
+                .interval
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(|e| err(format!("{at}: rotate.interval: {e}")))?,
+            packets: r.packets,
+        };
+        if out.rotate.size_bytes == Some(0) || out.rotate.packets == Some(0) {
+            return Err(err(format!(
+                "{at}: rotate: size and packets must be above 0"
+            )));
+        }
+    }
+    if let Some(m) = f.max_files {
+        if m == 0 {
+            return Err(err(format!("{at}: max_files must be at least 1")));
+        }
+        out.max_files = Some(m);
+    }
+    if let Some(c) = &f.on_finish {
+        out.on_finish = Some(c.clone());
+    }
+    Ok(out)
+}
+
+fn source_match(m: &RawMatch) -> Result<SourceMatch, String> {
+    let src = m
+        .src
+        .as_deref()
+        .map(|s| cidr(s).map_err(|e| format!("src: {e}")))
+        .transpose()?;
+    let kind = m
+        .kind
+        .as_deref()
+        .map(|k| k.parse::<Kind>().map_err(|e| format!("kind: {e}")))
+        .transpose()?;
+    let ids = match &m.id {
+        None => None,
+        Some(IdValue::One(n)) => Some(*n..=*n),
+        Some(IdValue::Text(t)) => Some(id_range(t).map_err(|e| format!("id: {e}"))?),
+    };
+    Ok(SourceMatch { src, kind, ids })
+}
+
+/// `10.0.0.0/8`, or a bare address for a single host.
+pub fn cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR"))
+}
+
+fn id_range(t: &str) -> Result<RangeInclusive<u32>, String> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{t:?} is not an id or a range like \"10-19\""))
+    };
+    match t.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            if a > b {
+                return Err(format!("{t:?}: range is backwards"));
+            }
+            Ok(a..=b)
+        }
+        None => parse(t).map(|n| n..=n),
+    }
+}
+
+fn size(v: &SizeValue) -> Result<u64, String> {
+    match v {
+        SizeValue::Bytes(n) => Ok(*n),
+        SizeValue::Text(t) => t
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| format!("{t:?} is not a size like \"100MiB\"")),
+    }
+}
+
+pub fn duration(t: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(t)
+        .map_err(|_| format!("{t:?} is not a duration like \"30s\", \"1h\""))?;
+    if d.is_zero() {
+        return Err(format!("{t:?}: must be above 0"));
+    }
+    Ok(d)
+}
+
+/// Compiles `expr` as libpcap would for an Ethernet capture, to refuse bad filters up front.
+pub fn compile_check(expr: &str) -> Result<(), String> {
+    crate::filter::InnerFilter::compile(expr).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [collector]
+        out = "/tmp/caps"
+        allow = ["10.0.0.0/8", "2001:db8::1"]
+        min_free_disk = "2GiB"
+
+        [defaults.files]
+        rotate = { size = "1GiB", interval = "1h" }
+        max_files = 48
+
+        [[session]]
+        name = "web"
+        filter = "tcp port 443"
+        sources = [{ src = "10.1.0.0/16", kind = "erspan-ii", id = "10-19" }, { kind = "vxlan", id = 7 }]
+        files = { dir = "/tmp/web", rotate = { size = "100MiB" }, on_finish = "gzip \"$1\"" }
+
+        [[session]]
+        name = "tap-only"
+        enabled = false
+        sources = [{ src = "192.168.0.5" }]
+        files = false
+    "#;
+
+    fn key(src: [u8; 4], kind: Kind, id: u32) -> SourceKey {
+        SourceKey {
+            src: IpAddr::from(src),
+            kind,
+            id,
+        }
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let c: Config = EXAMPLE.parse().unwrap();
+        assert_eq!(c.collector.allow.len(), 2);
+        assert_eq!(c.collector.min_free_disk_bytes, Some(2 << 30));
+        let web = &c.sessions[0];
+        let f = web.files.as_ref().unwrap();
+        assert_eq!(f.rotate.size_bytes, Some(100 << 20));
+        // Only what the session sets overrides the defaults: the interval is replaced too,
+        // because `rotate` is one value.
+        assert_eq!(f.rotate.interval, None);
+        assert_eq!(f.max_files, Some(48));
+        assert_eq!(f.dir.as_deref(), Some(Path::new("/tmp/web")));
+        assert!(!c.sessions[1].enabled);
+        assert_eq!(c.sessions[1].files, None);
+    }
+
+    #[test]
+    fn matching() {
+        let c: Config = EXAMPLE.parse().unwrap();
+        assert_eq!(
+            c.session_for(&key([10, 1, 2, 3], Kind::ErspanII, 12)),
+            Some(0)
+        );
+        assert_eq!(c.session_for(&key([10, 1, 2, 3], Kind::ErspanII, 20)), None);
+        assert_eq!(
+            c.session_for(&key([10, 1, 2, 3], Kind::ErspanIII, 12)),
+            None
+        );
+        assert_eq!(c.session_for(&key([1, 2, 3, 4], Kind::Vxlan, 7)), Some(0));
+        assert_eq!(c.session_for(&key([192, 168, 0, 5], Kind::Gre, 0)), Some(1));
+        let mapped = SourceKey {
+            src: "::ffff:192.168.0.5".parse().unwrap(),
+            kind: Kind::Gre,
+            id: 0,
+        };
+        assert_eq!(c.session_for(&mapped), Some(1));
+    }
+
+    #[test]
+    fn errors_name_the_session_and_field() {
+        let cases = [
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ kind = \"erspan-iv\" }]",
+                "session \"a\": sources[0]: kind",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ src = \"10.0.0/8\" }]",
+                "session \"a\": sources[0]: src",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = \"9-3\" }]",
+                "backwards",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfilter = \"tcp port\"",
+                "session \"a\": filter",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { rotate = { size = \"big\" } }",
+                "rotate.size",
+            ),
+            (
+                "[[session]]\nname = \"a/b\"\nsources = [{ id = 1 }]",
+                "name",
+            ),
+            ("[[session]]\nname = \"a\"\nsources = []", "at least one"),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\n[[session]]\nname = \"a\"\nsources = [{ id = 2 }]",
+                "defined twice",
+            ),
+            ("[collector]\nouts = \"x\"", "unknown field"),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { format = \"cap\" }",
+                "format",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = text.parse::<Config>().unwrap_err();
+            assert!(e.0.contains(needle), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn rotation_policy() {
+        let h = Duration::from_secs(3600);
+        let p = RotatePolicy {
+            size_bytes: Some(1000),
+            duration: None,
+            interval: Some(h),
+            packets: Some(10),
+        };
+        let t0 = 1_700_000_000_000_000_000u64; // 22:13:20 UTC
+        assert_eq!(p.due(t0, 0, 0, t0), None);
+        assert_eq!(p.due(t0, 1000, 0, t0), Some(RotateReason::Size));
+        assert_eq!(p.due(t0, 0, 10, t0), Some(RotateReason::Packets));
+        // On the hour: 23:00:00 UTC, not an hour after opening.
+        let boundary = next_boundary_ns(t0, h);
+        assert_eq!(boundary, 1_700_002_800_000_000_000);
+        assert_eq!(p.due(t0, 0, 0, boundary - 1), None);
+        assert_eq!(p.due(t0, 0, 0, boundary), Some(RotateReason::Interval));
+        let d = RotatePolicy {
+            duration: Some(Duration::from_secs(60)),
+            ..RotatePolicy::default()
+        };
+        assert_eq!(d.due(t0, 0, 0, t0 + 59_999_999_999), None);
+        assert_eq!(
+            d.due(t0, 0, 0, t0 + 60_000_000_000),
+            Some(RotateReason::Duration)
+        );
+    }
+}

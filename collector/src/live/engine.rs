@@ -1,0 +1,827 @@
+//! The engine: one thread that owns the pipeline (decapsulation, source table, sequence
+//! tracking), the sessions and their file outputs, and the counters. It takes filled batches
+//! from the input threads, requests file-system work from the disk thread, and publishes a
+//! stats snapshot every second. Owning all of this on one thread keeps the hot path free of
+//! locks; the pipeline costs tens of nanoseconds per packet, far below what the kernel can
+//! deliver to user space here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, select};
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+use tapwire_api as api;
+use tapwire_formats::capture::{LinkType, PacketInfo};
+use tapwire_formats::decap::{Kind, SourceKey};
+
+use super::input::{Batch, InputCounters, InputKind, Payload};
+use super::io::{self, Event, FileId, Shared};
+use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, format_name};
+use super::rates::History;
+use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
+use crate::demux::{SequenceMode, SourceId};
+use crate::filter::InnerFilter;
+use crate::offline::Timestamps;
+use crate::pipeline::{Delivery, Pipeline};
+use crate::timefmt::rfc3339_ns;
+
+/// Memory for buffered output across all open files; each file's flush threshold is this
+/// divided among them (between 64 KiB and [`FLUSH_BYTES`]).
+const BUFFER_BUDGET_BYTES: usize = 64 << 20;
+/// Distinct refused addresses remembered; the rest are counted under `other`.
+const MAX_REFUSED_ADDRS: usize = 1024;
+/// A session with no packet for this long is idle.
+const IDLE_NS: u64 = 5_000_000_000;
+
+/// What the operator set on the command line, beside the configuration file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub out: PathBuf,
+    pub auto_discover: bool,
+    pub allow: Vec<IpNet>,
+    /// Files settings for auto-discovered sessions and sessions without their own.
+    pub default_files: FilesConfig,
+    pub timestamps: Timestamps,
+    pub config_path: Option<PathBuf>,
+}
+
+/// Requests from the API.
+pub enum Control {
+    Action {
+        session: String,
+        action: api::Action,
+        reply: Sender<Result<String, String>>,
+    },
+}
+
+pub struct Engine {
+    pipeline: Pipeline,
+    core: Core,
+}
+
+/// Everything but the pipeline, so that a delivered frame (which borrows the pipeline) can be
+/// handed to it.
+struct Core {
+    settings: Settings,
+    config: Config,
+    sessions: Vec<Session>,
+    by_name: FxHashMap<String, usize>,
+    /// Session of each source, by source id.
+    routes: Vec<Option<usize>>,
+    sources: Vec<SourceState>,
+    inputs: Vec<(InputKind, Arc<InputCounters>)>,
+    input_history: Vec<History>,
+    refused: BTreeMap<IpAddr, u64>,
+    refused_other: u64,
+    totals_history: History,
+    io: Sender<io::Cmd>,
+    shared: Arc<Shared>,
+    pool: Vec<Vec<u8>>,
+    next_file_id: FileId,
+    flush_bytes: usize,
+    started_ns: u64,
+    comment: String,
+    snapshot: Arc<ArcSwap<api::Snapshot>>,
+}
+
+struct Session {
+    name: String,
+    auto: bool,
+    config: Option<SessionConfig>,
+    enabled: bool,
+    filter: Option<InnerFilter>,
+    output: Option<FileOutput>,
+    packets: u64,
+    bytes: u64,
+    written: u64,
+    drops: api::Drops,
+    last_seen_ns: u64,
+    sources: Vec<SourceId>,
+    history: History,
+}
+
+#[derive(Default)]
+struct SourceState {
+    drops: api::Drops,
+    history: History,
+    last_seen_ns: u64,
+    erspan: Option<api::ErspanSeen>,
+}
+
+/// Distinct values kept per ERSPAN field, so a hostile sender cannot grow the map.
+const MAX_ERSPAN_VALUES: usize = 64;
+
+impl Session {
+    fn new(
+        name: String,
+        config: Option<SessionConfig>,
+        settings: &Settings,
+        shared: &Shared,
+    ) -> Session {
+        let (enabled, filter, files) = match &config {
+            // Filters were compiled once when the file was validated; this cannot fail.
+            Some(c) => (
+                c.enabled,
+                c.filter
+                    .as_deref()
+                    .and_then(|f| InnerFilter::compile(f).ok()),
+                c.files.clone(),
+            ),
+            None => (true, None, Some(settings.default_files.clone())),
+        };
+        let output = files.map(|f| FileOutput::new(&name, f, &settings.out, shared));
+        Session {
+            auto: config.is_none(),
+            name,
+            config,
+            enabled,
+            filter,
+            output,
+            packets: 0,
+            bytes: 0,
+            written: 0,
+            drops: api::Drops::default(),
+            last_seen_ns: 0,
+            sources: Vec::new(),
+            history: History::default(),
+        }
+    }
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Engine {
+    pub fn new(
+        pipeline: Pipeline,
+        settings: Settings,
+        config: Config,
+        inputs: Vec<(InputKind, Arc<InputCounters>)>,
+        io: Sender<io::Cmd>,
+        shared: Arc<Shared>,
+        snapshot: Arc<ArcSwap<api::Snapshot>>,
+    ) -> Engine {
+        let n_inputs = inputs.len();
+        let mut core = Core {
+            settings,
+            config,
+            sessions: Vec::new(),
+            by_name: FxHashMap::default(),
+            routes: Vec::new(),
+            sources: Vec::new(),
+            inputs,
+            input_history: (0..n_inputs).map(|_| History::default()).collect(),
+            refused: BTreeMap::new(),
+            refused_other: 0,
+            totals_history: History::default(),
+            io,
+            shared,
+            pool: Vec::new(),
+            next_file_id: 1,
+            flush_bytes: FLUSH_BYTES,
+            started_ns: now_ns(),
+            comment: String::new(),
+            snapshot,
+        };
+        for c in core.config.sessions.clone() {
+            core.by_name.insert(c.name.clone(), core.sessions.len());
+            core.sessions.push(Session::new(
+                c.name.clone(),
+                Some(c),
+                &core.settings,
+                &core.shared,
+            ));
+        }
+        let mut e = Engine { pipeline, core };
+        e.publish(now_ns());
+        e
+    }
+
+    /// Runs until `stop` is set; `reload` asks for the configuration file to be read again.
+    pub fn run(
+        mut self,
+        batches: &Receiver<Batch>,
+        events: &Receiver<Event>,
+        buffers: &Receiver<Vec<u8>>,
+        control: &Receiver<Control>,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+    ) {
+        let mut next_tick = now_ns();
+        let mut next_snapshot = now_ns() + 1_000_000_000;
+        loop {
+            select! {
+                recv(batches) -> b => if let Ok(b) = b { self.batch(b) },
+                recv(events) -> e => if let Ok(e) = e { self.core.event(e) },
+                recv(buffers) -> b => if let Ok(b) = b { self.core.recycle(b) },
+                recv(control) -> c => if let Ok(c) = c { self.core.control(c) },
+                default(Duration::from_millis(100)) => {}
+            }
+            let now = now_ns();
+            if now >= next_tick {
+                next_tick = now + 100_000_000;
+                self.core.tick(now);
+            }
+            if now >= next_snapshot {
+                next_snapshot = now + 1_000_000_000;
+                self.publish(now);
+            }
+            if reload.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        // What the inputs already handed over is written, then every file is closed.
+        while let Ok(b) = batches.try_recv() {
+            self.batch(b);
+        }
+        let now = now_ns();
+        for i in 0..self.core.sessions.len() {
+            self.core
+                .with_output(i, |out, ctx| out.finish(ctx, RotateReason::Shutdown, now));
+        }
+        self.publish(now);
+    }
+
+    fn batch(&mut self, b: Batch) {
+        let Batch {
+            input,
+            payload,
+            back,
+        } = b;
+        let now = now_ns();
+        let (pipeline, core) = (&mut self.pipeline, &mut self.core);
+        match &payload {
+            Payload::Socket(batch) => {
+                let kind = core.inputs[input].0.clone();
+                for m in batch.messages() {
+                    let src = m.source.map(|s| normalize(s.ip()));
+                    let ts = m.ts_ns.unwrap_or(now);
+                    if let Some(src) = src
+                        && !core.allowed(src)
+                    {
+                        core.refuse(src);
+                        continue;
+                    }
+                    let d = match (&kind, src) {
+                        (InputKind::GreV4(_), _) => pipeline.ip(m.data, ts),
+                        (InputKind::GreV6(_), Some(src)) => pipeline.gre(src, m.data, ts),
+                        (InputKind::Udp(addr), Some(src)) => {
+                            pipeline.udp(src, addr.port(), m.data, ts)
+                        }
+                        _ => None,
+                    };
+                    if let Some(d) = d {
+                        core.deliver(&d, ts, now);
+                    }
+                }
+            }
+            Payload::Frames(frames) => {
+                for &(off, len, _wire_len, ts) in &frames.frames {
+                    let Some(frame) = frames.data.get(off as usize..(off + len) as usize) else {
+                        continue;
+                    };
+                    if let Some(d) = pipeline.link(LinkType::Ethernet, frame, ts) {
+                        if !core.allowed(normalize(d.key.src)) {
+                            core.refuse(normalize(d.key.src));
+                            continue;
+                        }
+                        core.deliver(&d, ts, now);
+                    }
+                }
+            }
+        }
+        let _ = back.send(payload);
+    }
+
+    fn publish(&mut self, now: u64) {
+        let snap = self.core.snapshot(&self.pipeline, now);
+        self.core.snapshot.store(Arc::new(snap));
+    }
+
+    /// Reads the configuration file again. A bad file is refused and the running configuration
+    /// stays; sessions whose definition did not change keep their state and open files.
+    fn reload(&mut self) {
+        let Some(path) = self.core.settings.config_path.clone() else {
+            tracing::info!("SIGHUP: no configuration file to reload");
+            return;
+        };
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; keeping the running one");
+                return;
+            }
+        };
+        let core = &mut self.core;
+        let now = now_ns();
+        let mut old: FxHashMap<String, Session> = std::mem::take(&mut core.sessions)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        core.by_name.clear();
+        for c in &config.sessions {
+            let s = match old.remove(&c.name) {
+                Some(s) if s.config.as_ref() == Some(c) => s,
+                Some(mut s) => {
+                    core.finish(&mut s, now);
+                    let mut n = Session::new(
+                        c.name.clone(),
+                        Some(c.clone()),
+                        &core.settings,
+                        &core.shared,
+                    );
+                    // The same session, reconfigured: its counters carry over.
+                    n.packets = s.packets;
+                    n.bytes = s.bytes;
+                    n.written = s.written;
+                    n.drops = s.drops;
+                    n.last_seen_ns = s.last_seen_ns;
+                    n.history = s.history;
+                    n
+                }
+                None => Session::new(
+                    c.name.clone(),
+                    Some(c.clone()),
+                    &core.settings,
+                    &core.shared,
+                ),
+            };
+            core.by_name.insert(s.name.clone(), core.sessions.len());
+            core.sessions.push(s);
+        }
+        // Auto-discovered sessions stay while no configured session claims their source.
+        let mut rest: Vec<Session> = old.into_values().collect();
+        rest.sort_by(|a, b| a.name.cmp(&b.name));
+        for mut s in rest {
+            let keep = s.auto
+                && s.sources
+                    .first()
+                    .is_some_and(|&id| config.session_for(&self.pipeline.key(id)).is_none());
+            if keep {
+                core.by_name.insert(s.name.clone(), core.sessions.len());
+                core.sessions.push(s);
+            } else {
+                core.finish(&mut s, now);
+            }
+        }
+        core.config = config;
+        for s in &mut core.sessions {
+            s.sources.clear();
+        }
+        for id in 0..core.routes.len() {
+            let key = self.pipeline.key(id as SourceId);
+            core.routes[id] = core.route(&key);
+            if let Some(i) = core.routes[id] {
+                core.sessions[i].sources.push(id as SourceId);
+            }
+        }
+        tracing::info!(sessions = core.sessions.len(), "configuration reloaded");
+    }
+}
+
+impl Core {
+    fn recycle(&mut self, mut b: Vec<u8>) {
+        if self.pool.len() < 64 {
+            b.clear();
+            self.pool.push(b);
+        }
+    }
+
+    /// Runs `f` on session `i`'s output with the context it needs.
+    fn with_output<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut FileOutput, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let out = self.sessions[i].output.as_mut()?;
+        let mut ctx = Ctx {
+            io: &self.io,
+            shared: &self.shared,
+            pool: &mut self.pool,
+            next_file_id: &mut self.next_file_id,
+            flush_bytes: self.flush_bytes,
+        };
+        Some(f(out, &mut ctx))
+    }
+
+    fn finish(&mut self, s: &mut Session, now: u64) {
+        if let Some(out) = s.output.as_mut() {
+            let mut ctx = Ctx {
+                io: &self.io,
+                shared: &self.shared,
+                pool: &mut self.pool,
+                next_file_id: &mut self.next_file_id,
+                flush_bytes: self.flush_bytes,
+            };
+            out.finish(&mut ctx, RotateReason::Reconfigured, now);
+        }
+    }
+
+    fn allowed(&self, src: IpAddr) -> bool {
+        self.settings.allow.is_empty() || self.settings.allow.iter().any(|n| n.contains(&src))
+    }
+
+    fn refuse(&mut self, src: IpAddr) {
+        if let Some(n) = self.refused.get_mut(&src) {
+            *n += 1;
+        } else if self.refused.len() < MAX_REFUSED_ADDRS {
+            self.refused.insert(src, 1);
+        } else {
+            self.refused_other += 1;
+        }
+    }
+
+    /// The session a source belongs to: the first configured one that matches, else its own
+    /// auto-discovered one (created here), else none.
+    fn route(&mut self, key: &SourceKey) -> Option<usize> {
+        if let Some(c) = self.config.session_for(key) {
+            return self.by_name.get(&self.config.sessions[c].name).copied();
+        }
+        if !self.settings.auto_discover {
+            return None;
+        }
+        let name = key.file_stem();
+        if let Some(&i) = self.by_name.get(&name) {
+            return Some(i);
+        }
+        let i = self.sessions.len();
+        tracing::info!(session = name, "new source: auto-discovered session");
+        self.sessions.push(Session::new(
+            name.clone(),
+            None,
+            &self.settings,
+            &self.shared,
+        ));
+        self.by_name.insert(name, i);
+        Some(i)
+    }
+
+    /// Routes one delivered frame to its session and writes it.
+    fn deliver(&mut self, d: &Delivery<'_>, ts: u64, now: u64) {
+        let id = d.source as usize;
+        if self.routes.len() <= id {
+            self.routes.resize(id + 1, None);
+            self.sources.resize_with(id + 1, SourceState::default);
+        }
+        if d.new_source {
+            tracing::info!(source = %d.key, "new source");
+            let r = self.route(&d.key);
+            self.routes[id] = r;
+            if let Some(i) = r {
+                self.sessions[i].sources.push(d.source);
+            }
+        }
+        let st = &mut self.sources[id];
+        st.last_seen_ns = ts;
+        if matches!(d.key.kind, Kind::ErspanII | Kind::ErspanIII) {
+            seen(st.erspan.get_or_insert_with(api::ErspanSeen::default), d);
+        }
+        let Some(si) = self.routes[id] else {
+            st.drops.no_session += 1;
+            return;
+        };
+        let s = &mut self.sessions[si];
+        s.packets += 1;
+        s.bytes += d.frame.len() as u64;
+        s.last_seen_ns = ts;
+        if !s.enabled {
+            s.drops.disabled += 1;
+            st.drops.disabled += 1;
+            return;
+        }
+        if let Some(f) = &s.filter
+            && !f.matches(d.link, d.frame)
+        {
+            s.drops.filter += 1;
+            st.drops.filter += 1;
+            return;
+        }
+        let Some(out) = s.output.as_mut() else { return };
+        self.comment.clear();
+        d.comment(&mut self.comment);
+        let packet = PacketInfo {
+            ts_ns: match self.settings.timestamps {
+                Timestamps::Erspan => d.meta.erspan_time_ns.unwrap_or(ts),
+                Timestamps::Input => ts,
+            },
+            orig_len: d.frame.len() as u32,
+            data: d.frame,
+            direction: d.meta.direction,
+            comment: (!self.comment.is_empty()).then_some(self.comment.as_str()),
+        };
+        let mut ctx = Ctx {
+            io: &self.io,
+            shared: &self.shared,
+            pool: &mut self.pool,
+            next_file_id: &mut self.next_file_id,
+            flush_bytes: self.flush_bytes,
+        };
+        match out.write(&mut ctx, d.source, &d.key, d.link, &packet, now) {
+            Ok(()) => s.written += 1,
+            Err(Refusal::DiskGuard) => {
+                s.drops.disk_guard += 1;
+                st.drops.disk_guard += 1;
+            }
+            Err(Refusal::WriteError) => {
+                s.drops.write_error += 1;
+                st.drops.write_error += 1;
+            }
+            Err(Refusal::Backlog) => {
+                s.drops.backlog += 1;
+                st.drops.backlog += 1;
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        let now = now_ns();
+        let find = |sessions: &[Session], id: FileId| {
+            sessions
+                .iter()
+                .position(|s| s.output.as_ref().is_some_and(|o| o.owns(id)))
+        };
+        match e {
+            Event::Opened { file, path } => {
+                if let Some(i) = find(&self.sessions, file)
+                    && let Some(out) = self.sessions[i].output.as_mut()
+                {
+                    out.opened(file, path);
+                }
+            }
+            Event::OpenFailed { file, error } => {
+                if let Some(i) = find(&self.sessions, file) {
+                    let s = &mut self.sessions[i];
+                    tracing::warn!(session = s.name, error, "output unavailable");
+                    if let Some(out) = s.output.as_mut() {
+                        out.open_failed(file, error, now);
+                    }
+                }
+                // Records already encoded for it come back as failed writes and are counted then.
+            }
+            Event::WriteFailed {
+                file,
+                packets,
+                error,
+            } => {
+                // The file may already be finished: charge the session that owned it if known.
+                let i = find(&self.sessions, file);
+                if let Some(i) = i {
+                    let s = &mut self.sessions[i];
+                    s.drops.write_error += packets;
+                    s.written = s.written.saturating_sub(packets);
+                    if let Some(out) = s.output.as_mut() {
+                        out.write_failed(error);
+                    }
+                }
+            }
+            Event::Vanished { file } => {
+                if let Some(i) = find(&self.sessions, file) {
+                    self.with_output(i, |out, ctx| out.vanished(ctx, file, now));
+                }
+            }
+            Event::Closed { .. } => {}
+        }
+    }
+
+    fn tick(&mut self, now: u64) {
+        let open = self
+            .sessions
+            .iter()
+            .filter(|s| s.output.as_ref().is_some_and(FileOutput::is_open))
+            .count()
+            .max(1);
+        self.flush_bytes = (BUFFER_BUDGET_BYTES / open).clamp(64 << 10, FLUSH_BYTES);
+        for i in 0..self.sessions.len() {
+            self.with_output(i, |out, ctx| {
+                // An output error clears once the directory is usable again: the next packet
+                // tries to open a file.
+                if out.error.is_some() && !out.is_open() && !out.held() {
+                    out.error = None;
+                }
+                out.tick(ctx, now);
+            });
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        let Control::Action {
+            session,
+            action,
+            reply,
+        } = c;
+        let Some(&i) = self.by_name.get(&session) else {
+            let _ = reply.send(Err(format!("no session named {session:?}")));
+            return;
+        };
+        let now = now_ns();
+        let msg = match action {
+            api::Action::Enable => {
+                self.sessions[i].enabled = true;
+                format!("session {session} enabled")
+            }
+            api::Action::Disable => {
+                self.sessions[i].enabled = false;
+                self.with_output(i, |out, ctx| out.finish(ctx, RotateReason::Requested, now));
+                format!("session {session} disabled")
+            }
+            api::Action::Rotate => {
+                if self
+                    .with_output(i, |out, ctx| out.finish(ctx, RotateReason::Requested, now))
+                    .is_none()
+                {
+                    let _ = reply.send(Err(format!("session {session} writes no files")));
+                    return;
+                }
+                format!("session {session} rotated")
+            }
+        };
+        tracing::info!(session, ?action, "action from the API");
+        let _ = reply.send(Ok(msg));
+    }
+
+    fn snapshot(&mut self, pipeline: &Pipeline, now: u64) -> api::Snapshot {
+        let demux = pipeline.demux();
+        let mut sessions = Vec::with_capacity(self.sessions.len());
+        let (mut total_lost, mut total_written) = (0, 0);
+        let mut drops = api::Drops::default();
+        for s in &mut self.sessions {
+            let mut sources = Vec::with_capacity(s.sources.len());
+            let (mut lost, mut truncated) = (0, 0);
+            for &id in &s.sources {
+                let src = demux.source(id);
+                let st = &mut self.sources[id as usize];
+                let seq = demux.sequence(id);
+                lost += seq.lost;
+                truncated += src.truncated;
+                sources.push(api::SourceStats {
+                    src: src.key.src.to_string(),
+                    kind: src.key.kind.to_string(),
+                    id: src.key.id,
+                    label: src.key.to_string(),
+                    packets: src.packets,
+                    bytes: src.bytes,
+                    lost: seq.lost,
+                    duplicates: seq.duplicates,
+                    reordered: seq.reordered,
+                    truncated: src.truncated,
+                    sequence: match seq.mode {
+                        SequenceMode::None => api::Sequence::None,
+                        SequenceMode::PerSource => api::Sequence::PerSource,
+                        SequenceMode::SharedBySender => api::Sequence::SharedBySender,
+                    },
+                    drops: st.drops,
+                    first_seen: src.first_ts_ns.map(rfc3339_ns),
+                    last_seen: (st.last_seen_ns > 0).then(|| rfc3339_ns(st.last_seen_ns)),
+                    rates: st.history.push(now, src.packets, src.bytes),
+                    erspan: st.erspan.clone(),
+                });
+            }
+            total_lost += lost;
+            total_written += s.written;
+            add_drops(&mut drops, &s.drops);
+            let error = s.output.as_ref().and_then(|o| o.error.clone());
+            let state = if !s.enabled {
+                api::SessionState::Disabled
+            } else if error.is_some() {
+                api::SessionState::Error
+            } else if s.last_seen_ns > 0 && now.saturating_sub(s.last_seen_ns) < IDLE_NS {
+                api::SessionState::Receiving
+            } else {
+                api::SessionState::Idle
+            };
+            sessions.push(api::SessionStats {
+                name: s.name.clone(),
+                state,
+                enabled: s.enabled,
+                auto: s.auto,
+                filter: s.filter.as_ref().map(|f| f.expr().to_string()),
+                packets: s.packets,
+                bytes: s.bytes,
+                written: s.written,
+                lost,
+                truncated,
+                drops: s.drops,
+                rates: s.history.push(now, s.packets, s.bytes),
+                last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
+                files: s.output.as_ref().map(|o| api::FileStats {
+                    dir: o.dir().display().to_string(),
+                    format: format_name(o.cfg.format).to_string(),
+                    current: o.current_path().map(|p| p.display().to_string()),
+                    current_bytes: o.current_bytes(),
+                    files_finished: o.files_finished,
+                    error,
+                }),
+                sources,
+                protocols: api::ProtocolMix::default(),
+                top_talkers: Vec::new(),
+            });
+        }
+        for (id, r) in self.routes.iter().enumerate() {
+            if r.is_none() {
+                drops.no_session += self.sources[id].drops.no_session;
+            }
+        }
+
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        let (mut kernel_drops, mut packets, mut bytes) = (0, 0, 0);
+        for (i, (kind, c)) in self.inputs.iter().enumerate() {
+            let p = c.packets.load(Ordering::Relaxed);
+            let b = c.bytes.load(Ordering::Relaxed);
+            let k = c.kernel_drops.load(Ordering::Relaxed);
+            packets += p;
+            bytes += b;
+            kernel_drops += k;
+            inputs.push(api::InputStats {
+                name: kind.name(),
+                packets: p,
+                bytes: b,
+                kernel_drops: k,
+                queue_drops: 0,
+                error: c.error(),
+                rates: self.input_history[i].push(now, p, b),
+            });
+        }
+        let t = pipeline.totals();
+        let mut refused: BTreeMap<String, u64> = self
+            .refused
+            .iter()
+            .map(|(a, n)| (a.to_string(), *n))
+            .collect();
+        if self.refused_other > 0 {
+            refused.insert("other".into(), self.refused_other);
+        }
+        let mut malformed: BTreeMap<String, u64> = t
+            .malformed
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect();
+        if t.source_table_full > 0 {
+            malformed.insert("source_table_full".into(), t.source_table_full);
+        }
+        api::Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: rfc3339_ns(self.started_ns),
+            uptime_s: now.saturating_sub(self.started_ns) as f64 / 1e9,
+            totals: api::Totals {
+                packets,
+                decapsulated: t.decapsulated,
+                written: total_written,
+                lost: total_lost,
+                kernel_drops,
+                queue_drops: 0,
+                drops,
+                not_mirror: t
+                    .not_mirror
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect(),
+                malformed,
+                refused,
+                sources: demux.len() as u64,
+                rates: self.totals_history.push(now, packets, bytes),
+            },
+            inputs,
+            sessions,
+        }
+    }
+}
+
+/// Records the ERSPAN fields a frame carried.
+fn seen(e: &mut api::ErspanSeen, d: &Delivery<'_>) {
+    if let Some(v) = d.meta.vlan
+        && (e.vlans.len() < MAX_ERSPAN_VALUES || e.vlans.contains_key(&v))
+    {
+        *e.vlans.entry(v).or_default() += 1;
+    }
+    match d.meta.direction {
+        Some(tapwire_formats::wire::erspan::Direction::Ingress) => e.ingress += 1,
+        Some(tapwire_formats::wire::erspan::Direction::Egress) => e.egress += 1,
+        None => {}
+    }
+    if let Some(h) = d.meta.hardware_id
+        && (e.hardware_ids.len() < MAX_ERSPAN_VALUES || e.hardware_ids.contains_key(&h))
+    {
+        *e.hardware_ids.entry(h).or_default() += 1;
+    }
+}
+
+fn add_drops(a: &mut api::Drops, b: &api::Drops) {
+    a.disabled += b.disabled;
+    a.filter += b.filter;
+    a.disk_guard += b.disk_guard;
+    a.write_error += b.write_error;
+    a.backlog += b.backlog;
+    a.no_session += b.no_session;
+}

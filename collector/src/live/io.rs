@@ -1,0 +1,510 @@
+//! The disk thread: everything that touches the file system for the live collector, so that a
+//! slow or full disk never stalls packet processing. The engine sends whole-record buffers and
+//! open/close requests; this thread writes them, keeps each file a valid capture (a failed write
+//! is cut back to the last good length), watches free space for the disk guard, notices files
+//! whose directory vanished, prunes old files and runs the on-finish command.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+pub type FileId = u64;
+
+/// Free-space state of one output directory, shared with the engine.
+#[derive(Debug)]
+pub struct DirState {
+    pub dir: PathBuf,
+    /// Writing is held: free space is below the guard (or the last write hit ENOSPC).
+    pub low: AtomicBool,
+    pub free_bytes: AtomicU64,
+    pub min_free_bytes: AtomicU64,
+}
+
+/// State shared between the engine and the disk thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Bytes handed to the disk thread and not yet written.
+    pub backlog_bytes: AtomicU64,
+    dirs: Mutex<HashMap<PathBuf, Arc<DirState>>>,
+    /// The guard when none is configured: min(256 MiB, 5 % of the file system).
+    pub min_free_bytes: Option<u64>,
+}
+
+impl Shared {
+    pub fn new(min_free_bytes: Option<u64>) -> Self {
+        Shared {
+            min_free_bytes,
+            ..Shared::default()
+        }
+    }
+
+    /// The state of `dir`, created (and checked once) on first use.
+    pub fn dir(&self, dir: &Path) -> Arc<DirState> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = dirs.get(dir) {
+            return d.clone();
+        }
+        let d = Arc::new(DirState {
+            dir: dir.to_path_buf(),
+            low: AtomicBool::new(false),
+            free_bytes: AtomicU64::new(u64::MAX),
+            min_free_bytes: AtomicU64::new(0),
+        });
+        check_space(&d, self.min_free_bytes);
+        dirs.insert(dir.to_path_buf(), d.clone());
+        d
+    }
+
+    fn all_dirs(&self) -> Vec<Arc<DirState>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Keep at most `max_files` of a session's files, counting the one about to be opened.
+#[derive(Debug, Clone)]
+pub struct Prune {
+    pub session: String,
+    pub max_files: u32,
+}
+
+#[derive(Debug)]
+pub enum Cmd {
+    /// Create `dir/stem.ext` (or `stem_N.ext` if taken); never overwrite.
+    Open {
+        file: FileId,
+        dir: PathBuf,
+        stem: String,
+        ext: &'static str,
+        prune: Option<Prune>,
+    },
+    /// Append whole records.
+    Write {
+        file: FileId,
+        buf: Vec<u8>,
+        packets: u64,
+    },
+    Close {
+        file: FileId,
+        session: String,
+        on_finish: Option<String>,
+    },
+    /// Finish what is queued, wait for on-finish commands until `deadline`, and stop.
+    Shutdown { deadline: Instant },
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Opened {
+        file: FileId,
+        path: PathBuf,
+    },
+    OpenFailed {
+        file: FileId,
+        error: String,
+    },
+    /// `packets` records were not written; the file was cut back to its last good length.
+    WriteFailed {
+        file: FileId,
+        packets: u64,
+        error: String,
+    },
+    /// The file's path no longer exists (its directory was removed).
+    Vanished {
+        file: FileId,
+    },
+    Closed {
+        file: FileId,
+        path: PathBuf,
+        bytes: u64,
+    },
+}
+
+struct OpenFile {
+    path: PathBuf,
+    file: Option<File>,
+    len: u64,
+    failed: bool,
+}
+
+pub struct DiskThread {
+    cmds: Receiver<Cmd>,
+    events: Sender<Event>,
+    buffers: Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+    files: HashMap<FileId, OpenFile>,
+    children: Vec<(Child, PathBuf)>,
+    last_check: Instant,
+}
+
+impl DiskThread {
+    pub fn new(
+        cmds: Receiver<Cmd>,
+        events: Sender<Event>,
+        buffers: Sender<Vec<u8>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        DiskThread {
+            cmds,
+            events,
+            buffers,
+            shared,
+            files: HashMap::new(),
+            children: Vec::new(),
+            last_check: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            match self.cmds.recv_timeout(Duration::from_millis(200)) {
+                Ok(Cmd::Shutdown { deadline }) => return self.shutdown(deadline),
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.shutdown(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            if self.last_check.elapsed() >= Duration::from_millis(500) {
+                self.periodic();
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Open {
+                file,
+                dir,
+                stem,
+                ext,
+                prune,
+            } => {
+                if let Some(p) = &prune {
+                    prune_old(&dir, p);
+                }
+                match create_unique(&dir, &stem, ext) {
+                    Ok((f, path)) => {
+                        self.files.insert(
+                            file,
+                            OpenFile {
+                                path: path.clone(),
+                                file: Some(f),
+                                len: 0,
+                                failed: false,
+                            },
+                        );
+                        let _ = self.events.send(Event::Opened { file, path });
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot open capture file");
+                        let _ = self.events.send(Event::OpenFailed {
+                            file,
+                            error: format!("{}: {e}", dir.display()),
+                        });
+                    }
+                }
+            }
+            Cmd::Write { file, buf, packets } => {
+                let n = buf.len() as u64;
+                self.write(file, &buf, packets);
+                self.shared.backlog_bytes.fetch_sub(n, Ordering::Relaxed);
+                let _ = self.buffers.send(buf);
+            }
+            Cmd::Close {
+                file,
+                session,
+                on_finish,
+            } => {
+                if let Some(f) = self.files.remove(&file) {
+                    drop(f.file);
+                    if let Some(cmd) = on_finish
+                        && f.len > 0
+                    {
+                        self.spawn_on_finish(&cmd, &session, &f.path);
+                    }
+                    let _ = self.events.send(Event::Closed {
+                        file,
+                        path: f.path,
+                        bytes: f.len,
+                    });
+                }
+            }
+            Cmd::Shutdown { .. } => {}
+        }
+    }
+
+    fn write(&mut self, id: FileId, buf: &[u8], packets: u64) {
+        let Some(of) = self.files.get_mut(&id) else {
+            return;
+        };
+        let Some(file) = of.file.as_mut() else {
+            let _ = self.events.send(Event::WriteFailed {
+                file: id,
+                packets,
+                error: "file not open".into(),
+            });
+            return;
+        };
+        match file.write_all(buf) {
+            Ok(()) => {
+                of.len += buf.len() as u64;
+                of.failed = false;
+            }
+            Err(e) => {
+                // Cut back to the last whole record so the file stays a valid capture.
+                let cut = file.set_len(of.len);
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    let parent = of.path.parent().unwrap_or(Path::new("."));
+                    self.shared.dir(parent).low.store(true, Ordering::Relaxed);
+                }
+                if !of.failed {
+                    tracing::warn!(path = %of.path.display(), error = %e, "write failed");
+                }
+                of.failed = true;
+                let error = match cut {
+                    Ok(()) => format!("{}: {e}", of.path.display()),
+                    Err(c) => format!("{}: {e} (and cutting back failed: {c})", of.path.display()),
+                };
+                let _ = self.events.send(Event::WriteFailed {
+                    file: id,
+                    packets,
+                    error,
+                });
+            }
+        }
+    }
+
+    fn periodic(&mut self) {
+        self.last_check = Instant::now();
+        for d in self.shared.all_dirs() {
+            check_space(&d, self.shared.min_free_bytes);
+        }
+        for (id, f) in &self.files {
+            if !f.path.exists() {
+                let _ = self.events.send(Event::Vanished { file: *id });
+            }
+        }
+        self.children.retain_mut(|(c, path)| match c.try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    tracing::warn!(file = %path.display(), %status, "on-finish command failed");
+                }
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        });
+    }
+
+    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path) {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .arg("tapwire-on-finish")
+            .arg(path)
+            .env("TAPWIRE_FILE", path)
+            .env("TAPWIRE_SESSION", session)
+            .stdin(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => self.children.push((c, path.to_path_buf())),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot run on-finish command")
+            }
+        }
+    }
+
+    fn shutdown(mut self, deadline: Instant) {
+        while let Ok(cmd) = self.cmds.try_recv() {
+            if !matches!(cmd, Cmd::Shutdown { .. }) {
+                self.handle(cmd);
+            }
+        }
+        for (id, f) in std::mem::take(&mut self.files) {
+            drop(f.file);
+            let _ = self.events.send(Event::Closed {
+                file: id,
+                path: f.path,
+                bytes: f.len,
+            });
+        }
+        while !self.children.is_empty() && Instant::now() < deadline {
+            self.children
+                .retain_mut(|(c, _)| matches!(c.try_wait(), Ok(None)));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !self.children.is_empty() {
+            tracing::info!(
+                n = self.children.len(),
+                "on-finish commands still running at exit"
+            );
+        }
+    }
+}
+
+/// Updates a directory's free space and its guard state.
+fn check_space(d: &DirState, configured: Option<u64>) {
+    // The directory may not exist yet: ask its nearest existing ancestor.
+    let mut p = d.dir.as_path();
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => {
+                p = Path::new(".");
+                break;
+            }
+        }
+    }
+    match nix::sys::statvfs::statvfs(p) {
+        Ok(s) => {
+            let frsize = s.fragment_size();
+            let free = s.blocks_available() * frsize;
+            let total = s.blocks() * frsize;
+            let min = configured.unwrap_or_else(|| (256 << 20).min(total / 20));
+            d.free_bytes.store(free, Ordering::Relaxed);
+            d.min_free_bytes.store(min, Ordering::Relaxed);
+            let low = free < min;
+            if d.low.swap(low, Ordering::Relaxed) != low {
+                if low {
+                    tracing::warn!(dir = %d.dir.display(), free, min, "free disk below the guard: holding writes");
+                } else {
+                    tracing::info!(dir = %d.dir.display(), free, "free disk back above the guard: writing again");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(dir = %d.dir.display(), error = %e, "statvfs failed"),
+    }
+}
+
+/// Creates `dir/stem.ext`, or `stem_1.ext`, `stem_2.ext`... if taken. Creates `dir` if needed.
+fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    for n in 0..1000 {
+        let name = if n == 0 {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}_{n}.{ext}")
+        };
+        let path = dir.join(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "1000 files with the same name",
+    ))
+}
+
+/// Whether `name` is one of `session`'s files: `<session>_<YYYYmmddTHHMMSS>Z[_N].pcap[ng]`.
+pub fn is_session_file(name: &str, session: &str) -> bool {
+    let Some(rest) = name.strip_prefix(session).and_then(|r| r.strip_prefix('_')) else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() > 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && (rest.ends_with(".pcapng") || rest.ends_with(".pcap"))
+        && {
+            let tail = &rest[16..];
+            tail.starts_with('.')
+                || (tail.starts_with('_')
+                    && tail[1..]
+                        .split('.')
+                        .next()
+                        .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())))
+        }
+}
+
+/// Deletes the oldest of a session's files so that, with the one about to be opened, at most
+/// `max_files` remain. Names sort in time order.
+fn prune_old(dir: &Path, p: &Prune) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_session_file(n, &p.session))
+        .collect();
+    names.sort();
+    let keep = p.max_files.saturating_sub(1) as usize;
+    if names.len() > keep {
+        for n in &names[..names.len() - keep] {
+            match std::fs::remove_file(dir.join(n)) {
+                Ok(()) => tracing::info!(
+                    file = n,
+                    session = p.session,
+                    "removed: more than max_files"
+                ),
+                Err(e) => tracing::warn!(file = n, error = %e, "cannot remove old file"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_file_names() {
+        assert!(is_session_file("web_20261121T054100Z.pcapng", "web"));
+        assert!(is_session_file("web_20261121T054100Z_3.pcap", "web"));
+        assert!(!is_session_file("web_2_20261121T054100Z.pcapng", "web"));
+        assert!(is_session_file("web_2_20261121T054100Z.pcapng", "web_2"));
+        assert!(!is_session_file("web_20261121T054100Z.txt", "web"));
+        assert!(!is_session_file("webx_20261121T054100Z.pcapng", "web"));
+        assert!(is_session_file(
+            "10.0.0.5_erspan-ii_42_20261121T054100Z.pcapng",
+            "10.0.0.5_erspan-ii_42"
+        ));
+    }
+
+    #[test]
+    fn unique_names_and_pruning() {
+        let dir = std::env::temp_dir().join(format!("tapwire-io-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (_, a) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
+        let (_, b) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
+        assert_ne!(a, b);
+        assert!(b.to_string_lossy().ends_with("s_20260101T000000Z_1.pcapng"));
+        create_unique(&dir, "s_20260101T000001Z", "pcapng").unwrap();
+        create_unique(&dir, "other_20260101T000000Z", "pcapng").unwrap();
+        prune_old(
+            &dir,
+            &Prune {
+                session: "s".into(),
+                max_files: 2,
+            },
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["other_20260101T000000Z.pcapng", "s_20260101T000001Z.pcapng"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,136 @@
+//! `tapwire collect`: the live collector.
+//!
+//! Threads: one per input (receive into batches), one engine (decapsulate, demultiplex, route
+//! to sessions, encode), one disk thread (all file-system work), one API thread. Batches and
+//! buffers move between them by ownership, never by copy.
+
+pub mod api;
+pub mod engine;
+pub mod input;
+pub mod io;
+pub mod output;
+pub mod rates;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{bounded, unbounded};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::pipeline::{MAX_SOURCES, Pipeline};
+use engine::{Engine, Settings};
+use input::{Input, InputKind};
+
+pub struct CollectOptions {
+    pub settings: Settings,
+    pub config: Config,
+    pub inputs: Vec<InputKind>,
+    pub decap: tapwire_formats::decap::Config,
+    pub api: Option<SocketAddr>,
+    pub api_token: Option<String>,
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+/// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// Runs the collector until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
+pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    // A second SIGINT/SIGTERM while shutting down ends the process at once.
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .context("signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
+    }
+    signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
+
+    let mut opened = Vec::new();
+    for kind in &opts.inputs {
+        let input = Input::open(kind.clone())
+            .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
+        opened.push(input);
+    }
+    if opened.is_empty() {
+        return Err(StartError("no inputs: every input is turned off".into()).into());
+    }
+
+    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
+    let (io_tx, io_rx) = unbounded();
+    let (ev_tx, ev_rx) = unbounded();
+    let (buf_tx, buf_rx) = unbounded();
+    let disk = io::DiskThread::new(io_rx, ev_tx, buf_tx, shared.clone());
+    let disk = std::thread::Builder::new()
+        .name("tapwire-disk".into())
+        .spawn(move || disk.run())?;
+
+    let snapshot = Arc::new(ArcSwap::from_pointee(empty_snapshot()));
+    let (ctl_tx, ctl_rx) = unbounded();
+    if let Some(addr) = opts.api {
+        let local = api::spawn(addr, snapshot.clone(), ctl_tx, opts.api_token.clone())
+            .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
+        tracing::info!(%local, "stats API listening");
+    }
+
+    let (batch_tx, batch_rx) = bounded(256);
+    let counters: Vec<_> = opened
+        .iter()
+        .map(|i| (i.kind.clone(), i.counters.clone()))
+        .collect();
+    let mut threads = Vec::new();
+    for (index, input) in opened.into_iter().enumerate() {
+        let name = input.kind.name();
+        tracing::info!(input = name, "receiving");
+        let (tx, stop) = (batch_tx.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tapwire-in{index}"))
+                .spawn(move || input.run(index, tx, stop))?,
+        );
+    }
+    drop(batch_tx);
+
+    let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
+    let engine = Engine::new(
+        pipeline,
+        opts.settings,
+        opts.config,
+        counters,
+        io_tx.clone(),
+        shared,
+        snapshot,
+    );
+    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
+
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    let _ = io_tx.send(io::Cmd::Shutdown { deadline });
+    let _ = disk.join();
+    // Input threads notice `stop` within their poll interval; the process may exit before.
+    for t in threads {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let _ = t.join();
+    }
+    tracing::info!("stopped; files closed");
+    Ok(())
+}
+
+fn empty_snapshot() -> tapwire_api::Snapshot {
+    tapwire_api::Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: String::new(),
+        uptime_s: 0.0,
+        totals: tapwire_api::Totals::default(),
+        inputs: Vec::new(),
+        sessions: Vec::new(),
+    }
+}
