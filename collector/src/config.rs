@@ -548,6 +548,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let c: Config = include_str!("../../dist/collector.toml").parse().unwrap();
+        assert_eq!(c.sessions.len(), 3);
+        assert_eq!(c.sessions[0].filter.as_deref(), Some("tcp port 80 or tcp port 443"));
+    }
+
+    #[test]
     fn matching() {
         let c: Config = EXAMPLE.parse().unwrap();
         assert_eq!(
