@@ -7,4 +7,5 @@
 pub mod capture;
 pub mod decap;
 pub mod defrag;
+pub mod encap;
 pub mod wire;
