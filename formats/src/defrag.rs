@@ -161,7 +161,7 @@ impl Reassembler {
             return Push::Invalid;
         }
         if !self.table.contains_key(&key) {
-            self.make_room(payload.len());
+            self.make_room(0, None);
             self.serial += 1;
             let data = self.spare.pop().unwrap_or_default();
             self.table.insert(
@@ -190,7 +190,9 @@ impl Reassembler {
                 || p.data[offset..end] != *payload
                 || (!more && p.total_len != Some(end))
         } else {
-            (!more && p.total_len.is_some_and(|t| t != end)) || p.total_len.is_some_and(|t| end > t)
+            // A last fragment must be last: no other fragment may reach past its end.
+            (!more && (p.total_len.is_some_and(|t| t != end) || p.data.len() > end))
+                || p.total_len.is_some_and(|t| end > t)
         };
         if conflict {
             self.stats.invalid += 1;
@@ -200,10 +202,18 @@ impl Reassembler {
         if overlaps {
             return Push::Held;
         }
-        if p.data.len() < end {
-            let grow = end - p.data.len();
-            p.data.resize(end, 0);
+        // The buffer holds the datagram up to its furthest fragment: growing it counts against
+        // the memory bound like a new datagram does.
+        let grow = end.saturating_sub(p.data.len());
+        if grow > 0 {
+            self.make_room(grow, Some(key));
             self.bytes += grow;
+        }
+        let Some(p) = self.table.get_mut(&key) else {
+            return Push::Invalid;
+        };
+        if p.data.len() < end {
+            p.data.resize(end, 0);
         }
         p.data[offset..end].copy_from_slice(payload);
         for u in first..last {
@@ -243,17 +253,35 @@ impl Reassembler {
         }
     }
 
-    fn make_room(&mut self, incoming: usize) {
-        while self.table.len() >= self.config.max_datagrams
-            || (!self.table.is_empty() && self.bytes + incoming > self.config.max_bytes)
-        {
+    /// Evicts the oldest datagrams other than `keep` until `incoming` more bytes fit, and, when
+    /// a datagram is about to be added (`keep` is `None`), one more datagram fits. Stops when
+    /// only `keep` is left: one datagram may exceed the byte bound alone.
+    fn make_room(&mut self, incoming: usize, keep: Option<Key>) {
+        let keep_live = keep.is_some_and(|k| self.table.contains_key(&k));
+        let mut kept = None;
+        loop {
+            let others = self.table.len() - usize::from(keep_live);
+            let over_count = keep.is_none() && self.table.len() >= self.config.max_datagrams;
+            let over_bytes = self.bytes + incoming > self.config.max_bytes;
+            if others == 0 || !(over_count || over_bytes) {
+                break;
+            }
             let Some((key, serial)) = self.order.pop_front() else {
                 break;
             };
-            if self.table.get(&key).is_some_and(|p| p.serial == serial) {
-                self.stats.evicted_memory += 1;
-                self.drop_key(&key);
+            if self.table.get(&key).is_none_or(|p| p.serial != serial) {
+                continue;
             }
+            if Some(key) == keep {
+                kept = Some((key, serial));
+                continue;
+            }
+            self.stats.evicted_memory += 1;
+            self.drop_key(&key);
+        }
+        // `keep` was the oldest: it stays at the front for the timeout.
+        if let Some(entry) = kept {
+            self.order.push_front(entry);
         }
     }
 
@@ -353,6 +381,48 @@ mod tests {
         }
         assert!(r.buffered_bytes() <= 100);
         assert_eq!(r.stats().evicted_memory, 3);
+    }
+
+    /// fuzz/defrag finding: the memory bound counted a fragment's length, not how far into the
+    /// datagram it reached, and never counted a datagram growing. These three pushes (bound
+    /// 10644 bytes) buffered 103825.
+    #[test]
+    fn far_fragments_count_against_the_memory_bound() {
+        let config = Config {
+            max_datagrams: 11,
+            max_bytes: 10_644,
+            timeout_ns: 255_001,
+        };
+        let mut r = Reassembler::new(config);
+        assert_eq!(r.push(key(0), 200, true, &[1; 1016], 4450), Push::Held);
+        assert_eq!(r.push(key(1), 51_200, false, &[], 4450), Push::Held);
+        assert!(r.buffered_bytes() <= config.max_bytes + MAX_DATAGRAM);
+        assert_eq!(r.push(key(0), 51_912, false, &[2; 713], 8900), Push::Held);
+        assert!(r.buffered_bytes() <= config.max_bytes + MAX_DATAGRAM);
+        // Datagram 0 made room for 1 and was evicted; restarted, it evicted 1 in turn.
+        assert_eq!(r.pending(), 1);
+        assert_eq!(r.stats().evicted_memory, 2);
+        assert_eq!(r.buffered_bytes(), 51_912 + 713);
+        // Growing within the bound evicts nothing.
+        let mut r = Reassembler::new(config);
+        r.push(key(0), 0, true, &[0; 8], 0);
+        r.push(key(1), 0, true, &[0; 8], 0);
+        r.push(key(0), 4000, true, &[0; 8], 0);
+        assert_eq!((r.pending(), r.stats().evicted_memory), (2, 0));
+    }
+
+    /// fuzz/defrag finding: a last fragment ending before a fragment already held completed
+    /// the datagram when the unit counts happened to match: 53648 bytes, zeros where units were
+    /// missing, for a datagram of 730.
+    #[test]
+    fn last_fragment_before_a_held_one_is_invalid() {
+        let mut r = Reassembler::new(Config::default());
+        assert_eq!(r.push(key(1), 52_936, true, &[1; 712], 10_850), Push::Held);
+        assert_eq!(r.push(key(1), 712, false, &[2; 18], 13_350), Push::Invalid);
+        assert_eq!(
+            (r.pending(), r.buffered_bytes(), r.stats().invalid),
+            (0, 0, 1)
+        );
     }
 
     #[test]
