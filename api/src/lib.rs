@@ -4,6 +4,8 @@
 //! `GET /api/v1/sessions` returns a [`Snapshot`]; counters are totals since the collector
 //! started, `rates` are measured over the last 1 and 10 seconds.
 
+pub mod probe;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +149,25 @@ pub struct SessionStats {
     /// Inner IP addresses with the most bytes, largest first.
     #[serde(default)]
     pub top_talkers: Vec<Talker>,
+    /// The session's monitor interface, if it has one.
+    #[serde(default)]
+    pub tap: Option<TapStats>,
+}
+
+/// A session's TAP output. Its drops are its own: files are unaffected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapStats {
+    pub name: String,
+    pub netns: Option<String>,
+    pub written: u64,
+    /// Frames dropped because the TAP's queue was full.
+    pub tap_dropped: u64,
+    /// Writes the kernel refused.
+    pub errors: u64,
+    /// Frames the TAP's own filter (or a non-Ethernet link type) kept off the TAP.
+    pub filtered: u64,
+    /// Why the TAP could not be created, if it could not.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,6 +55,8 @@ pub struct CollectorConfig {
     pub min_free_disk_bytes: Option<u64>,
     /// Files settings every session starts from.
     pub default_files: FilesConfig,
+    /// Auto-discovered sessions get a TAP named `<prefix><n>`.
+    pub tap_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +67,56 @@ pub struct SessionConfig {
     pub filter: Option<String>,
     /// `None`: this session writes no files.
     pub files: Option<FilesConfig>,
+    pub tap: Option<TapConfig>,
+}
+
+/// A session's monitor interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapConfig {
+    pub name: String,
+    /// Create the device inside this network namespace (`ip netns` name or a path).
+    pub netns: Option<String>,
+    /// Keep the device after the collector exits.
+    pub persistent: bool,
+    /// Put the ERSPAN header's VLAN back into frames that lost their tag.
+    pub restore_vlan: bool,
+    /// Only frames matching this tcpdump expression go to the TAP.
+    pub filter: Option<String>,
+    pub mtu: u16,
+}
+
+/// Large enough for any frame tapwire decapsulates (reassembled GRE reaches 64 KiB).
+pub const DEFAULT_TAP_MTU: u16 = 65_000;
+
+impl TapConfig {
+    pub fn named(name: &str) -> TapConfig {
+        TapConfig {
+            name: name.to_string(),
+            netns: None,
+            persistent: false,
+            restore_vlan: true,
+            filter: None,
+            mtu: DEFAULT_TAP_MTU,
+        }
+    }
+}
+
+/// Validates a TAP device name as the kernel will: at most 15 bytes, no '/', ':' or spaces.
+pub fn validate_tap_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?}: interface names are 1 to 15 characters"));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        || name == "."
+        || name == ".."
+    {
+        return Err(format!(
+            "{name:?}: no '/', ':' or spaces in interface names"
+        ));
+    }
+    Ok(())
 }
 
 /// Which sources a session gathers: every given field must match.
@@ -197,6 +249,7 @@ struct RawCollector {
     #[serde(default)]
     allow: Vec<String>,
     min_free_disk: Option<SizeValue>,
+    tap_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -215,6 +268,27 @@ struct RawSession {
     sources: Vec<RawMatch>,
     filter: Option<String>,
     files: Option<RawFilesOrOff>,
+    tap: Option<RawTap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTap {
+    Name(String),
+    Full(RawTapFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTapFull {
+    name: String,
+    netns: Option<String>,
+    #[serde(default)]
+    persistent: bool,
+    #[serde(default = "yes")]
+    restore_vlan: bool,
+    filter: Option<String>,
+    mtu: Option<u16>,
 }
 
 fn yes() -> bool {
@@ -295,7 +369,13 @@ impl FromStr for Config {
                 .map(|v| size(v).map_err(|e| err(format!("[collector] min_free_disk: {e}"))))
                 .transpose()?,
             default_files,
+            tap_prefix: raw.collector.tap_prefix.clone(),
         };
+        if let Some(p) = &collector.tap_prefix {
+            // Room for a number after it.
+            validate_tap_name(&format!("{p}999"))
+                .map_err(|e| err(format!("[collector] tap_prefix: {e}")))?;
+        }
         let mut sessions = Vec::new();
         for s in raw.session {
             let at = format!("session {:?}", s.name);
@@ -324,12 +404,43 @@ impl FromStr for Config {
                     Some(files(f, &collector.default_files, &format!("{at}: files"))?)
                 }
             };
+            let tap = match s.tap {
+                None => None,
+                Some(RawTap::Name(n)) => Some(TapConfig::named(&n)),
+                Some(RawTap::Full(t)) => {
+                    if let Some(f) = &t.filter {
+                        compile_check(f)
+                            .map_err(|e| err(format!("{at}: tap.filter {f:?}: {e}")))?;
+                    }
+                    Some(TapConfig {
+                        name: t.name,
+                        netns: t.netns,
+                        persistent: t.persistent,
+                        restore_vlan: t.restore_vlan,
+                        filter: t.filter,
+                        mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
+                    })
+                }
+            };
+            if let Some(t) = &tap {
+                validate_tap_name(&t.name).map_err(|e| err(format!("{at}: tap: {e}")))?;
+                if sessions
+                    .iter()
+                    .any(|o: &SessionConfig| o.tap.as_ref().is_some_and(|x| x.name == t.name))
+                {
+                    return Err(err(format!(
+                        "{at}: tap {:?} is used by another session",
+                        t.name
+                    )));
+                }
+            }
             sessions.push(SessionConfig {
                 name: s.name,
                 enabled: s.enabled,
                 sources,
                 filter: s.filter,
                 files,
+                tap,
             });
         }
         Ok(Config {
@@ -520,6 +631,7 @@ mod tests {
         enabled = false
         sources = [{ src = "192.168.0.5" }]
         files = false
+        tap = { name = "tw-ids", netns = "monitor", filter = "not port 22", restore_vlan = false }
     "#;
 
     fn key(src: [u8; 4], kind: Kind, id: u32) -> SourceKey {
@@ -545,13 +657,22 @@ mod tests {
         assert_eq!(f.dir.as_deref(), Some(Path::new("/tmp/web")));
         assert!(!c.sessions[1].enabled);
         assert_eq!(c.sessions[1].files, None);
+        let tap = c.sessions[1].tap.as_ref().unwrap();
+        assert_eq!(
+            (tap.name.as_str(), tap.netns.as_deref(), tap.restore_vlan),
+            ("tw-ids", Some("monitor"), false)
+        );
+        assert_eq!(c.sessions[0].tap, None);
     }
 
     #[test]
     fn shipped_example_parses() {
         let c: Config = include_str!("../../dist/collector.toml").parse().unwrap();
         assert_eq!(c.sessions.len(), 3);
-        assert_eq!(c.sessions[0].filter.as_deref(), Some("tcp port 80 or tcp port 443"));
+        assert_eq!(
+            c.sessions[0].filter.as_deref(),
+            Some("tcp port 80 or tcp port 443")
+        );
     }
 
     #[test]
@@ -612,6 +733,14 @@ mod tests {
             (
                 "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { format = \"cap\" }",
                 "format",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\ntap = \"much-too-long-name\"",
+                "tap",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\ntap = \"t\"\n[[session]]\nname = \"b\"\nsources = [{ id = 2 }]\ntap = \"t\"",
+                "used by another",
             ),
         ];
         for (text, needle) in cases {

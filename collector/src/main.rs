@@ -101,6 +101,9 @@ struct CollectArgs {
     min_free_disk: Option<String>,
     #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
     timestamps: TimestampsArg,
+    /// Give every auto-discovered session a monitor TAP named <PREFIX><n>.
+    #[arg(long, value_name = "PREFIX")]
+    tap_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -214,6 +217,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
                 allow: Vec::new(),
                 min_free_disk_bytes: None,
                 default_files: config::FilesConfig::default(),
+                tap_prefix: None,
             },
             sessions: Vec::new(),
         },
@@ -341,7 +345,11 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
             TimestampsArg::Erspan => Timestamps::Erspan,
         },
         config_path: a.config.clone(),
+        tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
     };
+    if let Some(p) = &settings.tap_prefix {
+        config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
+    }
     let _ = a.no_tui;
     Ok(CollectOptions {
         settings,

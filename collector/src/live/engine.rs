@@ -24,6 +24,7 @@ use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Shared};
 use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, format_name};
 use super::rates::History;
+use super::tap::{TapConfig, TapOutput};
 use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
 use crate::demux::{SequenceMode, SourceId};
 use crate::filter::InnerFilter;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub default_files: FilesConfig,
     pub timestamps: Timestamps,
     pub config_path: Option<PathBuf>,
+    /// Auto-discovered sessions get a monitor interface `<prefix><n>`.
+    pub tap_prefix: Option<String>,
 }
 
 /// Requests from the API.
@@ -88,6 +91,8 @@ struct Core {
     started_ns: u64,
     comment: String,
     snapshot: Arc<ArcSwap<api::Snapshot>>,
+    /// Monitor interfaces created for auto-discovered sessions so far (names their next one).
+    n_auto_taps: u32,
 }
 
 struct Session {
@@ -104,6 +109,9 @@ struct Session {
     last_seen_ns: u64,
     sources: Vec<SourceId>,
     history: History,
+    tap: Option<TapOutput>,
+    /// The TAP wanted but not available, and why.
+    tap_error: Option<(TapConfig, String)>,
 }
 
 #[derive(Default)]
@@ -121,6 +129,7 @@ impl Session {
     fn new(
         name: String,
         config: Option<SessionConfig>,
+        tap: Option<TapConfig>,
         settings: &Settings,
         shared: &Shared,
     ) -> Session {
@@ -136,6 +145,21 @@ impl Session {
             None => (true, None, Some(settings.default_files.clone())),
         };
         let output = files.map(|f| FileOutput::new(&name, f, &settings.out, shared));
+        let (tap, tap_error) = match tap {
+            None => (None, None),
+            Some(t) => match TapOutput::start(t.clone()) {
+                Ok(o) => (Some(o), None),
+                Err(e) => {
+                    tracing::error!(
+                        session = name,
+                        tap = t.name,
+                        error = e,
+                        "monitor interface unavailable"
+                    );
+                    (None, Some((t, e)))
+                }
+            },
+        };
         Session {
             auto: config.is_none(),
             name,
@@ -150,6 +174,8 @@ impl Session {
             last_seen_ns: 0,
             sources: Vec::new(),
             history: History::default(),
+            tap,
+            tap_error,
         }
     }
 }
@@ -169,7 +195,7 @@ impl Engine {
         io: Sender<io::Cmd>,
         shared: Arc<Shared>,
         snapshot: Arc<ArcSwap<api::Snapshot>>,
-    ) -> Engine {
+    ) -> Result<Engine, String> {
         let n_inputs = inputs.len();
         let mut core = Core {
             settings,
@@ -191,19 +217,25 @@ impl Engine {
             started_ns: now_ns(),
             comment: String::new(),
             snapshot,
+            n_auto_taps: 0,
         };
         for c in core.config.sessions.clone() {
-            core.by_name.insert(c.name.clone(), core.sessions.len());
-            core.sessions.push(Session::new(
+            let s = Session::new(
                 c.name.clone(),
-                Some(c),
+                Some(c.clone()),
+                c.tap.clone(),
                 &core.settings,
                 &core.shared,
-            ));
+            );
+            if let Some((t, e)) = &s.tap_error {
+                return Err(format!("session {}: tap {}: {e}", c.name, t.name));
+            }
+            core.by_name.insert(c.name.clone(), core.sessions.len());
+            core.sessions.push(s);
         }
         let mut e = Engine { pipeline, core };
         e.publish(now_ns());
-        e
+        Ok(e)
     }
 
     /// Runs until `stop` is set; `reload` asks for the configuration file to be read again.
@@ -336,12 +368,26 @@ impl Engine {
                 Some(s) if s.config.as_ref() == Some(c) => s,
                 Some(mut s) => {
                     core.finish(&mut s, now);
+                    // An unchanged TAP carries over; a changed one is closed before the new
+                    // one (maybe of the same name) is created.
+                    let same_tap = s.config.as_ref().and_then(|o| o.tap.as_ref()) == c.tap.as_ref();
+                    let kept_tap = if same_tap { s.tap.take() } else { None };
+                    s.tap = None;
+                    let tap = if kept_tap.is_some() {
+                        None
+                    } else {
+                        c.tap.clone()
+                    };
                     let mut n = Session::new(
                         c.name.clone(),
                         Some(c.clone()),
+                        tap,
                         &core.settings,
                         &core.shared,
                     );
+                    if kept_tap.is_some() {
+                        n.tap = kept_tap;
+                    }
                     // The same session, reconfigured: its counters carry over.
                     n.packets = s.packets;
                     n.bytes = s.bytes;
@@ -354,6 +400,7 @@ impl Engine {
                 None => Session::new(
                     c.name.clone(),
                     Some(c.clone()),
+                    c.tap.clone(),
                     &core.settings,
                     &core.shared,
                 ),
@@ -458,9 +505,14 @@ impl Core {
         }
         let i = self.sessions.len();
         tracing::info!(session = name, "new source: auto-discovered session");
+        let tap = self.settings.tap_prefix.as_ref().map(|p| {
+            self.n_auto_taps += 1;
+            TapConfig::named(&format!("{p}{}", self.n_auto_taps - 1))
+        });
         self.sessions.push(Session::new(
             name.clone(),
             None,
+            tap,
             &self.settings,
             &self.shared,
         ));
@@ -507,6 +559,9 @@ impl Core {
             s.drops.filter += 1;
             st.drops.filter += 1;
             return;
+        }
+        if let Some(tap) = &s.tap {
+            tap.send(d.link, d.frame, d.meta.vlan, d.meta.cos);
         }
         let Some(out) = s.output.as_mut() else { return };
         self.comment.clear();
@@ -691,7 +746,11 @@ impl Core {
             total_lost += lost;
             total_written += s.written;
             add_drops(&mut drops, &s.drops);
-            let error = s.output.as_ref().and_then(|o| o.error.clone());
+            let error = s
+                .output
+                .as_ref()
+                .and_then(|o| o.error.clone())
+                .or_else(|| s.tap_error.as_ref().map(|(_, e)| e.clone()));
             let state = if !s.enabled {
                 api::SessionState::Disabled
             } else if error.is_some() {
@@ -726,6 +785,7 @@ impl Core {
                 sources,
                 protocols: api::ProtocolMix::default(),
                 top_talkers: Vec::new(),
+                tap: tap_stats(s),
             });
         }
         for (id, r) in self.routes.iter().enumerate() {
@@ -796,6 +856,27 @@ impl Core {
             sessions,
         }
     }
+}
+
+fn tap_stats(s: &Session) -> Option<api::TapStats> {
+    if let Some(t) = &s.tap {
+        let c = &t.counters;
+        return Some(api::TapStats {
+            name: t.config.name.clone(),
+            netns: t.config.netns.clone(),
+            written: c.written.load(Ordering::Relaxed),
+            tap_dropped: c.dropped.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            filtered: c.filtered.load(Ordering::Relaxed),
+            error: None,
+        });
+    }
+    s.tap_error.as_ref().map(|(cfg, e)| api::TapStats {
+        name: cfg.name.clone(),
+        netns: cfg.netns.clone(),
+        error: Some(e.clone()),
+        ..api::TapStats::default()
+    })
 }
 
 /// Records the ERSPAN fields a frame carried.

@@ -10,6 +10,7 @@ pub mod input;
 pub mod io;
 pub mod output;
 pub mod rates;
+pub mod tap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,7 +108,8 @@ pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
         io_tx.clone(),
         shared,
         snapshot,
-    );
+    )
+    .map_err(StartError)?;
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
 
     let deadline = Instant::now() + Duration::from_millis(1800);
