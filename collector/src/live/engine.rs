@@ -25,6 +25,7 @@ use super::io::{self, Event, FileId, Shared};
 use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, format_name};
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
+use super::traffic::{Talkers, classify};
 use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
 use crate::demux::{SequenceMode, SourceId};
 use crate::filter::InnerFilter;
@@ -112,6 +113,8 @@ struct Session {
     tap: Option<TapOutput>,
     /// The TAP wanted but not available, and why.
     tap_error: Option<(TapConfig, String)>,
+    protocols: api::ProtocolMix,
+    talkers: Talkers,
 }
 
 #[derive(Default)]
@@ -176,6 +179,8 @@ impl Session {
             history: History::default(),
             tap,
             tap_error,
+            protocols: api::ProtocolMix::default(),
+            talkers: Talkers::default(),
         }
     }
 }
@@ -395,6 +400,8 @@ impl Engine {
                     n.drops = s.drops;
                     n.last_seen_ns = s.last_seen_ns;
                     n.history = s.history;
+                    n.protocols = s.protocols;
+                    n.talkers = s.talkers;
                     n
                 }
                 None => Session::new(
@@ -548,6 +555,9 @@ impl Core {
         s.packets += 1;
         s.bytes += d.frame.len() as u64;
         s.last_seen_ns = ts;
+        if let Some(addr) = classify(&mut s.protocols, d.link, d.frame) {
+            s.talkers.add(addr, d.frame.len() as u64);
+        }
         if !s.enabled {
             s.drops.disabled += 1;
             st.drops.disabled += 1;
@@ -783,8 +793,8 @@ impl Core {
                     error,
                 }),
                 sources,
-                protocols: api::ProtocolMix::default(),
-                top_talkers: Vec::new(),
+                protocols: s.protocols,
+                top_talkers: s.talkers.top(),
                 tap: tap_stats(s),
             });
         }

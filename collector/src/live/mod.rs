@@ -11,6 +11,7 @@ pub mod io;
 pub mod output;
 pub mod rates;
 pub mod tap;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
