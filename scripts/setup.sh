@@ -18,6 +18,7 @@ declare -A need=(
   [ip]=iproute2
   [ping]=iputils-ping
   [curl]=curl
+  [ethtool]=ethtool
   [pkg-config]=pkg-config
 )
 missing=()

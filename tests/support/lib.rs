@@ -3,6 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod collector;
+pub mod netns;
+pub mod oracle;
+#[path = "../senders/ovs.rs"]
+pub mod ovs;
+pub mod senders;
 pub mod tshark;
 
 use std::path::{Path, PathBuf};

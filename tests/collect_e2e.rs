@@ -1,0 +1,651 @@
+//! End-to-end: real senders in one network namespace, `tapwire collect` in another.
+//!
+//! Each test builds its own [`Lab`] (namespaces `snd` and `col` joined by a veth pair) and
+//! checks the collector's session files with tshark (`-x`), never with tapwire's own reader:
+//! the inner frames must be byte-identical, source by source and in order, to what tshark
+//! decodes from the pcap of what was sent (the scapy sender writes it; for replays it is the
+//! rewritten capture). The per-source counts of `/api/v1/sessions` must equal what was sent.
+//!
+//! The `*_reach_*_intact` tests check the harness itself without the collector: what tcpdump
+//! sees arriving in the collector namespace, decapsulated by `tapwire decap` (the same
+//! pipeline), equals the oracle. They keep the senders honest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tapwire_tests::collector::{self, Collector};
+use tapwire_tests::netns::{Lab, poll_until, wait_until};
+use tapwire_tests::oracle::{self, Frames, Key, assert_same_frames};
+use tapwire_tests::senders::{self, MirrorSend, Sent, Tcpdump};
+use tapwire_tests::{
+    TempDir, bin, capture_files, captures_dir, require, run, run_ok, validate_capture,
+};
+
+/// SIGINT/SIGTERM must flush and close every file within 2 s; the extra half second is for
+/// process start-up noise on a loaded 2-core machine.
+const STOP_WITHIN: Duration = Duration::from_millis(2500);
+
+/// `tapwire decap` of a capture: frames per source as tshark reads the files, and the report.
+fn decap(input: &Path, dir: &Path) -> (Frames, Value) {
+    let out = run_ok(
+        Command::new(bin("tapwire"))
+            .arg("decap")
+            .arg(input)
+            .arg("--out")
+            .arg(dir)
+            .arg("--json"),
+    );
+    let report: Value = serde_json::from_str(&out).expect("decap --json");
+    let mut got = BTreeMap::new();
+    for s in report["sources"].as_array().expect("sources") {
+        let key = collector::source_key(s);
+        let file = Path::new(s["file"].as_str().expect("file"));
+        validate_capture(file);
+        got.insert(key, oracle::frames(file));
+    }
+    (got, report)
+}
+
+fn counts(frames: &Frames) -> BTreeMap<Key, u64> {
+    frames
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as u64))
+        .collect()
+}
+
+/// The scapy sender's own count per source must be what tshark decodes from its pcap.
+fn oracle_of(sent: &Sent) -> Frames {
+    let expected = oracle::mirrored_frames(&sent.pcap);
+    assert_eq!(
+        counts(&expected),
+        sent.sources,
+        "send_mirror.py's summary disagrees with tshark's decode of {}",
+        sent.pcap.display()
+    );
+    expected
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scapy: every encapsulation, IPv4 and IPv6 outer headers.
+
+#[test]
+fn scapy_senders_reach_the_collector_namespace_intact() {
+    let lab = Lab::new("scapy-wire");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let wire = lab.dir().join("wire.pcap");
+    let dump = Tcpdump::start(&lab, &col, "col0", &wire, "ip or ip6");
+    let sent = senders::send_mirror(
+        &lab,
+        &snd,
+        &MirrorSend::default(),
+        &lab.dir().join("sent.pcap"),
+        false,
+    );
+    wait_for_capture(&wire, sent.frames);
+    let (_, dropped) = dump.stop();
+    assert_eq!(dropped, 0, "tcpdump dropped packets");
+
+    let expected = oracle_of(&sent);
+    assert_eq!(
+        expected.len(),
+        18,
+        "9 sources per family: {:?}",
+        expected.keys()
+    );
+    assert_same_frames("on the wire", &expected, &oracle::mirrored_frames(&wire));
+    let out = TempDir::new("scapy-wire-decap");
+    let (got, report) = decap(&wire, out.path());
+    assert_same_frames("tapwire decap of the wire", &expected, &got);
+    for s in report["sources"].as_array().unwrap() {
+        assert_eq!(s["lost"], 0, "{s}");
+    }
+}
+
+#[test]
+fn scapy_ipv4_and_ipv6_are_collected_byte_identical() {
+    let lab = Lab::new("scapy-collect");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(&lab, &col, &out, &[]);
+    let sent = senders::send_mirror(
+        &lab,
+        &snd,
+        &MirrorSend::default(),
+        &lab.dir().join("sent.pcap"),
+        false,
+    );
+    let expected = oracle_of(&sent);
+
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    assert_api_matches(&api, &sent.sources);
+    // Files are flushed at least once per second while the collector runs.
+    wait_for_files_to_hold(&c, &api, &sent.sources, Duration::from_secs(3));
+    c.stop("TERM", STOP_WITHIN);
+    assert_same_frames("tapwire collect", &expected, &c.session_frames(&api));
+}
+
+/// Every source of the API has exactly the packets sent, and no loss, duplicate or reordering.
+fn assert_api_matches(api: &Value, sent: &BTreeMap<Key, u64>) {
+    let sources = collector::sources(api);
+    let got: BTreeMap<Key, u64> = collector::source_packets(api);
+    assert_eq!(&got, sent, "per-source packets in /api/v1/sessions");
+    for (key, s) in &sources {
+        for field in ["lost", "duplicates", "reordered"] {
+            assert_eq!(s[field], 0, "{key:?} {field}: {s}");
+        }
+    }
+}
+
+/// Polls (while the collector runs) until each session's files hold its packets.
+fn wait_for_files_to_hold(c: &Collector<'_>, api: &Value, want: &BTreeMap<Key, u64>, t: Duration) {
+    let names: Vec<(Key, String)> = api["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                collector::source_key(&s["sources"][0]),
+                s["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut last = BTreeMap::new();
+    let ok = poll_until(t, || {
+        last = names
+            .iter()
+            .map(|(k, n)| {
+                let count: u64 = c.files_of(n).iter().map(|f| count_records(f)).sum();
+                (k.clone(), count)
+            })
+            .collect::<BTreeMap<_, _>>();
+        (&last == want).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "files not flushed within {t:?} while running:\n want {want:?}\n have {last:?}"
+    );
+}
+
+/// Records in a capture that may still be being written (0 when unreadable).
+fn count_records(path: &Path) -> u64 {
+    let out = run(Command::new("capinfos")
+        .args(["-M", "-c", "-T", "-r"])
+        .arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for_capture(path: &Path, frames: u64) {
+    // tcpdump -U writes each packet as it comes; give the last ones a moment.
+    let _ = poll_until(Duration::from_secs(3), || {
+        (count_records(path) >= frames).then_some(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// tcpreplay of the public captures, outer addresses rewritten into the lab.
+
+/// The public captures that carry mirror traffic, rewritten for the lab (file k's senders moved
+/// into 10.(100+k).0.0/16) and concatenated into one pcap, with its oracle; `None` (skipped,
+/// with a message) without the captures. Captures with packets cut short by their snap length
+/// are left out: a kernel drops a datagram shorter than its IP header says, so no receiver
+/// could get them.
+fn rewritten_public_captures(dir: &Path) -> Option<(PathBuf, Frames)> {
+    let captures = captures_dir()?;
+    require("mergecap");
+    let mut parts = Vec::new();
+    let mut originals: Vec<Vec<u8>> = Vec::new();
+    let mut n_sources = 0;
+    for input in capture_files(&captures) {
+        let name = input.strip_prefix(&captures).unwrap().display().to_string();
+        let (original, cut) = oracle::decode(&input);
+        if original.is_empty() {
+            continue;
+        }
+        if cut > 0 {
+            eprintln!("replay: leaving out {name}: {cut} packets cut short by the capture");
+            continue;
+        }
+        let linktype = run_ok(
+            Command::new("capinfos")
+                .args(["-T", "-E", "-r"])
+                .arg(&input),
+        );
+        if !linktype.contains("ether") {
+            eprintln!("replay: leaving out {name}: not Ethernet");
+            continue;
+        }
+        parts.push(dir.join(format!("rewritten-{}.pcap", parts.len() + 1)));
+        let k = parts.len();
+        senders::rewrite_for_lab(
+            &input,
+            &parts[k - 1],
+            &format!("10.{}.0.0/16", 100 + k),
+            &format!("fd78:{k}::/64"),
+        );
+        n_sources += original.len();
+        originals.extend(original.into_values().flatten());
+    }
+    let merged = dir.join("replay.pcap");
+    run_ok(
+        Command::new("mergecap")
+            .args(["-a", "-F", "pcap", "-w"])
+            .arg(&merged)
+            .args(&parts),
+    );
+    let expected = oracle::mirrored_frames(&merged);
+    // Only outer headers changed: the senders stayed distinct and the inner frames are the same.
+    assert_eq!(
+        expected.len(),
+        n_sources,
+        "rewriting merged distinct senders: {:?}",
+        expected.keys()
+    );
+    let mut after: Vec<&Vec<u8>> = expected.values().flatten().collect();
+    let mut before: Vec<&Vec<u8>> = originals.iter().collect();
+    after.sort();
+    before.sort();
+    assert!(after == before, "tcprewrite changed inner frames");
+    assert!(
+        expected.len() >= 15,
+        "only {} sources in the replayed captures",
+        expected.len()
+    );
+    Some((merged, expected))
+}
+
+#[test]
+fn public_captures_replayed_reach_the_collector_namespace_intact() {
+    let lab = Lab::new("replay-wire");
+    lab.jumbo();
+    let Some((pcap, expected)) = rewritten_public_captures(lab.dir()) else {
+        return;
+    };
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let wire = lab.dir().join("wire.pcap");
+    let dump = Tcpdump::start(&lab, &col, "col0", &wire, "");
+    senders::tcpreplay(&lab, &snd, "snd0", &pcap, 5000);
+    let n = count_records(&pcap);
+    wait_for_capture(&wire, n);
+    let (captured, dropped) = dump.stop();
+    assert_eq!(dropped, 0);
+    assert!(
+        captured >= n,
+        "tcpdump saw {captured} of {n} replayed packets"
+    );
+    let out = TempDir::new("replay-wire-decap");
+    let (got, _) = decap(&wire, out.path());
+    assert_same_frames("tapwire decap of the replay", &expected, &got);
+}
+
+#[test]
+fn public_captures_replayed_are_collected_byte_identical() {
+    let lab = Lab::new("replay-collect");
+    lab.jumbo();
+    let Some((pcap, expected)) = rewritten_public_captures(lab.dir()) else {
+        return;
+    };
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(&lab, &col, &out, &[]);
+    senders::tcpreplay(&lab, &snd, "snd0", &pcap, 5000);
+    let want = counts(&expected);
+    let api = c.wait_for_packets(&want, Duration::from_secs(10));
+    assert_eq!(
+        collector::source_packets(&api),
+        want,
+        "per-source packets in /api/v1/sessions vs tshark's decode of the replayed pcap"
+    );
+    c.stop("TERM", STOP_WITHIN);
+    assert_same_frames(
+        "tapwire collect of the replay",
+        &expected,
+        &c.session_frames(&api),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness.
+
+/// Frames of a capture written by a process that was killed: the records tshark can read and
+/// whether the file ended inside a record. Anything worse than a cut-short last record fails.
+fn read_after_crash(path: &Path) -> (Vec<Vec<u8>>, bool) {
+    let t = run_ok(Command::new("captype").arg(path));
+    assert!(
+        t.trim_end().ends_with("pcapng") || t.trim_end().ends_with("pcap"),
+        "captype does not recognise {} after kill -9: {t}",
+        path.display()
+    );
+    let out = run(Command::new("capinfos").args(["-M", "-c"]).arg(path));
+    let cut = if out.status.success() {
+        false
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cut short in the middle of a packet"),
+            "capinfos cannot read {} after kill -9: {err}",
+            path.display()
+        );
+        true
+    };
+    let json = run(Command::new("tshark").arg("-r").arg(path).args([
+        "-T",
+        "json",
+        "-x",
+        "--no-duplicate-keys",
+    ]));
+    let text = String::from_utf8_lossy(&json.stdout);
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("tshark JSON of {} after kill -9: {e}", path.display()));
+    let frames = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| tapwire_tests::tshark::frame_bytes(&p["_source"]["layers"]))
+        .collect();
+    (frames, cut)
+}
+
+/// Whether `got` is `want`'s frames in order with some left out.
+fn is_subsequence(got: &[Vec<u8>], want: &[Vec<u8>]) -> bool {
+    let mut it = want.iter();
+    got.iter().all(|g| it.any(|w| w == g))
+}
+
+#[test]
+fn kill_9_during_load_leaves_readable_files() {
+    let lab = Lab::new("kill9");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let opts = MirrorSend {
+        families: "4".into(),
+        count: 2000,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("load.pcap"), true);
+    let expected = oracle::mirrored_frames(&sent.pcap);
+    let mut c = Collector::start(&lab, &col, &out, &[]);
+    let mut replay = lab.spawn(
+        &snd,
+        &[
+            "tcpreplay",
+            "-q",
+            "-i",
+            "snd0",
+            "--pps=4000",
+            sent.pcap.to_str().unwrap(),
+        ],
+    );
+    // Let it write (files are flushed at least once per second), then kill it mid-stream.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        replay.try_wait().is_none(),
+        "the load ended before the kill"
+    );
+    c.proc.signal("KILL");
+    c.proc.wait_timeout(Duration::from_secs(2)).expect("killed");
+    replay.kill();
+
+    let files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!files.is_empty(), "no file written before kill -9");
+    let mut total = 0;
+    for f in &files {
+        let (frames, cut) = read_after_crash(f);
+        total += frames.len();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let (key, want) = expected
+            .iter()
+            .find(|((src, kind, id), _)| name.starts_with(&format!("{src}_{kind}_{id}_")))
+            .unwrap_or_else(|| panic!("{name}: no such source was sent"));
+        assert!(
+            is_subsequence(&frames, want),
+            "{name}: the frames read after kill -9 are not the sent frames of {key:?} in order"
+        );
+        eprintln!(
+            "{name}: {} frames readable, last record cut: {cut}",
+            frames.len()
+        );
+    }
+    assert!(
+        total > 0,
+        "nothing readable after kill -9 of a collector that ran 2.5 s under load"
+    );
+}
+
+#[test]
+fn full_disk_is_counted_and_writing_resumes_after_space_is_freed() {
+    require("mount");
+    let mut lab = Lab::new("diskfull");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.mount_tmpfs("20m");
+    // One source, 1400-byte frames: 30,000 of them are ~42 MiB, twice the disk.
+    let fill = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-ii".into(),
+        count: 3000,
+        sources: 1,
+        size: 1400,
+        ..MirrorSend::default()
+    };
+    let fill_pcap = lab.dir().join("fill.pcap");
+    senders::send_mirror(&lab, &snd, &fill, &fill_pcap, true);
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &["--rotate-size", "2MiB", "--min-free-disk", "1MiB"],
+    );
+    let _filler = senders::tcpreplay_loop(&lab, &snd, "snd0", &fill_pcap, 20000, 10);
+
+    let api = wait_until(
+        Duration::from_secs(10),
+        "drops counted for the full disk",
+        || {
+            let a = c.sessions();
+            (disk_drops(&a) > 0).then_some(a)
+        },
+    );
+    eprintln!("disk full: drops {}", api["sessions"][0]["drops"]);
+    assert!(
+        c.proc.try_wait().is_none(),
+        "the collector exited on a full disk:\n{}",
+        c.proc.stderr()
+    );
+
+    // Free the space: delete every closed file.
+    let current = api["sessions"][0]["files"]["current"]
+        .as_str()
+        .map(PathBuf::from);
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        if Some(e.path()) != current {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    // New frames (numbers from 100000 up) from the same source must reach a file.
+    drop(_filler);
+    let more = MirrorSend {
+        count: 200,
+        start: 100_000,
+        ..fill.clone()
+    };
+    let more_pcap = lab.dir().join("more.pcap");
+    std::thread::sleep(Duration::from_millis(1500));
+    senders::send_mirror(&lab, &snd, &more, &more_pcap, false);
+    let new_frames: Vec<Vec<u8>> = oracle::mirrored_frames(&more_pcap)
+        .into_values()
+        .flatten()
+        .collect();
+    let written = poll_until(Duration::from_secs(5), || {
+        let n = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| count_new(&e.path(), &new_frames))
+            .sum::<usize>();
+        (n > 0).then_some(n)
+    });
+    let api = c.sessions();
+    assert!(
+        written.is_some(),
+        "after freeing space no new packet reached a file; drops {}; files {:?}\n{}",
+        api["sessions"][0]["drops"],
+        std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>(),
+        c.proc.stderr()
+    );
+    eprintln!(
+        "after freeing space: {} of 200 new frames written",
+        written.unwrap()
+    );
+    c.stop("TERM", STOP_WITHIN);
+}
+
+/// disk_guard + write_error drops over every session.
+fn disk_drops(api: &Value) -> u64 {
+    api["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            ["disk_guard", "write_error"]
+                .iter()
+                .map(|k| s["drops"][k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// How many of `frames` a (possibly still open) capture holds.
+fn count_new(path: &Path, frames: &[Vec<u8>]) -> usize {
+    let out = run(Command::new("tshark").arg("-r").arg(path).args([
+        "-T",
+        "json",
+        "-x",
+        "--no-duplicate-keys",
+    ]));
+    let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return 0;
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| tapwire_tests::tshark::frame_bytes(&p["_source"]["layers"]))
+        .filter(|f| frames.contains(f))
+        .count()
+}
+
+#[test]
+fn malformed_flood_and_disallowed_sources_do_not_disturb_a_valid_session() {
+    let lab = Lab::new("flood");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let flood_pcap = lab.dir().join("flood.pcap");
+    let flood = senders::flood(&lab, &snd, &MirrorSend::default(), &flood_pcap);
+    let mut c = Collector::start(&lab, &col, &out, &["--allow", "10.77.0.11/32"]);
+
+    // ~40k malformed and disallowed packets at 20 kpps, while the valid session is sent.
+    let loops = 2000;
+    let mut flooder = senders::tcpreplay_loop(&lab, &snd, "snd0", &flood_pcap, 20000, loops);
+    std::thread::sleep(Duration::from_millis(300));
+    let valid = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-ii".into(),
+        count: 300,
+        sources: 1,
+        ..MirrorSend::default()
+    };
+    let valid_pcap = lab.dir().join("valid.pcap");
+    let sent = senders::send_mirror(&lab, &snd, &valid, &valid_pcap, false);
+    let key: Key = ("10.77.0.11".into(), "erspan-ii".into(), 100);
+    let want = BTreeMap::from([(key.clone(), 300u64)]);
+    assert_eq!(sent.sources, want);
+    let _ = flooder.wait_timeout(Duration::from_secs(10));
+    flooder.kill();
+
+    let api = c.wait_for_packets(&want, Duration::from_secs(10));
+    let sources = collector::sources(&api);
+    assert_eq!(
+        sources[&key]["packets"], 300,
+        "the valid session lost packets under the flood: {}",
+        sources[&key]
+    );
+    assert_eq!(sources[&key]["lost"], 0, "{}", sources[&key]);
+    assert!(
+        sources.keys().all(|(src, _, _)| src == "10.77.0.11"),
+        "a source outside --allow became a session: {:?}",
+        sources.keys()
+    );
+    let malformed = sum_under(&api["totals"], "malformed");
+    assert!(
+        malformed >= flood.malformed,
+        "malformed packets not counted in totals: {}",
+        api["totals"]
+    );
+    assert!(
+        c.proc.try_wait().is_none(),
+        "collector died under the flood"
+    );
+    c.stop("TERM", STOP_WITHIN);
+
+    let expected = oracle::mirrored_frames(&valid_pcap);
+    let got = c.session_frames(&api);
+    assert_same_frames(
+        "valid session under flood",
+        &expected,
+        &got.into_iter().filter(|(k, _)| k == &key).collect(),
+    );
+    let foreign = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10.77.0.16"))
+        .count();
+    assert_eq!(foreign, 0, "files written for a source outside --allow");
+    assert!(flood.foreign > 0 && flood.frames > flood.malformed);
+}
+
+/// Sums every number under keys of `v` whose name contains `word` (recursively).
+fn sum_under(v: &Value, word: &str) -> u64 {
+    fn all_numbers(v: &Value) -> u64 {
+        match v {
+            Value::Number(n) => n.as_u64().unwrap_or(0),
+            Value::Object(o) => o.values().map(all_numbers).sum(),
+            Value::Array(a) => a.iter().map(all_numbers).sum(),
+            _ => 0,
+        }
+    }
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, x)| {
+                if k.contains(word) {
+                    all_numbers(x)
+                } else {
+                    sum_under(x, word)
+                }
+            })
+            .sum(),
+        Value::Array(a) => a.iter().map(|x| sum_under(x, word)).sum(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,233 @@
+//! `tapwire collect` run inside a lab namespace: started with its API on the namespace's
+//! loopback, queried with curl from inside the namespace, stopped with a signal, its session
+//! files read back with tshark (never with tapwire's own reader).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::netns::{Lab, Proc, poll_until, wait_until};
+use crate::oracle::{self, Frames, Key};
+use crate::{bin, require, validate_capture};
+
+/// Where the collector's API listens inside its namespace.
+pub const API: &str = "127.0.0.1:9750";
+
+/// A running `tapwire collect`.
+pub struct Collector<'l> {
+    lab: &'l Lab,
+    ns: String,
+    pub proc: Proc,
+    pub out: PathBuf,
+}
+
+impl<'l> Collector<'l> {
+    /// Starts `tapwire collect --out OUT --api 127.0.0.1:9750 --no-tui ARGS...` in `ns` and
+    /// waits until its API answers (panics with its stderr if it exits or stays silent).
+    pub fn start(lab: &'l Lab, ns: &str, out: &Path, args: &[&str]) -> Collector<'l> {
+        require("curl");
+        let tapwire = bin("tapwire");
+        let out_s = out.to_str().expect("utf-8 path");
+        let mut cmd = vec![
+            tapwire.to_str().expect("utf-8 path"),
+            "collect",
+            "--out",
+            out_s,
+            "--api",
+            API,
+            "--no-tui",
+        ];
+        cmd.extend_from_slice(args);
+        let mut c = Collector {
+            lab,
+            ns: ns.to_string(),
+            proc: lab.spawn(ns, &cmd),
+            out: out.to_path_buf(),
+        };
+        let ready = poll_until(Duration::from_secs(15), || {
+            if let Some(status) = c.proc.try_wait() {
+                panic!(
+                    "tapwire collect exited at start-up ({status}): {cmd:?}\n{}",
+                    c.proc.stderr()
+                );
+            }
+            c.try_get("/api/v1/sessions")
+        });
+        assert!(
+            ready.is_some(),
+            "tapwire collect's API did not answer on {API} within 15 s: {cmd:?}\n{}",
+            c.proc.stderr()
+        );
+        c
+    }
+
+    /// GET `path` on the API; `None` when it does not answer.
+    pub fn try_get(&self, path: &str) -> Option<String> {
+        let out = self.lab.exec(
+            &self.ns,
+            &[
+                "curl",
+                "-sSf",
+                "--max-time",
+                "3",
+                &format!("http://{API}{path}"),
+            ],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `GET /api/v1/sessions` as JSON.
+    pub fn sessions(&self) -> Value {
+        let body = self.try_get("/api/v1/sessions").unwrap_or_else(|| {
+            panic!(
+                "GET /api/v1/sessions failed; collector stderr:\n{}",
+                self.proc.stderr()
+            )
+        });
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/api/v1/sessions is not JSON ({e}): {body}"))
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        self.try_get("/metrics")
+            .unwrap_or_else(|| panic!("GET /metrics failed:\n{}", self.proc.stderr()))
+    }
+
+    /// Polls the API until every source in `expected` has at least its packet count (or
+    /// `timeout`); returns the last answer.
+    pub fn wait_for_packets(&self, expected: &BTreeMap<Key, u64>, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let done = poll_until(timeout, || {
+            last = self.sessions();
+            let got = source_packets(&last);
+            expected
+                .iter()
+                .all(|(k, n)| got.get(k).is_some_and(|g| g >= n))
+                .then_some(())
+        });
+        if done.is_none() {
+            eprintln!(
+                "collector did not count every packet within {timeout:?}:\n expected {expected:?}\n got {:?}",
+                source_packets(&last)
+            );
+        }
+        last
+    }
+
+    /// SIGTERM (or `signal`), then it must exit successfully within `within`.
+    pub fn stop(&mut self, signal: &str, within: Duration) {
+        self.proc.signal(signal);
+        let status = self.proc.wait_timeout(within).unwrap_or_else(|| {
+            panic!(
+                "tapwire collect still running {within:?} after SIG{signal}:\n{}",
+                self.proc.stderr()
+            )
+        });
+        assert!(
+            status.success(),
+            "tapwire collect exited with {status} after SIG{signal}:\n{}",
+            self.proc.stderr()
+        );
+    }
+
+    /// The frames of every session's files (files named `<session>_...`, in name order), read
+    /// with tshark, keyed by the session's one source as the API names it. Every file is
+    /// checked with captype and capinfos first.
+    pub fn session_frames(&self, sessions: &Value) -> Frames {
+        let mut out = BTreeMap::new();
+        for s in sessions["sessions"].as_array().expect("sessions array") {
+            let name = s["name"].as_str().expect("session name");
+            let sources = s["sources"].as_array().expect("sources array");
+            assert_eq!(
+                sources.len(),
+                1,
+                "auto session {name} should have exactly one source: {s}"
+            );
+            let key = source_key(&sources[0]);
+            let mut frames = Vec::new();
+            for file in self.files_of(name) {
+                let n = validate_capture(&file);
+                let f = oracle::frames(&file);
+                assert_eq!(
+                    n,
+                    f.len() as u64,
+                    "{}: capinfos and tshark disagree",
+                    file.display()
+                );
+                frames.extend(f);
+            }
+            out.insert(key, frames);
+        }
+        out
+    }
+
+    /// The files written for session `name`, in name order.
+    pub fn files_of(&self, name: &str) -> Vec<PathBuf> {
+        files_with_prefix(&self.out, &format!("{name}_"))
+    }
+}
+
+/// Files in `dir` whose names start with `prefix`, sorted by name.
+pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A source object of the API as an oracle key.
+pub fn source_key(s: &Value) -> Key {
+    (
+        s["src"].as_str().expect("src").to_string(),
+        s["kind"].as_str().expect("kind").to_string(),
+        s["id"].as_u64().expect("id"),
+    )
+}
+
+/// Every source in a `/api/v1/sessions` answer, with the whole source object.
+pub fn sources(sessions: &Value) -> BTreeMap<Key, Value> {
+    let mut out = BTreeMap::new();
+    for s in sessions["sessions"].as_array().into_iter().flatten() {
+        for src in s["sources"].as_array().into_iter().flatten() {
+            out.insert(source_key(src), src.clone());
+        }
+    }
+    out
+}
+
+/// Packets per source in a `/api/v1/sessions` answer.
+pub fn source_packets(sessions: &Value) -> BTreeMap<Key, u64> {
+    sources(sessions)
+        .into_iter()
+        .map(|(k, v)| (k, v["packets"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Waits until `path` exists and is non-empty.
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    wait_until(
+        timeout,
+        &format!("{} to be written", path.display()),
+        || {
+            std::fs::metadata(path)
+                .ok()
+                .filter(|m| m.len() > 0)
+                .map(|_| ())
+        },
+    );
+}
