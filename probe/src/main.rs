@@ -1,0 +1,344 @@
+//! The `tapwire-probe` command.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
+use tapwire_probe::manager::{FlowManager, Prepared};
+use tapwire_probe::{api, privs, stats};
+
+#[derive(Parser)]
+#[command(
+    name = "tapwire-probe",
+    version,
+    about = "Mirrors selected traffic of this host's interfaces to a tapwire collector (ERSPAN II/III, GRE-TEB)",
+    after_help = "Needs CAP_NET_RAW only (root, or: setcap cap_net_raw+ep tapwire-probe); every other capability is dropped at start."
+)]
+struct Cli {
+    /// Flows from a TOML file (see dist/probe.toml) instead of the flow flags below.
+    #[arg(long, short, conflicts_with_all = ["iface", "name", "direction", "vlan", "untagged", "filter", "snaplen", "sample", "rate_pps", "rate_bps", "burst", "session", "collector", "encap", "hardware_id", "erspan_time", "promisc", "threads", "block_size", "block_count", "block_timeout_ms"])]
+    config: Option<PathBuf>,
+
+    /// Interface to mirror (a VM tap, a bridge, a NIC).
+    #[arg(
+        long,
+        alias = "interface",
+        value_name = "IF",
+        required_unless_present = "config"
+    )]
+    iface: Option<String>,
+    /// Name of the flow in logs and stats [default: the interface].
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// Only frames tagged with these VLAN ids (repeatable or comma-separated).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    vlan: Vec<u16>,
+    /// With --vlan: also untagged frames.
+    #[arg(long)]
+    untagged: bool,
+    /// tcpdump-syntax filter, run in the kernel.
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
+    /// Keep at most this many bytes of each frame (sets the ERSPAN T bit).
+    #[arg(long, value_name = "BYTES")]
+    snaplen: Option<u32>,
+    /// Mirror one packet in N.
+    #[arg(long, value_name = "N")]
+    sample: Option<u32>,
+    /// At most this many packets per second (e.g. 10000, 10k).
+    #[arg(long, value_name = "RATE")]
+    rate_pps: Option<String>,
+    /// At most this many bits per second of encapsulated traffic (e.g. 100M, 1G).
+    #[arg(long, value_name = "RATE")]
+    rate_bps: Option<String>,
+    /// Token bucket depth as time at the rate [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    burst: Option<String>,
+    /// ERSPAN session id or GRE key (0-1023).
+    #[arg(long, value_name = "ID", required_unless_present = "config")]
+    session: Option<u16>,
+    /// The collector's address (IPv4 or IPv6).
+    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
+    collector: Option<IpAddr>,
+    #[arg(long, value_enum)]
+    encap: Option<EncapArg>,
+    /// ERSPAN III hardware id (0-63).
+    #[arg(long, value_name = "ID")]
+    hardware_id: Option<u8>,
+    /// ERSPAN III time format.
+    #[arg(long, value_enum)]
+    erspan_time: Option<TimeArg>,
+    /// Put the interface in promiscuous mode while mirroring it.
+    #[arg(long)]
+    promisc: bool,
+    /// Capture threads (PACKET_FANOUT by flow hash).
+    #[arg(long, value_name = "N")]
+    threads: Option<u16>,
+    /// Ring block size (e.g. 1MiB).
+    #[arg(long, value_name = "SIZE")]
+    block_size: Option<String>,
+    #[arg(long, value_name = "N")]
+    block_count: Option<u32>,
+    /// A block is handed over at the latest this long after its first packet.
+    #[arg(long, value_name = "MS")]
+    block_timeout_ms: Option<u32>,
+
+    /// Path MTU towards the collector [default: from the route]; applies to every flow.
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u32>,
+    /// Stats API address, or "off" [default: 127.0.0.1:9751].
+    #[arg(long, value_name = "ADDR|off")]
+    stats: Option<String>,
+    /// Print a line per flow this often, or "off" [default: 10s].
+    #[arg(long, value_name = "DURATION|off")]
+    stats_interval: Option<String>,
+    /// When started as root: run as this user (keeping CAP_NET_RAW).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Check the flows (and compile their filters), print them, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DirectionArg {
+    In,
+    Out,
+    Both,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EncapArg {
+    ErspanIi,
+    ErspanIii,
+    Gre,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TimeArg {
+    #[value(name = "100ns")]
+    Nanos100,
+    Ieee1588,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, prepared, manager) = match setup(&cli) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tapwire-probe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        for p in &prepared {
+            let s = p.spec();
+            println!(
+                "flow {}: {} {:?} -> {} {} session {}, kernel filter of {} instructions",
+                s.name,
+                s.interface,
+                s.direction,
+                s.collector,
+                s.encap.name(),
+                s.session,
+                p.program_len()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_logs();
+    match run(config, prepared, manager) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tapwire-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Flags and file to checked flows with compiled filters; every error is one line (exit 2).
+fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => ProbeConfig {
+            settings: Settings::default(),
+            flows: vec![flow_from_flags(cli)?.resolve("--iface").map_err(|e| e.0)?],
+        },
+    };
+    if let Some(mtu) = cli.mtu {
+        for f in &mut config.flows {
+            f.mtu = Some(mtu);
+        }
+    }
+    if let Some(v) = &cli.stats {
+        config.settings.stats = config::stats_addr(v).map_err(|e| format!("--stats: {e}"))?;
+    }
+    if let Some(v) = &cli.stats_interval {
+        config.settings.stats_interval =
+            config::interval(v).map_err(|e| format!("--stats-interval: {e}"))?;
+    }
+    if cli.user.is_some() {
+        config.settings.user = cli.user.clone();
+    }
+    let mut collectors: Vec<IpAddr> = config.flows.iter().map(|f| f.collector).collect();
+    collectors.sort();
+    collectors.dedup();
+    let manager = FlowManager::new(collectors);
+    let prepared = config
+        .flows
+        .iter()
+        .map(|f| manager.prepare(f.clone()).map_err(|e| e.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, prepared, manager))
+}
+
+fn flow_from_flags(cli: &Cli) -> Result<FlowFields, String> {
+    let text = |v: &Option<String>| v.clone().map(NumOrText::Text);
+    Ok(FlowFields {
+        name: cli.name.clone(),
+        interface: cli.iface.clone(),
+        direction: cli.direction.map(|d| match d {
+            DirectionArg::In => Direction::In,
+            DirectionArg::Out => Direction::Out,
+            DirectionArg::Both => Direction::Both,
+        }),
+        vlans: (!cli.vlan.is_empty()).then(|| cli.vlan.clone()),
+        untagged: cli.untagged.then_some(true),
+        filter: cli.filter.clone(),
+        snaplen: cli.snaplen,
+        sample: cli.sample,
+        rate_pps: text(&cli.rate_pps),
+        rate_bps: text(&cli.rate_bps),
+        burst: cli.burst.clone(),
+        session: cli.session,
+        collector: cli.collector,
+        encap: cli.encap.map(|e| match e {
+            EncapArg::ErspanIi => Encapsulation::ErspanIi,
+            EncapArg::ErspanIii => Encapsulation::ErspanIii,
+            EncapArg::Gre => Encapsulation::Gre,
+        }),
+        hardware_id: cli.hardware_id,
+        erspan_time: cli.erspan_time.map(|t| match t {
+            TimeArg::Nanos100 => ErspanTime::Nanos100,
+            TimeArg::Ieee1588 => ErspanTime::Ieee1588,
+        }),
+        promiscuous: cli.promisc.then_some(true),
+        threads: cli.threads,
+        block_size: text(&cli.block_size),
+        block_count: cli.block_count,
+        block_timeout_ms: cli.block_timeout_ms,
+        mtu: cli.mtu,
+    })
+}
+
+/// Runs the flows until SIGINT or SIGTERM.
+fn run(
+    config: ProbeConfig,
+    prepared: Vec<Prepared>,
+    mut manager: FlowManager,
+) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // A second signal while stopping ends the process at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    // Bound before privileges are dropped, so a port below 1024 would work too.
+    let listener = match config.settings.stats {
+        Some(addr) => Some(api::bind(addr).map_err(|e| format!("stats API on {addr}: {e}"))?),
+        None => None,
+    };
+    let kept = privs::drop_privileges(config.settings.user.as_deref())?;
+    tracing::info!(
+        uid = kept.uid,
+        gid = kept.gid,
+        kept = ?kept.effective,
+        dropped = ?kept.dropped,
+        "privileges reduced"
+    );
+
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let snapshot = Arc::new(ArcSwap::from_pointee(ProbeStats {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        uptime_s: 0.0,
+        flows: Vec::new(),
+    }));
+    if let Some(l) = listener {
+        let local = l.local_addr().ok();
+        api::spawn(l, snapshot.clone()).map_err(|e| format!("stats API thread: {e}"))?;
+        tracing::info!(addr = ?local, "stats API listening");
+    }
+    for p in prepared {
+        let name = p.spec().name.clone();
+        manager
+            .start(p)
+            .map_err(|e| format!("flow {name:?}: {e}"))?;
+    }
+
+    let publish = |manager: &FlowManager| {
+        let flows = manager.stats();
+        let mut s = ProbeStats::clone(&snapshot.load());
+        s.uptime_s = t0.elapsed().as_secs_f64();
+        s.flows = flows;
+        snapshot.store(Arc::new(s));
+    };
+    let mut last_line = Instant::now();
+    let mut prev: Vec<(String, FlowCounters)> = Vec::new();
+    let print = |manager: &FlowManager, secs: f64, prev: &mut Vec<(String, FlowCounters)>| {
+        let flows = manager.stats();
+        for f in &flows {
+            let before = prev.iter().find(|(n, _)| *n == f.name).map(|(_, c)| c);
+            eprintln!("{}", stats::line(f, before, secs));
+        }
+        *prev = flows.into_iter().map(|f| (f.name, f.counters)).collect();
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        publish(&manager);
+        if let Some(every) = config.settings.stats_interval
+            && last_line.elapsed() >= every
+        {
+            let secs = last_line.elapsed().as_secs_f64();
+            last_line = Instant::now();
+            print(&manager, secs, &mut prev);
+        }
+    }
+    tracing::info!("stopping");
+    let stop_started = Instant::now();
+    for f in manager.stop_all() {
+        eprintln!("{}", stats::line(&f, None, 0.0));
+    }
+    tracing::info!(
+        took_ms = stop_started.elapsed().as_millis() as u64,
+        "stopped"
+    );
+    Ok(())
+}
