@@ -215,18 +215,6 @@ impl<R: Read> PcapRecords<R> {
         Ok(true)
     }
 
-    #[inline]
-    fn word(&self, at: usize) -> u32 {
-        let b = [
-            self.buf[at],
-            self.buf[at + 1],
-            self.buf[at + 2],
-            self.buf[at + 3],
-        ];
-        let w = u32::from_ne_bytes(b);
-        if self.swapped { w.swap_bytes() } else { w }
-    }
-
     /// The next record; `Ok(None)` at a clean end of the input. A record cut short, or larger
     /// than the read buffer, stops with [`SkipReason::TruncatedRecord`].
     #[inline]
@@ -238,26 +226,41 @@ impl<R: Read> PcapRecords<R> {
             Ok(false) => return Err(truncated),
             Err(e) => return Err(PcapDamage::Io(e)),
         }
-        let at = self.pos;
-        let incl_len = self.word(at + 8) as usize;
+        let mut header = [0u8; PCAP_RECORD_HEADER];
+        header.copy_from_slice(&self.buf[self.pos..self.pos + PCAP_RECORD_HEADER]);
+        let [ts_sec, frac, incl_len, orig_len] = record_words(header, self.swapped);
+        let incl_len = incl_len as usize;
         match self.fill(PCAP_RECORD_HEADER + incl_len) {
             Ok(true) => {}
             Ok(false) => return Err(truncated),
             Err(e) => return Err(PcapDamage::Io(e)),
         }
         // `fill` may have moved the record to the start of the buffer.
-        let at = self.pos;
-        let ts_sec = u64::from(self.word(at));
-        let frac = u64::from(self.word(at + 4));
-        let orig_len = self.word(at + 12);
-        let start = at + PCAP_RECORD_HEADER;
+        let start = self.pos + PCAP_RECORD_HEADER;
         self.pos = start + incl_len;
+        let frac = u64::from(frac);
         Ok(Some(Record {
             link: self.link,
-            ts_ns: ts_sec * 1_000_000_000 + if self.nanos { frac } else { frac * 1000 },
+            ts_ns: u64::from(ts_sec) * 1_000_000_000 + if self.nanos { frac } else { frac * 1000 },
             orig_len: orig_len.max(incl_len as u32),
             data: &self.buf[start..start + incl_len],
         }))
+    }
+}
+
+/// The four words of a pcap record header, in the file's byte order.
+#[inline]
+fn record_words(h: [u8; PCAP_RECORD_HEADER], swapped: bool) -> [u32; 4] {
+    let words = [
+        u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
+        u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+        u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+        u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+    ];
+    if swapped {
+        words.map(u32::swap_bytes)
+    } else {
+        words
     }
 }
 
@@ -417,6 +420,25 @@ mod tests {
             assert_eq!(n, 3);
             assert_eq!(r.stopped(), None);
         }
+    }
+
+    #[test]
+    fn big_endian_pcap() {
+        let mut b = vec![0xa1, 0xb2, 0xc3, 0xd4, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+        b.extend_from_slice(&65535u32.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        for w in [1u32, 2, 3, 5] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        b.extend_from_slice(&[7, 8, 9]);
+        let mut r = CaptureReader::new(&b[..]).unwrap();
+        let rec = r.next_record().unwrap().unwrap();
+        assert_eq!(
+            (rec.link, rec.ts_ns, rec.orig_len, rec.data),
+            (LinkType::Ethernet, 1_000_002_000, 5, &[7u8, 8, 9][..])
+        );
+        assert!(r.next_record().unwrap().is_none());
+        assert_eq!(r.stopped(), None);
     }
 
     #[test]

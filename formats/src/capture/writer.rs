@@ -209,9 +209,15 @@ impl Encoder {
                 // A record header is four native-endian words, matching the file header's
                 // byte order; written by hand because it is that simple.
                 let ts_frac = if *nanos { frac } else { frac / 1000 };
-                for word in [secs as u32, ts_frac as u32, p.data.len() as u32, orig_len] {
-                    buf.extend_from_slice(&word.to_ne_bytes());
+                let mut header = [0u8; 16];
+                for (i, word) in [secs as u32, ts_frac as u32, p.data.len() as u32, orig_len]
+                    .into_iter()
+                    .enumerate()
+                {
+                    header[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
                 }
+                buf.reserve(header.len() + p.data.len());
+                buf.extend_from_slice(&header);
                 buf.extend_from_slice(p.data);
                 Ok(())
             }
@@ -281,21 +287,40 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
     }
     // Type, length, 20 bytes of fixed fields, padded data, options, trailing length.
     let block_len = 8 + 20 + data_len.next_multiple_of(4) + options_len + 4;
+    let pad = data_len.next_multiple_of(4) - data_len;
     buf.reserve(block_len);
+    // The fixed part in one copy: type, length, interface, timestamp, captured and original
+    // lengths.
+    let mut head = [0u8; 28];
+    for (i, v) in [
+        EPB,
+        block_len as u32,
+        interface,
+        (p.ts_ns >> 32) as u32,
+        p.ts_ns as u32,
+        data_len as u32,
+        orig_len,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        head[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(p.data);
+    if options_len == 0 {
+        // Padding and the trailing length in one copy.
+        let mut tail = [0u8; 7];
+        tail[pad..pad + 4].copy_from_slice(&(block_len as u32).to_ne_bytes());
+        buf.extend_from_slice(&tail[..pad + 4]);
+        return;
+    }
     let put32 = |buf: &mut Vec<u8>, v: u32| buf.extend_from_slice(&v.to_ne_bytes());
     let put_opt_header = |buf: &mut Vec<u8>, code: u16, len: u16| {
         buf.extend_from_slice(&code.to_ne_bytes());
         buf.extend_from_slice(&len.to_ne_bytes());
     };
-    put32(buf, EPB);
-    put32(buf, block_len as u32);
-    put32(buf, interface);
-    put32(buf, (p.ts_ns >> 32) as u32);
-    put32(buf, p.ts_ns as u32);
-    put32(buf, data_len as u32);
-    put32(buf, orig_len);
-    buf.extend_from_slice(p.data);
-    buf.extend_from_slice(&[0; 3][..data_len.next_multiple_of(4) - data_len]);
+    buf.extend_from_slice(&[0; 3][..pad]);
     if let Some(d) = p.direction {
         put_opt_header(buf, EPB_FLAGS, 4);
         // epb_flags bits 0-1: 01 inbound, 10 outbound.
@@ -312,9 +337,7 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
         buf.extend_from_slice(c);
         buf.extend_from_slice(&[0; 3][..c.len().next_multiple_of(4) - c.len()]);
     }
-    if options_len > 0 {
-        put_opt_header(buf, OPT_END, 0);
-    }
+    put_opt_header(buf, OPT_END, 0);
     put32(buf, block_len as u32);
 }
 
