@@ -1,0 +1,201 @@
+//! Where snapshots come from and where actions go: the [`Source`] and [`Actions`] traits, and
+//! their HTTP implementations on the collector's stats API (`ureq`, blocking, short timeouts).
+//! Closures implement both traits, which is how the inline UI of `tapwire collect` reads the
+//! engine's snapshot directly and how tests inject fakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tapwire_api::{Action, Message, SESSIONS_PATH, Snapshot};
+
+/// Gives the collector's latest snapshot, or says why it cannot (shown as "disconnected").
+pub trait Source {
+    fn fetch(&mut self) -> Result<Arc<Snapshot>, String>;
+}
+
+impl<F: FnMut() -> Result<Arc<Snapshot>, String>> Source for F {
+    fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
+        self()
+    }
+}
+
+/// Carries out an action on a session; `Ok` and `Err` hold the collector's message.
+pub trait Actions {
+    fn act(&mut self, session: &str, action: Action) -> Result<String, String>;
+}
+
+impl<F: FnMut(&str, Action) -> Result<String, String>> Actions for F {
+    fn act(&mut self, session: &str, action: Action) -> Result<String, String> {
+        self(session, action)
+    }
+}
+
+/// `127.0.0.1:9750`, `http://host:9750/` or `https://...` as a base URL without a trailing
+/// slash; a bare address gets `http://`.
+pub fn base_url(connect: &str) -> String {
+    let s = connect.trim().trim_end_matches('/');
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    }
+}
+
+/// A session name as one URL path segment (names are operator-chosen or `<src>_<kind>_<id>`,
+/// which for IPv6 holds colons).
+pub fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout.min(Duration::from_secs(1))))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// The largest snapshot accepted (a collector with 65 536 sources answers a few tens of MiB).
+const MAX_BODY_BYTES: u64 = 256 << 20;
+
+/// Polls `GET /api/v1/sessions`.
+pub struct HttpSource {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl HttpSource {
+    pub fn new(base: &str) -> HttpSource {
+        HttpSource {
+            agent: agent(Duration::from_secs(2)),
+            url: format!("{base}{SESSIONS_PATH}"),
+        }
+    }
+}
+
+impl Source for HttpSource {
+    fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
+        let mut resp = self.agent.get(&self.url).call().map_err(describe)?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_string()
+            .map_err(describe)?;
+        if !status.is_success() {
+            return Err(format!("{} answered {status}", self.url));
+        }
+        serde_json::from_str(&body)
+            .map(Arc::new)
+            .map_err(|e| format!("not a tapwire snapshot: {e}"))
+    }
+}
+
+/// `POST /api/v1/sessions/{name}/{action}`, with the bearer token when one is given (the
+/// collector accepts actions from localhost without one).
+pub struct HttpActions {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+impl HttpActions {
+    pub fn new(base: &str, token: Option<String>) -> HttpActions {
+        HttpActions {
+            // The collector waits up to 5 s for its engine to answer.
+            agent: agent(Duration::from_secs(6)),
+            base: base.to_string(),
+            token,
+        }
+    }
+}
+
+impl Actions for HttpActions {
+    fn act(&mut self, session: &str, action: Action) -> Result<String, String> {
+        let verb = match action {
+            Action::Enable => "enable",
+            Action::Disable => "disable",
+            Action::Rotate => "rotate",
+        };
+        let url = format!(
+            "{}{SESSIONS_PATH}/{}/{verb}",
+            self.base,
+            path_segment(session)
+        );
+        let mut req = self.agent.post(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.send_empty().map_err(describe)?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        match serde_json::from_str::<Message>(&body) {
+            Ok(m) if m.ok && status.is_success() => Ok(m.message),
+            Ok(m) => Err(m.message),
+            Err(_) => Err(format!("{verb} {session}: collector answered {status}")),
+        }
+    }
+}
+
+/// A short reason for a failed request: what the operator needs to see in the header.
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+            std::io::ErrorKind::TimedOut => "timed out".into(),
+            _ => io.to_string(),
+        },
+        ureq::Error::Timeout(_) => "timed out".into(),
+        ureq::Error::HostNotFound => "host not found".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(base_url("127.0.0.1:9750"), "http://127.0.0.1:9750");
+        assert_eq!(base_url("http://[::1]:9750/"), "http://[::1]:9750");
+        assert_eq!(base_url(" https://c.example:443 "), "https://c.example:443");
+    }
+
+    #[test]
+    fn session_names_are_escaped_as_one_segment() {
+        assert_eq!(path_segment("edge-1_a.b"), "edge-1_a.b");
+        assert_eq!(
+            path_segment("fd77::11_erspan-ii_100"),
+            "fd77%3A%3A11_erspan-ii_100"
+        );
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn a_closed_port_reads_as_connection_refused() {
+        // Bind then drop to find a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let mut s = HttpSource::new(&base_url(&format!("127.0.0.1:{port}")));
+        assert_eq!(s.fetch().unwrap_err(), "connection refused");
+    }
+}
