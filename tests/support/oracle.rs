@@ -24,12 +24,7 @@ pub fn mirrored_frames(path: &Path) -> Frames {
 /// (`frame.cap_len < frame.len`).
 pub fn decode(path: &Path) -> (Frames, usize) {
     let packets = tshark::packets(path);
-    let mut out = Frames::new();
-    for l in &packets {
-        if let Some((key, inner)) = mirrored(l, &packets) {
-            out.entry(key).or_default().push(inner);
-        }
-    }
+    let out = from_packets(&packets);
     let cut = packets
         .iter()
         .filter(|l| {
@@ -38,6 +33,17 @@ pub fn decode(path: &Path) -> (Frames, usize) {
         })
         .count();
     (out, cut)
+}
+
+/// The mirrored frames in packets tshark decoded ([`tshark::packets`]).
+pub fn from_packets(packets: &[Value]) -> Frames {
+    let mut out = Frames::new();
+    for l in packets {
+        if let Some((key, inner)) = mirrored(l, packets) {
+            out.entry(key).or_default().push(inner);
+        }
+    }
+    out
 }
 
 /// The frames of a capture as tshark reads them (for tapwire's output files).

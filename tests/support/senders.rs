@@ -210,6 +210,9 @@ impl Tcpdump {
             iface,
             "-n",
             "-U",
+            // Without it libpcap hands over packets only when a ring block fills or times out
+            // (1 s), and a stop loses the ones in the open block.
+            "--immediate-mode",
             "-s",
             "0",
             "-B",

@@ -1,0 +1,333 @@
+//! Open vSwitch 3.1's userspace datapath as a real ERSPAN / GRE sender to `tapwire collect`.
+//!
+//! Three hosts hang off an OVS bridge; six mirrors copy their ports' traffic to tunnel ports:
+//! ERSPAN II and III over IPv4 (three sessions on one shared sequence counter), ERSPAN II and
+//! III over IPv6 (`ip6erspan`, two sessions on another shared counter) and GRE-TEB with its own
+//! sequence. Real traffic (ping, iperf3 TCP) flows through all of them at once. The oracles:
+//! tcpdump on each mirrored host port ("what was on the wire") and tcpdump on the collector's
+//! link (what OVS sent), both read with tshark.
+//!
+//! The facts about what OVS emits (tests/senders/OVS.md) are asserted here from the capture of
+//! the collector's link, so a different OVS shows up as a failing test, not a stale note.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tapwire_tests::collector::{self, Collector};
+use tapwire_tests::oracle::{self, Key, assert_same_frames};
+use tapwire_tests::ovs::{Ovs, Tunnel, host_ip};
+use tapwire_tests::senders::Tcpdump;
+use tapwire_tests::tshark::{self, num};
+use tapwire_tests::{TempDir, bin, require, run_ok};
+
+/// (tunnel port, mirrored host, tunnel).
+const MIRRORS: [(&str, usize, Tunnel); 6] = [
+    (
+        "ers2a",
+        1,
+        Tunnel::ErspanII {
+            key: 1,
+            index: 0x7,
+            v6: false,
+        },
+    ),
+    (
+        "ers3",
+        2,
+        Tunnel::ErspanIII {
+            key: 2,
+            hwid: 4,
+            egress: true,
+            v6: false,
+        },
+    ),
+    (
+        "ers2b",
+        3,
+        Tunnel::ErspanII {
+            key: 3,
+            index: 0x30,
+            v6: false,
+        },
+    ),
+    ("gre1", 1, Tunnel::Gre { key: 4, seq: true }),
+    (
+        "ers6a",
+        2,
+        Tunnel::ErspanIII {
+            key: 5,
+            hwid: 9,
+            egress: false,
+            v6: true,
+        },
+    ),
+    (
+        "ers6b",
+        3,
+        Tunnel::ErspanII {
+            key: 6,
+            index: 0x3,
+            v6: true,
+        },
+    ),
+];
+
+fn key_of(t: &Tunnel) -> Key {
+    let (kind, id) = t.kind_id();
+    (t.src().to_string(), kind.to_string(), id)
+}
+
+/// Real traffic between the three hosts through the switch, all at once: pings of two sizes in
+/// a ring and an iperf3 TCP stream h1 -> h2 at 4 Mbit/s for one second.
+fn traffic(ovs: &Ovs) {
+    require("iperf3");
+    require("ping");
+    let lab = &ovs.lab;
+    let server = lab.spawn(ovs.host(2), &["iperf3", "-s", "-1", "-p", "5201"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pings = Vec::new();
+    for (from, to, size) in [(1, 2, "56"), (2, 3, "1400"), (3, 1, "1472"), (1, 3, "200")] {
+        pings.push(lab.spawn(
+            ovs.host(from),
+            &[
+                "ping",
+                "-q",
+                "-c",
+                "40",
+                "-i",
+                "0.02",
+                "-s",
+                size,
+                &host_ip(to),
+            ],
+        ));
+    }
+    let mut client = lab.spawn(
+        ovs.host(1),
+        &[
+            "iperf3",
+            "-c",
+            &host_ip(2),
+            "-p",
+            "5201",
+            "-t",
+            "1",
+            "-b",
+            "4M",
+            "-M",
+            "1400",
+        ],
+    );
+    client.wait_ok(Duration::from_secs(15));
+    for mut p in pings {
+        let out = p.wait_ok(Duration::from_secs(15));
+        assert!(
+            out.contains(" 0% packet loss"),
+            "ping through OVS lost packets: {out}"
+        );
+    }
+    drop(server);
+}
+
+/// Sorted copy, for comparing captures taken at two different points as multisets.
+fn sorted(v: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[test]
+fn ovs_mirror_sessions_are_collected_exactly_without_phantom_loss() {
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
+    let ovs = Ovs::start("ovs", 3);
+    phase("OVS up");
+    for (port, host, tunnel) in &MIRRORS {
+        ovs.mirror(port, &[&format!("p{host}")], *tunnel);
+    }
+    let lab = &ovs.lab;
+    let col = ovs.col().to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(lab, &col, &out, &[]);
+
+    let wire_pcap = lab.dir().join("col0.pcap");
+    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47 or ip6 proto 47");
+    let hosts: Vec<Tcpdump> = (1..=3)
+        .map(|i| {
+            Tcpdump::start(
+                lab,
+                ovs.host(i),
+                "eth0",
+                &lab.dir().join(format!("h{i}.pcap")),
+                "",
+            )
+        })
+        .collect();
+
+    phase("collector and captures up");
+    traffic(&ovs);
+    phase("traffic done");
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, h) in hosts.into_iter().enumerate() {
+        let (_, dropped) = h.stop();
+        assert_eq!(dropped, 0, "tcpdump on h{} dropped packets", i + 1);
+    }
+    let (_, dropped) = wire.stop();
+    assert_eq!(dropped, 0, "tcpdump on col0 dropped packets");
+
+    // What was on each mirrored port, and what OVS sent for it.
+    let on_port: BTreeMap<usize, Vec<Vec<u8>>> = (1..=3)
+        .map(|i| (i, oracle::frames(&lab.dir().join(format!("h{i}.pcap")))))
+        .collect();
+    let wire_packets = tshark::packets(&wire_pcap);
+    let sent = oracle::from_packets(&wire_packets);
+    let want: BTreeMap<Key, u64> = MIRRORS
+        .iter()
+        .map(|(_, host, t)| (key_of(t), on_port[host].len() as u64))
+        .collect();
+    eprintln!("frames per mirror: {want:?}");
+    assert!(
+        want.values().all(|n| *n >= 200),
+        "too little traffic through the mirrors: {want:?}"
+    );
+    for (_, host, t) in &MIRRORS {
+        let key = key_of(t);
+        assert!(
+            sorted(&sent[&key]) == sorted(&on_port[host]),
+            "{key:?}: OVS did not send exactly the frames of p{host} ({} sent, {} on the port)",
+            sent[&key].len(),
+            on_port[host].len()
+        );
+    }
+    assert_ovs_facts(&wire_packets);
+    phase("oracles decoded");
+
+    // The collector: every source, every packet, no loss although OVS numbers the sessions
+    // from shared counters.
+    let api = c.wait_for_packets(&want, Duration::from_secs(10));
+    assert_eq!(
+        collector::source_packets(&api),
+        want,
+        "per-source packets in /api/v1/sessions vs tcpdump on the mirrored ports"
+    );
+    for (key, s) in collector::sources(&api) {
+        for field in ["lost", "duplicates", "reordered"] {
+            assert_eq!(s[field], 0, "{key:?} {field} (OVS's shared counter): {s}");
+        }
+        let expected_seq = if key.1 == "gre" {
+            "per-source"
+        } else {
+            "shared-by-sender"
+        };
+        assert_eq!(s["sequence"], expected_seq, "{key:?}: {s}");
+    }
+    c.stop("TERM", Duration::from_millis(2500));
+    let got = c.session_frames(&api);
+    phase("collector files read");
+    // In the order OVS sent them, byte for byte.
+    assert_same_frames("tapwire collect of OVS", &sent, &got);
+
+    // The offline pipeline on the same wire reports no phantom loss either.
+    let tmp = TempDir::new("ovs-decap");
+    let report: Value = serde_json::from_str(&run_ok(
+        std::process::Command::new(bin("tapwire"))
+            .arg("decap")
+            .arg(&wire_pcap)
+            .arg("--out")
+            .arg(tmp.path())
+            .arg("--json"),
+    ))
+    .unwrap();
+    for s in report["sources"].as_array().unwrap() {
+        assert_eq!(s["lost"], 0, "tapwire decap of OVS's output: {s}");
+    }
+}
+
+/// What OVS 3.1's userspace datapath puts on the wire, as documented in tests/senders/OVS.md.
+fn assert_ovs_facts(packets: &[Value]) {
+    let mut seqs: BTreeMap<Key, Vec<u64>> = BTreeMap::new();
+    for l in packets {
+        let Some((key, _)) = oracle::mirrored(l, packets) else {
+            continue;
+        };
+        let f = |name: &str| tshark::field(l, name.split('.').next().unwrap(), name);
+        let flags = num(&f("gre.flags_and_version").expect("GRE flags"));
+        let ip = if key.0.contains(':') { "ipv6" } else { "ip" };
+        if key.1 == "gre" {
+            // K and S (options:seq=true), no checksum; the key is options:key.
+            assert_eq!(flags, 0x3000, "{key:?} GRE flags");
+            assert_eq!(f("gre.key").map(|k| num(&k)), Some(key.2));
+        } else {
+            // S only: OVS never sets K for ERSPAN; the session id is options:key.
+            assert_eq!(flags, 0x1000, "{key:?} GRE flags");
+        }
+        if ip == "ip" {
+            assert_eq!(f("ip.flags.df").as_deref(), Some("1"), "{key:?}: DF");
+            assert_eq!(f("ip.id").map(|v| num(&v)), Some(0), "{key:?}: IP id");
+        }
+        let (_, _, tunnel) = MIRRORS.iter().find(|(_, _, t)| key_of(t) == key).unwrap();
+        match *tunnel {
+            Tunnel::ErspanII { index, .. } => {
+                let e = |n: &str| f(n).map(|v| num(&v));
+                assert_eq!(e("erspan.version"), Some(1));
+                assert_eq!(e("erspan.index"), Some(u64::from(index)), "{key:?} index");
+                assert_eq!(e("erspan.encap"), Some(0), "{key:?} En");
+                assert_eq!(e("erspan.truncated"), Some(0), "{key:?} T");
+            }
+            Tunnel::ErspanIII { hwid, egress, .. } => {
+                let e = |n: &str| f(n).map(|v| num(&v));
+                assert_eq!(e("erspan.version"), Some(2));
+                assert_eq!(e("erspan.hw"), Some(u64::from(hwid)), "{key:?} hw");
+                assert_eq!(e("erspan.direction"), Some(u64::from(egress)), "{key:?} D");
+                assert_eq!(e("erspan.gra"), Some(0), "{key:?}: granularity 100 µs");
+                assert_eq!(e("erspan.o"), Some(0), "{key:?}: no platform sub-header");
+                // Wall-clock time in 100 µs units, modulo 2^32: within a second of capture.
+                let ts = e("erspan.timestamp").unwrap() as i64;
+                let epoch: f64 = f("frame.time_epoch").unwrap().parse().unwrap();
+                let now = ((epoch * 1e4) as u64 % (1 << 32)) as i64;
+                let d = (now - ts).rem_euclid(1 << 32);
+                assert!(
+                    !(10_000..=(1 << 32) - 10_000).contains(&d),
+                    "{key:?}: ERSPAN III timestamp {ts} is not wall-clock/100 µs ({now})"
+                );
+            }
+            Tunnel::Gre { .. } => {}
+        }
+        let seq = num(&f("gre.sequence_number").expect("sequence"));
+        seqs.entry(key).or_default().push(seq);
+    }
+    // One counter per tunnel type: the ERSPAN sessions over IPv4 together count 0,1,2,... with
+    // no gap, and so do the ip6erspan ones and the GRE port; alone, each ERSPAN session has gaps.
+    fn family(k: &Key) -> &'static str {
+        match (k.0.contains(':'), k.1.as_str()) {
+            (_, "gre") => "gre",
+            (true, _) => "ip6erspan",
+            (false, _) => "erspan",
+        }
+    }
+    for name in ["erspan", "ip6erspan", "gre"] {
+        let mut all: Vec<u64> = seqs
+            .iter()
+            .filter(|(k, _)| family(k) == name)
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        all.sort_unstable();
+        let first = all[0];
+        assert!(
+            all.iter().enumerate().all(|(i, s)| *s == first + i as u64),
+            "{name} ports: the sequence numbers of all sessions together are not one counter"
+        );
+        if name != "gre" {
+            for (k, v) in seqs.iter().filter(|(k, _)| family(k) == name) {
+                let gaps = v.windows(2).filter(|w| w[1] != w[0] + 1).count();
+                assert!(
+                    gaps > 0,
+                    "{k:?}: no gaps, so the shared counter was not exercised"
+                );
+            }
+        }
+    }
+}
