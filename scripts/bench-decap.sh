@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Whole-process decapsulation benchmark: tapwire decap against editcap (blind fixed-offset strip)
+# and tshark (full dissection), on the same synthetic ERSPAN Type II inputs.
+#
+#   scripts/bench-decap.sh                      # 2,000,000 packets, 8 sessions, inner 60 and 1414 B
+#   BENCH_DIR=/dev/shm scripts/bench-decap.sh   # files in memory: no disk writeback in the times
+#   PACKETS=200000 RUNS=3 scripts/bench-decap.sh
+#
+# The large-frame input is ~3 GB and each output about as much: BENCH_DIR needs ~6.5 GB free.
+#
+# Environment: BENCH_DIR (parent of the temporary work directory, default /tmp), PACKETS,
+# SESSIONS, RUNS (hyperfine runs per command), TSHARK_PACKETS (tshark runs on this prefix only,
+# and its time is scaled to the whole input). Installs missing Debian tools when run as root.
+set -euo pipefail
+
+PACKETS=${PACKETS:-2000000}
+SESSIONS=${SESSIONS:-8}
+RUNS=${RUNS:-5}
+TSHARK_PACKETS=${TSHARK_PACKETS:-200000}
+((TSHARK_PACKETS > PACKETS)) && TSHARK_PACKETS=$PACKETS
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# --- tools -------------------------------------------------------------------------------------
+missing=()
+command -v editcap >/dev/null || missing+=(wireshark-common)
+command -v capinfos >/dev/null || missing+=(wireshark-common)
+command -v tshark >/dev/null || missing+=(tshark)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+[[ -x /usr/bin/time ]] || missing+=(time)
+command -v jq >/dev/null || missing+=(jq)
+command -v bc >/dev/null || missing+=(bc)
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]]; then
+        echo "installing: ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
+    fi
+fi
+for t in editcap capinfos tshark /usr/bin/time jq bc; do
+    command -v "$t" >/dev/null || { echo "bench-decap: $t is required" >&2; exit 2; }
+done
+
+# --- build -------------------------------------------------------------------------------------
+(
+    cd "$ROOT"
+    cargo build --release --quiet -p tapwire-collector --bin tapwire
+    cargo build --release --quiet -p tapwire-formats --example gen_erspan
+)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+TAPWIRE=$TARGET_DIR/release/tapwire
+GEN=$TARGET_DIR/release/examples/gen_erspan
+
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/tapwire-bench.XXXXXX")
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+trap 'rm -rf "$WORK"' EXIT
+
+# --- measuring ---------------------------------------------------------------------------------
+# seconds NAME PREPARE COMMAND [RUNS]: wall-clock median of RUNS runs (hyperfine), or mean
+# (bash time). The median resists the odd run slowed down by something else on the machine.
+seconds() {
+    local name=$1 prepare=$2 cmd=$3 runs=${4:-$RUNS}
+    if command -v hyperfine >/dev/null; then
+        hyperfine --style none --warmup 1 --runs "$runs" --prepare "$prepare" \
+            --export-json "$WORK/$name.json" "$cmd" >&2
+        jq -r '.results[0].median' "$WORK/$name.json"
+    else
+        local total=0 t
+        for ((i = 0; i < runs; i++)); do
+            bash -c "$prepare"
+            TIMEFORMAT=%R
+            t=$({ time bash -c "$cmd" >/dev/null 2>&1; } 2>&1)
+            total=$(echo "$total + $t" | bc -l)
+        done
+        echo "$total / $runs" | bc -l
+    fi
+}
+
+# usage NAME PREPARE COMMAND: "peak_rss_kib cpu_seconds" of one run under /usr/bin/time -v.
+usage() {
+    local name=$1 prepare=$2 cmd=$3
+    bash -c "$prepare"
+    /usr/bin/time -v -o "$WORK/$name.time" bash -c "exec $cmd" >"$WORK/$name.stdout"
+    awk -F': ' '/Maximum resident set size/ {rss=$2}
+                /User time/ {u=$2} /System time/ {s=$2}
+                END {printf "%d %.3f\n", rss, u + s}' "$WORK/$name.time"
+}
+
+ROWS=()
+row() { ROWS+=("$(printf '| %s | %s | %.3f | %.2f | %s | %.3f | %.1f |' "$@")"); }
+
+check_tapwire() {
+    local out=$1 json=$2
+    local total=0 n
+    for f in "$out"/*; do
+        n=$(capinfos -c -M -T -r "$f" | awk -F'\t' '{print $2}')
+        total=$((total + n))
+    done
+    [[ $total == "$PACKETS" ]] || { echo "FAIL: tapwire wrote $total packets, want $PACKETS" >&2; exit 1; }
+    local sources lost
+    sources=$(jq '.sources | length' "$json")
+    lost=$(jq '[.sources[].lost] | add' "$json")
+    [[ $sources == "$SESSIONS" && $lost == 0 ]] ||
+        { echo "FAIL: tapwire found $sources sources with $lost lost, want $SESSIONS and 0" >&2; exit 1; }
+    echo "ok: tapwire wrote $total packets in $(ls "$out" | wc -l) files, $sources sources, lost $lost" >&2
+}
+
+for inner in 60 1414; do
+    in=$WORK/erspan-$inner.pcap
+    small=$WORK/erspan-$inner-head.pcap
+    "$GEN" --packets "$PACKETS" --sessions "$SESSIONS" --inner-bytes "$inner" --out "$in"
+    editcap -r "$in" "$small" "1-$TSHARK_PACKETS"
+    label="${PACKETS} x ERSPAN II, inner $inner B"
+    echo "== $label ($(du -h "$in" | cut -f1))" >&2
+
+    out=$WORK/out-$inner
+    prep_tw="rm -rf $out"
+    cmd_tw="$TAPWIRE decap $in --out $out"
+    t_tw=$(seconds "tapwire-$inner" "$prep_tw" "$cmd_tw")
+    read -r rss_tw cpu_tw < <(usage "tapwire-$inner" "$prep_tw" "$cmd_tw --json")
+    check_tapwire "$out" "$WORK/tapwire-$inner.stdout"
+    rm -rf "$out"
+
+    strip=$WORK/stripped-$inner.pcap
+    prep_ec="rm -f $strip"
+    cmd_ec="editcap -C 50 $in $strip"
+    t_ec=$(seconds "editcap-$inner" "$prep_ec" "$cmd_ec")
+    read -r rss_ec cpu_ec < <(usage "editcap-$inner" "$prep_ec" "$cmd_ec")
+    n=$(capinfos -c -M -T -r "$strip" | awk -F'\t' '{print $2}')
+    [[ $n == "$PACKETS" ]] || { echo "FAIL: editcap wrote $n packets" >&2; exit 1; }
+    rm -f "$strip"
+
+    cmd_ts="tshark -r $small -T fields -e erspan.spanid > /dev/null"
+    t_ts_head=$(seconds "tshark-$inner" "true" "$cmd_ts" 2)
+    read -r rss_ts cpu_ts_head < <(usage "tshark-$inner" "true" "$cmd_ts")
+    scale=$(echo "$PACKETS / $TSHARK_PACKETS" | bc -l)
+    t_ts=$(echo "$t_ts_head * $scale" | bc -l)
+    cpu_ts=$(echo "$cpu_ts_head * $scale" | bc -l)
+
+    mpps() { echo "$PACKETS / $1 / 1000000" | bc -l; }
+    ratio() { printf '%.2fx' "$(echo "$t_ec / $1" | bc -l)"; }
+    row "tapwire decap (demux into $SESSIONS files)" "$label" "$t_tw" "$(mpps "$t_tw")" "$(ratio "$t_tw")" "$cpu_tw" "$(echo "$rss_tw / 1024" | bc -l)"
+    row "editcap -C 50 (blind strip)" "$label" "$t_ec" "$(mpps "$t_ec")" "1.00x" "$cpu_ec" "$(echo "$rss_ec / 1024" | bc -l)"
+    row "tshark -T fields -e erspan.spanid (first $TSHARK_PACKETS, scaled)" "$label" "$t_ts" "$(mpps "$t_ts")" "$(ratio "$t_ts")" "$cpu_ts" "$(echo "$rss_ts / 1024" | bc -l)"
+    rm -f "$in" "$small"
+done
+
+echo
+echo "Wall-clock medians over $RUNS runs (hyperfine, 1 warm-up; tshark 2 runs on $TSHARK_PACKETS packets,"
+echo "times scaled x$((PACKETS / TSHARK_PACKETS))). All single-threaded: Mpps is per core. Ratio = editcap time / tool time."
+echo "CPU s and peak RSS from one run under /usr/bin/time -v (tapwire with --json). Work files in"
+echo "$(dirname "$WORK") ($(df --output=fstype "$(dirname "$WORK")" | tail -1)); load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
+echo
+echo "| tool | input | seconds | Mpps | ratio vs editcap | CPU s | peak RSS MiB |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+printf '%s\n' "${ROWS[@]}"
