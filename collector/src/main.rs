@@ -1,17 +1,21 @@
 //! The `tapwire` command.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::config::{self, Config};
-use tapwire_collector::live::engine::Settings;
+use tapwire_collector::live::engine::{Control, Settings};
 use tapwire_collector::live::input::InputKind;
-use tapwire_collector::live::{self, CollectOptions, StartError};
+use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
+use tapwire_tui::logs::LogBuffer;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +34,9 @@ enum Command {
     Decap(DecapArgs),
     /// Receive mirrored traffic and write per-session captures (the collector's main job).
     Collect(Box<CollectArgs>),
+    /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
+    /// --json for scripts).
+    Top(tapwire_tui::cli::TopArgs),
 }
 
 #[derive(Args)]
@@ -73,9 +80,13 @@ struct CollectArgs {
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
-    /// Run as a service: no terminal UI, logs only.
+    /// Run as a service: no terminal UI, logs only. Without it, a terminal on stdout gets the
+    /// `tapwire top` UI inline.
     #[arg(long)]
     no_tui: bool,
+    /// Write logs to this file (appended) instead of stderr or the UI's log pane.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
     /// Rotate files at this size (e.g. 1GiB).
@@ -172,16 +183,44 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
+        Command::Top(args) => tapwire_tui::cli::top(args),
     }
 }
 
-fn init_logs() {
+/// Log lines the inline UI keeps for its pane.
+const LOG_PANE_LINES: usize = 1000;
+
+/// Logs go to `file` when given, else to the UI's pane when there is a UI (never over the
+/// screen), else to stderr. Returns the pane's buffer.
+fn init_logs(file: Option<&Path>, ui: bool) -> Result<Option<LogBuffer>, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match (file, ui) {
+        (Some(path), _) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+            logs.with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+            Ok(None)
+        }
+        (None, true) => {
+            let buf = LogBuffer::new(LOG_PANE_LINES);
+            logs.with_ansi(false)
+                .with_target(false)
+                .with_writer(buf.clone())
+                .init();
+            Ok(Some(buf))
+        }
+        (None, false) => {
+            logs.with_writer(std::io::stderr).init();
+            Ok(None)
+        }
+    }
 }
 
 fn collect(args: CollectArgs) -> ExitCode {
@@ -192,8 +231,28 @@ fn collect(args: CollectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs();
-    match live::run(opts) {
+    let ui = !args.no_tui && std::io::stdout().is_terminal();
+    let logs = match init_logs(args.log_file.as_deref(), ui) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tapwire collect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if ui {
+        let pane = logs.clone();
+        let result = live::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
+        // The screen is back: show how it ended.
+        if let Some(l) = &logs {
+            for line in l.tail(10) {
+                eprintln!("{line}");
+            }
+        }
+        result
+    } else {
+        live::run(opts)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<StartError>() => {
             eprintln!("tapwire collect: {e}");
@@ -203,6 +262,30 @@ fn collect(args: CollectArgs) -> ExitCode {
             eprintln!("tapwire collect: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The `tapwire top` UI inside `collect`: it reads the engine's snapshot directly and sends
+/// actions on the engine's control channel, as the API would.
+fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
+    let snapshot = h.snapshot.clone();
+    let source = move || Ok::<_, String>(snapshot.load_full());
+    let control = h.control.clone();
+    let actions = move |session: &str, action| {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        control
+            .send(Control::Action {
+                session: session.to_string(),
+                action,
+                reply,
+            })
+            .map_err(|_| "the collector is stopping".to_string())?;
+        answer
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "the collector did not answer".to_string())?
+    };
+    if let Err(e) = tapwire_tui::cli::inline(source, actions, logs, Arc::clone(&h.stop)) {
+        tracing::error!(error = %e, "terminal UI failed");
     }
 }
 
@@ -350,7 +433,6 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
     }
-    let _ = a.no_tui;
     Ok(CollectOptions {
         settings,
         config,

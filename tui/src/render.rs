@@ -31,7 +31,7 @@ pub fn draw(f: &mut Frame<'_>, app: &mut App, logs: Option<&LogBuffer>) {
         20..36 => 10,
         _ => 0,
     };
-    let detail_h = if app.show_detail && app.snapshot.is_some() {
+    let detail_h = if app.show_detail && app.selected_session().is_some() {
         detail_h
     } else {
         0

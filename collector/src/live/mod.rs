@@ -15,12 +15,12 @@ pub mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{Sender, bounded, unbounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::Config;
@@ -43,8 +43,28 @@ pub struct CollectOptions {
 #[error("{0}")]
 pub struct StartError(pub String);
 
+/// What an in-process client (the inline terminal UI of `collect`) gets of a running collector.
+pub struct Handles {
+    /// The latest stats snapshot, the one the API serves (replaced once a second).
+    pub snapshot: Arc<ArcSwap<tapwire_api::Snapshot>>,
+    /// Actions on sessions, as the API sends them.
+    pub control: Sender<engine::Control>,
+    /// Set it to stop the collector (as SIGINT does); the collector sets it when it stops.
+    pub stop: Arc<AtomicBool>,
+}
+
 /// Runs the collector until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
 pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
+    run_with(opts, None::<fn(Handles)>)
+}
+
+/// [`run`], with `ui` on its own thread once the collector has started. The collector stops
+/// when `ui` returns (or panics), and returns only after `ui` has, so that the terminal is
+/// restored before anything else is printed.
+pub fn run_with<F>(opts: CollectOptions, ui: Option<F>) -> anyhow::Result<()>
+where
+    F: FnOnce(Handles) + Send + 'static,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     // A second SIGINT/SIGTERM while shutting down ends the process at once.
@@ -77,8 +97,13 @@ pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
     let snapshot = Arc::new(ArcSwap::from_pointee(empty_snapshot()));
     let (ctl_tx, ctl_rx) = unbounded();
     if let Some(addr) = opts.api {
-        let local = api::spawn(addr, snapshot.clone(), ctl_tx, opts.api_token.clone())
-            .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
+        let local = api::spawn(
+            addr,
+            snapshot.clone(),
+            ctl_tx.clone(),
+            opts.api_token.clone(),
+        )
+        .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
         tracing::info!(%local, "stats API listening");
     }
 
@@ -108,9 +133,27 @@ pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
         counters,
         io_tx.clone(),
         shared,
-        snapshot,
+        snapshot.clone(),
     )
     .map_err(StartError)?;
+    let ui = match ui {
+        Some(ui) => {
+            let handles = Handles {
+                snapshot,
+                control: ctl_tx.clone(),
+                stop: stop.clone(),
+            };
+            let stop = StopOnDrop(stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("tapwire-ui".into())
+                .spawn(move || {
+                    let _stop = stop;
+                    ui(handles)
+                })?;
+            Some(thread)
+        }
+        None => None,
+    };
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
 
     let deadline = Instant::now() + Duration::from_millis(1800);
@@ -123,8 +166,21 @@ pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
         }
         let _ = t.join();
     }
+    if let Some(ui) = ui {
+        stop.store(true, Ordering::Relaxed);
+        let _ = ui.join();
+    }
     tracing::info!("stopped; files closed");
     Ok(())
+}
+
+/// Stops the collector when its UI thread ends, however it ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn empty_snapshot() -> tapwire_api::Snapshot {
