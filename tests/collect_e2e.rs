@@ -110,11 +110,43 @@ fn scapy_senders_reach_the_collector_namespace_intact() {
 
 #[test]
 fn scapy_ipv4_and_ipv6_are_collected_byte_identical() {
-    let lab = Lab::new("scapy-collect");
+    scapy_collect("scapy-collect", &[], "TERM");
+}
+
+/// The same through the AF_PACKET input (the collector's own outer defragmentation), with
+/// rotation every 12 packets, classic pcap with nanoseconds, stopped with SIGINT.
+#[test]
+fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
+    scapy_collect(
+        "scapy-afpacket",
+        &[
+            "--interface",
+            "col0",
+            "--gre-v4",
+            "off",
+            "--gre-v6",
+            "off",
+            "--vxlan",
+            "off",
+            "--geneve",
+            "off",
+            "--tzsp",
+            "off",
+            "--rotate-packets",
+            "12",
+            "--format",
+            "pcap-ns",
+        ],
+        "INT",
+    );
+}
+
+fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
+    let lab = Lab::new(tag);
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(&lab, &col, &out, &[]);
+    let mut c = Collector::start(&lab, &col, &out, args);
     let sent = senders::send_mirror(
         &lab,
         &snd,
@@ -128,8 +160,26 @@ fn scapy_ipv4_and_ipv6_are_collected_byte_identical() {
     assert_api_matches(&api, &sent.sources);
     // Files are flushed at least once per second while the collector runs.
     wait_for_files_to_hold(&c, &api, &sent.sources, Duration::from_secs(3));
-    c.stop("TERM", STOP_WITHIN);
-    assert_same_frames("tapwire collect", &expected, &c.session_frames(&api));
+    c.stop(stop_signal, STOP_WITHIN);
+    let files = c.session_files(&api);
+    if let Some(at) = args.iter().position(|a| *a == "--rotate-packets") {
+        let per_file: usize = args[at + 1].parse().unwrap();
+        for (key, f) in &files {
+            let sizes: Vec<usize> = f.iter().map(|(_, frames)| frames.len()).collect();
+            let n = expected[key].len();
+            assert_eq!(
+                sizes.len(),
+                n.div_ceil(per_file),
+                "{key:?}: {n} packets rotated every {per_file}: files {sizes:?}"
+            );
+            assert!(sizes.iter().all(|s| *s <= per_file), "{key:?}: {sizes:?}");
+        }
+    }
+    let got: Frames = files
+        .into_iter()
+        .map(|(k, f)| (k, f.into_iter().flat_map(|(_, frames)| frames).collect()))
+        .collect();
+    assert_same_frames("tapwire collect", &expected, &got);
 }
 
 /// Every source of the API has exactly the packets sent, and no loss, duplicate or reordering.

@@ -15,8 +15,8 @@
 //! collector's neighbour entry primed with `tnl/neigh/set`. Teardown is the [`Lab`]'s: every
 //! process in the namespaces is killed and the namespaces deleted, also on panic.
 //!
-//! What OVS 3.1's userspace datapath emits (measured; see tests/collect_ovs.rs and
-//! tests/OVS_FACTS.md): type=gre sets only K (no sequence unless `options:seq=true`, which gives
+//! What OVS 3.1's userspace datapath emits (measured; see tests/senders/OVS.md,
+//! asserted by tests/collect_ovs.rs): type=gre sets only K (no sequence unless `options:seq=true`, which gives
 //! that port type a counter of its own); type=erspan sets only S (never K), with ONE sequence
 //! counter shared by all `erspan` ports (Type II and III) and another shared by all `ip6erspan`
 //! ports; the session id is `options:key`; Type III carries `gra=0` with a wall-clock timestamp

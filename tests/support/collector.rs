@@ -9,8 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::netns::{Lab, Proc, poll_until, wait_until};
-use crate::oracle::{self, Frames, Key};
-use crate::{bin, require, validate_capture};
+use crate::oracle::{Frames, Key};
+use crate::{bin, require, tshark, validate_capture};
+
+/// Each session's files, in the order written, with their frames.
+pub type SessionFiles = BTreeMap<Key, Vec<(PathBuf, Vec<Vec<u8>>)>>;
 
 /// Where the collector's API listens inside its namespace.
 pub const API: &str = "127.0.0.1:9750";
@@ -135,10 +138,20 @@ impl<'l> Collector<'l> {
         );
     }
 
-    /// The frames of every session's files (files named `<session>_...`, in name order), read
-    /// with tshark, keyed by the session's one source as the API names it. Every file is
-    /// checked with captype and capinfos first.
+    /// The frames of every session's files, in order, read with tshark, keyed by the
+    /// session's one source as the API names it.
     pub fn session_frames(&self, sessions: &Value) -> Frames {
+        self.session_files(sessions)
+            .into_iter()
+            .map(|(k, files)| (k, files.into_iter().flat_map(|(_, f)| f).collect()))
+            .collect()
+    }
+
+    /// Every session's files (named `<session>_...`) with their frames, in the order they were
+    /// written: by first packet time (file names within one second are not in that order when
+    /// sorted as text), keyed by the session's one source. Every file is checked with captype
+    /// and capinfos first.
+    pub fn session_files(&self, sessions: &Value) -> SessionFiles {
         let mut out = BTreeMap::new();
         for s in sessions["sessions"].as_array().expect("sessions array") {
             let name = s["name"].as_str().expect("session name");
@@ -149,19 +162,32 @@ impl<'l> Collector<'l> {
                 "auto session {name} should have exactly one source: {s}"
             );
             let key = source_key(&sources[0]);
-            let mut frames = Vec::new();
+            let mut files = Vec::new();
             for file in self.files_of(name) {
                 let n = validate_capture(&file);
-                let f = oracle::frames(&file);
+                let packets = tshark::packets(&file);
+                let frames: Vec<Vec<u8>> = packets.iter().map(tshark::frame_bytes).collect();
                 assert_eq!(
                     n,
-                    f.len() as u64,
+                    frames.len() as u64,
                     "{}: capinfos and tshark disagree",
                     file.display()
                 );
-                frames.extend(f);
+                let first = packets.first().map(|l| {
+                    let t = tshark::field(l, "frame", "frame.time_epoch").unwrap_or_default();
+                    let (sec, frac) = t.split_once('.').unwrap_or((&t, "0"));
+                    (
+                        sec.parse::<u64>().unwrap_or(0),
+                        format!("{frac:0<9}").parse::<u64>().unwrap_or(0),
+                    )
+                });
+                files.push((first, file, frames));
             }
-            out.insert(key, frames);
+            files.sort_by_key(|f| f.0);
+            out.insert(
+                key,
+                files.into_iter().map(|(_, path, f)| (path, f)).collect(),
+            );
         }
         out
     }
