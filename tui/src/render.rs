@@ -208,30 +208,44 @@ fn width_of(c: Column) -> u16 {
     values.max(c.title().chars().count() as u16 + 1)
 }
 
-/// Which columns are shown first when the terminal is narrow.
-const PRIORITY: [Column; 15] = [
-    Column::Name,
-    Column::State,
-    Column::Pps1,
-    Column::Bps1,
-    Column::Packets,
-    Column::Lost,
-    Column::Drops,
-    Column::LastSeen,
-    Column::Sources,
-    Column::Bytes,
-    Column::File,
-    Column::Size,
-    Column::Pps10,
-    Column::Bps10,
-    Column::Truncated,
+/// Which columns are shown first when the terminal is narrow. `None` is the session name
+/// growing to its full length: long auto-discovered names (`10.0.0.5_erspan-ii_42`, whose
+/// middles differ) matter more than sizes, files and the 10-second rates.
+const PRIORITY: [Option<Column>; 16] = [
+    Some(Column::Name),
+    Some(Column::State),
+    Some(Column::Pps1),
+    Some(Column::Bps1),
+    Some(Column::Packets),
+    Some(Column::Lost),
+    Some(Column::Drops),
+    Some(Column::LastSeen),
+    None,
+    Some(Column::Sources),
+    Some(Column::Bytes),
+    Some(Column::File),
+    Some(Column::Size),
+    Some(Column::Pps10),
+    Some(Column::Bps10),
+    Some(Column::Truncated),
 ];
 
 /// The columns that fit in `width` and their widths, in display order.
 pub fn layout_columns(width: u16, name_want: u16, file_want: u16) -> Vec<(Column, u16)> {
     let mut chosen: Vec<(Column, u16)> = Vec::new();
     let mut used: u16 = 0;
-    for c in PRIORITY {
+    for step in PRIORITY {
+        let Some(c) = step else {
+            // Grow the name (first in `chosen`) to its full length if that fits.
+            if let Some((_, w)) = chosen.first_mut() {
+                let more = name_want.saturating_sub(*w);
+                if used + more <= width {
+                    used += more;
+                    *w += more;
+                }
+            }
+            continue;
+        };
         let w = width_of(c).min(if c == Column::Name {
             name_want
         } else {
@@ -1020,6 +1034,12 @@ mod tests {
             assert!(cols.windows(2).all(|p| p[0].0 < p[1].0), "{cols:?}");
             assert_eq!(cols[0].0, Column::Name);
         }
+        let at120 = layout_columns(120, 26, 40);
+        assert_eq!(
+            at120[0],
+            (Column::Name, 26),
+            "a long name shows whole at 120"
+        );
         let at80: Vec<Column> = layout_columns(80, 24, 23).iter().map(|c| c.0).collect();
         assert!(at80.contains(&Column::State) && at80.contains(&Column::Lost));
         assert!(at80.contains(&Column::Drops) && at80.contains(&Column::Pps1));
