@@ -206,6 +206,41 @@ mod tests {
     }
 
     #[test]
+    fn raw_mode_prints_one_parsable_line_per_session() {
+        let snap = crate::fixture::snapshot(0);
+        let lines = raw_lines(&snap);
+        assert_eq!(lines.len(), snap.sessions.len());
+        let lab = lines
+            .iter()
+            .find(|l| l.starts_with("session=lab-tap "))
+            .unwrap();
+        let fields: std::collections::BTreeMap<&str, &str> = lab
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap())
+            .collect();
+        assert_eq!(fields["state"], "disabled");
+        assert_eq!(fields["packets"], "7000");
+        assert_eq!(fields["disabled"], "7000");
+        assert_eq!(fields["dropped"], "7000");
+        assert_eq!(fields["file"], "-");
+        assert_eq!(fields.len(), 16, "{lab}");
+        let edge = lines
+            .iter()
+            .find(|l| l.starts_with("session=edge-sw1 "))
+            .unwrap();
+        assert!(
+            edge.contains(" lost=17 dropped=0 disabled=0 truncated=3 "),
+            "{edge}"
+        );
+        assert!(
+            edge.ends_with(
+                "file=/var/lib/tapwire/edge/edge-sw1_20261121T060000Z.pcapng file_bytes=431000000"
+            ),
+            "{edge}"
+        );
+    }
+
+    #[test]
     fn intervals_are_bounded() {
         assert_eq!(interval("0.5"), Ok(0.5));
         assert!(interval("0").is_err());

@@ -188,6 +188,92 @@ mod tests {
         assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
     }
 
+    /// A one-shot HTTP server on localhost: answers one request with `status` and `body`
+    /// and hands back the request it got.
+    fn serve_once(status: &str, body: String) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let status = status.to_string();
+        let t = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (base, t)
+    }
+
+    #[test]
+    fn snapshots_are_fetched_and_parsed() {
+        let snap = crate::fixture::snapshot(3);
+        let (base, server) = serve_once("200 OK", serde_json::to_string(&snap).unwrap());
+        let got = HttpSource::new(&base).fetch().unwrap();
+        assert_eq!(*got, snap);
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /api/v1/sessions HTTP/1.1\r\n")
+        );
+    }
+
+    #[test]
+    fn a_wrong_answer_is_an_error_not_a_panic() {
+        let (base, server) = serve_once("200 OK", "{\"not\": \"a snapshot\"}".into());
+        let e = HttpSource::new(&base).fetch().unwrap_err();
+        assert!(e.starts_with("not a tapwire snapshot"), "{e}");
+        server.join().unwrap();
+        let (base, server) = serve_once("503 Service Unavailable", String::new());
+        let e = HttpSource::new(&base).fetch().unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn actions_post_to_the_session_with_the_token() {
+        let ok = r#"{"ok":true,"message":"session fd77::11_erspan-ii_100 disabled"}"#;
+        let (base, server) = serve_once("200 OK", ok.into());
+        let mut a = HttpActions::new(&base, Some("s3cret".into()));
+        let msg = a.act("fd77::11_erspan-ii_100", Action::Disable).unwrap();
+        assert_eq!(msg, "session fd77::11_erspan-ii_100 disabled");
+        let req = server.join().unwrap().to_lowercase();
+        assert!(
+            req.starts_with("post /api/v1/sessions/fd77%3a%3a11_erspan-ii_100/disable http/1.1"),
+            "{req}"
+        );
+        assert!(
+            req.contains("\r\nauthorization: bearer s3cret\r\n"),
+            "{req}"
+        );
+
+        // Refused: the collector's message comes back as the error; no token, no header.
+        let no = r#"{"ok":false,"message":"actions need a localhost connection or the API token"}"#;
+        let (base, server) = serve_once("403 Forbidden", no.into());
+        let e = HttpActions::new(&base, None)
+            .act("edge", Action::Rotate)
+            .unwrap_err();
+        assert_eq!(e, "actions need a localhost connection or the API token");
+        let req = server.join().unwrap().to_lowercase();
+        assert!(
+            req.starts_with("post /api/v1/sessions/edge/rotate "),
+            "{req}"
+        );
+        assert!(!req.contains("authorization"), "{req}");
+    }
+
     #[test]
     fn a_closed_port_reads_as_connection_refused() {
         // Bind then drop to find a port nothing listens on.
