@@ -8,8 +8,8 @@ wire is exactly what is written), to one collector address. Every frame sent is 
 order, to --pcap: that file is the oracle tshark decodes. A JSON summary of the sources (outer
 source, kind, id, packets) goes to stdout.
 
-Sequence numbers are contiguous per source. Big inner frames make IPv4 outer datagrams larger
-than the link MTU; those are sent as outer IPv4 fragments (as real switches do).
+Sequence numbers are contiguous per source. Big inner frames make outer datagrams larger than
+the link MTU; those are sent as outer IPv4 fragments or IPv6 fragments (as real senders do).
 
 Usage: send_mirror.py --iface snd0 --dst-mac MAC --dst4 10.77.0.2 --dst6 fd77::2 \
            --src4 10.77.0.1x --src6 fd77::1x --count 40 --pcap sent.pcap [--families 4,6]
@@ -34,9 +34,11 @@ from scapy.all import (  # noqa: E402
     Dot1Q,
     Ether,
     IPv6,
+    IPv6ExtHdrFragment,
     Raw,
     conf,
     fragment,
+    fragment6,
     wrpcap,
 )
 from scapy.contrib.erspan import (  # noqa: E402
@@ -303,10 +305,9 @@ def main():
     for n in range(args.start, args.start + args.count):
         for src_no, (variant, fam, src, dst) in enumerate(srcs):
             kind = variant.replace("-o", "")
-            # IPv6 outer datagrams are not fragmented here: keep them within the MTU.
-            max_len = 1514 if fam == "4" else args.mtu - 40 - 8 - 20 - 12
-            if n % 6 == 4 and fam == "6":
-                max_len = min(max_len, args.mtu - 120)
+            # Frames n % 6 == 4 are 1514 bytes: their outer datagrams exceed the MTU and are sent
+            # as IPv4 fragments or with an IPv6 fragment header, as a real sender must.
+            max_len = 1514
             f = inner(src_no + (0 if fam == "4" else 50), n, max_len)
             if args.size:
                 f = sized(src_no, n, args.size)
@@ -321,7 +322,10 @@ def main():
             else:
                 outer = IPv6(src=src, dst=dst, hlim=64, nh=17 if proto_is_udp else 47) / stack
                 pkts = [outer]
-                assert len(outer) <= args.mtu, (variant, n, len(outer))
+                if len(outer) > args.mtu:
+                    outer = IPv6(src=src, dst=dst, hlim=64) / IPv6ExtHdrFragment(
+                        id=src_no * 65536 + n, nh=17 if proto_is_udp else 47) / stack
+                    pkts = fragment6(outer, args.mtu)
             for p in pkts:
                 frames.append(Ether(src=args.src_mac, dst=args.dst_mac) / p)
             key = (src, kind, ident)

@@ -1,6 +1,7 @@
 //! What tshark says a capture of mirror traffic carries: the inner frames of every source
 //! (outer source, kind, id), in packet order, cut from tshark's own decode (`-x`). Outer IPv4
-//! fragments are put back together from the fragments tshark lists.
+//! fragments are put back together from the fragments tshark lists; for IPv6, tshark prints
+//! the reassembled data itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -101,6 +102,13 @@ pub fn mirrored(l: &Value, all: &[Value]) -> Option<(Key, Vec<u8>)> {
     let inner = if outer_ip == "ip" && ip0.get("ip.fragments").is_some() {
         let payload = reassemble(&ip0, all)?;
         payload.get(eth.offset..)?.to_vec()
+    } else if let Some(frags) = ip0.get("ipv6.fragments") {
+        // Offsets are into the reassembled fragmentable part, which tshark prints whole.
+        let data = frags
+            .get("ipv6.reassembled.data")?
+            .as_str()?
+            .replace(':', "");
+        hex::decode(data).ok()?.get(eth.offset..)?.to_vec()
     } else {
         let frame = tshark::frame_bytes(l);
         let ip_raw = tshark::raws(l, outer_ip).into_iter().next()?;
