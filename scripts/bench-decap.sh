@@ -88,7 +88,13 @@ usage() {
 }
 
 ROWS=()
-row() { ROWS+=("$(printf '| %s | %s | %.3f | %.2f | %s | %.3f | %.1f |' "$@")"); }
+# row TOOL INPUT SECONDS MPPS RATIO CPU_S RSS_MIB: CPU_S also gives Mpps per CPU-second, which
+# holds up better than wall time when other work shares the machine.
+row() {
+    local mpps_cpu
+    mpps_cpu=$(echo "$PACKETS / $6 / 1000000" | bc -l)
+    ROWS+=("$(printf '| %s | %s | %.3f | %.2f | %s | %.3f | %.2f | %.1f |' "$1" "$2" "$3" "$4" "$5" "$6" "$mpps_cpu" "$7")")
+}
 
 check_tapwire() {
     local out=$1 json=$2
@@ -152,6 +158,6 @@ echo "times scaled x$((PACKETS / TSHARK_PACKETS))). All single-threaded: Mpps is
 echo "CPU s and peak RSS from one run under /usr/bin/time -v (tapwire with --json). Work files in"
 echo "$(dirname "$WORK") ($(df --output=fstype "$(dirname "$WORK")" | tail -1)); load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
-echo "| tool | input | seconds | Mpps | ratio vs editcap | CPU s | peak RSS MiB |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| tool | input | seconds | Mpps | ratio vs editcap | CPU s | Mpps per CPU-s | peak RSS MiB |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
