@@ -145,6 +145,21 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// Kills the server: the pane's terminal hangs up, as when an SSH session drops.
+    fn hang_up(&self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat[stat.rfind(')').map_or(0, |i| i + 2)..].starts_with('Z'),
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.tmux(&["kill-server"]);
@@ -493,4 +508,60 @@ fn collect_on_a_terminal_shows_the_ui_keeps_logs_in_their_pane_and_q_stops_clean
         assert_eq!(validate_capture(&files[0]), *n, "{}", files[0].display());
     }
     assert!(Path::new(&out).is_dir());
+}
+
+#[test]
+fn collect_stops_cleanly_when_its_terminal_goes_away() {
+    let lab = Lab::new("collect-hup");
+    let out = lab.dir().join("captures");
+    let col = lab.ns("col").to_string();
+    let tapwire = bin("tapwire");
+    let log = lab.dir().join("collect.log");
+    let tmux = Tmux::start(
+        &lab,
+        "hup",
+        100,
+        30,
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &col,
+            tapwire.to_str().unwrap(),
+            "collect",
+            "--out",
+            out.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    tmux.wait_for("the inline UI", Duration::from_secs(15), |s| {
+        s.starts_with(" tapwire in-process")
+    });
+    let sent = send(&lab, "hup", 0, 20);
+    let name = session_name(sent.sources.keys().next().unwrap());
+    tmux.wait_for("the sessions", Duration::from_secs(10), |s| {
+        row(s, &name).is_some_and(|r| cell(s, r, "PKTS").as_deref() == Some("20"))
+    });
+    // With --log-file there is no log pane and nothing in it on screen.
+    assert!(!tmux.screen().contains("┌ log"), "{}", tmux.screen());
+
+    // The terminal goes away: the collector must stop by itself (crossterm alone would spin on
+    // the dead terminal forever), with every file complete.
+    let pid = tmux.command_pid();
+    tmux.hang_up();
+    let gone = poll_until(Duration::from_secs(10), || ended(pid).then_some(()));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        gone.is_some(),
+        "collect still running after its terminal went away:\n{logged}"
+    );
+    assert!(logged.contains("the terminal went away"), "{logged}");
+    assert!(logged.contains("stopped; files closed"), "{logged}");
+    for (key, n) in &sent.sources {
+        let files =
+            tapwire_tests::collector::files_with_prefix(&out, &format!("{}_", session_name(key)));
+        assert_eq!(files.len(), 1, "{key:?}: {files:?}");
+        assert_eq!(validate_capture(&files[0]), *n, "{}", files[0].display());
+    }
 }

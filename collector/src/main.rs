@@ -1,6 +1,6 @@
 //! The `tapwire` command.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -242,10 +242,11 @@ fn collect(args: CollectArgs) -> ExitCode {
     let result = if ui {
         let pane = logs.clone();
         let result = live::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
-        // The screen is back: show how it ended.
+        // The screen is back: show how it ended (if the terminal is still there).
         if let Some(l) = &logs {
+            let mut err = std::io::stderr().lock();
             for line in l.tail(10) {
-                eprintln!("{line}");
+                let _ = writeln!(err, "{line}");
             }
         }
         result

@@ -73,7 +73,8 @@ pub fn top(args: TopArgs) -> ExitCode {
     match interactive(&mut source, &mut actions, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tapwire top: {e}");
+            // Not eprintln!: the terminal may be the thing that went away.
+            let _ = writeln!(io::stderr(), "tapwire top: {e}");
             ExitCode::FAILURE
         }
     }
@@ -94,8 +95,14 @@ pub fn interactive(
         &SystemClock::new(),
         opts,
     );
-    ratatui::try_restore()?;
-    result.map(|_| ())
+    let restored = ratatui::try_restore();
+    // A terminal that went away cannot show its cursor again, and ratatui's Drop would then
+    // eprintln! to it, which panics: leave it be.
+    if terminal.show_cursor().is_err() {
+        std::mem::forget(terminal);
+    }
+    result?;
+    restored
 }
 
 /// The inline UI of `tapwire collect`: the engine's snapshot and control come in as closures,

@@ -4,10 +4,13 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IsTerminal};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 /// Terminal input (keys, resizes).
@@ -22,16 +25,58 @@ pub trait Clock {
 }
 
 /// crossterm's event queue on the real terminal.
+///
+/// The wait itself is a `poll(2)` on stdin, not crossterm's: when the terminal hangs up (the
+/// SSH session or the tmux pane goes away), crossterm 0.29 reads end-of-file in a loop that
+/// never returns and burns a core. Here a hang-up ends the UI with an error instead (and the
+/// inline collector stops cleanly). crossterm is only asked for events that are already
+/// there: the ones it has buffered, or when stdin is readable.
 pub struct Terminal;
 
 impl Events for Terminal {
     fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
-        if event::poll(timeout)? {
+        let stdin = io::stdin();
+        if !stdin.is_terminal() {
+            // crossterm reads /dev/tty then; there is no fd of ours to watch.
+            return if event::poll(timeout)? {
+                event::read().map(Some)
+            } else {
+                Ok(None)
+            };
+        }
+        // Keys crossterm has already read (several come in one read) go first.
+        wait_stdin(&stdin, Duration::ZERO)?;
+        if event::poll(Duration::ZERO)? {
+            return event::read().map(Some);
+        }
+        if !wait_stdin(&stdin, timeout)? {
+            return Ok(None);
+        }
+        if event::poll(Duration::ZERO)? {
             event::read().map(Some)
         } else {
             Ok(None)
         }
     }
+}
+
+/// Waits up to `timeout` for stdin to be readable; an error when the terminal hung up.
+fn wait_stdin(stdin: &io::Stdin, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+    if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the terminal went away",
+        ));
+    }
+    Ok(revents.contains(PollFlags::POLLIN))
 }
 
 pub struct SystemClock(Instant);

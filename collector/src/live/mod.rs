@@ -168,7 +168,17 @@ where
     }
     if let Some(ui) = ui {
         stop.store(true, Ordering::Relaxed);
-        let _ = ui.join();
+        // The UI notices within its poll interval; one stuck on its terminal must not keep a
+        // stopped collector alive.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !ui.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ui.is_finished() {
+            let _ = ui.join();
+        } else {
+            tracing::warn!("the terminal UI did not stop; exiting without it");
+        }
     }
     tracing::info!("stopped; files closed");
     Ok(())
