@@ -190,7 +190,7 @@ fn rotated_file_names_sort_in_write_order() {
     c.stop("TERM", STOP_WITHIN);
     let (_, in_write_order) = c.session_files(&api).pop_first().unwrap();
     assert_eq!(in_write_order.len(), 13, "25 packets, 2 per file");
-    let by_write: Vec<PathBuf> = in_write_order.into_iter().map(|(p, _)| p).collect();
+    let by_write: Vec<PathBuf> = in_write_order.into_iter().map(|f| f.path).collect();
     let mut by_name = by_write.clone();
     by_name.sort();
     let names = |v: &[PathBuf]| {
@@ -211,6 +211,7 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
     let mut c = Collector::start(&lab, &col, &out, args);
+    let t_start = now_ns();
     let sent = senders::send_mirror(
         &lab,
         &snd,
@@ -221,15 +222,29 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     let expected = oracle_of(&sent);
 
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    let t_end = now_ns();
     assert_api_matches(&api, &sent.sources);
+    assert_sessions_and_metrics(&c, &api, &expected);
     // Files are flushed at least once per second while the collector runs.
-    wait_for_files_to_hold(&c, &api, &sent.sources, Duration::from_secs(3));
+    wait_for_files_to_hold(&c, &api, &sent.sources, Duration::from_secs(2));
     c.stop(stop_signal, STOP_WITHIN);
     let files = c.session_files(&api);
+    // Receive times: in order within each session, and taken while the test ran.
+    for (key, f) in &files {
+        let times: Vec<u64> = f.iter().flat_map(|f| f.times_ns.iter().copied()).collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{key:?}: record timestamps go backwards"
+        );
+        assert!(
+            times.iter().all(|t| (t_start..=t_end).contains(t)),
+            "{key:?}: record timestamps outside the test's run ({t_start}..{t_end}): {times:?}"
+        );
+    }
     if let Some(at) = args.iter().position(|a| *a == "--rotate-packets") {
         let per_file: usize = args[at + 1].parse().unwrap();
         for (key, f) in &files {
-            let sizes: Vec<usize> = f.iter().map(|(_, frames)| frames.len()).collect();
+            let sizes: Vec<usize> = f.iter().map(|f| f.frames.len()).collect();
             let n = expected[key].len();
             assert_eq!(
                 sizes.len(),
@@ -241,9 +256,69 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     }
     let got: Frames = files
         .into_iter()
-        .map(|(k, f)| (k, f.into_iter().flat_map(|(_, frames)| frames).collect()))
+        .map(|(k, f)| (k, f.into_iter().flat_map(|f| f.frames).collect()))
         .collect();
     assert_same_frames("tapwire collect", &expected, &got);
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Each session wrote every packet it received and counted the inner frames' bytes; the totals
+/// add up; `/metrics` says the same as the JSON.
+fn assert_sessions_and_metrics(c: &Collector<'_>, api: &Value, expected: &Frames) {
+    let metrics = c.metrics();
+    let metric = |name: &str, session: &str| -> Option<u64> {
+        let prefix = format!("tapwire_{name}{{session=\"{session}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut total = 0;
+    for s in api["sessions"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let key = collector::source_key(&s["sources"][0]);
+        let frames = &expected[&key];
+        let n = frames.len() as u64;
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        total += n;
+        assert_eq!(s["packets"], n, "{name}: packets");
+        assert_eq!(s["written"], n, "{name}: written");
+        assert_eq!(s["bytes"], bytes, "{name}: inner-frame bytes");
+        assert_eq!(s["lost"], 0, "{name}: lost");
+        let drops: u64 = s["drops"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(drops, 0, "{name}: drops {}", s["drops"]);
+        assert_eq!(
+            metric("session_packets_total", name),
+            Some(n),
+            "/metrics {name}"
+        );
+        assert_eq!(
+            metric("session_written_packets_total", name),
+            Some(n),
+            "/metrics {name}"
+        );
+        assert_eq!(
+            metric("session_bytes_total", name),
+            Some(bytes),
+            "/metrics {name}"
+        );
+    }
+    let t = &api["totals"];
+    assert_eq!(t["decapsulated"], total, "totals: {t}");
+    assert_eq!(t["written"], total, "totals: {t}");
+    assert_eq!(t["malformed"], serde_json::json!({}), "totals: {t}");
+    assert_eq!(t["kernel_drops"], 0, "totals: {t}");
 }
 
 /// Every source of the API has exactly the packets sent, and no loss, duplicate or reordering.

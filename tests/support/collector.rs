@@ -12,8 +12,17 @@ use crate::netns::{Lab, Proc, poll_until, wait_until};
 use crate::oracle::{Frames, Key};
 use crate::{bin, require, tshark, validate_capture};
 
-/// Each session's files, in the order written, with their frames.
-pub type SessionFiles = BTreeMap<Key, Vec<(PathBuf, Vec<Vec<u8>>)>>;
+/// One capture file of a session, as tshark reads it.
+#[derive(Debug, Clone)]
+pub struct SessionFile {
+    pub path: PathBuf,
+    pub frames: Vec<Vec<u8>>,
+    /// Each record's timestamp, nanoseconds since the epoch.
+    pub times_ns: Vec<u64>,
+}
+
+/// Each session's files, in the order written.
+pub type SessionFiles = BTreeMap<Key, Vec<SessionFile>>;
 
 /// Where the collector's API listens inside its namespace.
 pub const API: &str = "127.0.0.1:9750";
@@ -143,7 +152,7 @@ impl<'l> Collector<'l> {
     pub fn session_frames(&self, sessions: &Value) -> Frames {
         self.session_files(sessions)
             .into_iter()
-            .map(|(k, files)| (k, files.into_iter().flat_map(|(_, f)| f).collect()))
+            .map(|(k, files)| (k, files.into_iter().flat_map(|f| f.frames).collect()))
             .collect()
     }
 
@@ -152,6 +161,8 @@ impl<'l> Collector<'l> {
     /// sorted as text), keyed by the session's one source. Every file is checked with captype
     /// and capinfos first.
     pub fn session_files(&self, sessions: &Value) -> SessionFiles {
+        require("captype");
+        require("capinfos");
         let mut out = BTreeMap::new();
         for s in sessions["sessions"].as_array().expect("sessions array") {
             let name = s["name"].as_str().expect("session name");
@@ -173,21 +184,20 @@ impl<'l> Collector<'l> {
                     "{}: capinfos and tshark disagree",
                     file.display()
                 );
-                let first = packets.first().map(|l| {
-                    let t = tshark::field(l, "frame", "frame.time_epoch").unwrap_or_default();
-                    let (sec, frac) = t.split_once('.').unwrap_or((&t, "0"));
-                    (
-                        sec.parse::<u64>().unwrap_or(0),
-                        format!("{frac:0<9}").parse::<u64>().unwrap_or(0),
-                    )
+                let times_ns: Vec<u64> = packets
+                    .iter()
+                    .map(|l| {
+                        epoch_ns(&tshark::field(l, "frame", "frame.time_epoch").unwrap_or_default())
+                    })
+                    .collect();
+                files.push(SessionFile {
+                    path: file,
+                    frames,
+                    times_ns,
                 });
-                files.push((first, file, frames));
             }
-            files.sort_by_key(|f| f.0);
-            out.insert(
-                key,
-                files.into_iter().map(|(_, path, f)| (path, f)).collect(),
-            );
+            files.sort_by_key(|f| f.times_ns.first().copied());
+            out.insert(key, files);
         }
         out
     }
@@ -196,6 +206,13 @@ impl<'l> Collector<'l> {
     pub fn files_of(&self, name: &str) -> Vec<PathBuf> {
         files_with_prefix(&self.out, &format!("{name}_"))
     }
+}
+
+/// tshark's `frame.time_epoch` ("1795240795.779593000") in nanoseconds.
+pub fn epoch_ns(t: &str) -> u64 {
+    let (sec, frac) = t.split_once('.').unwrap_or((t, "0"));
+    let frac: String = format!("{frac:0<9}").chars().take(9).collect();
+    sec.parse::<u64>().unwrap_or(0) * 1_000_000_000 + frac.parse::<u64>().unwrap_or(0)
 }
 
 /// Files in `dir` whose names start with `prefix`, sorted by name.
