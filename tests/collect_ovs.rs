@@ -331,3 +331,123 @@ fn assert_ovs_facts(packets: &[Value]) {
         }
     }
 }
+
+/// A mirror with `snaplen`: OVS 3.1 cuts the whole encapsulated frame, outer headers included,
+/// and leaves the outer IPv4 total length and the ERSPAN T bit as they were (tests/senders/
+/// OVS.md). A collector reading the link (AF_PACKET) must count such packets as malformed and
+/// write nothing for them, while an untruncated session on the same switch is written whole.
+#[test]
+fn ovs_snaplen_truncation_is_counted_not_written() {
+    let ovs = Ovs::start("ovs-snaplen", 2);
+    let cut = Tunnel::ErspanII {
+        key: 11,
+        index: 1,
+        v6: false,
+    };
+    let whole = Tunnel::ErspanIII {
+        key: 12,
+        hwid: 1,
+        egress: false,
+        v6: false,
+    };
+    ovs.mirror("cut", &["p1"], cut);
+    ovs.mirror("whole", &["p2"], whole);
+    ovs.vsctl(&["set", "mirror", "cut-mirror", "snaplen=100"]);
+    let lab = &ovs.lab;
+    let col = ovs.col().to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(
+        lab,
+        &col,
+        &out,
+        &[
+            "--interface",
+            "col0",
+            "--gre-v4",
+            "off",
+            "--gre-v6",
+            "off",
+            "--vxlan",
+            "off",
+            "--geneve",
+            "off",
+            "--tzsp",
+            "off",
+        ],
+    );
+    let wire_pcap = lab.dir().join("col0.pcap");
+    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47");
+    let h2_pcap = lab.dir().join("h2.pcap");
+    let h2 = Tcpdump::start(lab, ovs.host(2), "eth0", &h2_pcap, "");
+    let mut ping = lab.spawn(
+        ovs.host(1),
+        &[
+            "ping",
+            "-q",
+            "-c",
+            "20",
+            "-i",
+            "0.02",
+            "-s",
+            "1000",
+            &host_ip(2),
+        ],
+    );
+    ping.wait_ok(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    h2.stop();
+    wire.stop();
+
+    // The fact: 100-byte frames whose IPv4 header claims the untruncated length, T bit clear.
+    let packets = tshark::packets(&wire_pcap);
+    let mut n_cut = 0u64;
+    for l in &packets {
+        let spanid = tshark::field(l, "erspan", "erspan.spanid").map(|v| num(&v));
+        if spanid != Some(11) {
+            continue;
+        }
+        n_cut += 1;
+        let frame_len = num(&tshark::field(l, "frame", "frame.len").unwrap());
+        let ip_len = num(&tshark::field(l, "ip", "ip.len").unwrap());
+        assert_eq!(frame_len, 100, "snaplen=100 cuts the whole frame");
+        assert!(
+            ip_len + 14 > frame_len,
+            "outer IPv4 length was fixed up: {ip_len}"
+        );
+        assert_eq!(
+            tshark::field(l, "erspan", "erspan.truncated").map(|v| num(&v)),
+            Some(0),
+            "T bit"
+        );
+    }
+    assert_eq!(n_cut, 40, "20 requests and 20 replies mirrored from p1");
+
+    // The collector: the cut packets counted as malformed, none written; the whole session
+    // written exactly as the mirrored port saw it.
+    let want_whole = oracle::frames(&h2_pcap);
+    let whole_key = key_of(&whole);
+    let want = BTreeMap::from([(whole_key.clone(), want_whole.len() as u64)]);
+    let api = c.wait_for_packets(&want, Duration::from_secs(10));
+    let malformed: u64 = api["totals"]["malformed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        malformed, n_cut,
+        "truncated outer datagrams not counted as malformed: {}",
+        api["totals"]
+    );
+    assert_eq!(
+        collector::source_packets(&api),
+        want,
+        "only the untruncated session is a source"
+    );
+    c.stop("TERM", Duration::from_millis(2500));
+    let got = c.session_frames(&api);
+    assert!(
+        sorted(&got[&whole_key]) == sorted(&want_whole),
+        "the untruncated session differs from the mirrored port"
+    );
+}

@@ -87,7 +87,9 @@ impl Lab {
 
     /// A lab with no namespace yet.
     pub fn empty(tag: &str) -> Lab {
-        crate::require("ip");
+        for tool in ["ip", "sysctl", "kill", "mount", "umount"] {
+            crate::require(tool);
+        }
         remove_stale();
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!(
