@@ -571,18 +571,33 @@ fn is_subsequence(got: &[Vec<u8>], want: &[Vec<u8>]) -> bool {
 
 #[test]
 fn kill_9_during_load_leaves_readable_files() {
-    let lab = Lab::new("kill9");
+    signal_during_load("kill9", "KILL");
+}
+
+#[test]
+fn sigterm_during_load_flushes_everything_counted_within_2_s() {
+    signal_during_load("sigterm", "TERM");
+}
+
+/// Three ERSPAN sources under load (5000 pps); after 2 s the collector gets `signal`. Every
+/// file must then be a valid capture whose frames are the sent frames of its source, in
+/// order. KILL: at most a cut-short last record, and every packet the API had counted 1.5 s
+/// earlier is in the files (flushed at least once per second). TERM/INT: exit 0 within 2 s,
+/// no cut record, and every packet the API had counted before the signal is in the files.
+fn signal_during_load(tag: &str, signal: &str) {
+    let lab = Lab::new(tag);
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
-    // Three ERSPAN sources, 300 frames each, replayed 20 times at 5000 pps (3.6 s).
+    // Three ERSPAN sources, 300 frames each (350 packets with the outer fragments), replayed
+    // up to 40 times at 5000 pps (8.4 s); the signal comes after 2 s.
     let opts = MirrorSend {
         families: "4".into(),
         count: 300,
         sources: 3,
         ..MirrorSend::default()
     };
-    let loops = 20;
+    let loops = 40;
     let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("load.pcap"), true);
     let expected: Frames = oracle::mirrored_frames(&sent.pcap)
         .into_iter()
@@ -593,14 +608,22 @@ fn kill_9_during_load_leaves_readable_files() {
         .collect();
     let mut c = Collector::start(&lab, &col, &out, &[]);
     let mut replay = senders::tcpreplay_loop(&lab, &snd, "snd0", &sent.pcap, 5000, loops as u32);
-    // Let it write (files are flushed at least once per second), then kill it mid-stream.
-    std::thread::sleep(Duration::from_millis(2000));
+    // Let it write, then signal it mid-stream. Files are flushed at least once per second, so
+    // what the API counted 1.5 s before the signal must be on disk even after kill -9.
+    std::thread::sleep(Duration::from_millis(500));
+    let counted_early = collector::source_packets(&c.sessions());
+    std::thread::sleep(Duration::from_millis(1500));
+    let counted = collector::source_packets(&c.sessions());
     assert!(
         replay.try_wait().is_none(),
-        "the load ended before the kill"
+        "the load ended before the signal"
     );
-    c.proc.signal("KILL");
-    c.proc.wait_timeout(Duration::from_secs(2)).expect("killed");
+    if signal == "KILL" {
+        c.proc.signal("KILL");
+        c.proc.wait_timeout(Duration::from_secs(2)).expect("killed");
+    } else {
+        c.stop(signal, STOP_WITHIN);
+    }
     replay.kill();
 
     let files: Vec<PathBuf> = std::fs::read_dir(&out)
@@ -608,11 +631,10 @@ fn kill_9_during_load_leaves_readable_files() {
         .flatten()
         .map(|e| e.path())
         .collect();
-    assert!(!files.is_empty(), "no file written before kill -9");
-    let mut total = 0;
+    assert!(!files.is_empty(), "no file written before SIG{signal}");
+    let mut per_source: BTreeMap<Key, usize> = BTreeMap::new();
     for f in &files {
         let (frames, cut) = read_after_crash(f);
-        total += frames.len();
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let (key, want) = expected
             .iter()
@@ -620,17 +642,34 @@ fn kill_9_during_load_leaves_readable_files() {
             .unwrap_or_else(|| panic!("{name}: no such source was sent"));
         assert!(
             is_subsequence(&frames, want),
-            "{name}: the frames read after kill -9 are not the sent frames of {key:?} in order"
+            "{name}: the frames read after SIG{signal} are not the sent frames of {key:?} in order"
         );
+        if signal != "KILL" {
+            assert!(!cut, "{name}: last record cut after SIG{signal}");
+        }
         eprintln!(
             "{name}: {} frames readable, last record cut: {cut}",
             frames.len()
         );
+        *per_source.entry(key.clone()).or_default() += frames.len();
     }
+    let total: usize = per_source.values().sum();
     assert!(
         total > 0,
-        "nothing readable after kill -9 of a collector that ran 2 s under load"
+        "nothing readable after SIG{signal} of a collector that ran 2 s under load"
     );
+    let (must_hold, when) = if signal == "KILL" {
+        (&counted_early, "1.5 s before")
+    } else {
+        (&counted, "just before")
+    };
+    for (key, n) in must_hold {
+        let written = per_source.get(key).copied().unwrap_or(0) as u64;
+        assert!(
+            written >= *n,
+            "{key:?}: the API had counted {n} packets {when} SIG{signal}, the files hold {written}"
+        );
+    }
 }
 
 #[test]

@@ -292,6 +292,9 @@ pub fn tcpreplay_loop(lab: &Lab, ns: &str, iface: &str, pcap: &Path, pps: u32, l
         &[
             "tcpreplay",
             "-q",
+            // nanosleep between packets instead of spinning on the clock: the default timer
+            // burns a whole core, which starves the collector and the other tests.
+            "--timer=nano",
             "-i",
             iface,
             &format!("--pps={pps}"),
@@ -309,6 +312,9 @@ pub fn tcpreplay(lab: &Lab, ns: &str, iface: &str, pcap: &Path, pps: u32) -> Str
         &[
             "tcpreplay",
             "-q",
+            // nanosleep between packets instead of spinning on the clock: the default timer
+            // burns a whole core, which starves the collector and the other tests.
+            "--timer=nano",
             "-i",
             iface,
             &format!("--pps={pps}"),
