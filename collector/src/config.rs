@@ -83,10 +83,14 @@ pub struct TapConfig {
     /// Only frames matching this tcpdump expression go to the TAP.
     pub filter: Option<String>,
     pub mtu: u16,
+    /// Frames queued for the device before new ones are dropped (counted as `tap_dropped`).
+    pub queue_frames: usize,
 }
 
 /// Large enough for any frame tapwire decapsulates (reassembled GRE reaches 64 KiB).
 pub const DEFAULT_TAP_MTU: u16 = 65_000;
+/// A burst of this many frames can wait for the device.
+pub const DEFAULT_TAP_QUEUE: usize = 4096;
 
 impl TapConfig {
     pub fn named(name: &str) -> TapConfig {
@@ -97,6 +101,7 @@ impl TapConfig {
             restore_vlan: true,
             filter: None,
             mtu: DEFAULT_TAP_MTU,
+            queue_frames: DEFAULT_TAP_QUEUE,
         }
     }
 }
@@ -289,6 +294,7 @@ struct RawTapFull {
     restore_vlan: bool,
     filter: Option<String>,
     mtu: Option<u16>,
+    queue: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -419,6 +425,7 @@ impl FromStr for Config {
                         restore_vlan: t.restore_vlan,
                         filter: t.filter,
                         mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
+                        queue_frames: t.queue.unwrap_or(DEFAULT_TAP_QUEUE).clamp(1, 1 << 20),
                     })
                 }
             };

@@ -96,17 +96,6 @@ where
 
     let snapshot = Arc::new(ArcSwap::from_pointee(empty_snapshot()));
     let (ctl_tx, ctl_rx) = unbounded();
-    if let Some(addr) = opts.api {
-        let local = api::spawn(
-            addr,
-            snapshot.clone(),
-            ctl_tx.clone(),
-            opts.api_token.clone(),
-        )
-        .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
-        tracing::info!(%local, "stats API listening");
-    }
-
     let (batch_tx, batch_rx) = bounded(256);
     let counters: Vec<_> = opened
         .iter()
@@ -139,7 +128,7 @@ where
     let ui = match ui {
         Some(ui) => {
             let handles = Handles {
-                snapshot,
+                snapshot: snapshot.clone(),
                 control: ctl_tx.clone(),
                 stop: stop.clone(),
             };
@@ -154,6 +143,11 @@ where
         }
         None => None,
     };
+    if let Some(addr) = opts.api {
+        let local = api::spawn(addr, snapshot.clone(), ctl_tx, opts.api_token.clone())
+            .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
+        tracing::info!(%local, "stats API listening");
+    }
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
 
     let deadline = Instant::now() + Duration::from_millis(1800);

@@ -16,9 +16,6 @@ use tapwire_formats::wire::ethernet::{self, EtherType};
 pub use crate::config::{TapConfig, validate_tap_name as validate_name};
 use crate::filter::InnerFilter;
 
-/// Frames queued per TAP before new ones are dropped.
-pub const QUEUE_FRAMES: usize = 4096;
-
 /// Counters of one TAP output.
 #[derive(Debug, Default)]
 pub struct TapCounters {
@@ -68,8 +65,8 @@ impl TapOutput {
             .map_err(|e| format!("filter: {e}"))?;
         let (device, created) = open_in(config.netns.as_deref(), &config)?;
         let counters = Arc::new(TapCounters::default());
-        let (queue, rx) = bounded::<Vec<u8>>(QUEUE_FRAMES);
-        let (free_tx, free) = bounded::<Vec<u8>>(QUEUE_FRAMES);
+        let (queue, rx) = bounded::<Vec<u8>>(config.queue_frames);
+        let (free_tx, free) = bounded::<Vec<u8>>(config.queue_frames);
         let c = counters.clone();
         let name = config.name.clone();
         let writer = std::thread::Builder::new()
