@@ -339,8 +339,11 @@ impl Proc {
         self.child.id()
     }
 
-    /// Sends `signal` (`TERM`, `INT`, `KILL`) to the process itself.
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) to the process itself, unless it was reaped.
     pub fn signal(&self, signal: &str) {
+        if self.reaped.is_some() {
+            return;
+        }
         let _ = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status();
@@ -397,15 +400,14 @@ impl Proc {
         tail(&self.stderr, 8000)
     }
 
-    /// Kills the whole process group and reaps the process.
+    /// Kills the whole process group and reaps the process. Only while the leader is not
+    /// reaped (so its id cannot have been reused); whatever it left behind once reaped is still
+    /// inside the lab's namespaces, which the lab empties when it drops.
     pub fn kill(&mut self) {
         if self.reaped.is_none() {
             kill_group(self.child.id());
             self.reaped = self.child.wait().ok();
             self.mark_dead();
-        } else {
-            // The leader is gone; children it left in the group may not be.
-            kill_group(self.child.id());
         }
     }
 
