@@ -430,6 +430,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         },
         config_path: a.config.clone(),
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
+        allow_from_config: a.allow.is_empty(),
     };
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;

@@ -53,6 +53,8 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Auto-discovered sessions get a monitor interface `<prefix><n>`.
     pub tap_prefix: Option<String>,
+    /// The allow-list came from the configuration file, so a reload replaces it.
+    pub allow_from_config: bool,
 }
 
 /// Requests from the API.
@@ -429,6 +431,9 @@ impl Engine {
             } else {
                 core.finish(&mut s, now);
             }
+        }
+        if core.settings.allow_from_config {
+            core.settings.allow = config.collector.allow.clone();
         }
         core.config = config;
         for s in &mut core.sessions {
