@@ -90,6 +90,12 @@ impl Lab {
         for tool in ["ip", "sysctl", "kill", "mount", "umount"] {
             crate::require(tool);
         }
+        let uid = crate::run_ok(Command::new("id").arg("-u"));
+        assert_eq!(
+            uid.trim(),
+            "0",
+            "end-to-end tests build network namespaces: run them as root (sudo -E cargo test)"
+        );
         remove_stale();
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!(
