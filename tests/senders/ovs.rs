@@ -47,6 +47,10 @@ pub enum Tunnel {
     },
     /// `type=gre` carrying Ethernet (GRE-TEB), with `options:seq=true` when `seq`.
     Gre { key: u32, seq: bool },
+    /// `type=vxlan`, VNI `options:key`, over IPv6 when `v6`.
+    Vxlan { vni: u32, v6: bool },
+    /// `type=geneve`, VNI `options:key`, over IPv6 when `v6`.
+    Geneve { vni: u32, v6: bool },
 }
 
 impl Tunnel {
@@ -56,13 +60,18 @@ impl Tunnel {
             Tunnel::ErspanII { key, .. } => ("erspan-ii", u64::from(key)),
             Tunnel::ErspanIII { key, .. } => ("erspan-iii", u64::from(key)),
             Tunnel::Gre { key, .. } => ("gre", u64::from(key)),
+            Tunnel::Vxlan { vni, .. } => ("vxlan", u64::from(vni)),
+            Tunnel::Geneve { vni, .. } => ("geneve", u64::from(vni)),
         }
     }
 
     /// The outer source address the collector sees.
     pub fn src(&self) -> &'static str {
         match *self {
-            Tunnel::ErspanII { v6: true, .. } | Tunnel::ErspanIII { v6: true, .. } => OVS_V6,
+            Tunnel::ErspanII { v6: true, .. }
+            | Tunnel::ErspanIII { v6: true, .. }
+            | Tunnel::Vxlan { v6: true, .. }
+            | Tunnel::Geneve { v6: true, .. } => OVS_V6,
             _ => OVS_V4,
         }
     }
@@ -101,6 +110,16 @@ impl Tunnel {
                 }
                 v
             }
+            Tunnel::Vxlan { vni, v6 } => vec![
+                "type=vxlan".into(),
+                remote(v6),
+                format!("options:key={vni}"),
+            ],
+            Tunnel::Geneve { vni, v6 } => vec![
+                "type=geneve".into(),
+                remote(v6),
+                format!("options:key={vni}"),
+            ],
         }
     }
 }

@@ -285,6 +285,8 @@ def main():
     ap.add_argument("--sources", type=int, default=0, help="only the first N sources per family")
     ap.add_argument("--flood", action="store_true",
                     help="instead: malformed packets, and valid ones from the x6 source")
+    ap.add_argument("--udp6-zero-csum", action="store_true",
+                    help="UDP checksum 0 over IPv6 (RFC 6935 tunnels; Linux vxlan udp6zerocsumtx)")
     ap.add_argument("--dry-run", action="store_true", help="write the pcap, send nothing")
     args = ap.parse_args()
     if args.flood:
@@ -320,6 +322,8 @@ def main():
                 if len(outer) > args.mtu:
                     pkts = fragment(outer, fragsize=args.mtu - 20 - (args.mtu - 20) % 8)
             else:
+                if args.udp6_zero_csum and isinstance(stack, UDP):
+                    stack.chksum = 0
                 outer = IPv6(src=src, dst=dst, hlim=64, nh=17 if proto_is_udp else 47) / stack
                 pkts = [outer]
                 if len(outer) > args.mtu:

@@ -43,6 +43,8 @@ pub struct MirrorSend {
     /// Only the first N sources of each family (0: all nine).
     pub sources: u32,
     pub session_base: u32,
+    /// UDP checksum 0 over IPv6 (allowed for tunnels by RFC 6935).
+    pub udp6_zero_checksum: bool,
     /// Outer source templates, `x` replaced by 1..6 (for example `10.77.0.1x`).
     pub src4: String,
     pub src6: String,
@@ -62,6 +64,7 @@ impl Default for MirrorSend {
             size: 0,
             sources: 0,
             session_base: 100,
+            udp6_zero_checksum: false,
             src4: "10.77.0.1x".into(),
             src6: "fd77::1x".into(),
             dst4: COL_V4.into(),
@@ -112,6 +115,9 @@ fn mirror_args(opts: &MirrorSend, pcap: &Path) -> Vec<String> {
     ];
     if !opts.kinds.is_empty() {
         v.extend(["--kinds".into(), opts.kinds.clone()]);
+    }
+    if opts.udp6_zero_checksum {
+        v.push("--udp6-zero-csum".into());
     }
     v
 }
