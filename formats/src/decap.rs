@@ -467,43 +467,62 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
     }
     let seq = p.sequence();
     let payload = p.payload();
-    let mut meta = Meta {
-        seq,
-        ..Meta::default()
-    };
-    let (kind, id, frame, link) = match p.protocol() {
-        gre::Protocol::Erspan if !p.sequence_present() => {
-            (Kind::ErspanI, 0, payload, LinkType::Ethernet)
-        }
+    // Each arm builds its Meta whole: assembling it field by field and then copying it into the
+    // Outcome stalled on store forwarding (perf showed a fifth of decap_gre on that copy).
+    let (kind, id, frame, link, meta) = match p.protocol() {
+        gre::Protocol::Erspan if !p.sequence_present() => (
+            Kind::ErspanI,
+            0,
+            payload,
+            LinkType::Ethernet,
+            Meta {
+                seq,
+                ..Meta::default()
+            },
+        ),
         gre::Protocol::Erspan => match erspan::version(payload) {
-            Some(2) => return erspan_iii(src, payload, meta),
+            Some(2) => return erspan_iii(src, payload, seq),
             _ => {
                 let e = match PacketII::new_checked(payload) {
                     Ok(e) => e,
                     Err(e) => return e.into(),
                 };
-                let r = match erspan::ReprII::parse(&e) {
-                    Ok(r) => r,
-                    Err(e) => return e.into(),
-                };
-                meta.truncated = r.truncated;
-                meta.cos = Some(r.cos.value());
-                meta.index = Some(r.index.value());
-                if r.encap != Encap::InFrame && r.vlan.value() != 0 {
-                    meta.vlan = Some(r.vlan.value());
+                if e.version() != 1 {
+                    return Error::Version {
+                        layer: Layer::ErspanII,
+                        version: e.version(),
+                    }
+                    .into();
                 }
+                let vlan = e.vlan().value();
+                let meta = Meta {
+                    seq,
+                    truncated: e.truncated(),
+                    cos: Some(e.cos().value()),
+                    index: Some(e.index().value()),
+                    vlan: (e.encap() != Encap::InFrame && vlan != 0).then_some(vlan),
+                    ..Meta::default()
+                };
                 (
                     Kind::ErspanII,
-                    u32::from(r.session_id.value()),
+                    u32::from(e.session_id().value()),
                     e.payload(),
                     LinkType::Ethernet,
+                    meta,
                 )
             }
         },
-        gre::Protocol::ErspanIII => return erspan_iii(src, payload, meta),
-        gre::Protocol::TransparentEthernet => {
-            (Kind::Gre, p.key().unwrap_or(0), payload, LinkType::Ethernet)
-        }
+        gre::Protocol::ErspanIII => return erspan_iii(src, payload, seq),
+        gre::Protocol::TransparentEthernet => (
+            Kind::Gre,
+            p.key().unwrap_or(0),
+            payload,
+            LinkType::Ethernet,
+            Meta {
+                seq,
+                ..Meta::default()
+            },
+        ),
         gre::Protocol::Ipv4 | gre::Protocol::Ipv6 => return Outcome::NotMirror(NotMirror::GreL3),
         gre::Protocol::Unknown(0) => return Outcome::NotMirror(NotMirror::GreKeepalive),
         _ => return Outcome::NotMirror(NotMirror::GreOther),
@@ -511,7 +530,7 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
     mirrored(SourceKey { src, kind, id }, frame, link, meta)
 }
 
-fn erspan_iii(src: IpAddr, payload: &[u8], mut meta: Meta) -> Outcome<'_> {
+fn erspan_iii(src: IpAddr, payload: &[u8], seq: Option<u32>) -> Outcome<'_> {
     let e = match PacketIII::new_checked(payload) {
         Ok(e) => e,
         Err(e) => return e.into(),
@@ -530,14 +549,17 @@ fn erspan_iii(src: IpAddr, payload: &[u8], mut meta: Meta) -> Outcome<'_> {
             });
         }
     };
-    meta.truncated = r.truncated;
-    meta.cos = Some(r.cos.value());
-    meta.direction = Some(r.direction);
-    meta.hardware_id = Some(r.hardware_id.value());
-    meta.erspan_time_ns = r.absolute_time_ns();
-    if r.vlan.value() != 0 {
-        meta.vlan = Some(r.vlan.value());
-    }
+    let vlan = r.vlan.value();
+    let meta = Meta {
+        seq,
+        truncated: r.truncated,
+        cos: Some(r.cos.value()),
+        direction: Some(r.direction),
+        hardware_id: Some(r.hardware_id.value()),
+        erspan_time_ns: r.absolute_time_ns(),
+        vlan: (vlan != 0).then_some(vlan),
+        index: None,
+    };
     mirrored(
         SourceKey {
             src,
