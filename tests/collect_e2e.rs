@@ -144,7 +144,6 @@ fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
 /// Two AF_PACKET workers (PACKET_FANOUT): each source must still be written in arrival order,
 /// with no phantom reordering.
 #[test]
-#[ignore = "collector bug (tests/KNOWN_ISSUES.md #1): with --workers 2 a source's packets are split across workers and written out of order"]
 fn scapy_via_af_packet_with_two_workers_keeps_each_source_in_order() {
     scapy_collect(
         "scapy-workers",
@@ -171,7 +170,6 @@ fn scapy_via_af_packet_with_two_workers_keeps_each_source_in_order() {
 /// Rotated files of one session, listed by name (as `ls` and shell globs list them), are in
 /// the order they were written.
 #[test]
-#[ignore = "collector bug (tests/KNOWN_ISSUES.md #2): rotated files within one second are named _1, _2, ... _10 without padding, so name order is not write order"]
 fn rotated_file_names_sort_in_write_order() {
     let lab = Lab::new("rotate-names");
     let snd = lab.ns("snd").to_string();
@@ -209,7 +207,6 @@ fn rotated_file_names_sort_in_write_order() {
 /// `vxlan ... udp6zerocsumtx`, hardware VTEPs): the UDP inputs must take them as they take
 /// zero checksums over IPv4.
 #[test]
-#[ignore = "collector bug (tests/KNOWN_ISSUES.md #3): the kernel drops IPv6 UDP with checksum 0 before the VXLAN/GENEVE sockets (no UDP_NO_CHECK6_RX)"]
 fn vxlan_and_geneve_over_ipv6_with_zero_udp_checksum_are_collected() {
     let lab = Lab::new("udp6-zero");
     let snd = lab.ns("snd").to_string();

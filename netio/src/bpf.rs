@@ -68,6 +68,57 @@ pub fn attach_filter(socket: &impl AsFd, program: &[libc::sock_filter]) -> io::R
     })
 }
 
+/// Sets the program of a `PACKET_FANOUT_CBPF` group (`PACKET_FANOUT_DATA`): its return value,
+/// modulo the number of members, picks the socket for each packet.
+pub fn set_fanout_program(socket: &impl AsFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        // The kernel copies the program and never writes through this pointer.
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points to `program.len()` valid instructions for the duration of the call;
+    // the kernel copies them before returning.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_FANOUT_DATA,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    cvt(ret)
+        .map(drop)
+        .map_err(|e| context(e, "setsockopt(PACKET_FANOUT_DATA)"))
+}
+
+/// `PACKET_FANOUT_DATA` from `linux/if_packet.h` (not in the libc crate).
+const PACKET_FANOUT_DATA: libc::c_int = 22;
+
+/// A fanout program that spreads packets by their outer source address only, so that every
+/// packet of one mirror sender — fragments included — reaches the same socket, in order. The
+/// kernel's flow hash would look inside GRE and at UDP ports that tunnel endpoints vary per
+/// inner flow. The program runs with the packet starting at the network header; the
+/// protocol comes from `skb->protocol` (VLAN tags are already taken off).
+pub fn outer_source_fanout() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_A: u16 = 0x16; // BPF_RET | BPF_A
+    // SKF_AD_OFF + SKF_AD_PROTOCOL: load skb->protocol (network byte order value).
+    const AD_PROTOCOL: u32 = 0xffff_f000;
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        ins(LD_W_ABS | 0x08, 0, 0, AD_PROTOCOL), // ld proto  (BPF_H size bits ignored for ancillary)
+        ins(JEQ_K, 0, 2, 0x0800),                // IPv4?
+        ins(LD_W_ABS, 0, 0, 12),                 // ld [12]: source address
+        ins(RET_A, 0, 0, 0),
+        ins(JEQ_K, 0, 2, 0x86dd), // IPv6?
+        ins(LD_W_ABS, 0, 0, 20),  // ld [20]: last word of the source address
+        ins(RET_A, 0, 0, 0),
+        ret(0),
+    ]
+}
+
 /// Removes the socket's filter. Detaching when none is attached is not an error.
 pub fn detach_filter(socket: &impl AsFd) -> io::Result<()> {
     let unused: libc::c_int = 0;

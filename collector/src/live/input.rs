@@ -120,9 +120,10 @@ impl Input {
             InputKind::Udp(a) => Opened::Socket(udp_socket(*a)?),
             InputKind::Interface { name, workers, .. } => {
                 let config = RingConfig {
+                    // By outer source, so that each sender's packets stay on one worker, in order.
                     fanout: (*workers > 1).then(|| Fanout {
                         group_id: fanout_group(name),
-                        mode: FanoutMode::Hash,
+                        mode: FanoutMode::OuterSource,
                     }),
                     ..RingConfig::default()
                 };
@@ -222,6 +223,9 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // [::]:port also takes IPv4, as IPv4-mapped addresses.
         sock.set_only_v6(false)?;
+    }
+    if addr.is_ipv6() {
+        batch::accept_zero_udp6_checksum(&sock).map_err(|e| ctx(e, &format!("UDP {addr}")))?;
     }
     sock.set_reuse_address(true)?;
     sock.bind(&SockAddr::from(addr))

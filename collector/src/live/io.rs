@@ -392,10 +392,11 @@ fn check_space(d: &DirState, configured: Option<u64>) {
 fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     for n in 0..1000 {
+        // Zero-padded so that names still sort in the order written.
         let name = if n == 0 {
             format!("{stem}.{ext}")
         } else {
-            format!("{stem}_{n}.{ext}")
+            format!("{stem}_{n:03}.{ext}")
         };
         let path = dir.join(name);
         match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -410,27 +411,34 @@ fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf
     ))
 }
 
-/// Whether `name` is one of `session`'s files: `<session>_<YYYYmmddTHHMMSS>Z[_N].pcap[ng]`.
+/// Whether `name` is one of `session`'s files:
+/// `<session>_<YYYYmmddTHHMMSS>[.mmm]Z[_NNN].pcap[ng]`.
 pub fn is_session_file(name: &str, session: &str) -> bool {
     let Some(rest) = name.strip_prefix(session).and_then(|r| r.strip_prefix('_')) else {
         return false;
     };
+    let Some(rest) = rest
+        .strip_suffix(".pcapng")
+        .or_else(|| rest.strip_suffix(".pcap"))
+    else {
+        return false;
+    };
     let b = rest.as_bytes();
-    b.len() > 16
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z'
-        && (rest.ends_with(".pcapng") || rest.ends_with(".pcap"))
-        && {
-            let tail = &rest[16..];
-            tail.starts_with('.')
-                || (tail.starts_with('_')
-                    && tail[1..]
-                        .split('.')
-                        .next()
-                        .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())))
+    let digits = |r: &[u8]| !r.is_empty() && r.iter().all(u8::is_ascii_digit);
+    if b.len() < 16 || !digits(&b[..8]) || b[8] != b'T' || !digits(&b[9..15]) {
+        return false;
+    }
+    let mut tail = &b[15..];
+    if let Some(t) = tail.strip_prefix(b".") {
+        if t.len() < 4 || !digits(&t[..3]) {
+            return false;
         }
+        tail = &t[3..];
+    }
+    let Some(tail) = tail.strip_prefix(b"Z") else {
+        return false;
+    };
+    tail.is_empty() || tail.strip_prefix(b"_").is_some_and(digits)
 }
 
 /// Deletes the oldest of a session's files so that, with the one about to be opened, at most
@@ -467,6 +475,12 @@ mod tests {
     #[test]
     fn session_file_names() {
         assert!(is_session_file("web_20261121T054100Z.pcapng", "web"));
+        assert!(is_session_file("web_20261121T054100.123Z.pcapng", "web"));
+        assert!(is_session_file(
+            "web_20261121T054100.123Z_003.pcapng",
+            "web"
+        ));
+        assert!(!is_session_file("web_20261121T054100.12Z.pcapng", "web"));
         assert!(is_session_file("web_20261121T054100Z_3.pcap", "web"));
         assert!(!is_session_file("web_2_20261121T054100Z.pcapng", "web"));
         assert!(is_session_file("web_2_20261121T054100Z.pcapng", "web_2"));
@@ -485,7 +499,10 @@ mod tests {
         let (_, a) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
         let (_, b) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
         assert_ne!(a, b);
-        assert!(b.to_string_lossy().ends_with("s_20260101T000000Z_1.pcapng"));
+        assert!(
+            b.to_string_lossy()
+                .ends_with("s_20260101T000000Z_001.pcapng")
+        );
         create_unique(&dir, "s_20260101T000001Z", "pcapng").unwrap();
         create_unique(&dir, "other_20260101T000000Z", "pcapng").unwrap();
         prune_old(
@@ -505,6 +522,16 @@ mod tests {
             left,
             ["other_20260101T000000Z.pcapng", "s_20260101T000001Z.pcapng"]
         );
+        // Rotated within one second: still written order as text.
+        let mut names = vec![
+            "s_20260101T000002.001Z.pcapng",
+            "s_20260101T000002.001Z_002.pcapng",
+            "s_20260101T000002.001Z_010.pcapng",
+            "s_20260101T000002.012Z.pcapng",
+        ];
+        let sorted = names.clone();
+        names.sort();
+        assert_eq!(names, sorted);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -309,18 +309,20 @@ impl FileOutput {
     }
 }
 
-/// `20261121T054100Z`: sortable, no separators that trouble shells.
+/// `20261121T054100.123Z`: sortable as text, no separators that trouble shells, and fine
+/// enough that files rotated within one second still sort in the order written.
 pub fn compact_utc(ts_ns: u64) -> String {
     let s = rfc3339_ns(ts_ns);
-    // 2026-11-21T05:41:00.000000000Z
+    // 2026-11-21T05:41:00.123456789Z
     format!(
-        "{}{}{}T{}{}{}Z",
+        "{}{}{}T{}{}{}.{}Z",
         &s[0..4],
         &s[5..7],
         &s[8..10],
         &s[11..13],
         &s[14..16],
-        &s[17..19]
+        &s[17..19],
+        &s[20..23]
     )
 }
 
@@ -339,6 +341,9 @@ mod tests {
 
     #[test]
     fn compact_time() {
-        assert_eq!(compact_utc(1_700_000_000_123_456_789), "20231114T221320Z");
+        assert_eq!(
+            compact_utc(1_700_000_000_123_456_789),
+            "20231114T221320.123Z"
+        );
     }
 }

@@ -295,6 +295,16 @@ pub fn enable_timestamps(socket: &impl AsFd) -> io::Result<()> {
         .map_err(|e| context(e, "setsockopt(SO_TIMESTAMPNS)"))
 }
 
+/// Accepts UDP over IPv6 with a zero checksum (`UDP_NO_CHECK6_RX`). RFC 6935/6936 allow it for
+/// tunnels, and VXLAN/GENEVE senders use it (Linux `udp6zerocsumtx`); without this the kernel
+/// discards such datagrams as checksum errors before the socket sees them.
+pub fn accept_zero_udp6_checksum(socket: &impl AsFd) -> io::Result<()> {
+    // From linux/udp.h; not in the libc crate.
+    const UDP_NO_CHECK6_RX: libc::c_int = 102;
+    sys::setsockopt(socket.as_fd(), libc::IPPROTO_UDP, UDP_NO_CHECK6_RX, &1)
+        .map_err(|e| context(e, "setsockopt(UDP_NO_CHECK6_RX)"))
+}
+
 /// What [`set_recv_buffer`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecvBuffer {

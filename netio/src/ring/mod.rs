@@ -49,6 +49,10 @@ pub enum FanoutMode {
     Random,
     /// By the NIC's receive queue (`PACKET_FANOUT_QM`).
     QueueMapping,
+    /// By the outer IP source address only (`PACKET_FANOUT_CBPF` with
+    /// [`bpf::outer_source_fanout`]): every packet of one mirror sender, fragments included,
+    /// reaches the same socket in order.
+    OuterSource,
 }
 
 impl FanoutMode {
@@ -60,6 +64,8 @@ impl FanoutMode {
             FanoutMode::Rollover => libc::PACKET_FANOUT_ROLLOVER,
             FanoutMode::Random => libc::PACKET_FANOUT_RND,
             FanoutMode::QueueMapping => libc::PACKET_FANOUT_QM,
+            // PACKET_FANOUT_CBPF, not in the libc crate.
+            FanoutMode::OuterSource => 6,
         }
     }
 }
@@ -385,6 +391,10 @@ impl Ring {
                 "setsockopt(PACKET_FANOUT, group {}, {:?})",
                 fanout.group_id, fanout.mode
             )))?;
+            if fanout.mode == FanoutMode::OuterSource {
+                bpf::set_fanout_program(&sock, &bpf::outer_source_fanout())
+                    .map_err(on("set the fanout program"))?;
+            }
         }
 
         if config.promiscuous {

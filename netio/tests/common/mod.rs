@@ -193,7 +193,7 @@ impl PacketSender {
     }
 }
 
-fn ip_checksum(header: &[u8]) -> u16 {
+pub fn ip_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
