@@ -156,6 +156,28 @@ def flood(args):
     print()
 
 
+def many_sessions(args):
+    """ERSPAN II sessions 0..N-1 (N <= 1024) from the x1 IPv4 source, --count packets each,
+    round-robin over the sessions."""
+    src = args.src4.replace("x", "1")
+    eth = Ether(src=args.src_mac, dst=args.dst_mac)
+    frames = []
+    for n in range(args.start, args.start + args.count):
+        for sid in range(args.many_sessions):
+            f = inner(sid % 250, n, 200)
+            frames.append(eth / IP(src=src, dst=args.dst4) / GRE(
+                proto=0x88BE, seqnum_present=1, sequence_number=n)
+                / ERSPAN_II(ver=1, session_id=sid, index=n) / f)
+    raw = [bytes(f) for f in frames]
+    write_and_send(args, raw)
+    json.dump({
+        "frames": len(raw),
+        "sources": [{"src": src, "kind": "erspan-ii", "id": sid, "packets": args.count}
+                    for sid in range(args.many_sessions)],
+    }, sys.stdout)
+    print()
+
+
 def seq_base(src_no):
     return 1000 * (src_no + 1)
 
@@ -285,12 +307,16 @@ def main():
     ap.add_argument("--sources", type=int, default=0, help="only the first N sources per family")
     ap.add_argument("--flood", action="store_true",
                     help="instead: malformed packets, and valid ones from the x6 source")
+    ap.add_argument("--many-sessions", type=int, default=0,
+                    help="instead: ERSPAN II sessions 0..N-1 from the x1 source, --count each")
     ap.add_argument("--udp6-zero-csum", action="store_true",
                     help="UDP checksum 0 over IPv6 (RFC 6935 tunnels; Linux vxlan udp6zerocsumtx)")
     ap.add_argument("--dry-run", action="store_true", help="write the pcap, send nothing")
     args = ap.parse_args()
     if args.flood:
         return flood(args)
+    if args.many_sessions:
+        return many_sessions(args)
 
     srcs = sources(args)
     if args.sources:

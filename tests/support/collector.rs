@@ -39,10 +39,22 @@ impl<'l> Collector<'l> {
     /// Starts `tapwire collect --out OUT --api 127.0.0.1:9750 --no-tui ARGS...` in `ns` and
     /// waits until its API answers (panics with its stderr if it exits or stays silent).
     pub fn start(lab: &'l Lab, ns: &str, out: &Path, args: &[&str]) -> Collector<'l> {
+        Collector::start_wrapped(lab, ns, out, args, &[])
+    }
+
+    /// [`Collector::start`] under a wrapper command (`prlimit --nofile=256 --`).
+    pub fn start_wrapped(
+        lab: &'l Lab,
+        ns: &str,
+        out: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Collector<'l> {
         require("curl");
         let tapwire = bin("tapwire");
         let out_s = out.to_str().expect("utf-8 path");
-        let mut cmd = vec![
+        let mut cmd = wrapper.to_vec();
+        cmd.extend([
             tapwire.to_str().expect("utf-8 path"),
             "collect",
             "--out",
@@ -50,7 +62,7 @@ impl<'l> Collector<'l> {
             "--api",
             API,
             "--no-tui",
-        ];
+        ]);
         cmd.extend_from_slice(args);
         let mut c = Collector {
             lab,

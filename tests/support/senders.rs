@@ -45,6 +45,8 @@ pub struct MirrorSend {
     pub session_base: u32,
     /// UDP checksum 0 over IPv6 (allowed for tunnels by RFC 6935).
     pub udp6_zero_checksum: bool,
+    /// Instead of the usual sources: ERSPAN II sessions 0..N-1 from the x1 address.
+    pub many_sessions: u32,
     /// Outer source templates, `x` replaced by 1..6 (for example `10.77.0.1x`).
     pub src4: String,
     pub src6: String,
@@ -65,6 +67,7 @@ impl Default for MirrorSend {
             sources: 0,
             session_base: 100,
             udp6_zero_checksum: false,
+            many_sessions: 0,
             src4: "10.77.0.1x".into(),
             src6: "fd77::1x".into(),
             dst4: COL_V4.into(),
@@ -118,6 +121,9 @@ fn mirror_args(opts: &MirrorSend, pcap: &Path) -> Vec<String> {
     }
     if opts.udp6_zero_checksum {
         v.push("--udp6-zero-csum".into());
+    }
+    if opts.many_sessions > 0 {
+        v.extend(["--many-sessions".into(), opts.many_sessions.to_string()]);
     }
     v
 }
