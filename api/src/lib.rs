@@ -4,6 +4,7 @@
 //! `GET /api/v1/sessions` returns a [`Snapshot`]; counters are totals since the collector
 //! started, `rates` are measured over the last 1 and 10 seconds.
 
+pub mod control;
 pub mod probe;
 
 use std::collections::BTreeMap;

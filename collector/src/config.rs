@@ -400,61 +400,155 @@ impl FromStr for Config {
                 .enumerate()
                 .map(|(i, m)| source_match(m).map_err(|e| err(format!("{at}: sources[{i}]: {e}"))))
                 .collect::<Result<_, _>>()?;
-            if let Some(f) = &s.filter {
-                compile_check(f).map_err(|e| err(format!("{at}: filter {f:?}: {e}")))?;
-            }
-            let files = match &s.files {
-                None | Some(RawFilesOrOff::Off(true)) => Some(collector.default_files.clone()),
-                Some(RawFilesOrOff::Off(false)) => None,
-                Some(RawFilesOrOff::On(f)) => {
-                    Some(files(f, &collector.default_files, &format!("{at}: files"))?)
-                }
-            };
-            let tap = match s.tap {
-                None => None,
-                Some(RawTap::Name(n)) => Some(TapConfig::named(&n)),
-                Some(RawTap::Full(t)) => {
-                    if let Some(f) = &t.filter {
-                        compile_check(f)
-                            .map_err(|e| err(format!("{at}: tap.filter {f:?}: {e}")))?;
-                    }
-                    Some(TapConfig {
-                        name: t.name,
-                        netns: t.netns,
-                        persistent: t.persistent,
-                        restore_vlan: t.restore_vlan,
-                        filter: t.filter,
-                        mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
-                        queue_frames: t.queue.unwrap_or(DEFAULT_TAP_QUEUE).clamp(1, 1 << 20),
-                    })
-                }
-            };
-            if let Some(t) = &tap {
-                validate_tap_name(&t.name).map_err(|e| err(format!("{at}: tap: {e}")))?;
-                if sessions
-                    .iter()
-                    .any(|o: &SessionConfig| o.tap.as_ref().is_some_and(|x| x.name == t.name))
-                {
-                    return Err(err(format!(
-                        "{at}: tap {:?} is used by another session",
-                        t.name
-                    )));
-                }
-            }
-            sessions.push(SessionConfig {
-                name: s.name,
-                enabled: s.enabled,
+            let session = build_session(
+                s.name,
+                s.enabled,
                 sources,
-                filter: s.filter,
-                files,
-                tap,
-            });
+                s.filter,
+                s.files,
+                s.tap,
+                &collector.default_files,
+                &at,
+            )?;
+            check_tap_unique(&session, &sessions, &at)?;
+            sessions.push(session);
         }
         Ok(Config {
             collector,
             sessions,
         })
     }
+}
+
+/// Checks one session's filter, files and TAP (the shared part of a `[[session]]` table and
+/// a session created through the control API).
+#[allow(clippy::too_many_arguments)]
+fn build_session(
+    name: String,
+    enabled: bool,
+    sources: Vec<SourceMatch>,
+    filter: Option<String>,
+    files: Option<RawFilesOrOff>,
+    tap: Option<RawTap>,
+    default_files: &FilesConfig,
+    at: &str,
+) -> Result<SessionConfig, ConfigError> {
+    if let Some(f) = &filter {
+        compile_check(f).map_err(|e| err(format!("{at}: filter {f:?}: {e}")))?;
+    }
+    let files = match &files {
+        None | Some(RawFilesOrOff::Off(true)) => Some(default_files.clone()),
+        Some(RawFilesOrOff::Off(false)) => None,
+        Some(RawFilesOrOff::On(f)) => Some(self::files(f, default_files, &format!("{at}: files"))?),
+    };
+    let tap = match tap {
+        None => None,
+        Some(RawTap::Name(n)) => Some(TapConfig::named(&n)),
+        Some(RawTap::Full(t)) => {
+            if let Some(f) = &t.filter {
+                compile_check(f).map_err(|e| err(format!("{at}: tap.filter {f:?}: {e}")))?;
+            }
+            Some(TapConfig {
+                name: t.name,
+                netns: t.netns,
+                persistent: t.persistent,
+                restore_vlan: t.restore_vlan,
+                filter: t.filter,
+                mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
+                queue_frames: t.queue.unwrap_or(DEFAULT_TAP_QUEUE).clamp(1, 1 << 20),
+            })
+        }
+    };
+    if let Some(t) = &tap {
+        validate_tap_name(&t.name).map_err(|e| err(format!("{at}: tap: {e}")))?;
+    }
+    Ok(SessionConfig {
+        name,
+        enabled,
+        sources,
+        filter,
+        files,
+        tap,
+    })
+}
+
+fn check_tap_unique(
+    s: &SessionConfig,
+    others: &[SessionConfig],
+    at: &str,
+) -> Result<(), ConfigError> {
+    if let Some(t) = &s.tap
+        && others
+            .iter()
+            .any(|o| o.tap.as_ref().is_some_and(|x| x.name == t.name))
+    {
+        return Err(err(format!(
+            "{at}: tap {:?} is used by another session",
+            t.name
+        )));
+    }
+    Ok(())
+}
+
+/// A session defined through the control API: `files` and `tap` have the shape of a
+/// `[[session]]` table's (as JSON) and are checked by the same code; the sources are the
+/// caller's. Errors name the field.
+pub fn api_session(
+    name: &str,
+    enabled: bool,
+    sources: Vec<SourceMatch>,
+    filter: Option<String>,
+    files: Option<&serde_json::Value>,
+    tap: Option<&serde_json::Value>,
+    default_files: &FilesConfig,
+) -> Result<SessionConfig, ConfigError> {
+    validate_name(name).map_err(|e| err(format!("name: {e}")))?;
+    let at = format!("session {name:?}");
+    // Each field alone, so that an error inside an untagged shape still names its field.
+    let files = files
+        .map(|v| match v {
+            serde_json::Value::Bool(b) => Ok(RawFilesOrOff::Off(*b)),
+            v => serde_json::from_value::<RawFiles>(v.clone()).map(RawFilesOrOff::On),
+        })
+        .transpose()
+        .map_err(|e| err(format!("{at}: files: {e}")))?;
+    let tap = tap
+        .map(|v| match v {
+            serde_json::Value::String(n) => Ok(RawTap::Name(n.clone())),
+            v => serde_json::from_value::<RawTapFull>(v.clone()).map(RawTap::Full),
+        })
+        .transpose()
+        .map_err(|e| err(format!("{at}: tap: {e}")))?;
+    build_session(
+        name.to_string(),
+        enabled,
+        sources,
+        filter.filter(|f| !f.trim().is_empty()),
+        files,
+        tap,
+        default_files,
+        &at,
+    )
+}
+
+/// The configuration the engine runs: the API's sessions first (their rules are exact: one
+/// kind and one id), then the file's. Names and TAPs must be unique across both.
+pub fn merged(file: &Config, api: &[SessionConfig]) -> Result<Config, ConfigError> {
+    let mut sessions: Vec<SessionConfig> = Vec::with_capacity(api.len() + file.sessions.len());
+    for s in api.iter().chain(&file.sessions) {
+        let at = format!("session {:?}", s.name);
+        if sessions.iter().any(|o| o.name == s.name) {
+            return Err(err(format!(
+                "{at}: the name is taken (sessions from the file and from the API share one namespace)"
+            )));
+        }
+        check_tap_unique(s, &sessions, &at)?;
+        sessions.push(s.clone());
+    }
+    Ok(Config {
+        collector: file.collector.clone(),
+        sessions,
+    })
 }
 
 impl Config {

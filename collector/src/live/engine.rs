@@ -64,6 +64,13 @@ pub enum Control {
         action: api::Action,
         reply: Sender<Result<String, String>>,
     },
+    /// The control plane's sessions, all of them: merged with the file's (the API's first) and
+    /// applied as a reload is (unchanged sessions keep their files and counters). Refused, with
+    /// nothing changed, when a name or TAP clashes with the file's.
+    Apply {
+        sessions: Vec<SessionConfig>,
+        reply: Sender<Result<(), String>>,
+    },
 }
 
 pub struct Engine {
@@ -75,7 +82,12 @@ pub struct Engine {
 /// handed to it.
 struct Core {
     settings: Settings,
+    /// What the engine runs: the API's sessions and the file's.
     config: Config,
+    /// The configuration file as last loaded, published for the control plane's checks.
+    file: Arc<ArcSwap<Config>>,
+    /// The control plane's sessions, as last applied.
+    api_sessions: Vec<SessionConfig>,
     sessions: Vec<Session>,
     by_name: FxHashMap<String, usize>,
     /// Session of each source, by source id.
@@ -206,6 +218,8 @@ impl Engine {
         let n_inputs = inputs.len();
         let mut core = Core {
             settings,
+            file: Arc::new(ArcSwap::from_pointee(config.clone())),
+            api_sessions: Vec::new(),
             config,
             sessions: Vec::new(),
             by_name: FxHashMap::default(),
@@ -245,6 +259,11 @@ impl Engine {
         Ok(e)
     }
 
+    /// The configuration file as the engine last loaded it (replaced on each reload).
+    pub fn file_config(&self) -> Arc<ArcSwap<Config>> {
+        Arc::clone(&self.core.file)
+    }
+
     /// Runs until `stop` is set; `reload` asks for the configuration file to be read again.
     pub fn run(
         mut self,
@@ -255,6 +274,11 @@ impl Engine {
         stop: &AtomicBool,
         reload: &AtomicBool,
     ) {
+        // What was asked before the engine ran (the control plane's sessions) comes before the
+        // first packet, so that no packet of theirs is routed to an auto-discovered session.
+        while let Ok(c) = control.try_recv() {
+            self.control(c);
+        }
         let mut next_tick = now_ns();
         let mut next_snapshot = now_ns() + 1_000_000_000;
         loop {
@@ -262,7 +286,7 @@ impl Engine {
                 recv(batches) -> b => if let Ok(b) = b { self.batch(b) },
                 recv(events) -> e => if let Ok(e) = e { self.core.event(e) },
                 recv(buffers) -> b => if let Ok(b) = b { self.core.recycle(b) },
-                recv(control) -> c => if let Ok(c) = c { self.core.control(c) },
+                recv(control) -> c => if let Ok(c) = c { self.control(c) },
                 default(Duration::from_millis(100)) => {}
             }
             let now = now_ns();
@@ -349,6 +373,25 @@ impl Engine {
         self.core.snapshot.store(Arc::new(snap));
     }
 
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Apply { sessions, reply } => {
+                let file = self.core.file.load_full();
+                match crate::config::merged(&file, &sessions) {
+                    Ok(config) => {
+                        self.core.api_sessions = sessions;
+                        self.apply(config);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            c => self.core.control(c),
+        }
+    }
+
     /// Reads the configuration file again. A bad file is refused and the running configuration
     /// stays; sessions whose definition did not change keep their state and open files.
     fn reload(&mut self) {
@@ -356,13 +399,24 @@ impl Engine {
             tracing::info!("SIGHUP: no configuration file to reload");
             return;
         };
-        let config = match Config::load(&path) {
-            Ok(c) => c,
+        let config = match Config::load(&path).and_then(|file| {
+            crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
+        }) {
+            Ok((file, merged)) => {
+                self.core.file.store(Arc::new(file));
+                merged
+            }
             Err(e) => {
                 tracing::error!(error = %e, "configuration refused; keeping the running one");
                 return;
             }
         };
+        self.apply(config);
+    }
+
+    /// Runs `config`: sessions whose definition did not change keep their state and open
+    /// files; changed ones keep their counters and start a new file.
+    fn apply(&mut self, config: Config) {
         let core = &mut self.core;
         let now = now_ns();
         let mut old: FxHashMap<String, Session> = std::mem::take(&mut core.sessions)
@@ -690,7 +744,10 @@ impl Core {
             session,
             action,
             reply,
-        } = c;
+        } = c
+        else {
+            return;
+        };
         let Some(&i) = self.by_name.get(&session) else {
             let _ = reply.send(Err(format!("no session named {session:?}")));
             return;
