@@ -240,7 +240,7 @@ fn vxlan_and_geneve_over_ipv6_with_zero_udp_checksum_are_collected() {
 /// systemd unit's default soft limit of 1024 with a few thousand sessions): every packet is
 /// still written and the API keeps answering.
 #[test]
-#[ignore = "collector bug (tests/KNOWN_ISSUES.md #4): one open file per session; past RLIMIT_NOFILE sessions lose their packets and the API stops accepting connections"]
+#[ignore = "collector bug (tests/KNOWN_ISSUES.md #1): one open file per session; past RLIMIT_NOFILE sessions lose their packets and the API stops accepting connections"]
 fn more_sessions_than_file_descriptors_are_written_and_the_api_answers() {
     require("prlimit");
     let lab = Lab::new("nofile");
@@ -292,6 +292,47 @@ fn more_sessions_than_file_descriptors_are_written_and_the_api_answers() {
     assert!(
         files.values().all(|f| f.len() == 2),
         "every session's file holds its 2 packets"
+    );
+}
+
+/// `--max-files 3` with rotation every 2 packets: the three newest files are kept, so the
+/// session's files hold exactly its last five packets, in order.
+#[test]
+#[ignore = "collector bug (tests/KNOWN_ISSUES.md #2): --max-files deletes newer files and keeps older ones when files rotate within a millisecond"]
+fn max_files_keeps_the_newest_files() {
+    let lab = Lab::new("max-files");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &["--rotate-packets", "2", "--max-files", "3"],
+    );
+    let opts = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-ii".into(),
+        sources: 1,
+        count: 25,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    let expected = oracle_of(&sent);
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    c.stop("TERM", STOP_WITHIN);
+    let (key, files) = c.session_files(&api).pop_first().unwrap();
+    let kept: Vec<Vec<u8>> = files.iter().flat_map(|f| f.frames.clone()).collect();
+    let want = &expected[&key][20..];
+    assert!(
+        kept == want,
+        "{key:?}: kept {} files holding {} frames, which are not the last 5 sent ({:?})",
+        files.len(),
+        kept.len(),
+        files
+            .iter()
+            .map(|f| f.path.file_name().unwrap())
+            .collect::<Vec<_>>()
     );
 }
 
