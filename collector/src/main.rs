@@ -37,6 +37,9 @@ enum Command {
     /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
     /// --json for scripts).
     Top(tapwire_tui::cli::TopArgs),
+    /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
+    /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
+    Lab(tapwire_lab::LabArgs),
 }
 
 #[derive(Args)]
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
         Command::Top(args) => tapwire_tui::cli::top(args),
+        Command::Lab(args) => tapwire_lab::run(args),
     }
 }
 

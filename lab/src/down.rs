@@ -1,0 +1,108 @@
+//! `tapwire lab down`: stop every process of a lab and remove its namespaces, from what `up`
+//! recorded and from the namespace prefix, so it works after `up` crashed half-way too.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::plan;
+use crate::sys;
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub processes: usize,
+    pub namespaces: usize,
+}
+
+pub fn run(name: &str) -> Result<ExitCode> {
+    if !sys::is_root() {
+        return Err(crate::Refused("removing namespaces needs root".into()).into());
+    }
+    let out = crate::up::Info::load(name).map(|i| i.out);
+    let removed = down(name)?;
+    if removed.namespaces == 0 && removed.processes == 0 {
+        println!("lab {name:?} was not up; nothing to remove");
+    } else {
+        println!(
+            "lab {name:?} down: {} processes stopped, {} namespaces removed",
+            removed.processes, removed.namespaces
+        );
+        if let Some(out) = out {
+            println!("its captures stay in {}", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes lab `name`: the collector first and gently (SIGTERM: it closes every file within
+/// 2 s), then every recorded process group, then anything still inside the lab's namespaces,
+/// then the namespaces (and with them every link and the TAP), then the state directory.
+pub fn down(name: &str) -> Result<Removed> {
+    let state = plan::state_dir(name);
+    let prefix = plan::prefix(name);
+    let records = sys::records(&state);
+    let mut removed = Removed {
+        processes: records.iter().filter(|r| r.alive()).count(),
+        namespaces: 0,
+    };
+
+    let collector = || {
+        records
+            .iter()
+            .filter(|r| r.name == "collector" && r.alive())
+    };
+    for r in collector() {
+        sys::kill_group(r.pid, "TERM");
+    }
+    wait(Duration::from_secs(5), || collector().next().is_none());
+    for r in records.iter().filter(|r| r.alive()) {
+        sys::kill_group(r.pid, "TERM");
+    }
+    wait(Duration::from_secs(1), || {
+        records.iter().all(|r| !r.alive())
+    });
+    for r in records.iter().filter(|r| r.alive()) {
+        sys::kill_group(r.pid, "KILL");
+    }
+
+    let namespaces = sys::namespaces(&prefix);
+    let mut stuck = Vec::new();
+    for ns in &namespaces {
+        let left = sys::kill_all_in(ns, Duration::from_secs(5));
+        if !left.is_empty() {
+            stuck.push(format!("{ns}: pids {left:?}"));
+        }
+    }
+    for ns in &namespaces {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+    removed.namespaces = namespaces.len();
+    let left = sys::namespaces(&prefix);
+    let running: Vec<String> = records
+        .iter()
+        .filter(|r| r.alive())
+        .map(|r| format!("{} (pid {})", r.name, r.pid))
+        .collect();
+    if !left.is_empty() || !running.is_empty() || !stuck.is_empty() {
+        bail!(
+            "lab {name:?} not fully removed: namespaces {left:?}, processes {running:?} {stuck:?}"
+        );
+    }
+    if state.exists() {
+        std::fs::remove_dir_all(&state)
+            .map_err(|e| anyhow::anyhow!("remove {}: {e}", state.display()))?;
+    }
+    Ok(removed)
+}
+
+fn wait(timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
