@@ -9,6 +9,7 @@ pub mod oracle;
 #[path = "../senders/ovs.rs"]
 pub mod ovs;
 pub mod senders;
+pub mod tmux;
 pub mod tshark;
 
 use std::path::{Path, PathBuf};
