@@ -6,6 +6,7 @@
 
 pub mod capfile;
 pub mod config;
+pub mod control;
 pub mod demux;
 pub mod filter;
 pub mod live;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::config::{self, Config};
+use tapwire_collector::control::cli as control;
 use tapwire_collector::live::engine::{Control, Settings};
 use tapwire_collector::live::input::InputKind;
 use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
@@ -40,6 +41,17 @@ enum Command {
     /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
     /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
     Lab(tapwire_lab::LabArgs),
+    /// Sessions of the control plane (collect --db): create, list, show, update, enable,
+    /// disable, delete.
+    Session(control::Sessions),
+    /// Probe flows: create, list, show, enable, disable, delete.
+    Flow(control::Flows),
+    /// Probes known to the controller: list, show, set limits, delete.
+    Probe(control::Probes),
+    /// Who changed what, when (the controller's audit log).
+    Audit(control::Audit),
+    /// API tokens: create, list, revoke (through the API, or --db on the database).
+    Token(control::Tokens),
 }
 
 #[derive(Args)]
@@ -118,6 +130,8 @@ struct CollectArgs {
     /// Give every auto-discovered session a monitor TAP named <PREFIX><n>.
     #[arg(long, value_name = "PREFIX")]
     tap_prefix: Option<String>,
+    #[command(flatten)]
+    control: control::ControlArgs,
 }
 
 #[derive(Args)]
@@ -188,6 +202,11 @@ fn main() -> ExitCode {
         Command::Collect(args) => collect(*args),
         Command::Top(args) => tapwire_tui::cli::top(args),
         Command::Lab(args) => tapwire_lab::run(args),
+        Command::Session(cmd) => control::session(cmd),
+        Command::Flow(cmd) => control::flow(cmd),
+        Command::Probe(cmd) => control::probe(cmd),
+        Command::Audit(args) => control::audit(args),
+        Command::Token(cmd) => control::token(cmd),
     }
 }
 
@@ -439,7 +458,15 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
     }
+    let (controller, listen) = control::collect_options(&a.control, &settings.default_files)?;
+    if controller.is_some() && a.api_token.is_some() {
+        return Err(
+            "--api-token: with --db, tokens come from the database (tapwire token create)".into(),
+        );
+    }
     Ok(CollectOptions {
+        controller,
+        listen,
         settings,
         config,
         inputs,

@@ -21,8 +21,10 @@
 
 pub mod api;
 pub mod bucket;
+pub mod client;
 pub mod config;
 pub mod filter;
+pub mod link;
 pub mod manager;
 pub mod pipeline;
 pub mod privs;

@@ -12,6 +12,7 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
+use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};
 use tapwire_probe::{api, privs, stats};
 
@@ -23,6 +24,26 @@ use tapwire_probe::{api, privs, stats};
     after_help = "Needs CAP_NET_RAW only (root, or: setcap cap_net_raw+ep tapwire-probe); every other capability is dropped at start."
 )]
 struct Cli {
+    /// Flows from a controller (`tapwire collect --db`): register as --name, receive every
+    /// flow and change, report stats. Flows are not given here then.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "iface", "direction", "vlan", "untagged", "filter", "snaplen", "sample", "rate_pps", "rate_bps", "burst", "session", "collector", "encap", "hardware_id", "erspan_time", "promisc", "threads", "block_size", "block_count", "block_timeout_ms"])]
+    controller: Option<String>,
+    /// The probe's token (`tapwire token create --role probe --name HOST`).
+    #[arg(
+        long,
+        env = "TAPWIRE_PROBE_TOKEN",
+        hide_env_values = true,
+        requires = "controller"
+    )]
+    token: Option<String>,
+    /// Trust this CA (PEM) for an https:// controller instead of the system's roots.
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    ca: Option<PathBuf>,
+    /// With --controller: where the last flow set is kept, to run it across controller
+    /// outages and restarts [default: /var/lib/tapwire/probe-NAME.json].
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    state: Option<PathBuf>,
+
     /// Flows from a TOML file (see dist/probe.toml) instead of the flow flags below.
     #[arg(long, short, conflicts_with_all = ["iface", "name", "direction", "vlan", "untagged", "filter", "snaplen", "sample", "rate_pps", "rate_bps", "burst", "session", "collector", "encap", "hardware_id", "erspan_time", "promisc", "threads", "block_size", "block_count", "block_timeout_ms"])]
     config: Option<PathBuf>,
@@ -32,10 +53,11 @@ struct Cli {
         long,
         alias = "interface",
         value_name = "IF",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "controller"]
     )]
     iface: Option<String>,
-    /// Name of the flow in logs and stats [default: the interface].
+    /// Name of the flow in logs and stats [default: the interface]. With --controller: the
+    /// probe's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
     #[arg(long, value_enum)]
@@ -65,10 +87,10 @@ struct Cli {
     #[arg(long, value_name = "DURATION")]
     burst: Option<String>,
     /// ERSPAN session id or GRE key (0-1023).
-    #[arg(long, value_name = "ID", required_unless_present = "config")]
+    #[arg(long, value_name = "ID", required_unless_present_any = ["config", "controller"])]
     session: Option<u16>,
     /// The collector's address (IPv4 or IPv6).
-    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["config", "controller"])]
     collector: Option<IpAddr>,
     #[arg(long, value_enum)]
     encap: Option<EncapArg>,
@@ -131,8 +153,14 @@ enum TimeArg {
     Ieee1588,
 }
 
+/// Exit status when the controller refused the probe's token.
+const EXIT_REVOKED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.controller.is_some() {
+        return controlled(&cli);
+    }
     let (config, prepared, manager) = match setup(&cli) {
         Ok(x) => x,
         Err(e) => {
@@ -157,13 +185,83 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logs();
-    match run(config, prepared, manager) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(config, prepared, manager, None) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tapwire-probe: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--controller`: the flows come from the controller (and, until it answers, from the state
+/// file).
+fn controlled(cli: &Cli) -> ExitCode {
+    let setup = || -> Result<(ProbeConfig, Link), String> {
+        let name = match &cli.name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .ok_or("--name: no host name to default to; give one")?,
+        };
+        let mut settings = Settings::default();
+        if let Some(v) = &cli.stats {
+            settings.stats = config::stats_addr(v).map_err(|e| format!("--stats: {e}"))?;
+        }
+        if let Some(v) = &cli.stats_interval {
+            settings.stats_interval =
+                config::interval(v).map_err(|e| format!("--stats-interval: {e}"))?;
+        }
+        settings.user = cli.user.clone();
+        let state = cli
+            .state
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
+        // The client is built once here so that a bad --ca or URL is a start-up error.
+        tapwire_probe::client::Client::new(
+            cli.controller.as_deref().unwrap_or_default(),
+            cli.token.clone(),
+            cli.ca.as_deref(),
+            Duration::from_secs(1),
+        )?;
+        Ok((
+            ProbeConfig {
+                settings,
+                flows: Vec::new(),
+            },
+            Link {
+                opts: LinkOptions {
+                    url: cli.controller.clone().unwrap_or_default(),
+                    token: cli.token.clone(),
+                    ca: cli.ca.clone(),
+                    name,
+                },
+                state,
+            },
+        ))
+    };
+    let (config, link) = match setup() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tapwire-probe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs();
+    match run(config, Vec::new(), FlowManager::new(Vec::new()), Some(link)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tapwire-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Link {
+    opts: LinkOptions,
+    state: PathBuf,
 }
 
 fn init_logs() {
@@ -255,12 +353,14 @@ fn flow_from_flags(cli: &Cli) -> Result<FlowFields, String> {
     })
 }
 
-/// Runs the flows until SIGINT or SIGTERM.
+/// Runs the flows until SIGINT or SIGTERM (or, with a controller, until it refuses the
+/// token: [`EXIT_REVOKED`]).
 fn run(
     config: ProbeConfig,
     prepared: Vec<Prepared>,
     mut manager: FlowManager,
-) -> Result<(), String> {
+    link: Option<Link>,
+) -> Result<u8, String> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
         // A second signal while stopping ends the process at once.
@@ -302,6 +402,29 @@ fn run(
             .start(p)
             .map_err(|e| format!("flow {name:?}: {e}"))?;
     }
+    let applied = Arc::new(ArcSwap::from_pointee(link::Applied::default()));
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let state = link.as_ref().map(|l| l.state.clone());
+    if let Some(l) = link {
+        // The last flow set runs at once: the controller may be away.
+        let known = link::load_state(&l.state);
+        if let Some(set) = &known {
+            tracing::info!(path = %l.state.display(), version = set.version, flows = set.flows.len(), "running the saved flow set");
+            let refused = link::apply(&mut manager, set);
+            applied.store(Arc::new(link::Applied {
+                version: set.version,
+                refused,
+            }));
+        }
+        link::spawn(
+            l.opts,
+            known.map(|s| s.version),
+            snapshot.clone(),
+            applied.clone(),
+            stop.clone(),
+            events_tx,
+        )?;
+    }
 
     let publish = |manager: &FlowManager| {
         let flows = manager.stats();
@@ -320,8 +443,40 @@ fn run(
         }
         *prev = flows.into_iter().map(|f| (f.name, f.counters)).collect();
     };
+    let mut code = 0;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        match events.try_recv() {
+            Ok(link::Event::FlowSet(set)) => {
+                tracing::info!(
+                    version = set.version,
+                    flows = set.flows.len(),
+                    "new flow set from the controller"
+                );
+                let refused = link::apply(&mut manager, &set);
+                applied.store(Arc::new(link::Applied {
+                    version: set.version,
+                    refused,
+                }));
+                if let Some(path) = &state
+                    && let Err(e) = link::save_state(path, &set)
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "flow set not saved: a restart without the controller would start without it");
+                }
+            }
+            Ok(link::Event::Revoked(why)) => {
+                tracing::error!(
+                    reason = why,
+                    "token refused by the controller: stopping every flow and exiting"
+                );
+                if let Some(path) = &state {
+                    let _ = std::fs::remove_file(path);
+                }
+                code = EXIT_REVOKED;
+                break;
+            }
+            Err(_) => {}
+        }
         publish(&manager);
         if let Some(every) = config.settings.stats_interval
             && last_line.elapsed() >= every
@@ -340,5 +495,5 @@ fn run(
         took_ms = stop_started.elapsed().as_millis() as u64,
         "stopped"
     );
-    Ok(())
+    Ok(code)
 }

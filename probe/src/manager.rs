@@ -50,6 +50,8 @@ struct Thread {
 }
 
 struct Running {
+    /// Which start this is (each start of any flow gets the next number).
+    serial: u64,
     spec: FlowSpec,
     stop: Arc<AtomicBool>,
     threads: Vec<Thread>,
@@ -61,6 +63,7 @@ pub struct FlowManager {
     collectors: Vec<IpAddr>,
     flows: BTreeMap<String, Running>,
     next_fanout_group: u16,
+    starts: u64,
 }
 
 impl FlowManager {
@@ -74,6 +77,7 @@ impl FlowManager {
             // Fanout group ids are per interface in the kernel; start from the pid's low bits
             // so that two probes on one host are unlikely to collide.
             next_fanout_group: (std::process::id() & 0x7fff) as u16,
+            starts: 0,
         }
     }
 
@@ -153,9 +157,11 @@ impl FlowManager {
                 }
             }
         }
+        self.starts += 1;
         self.flows.insert(
             spec.name.clone(),
             Running {
+                serial: self.starts,
                 spec,
                 stop,
                 threads,
@@ -184,6 +190,27 @@ impl FlowManager {
         }
         let names: Vec<String> = self.flows.keys().cloned().collect();
         names.iter().filter_map(|n| self.stop(n)).collect()
+    }
+
+    /// Which start of a flow the running flow `name` is: it changes when the flow is
+    /// restarted, and only then.
+    pub fn serial(&self, name: &str) -> Option<u64> {
+        self.flows.get(name).map(|f| f.serial)
+    }
+
+    /// The definition of the running flow `name`.
+    pub fn spec(&self, name: &str) -> Option<&FlowSpec> {
+        self.flows.get(name).map(|f| &f.spec)
+    }
+
+    /// Adds a collector whose GRE every flow prepared from now on excludes; `false` when it
+    /// was known. Flows already running keep their filters: restart them to exclude it.
+    pub fn add_collector(&mut self, addr: IpAddr) -> bool {
+        if self.collectors.contains(&addr) {
+            return false;
+        }
+        self.collectors.push(addr);
+        true
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -22,7 +22,8 @@ pub struct TopArgs {
     /// The collector's stats API: ADDR:PORT or a URL.
     #[arg(long, value_name = "URL", default_value = tapwire_api::DEFAULT_ADDR)]
     pub connect: String,
-    /// Token for actions when not on the collector's localhost.
+    /// Token: for actions when not on the collector's localhost, and for reads from other
+    /// hosts of a collector with a control plane (a viewer's is enough).
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print one snapshot (with --json) or one round of --raw lines, then exit.
@@ -50,7 +51,7 @@ fn interval(s: &str) -> Result<f64, String> {
 pub fn top(args: TopArgs) -> ExitCode {
     let base = client::base_url(&args.connect);
     let every = Duration::from_secs_f64(args.interval);
-    let mut source = HttpSource::new(&base);
+    let mut source = HttpSource::new(&base).with_token(args.token.clone());
     if args.json || args.raw || args.once {
         let out = io::stdout();
         return match print_loop(&mut source, &mut out.lock(), &args, every) {

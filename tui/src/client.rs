@@ -67,10 +67,12 @@ fn agent(timeout: Duration) -> ureq::Agent {
 /// The largest snapshot accepted (a collector with 65 536 sources answers a few tens of MiB).
 const MAX_BODY_BYTES: u64 = 256 << 20;
 
-/// Polls `GET /api/v1/sessions`.
+/// Polls `GET /api/v1/sessions`, with the bearer token when one is given (a collector with a
+/// control plane wants a viewer's from other hosts).
 pub struct HttpSource {
     agent: ureq::Agent,
     url: String,
+    token: Option<String>,
 }
 
 impl HttpSource {
@@ -78,13 +80,23 @@ impl HttpSource {
         HttpSource {
             agent: agent(Duration::from_secs(2)),
             url: format!("{base}{SESSIONS_PATH}"),
+            token: None,
         }
+    }
+
+    pub fn with_token(mut self, token: Option<String>) -> HttpSource {
+        self.token = token;
+        self
     }
 }
 
 impl Source for HttpSource {
     fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
-        let mut resp = self.agent.get(&self.url).call().map_err(describe)?;
+        let mut req = self.agent.get(&self.url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.call().map_err(describe)?;
         let status = resp.status();
         let body = resp
             .body_mut()

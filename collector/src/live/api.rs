@@ -15,36 +15,78 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use axum::serve::IncomingStream;
 use crossbeam_channel::Sender;
 use tapwire_api::{Action, Message, Snapshot};
 
 use super::engine::Control;
+use crate::control::auth::Need;
+use crate::control::tls::TlsListener;
+use crate::control::{Controller, http as ctl_http};
 
 #[derive(Clone)]
-struct ApiState {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    control: Sender<Control>,
-    token: Option<Arc<str>>,
+pub(crate) struct ApiState {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) control: Sender<Control>,
+    pub(crate) token: Option<Arc<str>>,
+    /// The control plane, when the collector runs with `--db`: every route then needs a token
+    /// (a viewer's for reads; none for reads from localhost).
+    pub(crate) controller: Option<Arc<Controller>>,
 }
 
-/// Binds `addr` now (so a taken port is an error at start) and serves on a new thread.
+/// The client's address, from a plain or a TLS listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A second listener for the control plane (probes and remote clients), TLS when configured.
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Binds `addr` (and `listen`) now, so that a taken port is an error at start, and serves
+/// on a new thread.
 pub fn spawn(
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    listen: Option<Listen>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     control: Sender<Control>,
     token: Option<String>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
+    controller: Option<Arc<Controller>>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let mut bound = Vec::new();
+    for a in addr.iter().chain(listen.as_ref().map(|l| &l.addr)) {
+        let listener = TcpListener::bind(a)?;
+        listener.set_nonblocking(true)?;
+        bound.push(listener);
+    }
+    let locals = bound
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let tls = listen.and_then(|l| l.tls);
     let state = ApiState {
         snapshot,
         control,
         token: token.map(Arc::from),
+        controller,
     };
     std::thread::Builder::new()
         .name("tapwire-api".into())
@@ -60,38 +102,145 @@ pub fn spawn(
                 }
             };
             rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "API listener failed");
-                        return;
-                    }
-                };
                 let app = router(state);
-                if let Err(e) = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .await
-                {
-                    tracing::error!(error = %e, "API server stopped");
+                let n = bound.len();
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, listener) in bound.into_iter().enumerate() {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "API listener failed");
+                            return;
+                        }
+                    };
+                    let app = app.clone();
+                    // The last listener is `listen`'s when one was given with TLS.
+                    let tls = if i + 1 == n { tls.clone() } else { None };
+                    tasks.spawn(async move {
+                        let served = match tls {
+                            Some(config) => match TlsListener::new(listener, config) {
+                                Ok(l) => {
+                                    axum::serve(
+                                        l,
+                                        app.into_make_service_with_connect_info::<Peer>(),
+                                    )
+                                    .await
+                                }
+                                Err(e) => Err(e),
+                            },
+                            None => {
+                                axum::serve(
+                                    listener,
+                                    app.into_make_service_with_connect_info::<Peer>(),
+                                )
+                                .await
+                            }
+                        };
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "API server stopped");
+                        }
+                    });
                 }
+                while tasks.join_next().await.is_some() {}
             });
         })?;
-    Ok(local)
+    Ok(locals)
 }
 
-fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/sessions", get(sessions))
-        .route("/api/v1/sessions/{name}", get(session))
-        .route("/api/v1/sessions/{name}/{action}", post(action))
-        .route("/api/v1/health", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+/// The router and the (method, path) of every route it has, for the OpenAPI test.
+pub(crate) struct Routes {
+    pub(crate) router: Router<ApiState>,
+    pub(crate) list: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    pub(crate) fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        handler: MethodRouter<ApiState>,
+    ) -> Routes {
+        self.router = self.router.route(path, handler);
+        self.list.push((method, path));
+        self
+    }
+}
+
+/// Every route; the control plane's only with a controller.
+pub(crate) fn routes(with_controller: bool) -> Routes {
+    let r = Routes {
+        router: Router::new(),
+        list: Vec::new(),
+    }
+    .add("GET", "/api/v1/sessions", get(sessions))
+    .add("GET", "/api/v1/sessions/{name}", get(session))
+    .add("POST", "/api/v1/sessions/{name}/{action}", post(action))
+    .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
+    .add("GET", "/metrics", get(metrics))
+    .add("GET", "/api/v1/openapi.json", get(ctl_http::openapi));
+    if with_controller {
+        ctl_http::routes(r)
+    } else {
+        r
+    }
+}
+
+pub(crate) fn router(state: ApiState) -> Router {
+    routes(state.controller.is_some())
+        .router
+        .fallback(|| async {
+            reply(
+                StatusCode::NOT_FOUND,
+                "no such route (see /api/v1/openapi.json)".into(),
+            )
+        })
         .with_state(state)
 }
 
-async fn sessions(State(s): State<ApiState>) -> Response {
+/// With a controller: the refusal, when the client may not do this (checked on the blocking
+/// pool: the database may be held by a change for a moment).
+pub(crate) async fn check(
+    s: &ApiState,
+    peer: Peer,
+    headers: &HeaderMap,
+    need: Need,
+) -> Option<Response> {
+    let ctl = Arc::clone(s.controller.as_ref()?);
+    let bearer = match bearer(headers) {
+        Ok(b) => b.map(str::to_string),
+        Err(m) => return Some(reply(StatusCode::UNAUTHORIZED, m)),
+    };
+    let loopback = peer.0.ip().to_canonical().is_loopback();
+    match tokio::task::spawn_blocking(move || ctl.authenticate(bearer.as_deref(), loopback, need))
+        .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(r)) => Some(ctl_http::refused(r)),
+        Err(e) => Some(reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The `Authorization: Bearer` token, if any; another scheme is an error.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, String> {
+    match headers.get(header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Some(t.trim()))
+            .ok_or_else(|| "Authorization: use \"Bearer <token>\"".to_string()),
+    }
+}
+
+async fn sessions(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
+        return r;
+    }
     let snap = s.snapshot.load_full();
     match serde_json::to_vec(&*snap) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -99,7 +248,15 @@ async fn sessions(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn session(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+async fn session(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
+        return r;
+    }
     let snap = s.snapshot.load();
     match snap.sessions.iter().find(|x| x.name == name) {
         Some(x) => axum::Json(x.clone()).into_response(),
@@ -109,18 +266,23 @@ async fn session(State(s): State<ApiState>, Path(name): Path<String>) -> Respons
 
 async fn action(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let authorised = match (&s.token, bearer) {
+    let Some(parsed) = Action::parse(&action) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            format!("unknown action {action:?}: enable, disable or rotate"),
+        );
+    };
+    if s.controller.is_some() {
+        return ctl_http::session_action(s, peer, headers, name, parsed).await;
+    }
+    let authorised = match (&s.token, bearer(&headers).ok().flatten()) {
         (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
         (_, Some(_)) => false,
-        (_, None) => peer.ip().is_loopback(),
+        (_, None) => peer.0.ip().to_canonical().is_loopback(),
     };
     if !authorised {
         return reply(
@@ -128,17 +290,11 @@ async fn action(
             "actions need a localhost connection or the API token".into(),
         );
     }
-    let Some(action) = Action::parse(&action) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            format!("unknown action {action:?}: enable, disable or rotate"),
-        );
-    };
     let (tx, rx) = crossbeam_channel::bounded(1);
     if s.control
         .send(Control::Action {
             session: name,
-            action,
+            action: parsed,
             reply: tx,
         })
         .is_err()
@@ -159,7 +315,7 @@ async fn action(
     }
 }
 
-fn reply(code: StatusCode, message: String) -> Response {
+pub(crate) fn reply(code: StatusCode, message: String) -> Response {
     (
         code,
         axum::Json(Message {
@@ -174,7 +330,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+async fn metrics(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
+        return r;
+    }
     let body = prometheus(&s.snapshot.load());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

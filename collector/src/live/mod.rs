@@ -35,6 +35,10 @@ pub struct CollectOptions {
     pub decap: tapwire_formats::decap::Config,
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
+    /// The control plane (`--db`): sessions and flows managed over the API.
+    pub controller: Option<crate::control::ControllerOptions>,
+    /// A second API listener for probes and remote clients (TLS when configured).
+    pub listen: Option<api::Listen>,
     pub min_free_disk_bytes: Option<u64>,
 }
 
@@ -143,10 +147,36 @@ where
         }
         None => None,
     };
-    if let Some(addr) = opts.api {
-        let local = api::spawn(addr, snapshot.clone(), ctl_tx, opts.api_token.clone())
-            .map_err(|e| StartError(format!("API on {addr}: {e}")))?;
-        tracing::info!(%local, "stats API listening");
+    // The controller queues the API's sessions before the engine runs: they are in place
+    // before the first packet is routed.
+    let controller = match opts.controller {
+        Some(c) => Some(
+            crate::control::Controller::start(c, engine.file_config(), ctl_tx.clone())
+                .map_err(StartError)?,
+        ),
+        None => None,
+    };
+    if opts.api.is_some() || opts.listen.is_some() {
+        let what = format!(
+            "API on {}",
+            opts.api
+                .iter()
+                .chain(opts.listen.as_ref().map(|l| &l.addr))
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
+        let local = api::spawn(
+            opts.api,
+            opts.listen,
+            snapshot.clone(),
+            ctl_tx,
+            opts.api_token.clone(),
+            controller,
+        )
+        .map_err(|e| StartError(format!("{what}: {e}")))?;
+        tracing::info!(?local, tls, "API listening");
     }
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
 

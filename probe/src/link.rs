@@ -1,0 +1,432 @@
+//! The probe's link to a controller (`--controller URL --token T --name HOST`).
+//!
+//! Two threads: **sync** registers (name, version, interfaces) and then long-polls
+//! `GET /api/v1/probes/{name}/flows?after=VERSION`, handing every new flow set to the main
+//! thread, which applies the difference ([`apply`]) and saves the set to the state file;
+//! **report** posts the stats every interval the controller asked for. Errors back off
+//! exponentially with full jitter (0.5 s doubling to 30 s) and the probe keeps running its
+//! last flow set meanwhile, also across its own restarts (the state file is read at start).
+//!
+//! A 401 or 403 means the token was revoked (or never allowed this probe): the probe stops
+//! every flow, removes its state file, and exits with status 3. A controller that lost the
+//! probe (404) is registered with again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tapwire_api::control::{
+    DEFAULT_WAIT_S, FlowSet, ProbeReport, REGISTER_PATH, Refusal, Register, Registered,
+};
+use tapwire_api::probe::{FlowSpec, ProbeStats};
+
+use crate::client::{Client, HttpError, segment};
+use crate::manager::FlowManager;
+
+pub struct LinkOptions {
+    pub url: String,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub name: String,
+}
+
+/// What the link tells the main thread.
+#[derive(Debug)]
+pub enum Event {
+    /// A flow set newer than the one running.
+    FlowSet(FlowSet),
+    /// The controller refused the token: stop everything.
+    Revoked(String),
+}
+
+/// What the main thread tells the report thread: the version it runs and what it refused.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub version: u64,
+    pub refused: Vec<Refusal>,
+}
+
+/// Exponential backoff with full jitter: the n-th wait is uniform in [0, min(cap, base·2ⁿ)].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration, seed: u64) -> Backoff {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+            seed: seed | 1,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_wait(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        // xorshift64: jitter needs no cryptographic randomness.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let frac = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
+        // At least a tenth of the ceiling, so that a dead controller is not hammered.
+        ceiling.mul_f64(0.1 + 0.9 * frac)
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Sleeps `d`, waking early when `stop` is set; returns whether it was.
+fn sleep(d: Duration, stop: &AtomicBool) -> bool {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(end - std::time::Instant::now()));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+/// Starts the sync and report threads. `known`: the version of the flow set already running
+/// (from the state file), which the controller is asked to better.
+pub fn spawn(
+    opts: LinkOptions,
+    known: Option<u64>,
+    stats: Arc<ArcSwap<ProbeStats>>,
+    applied: Arc<ArcSwap<Applied>>,
+    stop: Arc<AtomicBool>,
+    events: std::sync::mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let wait = Duration::from_secs(DEFAULT_WAIT_S);
+    let poll = Client::new(
+        &opts.url,
+        opts.token.clone(),
+        opts.ca.as_deref(),
+        wait + Duration::from_secs(10),
+    )?;
+    let short = Client::new(
+        &opts.url,
+        opts.token.clone(),
+        opts.ca.as_deref(),
+        Duration::from_secs(10),
+    )?;
+    let interval_s = Arc::new(AtomicU64::new(5));
+    let name = opts.name.clone();
+    {
+        let (stop, events, interval_s, short) = (
+            stop.clone(),
+            events.clone(),
+            interval_s.clone(),
+            short.clone(),
+        );
+        std::thread::Builder::new()
+            .name("probe-sync".into())
+            .spawn(move || sync(&name, &short, &poll, known, &interval_s, &stop, &events))
+            .map_err(|e| format!("sync thread: {e}"))?;
+    }
+    let name = opts.name;
+    std::thread::Builder::new()
+        .name("probe-report".into())
+        .spawn(move || report(&name, &short, &stats, &applied, &interval_s, &stop, &events))
+        .map_err(|e| format!("report thread: {e}"))?;
+    Ok(())
+}
+
+fn interfaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn sync(
+    name: &str,
+    short: &Client,
+    poll: &Client,
+    mut version: Option<u64>,
+    interval_s: &AtomicU64,
+    stop: &AtomicBool,
+    events: &std::sync::mpsc::Sender<Event>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), seed());
+    let mut failing = false;
+    let revoked = |e: &HttpError| {
+        tracing::error!(error = %e, "the controller refused this probe's token");
+        let _ = events.send(Event::Revoked(e.message.clone()));
+    };
+    'register: while !stop.load(Ordering::Relaxed) {
+        let req = Register {
+            name: name.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            interfaces: interfaces(),
+        };
+        match short.call::<_, Registered>("POST", REGISTER_PATH, Some(&req)) {
+            Ok(r) => {
+                interval_s.store(r.report_interval_s.max(1), Ordering::Relaxed);
+                tracing::info!(
+                    controller = short.base(),
+                    version = r.flows_version,
+                    "registered with the controller"
+                );
+                backoff.reset();
+            }
+            Err(e) if e.is_auth() => return revoked(&e),
+            Err(e) => {
+                let wait = backoff.next_wait();
+                if !failing {
+                    tracing::warn!(error = %e, "controller unreachable; running the last known flows, retrying");
+                    failing = true;
+                } else {
+                    tracing::debug!(error = %e, retry_ms = wait.as_millis() as u64, "controller still unreachable");
+                }
+                sleep(wait, stop);
+                continue;
+            }
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let path = match version {
+                Some(v) => format!("/api/v1/probes/{}/flows?after={v}", segment(name)),
+                None => format!("/api/v1/probes/{}/flows", segment(name)),
+            };
+            match poll.get::<FlowSet>(&path) {
+                Ok(set) => {
+                    backoff.reset();
+                    if Some(set.version) != version {
+                        version = Some(set.version);
+                        if events.send(Event::FlowSet(set)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.is_auth() => return revoked(&e),
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "lost the controller; running the last known flows");
+                    failing = true;
+                    sleep(wait, stop);
+                    continue 'register;
+                }
+            }
+        }
+    }
+}
+
+fn report(
+    name: &str,
+    client: &Client,
+    stats: &ArcSwap<ProbeStats>,
+    applied: &ArcSwap<Applied>,
+    interval_s: &AtomicU64,
+    stop: &AtomicBool,
+    events: &std::sync::mpsc::Sender<Event>,
+) {
+    let path = format!("/api/v1/probes/{}/stats", segment(name));
+    loop {
+        if sleep(
+            Duration::from_secs(interval_s.load(Ordering::Relaxed)),
+            stop,
+        ) {
+            return;
+        }
+        let a = applied.load_full();
+        let body = ProbeReport {
+            applied_version: a.version,
+            stats: ProbeStats::clone(&stats.load()),
+            refused: a.refused.clone(),
+        };
+        match client.call::<_, tapwire_api::Message>("POST", &path, Some(&body)) {
+            Ok(_) => {}
+            Err(e) if e.is_auth() => {
+                tracing::error!(error = %e, "the controller refused this probe's token");
+                let _ = events.send(Event::Revoked(e.message));
+                return;
+            }
+            // Not registered yet, or the controller is away: the sync thread deals with it.
+            Err(e) => tracing::debug!(error = %e, "stats report not delivered"),
+        }
+    }
+}
+
+/// Applies `set` to the running flows: those gone or changed are stopped, new or changed
+/// ones started; the others are not touched. A collector not seen before is added to every
+/// flow's exclusion (running flows are restarted for it: rare, the address is the
+/// controller's). Returns the flows refused, with why.
+pub fn apply(manager: &mut FlowManager, set: &FlowSet) -> Vec<Refusal> {
+    let mut refused = Vec::new();
+    let mut new_collector = false;
+    for f in &set.flows {
+        new_collector |= manager.add_collector(f.collector);
+    }
+    let wanted: BTreeMap<&str, &FlowSpec> =
+        set.flows.iter().map(|f| (f.name.as_str(), f)).collect();
+    let running: Vec<String> = manager.names().map(String::from).collect();
+    for name in running {
+        let keep = !new_collector
+            && wanted
+                .get(name.as_str())
+                .is_some_and(|w| manager.spec(&name) == Some(*w));
+        if !keep {
+            manager.stop(&name);
+            tracing::info!(flow = name, "flow stopped");
+        }
+    }
+    for (name, spec) in wanted {
+        if manager.spec(name).is_some() {
+            continue;
+        }
+        let started = manager
+            .prepare((*spec).clone())
+            .and_then(|p| manager.start(p));
+        match started {
+            Ok(()) => tracing::info!(flow = name, interface = spec.interface, "flow started"),
+            Err(e) => {
+                tracing::error!(flow = name, error = %e, "flow refused");
+                refused.push(Refusal {
+                    name: name.to_string(),
+                    error: e.0,
+                });
+            }
+        }
+    }
+    refused
+}
+
+/// Reads a saved flow set; `None` (with a warning) when absent or unreadable.
+pub fn load_state(path: &Path) -> Option<FlowSet> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "state file unreadable; starting without flows");
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "state file damaged; starting without flows");
+            None
+        }
+    }
+}
+
+/// Saves the flow set atomically (a temporary file renamed over the old one).
+pub fn save_state(path: &Path, set: &FlowSet) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(set).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FlowFields;
+
+    fn spec(name: &str, filter: Option<&str>) -> FlowSpec {
+        FlowFields {
+            name: Some(name.into()),
+            interface: Some("twnone0".into()),
+            filter: filter.map(String::from),
+            session: Some(3),
+            collector: Some("127.0.0.1".parse().expect("addr")),
+            ..FlowFields::default()
+        }
+        .resolve("test")
+        .expect("valid")
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 42);
+        let waits: Vec<Duration> = (0..12).map(|_| b.next_wait()).collect();
+        for (n, w) in waits.iter().enumerate() {
+            let ceiling = Duration::from_millis(500 << n.min(16)).min(Duration::from_secs(30));
+            assert!(
+                *w <= ceiling && *w >= ceiling / 10,
+                "wait {n}: {w:?} vs {ceiling:?}"
+            );
+        }
+        // Jittered: not all equal at the cap.
+        assert!(waits[8..].windows(2).any(|w| w[0] != w[1]), "{waits:?}");
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn apply_starts_and_stops_only_what_changed() {
+        let mut m = FlowManager::new(vec!["127.0.0.1".parse().expect("addr")]);
+        let set = |flows| FlowSet { version: 1, flows };
+        assert!(apply(&mut m, &set(vec![spec("a", None), spec("b", None)])).is_empty());
+        assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
+        // b changes, c is new, a stays: a must not be restarted.
+        let (a_before, b_before) = (m.serial("a"), m.serial("b"));
+        let refused = apply(
+            &mut m,
+            &set(vec![
+                spec("a", None),
+                spec("b", Some("tcp")),
+                spec("c", Some("tcp port")),
+            ]),
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].name, "c");
+        assert!(refused[0].error.contains("syntax error"), "{refused:?}");
+        assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(m.spec("b").and_then(|s| s.filter.as_deref()), Some("tcp"));
+        assert_eq!(m.serial("a"), a_before);
+        assert_ne!(m.serial("b"), b_before);
+        // A new collector address restarts every flow (their filters must exclude it).
+        let mut moved = spec("b", Some("tcp"));
+        moved.collector = "127.0.0.2".parse().expect("addr");
+        assert!(apply(&mut m, &set(vec![spec("a", None), moved])).is_empty());
+        assert_ne!(m.serial("a"), a_before);
+        assert!(apply(&mut m, &set(vec![])).is_empty());
+        assert_eq!(m.names().count(), 0);
+    }
+
+    #[test]
+    fn state_round_trips_and_damage_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("tapwire-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.json");
+        let set = FlowSet {
+            version: 7,
+            flows: vec![spec("a", None)],
+        };
+        save_state(&path, &set).expect("save");
+        assert_eq!(load_state(&path), Some(set));
+        std::fs::write(&path, "{").expect("damage");
+        assert_eq!(load_state(&path), None);
+        assert_eq!(load_state(&dir.join("absent")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
