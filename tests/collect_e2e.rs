@@ -336,6 +336,48 @@ fn max_files_keeps_the_newest_files() {
     );
 }
 
+/// `--on-finish` runs once for every finished file: the ones rotation closes and the ones
+/// SIGTERM closes.
+#[test]
+fn on_finish_runs_for_every_file_including_those_closed_at_shutdown() {
+    let lab = Lab::new("on-finish");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let log = lab.dir().join("finished.txt");
+    let cmd = format!("echo \"$1\" >> {}", log.display());
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &["--rotate-packets", "5", "--on-finish", &cmd],
+    );
+    // Two sources, 12 packets each: files of 5, 5 and 2 packets per source.
+    let opts = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-iii".into(),
+        count: 12,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    c.stop("TERM", STOP_WITHIN);
+    let files = c.session_files(&api);
+    let mut written: Vec<PathBuf> = files.values().flatten().map(|f| f.path.clone()).collect();
+    written.sort();
+    assert_eq!(written.len(), 6);
+    let mut finished: Vec<PathBuf> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    finished.sort();
+    assert_eq!(
+        finished, written,
+        "--on-finish ran for these files, not for every file written"
+    );
+}
+
 fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     let lab = Lab::new(tag);
     let snd = lab.ns("snd").to_string();
