@@ -378,6 +378,49 @@ fn on_finish_runs_for_every_file_including_those_closed_at_shutdown() {
     );
 }
 
+/// `--timestamps erspan`: records of the ERSPAN III session with the platform sub-header (100 ns
+/// granularity, upper 32 bits in platform id 3) carry the sender's time exactly (the sender
+/// stamps frame n at 1_700_000_000 s + n ms); the session without it keeps receive times.
+#[test]
+fn erspan_timestamps_are_written_where_they_are_absolute() {
+    let lab = Lab::new("erspan-ts");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = Collector::start(&lab, &col, &out, &["--timestamps", "erspan"]);
+    let t_start = now_ns();
+    let opts = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-iii".into(),
+        count: 12,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    let t_end = now_ns();
+    c.stop("TERM", STOP_WITHIN);
+    let files = c.session_files(&api);
+    let times = |id: u64| -> Vec<u64> {
+        files[&("10.77.0.11".to_string(), "erspan-iii".to_string(), id)]
+            .iter()
+            .flat_map(|f| f.times_ns.iter().copied())
+            .collect()
+    };
+    let sender: Vec<u64> = (0..12)
+        .map(|n| 1_700_000_000_000_000_000 + n * 1_000_000)
+        .collect();
+    assert_eq!(
+        times(201),
+        sender,
+        "session 201 (O=1, gra 100 ns): ERSPAN time"
+    );
+    assert!(
+        times(200).iter().all(|t| (t_start..=t_end).contains(t)),
+        "session 200 (no sub-header): receive time expected, got {:?}",
+        times(200)
+    );
+}
+
 fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     let lab = Lab::new(tag);
     let snd = lab.ns("snd").to_string();
