@@ -507,6 +507,16 @@ fn assert_sessions_and_metrics(c: &Collector<'_>, api: &Value, expected: &Frames
         assert_eq!(s["written"], n, "{name}: written");
         assert_eq!(s["bytes"], bytes, "{name}: inner-frame bytes");
         assert_eq!(s["lost"], 0, "{name}: lost");
+        assert_eq!(s["state"], "receiving", "{name}: state");
+        let current = s["files"]["current"].as_str().unwrap_or_default();
+        let current_name = Path::new(current)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            current_name.starts_with(&format!("{name}_")) && Path::new(current).exists(),
+            "{name}: files.current {current:?} is not an existing file of the session"
+        );
         let drops: u64 = s["drops"]
             .as_object()
             .unwrap()
