@@ -3,9 +3,10 @@
 //! Two threads: **sync** registers (name, version, interfaces) and then long-polls
 //! `GET /api/v1/probes/{name}/flows?after=VERSION`, handing every new flow set to the main
 //! thread, which applies the difference ([`apply`]) and saves the set to the state file;
-//! **report** posts the stats every interval the controller asked for. Errors back off
-//! exponentially with full jitter (0.5 s doubling to 30 s) and the probe keeps running its
-//! last flow set meanwhile, also across its own restarts (the state file is read at start).
+//! **report** posts the stats every interval the controller asked for, and at once after a
+//! new set was applied. Errors back off exponentially with full jitter (0.5 s doubling to
+//! 30 s) and the probe keeps running its last flow set meanwhile, also across its own
+//! restarts (the state file is read at start).
 //!
 //! A 401 or 403 means the token was revoked (or never allowed this probe): the probe stops
 //! every flow, removes its state file, and exits with status 3. A controller that lost the
@@ -249,14 +250,20 @@ fn report(
     events: &std::sync::mpsc::Sender<Event>,
 ) {
     let path = format!("/api/v1/probes/{}/stats", segment(name));
+    let mut last: Option<(std::time::Instant, u64)> = None;
     loop {
-        if sleep(
-            Duration::from_secs(interval_s.load(Ordering::Relaxed)),
-            stop,
-        ) {
+        if sleep(Duration::from_millis(200), stop) {
             return;
         }
+        // Every interval, and at once when a new flow set was applied (the controller shows
+        // its flows' states sooner).
         let a = applied.load_full();
+        let every = Duration::from_secs(interval_s.load(Ordering::Relaxed));
+        let due = last.is_none_or(|(t, v)| t.elapsed() >= every || v != a.version);
+        if !due {
+            continue;
+        }
+        last = Some((std::time::Instant::now(), a.version));
         let body = ProbeReport {
             applied_version: a.version,
             stats: ProbeStats::clone(&stats.load()),
