@@ -18,6 +18,9 @@ declare -A need=(
   [ip]=iproute2
   [ping]=iputils-ping
   [curl]=curl
+  [python3]=python3
+  [setsid]=util-linux
+  [sysctl]=procps
   [ethtool]=ethtool
   [pkg-config]=pkg-config
 )

@@ -173,7 +173,11 @@ fn state_name(s: SessionState) -> &'static str {
 
 fn print(st: &Status) {
     if !st.up {
-        println!("lab {:?} is not up (tapwire lab up)", st.name);
+        println!(
+            "lab {:?} is not up ({} lab up)",
+            st.name,
+            crate::up::invoked_as()
+        );
         return;
     }
     let present = st.namespaces.iter().filter(|n| n.present).count();

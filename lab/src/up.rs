@@ -84,10 +84,11 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
     let out = std::path::absolute(&out).context("absolute path of the captures directory")?;
     let plan = Plan::new(name, out, ovs).map_err(Refused)?;
     let state = plan.state_dir();
+    let lab = format!("{} lab", invoked_as());
     let left = sys::namespaces(&plan.prefix());
     if state.exists() || !left.is_empty() {
         return Err(Refused(format!(
-            "lab {name:?} is already up or was left behind ({}): `tapwire lab status --name {name}` shows it, `tapwire lab down --name {name}` removes it",
+            "lab {name:?} is already up or was left behind ({}): `{lab} status --name {name}` shows it, `{lab} down --name {name}` removes it",
             if left.is_empty() {
                 state.display().to_string()
             } else {
@@ -131,7 +132,8 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
         Err(e) => {
             eprintln!("tapwire lab: {e:#}");
             eprintln!(
-                "tapwire lab: the lab stays up: `tapwire lab status --name {name}` shows what is missing, logs are in {}",
+                "tapwire lab: the lab stays up: `{} lab status --name {name}` shows what is missing, logs are in {}",
+                invoked_as(),
                 state.join("logs").display()
             );
             false
@@ -145,21 +147,30 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
         });
     }
     ui(&plan, &tapwire)?;
+    let lab = format!("{} lab", invoked_as());
+    let named = if name == plan::DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    };
     println!(
-        "The lab is still up: `tapwire lab top` shows it again, `tapwire lab status` counts, `tapwire lab down` removes it{}.",
-        if name == plan::DEFAULT_NAME {
-            String::new()
-        } else {
-            format!(" (with --name {name})")
-        }
+        "The lab is still up: `{lab} top{named}` shows it again, `{lab} status{named}` counts, `{lab} down{named}` removes it."
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How this binary was invoked (`target/release/tapwire`), for hints a user can paste.
+pub fn invoked_as() -> String {
+    std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "tapwire".into())
 }
 
 /// `tapwire lab top`.
 pub fn top(a: &NameArg) -> Result<ExitCode> {
     let info = Info::load(&a.name)
-        .ok_or_else(|| anyhow!("lab {:?} is not up (tapwire lab up)", a.name))?;
+        .ok_or_else(|| anyhow!("lab {:?} is not up ({} lab up)", a.name, invoked_as()))?;
     ui(&info.plan(), &info.tapwire)?;
     Ok(ExitCode::SUCCESS)
 }
