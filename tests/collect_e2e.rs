@@ -723,7 +723,34 @@ fn public_captures_replayed_reach_the_collector_namespace_intact() {
 
 #[test]
 fn public_captures_replayed_are_collected_byte_identical() {
-    let lab = Lab::new("replay-collect");
+    replay_collect("replay-collect", &[]);
+}
+
+/// The same through the AF_PACKET input: the collector reassembles the outer fragments itself
+/// and sees every frame the captures hold, not only what the kernel delivers to its sockets.
+#[test]
+fn public_captures_replayed_via_af_packet_are_collected_byte_identical() {
+    replay_collect(
+        "replay-afpacket",
+        &[
+            "--interface",
+            "col0",
+            "--gre-v4",
+            "off",
+            "--gre-v6",
+            "off",
+            "--vxlan",
+            "off",
+            "--geneve",
+            "off",
+            "--tzsp",
+            "off",
+        ],
+    );
+}
+
+fn replay_collect(tag: &str, args: &[&str]) {
+    let lab = Lab::new(tag);
     lab.jumbo();
     let Some((pcap, expected)) = rewritten_public_captures() else {
         eprintln!("SKIP: no public captures to replay");
@@ -732,7 +759,7 @@ fn public_captures_replayed_are_collected_byte_identical() {
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(&lab, &col, &out, &[]);
+    let mut c = Collector::start(&lab, &col, &out, args);
     senders::tcpreplay(&lab, &snd, "snd0", pcap, 5000);
     let want = counts(expected);
     let api = c.wait_for_packets(&want, Duration::from_secs(10));
