@@ -347,6 +347,9 @@ pub fn load_state(path: &Path) -> Option<FlowSet> {
 
 /// Saves the flow set atomically (a temporary file renamed over the old one).
 pub fn save_state(path: &Path, set: &FlowSet) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(set).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, text)?;

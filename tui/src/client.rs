@@ -243,6 +243,30 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_fetched_with_the_token_when_given() {
+        let snap = crate::fixture::snapshot(1);
+        let (base, server) = serve_once("200 OK", serde_json::to_string(&snap).unwrap());
+        HttpSource::new(&base)
+            .with_token(Some("tw_viewer".into()))
+            .fetch()
+            .unwrap();
+        let req = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            req.contains("\r\nauthorization: bearer tw_viewer\r\n"),
+            "{req}"
+        );
+        let (base, server) = serve_once("200 OK", serde_json::to_string(&snap).unwrap());
+        HttpSource::new(&base).fetch().unwrap();
+        assert!(
+            !server
+                .join()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("authorization")
+        );
+    }
+
+    #[test]
     fn a_wrong_answer_is_an_error_not_a_panic() {
         let (base, server) = serve_once("200 OK", "{\"not\": \"a snapshot\"}".into());
         let e = HttpSource::new(&base).fetch().unwrap_err();

@@ -1062,6 +1062,7 @@ impl Controller {
             .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
         let flows: Vec<FlowSpec> = serde_json::from_value(p.flowset)
             .map_err(|e| Refused::Internal(format!("stored flow set: {e}")))?;
+        self.seen(name, |_| {});
         Ok(FlowSet {
             version: p.flowset_version,
             flows,
@@ -1070,7 +1071,14 @@ impl Controller {
 
     /// Marks a long-poll of `name` as in flight while the guard lives.
     pub fn polling(self: &Arc<Self>, name: &str) -> PollGuard {
-        self.seen(name, |l| l.polling += 1);
+        // Memory only (called on the API's runtime thread); the flow-set read before it has
+        // recorded the visit.
+        {
+            let mut live = lock(&self.live);
+            let l = live.entry(name.to_string()).or_default();
+            l.polling += 1;
+            l.last_seen = Some(Instant::now());
+        }
         PollGuard {
             ctl: Arc::clone(self),
             name: name.to_string(),
@@ -1145,9 +1153,13 @@ pub struct PollGuard {
 }
 
 impl Drop for PollGuard {
+    /// Memory only: it runs on the API's runtime thread, which must not wait for the database.
     fn drop(&mut self) {
-        self.ctl
-            .seen(&self.name, |l| l.polling = l.polling.saturating_sub(1));
+        let mut live = lock(&self.ctl.live);
+        if let Some(l) = live.get_mut(&self.name) {
+            l.polling = l.polling.saturating_sub(1);
+            l.last_seen = Some(Instant::now());
+        }
     }
 }
 
