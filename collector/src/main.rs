@@ -240,7 +240,11 @@ fn init_logs(file: Option<&Path>, ui: bool) -> Result<Option<LogBuffer>, String>
             Ok(Some(buf))
         }
         (None, false) => {
-            logs.with_writer(std::io::stderr).init();
+            // Colours only for a person at a terminal, not for journald or a file.
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init();
             Ok(None)
         }
     }

@@ -133,9 +133,11 @@ pub enum Event {
 
 struct OpenFile {
     path: PathBuf,
+    /// `None` while closed to stay under the open-files bound; reopened for appending.
     file: Option<File>,
     len: u64,
     failed: bool,
+    last_use: u64,
 }
 
 pub struct DiskThread {
@@ -146,6 +148,10 @@ pub struct DiskThread {
     files: HashMap<FileId, OpenFile>,
     children: Vec<(Child, PathBuf)>,
     last_check: Instant,
+    /// Files kept open at once: every session has one, and sessions can outnumber descriptors.
+    max_open: usize,
+    n_open: usize,
+    tick: u64,
 }
 
 impl DiskThread {
@@ -161,6 +167,9 @@ impl DiskThread {
             buffers,
             shared,
             files: HashMap::new(),
+            max_open: max_open_files(),
+            n_open: 0,
+            tick: 0,
             children: Vec::new(),
             last_check: Instant::now(),
         }
@@ -194,8 +203,11 @@ impl DiskThread {
                 if let Some(p) = &prune {
                     prune_old(&dir, p);
                 }
+                self.make_room();
                 match create_unique(&dir, &stem, ext) {
                     Ok((f, path)) => {
+                        self.n_open += 1;
+                        self.tick += 1;
                         self.files.insert(
                             file,
                             OpenFile {
@@ -203,6 +215,7 @@ impl DiskThread {
                                 file: Some(f),
                                 len: 0,
                                 failed: false,
+                                last_use: self.tick,
                             },
                         );
                         let _ = self.events.send(Event::Opened { file, path });
@@ -228,6 +241,9 @@ impl DiskThread {
                 on_finish,
             } => {
                 if let Some(f) = self.files.remove(&file) {
+                    if f.file.is_some() {
+                        self.n_open -= 1;
+                    }
                     drop(f.file);
                     if let Some(cmd) = on_finish
                         && f.len > 0
@@ -246,9 +262,18 @@ impl DiskThread {
     }
 
     fn write(&mut self, id: FileId, buf: &[u8], packets: u64) {
+        let Some(closed) = self.files.get(&id).map(|f| f.file.is_none()) else {
+            return;
+        };
+        if closed {
+            self.reopen(id);
+        }
+        self.tick += 1;
+        let tick = self.tick;
         let Some(of) = self.files.get_mut(&id) else {
             return;
         };
+        of.last_use = tick;
         let Some(file) = of.file.as_mut() else {
             let _ = self.events.send(Event::WriteFailed {
                 file: id,
@@ -282,6 +307,40 @@ impl DiskThread {
                     packets,
                     error,
                 });
+            }
+        }
+    }
+
+    /// Closes the least recently written file when the open-files bound is reached; it is
+    /// reopened for appending when written again.
+    fn make_room(&mut self) {
+        while self.n_open >= self.max_open {
+            let victim = self
+                .files
+                .iter()
+                .filter(|(_, f)| f.file.is_some())
+                .min_by_key(|(_, f)| f.last_use)
+                .map(|(id, _)| *id);
+            let Some(f) = victim.and_then(|id| self.files.get_mut(&id)) else {
+                break;
+            };
+            f.file = None;
+            self.n_open -= 1;
+        }
+    }
+
+    fn reopen(&mut self, id: FileId) {
+        self.make_room();
+        let Some(f) = self.files.get_mut(&id) else {
+            return;
+        };
+        match OpenOptions::new().append(true).open(&f.path) {
+            Ok(h) => {
+                f.file = Some(h);
+                self.n_open += 1;
+            }
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot reopen capture file")
             }
         }
     }
@@ -351,6 +410,27 @@ impl DiskThread {
                 "on-finish commands still running at exit"
             );
         }
+    }
+}
+
+/// How many capture files the disk thread keeps open: the descriptor limit less room for
+/// sockets, rings, TAPs, the API's connections and on-finish commands.
+fn max_open_files() -> usize {
+    const RESERVED: u64 = 256;
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    (soft.saturating_sub(RESERVED) as usize).clamp(16, 16_384)
+}
+
+/// Raises the soft descriptor limit to the hard one: a collector with many sessions needs
+/// them, and the default soft limit (1024) is a compatibility relic.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "cannot raise the open-files limit");
     }
 }
 
@@ -438,7 +518,11 @@ pub fn is_session_file(name: &str, session: &str) -> bool {
     let Some(tail) = tail.strip_prefix(b"Z") else {
         return false;
     };
-    tail.is_empty() || tail.strip_prefix(b"_").is_some_and(digits)
+    // `_NNN` from files opened within one millisecond, and again if a name was taken on disk.
+    tail.is_empty()
+        || tail
+            .strip_prefix(b"_")
+            .is_some_and(|t| t.split(|c| *c == b'_').all(digits))
 }
 
 /// Deletes the oldest of a session's files so that, with the one about to be opened, at most

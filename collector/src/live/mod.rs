@@ -89,6 +89,7 @@ where
         return Err(StartError("no inputs: every input is turned off".into()).into());
     }
 
+    io::raise_fd_limit();
     let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
     let (io_tx, io_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();

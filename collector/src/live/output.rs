@@ -67,6 +67,10 @@ pub struct FileOutput {
     retry_at_ns: u64,
     /// Ids of the current and recently finished files, whose writes may still be reported.
     recent: std::collections::VecDeque<FileId>,
+    /// The last file name's time stamp and how many files already used it, so that files
+    /// opened within one millisecond get new, increasing names (`_001`, `_002`...) and a name
+    /// is never reused after `max_files` removed it.
+    last_stem: (String, u32),
 }
 
 impl FileOutput {
@@ -87,6 +91,7 @@ impl FileOutput {
             error: None,
             retry_at_ns: 0,
             recent: std::collections::VecDeque::new(),
+            last_stem: (String::new(), 0),
         }
     }
 
@@ -179,7 +184,13 @@ impl FileOutput {
         let id = *ctx.next_file_id;
         *ctx.next_file_id += 1;
         let stamp = compact_utc(now_ns);
-        let stem = format!("{}_{stamp}", self.session);
+        let mut stem = format!("{}_{stamp}", self.session);
+        if self.last_stem.0 == stem {
+            self.last_stem.1 += 1;
+            stem = format!("{stem}_{:03}", self.last_stem.1);
+        } else {
+            self.last_stem = (stem.clone(), 0);
+        }
         if self.recent.len() == 8 {
             self.recent.pop_front();
         }
