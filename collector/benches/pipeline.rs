@@ -9,11 +9,17 @@
 //! Every iteration rewrites the GRE sequence numbers so that each session stays contiguous and
 //! the trackers see the in-order case, as on a loss-free link.
 //!
+//! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall-clock: on a
+//! machine shared with other work, wall time counts the periods the thread was not running.
+//! `TAPWIRE_BENCH_WALL=1` measures wall-clock time instead.
+//!
 //! `cargo bench -p tapwire-collector --bench pipeline`
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tapwire_collector::offline::interface_info;
 use tapwire_collector::pipeline::{MAX_SOURCES, Pipeline};
@@ -106,7 +112,106 @@ impl Traffic {
     }
 }
 
-fn benches(c: &mut Criterion) {
+/// CPU time of the calling thread in nanoseconds, or wall-clock time since the first call when
+/// `TAPWIRE_BENCH_WALL` is set or the thread clock cannot be read.
+struct ThreadTime {
+    wall_since: Option<Instant>,
+}
+
+impl ThreadTime {
+    fn new() -> Self {
+        let wall = std::env::var_os("TAPWIRE_BENCH_WALL").is_some() || thread_cpu_ns().is_none();
+        ThreadTime {
+            wall_since: wall.then(Instant::now),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        match self.wall_since {
+            Some(t) => t.elapsed().as_nanos() as u64,
+            None => thread_cpu_ns().unwrap_or_default(),
+        }
+    }
+}
+
+/// The calling thread's CPU time. `/proc/thread-self/schedstat` would do without `unsafe` but
+/// lags by up to a scheduler tick, longer than criterion's first samples.
+#[allow(unsafe_code)]
+fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+impl Measurement for ThreadTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        self.now_ns()
+    }
+
+    fn end(&self, start: u64) -> u64 {
+        self.now_ns().saturating_sub(start)
+    }
+
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+
+    fn zero(&self) -> u64 {
+        0
+    }
+
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &Nanos
+    }
+}
+
+/// Formats nanosecond values like criterion's own wall-time formatter.
+struct Nanos;
+
+impl ValueFormatter for Nanos {
+    fn scale_values(&self, typical_ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = match typical_ns {
+            t if t < 1e3 => (1.0, "ns"),
+            t if t < 1e6 => (1e-3, "µs"),
+            t if t < 1e9 => (1e-6, "ms"),
+            _ => (1e-9, "s"),
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        _typical_ns: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let (per_iter, unit) = match *throughput {
+            Throughput::Elements(n) => (n as f64 / 1e6, "Melem/s"),
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) => (n as f64 / 1e6, "MB/s"),
+            _ => (1.0 / 1e6, "M/s"),
+        };
+        values.iter_mut().for_each(|v| *v = per_iter * 1e9 / *v);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn benches(c: &mut Criterion<ThreadTime>) {
     let mut group = c.benchmark_group("erspan_ii_60B");
     group.throughput(Throughput::Elements(u64::from(BATCH)));
 
@@ -182,5 +287,9 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(pipeline, benches);
+criterion_group! {
+    name = pipeline;
+    config = Criterion::default().with_measurement(ThreadTime::new());
+    targets = benches
+}
 criterion_main!(pipeline);
