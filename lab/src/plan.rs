@@ -3,13 +3,17 @@
 //! undoes it by its namespace prefix and recorded processes.
 //!
 //! ```text
-//!  vm1 10.10.0.11 ─ tap-vm1 ┐                        ┌ tap-vm3 ─ vm3 10.10.0.13
-//!  vm2 10.10.0.12 ─ tap-vm2 ┤ host1 br0 ── trunk0 ── ┤ host2 br0
-//!      (10.10.0.1 on br0,   ┘  (probe)               └ tap-vm4 ─ vm4 10.10.0.14
-//!       10.10.1.1 on lo)            │ up0 10.99.0.1        │ up0 10.99.0.2     (probe)
-//!                                   └──────┐      ┌────────┘
-//!  vm5 10.30.0.15 ─┐ host3 OVS br-int      underlay sw0 (MTU 9000) ── col 10.99.0.10
-//!  vm6 10.30.0.16 ─┘ ─ erspan port ─ br-tun 10.99.0.3 ┘          tapwire collect ─ TAP mirror0 ─▶ mon
+//!               host1                                            host2
+//!   vm1 ─ tap-vm1 ┐                                        ┌ tap-vm3 ─ vm3
+//!   vm2 ─ tap-vm2 ┴─ br0 ───────────── trunk0 ───────── br0 ┴ tap-vm4 ─ vm4
+//!        tapwire-probe: br0, tap-vm2          tapwire-probe: br0, tap-vm3
+//!        up0 10.99.0.1                        up0 10.99.0.2
+//!            │                                    │
+//!            └──────────── underlay: sw0 ─────────┘     the mirror network, MTU 9000
+//!            ┌──────────────┘      └───────────────┐
+//!   host3: Open vSwitch                         col 10.99.0.10: tapwire collect ── TAP mirror0 ──▶ mon
+//!   vm5, vm6 ─ br-int ─ mirror ─ erspan0
+//!   br-tun 10.99.0.3 ─ up0
 //! ```
 //!
 //! The VM network 10.10.0.0/24 spans host1 and host2 (their bridges joined by `trunk0`); the

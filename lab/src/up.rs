@@ -147,6 +147,10 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
         });
     }
     ui(&plan, &tapwire)?;
+    if !state.exists() {
+        println!("The lab was taken down.");
+        return Ok(ExitCode::SUCCESS);
+    }
     let lab = format!("{} lab", invoked_as());
     let named = if name == plan::DEFAULT_NAME {
         String::new()
@@ -183,7 +187,8 @@ fn ui(plan: &Plan, tapwire: &Path) -> Result<()> {
         .args(["top", "--connect", API])
         .status()
         .context("run tapwire top in the collector's namespace")?;
-    if !status.success() {
+    // `lab down` from another terminal ends it with the rest of the lab.
+    if !status.success() && plan.state_dir().exists() {
         bail!("tapwire top ended with {status}");
     }
     Ok(())
