@@ -394,6 +394,27 @@ fn sessions_and_flows_made_with_the_cli_reach_the_probes_survive_a_restart_and_a
         assert_eq!(p["online"], true, "{p}");
         assert_eq!(p["version"], env!("CARGO_PKG_VERSION"), "{p}");
     }
+    // `tapwire top` on the collector's host still reads without a token.
+    let top = t.lab.exec_ok(
+        &t.col,
+        &[
+            bin("tapwire").to_str().unwrap(),
+            "top",
+            "--once",
+            "--json",
+            "--connect",
+            collector::API,
+        ],
+    );
+    let top: Value = serde_json::from_str(&top).unwrap();
+    let mut names: Vec<&str> = top["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db", "web"], "{top}");
     // The table form names both probes.
     let (_, table, _) = t.cli(&t.host1, Some(&bob), &["probe", "list"]);
     assert!(
@@ -528,6 +549,24 @@ fn sessions_and_flows_made_with_the_cli_reach_the_probes_survive_a_restart_and_a
     assert_eq!(
         t.probe_flows(&t.host2).unwrap()["flows"][0]["state"],
         "running"
+    );
+    // And a probe restarted while the controller is away runs its saved flow set.
+    p2.signal("TERM");
+    assert_eq!(
+        p2.proc_wait(Duration::from_secs(3)),
+        Some(0),
+        "{}",
+        p2.stderr()
+    );
+    drop(p2);
+    let mut p2 = t.probe(&t.host2, "h2", &h2);
+    wait_until(
+        Duration::from_secs(5),
+        "h2 to run vm2 from its state file",
+        || {
+            let f = t.probe_flows(&t.host2)?;
+            (f["flows"][0]["name"] == "vm2" && f["flows"][0]["state"] == "running").then_some(())
+        },
     );
     let col = t.collector();
     let flows_after = t.json(&bob, &["flow", "list"]);

@@ -98,14 +98,31 @@ fn seed() -> u64 {
 
 /// Sleeps `d`, waking early when `stop` is set; returns whether it was.
 fn sleep(d: Duration, stop: &AtomicBool) -> bool {
+    sleep_unless(d, stop, None)
+}
+
+/// [`sleep`], also ending early when `wake` becomes set (which it clears first).
+fn sleep_unless(d: Duration, stop: &AtomicBool, wake: Option<&AtomicBool>) -> bool {
+    if let Some(w) = wake {
+        w.store(false, Ordering::Relaxed);
+    }
     let end = std::time::Instant::now() + d;
     while std::time::Instant::now() < end {
-        if stop.load(Ordering::Relaxed) {
-            return true;
+        if stop.load(Ordering::Relaxed) || wake.is_some_and(|w| w.load(Ordering::Relaxed)) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50).min(end - std::time::Instant::now()));
     }
     stop.load(Ordering::Relaxed)
+}
+
+/// Between the two threads: the report interval the controller asked for, and whether a
+/// report just got through (the controller is back: the sync thread, backing off, retries at
+/// once instead of waiting out its backoff).
+#[derive(Default)]
+struct Signals {
+    interval_s: AtomicU64,
+    reachable: AtomicBool,
 }
 
 /// Starts the sync and report threads. `known`: the version of the flow set already running
@@ -131,24 +148,23 @@ pub fn spawn(
         opts.ca.as_deref(),
         Duration::from_secs(10),
     )?;
-    let interval_s = Arc::new(AtomicU64::new(5));
+    let signals = Arc::new(Signals {
+        interval_s: AtomicU64::new(5),
+        reachable: AtomicBool::new(false),
+    });
     let name = opts.name.clone();
     {
-        let (stop, events, interval_s, short) = (
-            stop.clone(),
-            events.clone(),
-            interval_s.clone(),
-            short.clone(),
-        );
+        let (stop, events, signals, short) =
+            (stop.clone(), events.clone(), signals.clone(), short.clone());
         std::thread::Builder::new()
             .name("probe-sync".into())
-            .spawn(move || sync(&name, &short, &poll, known, &interval_s, &stop, &events))
+            .spawn(move || sync(&name, &short, &poll, known, &signals, &stop, &events))
             .map_err(|e| format!("sync thread: {e}"))?;
     }
     let name = opts.name;
     std::thread::Builder::new()
         .name("probe-report".into())
-        .spawn(move || report(&name, &short, &stats, &applied, &interval_s, &stop, &events))
+        .spawn(move || report(&name, &short, &stats, &applied, &signals, &stop, &events))
         .map_err(|e| format!("report thread: {e}"))?;
     Ok(())
 }
@@ -170,7 +186,7 @@ fn sync(
     short: &Client,
     poll: &Client,
     mut version: Option<u64>,
-    interval_s: &AtomicU64,
+    signals: &Signals,
     stop: &AtomicBool,
     events: &std::sync::mpsc::Sender<Event>,
 ) {
@@ -188,7 +204,9 @@ fn sync(
         };
         match short.call::<_, Registered>("POST", REGISTER_PATH, Some(&req)) {
             Ok(r) => {
-                interval_s.store(r.report_interval_s.max(1), Ordering::Relaxed);
+                signals
+                    .interval_s
+                    .store(r.report_interval_s.max(1), Ordering::Relaxed);
                 tracing::info!(
                     controller = short.base(),
                     version = r.flows_version,
@@ -205,7 +223,7 @@ fn sync(
                 } else {
                     tracing::debug!(error = %e, retry_ms = wait.as_millis() as u64, "controller still unreachable");
                 }
-                sleep(wait, stop);
+                sleep_unless(wait, stop, Some(&signals.reachable));
                 continue;
             }
         }
@@ -232,7 +250,7 @@ fn sync(
                     let wait = backoff.next_wait();
                     tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "lost the controller; running the last known flows");
                     failing = true;
-                    sleep(wait, stop);
+                    sleep_unless(wait, stop, Some(&signals.reachable));
                     continue 'register;
                 }
             }
@@ -245,7 +263,7 @@ fn report(
     client: &Client,
     stats: &ArcSwap<ProbeStats>,
     applied: &ArcSwap<Applied>,
-    interval_s: &AtomicU64,
+    signals: &Signals,
     stop: &AtomicBool,
     events: &std::sync::mpsc::Sender<Event>,
 ) {
@@ -258,7 +276,7 @@ fn report(
         // Every interval, and at once when a new flow set was applied (the controller shows
         // its flows' states sooner).
         let a = applied.load_full();
-        let every = Duration::from_secs(interval_s.load(Ordering::Relaxed));
+        let every = Duration::from_secs(signals.interval_s.load(Ordering::Relaxed));
         let due = last.is_none_or(|(t, v)| t.elapsed() >= every || v != a.version);
         if !due {
             continue;
@@ -270,7 +288,7 @@ fn report(
             refused: a.refused.clone(),
         };
         match client.call::<_, tapwire_api::Message>("POST", &path, Some(&body)) {
-            Ok(_) => {}
+            Ok(_) => signals.reachable.store(true, Ordering::Relaxed),
             Err(e) if e.is_auth() => {
                 tracing::error!(error = %e, "the controller refused this probe's token");
                 let _ = events.send(Event::Revoked(e.message));
