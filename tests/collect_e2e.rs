@@ -667,9 +667,28 @@ fn rewrite_public_captures(dir: &Path) -> Option<(PathBuf, Frames)> {
     let mut parts = Vec::new();
     let mut originals: Vec<Vec<u8>> = Vec::new();
     let mut n_sources = 0;
-    for input in capture_files(&captures) {
+    // tshark is the slow part: decode the captures on two threads, keeping their order.
+    let inputs = capture_files(&captures);
+    let half = inputs.len().div_ceil(2).max(1);
+    let decoded: Vec<(PathBuf, (Frames, usize))> = std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .chunks(half)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|i| (i.clone(), oracle::decode(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    for (input, (original, cut)) in decoded {
         let name = input.strip_prefix(&captures).unwrap().display().to_string();
-        let (original, cut) = oracle::decode(&input);
         if original.is_empty() {
             continue;
         }

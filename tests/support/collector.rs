@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::netns::{Lab, Proc, poll_until, wait_until};
 use crate::oracle::{Frames, Key};
-use crate::{bin, require, tshark, validate_capture};
+use crate::{bin, require, run_ok, tshark};
 
 /// One capture file of a session, as tshark reads it.
 #[derive(Debug, Clone)]
@@ -173,9 +174,8 @@ impl<'l> Collector<'l> {
     /// sorted as text), keyed by the session's one source. Every file is checked with captype
     /// and capinfos first.
     pub fn session_files(&self, sessions: &Value) -> SessionFiles {
-        require("captype");
-        require("capinfos");
-        let mut out = BTreeMap::new();
+        let mut owners = Vec::new();
+        let mut all = Vec::new();
         for s in sessions["sessions"].as_array().expect("sessions array") {
             let name = s["name"].as_str().expect("session name");
             let sources = s["sources"].as_array().expect("sources array");
@@ -185,31 +185,23 @@ impl<'l> Collector<'l> {
                 "auto session {name} should have exactly one source: {s}"
             );
             let key = source_key(&sources[0]);
-            let mut files = Vec::new();
             for file in self.files_of(name) {
-                let n = validate_capture(&file);
-                let packets = tshark::packets(&file);
-                let frames: Vec<Vec<u8>> = packets.iter().map(tshark::frame_bytes).collect();
-                assert_eq!(
-                    n,
-                    frames.len() as u64,
-                    "{}: capinfos and tshark disagree",
-                    file.display()
-                );
-                let times_ns: Vec<u64> = packets
-                    .iter()
-                    .map(|l| {
-                        epoch_ns(&tshark::field(l, "frame", "frame.time_epoch").unwrap_or_default())
-                    })
-                    .collect();
-                files.push(SessionFile {
-                    path: file,
-                    frames,
-                    times_ns,
-                });
+                owners.push(key.clone());
+                all.push(file);
             }
+        }
+        let mut out: SessionFiles = BTreeMap::new();
+        for ((key, path), (frames, times_ns)) in
+            owners.into_iter().zip(all.clone()).zip(read_captures(&all))
+        {
+            out.entry(key).or_default().push(SessionFile {
+                path,
+                frames,
+                times_ns,
+            });
+        }
+        for files in out.values_mut() {
             files.sort_by_key(|f| f.times_ns.first().copied());
-            out.insert(key, files);
         }
         out
     }
@@ -218,6 +210,72 @@ impl<'l> Collector<'l> {
     pub fn files_of(&self, name: &str) -> Vec<PathBuf> {
         files_with_prefix(&self.out, &format!("{name}_"))
     }
+}
+
+/// The frames and record times (ns) of capture files, each checked with captype and capinfos
+/// first, and read with tshark. One captype, one capinfos and one tshark for all of them (over
+/// `mergecap -a` of the files, cut back apart by capinfos' counts): tshark's start-up per file
+/// would cost seconds per test.
+pub fn read_captures(files: &[PathBuf]) -> Vec<(Vec<Vec<u8>>, Vec<u64>)> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    for tool in ["captype", "capinfos", "mergecap"] {
+        require(tool);
+    }
+    let types = run_ok(Command::new("captype").args(files));
+    for (file, line) in files.iter().zip(types.lines()) {
+        let kind = line.rsplit(": ").next().unwrap_or("").trim();
+        assert!(
+            matches!(kind, "pcap" | "pcapng" | "nsecpcap"),
+            "captype does not recognise {}: {line}",
+            file.display()
+        );
+    }
+    let counts: Vec<usize> = run_ok(
+        Command::new("capinfos")
+            .args(["-M", "-c", "-T", "-r"])
+            .args(files),
+    )
+    .lines()
+    .map(|l| {
+        l.rsplit('\t')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("capinfos: {l}"))
+    })
+    .collect();
+    assert_eq!(counts.len(), files.len(), "capinfos: one line per file");
+    let tmp = crate::TempDir::new("read-captures");
+    let merged = tmp.join("all.pcapng");
+    run_ok(
+        Command::new("mergecap")
+            .args(["-a", "-F", "pcapng", "-w"])
+            .arg(&merged)
+            .args(files),
+    );
+    let packets = tshark::packets(&merged);
+    assert_eq!(
+        packets.len(),
+        counts.iter().sum::<usize>(),
+        "capinfos and tshark disagree on {} files",
+        files.len()
+    );
+    let mut it = packets.iter();
+    counts
+        .iter()
+        .map(|n| {
+            let mine: Vec<&Value> = it.by_ref().take(*n).collect();
+            (
+                mine.iter().map(|l| tshark::frame_bytes(l)).collect(),
+                mine.iter()
+                    .map(|l| {
+                        epoch_ns(&tshark::field(l, "frame", "frame.time_epoch").unwrap_or_default())
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// tshark's `frame.time_epoch` ("1795240795.779593000") in nanoseconds.
