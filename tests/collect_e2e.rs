@@ -1,14 +1,24 @@
 //! End-to-end: real senders in one network namespace, `tapwire collect` in another.
 //!
-//! Each test builds its own [`Lab`] (namespaces `snd` and `col` joined by a veth pair) and
-//! checks the collector's session files with tshark (`-x`), never with tapwire's own reader:
-//! the inner frames must be byte-identical, source by source and in order, to what tshark
-//! decodes from the pcap of what was sent (the scapy sender writes it; for replays it is the
-//! rewritten capture). The per-source counts of `/api/v1/sessions` must equal what was sent.
+//! Each test builds its own [`Lab`] (namespaces `snd` and `col` joined by a veth pair; removed
+//! with everything in them when the test ends, also on failure) and checks the collector's
+//! session files with tshark (`-x`), never with tapwire's own reader: the inner frames must be
+//! byte-identical, source by source and in order, to what tshark decodes from the pcap of what
+//! was sent (the scapy sender writes it; for replays it is the rewritten capture), and the
+//! per-source counts of `/api/v1/sessions` must equal what was sent.
+//!
+//! - scapy, every encapsulation over IPv4 and IPv6 (outer fragments included): raw sockets,
+//!   AF_PACKET with rotation and pcap-ns, AF_PACKET with two fanout workers, zero UDP checksums
+//!   over IPv6, `--timestamps erspan`; the API, `/metrics` and record times checked too;
+//! - the public captures, rewritten into the lab and replayed (sockets and AF_PACKET), with
+//!   live sequence accounting equal to `tapwire decap`'s;
+//! - files: rotation names, `--max-files`, `--on-finish`, more sessions than descriptors;
+//! - robustness: kill -9 and SIGTERM under load, a full 20 MiB tmpfs, a malformed flood with
+//!   sources outside `--allow`.
 //!
 //! The `*_reach_*_intact` tests check the harness itself without the collector: what tcpdump
 //! sees arriving in the collector namespace, decapsulated by `tapwire decap` (the same
-//! pipeline), equals the oracle. They keep the senders honest.
+//! pipeline), equals the oracle. They keep the senders honest. Run as root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
