@@ -446,7 +446,7 @@ impl Controller {
                     s.name
                 )));
             }
-            s.mirror_id = self.mirror_id(tx, req.mirror_id, encap)?;
+            s.mirror_id = self.mirror_id(tx, req.mirror_id, encap, None)?;
             store::put_session(tx, &s)?;
             store::audit(tx, caller, "session.create", &s.name, &session_detail(&s))?;
             Ok(())
@@ -456,13 +456,18 @@ impl Controller {
 
     /// `wanted`, if free, else the lowest free id. Ids named by the file's rules for the
     /// same kind are not free either: API sessions are matched first and would take them.
+    /// `own`: the id the session has now (an update may keep it).
     fn mirror_id(
         &self,
         tx: &Transaction<'_>,
         wanted: Option<u32>,
         encap: Encapsulation,
+        own: Option<u32>,
     ) -> Result<u32, Refused> {
-        let used = store::used_mirror_ids(tx)?;
+        let used: Vec<u32> = store::used_mirror_ids(tx)?
+            .into_iter()
+            .filter(|id| Some(*id) != own)
+            .collect();
         let file = self.file.load();
         let kind = kind_of(encap);
         let file_user = |id: u32| {
@@ -546,16 +551,7 @@ impl Controller {
             }
             self.session_config(&s).map_err(Refused::BadRequest)?;
             if s.mirror_id != old.mirror_id || s.encap != old.encap {
-                let others: Vec<u32> = store::used_mirror_ids(tx)?
-                    .into_iter()
-                    .filter(|id| *id != old.mirror_id)
-                    .collect();
-                if others.contains(&s.mirror_id) {
-                    return Err(Refused::Conflict(format!(
-                        "mirror_id: {} is used by another session",
-                        s.mirror_id
-                    )));
-                }
+                self.mirror_id(tx, Some(s.mirror_id), s.encap, Some(old.mirror_id))?;
             }
             s.updated = store::now();
             store::put_session(tx, &s)?;

@@ -489,13 +489,41 @@ async fn a_change_that_clashes_with_the_file_is_rolled_back_whole() {
         )
         .await;
     assert_eq!(s, 409);
+    // Nor can an update move a session onto an id the file gathers.
+    h.admin(
+        "POST",
+        "/api/v1/sessions",
+        Some(r#"{"name":"y","encap":"gre"}"#),
+    )
+    .await;
+    let (s, v) = h
+        .admin(
+            "PATCH",
+            "/api/v1/sessions/y",
+            Some(r#"{"encap":"erspan-ii","mirror_id":1}"#),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("from-file"), "{v}");
+    let (s, v) = h
+        .admin("PATCH", "/api/v1/sessions/y", Some(r#"{"filter":"udp"}"#))
+        .await;
+    assert_eq!(s, 200, "keeping its own id is fine: {v}");
+    assert_eq!(h.admin("DELETE", "/api/v1/sessions/y", None).await.0, 200);
     assert!(h.ctl.sessions().unwrap().is_empty());
+    let audit: Vec<String> = h.audit_actions().into_iter().map(|a| a.1).collect();
     assert_eq!(
-        h.audit_actions().len(),
-        1,
-        "only the bootstrap token's creation"
+        audit,
+        [
+            "token.create",
+            "session.create",
+            "session.update",
+            "session.delete"
+        ],
+        "the refused changes left no audit entry"
     );
-    assert_eq!(h.applied.lock().unwrap().len(), applied);
+    // The engine got y's creation, update and deletion, nothing of the refused ones.
+    assert_eq!(h.applied.lock().unwrap().len(), applied + 3);
     // Flows to a session keep it: deleting it is refused.
     h.admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
         .await;
