@@ -5,12 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::config::{self, Config};
 use tapwire_collector::control::cli as control;
-use tapwire_collector::live::engine::{Control, Settings};
+use tapwire_collector::live::engine::Settings;
 use tapwire_collector::live::input::InputKind;
 use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
@@ -298,20 +297,8 @@ fn collect(args: CollectArgs) -> ExitCode {
 fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
     let snapshot = h.snapshot.clone();
     let source = move || Ok::<_, String>(snapshot.load_full());
-    let control = h.control.clone();
-    let actions = move |session: &str, action| {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        control
-            .send(Control::Action {
-                session: session.to_string(),
-                action,
-                reply,
-            })
-            .map_err(|_| "the collector is stopping".to_string())?;
-        answer
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| "the collector did not answer".to_string())?
-    };
+    let act = h.actions.clone();
+    let actions = move |session: &str, action| act(session, action);
     if let Err(e) = tapwire_tui::cli::inline(source, actions, logs, Arc::clone(&h.stop)) {
         tracing::error!(error = %e, "terminal UI failed");
     }

@@ -258,21 +258,7 @@ pub(crate) async fn session_action(
     action: Action,
 ) -> Response {
     run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
-        let stored =
-            matches!(action, Action::Enable | Action::Disable) && c.is_api_session(&name)?;
-        let message = if stored {
-            c.set_session_enabled(who, &name, action == Action::Enable)?;
-            format!(
-                "session {name} {}",
-                if action == Action::Enable {
-                    "enabled"
-                } else {
-                    "disabled"
-                }
-            )
-        } else {
-            c.runtime_action(who, &name, action)?
-        };
+        let message = c.session_action(who, &name, action)?;
         Ok(tapwire_api::Message { ok: true, message })
     })
     .await

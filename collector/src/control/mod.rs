@@ -594,6 +594,27 @@ impl Controller {
         })
     }
 
+    /// An action on a session from the API or the collector's own terminal: enabling or
+    /// disabling an API session is stored; anything else is carried out by the engine. Audited.
+    pub fn session_action(
+        &self,
+        caller: &Caller,
+        name: &str,
+        action: tapwire_api::Action,
+    ) -> Result<String, Refused> {
+        use tapwire_api::Action;
+        if matches!(action, Action::Enable | Action::Disable) && self.is_api_session(name)? {
+            self.set_session_enabled(caller, name, action == Action::Enable)?;
+            let done = if action == Action::Enable {
+                "enabled"
+            } else {
+                "disabled"
+            };
+            return Ok(format!("session {name} {done}"));
+        }
+        self.runtime_action(caller, name, action)
+    }
+
     /// An action on a session that is not the API's (file or auto-discovered), or a rotation:
     /// carried out by the engine, not stored, audited.
     pub fn runtime_action(

@@ -894,3 +894,48 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
     assert_eq!(e.status, 0, "{e}");
     assert!(outcome.2.is_err(), "plain HTTP to a TLS listener must fail");
 }
+
+#[tokio::test]
+async fn the_collectors_own_terminal_acts_like_an_audited_operator() {
+    let h = harness("terminal", None);
+    let (s, v) = h
+        .admin(
+            "POST",
+            "/api/v1/sessions",
+            Some(&json!({ "name": "api-made" }).to_string()),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let terminal = Caller::system("terminal");
+    // Disabling an API session from the terminal is stored, as through the API.
+    let msg = h
+        .ctl
+        .session_action(&terminal, "api-made", tapwire_api::Action::Disable)
+        .unwrap();
+    assert_eq!(msg, "session api-made disabled");
+    assert!(!h.ctl.session("api-made").unwrap().enabled);
+    // A file session's action goes to the engine.
+    assert_eq!(
+        h.ctl
+            .session_action(&terminal, "from-file", tapwire_api::Action::Rotate)
+            .unwrap(),
+        "done"
+    );
+    let audit = h.audit_actions();
+    assert!(
+        audit.contains(&(
+            "terminal".into(),
+            "session.disable".into(),
+            "api-made".into()
+        )),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&(
+            "terminal".into(),
+            "session.rotate".into(),
+            "from-file".into()
+        )),
+        "{audit:?}"
+    );
+}

@@ -55,6 +55,39 @@ pub struct Handles {
     pub control: Sender<engine::Control>,
     /// Set it to stop the collector (as SIGINT does); the collector sets it when it stops.
     pub stop: Arc<AtomicBool>,
+    /// Acts on a session as its owner: through the controller when there is one (stored and
+    /// audited as `terminal`, as an API call would be), else on the engine directly.
+    pub actions: Actions,
+}
+
+pub type Actions = Arc<dyn Fn(&str, tapwire_api::Action) -> Result<String, String> + Send + Sync>;
+
+fn actions(
+    control: Sender<engine::Control>,
+    controller: Option<Arc<crate::control::Controller>>,
+) -> Actions {
+    Arc::new(move |session: &str, action| match &controller {
+        Some(c) => c
+            .session_action(
+                &crate::control::auth::Caller::system("terminal"),
+                session,
+                action,
+            )
+            .map_err(|e| e.to_string()),
+        None => {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            control
+                .send(engine::Control::Action {
+                    session: session.to_string(),
+                    action,
+                    reply,
+                })
+                .map_err(|_| "the collector is stopping".to_string())?;
+            answer
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| "the collector did not answer".to_string())?
+        }
+    })
 }
 
 /// Runs the collector until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
@@ -130,12 +163,22 @@ where
         snapshot.clone(),
     )
     .map_err(StartError)?;
+    // The controller queues the API's sessions before the engine runs: they are in place
+    // before the first packet is routed.
+    let controller = match opts.controller {
+        Some(c) => Some(
+            crate::control::Controller::start(c, engine.file_config(), ctl_tx.clone())
+                .map_err(StartError)?,
+        ),
+        None => None,
+    };
     let ui = match ui {
         Some(ui) => {
             let handles = Handles {
                 snapshot: snapshot.clone(),
                 control: ctl_tx.clone(),
                 stop: stop.clone(),
+                actions: actions(ctl_tx.clone(), controller.clone()),
             };
             let stop = StopOnDrop(stop.clone());
             let thread = std::thread::Builder::new()
@@ -146,15 +189,6 @@ where
                 })?;
             Some(thread)
         }
-        None => None,
-    };
-    // The controller queues the API's sessions before the engine runs: they are in place
-    // before the first packet is routed.
-    let controller = match opts.controller {
-        Some(c) => Some(
-            crate::control::Controller::start(c, engine.file_config(), ctl_tx.clone())
-                .map_err(StartError)?,
-        ),
         None => None,
     };
     if opts.api.is_some() || opts.listen.is_some() {
