@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -352,109 +352,64 @@ fn stop(mut p: Proc) {
     );
 }
 
-/// Sends the known traffic, each stream in its own thread.
-fn known_traffic(l: &LabRun, ovs: bool) {
-    let ping = |role: &'static str, args: Vec<String>| {
-        let ns = l.ns(role);
-        std::thread::spawn(move || {
-            let mut cmd = Command::new("ip");
-            cmd.args([
-                "netns", "exec", &ns, "ping", "-q", "-c", "5", "-i", "0.2", "-W", "1",
-            ])
-            .args(&args);
-            run(&mut cmd)
-        })
-    };
-    let s = |n: u32| n.to_string();
-    // vm2 forgets its neighbours first: its next packets start with ARP requests, which the
-    // filtered session must leave out.
-    let flushed = l.exec("vm2", &["ip", "neigh", "flush", "dev", "eth0"]);
-    assert!(flushed.status.success());
-    let mut runs = vec![
-        ping("vm1", vec!["-s".into(), s(SAME_HOST), VM2.into()]),
-        ping("vm3", vec!["-s".into(), s(CROSS_HOST), VM1.into()]),
-        ping("vm2", vec!["-s".into(), s(LOCAL), VM1.into()]),
-        ping("vm2", vec!["-s".into(), s(NOT_LOCAL), OUTSIDE.into()]),
-        ping(
-            "vm4",
-            vec![
-                "-s".into(),
-                s(MULTICAST),
-                "-t".into(),
-                "1".into(),
-                GROUP.into(),
-            ],
-        ),
-        ping(
-            "vm1",
-            vec!["-s".into(), s(BCAST), "-b".into(), BROADCAST.into()],
-        ),
-    ];
-    if ovs {
-        runs.push(ping("vm5", vec!["-s".into(), s(OVS_PING), VM6.into()]));
-    }
-    for r in runs {
-        // Pings to a group or a broadcast address get no answer: only that they ran matters.
-        let out = r.join().unwrap();
-        assert!(
-            out.status.code().is_some_and(|c| c <= 1),
-            "ping: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+/// A lab brought up by one test (they run one at a time), with a scratch [`Lab`] for the
+/// test's own processes and files. Field order: the lab goes down before the next test may
+/// start.
+struct Up {
+    l: LabRun,
+    scratch: Lab,
+    out: PathBuf,
+    ovs: bool,
+    names: Vec<&'static str>,
+    _one: MutexGuard<'static, ()>,
 }
 
-#[test]
-fn lab_reproduces_every_workflow_and_down_removes_everything() {
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+/// `tapwire lab up --detach`: every session receiving within the README's 10 seconds, and the
+/// collector has exactly the lab's sessions, each fed by its one planned sender.
+fn up(tag: char) -> Up {
+    let one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     for tool in [
         "tshark", "captype", "capinfos", "tcpdump", "curl", "iperf3", "ethtool", "tmux",
     ] {
         require(tool);
     }
     let ovs = ovs_installed();
-    let mut expected: Vec<(&str, &str, &str, u64)> = SESSIONS.to_vec();
+    let mut expected: Vec<(&'static str, &str, &str, u64)> = SESSIONS.to_vec();
     if ovs {
         expected.push(OVS_SESSION);
     } else {
-        eprintln!("SKIP (part): Open vSwitch is not installed; the lab has no host3");
+        eprintln!("note: Open vSwitch is not installed; the lab has no host3");
     }
-    let names: Vec<&str> = expected.iter().map(|s| s.0).collect();
-    let scratch = Lab::empty("lab-e2e");
+    let scratch = Lab::empty(&format!("lab-{tag}"));
     let out = scratch.dir().join("captures");
-    let links_before = root_links();
-
-    // Up: every session receiving within the README's 10 seconds.
-    let l = LabRun::new('t');
+    let l = LabRun::new(tag);
     let t0 = Instant::now();
     let up = l.lab(&["up", "--detach", "--out", out.to_str().unwrap()]);
     let took = t0.elapsed();
-    let up_out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let text = String::from_utf8_lossy(&up.stdout).into_owned();
     assert!(
         up.status.success(),
-        "lab up failed ({}):\n{up_out}\n{}",
+        "lab up failed ({}):\n{text}\n{}",
         up.status,
         String::from_utf8_lossy(&up.stderr)
     );
-    eprintln!("tapwire lab up --detach: every session receiving after {took:.1?}\n{up_out}");
+    eprintln!("tapwire lab up --detach: every session receiving after {took:.1?}");
     assert!(
-        up_out.contains(&format!("all {} sessions receiving", names.len())),
-        "{up_out}"
+        text.contains(&format!("all {} sessions receiving", expected.len())),
+        "{text}"
     );
-    assert!(took < Duration::from_secs(10), "lab up took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "lab up took {took:?}:\n{text}"
+    );
 
-    // A second `up` of the same lab is refused and changes nothing.
-    let again = l.lab(&["up", "--detach", "--out", out.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(2), "{again:?}");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
-
-    // The collector has exactly the lab's sessions, each fed by its one planned sender.
     let api = l.api();
     let sessions = api["sessions"].as_array().unwrap();
     let got: BTreeSet<&str> = sessions
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
+    let names: Vec<&'static str> = expected.iter().map(|s| s.0).collect();
     assert_eq!(got, names.iter().copied().collect(), "{api}");
     for (name, src, kind, id) in &expected {
         let s = sessions.iter().find(|s| s["name"] == *name).unwrap();
@@ -470,33 +425,274 @@ fn lab_reproduces_every_workflow_and_down_removes_everything() {
             "{name}"
         );
     }
+    Up {
+        l,
+        scratch,
+        out,
+        ovs,
+        names,
+        _one: one,
+    }
+}
 
-    // Known traffic, with tcpdump on the monitoring VM's NIC and on vm2's port (inbound).
-    let tap_pcap = scratch.dir().join("tap.pcap");
-    let port_pcap = scratch.dir().join("tap-vm2-in.pcap");
-    let ids_before = std::fs::read_to_string(l.state().join("logs/ids.log")).unwrap_or_default();
-    let tap = tcpdump(&scratch, &l.ns("mon"), &["-i", "mirror0"], &tap_pcap);
+impl Up {
+    /// Runs `ping -c 5 -i 0.2 -s SIZE [EXTRA] DST` from each `(vm, size, dst, extra)` at once.
+    fn pings(&self, list: &[(&str, u32, &str, &[&str])]) {
+        let runs: Vec<_> = list
+            .iter()
+            .map(|(vm, size, dst, extra)| {
+                let mut cmd: Vec<String> = [
+                    "netns",
+                    "exec",
+                    &self.l.ns(vm),
+                    "ping",
+                    "-q",
+                    "-c",
+                    "5",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-s",
+                    &size.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                cmd.extend(extra.iter().map(|s| s.to_string()));
+                cmd.push(dst.to_string());
+                std::thread::spawn(move || run(Command::new("ip").args(&cmd)))
+            })
+            .collect();
+        for r in runs {
+            // Pings to a group or a broadcast address get no answer: only that they ran matters.
+            let out = r.join().unwrap();
+            assert!(
+                out.status.code().is_some_and(|c| c <= 1),
+                "ping: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A probe hands a packet over within its 10 ms block timeout; the TAP gets it at once.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// `tapwire lab down`, which must succeed: the collector has closed every file.
+    fn down(&self) {
+        let down = self.l.lab(&["down"]);
+        assert!(
+            down.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&down.stdout),
+            String::from_utf8_lossy(&down.stderr)
+        );
+    }
+
+    /// Every frame of session `name`'s files (read after `down`).
+    fn frames(&self, name: &str) -> Vec<Frame> {
+        session_frames(&self.out, name)
+    }
+}
+
+#[test]
+fn ovirt_session_holds_host1s_network_both_ways_in_files_and_on_the_monitor_tap() {
+    let u = up('o');
+    let tap_pcap = u.scratch.dir().join("tap.pcap");
+    let ids_log = u.l.state().join("logs/ids.log");
+    let ids_before = std::fs::read_to_string(&ids_log).unwrap_or_default();
+    let tap = tcpdump(&u.scratch, &u.l.ns("mon"), &["-i", "mirror0"], &tap_pcap);
+    u.pings(&[("vm1", SAME_HOST, VM2, &[]), ("vm3", CROSS_HOST, VM1, &[])]);
+    stop(tap);
+    let ids = std::fs::read_to_string(&ids_log).unwrap();
+    u.down();
+
+    // Same-host and cross-host pings, requests and replies, in the files and on the
+    // monitoring VM's NIC.
+    let files = u.frames("ovirt-host1");
+    let on_tap = frames(&tap_pcap);
+    for (what, f) in [("files", &files), ("TAP", &on_tap)] {
+        for (size, a, b) in [(SAME_HOST, VM1, VM2), (CROSS_HOST, VM3, VM1)] {
+            assert_eq!(
+                count(f, |x| x.echo(size, ECHO_REQUEST, a, b)),
+                N,
+                "ovirt-host1 {what}: {a} -> {b}"
+            );
+            assert_eq!(
+                count(f, |x| x.echo(size, ECHO_REPLY, b, a)),
+                N,
+                "ovirt-host1 {what}: {b} -> {a}"
+            );
+        }
+    }
+    // The IDS stand-in on the monitoring VM logged vm3's new HTTP connections to vm2.
+    assert!(
+        ids.len() > ids_before.len(),
+        "the IDS log did not grow:\n{ids}"
+    );
+    assert!(
+        ids.lines()
+            .any(|x| x.contains(&format!("{VM3}.")) && x.contains(&format!("> {VM2}.8080"))),
+        "{ids}"
+    );
+}
+
+#[test]
+fn midonet_session_holds_only_ipv4_local_to_the_subnet_entering_from_vm2() {
+    let u = up('m');
+    let port_pcap = u.scratch.dir().join("tap-vm2-in.pcap");
     let port = tcpdump(
-        &scratch,
-        &l.ns("host1"),
+        &u.scratch,
+        &u.l.ns("host1"),
         &["-i", "tap-vm2", "-Q", "in"],
         &port_pcap,
     );
-    known_traffic(&l, ovs);
-    // A probe hands a packet over within its 10 ms block timeout; the TAP gets it at once.
-    std::thread::sleep(Duration::from_millis(500));
-    stop(tap);
+    // vm2 forgets its neighbours first: its next packets start with ARP requests, which the
+    // session must leave out.
+    let flushed = u.l.exec("vm2", &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(flushed.status.success());
+    u.pings(&[
+        ("vm2", LOCAL, VM1, &[]),
+        ("vm2", NOT_LOCAL, OUTSIDE, &[]),
+        ("vm1", SAME_HOST, VM2, &[]),
+    ]);
     stop(port);
+    u.down();
 
-    let ids = std::fs::read_to_string(l.state().join("logs/ids.log")).unwrap();
-    // host2 never joined the lab's multicast group and has no address on the VM network:
-    // what the AHV session gets from its bridge is not addressed to it.
-    let maddr = l.exec("host2", &["ip", "maddr", "show", "dev", "br0"]);
+    let f = u.frames("midonet-vm2");
+    assert!(!f.is_empty());
+    for x in &f {
+        assert!(
+            x.src_mac == VM2_MAC && x.local_ipv4(),
+            "midonet-vm2 holds {x:?}"
+        );
+    }
+    assert_eq!(count(&f, |x| x.echo(LOCAL, ECHO_REQUEST, VM2, VM1)), N);
+    assert_eq!(count(&f, |x| x.len == NOT_LOCAL + 42), 0);
+    // Inbound only: vm2's replies to vm1's pings, never vm1's requests to vm2.
+    assert_eq!(count(&f, |x| x.echo(SAME_HOST, ECHO_REPLY, VM2, VM1)), N);
+    assert_eq!(count(&f, |x| x.echo(SAME_HOST, ECHO_REQUEST, VM1, VM2)), 0);
+    assert_eq!(
+        count(&f, |x| x.len == LOCAL + 42
+            && x.icmp_type == Some(ECHO_REPLY)),
+        0
+    );
+    // What the filter had to leave out was there on the port.
+    let port = frames(&port_pcap);
+    assert_eq!(
+        count(&port, |x| x.echo(NOT_LOCAL, ECHO_REQUEST, VM2, OUTSIDE)),
+        N
+    );
+    assert!(
+        count(&port, |x| x.eth_type == "0x0806") > 0,
+        "vm2 sent no ARP after its neighbours were flushed"
+    );
+    assert_eq!(count(&port, |x| x.echo(LOCAL, ECHO_REQUEST, VM2, VM1)), N);
+}
+
+#[test]
+fn vm3_sessions_hold_ingress_only_egress_only_and_both() {
+    let u = up('c');
+    u.pings(&[("vm3", CROSS_HOST, VM1, &[]), ("vm1", SAME_HOST, VM2, &[])]);
+    u.down();
+
+    let ingress = u.frames("vm3-ingress");
+    let egress = u.frames("vm3-egress");
+    let both = u.frames("vm3-both");
+    assert!(
+        ingress.iter().all(|f| f.src_mac != VM3_MAC),
+        "vm3-ingress holds vm3's own frames"
+    );
+    assert!(
+        egress.iter().all(|f| f.src_mac == VM3_MAC),
+        "vm3-egress holds frames vm3 did not send"
+    );
+    assert!(both.iter().any(|f| f.src_mac == VM3_MAC) && both.iter().any(|f| f.src_mac != VM3_MAC));
+    for (name, frames, requests, replies) in [
+        ("vm3-ingress", &ingress, 0, N),
+        ("vm3-egress", &egress, N, 0),
+        ("vm3-both", &both, N, N),
+    ] {
+        assert_eq!(
+            count(frames, |x| x.echo(CROSS_HOST, ECHO_REQUEST, VM3, VM1)),
+            requests,
+            "{name}: echo requests from vm3"
+        );
+        assert_eq!(
+            count(frames, |x| x.echo(CROSS_HOST, ECHO_REPLY, VM1, VM3)),
+            replies,
+            "{name}: echo replies to vm3"
+        );
+        // Traffic between other VMs never crossed vm3's port.
+        assert_eq!(count(frames, |x| x.len == SAME_HOST + 42), 0, "{name}");
+    }
+}
+
+#[test]
+fn ahv_session_holds_only_broadcast_and_multicast_of_host2s_bridge() {
+    let u = up('a');
+    u.pings(&[
+        ("vm4", MULTICAST, GROUP, &["-t", "1"]),
+        ("vm1", BCAST, BROADCAST, &["-b"]),
+        ("vm3", CROSS_HOST, VM1, &[]),
+    ]);
+    // host2 never joined the group and has no address on the VM network: what the session
+    // gets from its bridge is not addressed to host2.
+    let maddr = u.l.exec("host2", &["ip", "maddr", "show", "dev", "br0"]);
     assert!(!String::from_utf8_lossy(&maddr.stdout).contains(GROUP));
-    let addrs = l.exec("host2", &["ip", "-4", "addr", "show", "dev", "br0"]);
+    let addrs =
+        u.l.exec("host2", &["ip", "-4", "addr", "show", "dev", "br0"]);
     assert!(String::from_utf8_lossy(&addrs.stdout).trim().is_empty());
-    let api = l.api();
-    for s in api["sessions"].as_array().unwrap() {
+    u.down();
+
+    let f = u.frames("ahv-host2");
+    for x in &f {
+        assert!(x.group(), "ahv-host2 holds a unicast frame: {x:?}");
+    }
+    assert_eq!(
+        count(&f, |x| x.echo(MULTICAST, ECHO_REQUEST, VM4, GROUP)),
+        N
+    );
+    // Broadcasts from host1's vm1, across the trunk.
+    assert_eq!(
+        count(&f, |x| x.echo(BCAST, ECHO_REQUEST, VM1, BROADCAST)),
+        N
+    );
+    assert_eq!(count(&f, |x| x.len == CROSS_HOST + 42), 0);
+}
+
+#[test]
+fn ovs_session_holds_the_ovs_hosts_frames_sent_by_open_vswitch() {
+    if !ovs_installed() {
+        eprintln!("SKIP: Open vSwitch is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let u = up('v');
+    assert!(u.ovs);
+    u.pings(&[("vm5", OVS_PING, VM6, &[])]);
+    u.down();
+
+    let f = u.frames("ovs-host3");
+    assert_eq!(count(&f, |x| x.echo(OVS_PING, ECHO_REQUEST, VM5, VM6)), N);
+    assert_eq!(count(&f, |x| x.echo(OVS_PING, ECHO_REPLY, VM6, VM5)), N);
+    assert!(
+        f.iter().all(|x| x.src_mac.starts_with("02:30:00:00:00:")),
+        "ovs-host3 holds frames not from host3's VMs"
+    );
+}
+
+#[test]
+fn ui_and_status_show_every_session_and_down_leaves_nothing_behind() {
+    let links_before = root_links();
+    let u = up('u');
+    let (l, names) = (&u.l, &u.names);
+
+    // A second `up` of the same lab is refused and changes nothing.
+    let again = l.lab(&["up", "--detach", "--out", u.out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+
+    // Every session receiving, nothing lost or dropped.
+    for s in l.api()["sessions"].as_array().unwrap() {
         assert_eq!(s["state"], "receiving", "{s}");
         assert_eq!(s["lost"], 0, "{s}");
         assert_eq!(s["written"], s["packets"], "{s}");
@@ -504,7 +700,7 @@ fn lab_reproduces_every_workflow_and_down_removes_everything() {
 
     // The UI shows every session receiving.
     let tui = Tmux::start(
-        scratch.dir(),
+        u.scratch.dir(),
         "lab",
         160,
         40,
@@ -533,7 +729,7 @@ fn lab_reproduces_every_workflow_and_down_removes_everything() {
     let text = String::from_utf8_lossy(&st.stdout).into_owned();
     assert!(st.status.success(), "{text}");
     assert!(text.contains("up, every session receiving"), "{text}");
-    for n in &names {
+    for n in names {
         assert!(
             row(&text, n).is_some_and(|r| r.contains("receiving")),
             "{n}:\n{text}"
@@ -550,16 +746,10 @@ fn lab_reproduces_every_workflow_and_down_removes_everything() {
             .all(|s| s["packets"].as_u64() > Some(0))
     );
 
-    // Down: nothing left, and every file complete.
+    // Down: no namespace, process, lab link or state left; every file complete.
     let procs = l.processes();
     assert!(procs.len() >= 15, "{procs:?}");
-    let down = l.lab(&["down"]);
-    assert!(
-        down.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&down.stdout),
-        String::from_utf8_lossy(&down.stderr)
-    );
+    u.down();
     assert_eq!(l.namespaces(), Vec::<String>::new());
     assert_gone(&procs);
     assert!(!l.state().exists());
@@ -569,147 +759,10 @@ fn lab_reproduces_every_workflow_and_down_removes_everything() {
     ] {
         assert!(!new_links.iter().any(|n| n == lab_link), "{new_links:?}");
     }
+    for n in names {
+        assert!(!u.frames(n).is_empty(), "{n}");
+    }
     assert_eq!(l.lab(&["status"]).status.code(), Some(3));
-
-    // The files, complete now that `down` stopped the collector, hold what each workflow
-    // implies.
-    // oVirt: the whole network on host1, both directions, in the files and on the TAP.
-    let ovirt = session_frames(&out, "ovirt-host1");
-    let on_tap = frames(&tap_pcap);
-    for (what, f) in [("files", &ovirt), ("TAP", &on_tap)] {
-        for (size, a, b) in [(SAME_HOST, VM1, VM2), (CROSS_HOST, VM3, VM1)] {
-            assert_eq!(
-                count(f, |x| x.echo(size, ECHO_REQUEST, a, b)),
-                N,
-                "ovirt {what}: {a} -> {b}"
-            );
-            assert_eq!(
-                count(f, |x| x.echo(size, ECHO_REPLY, b, a)),
-                N,
-                "ovirt {what}: {b} -> {a}"
-            );
-        }
-    }
-    // The IDS stand-in on the monitoring VM saw new connections (vm3's HTTP client).
-    assert!(
-        ids.len() > ids_before.len(),
-        "the IDS log did not grow:\n{ids}"
-    );
-    assert!(
-        ids.lines()
-            .any(|x| x.contains(&format!("{VM3}.")) && x.contains(&format!("> {VM2}.8080"))),
-        "{ids}"
-    );
-
-    // MidoNet: inbound at vm2's port, IPv4 local to the subnet only. The port's own capture
-    // shows what the filter had to leave out.
-    let midonet = session_frames(&out, "midonet-vm2");
-    assert!(!midonet.is_empty());
-    for f in &midonet {
-        assert!(
-            f.src_mac == VM2_MAC && f.local_ipv4(),
-            "midonet-vm2 holds {f:?}"
-        );
-    }
-    assert_eq!(
-        count(&midonet, |x| x.echo(LOCAL, ECHO_REQUEST, VM2, VM1)),
-        N
-    );
-    assert_eq!(
-        count(&midonet, |x| x.len == LOCAL + 42
-            && x.icmp_type == Some(ECHO_REPLY)),
-        0
-    );
-    assert_eq!(count(&midonet, |x| x.len == NOT_LOCAL + 42), 0);
-    // Inbound only: vm2's replies to vm1's pings, never vm1's requests to vm2.
-    assert_eq!(
-        count(&midonet, |x| x.echo(SAME_HOST, ECHO_REPLY, VM2, VM1)),
-        N
-    );
-    assert_eq!(
-        count(&midonet, |x| x.echo(SAME_HOST, ECHO_REQUEST, VM1, VM2)),
-        0
-    );
-    let port_frames = frames(&port_pcap);
-    assert_eq!(
-        count(&port_frames, |x| x.echo(
-            NOT_LOCAL,
-            ECHO_REQUEST,
-            VM2,
-            OUTSIDE
-        )),
-        N
-    );
-    assert!(
-        count(&port_frames, |x| x.eth_type == "0x0806") > 0,
-        "vm2 sent no ARP after its neighbours were flushed"
-    );
-    assert_eq!(
-        count(&port_frames, |x| x.echo(LOCAL, ECHO_REQUEST, VM2, VM1)),
-        N
-    );
-
-    // Cloudpods/ZStack: vm3's NIC, ingress (into the VM) only, egress only, both.
-    let ingress = session_frames(&out, "vm3-ingress");
-    let egress = session_frames(&out, "vm3-egress");
-    let both = session_frames(&out, "vm3-both");
-    assert!(
-        ingress.iter().all(|f| f.src_mac != VM3_MAC),
-        "vm3-ingress holds vm3's own frames"
-    );
-    assert!(
-        egress.iter().all(|f| f.src_mac == VM3_MAC),
-        "vm3-egress holds frames vm3 did not send"
-    );
-    for (name, frames, requests, replies) in [
-        ("vm3-ingress", &ingress, 0, N),
-        ("vm3-egress", &egress, N, 0),
-        ("vm3-both", &both, N, N),
-    ] {
-        assert_eq!(
-            count(frames, |x| x.echo(CROSS_HOST, ECHO_REQUEST, VM3, VM1)),
-            requests,
-            "{name}: echo requests from vm3"
-        );
-        assert_eq!(
-            count(frames, |x| x.echo(CROSS_HOST, ECHO_REPLY, VM1, VM3)),
-            replies,
-            "{name}: echo replies to vm3"
-        );
-    }
-    assert!(both.iter().any(|f| f.src_mac == VM3_MAC) && both.iter().any(|f| f.src_mac != VM3_MAC));
-
-    // Nutanix AHV: only broadcast and multicast on host2's bridge, including a group host2
-    // never joined and broadcasts from host1's VMs; host2 has no address on the VM network.
-    let ahv = session_frames(&out, "ahv-host2");
-    for f in &ahv {
-        assert!(f.group(), "ahv-host2 holds a unicast frame: {f:?}");
-    }
-    assert_eq!(
-        count(&ahv, |x| x.echo(MULTICAST, ECHO_REQUEST, VM4, GROUP)),
-        N
-    );
-    assert_eq!(
-        count(&ahv, |x| x.echo(BCAST, ECHO_REQUEST, VM1, BROADCAST)),
-        N
-    );
-    assert_eq!(count(&ahv, |x| x.len == CROSS_HOST + 42), 0);
-
-    // Open vSwitch: frames of the OVS host's VMs, sent by OVS itself.
-    if ovs {
-        let f = session_frames(&out, "ovs-host3");
-        assert_eq!(count(&f, |x| x.echo(OVS_PING, ECHO_REQUEST, VM5, VM6)), N);
-        assert_eq!(count(&f, |x| x.echo(OVS_PING, ECHO_REPLY, VM6, VM5)), N);
-        assert!(
-            f.iter().all(|x| x.src_mac.starts_with("02:30:00:00:00:")),
-            "ovs-host3 holds frames not from host3's VMs"
-        );
-    }
-    // The same-host pings on host1 reached no session of host2.
-    for name in ["vm3-ingress", "vm3-egress", "vm3-both", "ahv-host2"] {
-        let f = session_frames(&out, name);
-        assert_eq!(count(&f, |x| x.len == SAME_HOST + 42), 0, "{name}");
-    }
 }
 
 #[test]
