@@ -1,11 +1,13 @@
 //! `CaptureReader` on arbitrary bytes: reading every record must end, without panicking, in
-//! fewer records than the input could hold. Then a few packets derived from the input are
-//! encoded with `Encoder` in each format and must read back equal.
+//! fewer records than the input could hold; on classic pcap, `PcapSlice` (the in-place reader
+//! of mapped inputs) must give the same records and stop for the same reason. Then a few
+//! packets derived from the input are encoded with `Encoder` in each format and must read back
+//! equal.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tapwire_formats::capture::{
-    CaptureReader, Encoder, Format, InterfaceInfo, LinkType, PacketInfo,
+    CaptureReader, Encoder, Format, InterfaceInfo, LinkType, PacketInfo, PcapSlice, is_pcap,
 };
 use tapwire_formats::wire::erspan::Direction;
 
@@ -36,6 +38,32 @@ fn read_all(data: &[u8]) {
     let _ = r.stopped();
     // Reading past the end stays at the end.
     assert!(matches!(r.next_record(), Ok(None) | Err(_)));
+    same_in_place(data);
+}
+
+/// Classic pcap read in place gives what the stream reader gives.
+fn same_in_place(data: &[u8]) {
+    if !is_pcap(data) {
+        return;
+    }
+    let (Ok(mut stream), Ok(mut in_place)) = (CaptureReader::new(data), PcapSlice::new(data))
+    else {
+        assert!(CaptureReader::new(data).is_err() && PcapSlice::new(data).is_err());
+        return;
+    };
+    loop {
+        let a = stream.next_record().expect("no I/O errors from a slice");
+        let b = in_place.next_record();
+        match (a, b) {
+            (None, None) => break,
+            (Some(a), Some(b)) => {
+                assert_eq!((a.link, a.ts_ns, a.orig_len, a.data), (b.link, b.ts_ns, b.orig_len, b.data));
+                assert!(in_place.offset() <= data.len());
+            }
+            (a, b) => panic!("stream {:?}, in place {:?}", a.map(|r| r.ts_ns), b.map(|r| r.ts_ns)),
+        }
+    }
+    assert_eq!(stream.stopped(), in_place.stopped());
 }
 
 fn round_trip(data: &[u8]) {

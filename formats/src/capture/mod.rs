@@ -1,12 +1,16 @@
-//! Capture files: reading pcap and pcapng of any link type, and encoding pcap (micro- or
-//! nanosecond) and pcapng into caller-owned buffers. Both sit on `pcap-file`; this module adds
+//! Capture files: reading pcap and pcapng of any link type from a stream, or classic pcap in
+//! place from a byte slice, and encoding pcap (micro- or nanosecond) and pcapng into
+//! caller-owned buffers. Both sit on `pcap-file`; this module adds
 //! the link-type handling, lenient record decoding and the tapwire-specific metadata (one
 //! interface per source, direction flags, comments on gaps and truncation).
 
 mod reader;
 mod writer;
 
-pub use reader::{CaptureReader, ReadError, Record, SkipReason};
+pub use reader::{
+    CaptureReader, PcapFraming, PcapParse, PcapSlice, ReadError, Record, RecordHeader, SkipReason,
+    is_pcap,
+};
 pub use writer::{EncodeError, Encoder, Format, InterfaceInfo, PacketInfo, SNAPLEN};
 
 use core::fmt;

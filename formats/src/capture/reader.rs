@@ -1,7 +1,10 @@
-//! Streaming reader for pcap and pcapng. Memory is bounded by one read buffer whatever the file
-//! size. Classic pcap records are parsed here (the hot path of `tapwire decap`); pcapng goes
-//! through pcap-file. Damage is reported, not fatal where it can be stepped over: an undecodable
-//! pcapng block is skipped and counted; a record cut short ends the file with a reason.
+//! Readers for pcap and pcapng. [`CaptureReader`] streams either format with memory bounded by
+//! one read buffer whatever the file size; [`PcapSlice`] reads classic pcap in place from a
+//! slice holding the whole file (a memory-mapped input), copying nothing. Classic pcap records
+//! are parsed here by one sans-IO [`PcapFraming`] that both use (the hot path of `tapwire
+//! decap`); pcapng goes through pcap-file. Damage is reported, not fatal where it can be
+//! stepped over: an undecodable pcapng block is skipped and counted; a record cut short ends
+//! the file with a reason.
 
 use std::io::{self, Read};
 
@@ -140,17 +143,15 @@ impl<R: Read> CaptureReader<R> {
     }
 }
 
-/// Classic pcap records, parsed by hand from a large read buffer: the per-record work is a
-/// bounds check and four integer loads, the record data is borrowed from the buffer.
+/// Classic pcap records read through a large buffer refilled from the stream; each record is
+/// parsed by [`PcapFraming`] and its data borrowed from the buffer.
 struct PcapRecords<R> {
     input: R,
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[pos..len]`.
     pos: usize,
     len: usize,
-    swapped: bool,
-    nanos: bool,
-    link: LinkType,
+    framing: PcapFraming,
 }
 
 enum PcapDamage {
@@ -161,6 +162,10 @@ enum PcapDamage {
 /// A pcap record header: seconds, fraction, captured length, original length.
 const PCAP_RECORD_HEADER: usize = 16;
 const PCAP_FILE_HEADER: usize = 24;
+/// The largest record (header included) either pcap reader accepts: one that fits the stream
+/// reader's buffer. Larger ones stop reading with [`SkipReason::TruncatedRecord`], whichever
+/// reader is used, so that both give the same records.
+const MAX_PCAP_RECORD: usize = READ_BUFFER;
 
 impl<R: Read> PcapRecords<R> {
     fn new(input: R) -> Result<Self, ReadError> {
@@ -169,33 +174,22 @@ impl<R: Read> PcapRecords<R> {
             buf: vec![0; READ_BUFFER],
             pos: 0,
             len: 0,
-            swapped: false,
-            nanos: false,
-            link: LinkType::Ethernet,
+            framing: PcapFraming {
+                swapped: false,
+                nanos: false,
+                link: LinkType::Ethernet,
+            },
         };
-        match r.fill(PCAP_FILE_HEADER) {
-            Ok(true) => {}
-            Ok(false) => return Err(ReadError::Header("file ends inside the pcap header".into())),
+        match r.refill(PCAP_FILE_HEADER) {
+            Ok(_) => {}
             Err(e) => return Err(ReadError::Io(e)),
         }
-        let (_, header) =
-            PcapHeader::from_slice(&r.buf[..PCAP_FILE_HEADER]).map_err(|e| header_error(&e))?;
-        r.swapped = header.endianness != Endianness::native();
-        r.nanos = header.ts_resolution == PcapTsResolution::NanoSecond;
-        r.link = LinkType::from(u32::from(header.datalink));
+        r.framing = PcapFraming::parse(&r.buf[..r.len])?;
         r.pos = PCAP_FILE_HEADER;
         Ok(r)
     }
 
     /// Makes at least `n` unparsed bytes available; false at the end of the input before that.
-    #[inline]
-    fn fill(&mut self, n: usize) -> io::Result<bool> {
-        if self.len - self.pos >= n {
-            return Ok(true);
-        }
-        self.refill(n)
-    }
-
     #[cold]
     fn refill(&mut self, n: usize) -> io::Result<bool> {
         if n > self.buf.len() {
@@ -220,31 +214,191 @@ impl<R: Read> PcapRecords<R> {
     #[inline]
     fn next(&mut self) -> Result<Option<Record<'_>>, PcapDamage> {
         let truncated = PcapDamage::Stop(SkipReason::TruncatedRecord);
-        match self.fill(PCAP_RECORD_HEADER) {
-            Ok(true) => {}
-            Ok(false) if self.pos == self.len => return Ok(None),
-            Ok(false) => return Err(truncated),
-            Err(e) => return Err(PcapDamage::Io(e)),
-        }
-        let mut header = [0u8; PCAP_RECORD_HEADER];
-        header.copy_from_slice(&self.buf[self.pos..self.pos + PCAP_RECORD_HEADER]);
-        let [ts_sec, frac, incl_len, orig_len] = record_words(header, self.swapped);
-        let incl_len = incl_len as usize;
-        match self.fill(PCAP_RECORD_HEADER + incl_len) {
-            Ok(true) => {}
-            Ok(false) => return Err(truncated),
-            Err(e) => return Err(PcapDamage::Io(e)),
-        }
-        // `fill` may have moved the record to the start of the buffer.
+        let h = loop {
+            match self.framing.parse_record(&self.buf[self.pos..self.len]) {
+                PcapParse::Record(h) => break h,
+                PcapParse::Incomplete { needed } => match self.refill(needed) {
+                    Ok(true) => {}
+                    Ok(false) if self.pos == self.len => return Ok(None),
+                    Ok(false) => return Err(truncated),
+                    Err(e) => return Err(PcapDamage::Io(e)),
+                },
+                PcapParse::TooLarge => return Err(truncated),
+            }
+        };
         let start = self.pos + PCAP_RECORD_HEADER;
-        self.pos = start + incl_len;
+        self.pos = start + h.data_len;
+        Ok(Some(
+            h.record(self.framing.link, &self.buf[start..self.pos]),
+        ))
+    }
+}
+
+/// Whether `prefix` starts with a classic pcap magic number (either byte order, micro- or
+/// nanoseconds).
+pub fn is_pcap(prefix: &[u8]) -> bool {
+    matches!(
+        prefix,
+        [0xa1, 0xb2, 0xc3, 0xd4, ..]
+            | [0xd4, 0xc3, 0xb2, 0xa1, ..]
+            | [0xa1, 0xb2, 0x3c, 0x4d, ..]
+            | [0x4d, 0x3c, 0xb2, 0xa1, ..]
+    )
+}
+
+/// Classic pcap framing, sans-IO: what the 24-byte file header says (byte order, time
+/// resolution, link type) and the records parsed one at a time from byte slices. Both the
+/// stream reader ([`CaptureReader`]) and the in-place reader ([`PcapSlice`]) use it, so they
+/// give the same records and stop for the same reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcapFraming {
+    swapped: bool,
+    nanos: bool,
+    link: LinkType,
+}
+
+/// What the bytes at the start of a slice hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcapParse {
+    Record(RecordHeader),
+    /// A record starts here but needs `needed` bytes (its header, or its header and data).
+    Incomplete {
+        needed: usize,
+    },
+    /// The record claims more than [`PcapFraming::MAX_RECORD`] bytes: treated as damage.
+    TooLarge,
+}
+
+/// A parsed pcap record header; the record's data follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// At least `data_len`.
+    pub orig_len: u32,
+    pub data_len: usize,
+}
+
+impl RecordHeader {
+    /// The record's length in the file: its header and its data.
+    pub const fn record_len(&self) -> usize {
+        PCAP_RECORD_HEADER + self.data_len
+    }
+
+    #[inline]
+    fn record(self, link: LinkType, data: &[u8]) -> Record<'_> {
+        Record {
+            link,
+            ts_ns: self.ts_ns,
+            orig_len: self.orig_len,
+            data,
+        }
+    }
+}
+
+impl PcapFraming {
+    pub const FILE_HEADER: usize = PCAP_FILE_HEADER;
+    pub const MAX_RECORD: usize = MAX_PCAP_RECORD;
+
+    /// Reads the file header at the start of `b`.
+    pub fn parse(b: &[u8]) -> Result<Self, ReadError> {
+        let Some(header) = b.get(..PCAP_FILE_HEADER) else {
+            return Err(ReadError::Header("file ends inside the pcap header".into()));
+        };
+        let (_, header) = PcapHeader::from_slice(header).map_err(|e| header_error(&e))?;
+        Ok(PcapFraming {
+            swapped: header.endianness != Endianness::native(),
+            nanos: header.ts_resolution == PcapTsResolution::NanoSecond,
+            link: LinkType::from(u32::from(header.datalink)),
+        })
+    }
+
+    pub fn link(&self) -> LinkType {
+        self.link
+    }
+
+    /// The record at the start of `b`: a bounds check and four integer loads.
+    #[inline]
+    pub fn parse_record(&self, b: &[u8]) -> PcapParse {
+        let Some(header) = b.first_chunk::<PCAP_RECORD_HEADER>() else {
+            return PcapParse::Incomplete {
+                needed: PCAP_RECORD_HEADER,
+            };
+        };
+        let [ts_sec, frac, incl_len, orig_len] = record_words(*header, self.swapped);
+        let data_len = incl_len as usize;
+        let needed = PCAP_RECORD_HEADER + data_len;
+        if needed > MAX_PCAP_RECORD {
+            return PcapParse::TooLarge;
+        }
+        if b.len() < needed {
+            return PcapParse::Incomplete { needed };
+        }
         let frac = u64::from(frac);
-        Ok(Some(Record {
-            link: self.link,
+        PcapParse::Record(RecordHeader {
             ts_ns: u64::from(ts_sec) * 1_000_000_000 + if self.nanos { frac } else { frac * 1000 },
-            orig_len: orig_len.max(incl_len as u32),
-            data: &self.buf[start..start + incl_len],
-        }))
+            orig_len: orig_len.max(incl_len),
+            data_len,
+        })
+    }
+}
+
+/// Classic pcap read in place from a slice holding the whole file (a memory-mapped capture):
+/// records borrow the slice, nothing is copied or buffered. The same framing, records and
+/// stop reasons as [`CaptureReader`] on the same bytes.
+#[derive(Debug, Clone)]
+pub struct PcapSlice<'a> {
+    data: &'a [u8],
+    /// Bytes before this have been read.
+    pos: usize,
+    framing: PcapFraming,
+    stopped: Option<SkipReason>,
+}
+
+impl<'a> PcapSlice<'a> {
+    /// Reads the file header; `data` must start with a pcap magic number ([`is_pcap`]).
+    pub fn new(data: &'a [u8]) -> Result<Self, ReadError> {
+        match data.first_chunk::<4>() {
+            None => return Err(ReadError::Empty),
+            Some(magic) if !is_pcap(magic) => return Err(ReadError::NotCapture(*magic)),
+            Some(_) => {}
+        }
+        Ok(PcapSlice {
+            data,
+            pos: PCAP_FILE_HEADER,
+            framing: PcapFraming::parse(data)?,
+            stopped: None,
+        })
+    }
+
+    /// The next record, `None` at the end or at damage ([`PcapSlice::stopped`] tells which).
+    #[inline]
+    pub fn next_record(&mut self) -> Option<Record<'a>> {
+        let rest = self.data.get(self.pos..)?;
+        match self.framing.parse_record(rest) {
+            PcapParse::Record(h) => {
+                self.pos += h.record_len();
+                Some(h.record(self.framing.link, &rest[PCAP_RECORD_HEADER..h.record_len()]))
+            }
+            PcapParse::Incomplete { .. } if rest.is_empty() => None,
+            PcapParse::Incomplete { .. } | PcapParse::TooLarge => {
+                self.stopped = Some(SkipReason::TruncatedRecord);
+                // Nothing more is read past damage.
+                self.pos = usize::MAX;
+                None
+            }
+        }
+    }
+
+    /// Bytes of the slice read so far (records and file header): everything before this can
+    /// be let go.
+    pub fn offset(&self) -> usize {
+        self.pos.min(self.data.len())
+    }
+
+    /// Why reading ended before the end of the slice, if it did.
+    pub fn stopped(&self) -> Option<SkipReason> {
+        self.stopped
     }
 }
 
@@ -470,6 +624,83 @@ mod tests {
             CaptureReader::new(&[0xd4, 0xc3, 0xb2, 0xa1, 2][..]),
             Err(ReadError::Header(_))
         ));
+    }
+
+    /// Records as (link, time, original length, data), and why reading stopped.
+    type ReadBack = (Vec<(LinkType, u64, u32, Vec<u8>)>, Option<SkipReason>);
+
+    /// Every record and the stop reason of both pcap readers on the same bytes.
+    fn both_readers(bytes: &[u8]) -> [ReadBack; 2] {
+        let mut stream = Vec::new();
+        let mut r = CaptureReader::new(bytes).unwrap();
+        while let Some(rec) = r.next_record().unwrap() {
+            stream.push((rec.link, rec.ts_ns, rec.orig_len, rec.data.to_vec()));
+        }
+        let mut in_place = Vec::new();
+        let mut s = PcapSlice::new(bytes).unwrap();
+        while let Some(rec) = s.next_record() {
+            in_place.push((rec.link, rec.ts_ns, rec.orig_len, rec.data.to_vec()));
+        }
+        assert!(s.next_record().is_none());
+        [(stream, r.stopped()), (in_place, s.stopped())]
+    }
+
+    #[test]
+    fn slice_reader_matches_stream_reader() {
+        for nanos in [false, true] {
+            let bytes = sample(Format::Pcap { nanos });
+            let [stream, in_place] = both_readers(&bytes);
+            assert_eq!(stream.0.len(), 3);
+            assert_eq!(stream, in_place);
+            let mut s = PcapSlice::new(&bytes).unwrap();
+            assert_eq!(s.offset(), 24);
+            s.next_record().unwrap();
+            assert_eq!(s.offset(), 24 + 16 + 60);
+            // Cut anywhere: the same records, and the same reason.
+            for cut in 24..bytes.len() {
+                let [stream, in_place] = both_readers(&bytes[..cut]);
+                assert_eq!(stream, in_place, "cut at {cut}");
+            }
+        }
+        let mut big = sample(Format::Pcap { nanos: true });
+        big[32..36].copy_from_slice(&(PcapFraming::MAX_RECORD as u32).to_le_bytes());
+        let [stream, in_place] = both_readers(&big);
+        assert_eq!(stream, (Vec::new(), Some(SkipReason::TruncatedRecord)));
+        assert_eq!(stream, in_place);
+    }
+
+    #[test]
+    fn slice_reader_refuses_what_is_not_pcap() {
+        assert!(matches!(PcapSlice::new(b"he"), Err(ReadError::Empty)));
+        assert!(matches!(
+            PcapSlice::new(&sample(Format::Pcapng)),
+            Err(ReadError::NotCapture(_))
+        ));
+        assert!(matches!(
+            PcapSlice::new(&[0xd4, 0xc3, 0xb2, 0xa1, 2]),
+            Err(ReadError::Header(_))
+        ));
+        assert!(is_pcap(&sample(Format::Pcap { nanos: false })));
+        assert!(!is_pcap(&sample(Format::Pcapng)));
+    }
+
+    proptest::proptest! {
+        /// Damaged pcap (bytes overwritten, the file cut): both readers agree.
+        #[test]
+        fn slice_reader_matches_stream_reader_on_damage(
+            nanos: bool,
+            edits in proptest::collection::vec((24usize..400, proptest::num::u8::ANY), 0..6),
+            cut in 24usize..400,
+        ) {
+            let mut bytes = sample(Format::Pcap { nanos });
+            for (at, b) in edits {
+                let at = 24 + at % (bytes.len() - 24);
+                bytes[at] = b;
+            }
+            let cut = cut.min(bytes.len());
+            let [stream, in_place] = both_readers(&bytes[..cut]);
+            proptest::prop_assert_eq!(stream, in_place);
+        }
     }
 
     #[test]
