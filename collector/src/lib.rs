@@ -2,7 +2,8 @@
 //! and per session, tracks loss and writes captures.
 //!
 //! The pure core is [`seq`] (sequence tracking), [`demux`] (the source table) and [`pipeline`]
-//! (decapsulation plus accounting); [`capfile`] and [`offline`] are the shells that touch files.
+//! (decapsulation plus accounting); [`capfile`], [`mapfile`] and [`offline`] are the shells that
+//! touch files.
 
 pub mod capfile;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod control;
 pub mod demux;
 pub mod filter;
 pub mod live;
+pub mod mapfile;
 pub mod offline;
 pub mod pipeline;
 pub mod seq;

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tapwire_formats::capture::{
-    CaptureReader, Format, InterfaceInfo, LinkType, PacketInfo, SkipReason,
+    CaptureReader, Format, InterfaceInfo, LinkType, PacketInfo, PcapSlice, ReadError, Record,
+    SkipReason, is_pcap,
 };
 use tapwire_formats::decap::{self, Kind, SourceKey};
 use tapwire_formats::defrag;
 
 use crate::capfile::CaptureFile;
 use crate::demux::{SequenceMode, SourceId};
+use crate::mapfile::MappedFile;
 use crate::pipeline::{Delivery, MAX_SOURCES, Pipeline};
 use crate::timefmt::rfc3339_ns;
 
@@ -115,41 +117,43 @@ pub struct Report {
 
 /// Runs `decap`. Inputs are checked up front so that a bad one fails before any output.
 pub fn run(opts: &DecapOptions) -> Result<Report, DecapError> {
+    let mut streams = Vec::with_capacity(opts.inputs.len());
     for path in &opts.inputs {
-        let f = File::open(path).map_err(|e| DecapError::Input {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        CaptureReader::new(f).map_err(|e| DecapError::Input {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        streams.push(check_input(path)?);
     }
     let mut out = Outputs::new(opts)?;
     let mut pipeline = Pipeline::new(opts.config.clone(), MAX_SOURCES);
     let mut damage: BTreeMap<&'static str, u64> = BTreeMap::new();
 
-    for path in &opts.inputs {
+    for (path, stream) in opts.inputs.iter().zip(streams) {
         let input_err = |e: &dyn std::fmt::Display| DecapError::Input {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let f = File::open(path).map_err(|e| input_err(&e))?;
-        let mut reader = CaptureReader::new(f).map_err(|e| input_err(&e))?;
+        let mut reader = match stream {
+            Some(reader) => reader,
+            None => {
+                let f = File::open(path).map_err(|e| input_err(&e))?;
+                match MappedFile::open(&f).map_err(|e| input_err(&e))? {
+                    Some(map) if is_pcap(map.bytes()) => {
+                        let stopped = read_mapped(&map, &mut pipeline, &mut out, opts.timestamps)
+                            .map_err(|e| input_err(&e))?;
+                        if let Some(reason) = stopped {
+                            *damage.entry(capture_reason(reason)).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    _ => CaptureReader::new(f).map_err(|e| input_err(&e))?,
+                }
+            }
+        };
         loop {
             let rec = match reader.next_record() {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
                 Err(e) => return Err(input_err(&e)),
             };
-            let cut = rec.orig_len.saturating_sub(rec.data.len() as u32);
-            if let Some(d) = pipeline.link(rec.link, rec.data, rec.ts_ns) {
-                let ts_ns = match opts.timestamps {
-                    Timestamps::Erspan => d.meta.erspan_time_ns.unwrap_or(rec.ts_ns),
-                    Timestamps::Input => rec.ts_ns,
-                };
-                out.deliver(&d, ts_ns, d.frame.len() as u32 + cut);
-            }
+            feed(&mut pipeline, &mut out, opts.timestamps, rec);
         }
         for reason in reader.take_skipped().into_iter().chain(reader.stopped()) {
             *damage.entry(capture_reason(reason)).or_default() += 1;
@@ -157,6 +161,48 @@ pub fn run(opts: &DecapOptions) -> Result<Report, DecapError> {
     }
     out.finish();
     Ok(report(&pipeline, &out, damage))
+}
+
+/// Opens `path` and reads its capture header. A regular file is closed again and reopened in
+/// its turn (so that many inputs hold no handles or buffers meanwhile); a pipe or other stream
+/// can be read only once, so its reader is kept.
+fn check_input(path: &Path) -> Result<Option<CaptureReader<File>>, DecapError> {
+    let input_err = |e: &dyn std::fmt::Display| DecapError::Input {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let f = File::open(path).map_err(|e| input_err(&e))?;
+    let regular = f.metadata().map_err(|e| input_err(&e))?.is_file();
+    let reader = CaptureReader::new(f).map_err(|e| input_err(&e))?;
+    Ok((!regular).then_some(reader))
+}
+
+/// A classic pcap file read in place from its mapping; returns why it stopped early, if it did.
+fn read_mapped(
+    map: &MappedFile,
+    pipeline: &mut Pipeline,
+    out: &mut Outputs,
+    timestamps: Timestamps,
+) -> Result<Option<SkipReason>, ReadError> {
+    let mut records = PcapSlice::new(map.bytes())?;
+    while let Some(rec) = records.next_record() {
+        feed(pipeline, out, timestamps, rec);
+        map.advance(records.offset());
+    }
+    Ok(records.stopped())
+}
+
+/// One captured packet through the pipeline and, when it is a mirrored frame, to its output.
+#[inline]
+fn feed(pipeline: &mut Pipeline, out: &mut Outputs, timestamps: Timestamps, rec: Record<'_>) {
+    let cut = rec.orig_len.saturating_sub(rec.data.len() as u32);
+    if let Some(d) = pipeline.link(rec.link, rec.data, rec.ts_ns) {
+        let ts_ns = match timestamps {
+            Timestamps::Erspan => d.meta.erspan_time_ns.unwrap_or(rec.ts_ns),
+            Timestamps::Input => rec.ts_ns,
+        };
+        out.deliver(&d, ts_ns, d.frame.len() as u32 + cut);
+    }
 }
 
 fn capture_reason(r: SkipReason) -> &'static str {
