@@ -31,9 +31,25 @@ struct SenderKey {
 
 #[derive(Debug, Default)]
 struct Sender {
+    /// The merged model. While a single source of the sender has sent sequence numbers it would
+    /// see exactly what that source's own tracker sees, so it is not fed then (one tracker per
+    /// packet instead of two, the common case of one session per sender): it is cloned from
+    /// that source's tracker when a second source sends numbers.
     union: SeqTracker,
+    solo: Solo,
     own_anomalies: u64,
     n_numbered: u32,
+}
+
+/// Which sources of a sender have fed it sequence numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Solo {
+    #[default]
+    None,
+    /// Only this one: `Sender::union` is stale, this source's own tracker stands for it.
+    One(SourceId),
+    /// Two or more: `Sender::union` is fed every number.
+    Many,
 }
 
 impl Sender {
@@ -249,7 +265,21 @@ impl Demux {
         let was_numbered = src.own.numbered();
         let own = src.own.observe(seq);
         let s = &mut self.senders[sender as usize];
-        let union = s.union.observe(seq);
+        let union = match s.solo {
+            Solo::One(only) if only == id => own,
+            Solo::None => {
+                s.solo = Solo::One(id);
+                own
+            }
+            Solo::One(only) => {
+                // A second source: the merged model so far is the first one's own tracker.
+                s.union = self.sources[only as usize].own.clone();
+                s.solo = Solo::Many;
+                s.union.observe(seq)
+            }
+            Solo::Many => s.union.observe(seq),
+        };
+        let src = &mut self.sources[id as usize];
         s.own_anomalies += u64::from(own.is_anomaly());
         if !was_numbered && src.own.numbered() {
             s.n_numbered += 1;
@@ -436,6 +466,61 @@ mod tests {
             Err(TableFull)
         );
         assert!(d.source_id(&key([1, 1, 1, 1], Kind::Vxlan, 1)).is_ok());
+    }
+
+    /// The two-model rule restated plainly: the merged tracker fed every number from the first.
+    struct Reference {
+        own: Vec<SeqTracker>,
+        union: SeqTracker,
+        own_anomalies: u64,
+    }
+
+    impl Reference {
+        fn observe(&mut self, src: usize, seq: u32) -> Option<SeqEvent> {
+            let own = self.own[src].observe(seq);
+            let union = self.union.observe(seq);
+            self.own_anomalies += u64::from(own.is_anomaly());
+            let n_numbered = self.own.iter().filter(|t| t.numbered()).count();
+            let shared = n_numbered >= 2 && self.union.stats().anomalies < self.own_anomalies;
+            match if shared { union } else { own } {
+                Observation::Gap { lost, from, to } => Some(SeqEvent::Gap {
+                    lost,
+                    from,
+                    to,
+                    shared,
+                }),
+                Observation::Reset { from, to } => Some(SeqEvent::Reset { from, to }),
+                _ => None,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The merged model is fed lazily (not while one source alone numbers its packets) and
+        /// still notes the same events as one fed every number from the start.
+        #[test]
+        fn lazy_merged_model_matches_eager_one(
+            packets in proptest::collection::vec((0usize..3, 0u32..3, proptest::bool::ANY), 1..300),
+            bases in proptest::array::uniform3(proptest::num::u32::ANY),
+        ) {
+            let mut d = Demux::new(16);
+            let ids: Vec<SourceId> = (0..3)
+                .map(|i| d.source_id(&key([10, 0, 0, 1], Kind::ErspanII, i)).unwrap().0)
+                .collect();
+            let mut r = Reference {
+                own: vec![SeqTracker::default(); 3],
+                union: SeqTracker::default(),
+                own_anomalies: 0,
+            };
+            let mut next = bases;
+            for (src, step, zero) in packets {
+                // Mostly in order, some gaps and repeats, some zeros (unnumbered senders).
+                let seq = if zero { 0 } else { next[src].wrapping_add(step).wrapping_sub(1) };
+                next[src] = seq.wrapping_add(1);
+                let got = d.account(ids[src], 60, &meta(seq), 0);
+                proptest::prop_assert_eq!(got, r.observe(src, seq));
+            }
+        }
     }
 
     #[test]

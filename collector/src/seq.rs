@@ -95,7 +95,22 @@ impl SeqTracker {
         self.modulus == BITS_30
     }
 
+    #[inline]
     pub fn observe(&mut self, seq: u32) -> Observation {
+        // The next number in order, the common case by far: one comparison and a window shift.
+        // (`highest` is set only once a non-zero number was seen.)
+        if let Some(highest) = self.highest
+            && u64::from(seq) == (u64::from(highest) + 1) & (self.modulus - 1)
+        {
+            self.shift_one();
+            self.set_bit(0);
+            self.highest = Some(seq);
+            return Observation::InOrder;
+        }
+        self.observe_other(seq)
+    }
+
+    fn observe_other(&mut self, seq: u32) -> Observation {
         if self.all_zero {
             if seq == 0 {
                 self.n_zero += 1;
@@ -183,6 +198,16 @@ impl SeqTracker {
         Observation::Gap { lost, from, to }
     }
 
+    #[inline]
+    fn shift_one(&mut self) {
+        let mut carry = 0;
+        for w in &mut self.window {
+            let out = *w >> 63;
+            *w = (*w << 1) | carry;
+            carry = out;
+        }
+    }
+
     fn rebase(&mut self, seq: u32) {
         self.highest = Some(seq);
         self.window = [0; (WINDOW / 64) as usize];
@@ -193,6 +218,7 @@ impl SeqTracker {
         self.window[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
+    #[inline]
     fn set_bit(&mut self, i: u32) {
         self.window[(i / 64) as usize] |= 1 << (i % 64);
     }
@@ -200,13 +226,7 @@ impl SeqTracker {
     /// Moves the window `d` numbers forward: bit i becomes bit i + d.
     fn shift(&mut self, d: u32) {
         if d == 1 {
-            // The next number in order: the common case by far.
-            let mut carry = 0;
-            for w in &mut self.window {
-                let out = *w >> 63;
-                *w = (*w << 1) | carry;
-                carry = out;
-            }
+            self.shift_one();
             return;
         }
         if d >= WINDOW {
