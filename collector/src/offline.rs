@@ -390,17 +390,23 @@ impl Outputs {
             self.dropped += 1;
             return;
         }
-        // Reuse one String for comments; taken out so `self` stays free to borrow.
-        let mut comment = std::mem::take(&mut self.comment);
-        comment.clear();
-        d.comment(&mut comment);
-        let packet = PacketInfo {
+        let mut packet = PacketInfo {
             ts_ns,
             orig_len,
             data: d.frame,
             direction: d.meta.direction,
-            comment: (!comment.is_empty()).then_some(comment.as_str()),
+            comment: None,
         };
+        if d.seq_event.is_none() && !d.meta.truncated {
+            // Nothing to say about an ordinary packet.
+            self.write(d, &packet);
+            return;
+        }
+        // Reuse one String for comments; taken out so `self` stays free to borrow.
+        let mut comment = std::mem::take(&mut self.comment);
+        comment.clear();
+        d.comment(&mut comment);
+        packet.comment = (!comment.is_empty()).then_some(comment.as_str());
         self.write(d, &packet);
         self.comment = comment;
     }

@@ -261,6 +261,9 @@ impl Encoder {
     }
 }
 
+/// Data lengths up to this are written through one stack block (a single copy into the buffer).
+const SMALL_EPB_DATA: usize = 128;
+
 /// Appends an Enhanced Packet Block in native byte order with nanosecond timestamps, the same
 /// bytes pcap-file's `PcapNgWriter::write_block` produces for the interfaces this encoder
 /// declares (`if_tsresol` 9, no offset), written by hand: the generic path sizes every block
@@ -288,9 +291,7 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
     // Type, length, 20 bytes of fixed fields, padded data, options, trailing length.
     let block_len = 8 + 20 + data_len.next_multiple_of(4) + options_len + 4;
     let pad = data_len.next_multiple_of(4) - data_len;
-    buf.reserve(block_len);
-    // The fixed part in one copy: type, length, interface, timestamp, captured and original
-    // lengths.
+    // The fixed part: type, length, interface, timestamp, captured and original lengths.
     let mut head = [0u8; 28];
     for (i, v) in [
         EPB,
@@ -306,6 +307,16 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
     {
         head[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
     }
+    if options_len == 0 && data_len <= SMALL_EPB_DATA {
+        // A small block is assembled on the stack and appended in one copy.
+        let mut block = [0u8; 28 + SMALL_EPB_DATA + 4];
+        block[..28].copy_from_slice(&head);
+        block[28..28 + data_len].copy_from_slice(p.data);
+        block[block_len - 4..block_len].copy_from_slice(&(block_len as u32).to_ne_bytes());
+        buf.extend_from_slice(&block[..block_len]);
+        return;
+    }
+    buf.reserve(block_len);
     buf.extend_from_slice(&head);
     buf.extend_from_slice(p.data);
     if options_len == 0 {
