@@ -5,12 +5,14 @@
 #   scripts/bench-decap.sh                      # 2,000,000 packets, 8 sessions, inner 60 and 1414 B
 #   BENCH_DIR=/dev/shm scripts/bench-decap.sh   # files in memory: no disk writeback in the times
 #   PACKETS=200000 RUNS=3 scripts/bench-decap.sh
+#   TAPWIRE=/path/to/other/tapwire scripts/bench-decap.sh   # measure another build on the same inputs
 #
 # The large-frame input is ~3 GB and each output about as much: BENCH_DIR needs ~6.5 GB free.
 #
 # Environment: BENCH_DIR (parent of the temporary work directory, default /tmp), PACKETS,
 # SESSIONS, RUNS (hyperfine runs per command), TSHARK_PACKETS (tshark runs on this prefix only,
-# and its time is scaled to the whole input). Installs missing Debian tools when run as root.
+# and its time is scaled to the whole input), TAPWIRE (the binary measured, default this tree's
+# release build). Installs missing Debian tools when run as root.
 set -euo pipefail
 
 PACKETS=${PACKETS:-2000000}
@@ -49,7 +51,7 @@ done
     cargo build --release --quiet -p tapwire-formats --example gen_erspan
 )
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-TAPWIRE=$TARGET_DIR/release/tapwire
+TAPWIRE=${TAPWIRE:-$TARGET_DIR/release/tapwire}
 GEN=$TARGET_DIR/release/examples/gen_erspan
 
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/tapwire-bench.XXXXXX")
