@@ -45,4 +45,4 @@ mod sys;
 
 pub use error::{is_interface_gone, raw_os_error};
 pub use socket2;
-pub use sys::ifindex;
+pub use sys::{ifindex, write_dontcache};

@@ -116,6 +116,31 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     Ok(index)
 }
 
+/// Writes `buf` at the file's current offset (appending on an `O_APPEND` file) as one
+/// `pwritev2(..., RWF_DONTCACHE)`: an ordinary buffered write whose page-cache pages are
+/// written back at once and dropped afterwards, so a file written once and not read again
+/// neither fills the page cache nor needs fresh pages for every byte. Returns the bytes
+/// written, which may be fewer than `buf.len()`, as `write` does.
+///
+/// Kernels before 6.14 and file systems without support refuse the flag with `EOPNOTSUPP`
+/// (checked with [`crate::raw_os_error`]); the caller then writes as usual.
+pub fn write_dontcache(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which lives and is not written to for the call; the kernel
+    // only reads it. Offset -1 means the file's current offset, updated as by `write`.
+    let n = unsafe { libc::pwritev2(fd.as_raw_fd(), &iov, 1, -1, libc::RWF_DONTCACHE) };
+    if n < 0 {
+        return Err(context(
+            io::Error::last_os_error(),
+            "pwritev2 RWF_DONTCACHE",
+        ));
+    }
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +151,36 @@ mod tests {
             let e = ifindex(name).expect_err(name);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{name:?}: {e}");
         }
+    }
+
+    #[test]
+    fn dontcache_writes_or_says_it_cannot() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let path = std::env::temp_dir().join(format!("tapwire-dontcache-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .expect("temp file");
+        for part in [&b"whole "[..], b"records"] {
+            match write_dontcache(f.as_fd(), part) {
+                Ok(n) => assert_eq!(n, part.len()),
+                Err(e) => {
+                    assert_eq!(crate::raw_os_error(&e), Some(libc::EOPNOTSUPP), "{e}");
+                    std::fs::remove_file(&path).expect("remove");
+                    return;
+                }
+            }
+        }
+        let mut back = String::new();
+        std::fs::File::open(&path)
+            .expect("reopen")
+            .read_to_string(&mut back)
+            .expect("read");
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(back, "whole records");
     }
 
     #[test]
