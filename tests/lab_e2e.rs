@@ -315,7 +315,8 @@ fn count(frames: &[Frame], f: impl Fn(&Frame) -> bool) -> usize {
 /// tcpdump writing `path` in `ns`, started through the scratch lab (killed with it).
 fn tcpdump(scratch: &Lab, ns: &str, args: &[&str], path: &Path) -> Proc {
     // A short snapshot: the checks need only the headers (tshark's frame.len is the original
-    // length), and libpcap sizes its ring slots by it (the TAP's MTU is 65000).
+    // length). With the default 262144 bytes, tcpdump in immediate mode dropped 90 to 180
+    // packets in 8 s on the monitoring TAP at the lab's rate (measured); with 256, none.
     let mut cmd = vec![
         "tcpdump",
         "-n",
