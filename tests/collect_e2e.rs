@@ -547,7 +547,13 @@ fn assert_sessions_and_metrics(c: &Collector<'_>, api: &Value, expected: &Frames
         assert_eq!(s["written"], n, "{name}: written");
         assert_eq!(s["bytes"], bytes, "{name}: inner-frame bytes");
         assert_eq!(s["lost"], 0, "{name}: lost");
-        assert_eq!(s["state"], "receiving", "{name}: state");
+        // "receiving" lasts 5 s after the last packet; a loaded machine may read it later.
+        assert!(
+            matches!(s["state"].as_str(), Some("receiving" | "idle")),
+            "{name}: state {}",
+            s["state"]
+        );
+        assert!(s["last_seen"].is_string(), "{name}: last_seen");
         let current = s["files"]["current"].as_str().unwrap_or_default();
         let current_name = Path::new(current)
             .file_name()
