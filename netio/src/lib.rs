@@ -44,5 +44,6 @@ pub mod ring;
 mod sys;
 
 pub use error::{is_interface_gone, raw_os_error};
+pub use ring::page_size_bytes;
 pub use socket2;
 pub use sys::{ifindex, write_dontcache};

@@ -154,7 +154,8 @@ pub enum ConfigError {
     ZeroSnaplen,
 }
 
-fn page_size_bytes() -> u32 {
+/// The system's page size (4096 if sysconf cannot tell).
+pub fn page_size_bytes() -> u32 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u32::try_from(page).unwrap_or(4096)
