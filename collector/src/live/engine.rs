@@ -22,7 +22,7 @@ use tapwire_formats::decap::{Kind, SourceKey};
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Shared};
-use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, format_name};
+use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_name};
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
@@ -34,12 +34,20 @@ use crate::pipeline::{Delivery, Pipeline};
 use crate::timefmt::rfc3339_ns;
 
 /// Memory for buffered output across all open files; each file's flush threshold is this
-/// divided among them (between 64 KiB and [`FLUSH_BYTES`]).
+/// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).
 const BUFFER_BUDGET_BYTES: usize = 64 << 20;
 /// Distinct refused addresses remembered; the rest are counted under `other`.
 const MAX_REFUSED_ADDRS: usize = 1024;
 /// A session with no packet for this long is idle.
 const IDLE_NS: u64 = 5_000_000_000;
+
+/// The smallest flush threshold: past 4096 open files the budget is exceeded rather than
+/// writes made smaller than this.
+const MIN_FLUSH_BYTES: usize = 16 << 10;
+/// Each open file's flush threshold when `open` files share the budget.
+fn flush_threshold(open: usize) -> usize {
+    (BUFFER_BUDGET_BYTES / open.max(1)).clamp(MIN_FLUSH_BYTES, FLUSH_BYTES)
+}
 
 /// What the operator set on the command line, beside the configuration file.
 #[derive(Debug, Clone)]
@@ -506,7 +514,7 @@ impl Engine {
 
 impl Core {
     fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.pool.len() < 64 {
+        if self.pool.len() < 64 && buffer_fits(b.capacity(), self.flush_bytes) {
             b.clear();
             self.pool.push(b);
         }
@@ -583,6 +591,9 @@ impl Core {
             &self.shared,
         ));
         self.by_name.insert(name, i);
+        // Many sessions can appear within a second: lower the threshold now, not at the tick,
+        // or each would fill a buffer sized for few.
+        self.flush_bytes = self.flush_bytes.min(flush_threshold(self.sessions.len()));
         Some(i)
     }
 
@@ -726,7 +737,7 @@ impl Core {
             .filter(|s| s.output.as_ref().is_some_and(FileOutput::is_open))
             .count()
             .max(1);
-        self.flush_bytes = (BUFFER_BUDGET_BYTES / open).clamp(64 << 10, FLUSH_BYTES);
+        self.flush_bytes = flush_threshold(open);
         for i in 0..self.sessions.len() {
             self.with_output(i, |out, ctx| {
                 // An output error clears once the directory is usable again: the next packet
@@ -977,4 +988,19 @@ fn add_drops(a: &mut api::Drops, b: &api::Drops) {
     a.write_error += b.write_error;
     a.backlog += b.backlog;
     a.no_session += b.no_session;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_budget_is_shared_by_the_open_files() {
+        assert_eq!(flush_threshold(0), FLUSH_BYTES);
+        assert_eq!(flush_threshold(64), FLUSH_BYTES);
+        assert_eq!(flush_threshold(256), 256 << 10);
+        assert_eq!(flush_threshold(4096), 16 << 10);
+        // Never below 16 KiB, so writes stay large enough; memory is then 16 KiB per open file.
+        assert_eq!(flush_threshold(65_536), 16 << 10);
+    }
 }

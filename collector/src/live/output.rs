@@ -43,6 +43,29 @@ pub struct Ctx<'a> {
     pub flush_bytes: usize,
 }
 
+/// Room past the flush threshold for the record that crosses it (a jumbo frame too), so a
+/// buffer does not double: measured, doubled buffers made up half the RSS with 1024 sessions.
+pub const BUFFER_SLACK_BYTES: usize = 16 << 10;
+
+/// Whether a spare buffer is worth keeping under the flush threshold `flush_bytes`: one grown
+/// under a larger threshold (before more files opened) would keep its touched pages resident.
+pub fn buffer_fits(capacity: usize, flush_bytes: usize) -> bool {
+    capacity <= 2 * (flush_bytes + BUFFER_SLACK_BYTES)
+}
+
+impl Ctx<'_> {
+    /// An empty buffer for a file's records: a pooled one if it fits the current threshold.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        while let Some(mut b) = self.pool.pop() {
+            if buffer_fits(b.capacity(), self.flush_bytes) {
+                b.clear();
+                return b;
+            }
+        }
+        Vec::with_capacity(self.flush_bytes + BUFFER_SLACK_BYTES)
+    }
+}
+
 struct Current {
     id: FileId,
     path: PathBuf,
@@ -208,8 +231,7 @@ impl FileOutput {
             prune,
         });
         let mut enc = Encoder::new(self.cfg.format);
-        let mut buf = ctx.pool.pop().unwrap_or_default();
-        buf.clear();
+        let mut buf = ctx.take_buffer();
         // Keep the section header the encoder wrote; give it a pooled buffer behind it.
         buf.extend_from_slice(enc.buffer());
         *enc.buffer() = buf;
@@ -235,10 +257,7 @@ impl FileOutput {
         if cur.enc.pending_len() == 0 {
             return;
         }
-        let fresh = ctx
-            .pool
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(ctx.flush_bytes));
+        let fresh = ctx.take_buffer();
         let buf = std::mem::replace(cur.enc.buffer(), fresh);
         ctx.shared
             .backlog_bytes
@@ -349,6 +368,33 @@ pub fn format_name(f: Format) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_buffers_grown_under_a_larger_threshold_are_not_reused() {
+        let (io, _rx) = crossbeam_channel::unbounded();
+        let shared = Shared::default();
+        let mut pool = vec![
+            Vec::with_capacity(64 << 10),
+            Vec::with_capacity(FLUSH_BYTES),
+        ];
+        let mut next = 0;
+        let mut ctx = Ctx {
+            io: &io,
+            shared: &shared,
+            pool: &mut pool,
+            next_file_id: &mut next,
+            flush_bytes: 64 << 10,
+        };
+        // The 1 MiB buffer (last in, first out) is dropped; the 64 KiB one is reused.
+        let b = ctx.take_buffer();
+        assert!(b.capacity() >= 64 << 10 && b.capacity() < FLUSH_BYTES);
+        assert!(ctx.pool.is_empty());
+        // An empty pool gives a buffer sized for the threshold and the record crossing it.
+        let b = ctx.take_buffer();
+        assert!(b.capacity() >= (64 << 10) + BUFFER_SLACK_BYTES);
+        assert!(buffer_fits(b.capacity(), 64 << 10));
+        assert!(!buffer_fits(FLUSH_BYTES, 64 << 10));
+    }
 
     #[test]
     fn compact_time() {
