@@ -24,8 +24,10 @@
 #   - CPU per packet = (utime + stime of the whole process, from /proc/PID/stat, over the run)
 #     / packets captured.
 #
-# The probe's CPU includes sending: its sendmmsg on the uplink veth, and the sink namespace's
-# receive processing (a third of it, by perf), which a veth runs in the sender's softirq.
+# The probe's CPU includes sending: its sendmmsg through the kernel's IP output onto the
+# uplink veth. The sink namespace's receive processing, which a veth would otherwise run in the
+# sender's softirq (a third of the probe's CPU, by perf), is the collector's work on a real
+# network: RPS on sink0 sends it to CPU 0 (RPS_SINK=0 keeps it with the sender, as before).
 # tcpdump only reads; probe-capture is the like-for-like comparison of the capture path.
 # Needs root. Installs netsniff-ng (trafgen), tcpdump and jq when missing.
 set -euo pipefail
@@ -79,6 +81,9 @@ ip -n "$SINK" link set sink0 mtu 9000
 ip -n "$HOST" addr add 10.97.1.1/24 dev tap1
 ip -n "$HOST" addr add 10.97.2.1/24 dev up0
 ip -n "$SINK" addr add 10.97.2.2/24 dev sink0
+if [[ ${RPS_SINK:-1} == 1 ]]; then
+    ip netns exec "$SINK" sh -c 'echo 1 > /sys/class/net/sink0/queues/rx-0/rps_cpus'
+fi
 # The frames are for another station: the host drops them after the taps saw them.
 GEN_MAC=$(ip netns exec "$GEN" cat /sys/class/net/gen0/address)
 HOST_MAC=$(ip netns exec "$HOST" cat /sys/class/net/tap1/address)

@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# Live collection benchmark: `tapwire collect` against `tcpdump -w` on the same ERSPAN II
+# traffic, and tapwire's memory with many sessions.
+#
+#   scripts/bench-collect.sh                              # everything, as the README reports it
+#   RUNS=1 SIZES=60 RSS_SESSIONS= scripts/bench-collect.sh    # one quick point
+#   RATE=200000 CAPTURERS="tapwire tcpdump" scripts/bench-collect.sh
+#
+# Lab (namespaces made here, removed on exit, also on failure): `gen` --veth--> `col`. trafgen
+# (netsniff-ng) runs in `gen` on CPU 0 and sends ERSPAN II to col's address: GRE with the S bit
+# and a sequence number counted by trafgen's `dinc()`, one counter per session, so each
+# session's numbers are contiguous; SESSIONS sessions from as many outer source addresses
+# (10.98.1.N, session id N). trafgen's slow path (`-t 0`, one sendto per frame; or `-b RATE`)
+# is used: its TX-ring fast path gives up with EAGAIN when the receiving CPU falls behind (the
+# socket's send buffer cannot be raised inside a namespace). RPS on col's veth sends the
+# receive side's softirq work to CPU 1, where the capturer is pinned: each side pays its own.
+# A full backlog on CPU 1 makes sendto fail with ENOBUFS, and trafgen sends that frame again:
+# the generator then runs at the rate the receiving CPU absorbs (counted as `backpressure`,
+# the veth's tx drops, which are retried, never lost).
+#
+# Capturers, each started before and stopped after the traffic, pinned to CPU 1:
+#
+#   tapwire        tapwire collect --no-tui --out DIR (release build): the raw GRE socket input
+#   tapwire-ring   the same with --gre-v4 off --interface col0 (AF_PACKET TPACKET_V3 ring)
+#   tcpdump        tcpdump -i col0 -w FILE (libpcap's default 2 MiB buffer)
+#   tcpdump-B      tcpdump -i col0 -B 65536 -w FILE (a 64 MiB buffer)
+#
+# Beside the capturers other than `tapwire`, a raw GRE socket with a drop-all filter takes the
+# datagrams (so col's kernel does not answer each with ICMP). Per run: packets sent (trafgen's
+# count, checked against the veth's), packets the capturer got (tapwire: written, and the
+# input's kernel drops from /api/v1/sessions; tcpdump: its "captured" and "dropped by kernel"
+# lines), the packets in the files (captype, then capinfos), loss, and CPU per packet written:
+# utime + stime of the whole process over the run (/proc/PID/stat), and per thread for tapwire.
+#
+# Softirq: the kernel's receive work runs on CPU 1 and, with tick-based accounting, is charged
+# to whichever task it interrupts: to the capturer when it is running, to other work or to no
+# one when it sleeps. With PROFILE=1 (default, needs perf) `perf record -e cpu-clock -C 1`
+# samples CPU 1 during the run and the samples whose stack holds the softirq handler tell how
+# much of the capturer's time was softirq: "own" is the rest, the capturer's own work.
+#
+# Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
+# outer sources) of 1414-byte frames at trafgen's maximum rate for RSS_SECONDS (60); VmRSS and
+# VmHWM from /proc/PID/status every second.
+#
+# Environment: SIZES (inner frame bytes, "60 1414"), SESSIONS (8), SECONDS_RUN (10), RUNS (3),
+# RATE (max, or packets per second), CAPTURERS, RSS_SESSIONS, RSS_SECONDS, PROFILE, BENCH_DIR
+# (where the capture files go, default /var/tmp: a disk, as in production). Needs root.
+# Installs netsniff-ng, tcpdump, tshark (captype, capinfos), jq, curl, bc and linux-perf when
+# missing.
+set -euo pipefail
+
+SIZES=${SIZES:-60 1414}
+SESSIONS=${SESSIONS:-8}
+SECONDS_RUN=${SECONDS_RUN:-10}
+RUNS=${RUNS:-3}
+RATE=${RATE:-max}
+CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tcpdump tcpdump-B}
+RSS_SESSIONS=${RSS_SESSIONS-1024 4096}
+RSS_SECONDS=${RSS_SECONDS:-60}
+PROFILE=${PROFILE:-1}
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+GEN_CPU=0 RX_CPU=1
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+[[ $(id -u) == 0 ]] || { echo "bench-collect: run as root (network namespaces)" >&2; exit 2; }
+missing=()
+command -v trafgen >/dev/null || missing+=(netsniff-ng)
+command -v tcpdump >/dev/null || missing+=(tcpdump)
+command -v capinfos >/dev/null || missing+=(tshark)
+command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
+command -v bc >/dev/null || missing+=(bc)
+command -v ethtool >/dev/null || missing+=(ethtool)
+[[ $PROFILE == 1 ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+(cd "$ROOT" && cargo build --release --quiet -p tapwire-collector --bin tapwire)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+TAPWIRE=$TARGET_DIR/release/tapwire
+
+ID=twbc-$$
+GEN=$ID-gen COL=$ID-col
+WORK=$(mktemp -d "$BENCH_DIR/tapwire-bench-collect.XXXXXX")
+cleanup() {
+    for ns in "$GEN" "$COL"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    [[ -n ${PERF_PID:-} ]] && kill -KILL "$PERF_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- lab ---------------------------------------------------------------------------------------
+for ns in "$GEN" "$COL"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 \
+        net.ipv4.conf.default.rp_filter=0
+done
+ip link add name gen0 netns "$GEN" type veth peer name col0 netns "$COL"
+ip netns exec "$GEN" ethtool -K gen0 tx off tso off gso off >/dev/null 2>&1 || true
+ip netns exec "$COL" ethtool -K col0 rx off gro off >/dev/null 2>&1 || true
+ip -n "$GEN" link set gen0 up
+ip -n "$COL" link set col0 up
+ip -n "$GEN" addr add 10.98.0.1/16 dev gen0
+ip -n "$COL" addr add 10.98.0.2/16 dev col0
+# The receive side's softirq work on the receiver's CPU.
+ip netns exec "$COL" sh -c "echo $((1 << RX_CPU)) > /sys/class/net/col0/queues/rx-0/rps_cpus"
+GEN_MAC=$(ip netns exec "$GEN" cat /sys/class/net/gen0/address)
+COL_MAC=$(ip netns exec "$COL" cat /sys/class/net/col0/address)
+
+cat >"$WORK/sink.py" <<'EOF'
+# A GRE receiver that discards in the kernel: a raw IPPROTO_GRE socket with `ret #0`.
+import ctypes, signal, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0))
+s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
+print("ready", flush=True)
+signal.pause()
+EOF
+
+# trafgen_config INNER_BYTES SOURCES IDS: SOURCES x IDS ERSPAN II sessions, one packet each per
+# round. The GRE sequence number is a 4-byte `dinc()` field: trafgen has no GRE header, so a
+# tcp() header stands in for the 16 bytes of GRE + ERSPAN II (sp/dp = GRE flags with S and
+# protocol 0x88BE, seq = the GRE sequence, ack seq = ERSPAN word 1: version 1 and the session
+# id, doff/flags/window = word 2: index 0) and its checksum and urgent pointer, given, are the
+# first 4 bytes of the inner frame. The inner frame: Ethernet, IPv4, UDP, 'A's.
+trafgen_config() {
+    local len=$1 sources=$2 ids=$3 src id
+    for ((src = 1; src <= sources; src++)); do
+        for ((id = 0; id < ids; id++)); do
+            local sid=$(( ids == 1 ? src : id ))
+            printf '{ eth(da=%s, sa=%s), ipv4(saddr=10.98.1.%d, daddr=10.98.0.2, proto=47, ttl=64, df),\n' \
+                "$COL_MAC" "$GEN_MAC" "$src"
+            printf '  tcp(sp=0x1000, dp=0x88be, seq=dinc(), aseq=%d, doff=0, win=0, csum=0x0200, urgptr=0),\n' \
+                $(((1 << 28) | sid))
+            printf '  c16(0x0001), c32(0x02000000), c16(0x0002), c16(0x0800),\n'
+            printf '  c16(0x4500), c16(%d), c32(0x00004000), c32(0x40110000), c32(%d), c32(0x0a020001),\n' \
+                $((len - 14)) $(((10 << 24) | (src << 16) | id))
+            printf '  c16(%d), c16(9), c16(%d), c16(0), fill(0x41, %d) }\n' \
+                $((1000 + sid)) $((len - 34)) $((len - 42))
+        done
+    done
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# thread_ticks PID: "comm ticks" per thread.
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do awk '{print substr($2, 2, length($2) - 2), $14 + $15}' "$t/stat"; done
+}
+link_stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
+api() { ip netns exec "$COL" curl -sf --max-time 2 http://127.0.0.1:9750/api/v1/sessions; }
+
+# trafgen_run CONFIG RATE SECONDS: prints "packets seconds" (trafgen's own count and time).
+trafgen_run() {
+    local cfg=$1 rate=$2 secs=$3 args=(-o gen0 -i "$1" -P 1)
+    if [[ $rate == max ]]; then args+=(-t 0); else args+=(-b "${rate}pps"); fi
+    ip netns exec "$GEN" timeout -s INT "$secs" taskset -c "$GEN_CPU" trafgen "${args[@]}" \
+        >"$WORK/trafgen.out" 2>&1 || true
+    tr '\r' '\n' <"$WORK/trafgen.out" |
+        awk '/packets outgoing/ {p = $1} / sec, .* usec on CPU/ {s = $1 + $3 / 1e6} END {print p + 0, s + 0}'
+}
+
+# profile_split PERF_DATA COMM_REGEX: "samples softirq_samples all_softirq_samples": samples of
+# the matching threads, those of them in softirq context, and all softirq samples on the CPU.
+profile_split() {
+    perf script -i "$1" -F comm,ip,sym 2>/dev/null | awk -v re="$2" '
+        function flush() {
+            if (comm ~ re) { n++; if (soft) s++ }
+            if (soft) all++
+            comm = ""; soft = 0
+        }
+        /^[^ \t]/ { flush(); comm = $1; next }
+        /handle_softirqs|__do_softirq|net_rx_action/ { soft = 1 }
+        END { flush(); print n + 0, s + 0, all + 0 }'
+}
+
+start_capturer() {
+    local who=$1 out=$2
+    rm -rf "$out"
+    mkdir -p "$out"
+    SINK_PID=
+    if [[ $who != tapwire ]]; then
+        ip netns exec "$COL" /usr/bin/python3 "$WORK/sink.py" >"$WORK/sink.out" &
+        SINK_PID=$!
+        for _ in $(seq 100); do grep -q ready "$WORK/sink.out" 2>/dev/null && break; sleep 0.05; done
+    fi
+    case $who in
+    tapwire | tapwire-ring)
+        local inputs=(--gre-v4 0.0.0.0)
+        [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
+        ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --out "$out" \
+            "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
+            --api 127.0.0.1:9750 2>"$WORK/capturer.err" &
+        CAP_PID=$!
+        for _ in $(seq 100); do api >/dev/null 2>&1 && break; sleep 0.1; done
+        ;;
+    tcpdump | tcpdump-B)
+        local b=()
+        [[ $who == tcpdump-B ]] && b=(-B 65536)
+        ip netns exec "$COL" taskset -c "$RX_CPU" tcpdump -i col0 -n "${b[@]}" -w "$out/tcpdump.pcap" \
+            2>"$WORK/capturer.err" &
+        CAP_PID=$!
+        for _ in $(seq 100); do grep -q "listening on" "$WORK/capturer.err" && break; sleep 0.05; done
+        ;;
+    esac
+    sleep 0.5
+}
+
+stop_capturer() {
+    local who=$1
+    if [[ $who == tapwire* ]]; then kill -TERM "$CAP_PID"; else kill -INT "$CAP_PID"; fi
+    wait "$CAP_PID" || true
+    [[ -n $SINK_PID ]] && { kill -TERM "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null || true; }
+    SINK_PID=
+}
+
+# tapwire_settled: waits until the API's totals stop moving (the snapshot is published each
+# second), prints the snapshot.
+tapwire_settled() {
+    local a b
+    a=$(api | jq -c '[.totals.packets, .totals.written]')
+    for _ in $(seq 30); do
+        sleep 1.2
+        b=$(api | jq -c '[.totals.packets, .totals.written]')
+        [[ $a == "$b" ]] && break
+        a=$b
+    done
+    api
+}
+
+# files_packets DIR: packets in every capture file of DIR (captype must know each file).
+files_packets() {
+    local dir=$1 f
+    shopt -s nullglob
+    local files=("$dir"/*.pcapng "$dir"/*.pcap)
+    shopt -u nullglob
+    ((${#files[@]})) || { echo 0; return; }
+    if captype "${files[@]}" | grep -v -E ': (pcapng|pcap)$' | grep -q .; then
+        echo "bench-collect: captype does not recognise a file in $dir" >&2
+        echo -1
+        return
+    fi
+    capinfos -c -M -T -r "${files[@]}" | awk -F'\t' '{n += $2} END {print n + 0}'
+}
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+# measure WHO LEN: one run; appends a result line, prints a summary line on stderr.
+measure() {
+    local who=$1 len=$2 cfg=$WORK/t-$2.cfg out=$WORK/out
+    local load
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    start_capturer "$who" "$out"
+    local rx0 bp0 cpu0 threads0
+    rx0=$(link_stat "$COL" col0 rx_packets)
+    bp0=$(link_stat "$GEN" gen0 tx_dropped)
+    cpu0=$(cpu_ticks "$CAP_PID")
+    threads0=$(thread_ticks "$CAP_PID")
+    PERF_PID=
+    if [[ $PROFILE == 1 ]]; then
+        perf record -q -e cpu-clock -F 999 -C "$RX_CPU" -g -o "$WORK/perf.data" \
+            -- sleep "$SECONDS_RUN" >/dev/null 2>&1 &
+        PERF_PID=$!
+    fi
+    local sent secs
+    read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
+    [[ -n $PERF_PID ]] && { wait "$PERF_PID" || true; PERF_PID=; }
+    local got kdrops written lost snap=""
+    if [[ $who == tapwire* ]]; then
+        snap=$(tapwire_settled)
+        written=$(jq '.totals.written' <<<"$snap")
+        kdrops=$(jq '[.inputs[].kernel_drops] | add' <<<"$snap")
+        lost=$(jq '[.sessions[].sources[].lost] | add // 0' <<<"$snap")
+        local n_sessions
+        n_sessions=$(jq '.sessions | length' <<<"$snap")
+        [[ $n_sessions == "$SESSIONS" ]] ||
+            echo "bench-collect: $who made $n_sessions sessions, want $SESSIONS" >&2
+    else
+        sleep 1
+    fi
+    local cpu1 threads1 rx1 bp1
+    cpu1=$(cpu_ticks "$CAP_PID")
+    threads1=$(thread_ticks "$CAP_PID")
+    rx1=$(link_stat "$COL" col0 rx_packets)
+    bp1=$(link_stat "$GEN" gen0 tx_dropped)
+    stop_capturer "$who"
+    local in_files
+    in_files=$(files_packets "$out")
+    if [[ $who == tcpdump* ]]; then
+        written=$(awk '/packets captured/ {print $1}' "$WORK/capturer.err")
+        kdrops=$(awk '/dropped by kernel/ {print $1}' "$WORK/capturer.err")
+        lost=-
+    fi
+    rm -rf "$out"
+    local delivered=$((rx1 - rx0))
+    # The veth counts every frame it delivered; trafgen counts frames sendto accepted. They
+    # differ by the odd frame from col itself (none here) or a retry counted twice.
+    ((delivered >= sent * 999 / 1000)) ||
+        echo "bench-collect: col0 received $delivered of the $sent frames trafgen counted" >&2
+    ((in_files == written)) ||
+        echo "bench-collect: $who: the files hold $in_files packets, it reported $written" >&2
+    local cpu_ns own_ns="-" softirq_ns="-" n s all
+    cpu_ns=$(echo "($cpu1 - $cpu0) * 1000000000 / $CLK_TCK / ($written + 0.000001)" | bc -l)
+    if [[ $PROFILE == 1 && -f $WORK/perf.data ]]; then
+        local re='^tcpdump$'
+        [[ $who == tapwire* ]] && re='^tapwire'
+        read -r n s all <<<"$(profile_split "$WORK/perf.data" "$re")"
+        ((n > 0)) && own_ns=$(echo "$cpu_ns * ($n - $s) / $n" | bc -l)
+        # perf samples CPU 1 at 999 Hz for SECONDS_RUN: each sample stands for ~1 ms.
+        softirq_ns=$(echo "$all * 1000000000 / 999 / $sent" | bc -l)
+        rm -f "$WORK/perf.data"
+    fi
+    local per_thread="-"
+    if [[ $who == tapwire* ]]; then
+        per_thread=$(join <(sort <<<"$threads0") <(sort <<<"$threads1") | awk -v w="$written" -v hz="$CLK_TCK" '
+            { d = $3 - $2; if (d > 0) printf "%s%s=%.0f", sep, $1, d * 1e9 / hz / w; sep = "," }')
+    fi
+    local loss
+    loss=$(echo "100 * ($sent - $written) / $sent" | bc -l)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
+        "$written" "$kdrops" "$lost" "$loss" "$cpu_ns" "$own_ns" "$softirq_ns" "$((bp1 - bp0))" \
+        "$load" "$per_thread" >>"$RESULTS"
+    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s)  backpressure %s  load %s  %s\n' \
+        "$who" "$len" "$sent" "$secs" "$(echo "$sent / $secs" | bc -l)" "$written" "$kdrops" "$lost" \
+        "$loss" "$cpu_ns" "$( [[ $own_ns == - ]] && echo - || printf '%.0f' "$own_ns")" \
+        "$( [[ $softirq_ns == - ]] && echo - || printf '%.0f' "$softirq_ns")" \
+        "$((bp1 - bp0))" "$load" "$per_thread" >&2
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+for len in $SIZES; do
+    trafgen_config "$len" "$SESSIONS" 1 >"$WORK/t-$len.cfg"
+    for ((run = 1; run <= RUNS; run++)); do
+        for who in $CAPTURERS; do
+            measure "$who" "$len"
+        done
+    done
+done
+
+# --- memory with many sessions -----------------------------------------------------------------
+RSS_ROWS=()
+for n in $RSS_SESSIONS; do
+    ids=$((n < 1024 ? n : 1024))
+    sources=$(((n + 1023) / 1024))
+    trafgen_config 1414 "$sources" "$ids" >"$WORK/rss.cfg"
+    out=$WORK/out
+    start_capturer tapwire "$out"
+    status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$CAP_PID/status"; }
+    rss_idle=$(status VmRSS)
+    trafgen_run "$WORK/rss.cfg" max "$RSS_SECONDS" >"$WORK/rss.sent" &
+    gen_pid=$!
+    samples=()
+    for ((t = 1; t <= RSS_SECONDS; t++)); do
+        sleep 1
+        samples+=("$(status VmRSS)")
+    done
+    wait "$gen_pid" || true
+    read -r sent secs <"$WORK/rss.sent"
+    snap=$(tapwire_settled)
+    hwm=$(status VmHWM)
+    stop_capturer tapwire
+    files=$(find "$out" -name '*.pcapng' | wc -l)
+    in_files=$(files_packets "$out")
+    rm -rf "$out"
+    written=$(jq '.totals.written' <<<"$snap")
+    kdrops=$(jq '[.inputs[].kernel_drops] | add' <<<"$snap")
+    lost=$(jq '[.sessions[].sources[].lost] | add // 0' <<<"$snap")
+    n_sessions=$(jq '.sessions | length' <<<"$snap")
+    mib() { echo "scale=1; $1 / 1024" | bc -l; }
+    pick() { local i=$(($1 - 1)); ((i < ${#samples[@]})) || i=$((${#samples[@]} - 1)); echo "${samples[$i]}"; }
+    echo "rss $n sessions: sent $sent in $secs s, written $written (files $in_files in $files files), kernel drops $kdrops, lost $lost; VmRSS each second (KiB): ${samples[*]}" >&2
+    RSS_ROWS+=("$(printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |' "$n_sessions" "$files" \
+        "$(echo "$sent / $secs" | bc -l)" "$(mib "$rss_idle")" "$(mib "$(pick 10)")" \
+        "$(mib "$(pick $((RSS_SECONDS / 2)))")" "$(mib "$(pick "$RSS_SECONDS")")" "$(mib "$hwm")" \
+        "$written" "$kdrops" "$lost")")
+done
+
+# --- report ------------------------------------------------------------------------------------
+echo
+echo "Load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg); $RUNS run(s) of"
+echo "${SECONDS_RUN} s per point, trafgen rate: $RATE. Medians, with the range over the runs in brackets."
+echo
+echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | backpressure | load |"
+echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for len in $SIZES; do
+    for who in $CAPTURERS; do
+        awk -F'\t' -v who="$who" -v len="$len" '
+            function med(a, n,   i, j, t) {
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            function cell(a, n, fmt,   lo, hi, i) {
+                if (n == 0) return "-"
+                lo = hi = a[1]
+                for (i = 2; i <= n; i++) { if (a[i] < lo) lo = a[i]; if (a[i] > hi) hi = a[i] }
+                if (n == 1) return sprintf(fmt, a[1])
+                return sprintf(fmt " [" fmt "-" fmt "]", med(a, n), lo, hi)
+            }
+            $1 == who && $2 == len {
+                n++; pps[n] = $3 / $4; loss[n] = $8; kd[n] = $6; cpu[n] = $9; bp[n] = $12; ld[n] = $13
+                if ($7 != "-") { haslost = 1; lostsum += $7 }
+                if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11 }
+            }
+            END {
+                if (n == 0) exit
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who, cell(pps, n, "%.0f"),
+                    cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-", cell(cpu, n, "%.0f"),
+                    cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(bp, n, "%.0f"), cell(ld, n, "%.1f")
+            }' "$RESULTS"
+    done
+done
+echo
+echo "Per thread, tapwire (CPU ns per packet written, utime + stime; each run):"
+awk -F'\t' '$1 ~ /^tapwire/ {printf "  %s %s B: %s\n", $1, $2, $14}' "$RESULTS"
+if ((${#RSS_ROWS[@]})); then
+    echo
+    echo "Memory: 1414-byte inner frames at trafgen's maximum rate for $RSS_SECONDS s; RSS in MiB."
+    echo
+    echo "| sessions | files | sent (pps) | RSS idle | RSS at 10 s | RSS at $((RSS_SECONDS / 2)) s | RSS at $RSS_SECONDS s | VmHWM | written | kernel drops | seq. lost |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    printf '%s\n' "${RSS_ROWS[@]}"
+fi
