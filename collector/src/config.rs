@@ -778,7 +778,10 @@ mod tests {
         let ids = &c.sessions[1];
         assert!(ids.files.is_none());
         let tap = ids.tap.as_ref().unwrap();
-        assert_eq!((tap.name.as_str(), tap.netns.as_deref()), ("ids0", Some("ids")));
+        assert_eq!(
+            (tap.name.as_str(), tap.netns.as_deref()),
+            ("ids0", Some("ids"))
+        );
         assert_eq!(tap.filter.as_deref(), Some("not tcp port 22"));
     }
 
