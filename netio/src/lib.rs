@@ -46,4 +46,4 @@ mod sys;
 pub use error::{is_interface_gone, raw_os_error};
 pub use ring::page_size_bytes;
 pub use socket2;
-pub use sys::{ifindex, write_dontcache};
+pub use sys::{ifindex, release_free_heap, write_dontcache};

@@ -38,6 +38,8 @@ use crate::timefmt::rfc3339_ns;
 const BUFFER_BUDGET_BYTES: usize = 64 << 20;
 /// Distinct refused addresses remembered; the rest are counted under `other`.
 const MAX_REFUSED_ADDRS: usize = 1024;
+/// How often freed heap memory is given back to the kernel.
+const TRIM_NS: u64 = 1_000_000_000;
 /// A session with no packet for this long is idle.
 const IDLE_NS: u64 = 5_000_000_000;
 
@@ -289,6 +291,7 @@ impl Engine {
         }
         let mut next_tick = now_ns();
         let mut next_snapshot = now_ns() + 1_000_000_000;
+        let mut next_trim = now_ns() + TRIM_NS;
         loop {
             select! {
                 recv(batches) -> b => if let Ok(b) = b { self.batch(b) },
@@ -305,6 +308,10 @@ impl Engine {
             if now >= next_snapshot {
                 next_snapshot = now + 1_000_000_000;
                 self.publish(now);
+            }
+            if now >= next_trim {
+                next_trim = now + TRIM_NS;
+                tapwire_netio::release_free_heap();
             }
             if reload.swap(false, Ordering::Relaxed) {
                 self.reload();
