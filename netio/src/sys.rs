@@ -144,7 +144,8 @@ pub fn write_dontcache(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// Gives the allocator's free heap pages back to the kernel (glibc's `malloc_trim`). A
 /// collector frees and reallocates output buffers all the time; glibc keeps what was freed
 /// resident unless it lies at the top of the heap (measured with bench-collect.sh: 1024
-/// sessions held ~305 MiB, trimmed once a second 100-175 MiB). A no-op where the C library has no such call.
+/// sessions held ~305 MiB, trimmed once a second 100-175 MiB). A no-op where the C library
+/// has no such call.
 pub fn release_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions; it only returns free pages.
