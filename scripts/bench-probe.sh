@@ -37,17 +37,8 @@ PACKETS_LARGE=${PACKETS_LARGE:-600000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 [[ $(id -u) == 0 ]] || { echo "bench-probe: run as root (network namespaces)" >&2; exit 2; }
-missing=()
-command -v trafgen >/dev/null || missing+=(netsniff-ng)
-command -v tcpdump >/dev/null || missing+=(tcpdump)
-command -v jq >/dev/null || missing+=(jq)
-command -v curl >/dev/null || missing+=(curl)
-command -v bc >/dev/null || missing+=(bc)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source "$ROOT/scripts/bench-lib.sh"
+install_missing trafgen:netsniff-ng tcpdump:tcpdump jq:jq curl:curl bc:bc
 
 (cd "$ROOT" && cargo build --release --quiet -p tapwire-probe --bin tapwire-probe)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
@@ -88,17 +79,7 @@ fi
 GEN_MAC=$(ip netns exec "$GEN" cat /sys/class/net/gen0/address)
 HOST_MAC=$(ip netns exec "$HOST" cat /sys/class/net/tap1/address)
 ip netns exec "$HOST" ping -c 1 -W 1 10.97.2.2 >/dev/null
-cat >"$WORK/sink.py" <<'EOF'
-# A GRE receiver that discards in the kernel: a raw IPPROTO_GRE socket with `ret #0`.
-import ctypes, signal, socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
-ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0))
-s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
-print("ready", flush=True)
-signal.pause()
-EOF
-ip netns exec "$SINK" /usr/bin/python3 "$WORK/sink.py" >"$WORK/sink.out" &
-for _ in $(seq 100); do grep -q ready "$WORK/sink.out" 2>/dev/null && break; sleep 0.05; done
+start_sink "$SINK"
 
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

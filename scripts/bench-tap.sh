@@ -46,22 +46,9 @@ GEN_CPU=0 RX_CPU=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 [[ $(id -u) == 0 ]] || { echo "bench-tap: run as root (network namespaces)" >&2; exit 2; }
-missing=()
-command -v trafgen >/dev/null || missing+=(netsniff-ng)
-command -v tcpdump >/dev/null || missing+=(tcpdump)
-command -v jq >/dev/null || missing+=(jq)
-command -v curl >/dev/null || missing+=(curl)
-command -v bc >/dev/null || missing+=(bc)
-command -v ethtool >/dev/null || missing+=(ethtool)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-(cd "$ROOT" && cargo build --release --quiet -p tapwire-collector --bin tapwire)
-TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-TAPWIRE=$TARGET_DIR/release/tapwire
+source "$ROOT/scripts/bench-lib.sh"
+install_missing trafgen:netsniff-ng tcpdump:tcpdump jq:jq curl:curl bc:bc ethtool:ethtool
+build_tapwire
 
 ID=twbt-$$
 GEN=$ID-gen COL=$ID-col MON=$ID-mon
@@ -78,48 +65,8 @@ cleanup() {
 trap cleanup EXIT
 
 # --- lab ---------------------------------------------------------------------------------------
-for ns in "$GEN" "$COL" "$MON"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
-        net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-done
-ip link add name gen0 netns "$GEN" type veth peer name col0 netns "$COL"
-ip netns exec "$GEN" ethtool -K gen0 tx off tso off gso off >/dev/null 2>&1 || true
-ip netns exec "$COL" ethtool -K col0 rx off gro off >/dev/null 2>&1 || true
-ip -n "$GEN" link set gen0 up
-ip -n "$COL" link set col0 up
-ip -n "$GEN" addr add 10.98.0.1/16 dev gen0
-ip -n "$COL" addr add 10.98.0.2/16 dev col0
-ip netns exec "$COL" sh -c "echo $((1 << RX_CPU)) > /sys/class/net/col0/queues/rx-0/rps_cpus"
-GEN_MAC=$(ip netns exec "$GEN" cat /sys/class/net/gen0/address)
-COL_MAC=$(ip netns exec "$COL" cat /sys/class/net/col0/address)
-
-cat >"$WORK/sink.py" <<'EOF'
-# A GRE receiver that discards in the kernel: a raw IPPROTO_GRE socket with `ret #0`.
-import ctypes, signal, socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
-ins = (ctypes.c_ubyte * 8)(*struct.pack("HBBI", 6, 0, 0, 0))
-s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(ins)))
-print("ready", flush=True)
-signal.pause()
-EOF
-
-# The same traffic as scripts/bench-collect.sh (its comment explains the tcp() stand-in).
-trafgen_config() {
-    local len=$1 src
-    for ((src = 1; src <= SESSIONS; src++)); do
-        printf '{ eth(da=%s, sa=%s), ipv4(saddr=10.98.1.%d, daddr=10.98.0.2, proto=47, ttl=64, df),\n' \
-            "$COL_MAC" "$GEN_MAC" "$src"
-        printf '  tcp(sp=0x1000, dp=0x88be, seq=dinc(), aseq=%d, doff=0, win=0, csum=0x0200, urgptr=0),\n' \
-            $(((1 << 28) | src))
-        printf '  c16(0x0001), c32(0x02000000), c16(0x0002), c16(0x0800),\n'
-        printf '  c16(0x4500), c16(%d), c32(0x00004000), c32(0x40110000), c32(%d), c32(0x0a020001),\n' \
-            $((len - 14)) $(((10 << 24) | (src << 16)))
-        printf '  c16(%d), c16(9), c16(%d), c16(0), fill(0x41, %d) }\n' \
-            $((1000 + src)) $((len - 34)) $((len - 42))
-    done
-}
+gen_col_lab
+netns_add "$MON"
 
 queue=""
 [[ -n $TAP_QUEUE ]] && queue=", queue = $TAP_QUEUE"
@@ -131,21 +78,6 @@ tap = { name = "$TAP", netns = "$MON"$queue }
 EOF
 
 CLK_TCK=$(getconf CLK_TCK)
-# thread_ticks PID: "comm ticks" per thread.
-thread_ticks() {
-    local t
-    for t in /proc/"$1"/task/*; do awk '{print substr($2, 2, length($2) - 2), $14 + $15}' "$t/stat"; done
-}
-api() { ip netns exec "$COL" curl -sf --max-time 2 http://127.0.0.1:9750/api/v1/sessions; }
-
-trafgen_run() {
-    local cfg=$1 rate=$2 secs=$3 args=(-o gen0 -i "$1" -P 1)
-    if [[ $rate == max ]]; then args+=(-t 0); else args+=(-b "${rate}pps"); fi
-    ip netns exec "$GEN" timeout -s INT "$secs" taskset -c "$GEN_CPU" trafgen "${args[@]}" \
-        >"$WORK/trafgen.out" 2>&1 || true
-    tr '\r' '\n' <"$WORK/trafgen.out" |
-        awk '/packets outgoing/ {p = $1} / sec, .* usec on CPU/ {s = $1 + $3 / 1e6} END {print p + 0, s + 0}'
-}
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -158,9 +90,8 @@ measure() {
     local inputs=(--gre-v4 0.0.0.0)
     if [[ $INPUT == ring ]]; then
         inputs=(--gre-v4 off --interface col0)
-        ip netns exec "$COL" /usr/bin/python3 "$WORK/sink.py" >"$WORK/sink.out" &
-        sink_pid=$!
-        for _ in $(seq 100); do grep -q ready "$WORK/sink.out" 2>/dev/null && break; sleep 0.05; done
+        start_sink "$COL"
+        sink_pid=$SINK_PID
     fi
     ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --config "$WORK/collector.toml" \
         --out "$out" --no-auto "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
@@ -226,7 +157,7 @@ measure() {
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for len in $SIZES; do
-    trafgen_config "$len" >"$WORK/t-$len.cfg"
+    trafgen_config "$len" "$SESSIONS" 1 >"$WORK/t-$len.cfg"
     for rate in $RATES; do
         for ((run = 1; run <= RUNS; run++)); do
             measure "$len" "$rate"
