@@ -285,7 +285,7 @@ impl DiskThread {
             });
             return;
         };
-        match write_all(file, buf, &mut of.dontcache) {
+        match write_all(file, of.len, buf, &mut of.dontcache) {
             Ok(()) => {
                 of.len += buf.len() as u64;
                 of.failed = false;
@@ -481,14 +481,13 @@ fn check_space(d: &DirState, configured: Option<u64>) {
 /// append would wait for the disk to read it back (measured: at 100 kpps of 1414-byte frames
 /// the writer spent its time in `ext4_block_write_begin` and the inputs dropped half). The
 /// partial tail is written plainly and stays cached until the next write completes it. A
-/// kernel or file system (tmpfs) that refuses the flag gets plain writes from then on.
-fn write_all(file: &mut File, mut buf: &[u8], dontcache: &mut bool) -> io::Result<()> {
-    use std::io::Seek;
+/// kernel or file system (tmpfs) that refuses the flag gets plain writes from then on. `len`:
+/// the file's length, where `buf` goes.
+fn write_all(file: &mut File, len: u64, mut buf: &[u8], dontcache: &mut bool) -> io::Result<()> {
     use std::os::fd::AsFd;
     if *dontcache {
         let page = u64::from(tapwire_netio::page_size_bytes());
-        let pos = file.stream_position()?;
-        let whole = whole_pages_len(pos, buf.len(), page);
+        let whole = whole_pages_len(len, buf.len(), page);
         let (mut head, tail) = buf.split_at(whole);
         while *dontcache && !head.is_empty() {
             match tapwire_netio::write_dontcache(file.as_fd(), head) {
@@ -632,7 +631,7 @@ mod tests {
             .enumerate()
         {
             let chunk = vec![i as u8 + 1; len];
-            write_all(&mut file, &chunk, &mut dontcache).unwrap();
+            write_all(&mut file, want.len() as u64, &chunk, &mut dontcache).unwrap();
             want.extend_from_slice(&chunk);
         }
         drop(file);
