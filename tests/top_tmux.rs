@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,142 +15,8 @@ use tapwire_tests::collector::Collector;
 use tapwire_tests::netns::{Lab, poll_until};
 use tapwire_tests::oracle::Key;
 use tapwire_tests::senders::{self, MirrorSend, Sent};
-use tapwire_tests::{bin, require, validate_capture};
-
-/// A tmux server of the test's own (its own socket), with one 120x40 session whose pane stays
-/// after its command exits (to read how it ended). Killed on drop.
-struct Tmux {
-    /// The server's socket, in the lab's directory (removed with it).
-    socket: String,
-    /// Where the wrapper shell writes the command's exit status (tmux's own
-    /// `pane_dead_status` is occasionally never set: the pane's process is left a zombie).
-    status: std::path::PathBuf,
-}
-
-impl Tmux {
-    fn start(lab: &Lab, tag: &str, width: u16, height: u16, cmd: &[&str]) -> Tmux {
-        require("tmux");
-        let conf = lab.dir().join(format!("tmux-{tag}.conf"));
-        // No status line (the pane is the whole window); keep the pane when its command ends.
-        std::fs::write(&conf, "set -g status off\nset -g remain-on-exit on\n").unwrap();
-        let t = Tmux {
-            socket: lab
-                .dir()
-                .join(format!("tmux-{tag}.sock"))
-                .display()
-                .to_string(),
-            status: lab.dir().join(format!("tmux-{tag}.status")),
-        };
-        let wrapper = format!("\"$@\"; echo $? > {}", t.status.display());
-        let (w, h) = (width.to_string(), height.to_string());
-        let mut args = vec![
-            "-f",
-            conf.to_str().unwrap(),
-            "new-session",
-            "-d",
-            "-s",
-            "main",
-            "-x",
-            &w,
-            "-y",
-            &h,
-            "--",
-            "sh",
-            "-c",
-            &wrapper,
-            "sh",
-        ];
-        args.extend_from_slice(cmd);
-        let out = t.tmux(&args);
-        assert!(
-            out.status.success(),
-            "tmux new-session: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        t
-    }
-
-    fn tmux(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .args(["-S", &self.socket])
-            .args(args)
-            .output()
-            .expect("run tmux")
-    }
-
-    fn screen(&self) -> String {
-        let out = self.tmux(&["capture-pane", "-p", "-t", "main"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Keys by tmux name (`Enter`, `Escape`, `q`).
-    fn key(&self, key: &str) {
-        assert!(
-            self.tmux(&["send-keys", "-t", "main", key])
-                .status
-                .success()
-        );
-    }
-
-    /// Text typed as it is.
-    fn type_text(&self, text: &str) {
-        assert!(
-            self.tmux(&["send-keys", "-t", "main", "-l", text])
-                .status
-                .success()
-        );
-    }
-
-    /// The command's exit status once it has ended (128 + N when killed by signal N).
-    fn exit_status(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.status)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    }
-
-    /// The pid of the command the pane runs (the child of the wrapper shell; `ip netns exec`
-    /// execs the command in place).
-    fn command_pid(&self) -> u32 {
-        let out = self.tmux(&["display-message", "-p", "-t", "main", "#{pane_pid}"]);
-        let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let out = Command::new("pgrep")
-            .args(["-P", &shell])
-            .output()
-            .expect("pgrep");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no child of the pane's shell {shell}"))
-    }
-
-    /// Waits until the screen satisfies `ok`; panics with the last screen after `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
-        let mut last = String::new();
-        let found = poll_until(timeout, || {
-            last = self.screen();
-            ok(&last).then_some(())
-        });
-        assert!(
-            found.is_some(),
-            "timed out after {timeout:?} waiting for {what}; screen:\n{last}"
-        );
-        last
-    }
-
-    /// Waits for the command to end; its exit status.
-    fn wait_exit(&self, timeout: Duration) -> i32 {
-        poll_until(timeout, || self.exit_status())
-            .unwrap_or_else(|| panic!("still running after {timeout:?}:\n{}", self.screen()))
-    }
-}
-
-impl Tmux {
-    /// Kills the server: the pane's terminal hangs up, as when an SSH session drops.
-    fn hang_up(&self) {
-        let _ = self.tmux(&["kill-server"]);
-    }
-}
+use tapwire_tests::tmux::{Tmux, row};
+use tapwire_tests::{bin, validate_capture};
 
 /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
 fn ended(pid: u32) -> bool {
@@ -160,23 +26,9 @@ fn ended(pid: u32) -> bool {
     }
 }
 
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.tmux(&["kill-server"]);
-    }
-}
-
 /// The auto-discovered session name of a source: `<src>_<kind>_<id>`.
 fn session_name(k: &Key) -> String {
     format!("{}_{}_{}", k.0, k.1, k.2)
-}
-
-/// The screen line of session `name`'s row (`▸ name ...` or `▾ name ...`).
-fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
-    screen.lines().find(|l| {
-        let l = l.trim_start_matches(['▸', '▾', ' ']);
-        l.split_whitespace().next() == Some(name)
-    })
 }
 
 /// The value of numeric column `title` in `line`: numbers are right-aligned under their
@@ -263,7 +115,7 @@ fn top_shows_live_sessions_and_disables_one_through_the_api() {
     let c = Collector::start(&lab, &col, &out, &[]);
     let tapwire = bin("tapwire");
     let tmux = Tmux::start(
-        &lab,
+        lab.dir(),
         "top",
         120,
         40,
@@ -393,7 +245,7 @@ fn top_says_disconnected_and_reconnects_when_the_collector_restarts() {
     let mut c = Collector::start(&lab, &col, &out, &[]);
     let tapwire = bin("tapwire");
     let tmux = Tmux::start(
-        &lab,
+        lab.dir(),
         "reconnect",
         80,
         24,
@@ -441,7 +293,7 @@ fn collect_on_a_terminal_shows_the_ui_keeps_logs_in_their_pane_and_q_stops_clean
     let col = lab.ns("col").to_string();
     let tapwire = bin("tapwire");
     let tmux = Tmux::start(
-        &lab,
+        lab.dir(),
         "collect",
         120,
         40,
@@ -518,7 +370,7 @@ fn collect_stops_cleanly_when_its_terminal_goes_away() {
     let tapwire = bin("tapwire");
     let log = lab.dir().join("collect.log");
     let tmux = Tmux::start(
-        &lab,
+        lab.dir(),
         "hup",
         100,
         30,

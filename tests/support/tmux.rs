@@ -78,6 +78,36 @@ impl Tmux {
         );
     }
 
+    /// Text typed as it is.
+    pub fn type_text(&self, text: &str) {
+        assert!(
+            self.tmux(&["send-keys", "-t", "main", "-l", text])
+                .status
+                .success()
+        );
+    }
+
+    /// The pid of the command the pane runs (the child of the wrapper shell; `ip netns exec`
+    /// execs the command in place).
+    pub fn command_pid(&self) -> u32 {
+        let out = self.tmux(&["display-message", "-p", "-t", "main", "#{pane_pid}"]);
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let out = Command::new("pgrep")
+            .args(["-P", &shell])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no child of the pane's shell {shell}"))
+    }
+
+    /// Kills the server: the pane's terminal hangs up, as when an SSH session drops.
+    pub fn hang_up(&self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+
     /// Waits until the screen satisfies `ok`; panics with the last screen after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
