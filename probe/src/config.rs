@@ -116,6 +116,22 @@ pub struct FlowFields {
     pub mtu: Option<u32>,
 }
 
+/// A valid flow for unit tests, on an interface that does not exist: its threads wait for
+/// it and open nothing.
+#[cfg(test)]
+pub fn test_flow(name: &str, filter: Option<&str>) -> FlowSpec {
+    FlowFields {
+        name: Some(name.into()),
+        interface: Some("twnone0".into()),
+        filter: filter.map(String::from),
+        session: Some(3),
+        collector: Some("127.0.0.1".parse().expect("addr")),
+        ..FlowFields::default()
+    }
+    .resolve("test")
+    .expect("valid")
+}
+
 impl FlowFields {
     /// `self`, with what it leaves out taken from `defaults`.
     pub fn or(&self, defaults: &FlowFields) -> FlowFields {

@@ -377,20 +377,7 @@ pub fn save_state(path: &Path, set: &FlowSet) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FlowFields;
-
-    fn spec(name: &str, filter: Option<&str>) -> FlowSpec {
-        FlowFields {
-            name: Some(name.into()),
-            interface: Some("twnone0".into()),
-            filter: filter.map(String::from),
-            session: Some(3),
-            collector: Some("127.0.0.1".parse().expect("addr")),
-            ..FlowFields::default()
-        }
-        .resolve("test")
-        .expect("valid")
-    }
+    use crate::config::test_flow as spec;
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {

@@ -251,21 +251,7 @@ impl Drop for FlowManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FlowFields;
-
-    fn spec(name: &str, filter: Option<&str>) -> FlowSpec {
-        FlowFields {
-            name: Some(name.into()),
-            // An interface that does not exist: the threads wait for it, nothing is opened.
-            interface: Some("twnone0".into()),
-            filter: filter.map(String::from),
-            session: Some(3),
-            collector: Some("127.0.0.1".parse().expect("addr")),
-            ..FlowFields::default()
-        }
-        .resolve("test")
-        .expect("valid")
-    }
+    use crate::config::test_flow as spec;
 
     #[test]
     fn bad_filter_is_refused_with_libpcaps_message() {
