@@ -89,7 +89,7 @@ struct CollectArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     /// Stats API address, or "off".
-    #[arg(long, value_name = "ADDR|off", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, value_name = "ADDR|off", default_value = tapwire_api_types::DEFAULT_ADDR)]
     api: String,
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tapwire_api::{SessionState, Snapshot};
+use tapwire_api_types::{SessionState, Snapshot};
 
 use crate::plan::{self, API, Plan};
 use crate::sys;

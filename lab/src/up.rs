@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use tapwire_api::{SessionState, Snapshot};
+use tapwire_api_types::{SessionState, Snapshot};
 
 use crate::plan::{self, API, Plan, Sender};
 use crate::sys::{self, Output};

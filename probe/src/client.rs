@@ -126,7 +126,7 @@ impl Client {
             .read_to_string()
             .map_err(|e| fail(status, format!("{method} {url}: {e}")))?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<tapwire_api::Message>(&text)
+            let message = serde_json::from_str::<tapwire_api_types::Message>(&text)
                 .map(|m| m.message)
                 .unwrap_or_else(|_| text.trim().chars().take(300).collect());
             return Err(fail(status, format!("{status}: {message}")));

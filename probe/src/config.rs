@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowSpec};
+use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime, FlowSpec};
 use tapwire_netio::ring::RingConfig;
 
 /// A configuration problem, phrased for the operator: it names the flow and the field.
@@ -62,7 +62,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             stats: Some(
-                tapwire_api::probe::DEFAULT_ADDR
+                tapwire_api_types::probe::DEFAULT_ADDR
                     .parse()
                     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9751))),
             ),

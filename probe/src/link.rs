@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tapwire_api::control::{
+use tapwire_api_types::control::{
     DEFAULT_WAIT_S, FlowSet, ProbeReport, REGISTER_PATH, Refusal, Register, Registered,
 };
-use tapwire_api::probe::{FlowSpec, ProbeStats};
+use tapwire_api_types::probe::{FlowSpec, ProbeStats};
 
 use crate::client::{Client, HttpError, segment};
 use crate::manager::FlowManager;
@@ -287,7 +287,7 @@ fn report(
             stats: ProbeStats::clone(&stats.load()),
             refused: a.refused.clone(),
         };
-        match client.call::<_, tapwire_api::Message>("POST", &path, Some(&body)) {
+        match client.call::<_, tapwire_api_types::Message>("POST", &path, Some(&body)) {
             Ok(_) => signals.reachable.store(true, Ordering::Relaxed),
             Err(e) if e.is_auth() => {
                 tracing::error!(error = %e, "the controller refused this probe's token");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
 use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tapwire_api::probe::{FlowCounters, FlowState, FlowStats, ProbeStats};
+use tapwire_api_types::probe::{FlowCounters, FlowState, FlowStats, ProbeStats};
 
 #[derive(Debug, Default)]
 pub struct SharedCounters {
@@ -257,7 +257,7 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tapwire_api::probe::Encapsulation;
+    use tapwire_api_types::probe::Encapsulation;
 
     fn flow(name: &str, captured: u64) -> FlowStats {
         FlowStats {

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tapwire_api::{SessionStats, Snapshot};
+use tapwire_api_types::{SessionStats, Snapshot};
 
 use crate::client::{self, HttpActions, HttpSource, Source};
 use crate::input::{SystemClock, Terminal};
@@ -20,7 +20,7 @@ use crate::{Actions, Options};
 #[derive(Args, Debug, Clone)]
 pub struct TopArgs {
     /// The collector's stats API: ADDR:PORT or a URL.
-    #[arg(long, value_name = "URL", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, value_name = "URL", default_value = tapwire_api_types::DEFAULT_ADDR)]
     pub connect: String,
     /// Token: for actions when not on the collector's localhost, and for reads from other
     /// hosts of a collector with a control plane (a viewer's is enough).

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapwire_api::{Action, Message, SESSIONS_PATH, Snapshot};
+use tapwire_api_types::{Action, Message, SESSIONS_PATH, Snapshot};
 
 /// Gives the collector's latest snapshot, or says why it cannot (shown as "disconnected").
 pub trait Source {

@@ -14,11 +14,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tapwire_api::Snapshot;
-use tapwire_api::control::{
+use tapwire_api_types::Snapshot;
+use tapwire_api_types::control::{
     AuditEntry, FlowInfo, ProbeInfo, Role, SessionInfo, TokenCreate, TokenInfo,
 };
-use tapwire_api::probe::{Direction, Encapsulation};
+use tapwire_api_types::probe::{Direction, Encapsulation};
 use tapwire_probe::client::{Client, HttpError, segment};
 
 use super::auth::{self, Caller};
@@ -106,7 +106,7 @@ pub fn collect_options(
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The collector's API: ADDR:PORT or a URL (https:// with --listen and --tls-cert).
-    #[arg(long, global = true, env = "TAPWIRE_CONTROLLER", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, global = true, env = "TAPWIRE_CONTROLLER", default_value = tapwire_api_types::DEFAULT_ADDR)]
     pub controller: String,
     /// Bearer token (none is needed to read from the collector's own host).
     #[arg(long, global = true, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
@@ -501,7 +501,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
             }
             SessionCmd::List => {
                 let defs: Vec<SessionInfo> = cx.get("/api/v1/definitions")?;
-                let snap: Snapshot = cx.get(tapwire_api::SESSIONS_PATH)?;
+                let snap: Snapshot = cx.get(tapwire_api_types::SESSIONS_PATH)?;
                 let mut rows = Vec::new();
                 for s in &snap.sessions {
                     let def = defs.iter().find(|d| d.name == s.name);
@@ -641,7 +641,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
             SessionCmd::Enable { name } => session_action(&cx, &name, "enable")?,
             SessionCmd::Disable { name } => session_action(&cx, &name, "disable")?,
             SessionCmd::Delete { name } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/sessions/{}", segment(&name)),
                     None::<&()>,
@@ -653,7 +653,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
 }
 
 fn session_action(cx: &Cx, name: &str, verb: &str) -> Result<ExitCode, ExitCode> {
-    let m: tapwire_api::Message = cx.call(
+    let m: tapwire_api_types::Message = cx.call(
         "POST",
         &format!("/api/v1/sessions/{}/{verb}", segment(name)),
         None::<&()>,
@@ -764,7 +764,7 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
             FlowCmd::Disable { flow } => flow_action(&cx, &flow, "disable")?,
             FlowCmd::Delete { flow } => {
                 let id = flow_id(&cx, &flow)?;
-                let m: tapwire_api::Message =
+                let m: tapwire_api_types::Message =
                     cx.call("DELETE", &format!("/api/v1/flows/{id}"), None::<&()>)?;
                 cx.show(&m, |m| println!("{}", m.message))
             }
@@ -841,7 +841,7 @@ pub fn probe(Probes { cmd, client }: Probes) -> ExitCode {
                 cx.show(&p, |p| probe_table(std::slice::from_ref(p)))
             }
             ProbeCmd::Delete { name } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/probes/{}", segment(&name)),
                     None::<&()>,
@@ -957,7 +957,7 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
                 cx.show(&t, |t| token_table(t))
             }
             TokenCmd::Revoke { name, .. } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/tokens/{}", segment(&name)),
                     None::<&()>,

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tapwire_api::Action;
-use tapwire_api::control::{
+use tapwire_api_types::Action;
+use tapwire_api_types::control::{
     DEFAULT_WAIT_S, FlowCreate, MAX_WAIT_S, ProbeLimits, ProbeReport, Register, SessionCreate,
     TokenCreate,
 };
@@ -223,10 +223,11 @@ async fn delete_session(
     Path(name): Path<String>,
 ) -> Response {
     run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
-        c.delete_session(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("session {name} deleted"),
-        })
+        c.delete_session(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("session {name} deleted"),
+            })
     })
     .await
 }
@@ -259,7 +260,7 @@ pub(crate) async fn session_action(
 ) -> Response {
     run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
         let message = c.session_action(who, &name, action)?;
-        Ok(tapwire_api::Message { ok: true, message })
+        Ok(tapwire_api_types::Message { ok: true, message })
     })
     .await
 }
@@ -306,7 +307,7 @@ async fn delete_flow(
 ) -> Response {
     run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
         let id = parse_id(&id)?;
-        c.delete_flow(who, id).map(|()| tapwire_api::Message {
+        c.delete_flow(who, id).map(|()| tapwire_api_types::Message {
             ok: true,
             message: format!("flow {id} deleted"),
         })
@@ -378,10 +379,11 @@ async fn delete_probe(
     Path(name): Path<String>,
 ) -> Response {
     run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
-        c.delete_probe(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("probe {name} deleted"),
-        })
+        c.delete_probe(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("probe {name} deleted"),
+            })
     })
     .await
 }
@@ -419,10 +421,11 @@ async fn probe_stats(
         StatusCode::OK,
         body,
         move |c, who, r: ProbeReport| {
-            c.report(who, &name, r).map(|()| tapwire_api::Message {
-                ok: true,
-                message: "stored".into(),
-            })
+            c.report(who, &name, r)
+                .map(|()| tapwire_api_types::Message {
+                    ok: true,
+                    message: "stored".into(),
+                })
         },
     )
     .await
@@ -532,10 +535,11 @@ async fn revoke_token(
     Path(name): Path<String>,
 ) -> Response {
     run(s, p, h, Need::Admin, StatusCode::OK, move |c, who| {
-        c.revoke_token(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("token {name} revoked"),
-        })
+        c.revoke_token(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("token {name} revoked"),
+            })
     })
     .await
 }

@@ -37,11 +37,11 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use rusqlite::Transaction;
 use serde_json::{Value, json};
-use tapwire_api::control::{
+use tapwire_api_types::control::{
     FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
     Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
 };
-use tapwire_api::probe::{Encapsulation, FlowSpec, FlowState};
+use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
 use tapwire_formats::decap::Kind;
 use tapwire_probe::config::FlowFields;
 
@@ -600,9 +600,9 @@ impl Controller {
         &self,
         caller: &Caller,
         name: &str,
-        action: tapwire_api::Action,
+        action: tapwire_api_types::Action,
     ) -> Result<String, Refused> {
-        use tapwire_api::Action;
+        use tapwire_api_types::Action;
         if matches!(action, Action::Enable | Action::Disable) && self.is_api_session(name)? {
             self.set_session_enabled(caller, name, action == Action::Enable)?;
             let done = if action == Action::Enable {
@@ -621,7 +621,7 @@ impl Controller {
         &self,
         caller: &Caller,
         session: &str,
-        action: tapwire_api::Action,
+        action: tapwire_api_types::Action,
     ) -> Result<String, Refused> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.engine
@@ -637,9 +637,9 @@ impl Controller {
             Err(_) => return Err(Refused::Unavailable("the collector did not answer".into())),
         };
         let name = match action {
-            tapwire_api::Action::Enable => "session.enable",
-            tapwire_api::Action::Disable => "session.disable",
-            tapwire_api::Action::Rotate => "session.rotate",
+            tapwire_api_types::Action::Enable => "session.enable",
+            tapwire_api_types::Action::Disable => "session.disable",
+            tapwire_api_types::Action::Rotate => "session.rotate",
         };
         self.change(|tx| store::audit(tx, caller, name, session, &json!({ "runtime": true })))?;
         Ok(msg)
@@ -1159,7 +1159,7 @@ impl Controller {
         &self,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<tapwire_api::control::AuditEntry>, Refused> {
+    ) -> Result<Vec<tapwire_api_types::control::AuditEntry>, Refused> {
         store::list_audit(&lock(&self.store).conn, after, limit)
     }
 }

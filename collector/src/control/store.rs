@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
-use tapwire_api::control::{AuditEntry, Role, TokenInfo};
-use tapwire_api::probe::Encapsulation;
+use tapwire_api_types::control::{AuditEntry, Role, TokenInfo};
+use tapwire_api_types::probe::Encapsulation;
 
 use super::Refused;
 use super::auth::Caller;

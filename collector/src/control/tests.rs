@@ -122,7 +122,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         .trim()
         .to_string();
     let state = ApiState {
-        snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api::Snapshot {
+        snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
             version: "t".into(),
             started: String::new(),
             uptime_s: 0.0,
@@ -840,7 +840,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let tls = tls::server_config(&cert_path, &key_path).unwrap();
     let (tx, _rx) = crossbeam_channel::unbounded();
-    let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api::Snapshot {
+    let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
         version: "tls".into(),
         started: String::new(),
         uptime_s: 0.0,
@@ -869,11 +869,11 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
             Duration::from_secs(5),
         )
         .unwrap()
-        .get::<tapwire_api::Snapshot>("/api/v1/sessions");
+        .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
         let untrusted =
             tapwire_probe::client::Client::new(&url, None, None, Duration::from_secs(5))
                 .unwrap()
-                .get::<tapwire_api::Snapshot>("/api/v1/sessions");
+                .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
         let plain = tapwire_probe::client::Client::new(
             &url.replace("https", "http"),
             None,
@@ -881,7 +881,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
             Duration::from_secs(5),
         )
         .unwrap()
-        .get::<tapwire_api::Snapshot>("/api/v1/sessions");
+        .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
         (trusted, untrusted, plain)
     })
     .await
@@ -910,14 +910,14 @@ async fn the_collectors_own_terminal_acts_like_an_audited_operator() {
     // Disabling an API session from the terminal is stored, as through the API.
     let msg = h
         .ctl
-        .session_action(&terminal, "api-made", tapwire_api::Action::Disable)
+        .session_action(&terminal, "api-made", tapwire_api_types::Action::Disable)
         .unwrap();
     assert_eq!(msg, "session api-made disabled");
     assert!(!h.ctl.session("api-made").unwrap().enabled);
     // A file session's action goes to the engine.
     assert_eq!(
         h.ctl
-            .session_action(&terminal, "from-file", tapwire_api::Action::Rotate)
+            .session_action(&terminal, "from-file", tapwire_api_types::Action::Rotate)
             .unwrap(),
         "done"
     );

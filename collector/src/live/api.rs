@@ -1,7 +1,7 @@
 //! The stats and control API over HTTP, on its own thread and small tokio runtime so that it
 //! never touches the packet path: it serves the engine's latest snapshot and forwards actions.
 //!
-//! - `GET /api/v1/sessions`: the [`tapwire_api::Snapshot`] as JSON.
+//! - `GET /api/v1/sessions`: the [`tapwire_api_types::Snapshot`] as JSON.
 //! - `GET /api/v1/sessions/{name}`: one session.
 //! - `POST /api/v1/sessions/{name}/{enable|disable|rotate}`: from localhost, or with
 //!   `Authorization: Bearer <token>` when a token is set.
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::serve::IncomingStream;
 use crossbeam_channel::Sender;
-use tapwire_api::{Action, Message, Snapshot};
+use tapwire_api_types::{Action, Message, Snapshot};
 
 use super::engine::Control;
 use crate::control::auth::Need;

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
-use tapwire_api as api;
+use tapwire_api_types as api;
 use tapwire_formats::capture::{LinkType, PacketInfo};
 use tapwire_formats::decap::{Kind, SourceKey};
 

@@ -50,7 +50,7 @@ pub struct StartError(pub String);
 /// What an in-process client (the inline terminal UI of `collect`) gets of a running collector.
 pub struct Handles {
     /// The latest stats snapshot, the one the API serves (replaced once a second).
-    pub snapshot: Arc<ArcSwap<tapwire_api::Snapshot>>,
+    pub snapshot: Arc<ArcSwap<tapwire_api_types::Snapshot>>,
     /// Actions on sessions, as the API sends them.
     pub control: Sender<engine::Control>,
     /// Set it to stop the collector (as SIGINT does); the collector sets it when it stops.
@@ -60,7 +60,8 @@ pub struct Handles {
     pub actions: Actions,
 }
 
-pub type Actions = Arc<dyn Fn(&str, tapwire_api::Action) -> Result<String, String> + Send + Sync>;
+pub type Actions =
+    Arc<dyn Fn(&str, tapwire_api_types::Action) -> Result<String, String> + Send + Sync>;
 
 fn actions(
     control: Sender<engine::Control>,
@@ -252,12 +253,12 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn empty_snapshot() -> tapwire_api::Snapshot {
-    tapwire_api::Snapshot {
+fn empty_snapshot() -> tapwire_api_types::Snapshot {
+    tapwire_api_types::Snapshot {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: String::new(),
         uptime_s: 0.0,
-        totals: tapwire_api::Totals::default(),
+        totals: tapwire_api_types::Totals::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
     }
