@@ -5,6 +5,8 @@
 //! started, `rates` are measured over the last 1 and 10 seconds.
 
 pub mod control;
+pub mod flow;
+pub mod metrics;
 pub mod probe;
 
 use std::collections::BTreeMap;

@@ -67,5 +67,12 @@ async fn flows(State(s): State<Snapshot>) -> Response {
 
 async fn metrics(State(s): State<Snapshot>) -> Response {
     let body = crate::stats::prometheus(&s.load());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            tapwire_api_types::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -284,7 +284,7 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         }
         None => ProbeConfig {
             settings: Settings::default(),
-            flows: vec![flow_from_flags(cli)?.resolve("--iface").map_err(|e| e.0)?],
+            flows: vec![config::resolve(&flow_from_flags(cli)?, "--iface").map_err(|e| e.0)?],
         },
     };
     if let Some(mtu) = cli.mtu {

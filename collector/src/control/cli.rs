@@ -80,7 +80,9 @@ pub fn collect_options(
     let max_pps = a
         .probe_max_pps
         .as_deref()
-        .map(|v| tapwire_probe::config::parse_rate(v).map_err(|e| format!("--probe-max-pps: {e}")))
+        .map(|v| {
+            tapwire_api_types::flow::parse_rate(v).map_err(|e| format!("--probe-max-pps: {e}"))
+        })
         .transpose()?;
     if a.probe_max_flows == 0 {
         return Err("--probe-max-flows: must be at least 1".into());

@@ -41,9 +41,9 @@ use tapwire_api_types::control::{
     FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
     Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
 };
+use tapwire_api_types::flow::FlowFields;
 use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
 use tapwire_formats::decap::Kind;
-use tapwire_probe::config::FlowFields;
 
 use crate::config::{self, Config, FilesConfig, SessionConfig, SourceMatch};
 use crate::live::engine::Control;
@@ -962,7 +962,7 @@ impl Controller {
                 Value::Number(n) => n.as_u64().ok_or_else(|| {
                     Refused::BadRequest(format!("max_pps: {n} is not a whole number"))
                 })?,
-                Value::String(t) => tapwire_probe::config::parse_rate(t)
+                Value::String(t) => tapwire_api_types::flow::parse_rate(t)
                     .map_err(|e| Refused::BadRequest(format!("max_pps: {e}")))?,
                 _ => {
                     return Err(Refused::BadRequest(

@@ -8,7 +8,6 @@
 //! - `GET /metrics`: Prometheus text, labels limited to session names, reasons and inputs.
 //! - `GET /api/v1/health`.
 
-use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::serve::IncomingStream;
 use crossbeam_channel::Sender;
-use tapwire_api_types::{Action, Message, Snapshot};
+use tapwire_api_types::metrics::{self, Text};
+use tapwire_api_types::{Action, InputStats, Message, SessionStats, Snapshot};
 
 use super::engine::Control;
 use crate::control::auth::Need;
@@ -339,174 +339,103 @@ async fn metrics(
         return r;
     }
     let body = prometheus(&s.snapshot.load());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
+
+/// A counter series: name, help, and how to read it.
+type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// Renders the snapshot as Prometheus text. Labels stay low-cardinality: session names (which
 /// the operator chooses or are one per source), reasons, kinds and inputs; never addresses.
 pub fn prometheus(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(
-            out,
-            "# HELP tapwire_{name} {help}\n# TYPE tapwire_{name} {kind}"
-        );
-    };
-    header(
-        &mut out,
-        "uptime_seconds",
-        "gauge",
+    use tapwire_api_types::metrics::Kind::{Counter, Gauge};
+    let mut t = Text::new();
+    t.family(
+        "tapwire_uptime_seconds",
+        Gauge,
         "Seconds since the collector started.",
-    );
-    let _ = writeln!(out, "tapwire_uptime_seconds {}", s.uptime_s);
-    header(
-        &mut out,
-        "sources",
-        "gauge",
-        "Distinct mirrored sources seen.",
-    );
-    let _ = writeln!(out, "tapwire_sources {}", s.totals.sources);
+    )
+    .sample("tapwire_uptime_seconds", &[], s.uptime_s);
+    t.family("tapwire_sources", Gauge, "Distinct mirrored sources seen.")
+        .sample("tapwire_sources", &[], s.totals.sources);
 
-    header(
-        &mut out,
-        "input_packets_total",
-        "counter",
-        "Packets read per input.",
-    );
-    for i in &s.inputs {
-        let _ = writeln!(
-            out,
-            "tapwire_input_packets_total{{input=\"{}\"}} {}",
-            esc(&i.name),
+    let inputs: [Series<InputStats>; 3] = [
+        ("input_packets_total", "Packets read per input.", |i| {
             i.packets
-        );
+        }),
+        ("input_bytes_total", "Bytes read per input.", |i| i.bytes),
+        (
+            "input_kernel_drops_total",
+            "Packets the kernel dropped before tapwire read them.",
+            |i| i.kernel_drops,
+        ),
+    ];
+    for (name, help, get) in inputs {
+        let name = format!("tapwire_{name}");
+        t.family(&name, Counter, help);
+        for i in &s.inputs {
+            t.sample(&name, &[("input", &i.name)], get(i));
+        }
     }
-    header(
-        &mut out,
-        "input_bytes_total",
-        "counter",
-        "Bytes read per input.",
-    );
-    for i in &s.inputs {
-        let _ = writeln!(
-            out,
-            "tapwire_input_bytes_total{{input=\"{}\"}} {}",
-            esc(&i.name),
-            i.bytes
-        );
-    }
-    header(
-        &mut out,
-        "input_kernel_drops_total",
-        "counter",
-        "Packets the kernel dropped before tapwire read them.",
-    );
-    for i in &s.inputs {
-        let _ = writeln!(
-            out,
-            "tapwire_input_kernel_drops_total{{input=\"{}\"}} {}",
-            esc(&i.name),
-            i.kernel_drops
-        );
-    }
-    header(
-        &mut out,
-        "not_mirror_packets_total",
-        "counter",
+    t.family(
+        "tapwire_not_mirror_packets_total",
+        Counter,
         "Packets that were not mirror traffic, by kind.",
     );
     for (k, n) in &s.totals.not_mirror {
-        let _ = writeln!(
-            out,
-            "tapwire_not_mirror_packets_total{{kind=\"{}\"}} {n}",
-            esc(k)
-        );
+        t.sample("tapwire_not_mirror_packets_total", &[("kind", k)], n);
     }
-    header(
-        &mut out,
-        "malformed_packets_total",
-        "counter",
+    t.family(
+        "tapwire_malformed_packets_total",
+        Counter,
         "Malformed packets, by reason.",
     );
     for (k, n) in &s.totals.malformed {
-        let _ = writeln!(
-            out,
-            "tapwire_malformed_packets_total{{reason=\"{}\"}} {n}",
-            esc(k)
-        );
+        t.sample("tapwire_malformed_packets_total", &[("reason", k)], n);
     }
-    header(
-        &mut out,
-        "refused_packets_total",
-        "counter",
+    t.family(
+        "tapwire_refused_packets_total",
+        Counter,
         "Packets from sources outside the allow-list.",
-    );
-    let _ = writeln!(
-        out,
-        "tapwire_refused_packets_total {}",
-        s.totals.refused.values().sum::<u64>()
+    )
+    .sample(
+        "tapwire_refused_packets_total",
+        &[],
+        s.totals.refused.values().sum::<u64>(),
     );
 
-    header(
-        &mut out,
-        "session_packets_total",
-        "counter",
-        "Mirrored packets received per session.",
-    );
-    for x in &s.sessions {
-        let _ = writeln!(
-            out,
-            "tapwire_session_packets_total{{session=\"{}\"}} {}",
-            esc(&x.name),
-            x.packets
-        );
+    let sessions: [Series<SessionStats>; 4] = [
+        (
+            "session_packets_total",
+            "Mirrored packets received per session.",
+            |x| x.packets,
+        ),
+        (
+            "session_bytes_total",
+            "Inner-frame bytes received per session.",
+            |x| x.bytes,
+        ),
+        (
+            "session_written_packets_total",
+            "Packets written per session.",
+            |x| x.written,
+        ),
+        (
+            "session_lost_packets_total",
+            "Packets lost in transit, from sequence gaps.",
+            |x| x.lost,
+        ),
+    ];
+    for (name, help, get) in sessions {
+        let name = format!("tapwire_{name}");
+        t.family(&name, Counter, help);
+        for x in &s.sessions {
+            t.sample(&name, &[("session", &x.name)], get(x));
+        }
     }
-    header(
-        &mut out,
-        "session_bytes_total",
-        "counter",
-        "Inner-frame bytes received per session.",
-    );
-    for x in &s.sessions {
-        let _ = writeln!(
-            out,
-            "tapwire_session_bytes_total{{session=\"{}\"}} {}",
-            esc(&x.name),
-            x.bytes
-        );
-    }
-    header(
-        &mut out,
-        "session_written_packets_total",
-        "counter",
-        "Packets written per session.",
-    );
-    for x in &s.sessions {
-        let _ = writeln!(
-            out,
-            "tapwire_session_written_packets_total{{session=\"{}\"}} {}",
-            esc(&x.name),
-            x.written
-        );
-    }
-    header(
-        &mut out,
-        "session_lost_packets_total",
-        "counter",
-        "Packets lost in transit, from sequence gaps.",
-    );
-    for x in &s.sessions {
-        let _ = writeln!(
-            out,
-            "tapwire_session_lost_packets_total{{session=\"{}\"}} {}",
-            esc(&x.name),
-            x.lost
-        );
-    }
-    header(
-        &mut out,
-        "session_dropped_packets_total",
-        "counter",
+    t.family(
+        "tapwire_session_dropped_packets_total",
+        Counter,
         "Packets tapwire did not write, by reason.",
     );
     for x in &s.sessions {
@@ -518,45 +447,26 @@ pub fn prometheus(s: &Snapshot) -> String {
             ("write_error", d.write_error),
             ("backlog", d.backlog),
         ] {
-            let _ = writeln!(
-                out,
-                "tapwire_session_dropped_packets_total{{session=\"{}\",reason=\"{reason}\"}} {n}",
-                esc(&x.name)
+            t.sample(
+                "tapwire_session_dropped_packets_total",
+                &[("session", &x.name), ("reason", reason)],
+                n,
             );
         }
     }
-    header(
-        &mut out,
-        "session_file_bytes",
-        "gauge",
+    t.family(
+        "tapwire_session_file_bytes",
+        Gauge,
         "Size of the file being written per session.",
     );
     for x in &s.sessions {
         if let Some(f) = &x.files {
-            let _ = writeln!(
-                out,
-                "tapwire_session_file_bytes{{session=\"{}\"}} {}",
-                esc(&x.name),
-                f.current_bytes
+            t.sample(
+                "tapwire_session_file_bytes",
+                &[("session", &x.name)],
+                f.current_bytes,
             );
         }
     }
-    out
-}
-
-/// Escapes a Prometheus label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_escaping() {
-        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
+    t.into_string()
 }
