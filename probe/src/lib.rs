@@ -21,7 +21,6 @@
 
 pub mod api;
 pub mod bucket;
-pub mod client;
 pub mod config;
 pub mod filter;
 pub mod link;

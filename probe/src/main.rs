@@ -220,7 +220,7 @@ fn controlled(cli: &Cli) -> ExitCode {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
         // The client is built once here so that a bad --ca or URL is a start-up error.
-        tapwire_probe::client::Client::new(
+        tapwire_client::Client::new(
             cli.controller.as_deref().unwrap_or_default(),
             cli.token.clone(),
             cli.ca.as_deref(),

@@ -19,7 +19,7 @@ use tapwire_api_types::control::{
     AuditEntry, FlowInfo, ProbeInfo, Role, SessionInfo, TokenCreate, TokenInfo,
 };
 use tapwire_api_types::probe::{Direction, Encapsulation};
-use tapwire_probe::client::{Client, HttpError, segment};
+use tapwire_client::{Client, HttpError, segment};
 
 use super::auth::{self, Caller};
 use super::store::{self, Store};

@@ -862,19 +862,14 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
     .unwrap();
     let url = format!("https://localhost:{}", bound[0].port());
     let outcome = tokio::task::spawn_blocking(move || {
-        let trusted = tapwire_probe::client::Client::new(
-            &url,
-            None,
-            Some(&cert_path),
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
-        let untrusted =
-            tapwire_probe::client::Client::new(&url, None, None, Duration::from_secs(5))
+        let trusted =
+            tapwire_client::Client::new(&url, None, Some(&cert_path), Duration::from_secs(5))
                 .unwrap()
                 .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
-        let plain = tapwire_probe::client::Client::new(
+        let untrusted = tapwire_client::Client::new(&url, None, None, Duration::from_secs(5))
+            .unwrap()
+            .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
+        let plain = tapwire_client::Client::new(
             &url.replace("https", "http"),
             None,
             None,
