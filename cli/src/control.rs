@@ -21,11 +21,11 @@ use tapwire_api_types::control::{
 use tapwire_api_types::probe::{Direction, Encapsulation};
 use tapwire_client::{Client, HttpError, segment};
 
-use super::auth::{self, Caller};
-use super::store::{self, Store};
-use super::{ControllerOptions, Refused};
-use crate::config::FilesConfig;
-use crate::live::api::Listen;
+use tapwire_collector::config::FilesConfig;
+use tapwire_collector::control::auth::{self, Caller};
+use tapwire_collector::control::store::{self, Store};
+use tapwire_collector::control::{ControllerOptions, Refused, merge_patch};
+use tapwire_collector::live::api::Listen;
 
 // ---------------------------------------------------------------------------------------------
 // `tapwire collect` flags
@@ -71,7 +71,7 @@ pub fn collect_options(
         return Ok((None, None));
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(super::tls::server_config(c, k)?),
+        (Some(c), Some(k)) => Some(tapwire_collector::control::tls::server_config(c, k)?),
         _ => None,
     };
     let advertise = a
@@ -87,7 +87,7 @@ pub fn collect_options(
     if a.probe_max_flows == 0 {
         return Err("--probe-max-flows: must be at least 1".into());
     }
-    let report_interval = crate::config::duration(&a.probe_report_interval)
+    let report_interval = tapwire_collector::config::duration(&a.probe_report_interval)
         .map_err(|e| format!("--probe-report-interval: {e}"))?;
     Ok((
         Some(ControllerOptions {
@@ -487,7 +487,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                     body["enabled"] = json!(false);
                 }
                 if let Some(s) = &a.spec {
-                    body = super::merge_patch(Some(body), &json_arg("session", "--spec", s)?);
+                    body = merge_patch(Some(body), &json_arg("session", "--spec", s)?);
                 }
                 let s: SessionInfo = cx.call("POST", "/api/v1/sessions", Some(&body))?;
                 cx.show(&s, |s| {

@@ -1,4 +1,9 @@
-//! The `tapwire` command.
+//! The `tapwire` command: a thin binary over the library crates (see the crate map in
+//! ARCHITECTURE.md). Each subcommand's flags are here; the work is the libraries'.
+
+mod control;
+mod lab;
+mod top;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,7 +13,6 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::config::{self, Config};
-use tapwire_collector::control::cli as control;
 use tapwire_collector::live::engine::Settings;
 use tapwire_collector::live::input::InputKind;
 use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
@@ -36,10 +40,10 @@ enum Command {
     Collect(Box<CollectArgs>),
     /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
     /// --json for scripts).
-    Top(tapwire_tui::cli::TopArgs),
+    Top(top::TopArgs),
     /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
     /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
-    Lab(tapwire_lab::LabArgs),
+    Lab(lab::LabArgs),
     /// Sessions of the control plane (collect --db): create, list, show, update, enable,
     /// disable, delete.
     Session(control::Sessions),
@@ -199,8 +203,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
-        Command::Top(args) => tapwire_tui::cli::top(args),
-        Command::Lab(args) => tapwire_lab::run(args),
+        Command::Top(args) => top::top(args),
+        Command::Lab(args) => lab::run(args),
         Command::Session(cmd) => control::session(cmd),
         Command::Flow(cmd) => control::flow(cmd),
         Command::Probe(cmd) => control::probe(cmd),
@@ -299,7 +303,7 @@ fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
     let source = move || Ok::<_, String>(snapshot.load_full());
     let act = h.actions.clone();
     let actions = move |session: &str, action| act(session, action);
-    if let Err(e) = tapwire_tui::cli::inline(source, actions, logs, Arc::clone(&h.stop)) {
+    if let Err(e) = top::inline(source, actions, logs, Arc::clone(&h.stop)) {
         tracing::error!(error = %e, "terminal UI failed");
     }
 }

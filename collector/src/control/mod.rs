@@ -22,7 +22,6 @@
 //! is the address given with `--advertise` and whose session id is the session's mirror id.
 
 pub mod auth;
-pub mod cli;
 pub mod http;
 pub mod store;
 pub mod tls;
