@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tapwire_api_types::Snapshot;
 use tapwire_api_types::control::{
-    AuditEntry, FlowInfo, ProbeInfo, Role, SessionInfo, TokenCreate, TokenInfo,
+    AuditEntry, FlowCreate, FlowInfo, ProbeInfo, ProbeLimits, Role, SessionCreate, SessionInfo,
+    SessionPatch, TokenCreate, TokenInfo, merge_patch,
 };
 use tapwire_api_types::probe::{Direction, Encapsulation};
 use tapwire_client::{Client, HttpError, segment};
@@ -24,7 +25,7 @@ use tapwire_client::{Client, HttpError, segment};
 use tapwire_collector::config::FilesConfig;
 use tapwire_collector::control::auth::{self, Caller};
 use tapwire_collector::control::store::{self, Store};
-use tapwire_collector::control::{ControllerOptions, Refused, merge_patch};
+use tapwire_collector::control::{ControllerOptions, Refused};
 use tapwire_collector::live::api::Listen;
 
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +448,11 @@ fn done(r: Result<ExitCode, ExitCode>) -> ExitCode {
     r.unwrap_or_else(|code| code)
 }
 
+/// A typed request as JSON, for merging the operator's `--spec` over it.
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 fn json_arg(what: &str, flag: &str, v: &str) -> Result<Value, ExitCode> {
     serde_json::from_str(v).map_err(|e| {
         eprintln!("tapwire {what}: {flag}: not JSON: {e}");
@@ -464,31 +470,24 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
     done((|| {
         Ok(match cmd {
             SessionCmd::Create(a) => {
-                let mut body = json!({ "name": a.name });
-                if let Some(e) = a.encap {
-                    body["encap"] = json!(encap(e));
-                }
-                if let Some(id) = a.mirror_id {
-                    body["mirror_id"] = json!(id);
-                }
-                if let Some(f) = &a.filter {
-                    body["filter"] = json!(f);
-                }
-                if let Some(d) = &a.files_dir {
-                    body["files"] = json!({ "dir": d });
-                }
-                if a.no_files {
-                    body["files"] = json!(false);
-                }
-                if let Some(t) = &a.tap {
-                    body["tap"] = json!(t);
-                }
-                if a.disabled {
-                    body["enabled"] = json!(false);
-                }
-                if let Some(s) = &a.spec {
-                    body = merge_patch(Some(body), &json_arg("session", "--spec", s)?);
-                }
+                let req = SessionCreate {
+                    name: a.name.clone(),
+                    encap: a.encap.map(encap),
+                    mirror_id: a.mirror_id,
+                    enabled: a.disabled.then_some(false),
+                    filter: a.filter.clone(),
+                    files: match (&a.files_dir, a.no_files) {
+                        (_, true) => Some(Value::Bool(false)),
+                        (Some(d), false) => Some(json!({ "dir": d })),
+                        (None, false) => None,
+                    },
+                    tap: a.tap.clone().map(Value::String),
+                };
+                // --spec is the operator's own JSON, merged over the flags' typed request.
+                let body = match &a.spec {
+                    Some(s) => merge_patch(Some(to_json(&req)), &json_arg("session", "--spec", s)?),
+                    None => to_json(&req),
+                };
                 let s: SessionInfo = cx.call("POST", "/api/v1/sessions", Some(&body))?;
                 cx.show(&s, |s| {
                     println!(
@@ -612,13 +611,15 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                 })
             }
             SessionCmd::Update(a) => {
-                let mut patch = json!({});
-                if let Some(f) = &a.filter {
-                    patch["filter"] = json!(f);
-                }
-                if a.no_filter {
-                    patch["filter"] = Value::Null;
-                }
+                let typed = SessionPatch {
+                    filter: match (&a.filter, a.no_filter) {
+                        (_, true) => Some(None),
+                        (Some(f), false) => Some(Some(f.clone())),
+                        (None, false) => None,
+                    },
+                    ..SessionPatch::default()
+                };
+                let mut patch = to_json(&typed);
                 if let Some(s) = &a.spec {
                     // Top-level keys replace the flags' (a null stays: it removes the field).
                     match json_arg("session", "--spec", s)? {
@@ -701,47 +702,28 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
     done((|| {
         Ok(match cmd {
             FlowCmd::Create(a) => {
-                let mut body = json!({
-                    "probe": a.probe,
-                    "name": a.name.clone().unwrap_or_else(|| a.interface.clone()),
-                    "interface": a.interface,
-                    "session": a.session,
-                });
-                if let Some(d) = a.direction {
-                    body["direction"] = json!(match d {
+                let text = |v: &Option<String>| v.clone().map(Value::String);
+                let body = FlowCreate {
+                    probe: a.probe.clone(),
+                    name: a.name.clone().unwrap_or_else(|| a.interface.clone()),
+                    interface: a.interface.clone(),
+                    session: a.session.clone(),
+                    direction: a.direction.map(|d| match d {
                         DirectionArg::In => Direction::In,
                         DirectionArg::Out => Direction::Out,
                         DirectionArg::Both => Direction::Both,
-                    });
-                }
-                if !a.vlan.is_empty() {
-                    body["vlans"] = json!(a.vlan);
-                }
-                if a.untagged {
-                    body["untagged"] = json!(true);
-                }
-                for (k, v) in [
-                    ("filter", &a.filter),
-                    ("rate_pps", &a.rate_pps),
-                    ("rate_bps", &a.rate_bps),
-                    ("burst", &a.burst),
-                ] {
-                    if let Some(v) = v {
-                        body[k] = json!(v);
-                    }
-                }
-                if let Some(n) = a.snaplen {
-                    body["snaplen"] = json!(n);
-                }
-                if let Some(n) = a.sample {
-                    body["sample"] = json!(n);
-                }
-                if a.promisc {
-                    body["promiscuous"] = json!(true);
-                }
-                if a.disabled {
-                    body["enabled"] = json!(false);
-                }
+                    }),
+                    vlans: (!a.vlan.is_empty()).then(|| a.vlan.clone()),
+                    untagged: a.untagged.then_some(true),
+                    filter: a.filter.clone(),
+                    snaplen: a.snaplen,
+                    sample: a.sample,
+                    rate_pps: text(&a.rate_pps),
+                    rate_bps: text(&a.rate_bps),
+                    burst: a.burst.clone(),
+                    promiscuous: a.promisc.then_some(true),
+                    enabled: a.disabled.then_some(false),
+                };
                 let f: FlowInfo = cx.call("POST", "/api/v1/flows", Some(&body))?;
                 cx.show(&f, |f| {
                     println!(
@@ -834,7 +816,10 @@ pub fn probe(Probes { cmd, client }: Probes) -> ExitCode {
                 max_flows,
                 max_pps,
             } => {
-                let body = json!({ "max_flows": max_flows, "max_pps": max_pps });
+                let body = ProbeLimits {
+                    max_flows,
+                    max_pps: max_pps.map(Value::String),
+                };
                 let p: ProbeInfo = cx.call(
                     "PATCH",
                     &format!("/api/v1/probes/{}", segment(&name)),

@@ -38,7 +38,7 @@ use rusqlite::Transaction;
 use serde_json::{Value, json};
 use tapwire_api_types::control::{
     FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
-    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
+    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch,
 };
 use tapwire_api_types::flow::FlowFields;
 use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
@@ -1246,28 +1246,6 @@ fn session_detail(s: &StoredSession) -> Value {
         "files": s.files,
         "tap": s.tap,
     })
-}
-
-/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-pub fn merge_patch(target: Option<Value>, patch: &Value) -> Value {
-    match patch {
-        Value::Object(p) => {
-            let mut t = match target {
-                Some(Value::Object(t)) => t,
-                _ => serde_json::Map::new(),
-            };
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    let merged = merge_patch(t.remove(k), v);
-                    t.insert(k.clone(), merged);
-                }
-            }
-            Value::Object(t)
-        }
-        other => other.clone(),
-    }
 }
 
 #[cfg(test)]
