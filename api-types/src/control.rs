@@ -47,6 +47,22 @@ impl Role {
     }
 }
 
+/// The names of sessions, probes and tokens: session names become file names, so all keep to
+/// a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("must be 1 to 100 characters".into());
+    }
+    if name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err("use letters, digits, '-', '_', '.', ':' and do not start with '.'".into());
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/sessions`: a session managed through the API. Its one source rule is
 /// "kind `encap`, id `mirror_id`, from any address": what the flows that target it send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,11 +22,11 @@ use tapwire_api_types::control::{
 use tapwire_api_types::probe::{Direction, Encapsulation};
 use tapwire_client::{Client, HttpError, segment};
 
-use tapwire_collector::config::FilesConfig;
-use tapwire_collector::control::auth::{self, Caller};
-use tapwire_collector::control::store::{self, Store};
-use tapwire_collector::control::{ControllerOptions, Refused};
-use tapwire_collector::live::api::Listen;
+use tapwire_collector::http::Listen;
+use tapwire_collector::live::control_plane::SystemClock;
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+use tapwire_control::{Clock, ControllerOptions, Refused, tokens};
 
 // ---------------------------------------------------------------------------------------------
 // `tapwire collect` flags
@@ -66,13 +66,12 @@ pub struct ControlArgs {
 /// The control plane's options and its listener, from the flags; `None` without `--db`.
 pub fn collect_options(
     a: &ControlArgs,
-    default_files: &FilesConfig,
 ) -> Result<(Option<ControllerOptions>, Option<Listen>), String> {
     let Some(db) = a.db.clone() else {
         return Ok((None, None));
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(tapwire_collector::control::tls::server_config(c, k)?),
+        (Some(c), Some(k)) => Some(tapwire_collector::http::tls::server_config(c, k)?),
         _ => None,
     };
     let advertise = a
@@ -94,7 +93,6 @@ pub fn collect_options(
         Some(ControllerOptions {
             db,
             advertise,
-            default_files: default_files.clone(),
             max_flows_per_probe: a.probe_max_flows,
             max_pps_per_probe: max_pps,
             report_interval,
@@ -990,29 +988,20 @@ fn token_offline(cmd: TokenCmd, path: &std::path::Path, json: bool) -> ExitCode 
             path.display()
         ));
     }
-    let mut store = match Store::open(path) {
+    let mut store = match SqliteStore::open(path) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
     let who = Caller::system("offline (--db)");
-    let result: Result<Value, Refused> = (|| match cmd {
+    let now_ns = SystemClock.now_ns();
+    let result: Result<Value, Refused> = match cmd {
         TokenCmd::Create { name, role, .. } => {
-            let secret = auth::generate().map_err(Refused::Internal)?;
-            let tx = store.conn.transaction()?;
-            let mut info =
-                store::insert_token(&tx, &who, &name, role.role(), &auth::hash(&secret))?;
-            tx.commit()?;
-            info.token = Some(secret);
-            Ok(json!(info))
+            tokens::create_offline(&mut store, &who, &name, role.role(), now_ns).map(|t| json!(t))
         }
-        TokenCmd::List { .. } => Ok(json!(store::list_tokens(&store.conn)?)),
-        TokenCmd::Revoke { name, .. } => {
-            let tx = store.conn.transaction()?;
-            store::revoke_token(&tx, &who, &name)?;
-            tx.commit()?;
-            Ok(json!({ "ok": true, "message": format!("token {name} revoked") }))
-        }
-    })();
+        TokenCmd::List { .. } => tokens::list_offline(&mut store).map(|t| json!(t)),
+        TokenCmd::Revoke { name, .. } => tokens::revoke_offline(&mut store, &who, &name, now_ns)
+            .map(|()| json!({ "ok": true, "message": format!("token {name} revoked") })),
+    };
     let v = match result {
         Ok(v) => v,
         Err(e) => return fail(e.to_string()),

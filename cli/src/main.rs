@@ -453,7 +453,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
     }
-    let (controller, listen) = control::collect_options(&a.control, &settings.default_files)?;
+    let (controller, listen) = control::collect_options(&a.control)?;
     if controller.is_some() && a.api_token.is_some() {
         return Err(
             "--api-token: with --db, tokens come from the database (tapwire token create)".into(),

@@ -7,12 +7,11 @@
 
 pub mod capfile;
 pub mod config;
-pub mod control;
 pub mod demux;
 pub mod filter;
+pub mod http;
 pub mod live;
 pub mod mapfile;
 pub mod offline;
 pub mod pipeline;
 pub mod seq;
-pub mod timefmt;

@@ -215,15 +215,6 @@ mod tests {
 
     use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime};
 
-    fn base() -> FlowFields {
-        FlowFields {
-            interface: Some("veth0".into()),
-            session: Some(5),
-            collector: Some("192.0.2.9".parse().expect("addr")),
-            ..FlowFields::default()
-        }
-    }
-
     #[test]
     fn file_with_defaults_and_flows() {
         let text = r#"
@@ -290,8 +281,11 @@ mod tests {
     #[test]
     fn the_ring_geometry_is_checked_with_the_fields() {
         let fields = FlowFields {
+            interface: Some("veth0".into()),
+            session: Some(5),
+            collector: Some("192.0.2.9".parse().expect("addr")),
             block_size: Some(NumOrText::Num(5000)),
-            ..base()
+            ..FlowFields::default()
         };
         // The shared fields alone pass; the probe's own check names the flow.
         assert!(fields.resolve("flow 3").is_ok());

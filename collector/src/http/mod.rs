@@ -1,33 +1,46 @@
-//! The stats and control API over HTTP, on its own thread and small tokio runtime so that it
-//! never touches the packet path: it serves the engine's latest snapshot and forwards actions.
+//! The collector's HTTP API, on its own thread and small tokio runtime so that it never
+//! touches the packet path: the engine's latest snapshot, actions on sessions, metrics and,
+//! with `--db`, the control plane's routes, on `--api` and on `--listen` (TLS when given).
 //!
-//! - `GET /api/v1/sessions`: the [`tapwire_api_types::Snapshot`] as JSON.
-//! - `GET /api/v1/sessions/{name}`: one session.
-//! - `POST /api/v1/sessions/{name}/{enable|disable|rotate}`: from localhost, or with
-//!   `Authorization: Bearer <token>` when a token is set.
-//! - `GET /metrics`: Prometheus text, labels limited to session names, reasons and inputs.
-//! - `GET /api/v1/health`.
+//! - [`stats`]: `GET /api/v1/sessions` (the [`tapwire_api_types::Snapshot`] as JSON),
+//!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
+//! - [`metrics`]: `GET /metrics`, Prometheus text, labels limited to session names, reasons
+//!   and inputs.
+//! - [`control`]: the control plane's routes, each a [`tapwire_control::Controller`] operation.
+//! - [`auth`]: who is calling and whether they may: the [`auth::Authed`] extractor.
+//! - [`tls`]: the `--listen` listener with rustls.
+//!
+//! `GET /api/v1/openapi.json` documents every route; a test checks the router against it.
+
+mod auth;
+mod control;
+mod metrics;
+mod stats;
+#[cfg(test)]
+mod tests;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::serve::IncomingStream;
 use crossbeam_channel::Sender;
-use tapwire_api_types::metrics::{self, Text};
-use tapwire_api_types::{Action, InputStats, Message, SessionStats, Snapshot};
+use tapwire_api_types::{Message, Snapshot};
+use tapwire_control::{Controller, Refused};
 
-use super::engine::Control;
-use crate::control::auth::Need;
-use crate::control::tls::TlsListener;
-use crate::control::{Controller, http as ctl_http};
+use crate::live::control_plane::EngineLink;
+use crate::live::engine::Control;
+pub use metrics::prometheus;
+use tls::TlsListener;
+
+/// The control plane as the collector runs it.
+pub type Ctl = Controller<EngineLink>;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
@@ -36,7 +49,7 @@ pub(crate) struct ApiState {
     pub(crate) token: Option<Arc<str>>,
     /// The control plane, when the collector runs with `--db`: every route then needs a token
     /// (a viewer's for reads; none for reads from localhost).
-    pub(crate) controller: Option<Arc<Controller>>,
+    pub(crate) controller: Option<Arc<Ctl>>,
 }
 
 /// The client's address, from a plain or a TLS listener.
@@ -69,7 +82,7 @@ pub fn spawn(
     snapshot: Arc<ArcSwap<Snapshot>>,
     control: Sender<Control>,
     token: Option<String>,
-    controller: Option<Arc<Controller>>,
+    controller: Option<Arc<Ctl>>,
 ) -> std::io::Result<Vec<SocketAddr>> {
     let mut bound = Vec::new();
     for a in addr.iter().chain(listen.as_ref().map(|l| &l.addr)) {
@@ -172,14 +185,18 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         router: Router::new(),
         list: Vec::new(),
     }
-    .add("GET", "/api/v1/sessions", get(sessions))
-    .add("GET", "/api/v1/sessions/{name}", get(session))
-    .add("POST", "/api/v1/sessions/{name}/{action}", post(action))
+    .add("GET", "/api/v1/sessions", get(stats::sessions))
+    .add("GET", "/api/v1/sessions/{name}", get(stats::session))
+    .add(
+        "POST",
+        "/api/v1/sessions/{name}/{action}",
+        post(stats::action),
+    )
     .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
-    .add("GET", "/metrics", get(metrics))
-    .add("GET", "/api/v1/openapi.json", get(ctl_http::openapi));
+    .add("GET", "/metrics", get(metrics::metrics))
+    .add("GET", "/api/v1/openapi.json", get(control::openapi));
     if with_controller {
-        ctl_http::routes(r)
+        control::routes(r)
     } else {
         r
     }
@@ -197,124 +214,6 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// With a controller: the refusal, when the client may not do this (checked on the blocking
-/// pool: the database may be held by a change for a moment).
-pub(crate) async fn check(
-    s: &ApiState,
-    peer: Peer,
-    headers: &HeaderMap,
-    need: Need,
-) -> Option<Response> {
-    let ctl = Arc::clone(s.controller.as_ref()?);
-    let bearer = match bearer(headers) {
-        Ok(b) => b.map(str::to_string),
-        Err(m) => return Some(reply(StatusCode::UNAUTHORIZED, m)),
-    };
-    let loopback = peer.0.ip().to_canonical().is_loopback();
-    match tokio::task::spawn_blocking(move || ctl.authenticate(bearer.as_deref(), loopback, need))
-        .await
-    {
-        Ok(Ok(_)) => None,
-        Ok(Err(r)) => Some(ctl_http::refused(r)),
-        Err(e) => Some(reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
-}
-
-/// The `Authorization: Bearer` token, if any; another scheme is an error.
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, String> {
-    match headers.get(header::AUTHORIZATION) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| Some(t.trim()))
-            .ok_or_else(|| "Authorization: use \"Bearer <token>\"".to_string()),
-    }
-}
-
-async fn sessions(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
-        return r;
-    }
-    let snap = s.snapshot.load_full();
-    match serde_json::to_vec(&*snap) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn session(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
-        return r;
-    }
-    let snap = s.snapshot.load();
-    match snap.sessions.iter().find(|x| x.name == name) {
-        Some(x) => axum::Json(x.clone()).into_response(),
-        None => reply(StatusCode::NOT_FOUND, format!("no session named {name:?}")),
-    }
-}
-
-async fn action(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path((name, action)): Path<(String, String)>,
-) -> Response {
-    let Some(parsed) = Action::parse(&action) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            format!("unknown action {action:?}: enable, disable or rotate"),
-        );
-    };
-    if s.controller.is_some() {
-        return ctl_http::session_action(s, peer, headers, name, parsed).await;
-    }
-    let authorised = match (&s.token, bearer(&headers).ok().flatten()) {
-        (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
-        (_, Some(_)) => false,
-        (_, None) => peer.0.ip().to_canonical().is_loopback(),
-    };
-    if !authorised {
-        return reply(
-            StatusCode::FORBIDDEN,
-            "actions need a localhost connection or the API token".into(),
-        );
-    }
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    if s.control
-        .send(Control::Action {
-            session: name,
-            action: parsed,
-            reply: tx,
-        })
-        .is_err()
-    {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collector is shutting down".into(),
-        );
-    }
-    let answer = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5))).await;
-    match answer {
-        Ok(Ok(Ok(msg))) => reply(StatusCode::OK, msg),
-        Ok(Ok(Err(msg))) => reply(StatusCode::NOT_FOUND, msg),
-        _ => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collector did not answer".into(),
-        ),
-    }
-}
-
 pub(crate) fn reply(code: StatusCode, message: String) -> Response {
     (
         code,
@@ -326,147 +225,23 @@ pub(crate) fn reply(code: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn metrics(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = check(&s, peer, &headers, Need::Read).await {
-        return r;
+/// A refusal of the control plane as its HTTP status and message.
+pub(crate) fn refused(r: Refused) -> Response {
+    let code = match &r {
+        Refused::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Refused::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Refused::Forbidden(_) => StatusCode::FORBIDDEN,
+        Refused::NotFound(_) => StatusCode::NOT_FOUND,
+        Refused::Conflict(_) => StatusCode::CONFLICT,
+        Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = reply(code, r.to_string());
+    if code == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
-    let body = prometheus(&s.snapshot.load());
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
-}
-
-/// A counter series: name, help, and how to read it.
-type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
-
-/// Renders the snapshot as Prometheus text. Labels stay low-cardinality: session names (which
-/// the operator chooses or are one per source), reasons, kinds and inputs; never addresses.
-pub fn prometheus(s: &Snapshot) -> String {
-    use tapwire_api_types::metrics::Kind::{Counter, Gauge};
-    let mut t = Text::new();
-    t.family(
-        "tapwire_uptime_seconds",
-        Gauge,
-        "Seconds since the collector started.",
-    )
-    .sample("tapwire_uptime_seconds", &[], s.uptime_s);
-    t.family("tapwire_sources", Gauge, "Distinct mirrored sources seen.")
-        .sample("tapwire_sources", &[], s.totals.sources);
-
-    let inputs: [Series<InputStats>; 3] = [
-        ("input_packets_total", "Packets read per input.", |i| {
-            i.packets
-        }),
-        ("input_bytes_total", "Bytes read per input.", |i| i.bytes),
-        (
-            "input_kernel_drops_total",
-            "Packets the kernel dropped before tapwire read them.",
-            |i| i.kernel_drops,
-        ),
-    ];
-    for (name, help, get) in inputs {
-        let name = format!("tapwire_{name}");
-        t.family(&name, Counter, help);
-        for i in &s.inputs {
-            t.sample(&name, &[("input", &i.name)], get(i));
-        }
-    }
-    t.family(
-        "tapwire_not_mirror_packets_total",
-        Counter,
-        "Packets that were not mirror traffic, by kind.",
-    );
-    for (k, n) in &s.totals.not_mirror {
-        t.sample("tapwire_not_mirror_packets_total", &[("kind", k)], n);
-    }
-    t.family(
-        "tapwire_malformed_packets_total",
-        Counter,
-        "Malformed packets, by reason.",
-    );
-    for (k, n) in &s.totals.malformed {
-        t.sample("tapwire_malformed_packets_total", &[("reason", k)], n);
-    }
-    t.family(
-        "tapwire_refused_packets_total",
-        Counter,
-        "Packets from sources outside the allow-list.",
-    )
-    .sample(
-        "tapwire_refused_packets_total",
-        &[],
-        s.totals.refused.values().sum::<u64>(),
-    );
-
-    let sessions: [Series<SessionStats>; 4] = [
-        (
-            "session_packets_total",
-            "Mirrored packets received per session.",
-            |x| x.packets,
-        ),
-        (
-            "session_bytes_total",
-            "Inner-frame bytes received per session.",
-            |x| x.bytes,
-        ),
-        (
-            "session_written_packets_total",
-            "Packets written per session.",
-            |x| x.written,
-        ),
-        (
-            "session_lost_packets_total",
-            "Packets lost in transit, from sequence gaps.",
-            |x| x.lost,
-        ),
-    ];
-    for (name, help, get) in sessions {
-        let name = format!("tapwire_{name}");
-        t.family(&name, Counter, help);
-        for x in &s.sessions {
-            t.sample(&name, &[("session", &x.name)], get(x));
-        }
-    }
-    t.family(
-        "tapwire_session_dropped_packets_total",
-        Counter,
-        "Packets tapwire did not write, by reason.",
-    );
-    for x in &s.sessions {
-        let d = &x.drops;
-        for (reason, n) in [
-            ("disabled", d.disabled),
-            ("filter", d.filter),
-            ("disk_guard", d.disk_guard),
-            ("write_error", d.write_error),
-            ("backlog", d.backlog),
-        ] {
-            t.sample(
-                "tapwire_session_dropped_packets_total",
-                &[("session", &x.name), ("reason", reason)],
-                n,
-            );
-        }
-    }
-    t.family(
-        "tapwire_session_file_bytes",
-        Gauge,
-        "Size of the file being written per session.",
-    );
-    for x in &s.sessions {
-        if let Some(f) = &x.files {
-            t.sample(
-                "tapwire_session_file_bytes",
-                &[("session", &x.name)],
-                f.current_bytes,
-            );
-        }
-    }
-    t.into_string()
+    resp
 }

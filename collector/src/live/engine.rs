@@ -31,7 +31,7 @@ use crate::demux::{SequenceMode, SourceId};
 use crate::filter::InnerFilter;
 use crate::offline::Timestamps;
 use crate::pipeline::{Delivery, Pipeline};
-use crate::timefmt::rfc3339_ns;
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Memory for buffered output across all open files; each file's flush threshold is this
 /// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).

@@ -1,10 +1,10 @@
 //! `tapwire collect`: the live collector.
 //!
 //! Threads: one per input (receive into batches), one engine (decapsulate, demultiplex, route
-//! to sessions, encode), one disk thread (all file-system work), one API thread. Batches and
-//! buffers move between them by ownership, never by copy.
+//! to sessions, encode), one disk thread (all file-system work), one API thread ([`crate::http`]).
+//! Batches and buffers move between them by ownership, never by copy.
 
-pub mod api;
+pub mod control_plane;
 pub mod engine;
 pub mod input;
 pub mod io;
@@ -23,8 +23,14 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, bounded, unbounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use tapwire_control::Controller;
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+
 use crate::config::Config;
+use crate::http;
 use crate::pipeline::{MAX_SOURCES, Pipeline};
+use control_plane::{EngineLink, SystemClock};
 use engine::{Engine, Settings};
 use input::{Input, InputKind};
 
@@ -36,9 +42,9 @@ pub struct CollectOptions {
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
     /// The control plane (`--db`): sessions and flows managed over the API.
-    pub controller: Option<crate::control::ControllerOptions>,
+    pub controller: Option<tapwire_control::ControllerOptions>,
     /// A second API listener for probes and remote clients (TLS when configured).
-    pub listen: Option<api::Listen>,
+    pub listen: Option<http::Listen>,
     pub min_free_disk_bytes: Option<u64>,
 }
 
@@ -63,17 +69,10 @@ pub struct Handles {
 pub type Actions =
     Arc<dyn Fn(&str, tapwire_api_types::Action) -> Result<String, String> + Send + Sync>;
 
-fn actions(
-    control: Sender<engine::Control>,
-    controller: Option<Arc<crate::control::Controller>>,
-) -> Actions {
+fn actions(control: Sender<engine::Control>, controller: Option<Arc<http::Ctl>>) -> Actions {
     Arc::new(move |session: &str, action| match &controller {
         Some(c) => c
-            .session_action(
-                &crate::control::auth::Caller::system("terminal"),
-                session,
-                action,
-            )
+            .session_action(&Caller::system("terminal"), session, action)
             .map_err(|e| e.to_string()),
         None => {
             let (reply, answer) = crossbeam_channel::bounded(1);
@@ -153,6 +152,7 @@ where
     }
     drop(batch_tx);
 
+    let default_files = opts.settings.default_files.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
         pipeline,
@@ -167,10 +167,14 @@ where
     // The controller queues the API's sessions before the engine runs: they are in place
     // before the first packet is routed.
     let controller = match opts.controller {
-        Some(c) => Some(
-            crate::control::Controller::start(c, engine.file_config(), ctl_tx.clone())
-                .map_err(StartError)?,
-        ),
+        Some(c) => {
+            let store = SqliteStore::open(&c.db).map_err(|e| StartError(e.to_string()))?;
+            let link = EngineLink::new(ctl_tx.clone(), engine.file_config(), default_files);
+            Some(
+                Controller::start(c, Box::new(store), link, Box::new(SystemClock))
+                    .map_err(StartError)?,
+            )
+        }
         None => None,
     };
     let ui = match ui {
@@ -203,7 +207,7 @@ where
                 .join(" and ")
         );
         let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
-        let local = api::spawn(
+        let local = http::spawn(
             opts.api,
             opts.listen,
             snapshot.clone(),

@@ -1,22 +1,20 @@
-//! The control plane's state in SQLite: tokens, API-managed sessions, probes, flows and the
-//! audit log, with its schema migrations.
+//! The control plane's state in SQLite, with its schema migrations.
 //!
 //! Migrations are an ordered list; the database's `PRAGMA user_version` is how many of them it
 //! has. Opening applies the missing ones, each in its own transaction together with the new
-//! `user_version`, and refuses a database newer than this binary. Every change the API makes
-//! is one transaction that also writes its audit row, so a change and its audit entry are
-//! committed together or not at all.
+//! `user_version`, and refuses a database newer than this binary.
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use tapwire_api_types::control::{AuditEntry, Role, TokenInfo};
 use tapwire_api_types::probe::Encapsulation;
 
-use super::Refused;
-use super::auth::Caller;
+use super::{
+    AuditRow, NewToken, Store, StoreError, StoredFlow, StoredProbe, StoredSession, Transaction,
+};
 
 /// The schema, one step per entry; never edit a released step, add one.
 pub const MIGRATIONS: &[&str] = &[
@@ -74,32 +72,16 @@ pub const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Why the database cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
-    #[error(
-        "database schema version {found} is newer than this tapwire knows ({known}): use a newer tapwire"
-    )]
-    TooNew { found: u32, known: u32 },
-    #[error("database migration {step}: {source}")]
-    Migration { step: u32, source: rusqlite::Error },
+pub struct SqliteStore {
+    conn: Connection,
 }
 
-pub struct Store {
-    pub conn: Connection,
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating) the database at `path` and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open = |source| StoreError::Open {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: source.into(),
         };
         let mut conn = Connection::open(path).map_err(open)?;
         // WAL: readers (and `tapwire token create --db` while the collector runs) do not block
@@ -110,16 +92,20 @@ impl Store {
             .map_err(open)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
         migrate(&mut conn, MIGRATIONS)?;
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
     }
 
-    #[cfg(test)]
-    pub fn memory() -> Store {
-        let mut conn = Connection::open_in_memory().expect("in-memory database");
+    /// A database in memory, for tests.
+    pub fn memory() -> Result<SqliteStore, StoreError> {
+        let open = |source: rusqlite::Error| StoreError::Open {
+            path: ":memory:".into(),
+            source: source.into(),
+        };
+        let mut conn = Connection::open_in_memory().map_err(open)?;
         conn.pragma_update(None, "foreign_keys", true)
-            .expect("foreign keys");
-        migrate(&mut conn, MIGRATIONS).expect("migrations");
-        Store { conn }
+            .map_err(open)?;
+        migrate(&mut conn, MIGRATIONS)?;
+        Ok(SqliteStore { conn })
     }
 }
 
@@ -128,13 +114,19 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<u32, StoreE
     let known = migrations.len() as u32;
     let found: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|source| StoreError::Migration { step: 0, source })?;
+        .map_err(|source| StoreError::Migration {
+            step: 0,
+            source: source.into(),
+        })?;
     if found > known {
         return Err(StoreError::TooNew { found, known });
     }
     for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         let step = i as u32 + 1;
-        let fail = |source| StoreError::Migration { step, source };
+        let fail = |source: rusqlite::Error| StoreError::Migration {
+            step,
+            source: source.into(),
+        };
         let tx = conn.transaction().map_err(fail)?;
         tx.execute_batch(sql).map_err(fail)?;
         tx.pragma_update(None, "user_version", step).map_err(fail)?;
@@ -144,165 +136,19 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<u32, StoreE
     Ok(known)
 }
 
-impl From<rusqlite::Error> for Refused {
-    fn from(e: rusqlite::Error) -> Refused {
-        Refused::Internal(format!("database: {e}"))
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Query(e.into())
     }
 }
 
-pub fn now() -> String {
-    crate::timefmt::rfc3339_ns(crate::live::engine::now_ns())
-}
-
-/// Writes one audit row (in the caller's transaction).
-pub fn audit(
-    tx: &Transaction<'_>,
-    caller: &Caller,
-    action: &str,
-    target: &str,
-    detail: &Value,
-) -> Result<(), Refused> {
-    tx.execute(
-        "INSERT INTO audit (at, token, role, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![now(), caller.name, caller.role.name(), action, target, detail.to_string()],
-    )?;
-    Ok(())
-}
-
-pub fn list_audit(conn: &Connection, after: i64, limit: u32) -> Result<Vec<AuditEntry>, Refused> {
-    let mut st = conn.prepare(
-        "SELECT id, at, token, role, action, target, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![after, limit], |r| {
-        let role: String = r.get(3)?;
-        let detail: String = r.get(6)?;
-        Ok(AuditEntry {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            token: r.get(2)?,
-            role: Role::parse(&role).unwrap_or(Role::Viewer),
-            action: r.get(4)?,
-            target: r.get(5)?,
-            detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tokens
-
-/// Every token not revoked: (name, role, SHA-256 of the secret).
-pub fn active_tokens(conn: &Connection) -> Result<Vec<(String, Role, Vec<u8>)>, Refused> {
-    let mut st = conn.prepare("SELECT name, role, hash FROM tokens WHERE revoked_at IS NULL")?;
-    let rows = st.query_map([], |r| {
-        let role: String = r.get(1)?;
-        Ok((r.get(0)?, role, r.get(2)?))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (name, role, hash): (String, String, Vec<u8>) = row?;
-        if let Some(role) = Role::parse(&role) {
-            out.push((name, role, hash));
-        }
+impl Store for SqliteStore {
+    fn begin(&mut self) -> Result<Box<dyn Transaction + '_>, StoreError> {
+        Ok(Box::new(SqliteTx(self.conn.transaction()?)))
     }
-    Ok(out)
 }
 
-pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenInfo>, Refused> {
-    let mut st = conn
-        .prepare("SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id")?;
-    let rows = st.query_map([], |r| {
-        let role: String = r.get(1)?;
-        Ok(TokenInfo {
-            name: r.get(0)?,
-            role: Role::parse(&role).unwrap_or(Role::Viewer),
-            created: r.get(2)?,
-            created_by: r.get(3)?,
-            revoked: r.get(4)?,
-            token: None,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn has_admin(conn: &Connection) -> Result<bool, Refused> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
-/// Stores a new token's hash; the secret is returned once by the caller and never stored.
-pub fn insert_token(
-    tx: &Transaction<'_>,
-    caller: &Caller,
-    name: &str,
-    role: Role,
-    hash: &[u8],
-) -> Result<TokenInfo, Refused> {
-    crate::config::validate_name(name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
-    let taken = tx
-        .query_row("SELECT 1 FROM tokens WHERE name = ?1", [name], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if taken {
-        return Err(Refused::Conflict(format!(
-            "a token named {name:?} exists (names are never reused, also after revocation)"
-        )));
-    }
-    let at = now();
-    tx.execute(
-        "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![name, role.name(), hash, at, caller.name],
-    )?;
-    audit(
-        tx,
-        caller,
-        "token.create",
-        name,
-        &serde_json::json!({ "role": role.name() }),
-    )?;
-    Ok(TokenInfo {
-        name: name.to_string(),
-        role,
-        created: at,
-        created_by: caller.name.clone(),
-        revoked: None,
-        token: None,
-    })
-}
-
-pub fn revoke_token(tx: &Transaction<'_>, caller: &Caller, name: &str) -> Result<(), Refused> {
-    let n = tx.execute(
-        "UPDATE tokens SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
-        params![now(), name],
-    )?;
-    if n == 0 {
-        return Err(Refused::NotFound(format!("no active token named {name:?}")));
-    }
-    audit(tx, caller, "token.revoke", name, &Value::Null)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sessions
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSession {
-    pub name: String,
-    pub encap: Encapsulation,
-    pub mirror_id: u32,
-    pub enabled: bool,
-    pub filter: Option<String>,
-    pub files: Option<Value>,
-    pub tap: Option<Value>,
-    pub created: String,
-    pub updated: String,
-}
+struct SqliteTx<'a>(rusqlite::Transaction<'a>);
 
 pub fn encap_name(e: Encapsulation) -> &'static str {
     e.name()
@@ -338,72 +184,6 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
 const SESSION_COLS: &str =
     "name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at";
 
-pub fn sessions(conn: &Connection) -> Result<Vec<StoredSession>, Refused> {
-    let mut st = conn.prepare(&format!(
-        "SELECT {SESSION_COLS} FROM sessions ORDER BY name"
-    ))?;
-    let rows = st.query_map([], session_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn session(conn: &Connection, name: &str) -> Result<Option<StoredSession>, Refused> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {SESSION_COLS} FROM sessions WHERE name = ?1"),
-            [name],
-            session_row,
-        )
-        .optional()?)
-}
-
-pub fn put_session(tx: &Transaction<'_>, s: &StoredSession) -> Result<(), Refused> {
-    let js = |v: &Option<Value>| v.as_ref().map(Value::to_string);
-    tx.execute(
-        "INSERT INTO sessions (name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (name) DO UPDATE SET encap = ?2, mirror_id = ?3, enabled = ?4, filter = ?5,
-             files = ?6, tap = ?7, updated_at = ?9",
-        params![
-            s.name,
-            encap_name(s.encap),
-            s.mirror_id,
-            s.enabled,
-            s.filter,
-            js(&s.files),
-            js(&s.tap),
-            s.created,
-            s.updated
-        ],
-    )?;
-    Ok(())
-}
-
-pub fn delete_session(tx: &Transaction<'_>, name: &str) -> Result<(), Refused> {
-    tx.execute("DELETE FROM sessions WHERE name = ?1", [name])?;
-    Ok(())
-}
-
-pub fn used_mirror_ids(conn: &Connection) -> Result<Vec<u32>, Refused> {
-    let mut st = conn.prepare("SELECT mirror_id FROM sessions")?;
-    let rows = st.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Flows
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredFlow {
-    pub id: i64,
-    pub probe: String,
-    pub name: String,
-    pub session: String,
-    pub enabled: bool,
-    pub spec: Value,
-    pub created: String,
-    pub updated: String,
-}
-
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
     let spec: String = r.get(5)?;
     Ok(StoredFlow {
@@ -419,70 +199,6 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
 }
 
 const FLOW_COLS: &str = "id, probe, name, session, enabled, spec, created_at, updated_at";
-
-pub fn flows(conn: &Connection) -> Result<Vec<StoredFlow>, Refused> {
-    let mut st = conn.prepare(&format!(
-        "SELECT {FLOW_COLS} FROM flows ORDER BY probe, name"
-    ))?;
-    let rows = st.query_map([], flow_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn flow(conn: &Connection, id: i64) -> Result<Option<StoredFlow>, Refused> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {FLOW_COLS} FROM flows WHERE id = ?1"),
-            [id],
-            flow_row,
-        )
-        .optional()?)
-}
-
-pub fn insert_flow(tx: &Transaction<'_>, f: &StoredFlow) -> Result<i64, Refused> {
-    tx.execute(
-        "INSERT INTO flows (probe, name, session, enabled, spec, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            f.probe,
-            f.name,
-            f.session,
-            f.enabled,
-            f.spec.to_string(),
-            f.created,
-            f.updated
-        ],
-    )?;
-    Ok(tx.last_insert_rowid())
-}
-
-pub fn set_flow_enabled(tx: &Transaction<'_>, id: i64, enabled: bool) -> Result<(), Refused> {
-    tx.execute(
-        "UPDATE flows SET enabled = ?1, updated_at = ?2 WHERE id = ?3",
-        params![enabled, now(), id],
-    )?;
-    Ok(())
-}
-
-pub fn delete_flow(tx: &Transaction<'_>, id: i64) -> Result<(), Refused> {
-    tx.execute("DELETE FROM flows WHERE id = ?1", [id])?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Probes
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredProbe {
-    pub name: String,
-    pub version: Option<String>,
-    pub interfaces: Vec<String>,
-    pub registered: Option<String>,
-    pub last_seen: Option<String>,
-    pub max_flows: u32,
-    pub max_pps: Option<u64>,
-    pub flowset: Value,
-    pub flowset_version: u64,
-}
 
 fn probe_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredProbe> {
     let interfaces: String = r.get(2)?;
@@ -502,90 +218,313 @@ fn probe_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredProbe> {
 
 const PROBE_COLS: &str = "name, version, interfaces, registered_at, last_seen, max_flows, max_pps, flowset, flowset_version";
 
-pub fn probes(conn: &Connection) -> Result<Vec<StoredProbe>, Refused> {
-    let mut st = conn.prepare(&format!("SELECT {PROBE_COLS} FROM probes ORDER BY name"))?;
-    let rows = st.query_map([], probe_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn probe(conn: &Connection, name: &str) -> Result<Option<StoredProbe>, Refused> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {PROBE_COLS} FROM probes WHERE name = ?1"),
-            [name],
-            probe_row,
-        )
-        .optional()?)
-}
-
-/// Makes sure a row exists for `name` (flows may be defined before their probe first
-/// registers).
-pub fn ensure_probe(
-    tx: &Transaction<'_>,
-    name: &str,
-    max_flows: u32,
-    max_pps: Option<u64>,
-) -> Result<(), Refused> {
-    tx.execute(
-        "INSERT INTO probes (name, max_flows, max_pps) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
-        params![name, max_flows, max_pps.map(clamp_i64)],
-    )?;
-    Ok(())
-}
-
 fn clamp_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub fn register_probe(
-    tx: &Transaction<'_>,
-    name: &str,
-    version: &str,
-    interfaces: &[String],
-) -> Result<(), Refused> {
-    let at = now();
-    tx.execute(
-        "UPDATE probes SET version = ?2, interfaces = ?3, registered_at = ?4, last_seen = ?4 WHERE name = ?1",
-        params![name, version, serde_json::to_string(interfaces).unwrap_or_default(), at],
-    )?;
-    Ok(())
-}
+impl Transaction for SqliteTx<'_> {
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(self.0.commit()?)
+    }
 
-pub fn touch_probe(conn: &Connection, name: &str) -> Result<(), Refused> {
-    conn.execute(
-        "UPDATE probes SET last_seen = ?2 WHERE name = ?1",
-        params![name, now()],
-    )?;
-    Ok(())
-}
+    // -----------------------------------------------------------------------------------------
+    // Audit
 
-pub fn set_probe_limits(
-    tx: &Transaction<'_>,
-    name: &str,
-    max_flows: u32,
-    max_pps: Option<u64>,
-) -> Result<(), Refused> {
-    tx.execute(
-        "UPDATE probes SET max_flows = ?2, max_pps = ?3 WHERE name = ?1",
-        params![name, max_flows, max_pps.map(clamp_i64)],
-    )?;
-    Ok(())
-}
+    fn audit(&mut self, row: &AuditRow<'_>) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO audit (at, token, role, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![row.at, row.token, row.role.name(), row.action, row.target, row.detail.to_string()],
+        )?;
+        Ok(())
+    }
 
-/// Stores a probe's rendered flow set; the version goes up only when the set changed.
-/// Returns whether it changed.
-pub fn set_flowset(tx: &Transaction<'_>, name: &str, flowset: &Value) -> Result<bool, Refused> {
-    let n = tx.execute(
-        "UPDATE probes SET flowset = ?2, flowset_version = flowset_version + 1
-         WHERE name = ?1 AND flowset IS NOT ?2",
-        params![name, flowset.to_string()],
-    )?;
-    Ok(n > 0)
-}
+    fn list_audit(&mut self, after: i64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut st = self.0.prepare(
+            "SELECT id, at, token, role, action, target, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after, limit], |r| {
+            let role: String = r.get(3)?;
+            let detail: String = r.get(6)?;
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                token: r.get(2)?,
+                role: Role::parse(&role).unwrap_or(Role::Viewer),
+                action: r.get(4)?,
+                target: r.get(5)?,
+                detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 
-pub fn delete_probe(tx: &Transaction<'_>, name: &str) -> Result<(), Refused> {
-    tx.execute("DELETE FROM probes WHERE name = ?1", [name])?;
-    Ok(())
+    // -----------------------------------------------------------------------------------------
+    // Tokens
+
+    fn active_tokens(&mut self) -> Result<Vec<(String, Role, Vec<u8>)>, StoreError> {
+        let mut st = self
+            .0
+            .prepare("SELECT name, role, hash FROM tokens WHERE revoked_at IS NULL")?;
+        let rows = st.query_map([], |r| {
+            let role: String = r.get(1)?;
+            Ok((r.get(0)?, role, r.get(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, hash): (String, String, Vec<u8>) = row?;
+            if let Some(role) = Role::parse(&role) {
+                out.push((name, role, hash));
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut st = self.0.prepare(
+            "SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let role: String = r.get(1)?;
+            Ok(TokenInfo {
+                name: r.get(0)?,
+                role: Role::parse(&role).unwrap_or(Role::Viewer),
+                created: r.get(2)?,
+                created_by: r.get(3)?,
+                revoked: r.get(4)?,
+                token: None,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn has_admin(&mut self) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT 1 FROM tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn token_exists(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_row("SELECT 1 FROM tokens WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn insert_token(&mut self, t: &NewToken<'_>) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.name, t.role.name(), t.hash, t.created, t.created_by],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_token(&mut self, name: &str, at: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "UPDATE tokens SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
+            params![at, name],
+        )?;
+        Ok(n > 0)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sessions
+
+    fn sessions(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {SESSION_COLS} FROM sessions ORDER BY name"
+        ))?;
+        let rows = st.query_map([], session_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn session(&mut self, name: &str) -> Result<Option<StoredSession>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {SESSION_COLS} FROM sessions WHERE name = ?1"),
+                [name],
+                session_row,
+            )
+            .optional()?)
+    }
+
+    fn put_session(&mut self, s: &StoredSession) -> Result<(), StoreError> {
+        let js = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+        self.0.execute(
+            "INSERT INTO sessions (name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (name) DO UPDATE SET encap = ?2, mirror_id = ?3, enabled = ?4, filter = ?5,
+                 files = ?6, tap = ?7, updated_at = ?9",
+            params![
+                s.name,
+                encap_name(s.encap),
+                s.mirror_id,
+                s.enabled,
+                s.filter,
+                js(&s.files),
+                js(&s.tap),
+                s.created,
+                s.updated
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_session(&mut self, name: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("DELETE FROM sessions WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    fn used_mirror_ids(&mut self) -> Result<Vec<u32>, StoreError> {
+        let mut st = self.0.prepare("SELECT mirror_id FROM sessions")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Flows
+
+    fn flows(&mut self) -> Result<Vec<StoredFlow>, StoreError> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {FLOW_COLS} FROM flows ORDER BY probe, name"
+        ))?;
+        let rows = st.query_map([], flow_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn flow(&mut self, id: i64) -> Result<Option<StoredFlow>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {FLOW_COLS} FROM flows WHERE id = ?1"),
+                [id],
+                flow_row,
+            )
+            .optional()?)
+    }
+
+    fn insert_flow(&mut self, f: &StoredFlow) -> Result<i64, StoreError> {
+        self.0.execute(
+            "INSERT INTO flows (probe, name, session, enabled, spec, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                f.probe,
+                f.name,
+                f.session,
+                f.enabled,
+                f.spec.to_string(),
+                f.created,
+                f.updated
+            ],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    fn set_flow_enabled(&mut self, id: i64, enabled: bool, at: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE flows SET enabled = ?1, updated_at = ?2 WHERE id = ?3",
+            params![enabled, at, id],
+        )?;
+        Ok(())
+    }
+
+    fn delete_flow(&mut self, id: i64) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM flows WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Probes
+
+    fn probes(&mut self) -> Result<Vec<StoredProbe>, StoreError> {
+        let mut st = self
+            .0
+            .prepare(&format!("SELECT {PROBE_COLS} FROM probes ORDER BY name"))?;
+        let rows = st.query_map([], probe_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn probe(&mut self, name: &str) -> Result<Option<StoredProbe>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {PROBE_COLS} FROM probes WHERE name = ?1"),
+                [name],
+                probe_row,
+            )
+            .optional()?)
+    }
+
+    fn ensure_probe(
+        &mut self,
+        name: &str,
+        max_flows: u32,
+        max_pps: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO probes (name, max_flows, max_pps) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![name, max_flows, max_pps.map(clamp_i64)],
+        )?;
+        Ok(())
+    }
+
+    fn register_probe(
+        &mut self,
+        name: &str,
+        version: &str,
+        interfaces: &[String],
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE probes SET version = ?2, interfaces = ?3, registered_at = ?4, last_seen = ?4 WHERE name = ?1",
+            params![name, version, serde_json::to_string(interfaces).unwrap_or_default(), at],
+        )?;
+        Ok(())
+    }
+
+    fn touch_probe(&mut self, name: &str, at: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE probes SET last_seen = ?2 WHERE name = ?1",
+            params![name, at],
+        )?;
+        Ok(())
+    }
+
+    fn set_probe_limits(
+        &mut self,
+        name: &str,
+        max_flows: u32,
+        max_pps: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE probes SET max_flows = ?2, max_pps = ?3 WHERE name = ?1",
+            params![name, max_flows, max_pps.map(clamp_i64)],
+        )?;
+        Ok(())
+    }
+
+    fn set_flowset(&mut self, name: &str, flowset: &Value) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "UPDATE probes SET flowset = ?2, flowset_version = flowset_version + 1
+             WHERE name = ?1 AND flowset IS NOT ?2",
+            params![name, flowset.to_string()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn delete_probe(&mut self, name: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("DELETE FROM probes WHERE name = ?1", [name])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -637,8 +576,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("t.db");
-        drop(Store::open(&path).expect("create"));
-        let s = Store::open(&path).expect("reopen");
+        drop(SqliteStore::open(&path).expect("create"));
+        let s = SqliteStore::open(&path).expect("reopen");
         let v: u32 = s
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
