@@ -1,6 +1,10 @@
 //! The `tapwire` command: a thin binary over the library crates (see the crate map in
 //! ARCHITECTURE.md). Each subcommand's flags are here; the work is the libraries'.
 
+// The doc comments of the flags are clap's help text, written for a terminal: `[ADDR:]PORT`
+// and `<src>_<kind>_<id>` mean what they say there, not links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod control;
 mod lab;
 mod top;

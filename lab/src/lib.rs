@@ -33,9 +33,9 @@ use std::process::ExitCode;
 /// `tapwire lab up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
-    /// The lab's name: its namespaces are tw-NAME-<role>.
+    /// The lab's name: its namespaces are `tw-<name>-<role>`.
     pub name: String,
-    /// Where the collector writes its session files [default: ./captures/<NAME>].
+    /// Where the collector writes its session files; `None`: `./captures/<name>`.
     pub out: Option<PathBuf>,
     /// Return once every session receives instead of showing the UI.
     pub detach: bool,

@@ -2,12 +2,13 @@
 //! touches the packet path: the engine's latest snapshot, actions on sessions, metrics and,
 //! with `--db`, the control plane's routes, on `--api` and on `--listen` (TLS when given).
 //!
-//! - [`stats`]: `GET /api/v1/sessions` (the [`tapwire_api_types::Snapshot`] as JSON),
+//! - `stats`: `GET /api/v1/sessions` (the [`tapwire_api_types::Snapshot`] as JSON),
 //!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
-//! - [`metrics`]: `GET /metrics`, Prometheus text, labels limited to session names, reasons
-//!   and inputs.
-//! - [`control`]: the control plane's routes, each a [`tapwire_control::Controller`] operation.
-//! - [`auth`]: who is calling and whether they may: the [`auth::Authed`] extractor.
+//! - `metrics`: `GET /metrics`, Prometheus text ([`prometheus`]), labels limited to session
+//!   names, reasons and inputs.
+//! - `control`: the control plane's routes, each a [`tapwire_control::Controller`] operation.
+//! - `auth`: who is calling and whether they may: the `Authed` extractor, over one
+//!   `authenticate` function.
 //! - [`tls`]: the `--listen` listener with rustls.
 //!
 //! `GET /api/v1/openapi.json` documents every route; a test checks the router against it.
