@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tapwire_collector::collect::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::config::{self, Config};
 use tapwire_collector::live::engine::Settings;
 use tapwire_collector::live::input::InputKind;
-use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
@@ -275,7 +275,7 @@ fn collect(args: CollectArgs) -> ExitCode {
     };
     let result = if ui {
         let pane = logs.clone();
-        let result = live::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
+        let result = collect::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
         // The screen is back: show how it ended (if the terminal is still there).
         if let Some(l) = &logs {
             let mut err = std::io::stderr().lock();
@@ -285,7 +285,7 @@ fn collect(args: CollectArgs) -> ExitCode {
         }
         result
     } else {
-        live::run(opts)
+        collect::run(opts)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

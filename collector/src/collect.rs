@@ -1,17 +1,10 @@
-//! `tapwire collect`: the live collector.
+//! `tapwire collect`: the live collector put together. [`run`] opens the inputs, starts the
+//! disk thread, the input threads, the engine ([`crate::live`]), the control plane when asked
+//! for and the API ([`crate::http`]), and stops them in order.
 //!
 //! Threads: one per input (receive into batches), one engine (decapsulate, demultiplex, route
-//! to sessions, encode), one disk thread (all file-system work), one API thread ([`crate::http`]).
-//! Batches and buffers move between them by ownership, never by copy.
-
-pub mod control_plane;
-pub mod engine;
-pub mod input;
-pub mod io;
-pub mod output;
-pub mod rates;
-pub mod tap;
-pub mod traffic;
+//! to sessions, encode), one disk thread (all file-system work), one API thread. Batches and
+//! buffers move between them by ownership, never by copy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,10 +22,11 @@ use tapwire_control::store::sqlite::SqliteStore;
 
 use crate::config::Config;
 use crate::http;
+use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::engine::{self, Engine, Settings};
+use crate::live::input::{Input, InputKind};
+use crate::live::io;
 use crate::pipeline::{MAX_SOURCES, Pipeline};
-use control_plane::{EngineLink, SystemClock};
-use engine::{Engine, Settings};
-use input::{Input, InputKind};
 
 pub struct CollectOptions {
     pub settings: Settings,
