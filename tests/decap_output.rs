@@ -2,7 +2,7 @@
 //! and ERSPAN timestamps, direction flags, comments on gaps and truncation, pcap variants,
 //! `--single`, and the exit codes for bad input.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::Ipv6Addr;
 use std::path::Path;

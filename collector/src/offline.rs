@@ -18,7 +18,7 @@ use crate::capfile::CaptureFile;
 use crate::demux::{SequenceMode, SourceId};
 use crate::mapfile::MappedFile;
 use crate::pipeline::{Delivery, MAX_SOURCES, Pipeline};
-use crate::timefmt::rfc3339_ns;
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Which timestamp each written packet gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -20,17 +20,24 @@ use crate::wire::{Error, Layer, Reason, geneve, gre, ipv4, ipv6, sll, tzsp, udp,
 /// The mirror encapsulations tapwire decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// ERSPAN Type I: GRE without a sequence number, no ERSPAN header.
     ErspanI,
+    /// ERSPAN Type II.
     ErspanII,
+    /// ERSPAN Type III.
     ErspanIII,
     /// GRE transparent Ethernet bridging (0x6558).
     Gre,
+    /// VXLAN.
     Vxlan,
+    /// GENEVE.
     Geneve,
+    /// TZSP.
     Tzsp,
 }
 
 impl Kind {
+    /// Every kind, in the order they are shown.
     pub const ALL: [Kind; 7] = [
         Kind::ErspanI,
         Kind::ErspanII,
@@ -41,6 +48,7 @@ impl Kind {
         Kind::Tzsp,
     ];
 
+    /// The kind's name on the command line, in files and in source keys (`erspan-ii`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::ErspanI => "erspan-i",
@@ -98,8 +106,11 @@ impl serde::Serialize for Kind {
 /// GRE key / VNI (0 where the kind has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
+    /// The outer source address.
     pub src: IpAddr,
+    /// The encapsulation.
     pub kind: Kind,
+    /// The ERSPAN session id, GRE key or VNI.
     pub id: u32,
 }
 
@@ -132,6 +143,7 @@ pub struct Meta {
     /// The VLAN the header carries for a frame that does not carry its tag itself
     /// (Type II `En` other than 3, or Type III); `None` when 0.
     pub vlan: Option<u16>,
+    /// The ERSPAN class of service.
     pub cos: Option<u8>,
     /// ERSPAN Type II port index.
     pub index: Option<u32>,
@@ -144,11 +156,14 @@ pub struct Meta {
 /// A decapsulated mirrored frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mirrored<'a> {
+    /// Which stream it belongs to.
     pub key: SourceKey,
     /// The inner frame, of link type `link` (Ethernet, or raw IP for ERSPAN III FT=2 and
     /// GENEVE carrying IP).
     pub frame: &'a [u8],
+    /// The inner frame's link type.
     pub link: LinkType,
+    /// What the encapsulation said about it.
     pub meta: Meta,
 }
 
@@ -164,11 +179,15 @@ pub enum NotMirror {
     GreKeepalive,
     /// PPTP's enhanced GRE (version 1).
     Pptp,
+    /// Other GRE protocol types.
     GreOther,
     /// UDP on a port that is not a mirror port.
     UdpOther,
+    /// TCP.
     Tcp,
+    /// ICMP (v4 or v6).
     Icmp,
+    /// Any other IP protocol.
     OtherIp,
     /// TZSP that is not a received Ethernet frame (keepalives, other encapsulations).
     TzspOther,
@@ -177,6 +196,7 @@ pub enum NotMirror {
 }
 
 impl NotMirror {
+    /// The kind's name in counting keys (`gre_l3`).
     pub const fn as_str(self) -> &'static str {
         match self {
             NotMirror::NonIp => "non_ip",
@@ -203,8 +223,11 @@ impl fmt::Display for NotMirror {
 /// The result of decapsulating one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
+    /// A mirrored frame.
     Mirrored(Mirrored<'a>),
+    /// Traffic that is not mirrored, by kind.
     NotMirror(NotMirror),
+    /// A packet that could not be decoded, and why.
     Malformed(Reason),
     /// An outer fragment was stored until the rest of its datagram arrives.
     Held,
@@ -220,8 +243,11 @@ impl From<Error> for Outcome<'_> {
 /// UDP destination ports recognised as mirror encapsulations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports {
+    /// Ports carrying VXLAN.
     pub vxlan: Vec<u16>,
+    /// Ports carrying GENEVE.
     pub geneve: Vec<u16>,
+    /// Ports carrying TZSP.
     pub tzsp: Vec<u16>,
 }
 
@@ -235,9 +261,12 @@ impl Default for Ports {
     }
 }
 
+/// How a [`Decapsulator`] decodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
+    /// UDP ports of the UDP encapsulations.
     pub ports: Ports,
+    /// Bounds of the outer fragment reassembly.
     pub defrag: defrag::Config,
 }
 
@@ -249,6 +278,7 @@ pub struct Decapsulator {
 }
 
 impl Decapsulator {
+    /// A decapsulator with empty reassembly state.
     pub fn new(config: Config) -> Self {
         Decapsulator {
             ports: config.ports,
@@ -256,6 +286,7 @@ impl Decapsulator {
         }
     }
 
+    /// The reassembly counters so far.
     pub fn defrag_stats(&self) -> defrag::Stats {
         self.defrag.stats()
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
 use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};
@@ -220,7 +220,7 @@ fn controlled(cli: &Cli) -> ExitCode {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
         // The client is built once here so that a bad --ca or URL is a start-up error.
-        tapwire_probe::client::Client::new(
+        tapwire_client::Client::new(
             cli.controller.as_deref().unwrap_or_default(),
             cli.token.clone(),
             cli.ca.as_deref(),
@@ -284,7 +284,7 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         }
         None => ProbeConfig {
             settings: Settings::default(),
-            flows: vec![flow_from_flags(cli)?.resolve("--iface").map_err(|e| e.0)?],
+            flows: vec![config::resolve(&flow_from_flags(cli)?, "--iface").map_err(|e| e.0)?],
         },
     };
     if let Some(mtu) = cli.mtu {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use tapwire_api::{
+use tapwire_api_types::{
     Drops, ErspanSeen, FileStats, InputStats, ProtocolMix, Rates, Sequence, SessionState,
     SessionStats, Snapshot, SourceStats, Talker, Totals,
 };

@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{
     Block, Cell, Clear, Paragraph, RenderDirection, Row as TableRow, Sparkline, Table,
 };
-use tapwire_api::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
+use tapwire_api_types::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::{self, count, percent};
 use crate::logs::LogBuffer;
@@ -429,7 +429,7 @@ fn cell(app: &App, r: &Row<'_>, c: Column, w: u16) -> Cell<'static> {
     }
 }
 
-fn rates(r: &Row<'_>) -> tapwire_api::Rates {
+fn rates(r: &Row<'_>) -> tapwire_api_types::Rates {
     r.source.map_or(r.session.rates, |x| x.rates)
 }
 
@@ -726,9 +726,9 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ));
         if wide {
             let seq = match src.sequence {
-                tapwire_api::Sequence::None => "none",
-                tapwire_api::Sequence::PerSource => "own",
-                tapwire_api::Sequence::SharedBySender => "shared",
+                tapwire_api_types::Sequence::None => "none",
+                tapwire_api_types::Sequence::PerSource => "own",
+                tapwire_api_types::Sequence::SharedBySender => "shared",
             };
             spans.push(Span::raw(format!(" {seq}")));
         }

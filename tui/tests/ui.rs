@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{Event, KeyCode};
-use tapwire_api::{Action, SessionState, Snapshot};
+use tapwire_api_types::{Action, SessionState, Snapshot};
 use tapwire_tui::input::{FakeClock, Script};
 use tapwire_tui::{Options, RunStats, fixture, start};
 

@@ -15,7 +15,7 @@ use super::io::{Cmd, DirState, FileId, Prune, Shared};
 use crate::config::{FilesConfig, RotateReason};
 use crate::demux::SourceId;
 use crate::offline::interface_info;
-use crate::timefmt::rfc3339_ns;
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Buffered bytes per file before they go to disk: large writes keep the disk path fast.
 pub const FLUSH_BYTES: usize = 1 << 20;

@@ -14,18 +14,19 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tapwire_api::Snapshot;
-use tapwire_api::control::{
-    AuditEntry, FlowInfo, ProbeInfo, Role, SessionInfo, TokenCreate, TokenInfo,
+use tapwire_api_types::Snapshot;
+use tapwire_api_types::control::{
+    AuditEntry, FlowCreate, FlowInfo, ProbeInfo, ProbeLimits, Role, SessionCreate, SessionInfo,
+    SessionPatch, TokenCreate, TokenInfo, merge_patch,
 };
-use tapwire_api::probe::{Direction, Encapsulation};
-use tapwire_probe::client::{Client, HttpError, segment};
+use tapwire_api_types::probe::{Direction, Encapsulation};
+use tapwire_client::{Client, HttpError, segment};
 
-use super::auth::{self, Caller};
-use super::store::{self, Store};
-use super::{ControllerOptions, Refused};
-use crate::config::FilesConfig;
-use crate::live::api::Listen;
+use tapwire_collector::http::Listen;
+use tapwire_collector::live::control_plane::SystemClock;
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+use tapwire_control::{Clock, ControllerOptions, Refused, tokens};
 
 // ---------------------------------------------------------------------------------------------
 // `tapwire collect` flags
@@ -65,13 +66,12 @@ pub struct ControlArgs {
 /// The control plane's options and its listener, from the flags; `None` without `--db`.
 pub fn collect_options(
     a: &ControlArgs,
-    default_files: &FilesConfig,
 ) -> Result<(Option<ControllerOptions>, Option<Listen>), String> {
     let Some(db) = a.db.clone() else {
         return Ok((None, None));
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(super::tls::server_config(c, k)?),
+        (Some(c), Some(k)) => Some(tapwire_collector::http::tls::server_config(c, k)?),
         _ => None,
     };
     let advertise = a
@@ -80,18 +80,19 @@ pub fn collect_options(
     let max_pps = a
         .probe_max_pps
         .as_deref()
-        .map(|v| tapwire_probe::config::parse_rate(v).map_err(|e| format!("--probe-max-pps: {e}")))
+        .map(|v| {
+            tapwire_api_types::flow::parse_rate(v).map_err(|e| format!("--probe-max-pps: {e}"))
+        })
         .transpose()?;
     if a.probe_max_flows == 0 {
         return Err("--probe-max-flows: must be at least 1".into());
     }
-    let report_interval = crate::config::duration(&a.probe_report_interval)
+    let report_interval = tapwire_collector::config::duration(&a.probe_report_interval)
         .map_err(|e| format!("--probe-report-interval: {e}"))?;
     Ok((
         Some(ControllerOptions {
             db,
             advertise,
-            default_files: default_files.clone(),
             max_flows_per_probe: a.probe_max_flows,
             max_pps_per_probe: max_pps,
             report_interval,
@@ -106,7 +107,7 @@ pub fn collect_options(
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The collector's API: ADDR:PORT or a URL (https:// with --listen and --tls-cert).
-    #[arg(long, global = true, env = "TAPWIRE_CONTROLLER", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, global = true, env = "TAPWIRE_CONTROLLER", default_value = tapwire_api_types::DEFAULT_ADDR)]
     pub controller: String,
     /// Bearer token (none is needed to read from the collector's own host).
     #[arg(long, global = true, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
@@ -445,6 +446,11 @@ fn done(r: Result<ExitCode, ExitCode>) -> ExitCode {
     r.unwrap_or_else(|code| code)
 }
 
+/// A typed request as JSON, for merging the operator's `--spec` over it.
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 fn json_arg(what: &str, flag: &str, v: &str) -> Result<Value, ExitCode> {
     serde_json::from_str(v).map_err(|e| {
         eprintln!("tapwire {what}: {flag}: not JSON: {e}");
@@ -462,31 +468,24 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
     done((|| {
         Ok(match cmd {
             SessionCmd::Create(a) => {
-                let mut body = json!({ "name": a.name });
-                if let Some(e) = a.encap {
-                    body["encap"] = json!(encap(e));
-                }
-                if let Some(id) = a.mirror_id {
-                    body["mirror_id"] = json!(id);
-                }
-                if let Some(f) = &a.filter {
-                    body["filter"] = json!(f);
-                }
-                if let Some(d) = &a.files_dir {
-                    body["files"] = json!({ "dir": d });
-                }
-                if a.no_files {
-                    body["files"] = json!(false);
-                }
-                if let Some(t) = &a.tap {
-                    body["tap"] = json!(t);
-                }
-                if a.disabled {
-                    body["enabled"] = json!(false);
-                }
-                if let Some(s) = &a.spec {
-                    body = super::merge_patch(Some(body), &json_arg("session", "--spec", s)?);
-                }
+                let req = SessionCreate {
+                    name: a.name.clone(),
+                    encap: a.encap.map(encap),
+                    mirror_id: a.mirror_id,
+                    enabled: a.disabled.then_some(false),
+                    filter: a.filter.clone(),
+                    files: match (&a.files_dir, a.no_files) {
+                        (_, true) => Some(Value::Bool(false)),
+                        (Some(d), false) => Some(json!({ "dir": d })),
+                        (None, false) => None,
+                    },
+                    tap: a.tap.clone().map(Value::String),
+                };
+                // --spec is the operator's own JSON, merged over the flags' typed request.
+                let body = match &a.spec {
+                    Some(s) => merge_patch(Some(to_json(&req)), &json_arg("session", "--spec", s)?),
+                    None => to_json(&req),
+                };
                 let s: SessionInfo = cx.call("POST", "/api/v1/sessions", Some(&body))?;
                 cx.show(&s, |s| {
                     println!(
@@ -501,7 +500,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
             }
             SessionCmd::List => {
                 let defs: Vec<SessionInfo> = cx.get("/api/v1/definitions")?;
-                let snap: Snapshot = cx.get(tapwire_api::SESSIONS_PATH)?;
+                let snap: Snapshot = cx.get(tapwire_api_types::SESSIONS_PATH)?;
                 let mut rows = Vec::new();
                 for s in &snap.sessions {
                     let def = defs.iter().find(|d| d.name == s.name);
@@ -610,13 +609,15 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                 })
             }
             SessionCmd::Update(a) => {
-                let mut patch = json!({});
-                if let Some(f) = &a.filter {
-                    patch["filter"] = json!(f);
-                }
-                if a.no_filter {
-                    patch["filter"] = Value::Null;
-                }
+                let typed = SessionPatch {
+                    filter: match (&a.filter, a.no_filter) {
+                        (_, true) => Some(None),
+                        (Some(f), false) => Some(Some(f.clone())),
+                        (None, false) => None,
+                    },
+                    ..SessionPatch::default()
+                };
+                let mut patch = to_json(&typed);
                 if let Some(s) = &a.spec {
                     // Top-level keys replace the flags' (a null stays: it removes the field).
                     match json_arg("session", "--spec", s)? {
@@ -641,7 +642,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
             SessionCmd::Enable { name } => session_action(&cx, &name, "enable")?,
             SessionCmd::Disable { name } => session_action(&cx, &name, "disable")?,
             SessionCmd::Delete { name } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/sessions/{}", segment(&name)),
                     None::<&()>,
@@ -653,7 +654,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
 }
 
 fn session_action(cx: &Cx, name: &str, verb: &str) -> Result<ExitCode, ExitCode> {
-    let m: tapwire_api::Message = cx.call(
+    let m: tapwire_api_types::Message = cx.call(
         "POST",
         &format!("/api/v1/sessions/{}/{verb}", segment(name)),
         None::<&()>,
@@ -699,47 +700,28 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
     done((|| {
         Ok(match cmd {
             FlowCmd::Create(a) => {
-                let mut body = json!({
-                    "probe": a.probe,
-                    "name": a.name.clone().unwrap_or_else(|| a.interface.clone()),
-                    "interface": a.interface,
-                    "session": a.session,
-                });
-                if let Some(d) = a.direction {
-                    body["direction"] = json!(match d {
+                let text = |v: &Option<String>| v.clone().map(Value::String);
+                let body = FlowCreate {
+                    probe: a.probe.clone(),
+                    name: a.name.clone().unwrap_or_else(|| a.interface.clone()),
+                    interface: a.interface.clone(),
+                    session: a.session.clone(),
+                    direction: a.direction.map(|d| match d {
                         DirectionArg::In => Direction::In,
                         DirectionArg::Out => Direction::Out,
                         DirectionArg::Both => Direction::Both,
-                    });
-                }
-                if !a.vlan.is_empty() {
-                    body["vlans"] = json!(a.vlan);
-                }
-                if a.untagged {
-                    body["untagged"] = json!(true);
-                }
-                for (k, v) in [
-                    ("filter", &a.filter),
-                    ("rate_pps", &a.rate_pps),
-                    ("rate_bps", &a.rate_bps),
-                    ("burst", &a.burst),
-                ] {
-                    if let Some(v) = v {
-                        body[k] = json!(v);
-                    }
-                }
-                if let Some(n) = a.snaplen {
-                    body["snaplen"] = json!(n);
-                }
-                if let Some(n) = a.sample {
-                    body["sample"] = json!(n);
-                }
-                if a.promisc {
-                    body["promiscuous"] = json!(true);
-                }
-                if a.disabled {
-                    body["enabled"] = json!(false);
-                }
+                    }),
+                    vlans: (!a.vlan.is_empty()).then(|| a.vlan.clone()),
+                    untagged: a.untagged.then_some(true),
+                    filter: a.filter.clone(),
+                    snaplen: a.snaplen,
+                    sample: a.sample,
+                    rate_pps: text(&a.rate_pps),
+                    rate_bps: text(&a.rate_bps),
+                    burst: a.burst.clone(),
+                    promiscuous: a.promisc.then_some(true),
+                    enabled: a.disabled.then_some(false),
+                };
                 let f: FlowInfo = cx.call("POST", "/api/v1/flows", Some(&body))?;
                 cx.show(&f, |f| {
                     println!(
@@ -764,7 +746,7 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
             FlowCmd::Disable { flow } => flow_action(&cx, &flow, "disable")?,
             FlowCmd::Delete { flow } => {
                 let id = flow_id(&cx, &flow)?;
-                let m: tapwire_api::Message =
+                let m: tapwire_api_types::Message =
                     cx.call("DELETE", &format!("/api/v1/flows/{id}"), None::<&()>)?;
                 cx.show(&m, |m| println!("{}", m.message))
             }
@@ -832,7 +814,10 @@ pub fn probe(Probes { cmd, client }: Probes) -> ExitCode {
                 max_flows,
                 max_pps,
             } => {
-                let body = json!({ "max_flows": max_flows, "max_pps": max_pps });
+                let body = ProbeLimits {
+                    max_flows,
+                    max_pps: max_pps.map(Value::String),
+                };
                 let p: ProbeInfo = cx.call(
                     "PATCH",
                     &format!("/api/v1/probes/{}", segment(&name)),
@@ -841,7 +826,7 @@ pub fn probe(Probes { cmd, client }: Probes) -> ExitCode {
                 cx.show(&p, |p| probe_table(std::slice::from_ref(p)))
             }
             ProbeCmd::Delete { name } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/probes/{}", segment(&name)),
                     None::<&()>,
@@ -957,7 +942,7 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
                 cx.show(&t, |t| token_table(t))
             }
             TokenCmd::Revoke { name, .. } => {
-                let m: tapwire_api::Message = cx.call(
+                let m: tapwire_api_types::Message = cx.call(
                     "DELETE",
                     &format!("/api/v1/tokens/{}", segment(&name)),
                     None::<&()>,
@@ -1003,29 +988,20 @@ fn token_offline(cmd: TokenCmd, path: &std::path::Path, json: bool) -> ExitCode 
             path.display()
         ));
     }
-    let mut store = match Store::open(path) {
+    let mut store = match SqliteStore::open(path) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
     let who = Caller::system("offline (--db)");
-    let result: Result<Value, Refused> = (|| match cmd {
+    let now_ns = SystemClock.now_ns();
+    let result: Result<Value, Refused> = match cmd {
         TokenCmd::Create { name, role, .. } => {
-            let secret = auth::generate().map_err(Refused::Internal)?;
-            let tx = store.conn.transaction()?;
-            let mut info =
-                store::insert_token(&tx, &who, &name, role.role(), &auth::hash(&secret))?;
-            tx.commit()?;
-            info.token = Some(secret);
-            Ok(json!(info))
+            tokens::create_offline(&mut store, &who, &name, role.role(), now_ns).map(|t| json!(t))
         }
-        TokenCmd::List { .. } => Ok(json!(store::list_tokens(&store.conn)?)),
-        TokenCmd::Revoke { name, .. } => {
-            let tx = store.conn.transaction()?;
-            store::revoke_token(&tx, &who, &name)?;
-            tx.commit()?;
-            Ok(json!({ "ok": true, "message": format!("token {name} revoked") }))
-        }
-    })();
+        TokenCmd::List { .. } => tokens::list_offline(&mut store).map(|t| json!(t)),
+        TokenCmd::Revoke { name, .. } => tokens::revoke_offline(&mut store, &who, &name, now_ns)
+            .map(|()| json!({ "ok": true, "message": format!("token {name} revoked") })),
+    };
     let v = match result {
         Ok(v) => v,
         Err(e) => return fail(e.to_string()),

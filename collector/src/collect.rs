@@ -1,17 +1,10 @@
-//! `tapwire collect`: the live collector.
+//! `tapwire collect`: the live collector put together. [`run`] opens the inputs, starts the
+//! disk thread, the input threads, the engine ([`crate::live`]), the control plane when asked
+//! for and the API ([`crate::http`]), and stops them in order.
 //!
 //! Threads: one per input (receive into batches), one engine (decapsulate, demultiplex, route
 //! to sessions, encode), one disk thread (all file-system work), one API thread. Batches and
 //! buffers move between them by ownership, never by copy.
-
-pub mod api;
-pub mod engine;
-pub mod input;
-pub mod io;
-pub mod output;
-pub mod rates;
-pub mod tap;
-pub mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +16,17 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, bounded, unbounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use tapwire_control::Controller;
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+
 use crate::config::Config;
+use crate::http;
+use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::engine::{self, Engine, Settings};
+use crate::live::input::{Input, InputKind};
+use crate::live::io;
 use crate::pipeline::{MAX_SOURCES, Pipeline};
-use engine::{Engine, Settings};
-use input::{Input, InputKind};
 
 pub struct CollectOptions {
     pub settings: Settings,
@@ -36,9 +36,9 @@ pub struct CollectOptions {
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
     /// The control plane (`--db`): sessions and flows managed over the API.
-    pub controller: Option<crate::control::ControllerOptions>,
+    pub controller: Option<tapwire_control::ControllerOptions>,
     /// A second API listener for probes and remote clients (TLS when configured).
-    pub listen: Option<api::Listen>,
+    pub listen: Option<http::Listen>,
     pub min_free_disk_bytes: Option<u64>,
 }
 
@@ -50,7 +50,7 @@ pub struct StartError(pub String);
 /// What an in-process client (the inline terminal UI of `collect`) gets of a running collector.
 pub struct Handles {
     /// The latest stats snapshot, the one the API serves (replaced once a second).
-    pub snapshot: Arc<ArcSwap<tapwire_api::Snapshot>>,
+    pub snapshot: Arc<ArcSwap<tapwire_api_types::Snapshot>>,
     /// Actions on sessions, as the API sends them.
     pub control: Sender<engine::Control>,
     /// Set it to stop the collector (as SIGINT does); the collector sets it when it stops.
@@ -60,19 +60,13 @@ pub struct Handles {
     pub actions: Actions,
 }
 
-pub type Actions = Arc<dyn Fn(&str, tapwire_api::Action) -> Result<String, String> + Send + Sync>;
+pub type Actions =
+    Arc<dyn Fn(&str, tapwire_api_types::Action) -> Result<String, String> + Send + Sync>;
 
-fn actions(
-    control: Sender<engine::Control>,
-    controller: Option<Arc<crate::control::Controller>>,
-) -> Actions {
+fn actions(control: Sender<engine::Control>, controller: Option<Arc<http::Ctl>>) -> Actions {
     Arc::new(move |session: &str, action| match &controller {
         Some(c) => c
-            .session_action(
-                &crate::control::auth::Caller::system("terminal"),
-                session,
-                action,
-            )
+            .session_action(&Caller::system("terminal"), session, action)
             .map_err(|e| e.to_string()),
         None => {
             let (reply, answer) = crossbeam_channel::bounded(1);
@@ -152,6 +146,7 @@ where
     }
     drop(batch_tx);
 
+    let default_files = opts.settings.default_files.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
         pipeline,
@@ -166,10 +161,14 @@ where
     // The controller queues the API's sessions before the engine runs: they are in place
     // before the first packet is routed.
     let controller = match opts.controller {
-        Some(c) => Some(
-            crate::control::Controller::start(c, engine.file_config(), ctl_tx.clone())
-                .map_err(StartError)?,
-        ),
+        Some(c) => {
+            let store = SqliteStore::open(&c.db).map_err(|e| StartError(e.to_string()))?;
+            let link = EngineLink::new(ctl_tx.clone(), engine.file_config(), default_files);
+            Some(
+                Controller::start(c, Box::new(store), link, Box::new(SystemClock))
+                    .map_err(StartError)?,
+            )
+        }
         None => None,
     };
     let ui = match ui {
@@ -202,7 +201,7 @@ where
                 .join(" and ")
         );
         let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
-        let local = api::spawn(
+        let local = http::spawn(
             opts.api,
             opts.listen,
             snapshot.clone(),
@@ -252,12 +251,12 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn empty_snapshot() -> tapwire_api::Snapshot {
-    tapwire_api::Snapshot {
+fn empty_snapshot() -> tapwire_api_types::Snapshot {
+    tapwire_api_types::Snapshot {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: String::new(),
         uptime_s: 0.0,
-        totals: tapwire_api::Totals::default(),
+        totals: tapwire_api_types::Totals::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
     }

@@ -16,16 +16,43 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use tapwire_api_types::control::{FlowStatus, Role};
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+use tapwire_control::{Controller, ControllerOptions, bootstrap_token_path};
+use tapwire_formats::decap::Kind;
+
 use super::*;
-use crate::config::{CollectorConfig, TapConfig};
-use crate::live::api::{self, ApiState, Peer};
+use crate::config::{CollectorConfig, Config, FilesConfig, SessionConfig, SourceMatch, TapConfig};
+use crate::live::control_plane::{EngineLink, SystemClock};
+
+/// A controller on the database at `db` whose engine is the other end of `tx`.
+fn start(db: &std::path::Path, tx: Sender<Control>, max_pps: Option<u64>) -> Arc<Ctl> {
+    Controller::start(
+        ControllerOptions {
+            db: db.to_path_buf(),
+            advertise: Some("10.0.0.1".parse().unwrap()),
+            max_flows_per_probe: 2,
+            max_pps_per_probe: max_pps,
+            report_interval: Duration::from_secs(1),
+        },
+        Box::new(SqliteStore::open(db).unwrap()),
+        EngineLink::new(
+            tx,
+            Arc::new(ArcSwap::from_pointee(file_config())),
+            FilesConfig::default(),
+        ),
+        Box::new(SystemClock),
+    )
+    .unwrap()
+}
 
 const LOCAL: &str = "127.0.0.1:40000";
 const REMOTE: &str = "192.0.2.9:40000";
 
 struct Harness {
     app: Router,
-    ctl: Arc<Controller>,
+    ctl: Arc<Ctl>,
     /// Every session list the engine was given.
     applied: Arc<Mutex<Vec<Vec<String>>>>,
     admin: String,
@@ -98,19 +125,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         }
     });
     let db = dir.join("c.db");
-    let ctl = Controller::start(
-        ControllerOptions {
-            db: db.clone(),
-            advertise: Some("10.0.0.1".parse().unwrap()),
-            default_files: FilesConfig::default(),
-            max_flows_per_probe: 2,
-            max_pps_per_probe: max_pps,
-            report_interval: Duration::from_secs(1),
-        },
-        Arc::new(ArcSwap::from_pointee(file_config())),
-        tx.clone(),
-    )
-    .unwrap();
+    let ctl = start(&db, tx.clone(), max_pps);
     // The start-up Apply has been taken by the stand-in engine before any test counts.
     let t0 = Instant::now();
     while applied.lock().unwrap().is_empty() {
@@ -122,7 +137,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         .trim()
         .to_string();
     let state = ApiState {
-        snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api::Snapshot {
+        snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
             version: "t".into(),
             started: String::new(),
             uptime_s: 0.0,
@@ -135,7 +150,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         controller: Some(Arc::clone(&ctl)),
     };
     Harness {
-        app: api::router(state),
+        app: router(state),
         ctl,
         applied,
         admin,
@@ -200,10 +215,10 @@ impl Harness {
 
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes_the_router_has() {
-    let doc: Value = serde_json::from_str(http::OPENAPI).expect("openapi.json is JSON");
+    let doc: Value = serde_json::from_str(control::OPENAPI).expect("openapi.json is JSON");
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
-    let routes = api::routes(true).list;
+    let routes = routes(true).list;
     for (method, path) in &routes {
         assert!(
             paths
@@ -786,22 +801,9 @@ async fn state_survives_a_restart_and_the_engine_gets_it_first() {
     )
     .await;
     let before = (h.ctl.sessions().unwrap(), h.ctl.flows().unwrap().len());
-    let db = h.ctl.opts.db.clone();
     // A second controller on the same database (the first's connection is still open: WAL).
     let (tx, rx) = crossbeam_channel::unbounded();
-    let again = Controller::start(
-        ControllerOptions {
-            db,
-            advertise: Some("10.0.0.1".parse().unwrap()),
-            default_files: FilesConfig::default(),
-            max_flows_per_probe: 2,
-            max_pps_per_probe: None,
-            report_interval: Duration::from_secs(1),
-        },
-        Arc::new(ArcSwap::from_pointee(file_config())),
-        tx,
-    )
-    .unwrap();
+    let again = start(&h.dir.join("c.db"), tx, None);
     assert_eq!(again.sessions().unwrap(), before.0);
     assert_eq!(again.flows().unwrap().len(), before.1);
     // The sessions are queued for the engine before it runs.
@@ -840,7 +842,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let tls = tls::server_config(&cert_path, &key_path).unwrap();
     let (tx, _rx) = crossbeam_channel::unbounded();
-    let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api::Snapshot {
+    let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
         version: "tls".into(),
         started: String::new(),
         uptime_s: 0.0,
@@ -848,9 +850,9 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         inputs: Vec::new(),
         sessions: Vec::new(),
     }));
-    let bound = api::spawn(
+    let bound = spawn(
         None,
-        Some(api::Listen {
+        Some(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
         }),
@@ -862,26 +864,21 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
     .unwrap();
     let url = format!("https://localhost:{}", bound[0].port());
     let outcome = tokio::task::spawn_blocking(move || {
-        let trusted = tapwire_probe::client::Client::new(
-            &url,
-            None,
-            Some(&cert_path),
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .get::<tapwire_api::Snapshot>("/api/v1/sessions");
-        let untrusted =
-            tapwire_probe::client::Client::new(&url, None, None, Duration::from_secs(5))
+        let trusted =
+            tapwire_client::Client::new(&url, None, Some(&cert_path), Duration::from_secs(5))
                 .unwrap()
-                .get::<tapwire_api::Snapshot>("/api/v1/sessions");
-        let plain = tapwire_probe::client::Client::new(
+                .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
+        let untrusted = tapwire_client::Client::new(&url, None, None, Duration::from_secs(5))
+            .unwrap()
+            .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
+        let plain = tapwire_client::Client::new(
             &url.replace("https", "http"),
             None,
             None,
             Duration::from_secs(5),
         )
         .unwrap()
-        .get::<tapwire_api::Snapshot>("/api/v1/sessions");
+        .get::<tapwire_api_types::Snapshot>("/api/v1/sessions");
         (trusted, untrusted, plain)
     })
     .await
@@ -910,14 +907,14 @@ async fn the_collectors_own_terminal_acts_like_an_audited_operator() {
     // Disabling an API session from the terminal is stored, as through the API.
     let msg = h
         .ctl
-        .session_action(&terminal, "api-made", tapwire_api::Action::Disable)
+        .session_action(&terminal, "api-made", tapwire_api_types::Action::Disable)
         .unwrap();
     assert_eq!(msg, "session api-made disabled");
     assert!(!h.ctl.session("api-made").unwrap().enabled);
     // A file session's action goes to the engine.
     assert_eq!(
         h.ctl
-            .session_action(&terminal, "from-file", tapwire_api::Action::Rotate)
+            .session_action(&terminal, "from-file", tapwire_api_types::Action::Rotate)
             .unwrap(),
         "done"
     );

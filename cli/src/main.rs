@@ -1,4 +1,13 @@
-//! The `tapwire` command.
+//! The `tapwire` command: a thin binary over the library crates (see the crate map in
+//! ARCHITECTURE.md). Each subcommand's flags are here; the work is the libraries'.
+
+// The doc comments of the flags are clap's help text, written for a terminal: `[ADDR:]PORT`
+// and `<src>_<kind>_<id>` mean what they say there, not links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
+mod control;
+mod lab;
+mod top;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -7,11 +16,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tapwire_collector::collect::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::config::{self, Config};
-use tapwire_collector::control::cli as control;
 use tapwire_collector::live::engine::Settings;
 use tapwire_collector::live::input::InputKind;
-use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
@@ -36,10 +44,10 @@ enum Command {
     Collect(Box<CollectArgs>),
     /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
     /// --json for scripts).
-    Top(tapwire_tui::cli::TopArgs),
+    Top(top::TopArgs),
     /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
     /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
-    Lab(tapwire_lab::LabArgs),
+    Lab(lab::LabArgs),
     /// Sessions of the control plane (collect --db): create, list, show, update, enable,
     /// disable, delete.
     Session(control::Sessions),
@@ -89,7 +97,7 @@ struct CollectArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     /// Stats API address, or "off".
-    #[arg(long, value_name = "ADDR|off", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, value_name = "ADDR|off", default_value = tapwire_api_types::DEFAULT_ADDR)]
     api: String,
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
@@ -199,8 +207,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
-        Command::Top(args) => tapwire_tui::cli::top(args),
-        Command::Lab(args) => tapwire_lab::run(args),
+        Command::Top(args) => top::top(args),
+        Command::Lab(args) => lab::run(args),
         Command::Session(cmd) => control::session(cmd),
         Command::Flow(cmd) => control::flow(cmd),
         Command::Probe(cmd) => control::probe(cmd),
@@ -267,7 +275,7 @@ fn collect(args: CollectArgs) -> ExitCode {
     };
     let result = if ui {
         let pane = logs.clone();
-        let result = live::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
+        let result = collect::run_with(opts, Some(move |h: Handles| inline_ui(h, pane)));
         // The screen is back: show how it ended (if the terminal is still there).
         if let Some(l) = &logs {
             let mut err = std::io::stderr().lock();
@@ -277,7 +285,7 @@ fn collect(args: CollectArgs) -> ExitCode {
         }
         result
     } else {
-        live::run(opts)
+        collect::run(opts)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -299,7 +307,7 @@ fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
     let source = move || Ok::<_, String>(snapshot.load_full());
     let act = h.actions.clone();
     let actions = move |session: &str, action| act(session, action);
-    if let Err(e) = tapwire_tui::cli::inline(source, actions, logs, Arc::clone(&h.stop)) {
+    if let Err(e) = top::inline(source, actions, logs, Arc::clone(&h.stop)) {
         tracing::error!(error = %e, "terminal UI failed");
     }
 }
@@ -449,7 +457,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
     }
-    let (controller, listen) = control::collect_options(&a.control, &settings.default_files)?;
+    let (controller, listen) = control::collect_options(&a.control)?;
     if controller.is_some() && a.api_token.is_some() {
         return Err(
             "--api-token: with --db, tokens come from the database (tapwire token create)".into(),

@@ -1,15 +1,5 @@
-//! The control plane (`tapwire collect --db PATH`): sessions and probe flows managed over the
-//! HTTP API, stored in SQLite, pushed to the engine and to the probes.
-//!
-//! ```text
-//!  CLI / HTTP client ──► api (axum) ──► Controller ──► Store (SQLite: one transaction per
-//!                         auth: tokens      │            change, with its audit row)
-//!                                           │ after commit
-//!                     ┌─────────────────────┴──────────────────────┐
-//!                     ▼                                            ▼
-//!   engine: Control::Apply (merged with the file's       probes: flow set version bumped,
-//!   sessions; unchanged sessions keep their files)       long-polls answered at once
-//! ```
+//! The [`Controller`]: every operation of the control plane, from a caller's token to the
+//! stored change, the engine and the probes.
 //!
 //! Every change is validated first (names, filters compiled by libpcap, flow fields by the
 //! probe's own checks, limits), then written in one transaction together with its audit row
@@ -21,34 +11,26 @@
 //! interface and a session; the probe receives it as a complete [`FlowSpec`] whose collector
 //! is the address given with `--advertise` and whose session id is the session's mirror id.
 
-pub mod auth;
-pub mod cli;
-pub mod http;
-pub mod store;
-pub mod tls;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use crossbeam_channel::Sender;
-use rusqlite::Transaction;
 use serde_json::{Value, json};
-use tapwire_api::control::{
+use tapwire_api_types::control::{
     FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
-    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
+    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch,
+    validate_name,
 };
-use tapwire_api::probe::{Encapsulation, FlowSpec, FlowState};
-use tapwire_formats::decap::Kind;
-use tapwire_probe::config::FlowFields;
+use tapwire_api_types::flow::FlowFields;
+use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
+use tapwire_api_types::time::rfc3339_ns;
 
-use crate::config::{self, Config, FilesConfig, SessionConfig, SourceMatch};
-use crate::live::engine::Control;
-use auth::{Caller, Need};
-use store::{Store, StoredFlow, StoredSession};
+use crate::auth::{self, Caller, Need};
+use crate::engine::{Clock, Engine, EngineError};
+use crate::store::{Store, StoreError, StoredFlow, StoredSession, Transaction};
+use crate::tokens;
 
 /// Why a request was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,12 +56,17 @@ pub enum Refused {
     Unavailable(String),
 }
 
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Refused {
+        Refused::Internal(format!("database: {e}"))
+    }
+}
+
+/// How the control plane runs.
 pub struct ControllerOptions {
     pub db: PathBuf,
     /// The collector's address as probes should send to it.
     pub advertise: Option<IpAddr>,
-    /// Files settings API sessions start from (the file's defaults and the flags).
-    pub default_files: FilesConfig,
     /// Limits of a probe first seen (each probe's own can be changed).
     pub max_flows_per_probe: u32,
     pub max_pps_per_probe: Option<u64>,
@@ -97,14 +84,13 @@ struct Live {
     report: Option<ProbeReport>,
 }
 
-pub struct Controller {
-    store: Mutex<Store>,
+pub struct Controller<E: Engine> {
+    store: Mutex<Box<dyn Store>>,
     opts: ControllerOptions,
-    /// The configuration file as the engine last loaded it.
-    file: Arc<ArcSwap<Config>>,
-    engine: Sender<Control>,
+    engine: E,
+    clock: Box<dyn Clock>,
     /// The API sessions the engine was last given.
-    applied: Mutex<Vec<SessionConfig>>,
+    applied: Mutex<Vec<E::Session>>,
     /// Bumped after every commit that changed a flow set or a token: long-polls wake up,
     /// look again, and re-check their token.
     changes: tokio::sync::watch::Sender<u64>,
@@ -114,16 +100,8 @@ pub struct Controller {
 /// Probe names that would clash with a route.
 const RESERVED_PROBE_NAMES: &[&str] = &["register"];
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub fn kind_of(e: Encapsulation) -> Kind {
-    match e {
-        Encapsulation::ErspanIi => Kind::ErspanII,
-        Encapsulation::ErspanIii => Kind::ErspanIII,
-        Encapsulation::Gre => Kind::Gre,
-    }
 }
 
 /// Where the first admin token is written: beside the database.
@@ -133,22 +111,22 @@ pub fn bootstrap_token_path(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-impl Controller {
-    /// Opens the database (migrating it), makes the first admin token when there is none,
-    /// brings the probes' flow sets up to date (`--advertise` may have changed) and queues the
-    /// API's sessions for the engine, which applies them before its first packet.
+impl<E: Engine> Controller<E> {
+    /// Takes the opened database, makes the first admin token when there is none, brings the
+    /// probes' flow sets up to date (`--advertise` may have changed) and queues the API's
+    /// sessions for the engine, which applies them before its first packet.
     pub fn start(
         opts: ControllerOptions,
-        file: Arc<ArcSwap<Config>>,
-        engine: Sender<Control>,
-    ) -> Result<Arc<Controller>, String> {
-        let store = Store::open(&opts.db).map_err(|e| e.to_string())?;
+        store: Box<dyn Store>,
+        engine: E,
+        clock: Box<dyn Clock>,
+    ) -> Result<Arc<Controller<E>>, String> {
         let (changes, _) = tokio::sync::watch::channel(0);
         let ctl = Arc::new(Controller {
             store: Mutex::new(store),
             opts,
-            file,
             engine,
+            clock,
             applied: Mutex::new(Vec::new()),
             changes,
             live: Mutex::new(HashMap::new()),
@@ -156,15 +134,15 @@ impl Controller {
         ctl.bootstrap().map_err(|e| e.to_string())?;
         let sessions = {
             let mut store = lock(&ctl.store);
-            let tx = store.conn.transaction().map_err(|e| e.to_string())?;
-            let sessions = ctl.session_configs(&tx).map_err(|e| e.to_string())?;
-            config::merged(&ctl.file.load(), &sessions).map_err(|e| {
+            let mut tx = store.begin().map_err(|e| e.to_string())?;
+            let sessions = ctl.session_configs(&mut *tx).map_err(|e| e.to_string())?;
+            ctl.engine.check(&sessions).map_err(|e| {
                 format!(
                     "{}: the database's sessions clash with the file's: {e}",
                     ctl.opts.db.display()
                 )
             })?;
-            ctl.render_flowsets(&tx).map_err(|e| e.to_string())?;
+            ctl.render_flowsets(&mut *tx).map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())?;
             sessions
         };
@@ -173,32 +151,67 @@ impl Controller {
             sessions = sessions.len(),
             "control plane ready"
         );
-        let (reply, _) = crossbeam_channel::bounded(1);
         ctl.engine
-            .send(Control::Apply {
-                sessions: sessions.clone(),
-                reply,
-            })
+            .queue(sessions.clone())
             .map_err(|_| "the engine is not running".to_string())?;
         *lock(&ctl.applied) = sessions;
         Ok(ctl)
     }
 
+    /// Now, as stored and shown.
+    fn now(&self) -> String {
+        rfc3339_ns(self.clock.now_ns())
+    }
+
+    /// `f` in a transaction that is then dropped (rolled back): reads.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
+    ) -> Result<T, Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        Ok(f(&mut *tx)?)
+    }
+
+    /// `f` in a transaction that is committed: a write that needs no checks.
+    fn write(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        f(&mut *tx)?;
+        Ok(tx.commit()?)
+    }
+
+    /// Writes one audit row (in the caller's transaction), stamped now.
+    fn audit_row(
+        &self,
+        tx: &mut dyn Transaction,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        detail: &Value,
+    ) -> Result<(), Refused> {
+        tokens::audit(tx, caller, &self.now(), action, target, detail)
+    }
+
     fn bootstrap(&self) -> Result<(), Refused> {
         let mut store = lock(&self.store);
-        if store::has_admin(&store.conn)? {
+        let mut tx = store.begin()?;
+        if tx.has_admin()? {
             return Ok(());
         }
         let path = bootstrap_token_path(&self.opts.db);
         let token = auth::generate().map_err(Refused::Internal)?;
-        let tx = store.conn.transaction()?;
-        let name = unused_token_name(&tx, "bootstrap-admin")?;
-        store::insert_token(
-            &tx,
+        let name = unused_token_name(&mut *tx, "bootstrap-admin")?;
+        tokens::insert(
+            &mut *tx,
             &Caller::system("bootstrap"),
             &name,
             Role::Admin,
             &auth::hash(&token),
+            &self.now(),
         )?;
         write_secret(&path, &token).map_err(|e| {
             Refused::Internal(format!(
@@ -225,7 +238,7 @@ impl Controller {
     ) -> Result<Caller, Refused> {
         let caller = match bearer {
             Some(t) => {
-                let active = store::active_tokens(&lock(&self.store).conn)?;
+                let active = self.read(|tx| tx.active_tokens())?;
                 auth::find(t, &active).ok_or_else(|| {
                     Refused::Unauthorized("the token is unknown or revoked".into())
                 })?
@@ -258,32 +271,28 @@ impl Controller {
     /// probes hear of it.
     fn change<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Refused>,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, Refused>,
     ) -> Result<T, Refused> {
         let mut store = lock(&self.store);
-        let tx = store.conn.transaction()?;
-        let out = f(&tx)?;
-        let sessions = self.session_configs(&tx)?;
-        config::merged(&self.file.load(), &sessions).map_err(|e| Refused::Conflict(e.0))?;
-        self.render_flowsets(&tx)?;
+        let mut tx = store.begin()?;
+        let out = f(&mut *tx)?;
+        let sessions = self.session_configs(&mut *tx)?;
+        self.engine.check(&sessions).map_err(Refused::Conflict)?;
+        self.render_flowsets(&mut *tx)?;
         tx.commit()?;
         let mut applied = lock(&self.applied);
         if *applied != sessions {
-            let (reply, answer) = crossbeam_channel::bounded(1);
-            self.engine
-                .send(Control::Apply {
-                    sessions: sessions.clone(),
-                    reply,
-                })
-                .map_err(|_| Refused::Unavailable("the collector is stopping".into()))?;
-            match answer.recv_timeout(Duration::from_secs(5)) {
-                Ok(Ok(())) => *applied = sessions,
-                Ok(Err(e)) => {
+            match self.engine.apply(sessions.clone()) {
+                Ok(()) => *applied = sessions,
+                Err(EngineError::Stopped) => {
+                    return Err(Refused::Unavailable("the collector is stopping".into()));
+                }
+                Err(EngineError::Refused(e)) => {
                     return Err(Refused::Internal(format!(
                         "stored, but the engine refused it (the configuration file changed?): {e}"
                     )));
                 }
-                Err(_) => {
+                Err(EngineError::NoAnswer) => {
                     return Err(Refused::Unavailable(
                         "stored; the engine did not answer within 5 s".into(),
                     ));
@@ -297,41 +306,26 @@ impl Controller {
     }
 
     /// The API's sessions as the engine runs them.
-    fn session_configs(&self, conn: &rusqlite::Connection) -> Result<Vec<SessionConfig>, Refused> {
-        store::sessions(conn)?
+    fn session_configs(&self, tx: &mut dyn Transaction) -> Result<Vec<E::Session>, Refused> {
+        tx.sessions()?
             .iter()
-            .map(|s| self.session_config(s).map_err(Refused::Internal))
+            .map(|s| self.engine.session(s).map_err(Refused::Internal))
             .collect()
     }
 
-    fn session_config(&self, s: &StoredSession) -> Result<SessionConfig, String> {
-        config::api_session(
-            &s.name,
-            s.enabled,
-            vec![SourceMatch {
-                src: None,
-                kind: Some(kind_of(s.encap)),
-                ids: Some(s.mirror_id..=s.mirror_id),
-            }],
-            s.filter.clone(),
-            s.files.as_ref(),
-            s.tap.as_ref(),
-            &self.opts.default_files,
-        )
-        .map_err(|e| e.0)
-    }
-
     /// Renders every probe's enabled flows; a set that changed gets a new version.
-    fn render_flowsets(&self, tx: &Transaction<'_>) -> Result<(), Refused> {
-        let sessions: BTreeMap<String, StoredSession> = store::sessions(tx)?
+    fn render_flowsets(&self, tx: &mut dyn Transaction) -> Result<(), Refused> {
+        let sessions: BTreeMap<String, StoredSession> = tx
+            .sessions()?
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        let mut by_probe: BTreeMap<String, Vec<FlowSpec>> = store::probes(tx)?
+        let mut by_probe: BTreeMap<String, Vec<FlowSpec>> = tx
+            .probes()?
             .into_iter()
             .map(|p| (p.name, Vec::new()))
             .collect();
-        for f in store::flows(tx)?.into_iter().filter(|f| f.enabled) {
+        for f in tx.flows()?.into_iter().filter(|f| f.enabled) {
             let Some(s) = sessions.get(&f.session) else {
                 continue;
             };
@@ -345,7 +339,7 @@ impl Controller {
         for (probe, specs) in by_probe {
             let value =
                 serde_json::to_value(&specs).map_err(|e| Refused::Internal(e.to_string()))?;
-            store::set_flowset(tx, &probe, &value)?;
+            tx.set_flowset(&probe, &value)?;
         }
         Ok(())
     }
@@ -373,22 +367,21 @@ impl Controller {
     // Sessions
 
     pub fn sessions(&self) -> Result<Vec<SessionInfo>, Refused> {
-        let store = lock(&self.store);
-        let flows = store::flows(&store.conn)?;
-        Ok(store::sessions(&store.conn)?
+        let (sessions, flows) = self.read(|tx| Ok((tx.sessions()?, tx.flows()?)))?;
+        Ok(sessions
             .into_iter()
             .map(|s| session_info(s, &flows))
             .collect())
     }
 
     pub fn session(&self, name: &str) -> Result<SessionInfo, Refused> {
-        let store = lock(&self.store);
-        let s = store::session(&store.conn, name)?.ok_or_else(|| self.no_session(name))?;
-        Ok(session_info(s, &store::flows(&store.conn)?))
+        let (s, flows) = self.read(|tx| Ok((tx.session(name)?, tx.flows()?)))?;
+        let s = s.ok_or_else(|| self.no_session(name))?;
+        Ok(session_info(s, &flows))
     }
 
     fn no_session(&self, name: &str) -> Refused {
-        if self.file.load().sessions.iter().any(|s| s.name == name) {
+        if self.engine.file_session(name) {
             Refused::Conflict(format!(
                 "session {name:?} is defined in the configuration file: change it there"
             ))
@@ -398,7 +391,7 @@ impl Controller {
     }
 
     pub fn is_api_session(&self, name: &str) -> Result<bool, Refused> {
-        Ok(store::session(&lock(&self.store).conn, name)?.is_some())
+        self.read(|tx| Ok(tx.session(name)?.is_some()))
     }
 
     pub fn create_session(
@@ -406,7 +399,7 @@ impl Controller {
         caller: &Caller,
         req: SessionCreate,
     ) -> Result<SessionInfo, Refused> {
-        config::validate_name(&req.name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
+        validate_name(&req.name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
         let encap = req.encap.unwrap_or_default();
         if let Some(id) = req.mirror_id
             && !(1..=1023).contains(&id)
@@ -415,7 +408,7 @@ impl Controller {
                 "mirror_id: {id} is not 1 to 1023 (a 10-bit ERSPAN session id)"
             )));
         }
-        let at = store::now();
+        let at = self.now();
         let mut s = StoredSession {
             name: req.name.clone(),
             encap,
@@ -428,27 +421,28 @@ impl Controller {
             updated: at,
         };
         // The definition alone, before anything is written: names the field at fault.
-        self.session_config(&StoredSession {
-            mirror_id: 1,
-            ..s.clone()
-        })
-        .map_err(Refused::BadRequest)?;
+        self.engine
+            .session(&StoredSession {
+                mirror_id: 1,
+                ..s.clone()
+            })
+            .map_err(Refused::BadRequest)?;
         self.change(|tx| {
-            if store::session(tx, &s.name)?.is_some() {
+            if tx.session(&s.name)?.is_some() {
                 return Err(Refused::Conflict(format!(
                     "a session named {:?} exists",
                     s.name
                 )));
             }
-            if self.file.load().sessions.iter().any(|f| f.name == s.name) {
+            if self.engine.file_session(&s.name) {
                 return Err(Refused::Conflict(format!(
                     "session {:?} is defined in the configuration file (names are shared)",
                     s.name
                 )));
             }
             s.mirror_id = self.mirror_id(tx, req.mirror_id, encap, None)?;
-            store::put_session(tx, &s)?;
-            store::audit(tx, caller, "session.create", &s.name, &session_detail(&s))?;
+            tx.put_session(&s)?;
+            self.audit_row(tx, caller, "session.create", &s.name, &session_detail(&s))?;
             Ok(())
         })?;
         self.session(&s.name)
@@ -459,25 +453,17 @@ impl Controller {
     /// `own`: the id the session has now (an update may keep it).
     fn mirror_id(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut dyn Transaction,
         wanted: Option<u32>,
         encap: Encapsulation,
         own: Option<u32>,
     ) -> Result<u32, Refused> {
-        let used: Vec<u32> = store::used_mirror_ids(tx)?
+        let used: Vec<u32> = tx
+            .used_mirror_ids()?
             .into_iter()
             .filter(|id| Some(*id) != own)
             .collect();
-        let file = self.file.load();
-        let kind = kind_of(encap);
-        let file_user = |id: u32| {
-            file.sessions.iter().find(|s| {
-                s.sources.iter().any(|m| {
-                    m.kind.is_none_or(|k| k == kind)
-                        && m.ids.as_ref().is_some_and(|r| r.contains(&id))
-                })
-            })
-        };
+        let file_user = |id: u32| self.engine.file_session_gathering(encap, id);
         if let Some(id) = wanted {
             if used.contains(&id) {
                 return Err(Refused::Conflict(format!(
@@ -486,8 +472,7 @@ impl Controller {
             }
             if let Some(s) = file_user(id) {
                 return Err(Refused::Conflict(format!(
-                    "mirror_id: {id} is gathered by session {:?} of the configuration file",
-                    s.name
+                    "mirror_id: {id} is gathered by session {s:?} of the configuration file"
                 )));
             }
             return Ok(id);
@@ -518,7 +503,7 @@ impl Controller {
             )));
         }
         self.change(|tx| {
-            let old = store::session(tx, name)?.ok_or_else(|| self.no_session(name))?;
+            let old = tx.session(name)?.ok_or_else(|| self.no_session(name))?;
             let mut s = old.clone();
             for (k, v) in &patch {
                 let bad = |e: String| Refused::BadRequest(format!("{k}: {e}"));
@@ -549,18 +534,18 @@ impl Controller {
                     _ => {}
                 }
             }
-            self.session_config(&s).map_err(Refused::BadRequest)?;
+            self.engine.session(&s).map_err(Refused::BadRequest)?;
             if s.mirror_id != old.mirror_id || s.encap != old.encap {
                 self.mirror_id(tx, Some(s.mirror_id), s.encap, Some(old.mirror_id))?;
             }
-            s.updated = store::now();
-            store::put_session(tx, &s)?;
+            s.updated = self.now();
+            tx.put_session(&s)?;
             let action = match (old.enabled, s.enabled, patch.len()) {
                 (true, false, 1) => "session.disable",
                 (false, true, 1) => "session.enable",
                 _ => "session.update",
             };
-            store::audit(tx, caller, action, name, &Value::Object(patch.clone()))?;
+            self.audit_row(tx, caller, action, name, &Value::Object(patch.clone()))?;
             Ok(())
         })?;
         self.session(name)
@@ -577,8 +562,9 @@ impl Controller {
 
     pub fn delete_session(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
         self.change(|tx| {
-            store::session(tx, name)?.ok_or_else(|| self.no_session(name))?;
-            let users: Vec<String> = store::flows(tx)?
+            tx.session(name)?.ok_or_else(|| self.no_session(name))?;
+            let users: Vec<String> = tx
+                .flows()?
                 .into_iter()
                 .filter(|f| f.session == name)
                 .map(|f| format!("{}/{}", f.probe, f.name))
@@ -589,8 +575,8 @@ impl Controller {
                     users.join(", ")
                 )));
             }
-            store::delete_session(tx, name)?;
-            store::audit(tx, caller, "session.delete", name, &Value::Null)
+            tx.delete_session(name)?;
+            self.audit_row(tx, caller, "session.delete", name, &Value::Null)
         })
     }
 
@@ -600,9 +586,9 @@ impl Controller {
         &self,
         caller: &Caller,
         name: &str,
-        action: tapwire_api::Action,
+        action: tapwire_api_types::Action,
     ) -> Result<String, Refused> {
-        use tapwire_api::Action;
+        use tapwire_api_types::Action;
         if matches!(action, Action::Enable | Action::Disable) && self.is_api_session(name)? {
             self.set_session_enabled(caller, name, action == Action::Enable)?;
             let done = if action == Action::Enable {
@@ -621,27 +607,24 @@ impl Controller {
         &self,
         caller: &Caller,
         session: &str,
-        action: tapwire_api::Action,
+        action: tapwire_api_types::Action,
     ) -> Result<String, Refused> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.engine
-            .send(Control::Action {
-                session: session.to_string(),
-                action,
-                reply,
-            })
-            .map_err(|_| Refused::Unavailable("the collector is stopping".into()))?;
-        let msg = match answer.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(m)) => m,
-            Ok(Err(m)) => return Err(Refused::NotFound(m)),
-            Err(_) => return Err(Refused::Unavailable("the collector did not answer".into())),
+        let msg = match self.engine.action(session, action) {
+            Ok(m) => m,
+            Err(EngineError::Refused(m)) => return Err(Refused::NotFound(m)),
+            Err(EngineError::Stopped) => {
+                return Err(Refused::Unavailable("the collector is stopping".into()));
+            }
+            Err(EngineError::NoAnswer) => {
+                return Err(Refused::Unavailable("the collector did not answer".into()));
+            }
         };
         let name = match action {
-            tapwire_api::Action::Enable => "session.enable",
-            tapwire_api::Action::Disable => "session.disable",
-            tapwire_api::Action::Rotate => "session.rotate",
+            tapwire_api_types::Action::Enable => "session.enable",
+            tapwire_api_types::Action::Disable => "session.disable",
+            tapwire_api_types::Action::Rotate => "session.rotate",
         };
-        self.change(|tx| store::audit(tx, caller, name, session, &json!({ "runtime": true })))?;
+        self.change(|tx| self.audit_row(tx, caller, name, session, &json!({ "runtime": true })))?;
         Ok(msg)
     }
 
@@ -649,12 +632,13 @@ impl Controller {
     // Flows
 
     pub fn flows(&self) -> Result<Vec<FlowInfo>, Refused> {
-        let flows = store::flows(&lock(&self.store).conn)?;
+        let flows = self.read(|tx| tx.flows())?;
         Ok(flows.into_iter().map(|f| self.flow_info(f)).collect())
     }
 
     pub fn flow(&self, id: i64) -> Result<FlowInfo, Refused> {
-        let f = store::flow(&lock(&self.store).conn, id)?
+        let f = self
+            .read(|tx| tx.flow(id))?
             .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
         Ok(self.flow_info(f))
     }
@@ -712,7 +696,8 @@ impl Controller {
             ));
         }
         if let Some(f) = &req.filter {
-            config::compile_check(f)
+            self.engine
+                .check_filter(f)
                 .map_err(|e| Refused::BadRequest(format!("filter {f:?}: {e}")))?;
         }
         let mut spec = serde_json::Map::new();
@@ -732,7 +717,7 @@ impl Controller {
             burst,
             promiscuous
         );
-        let at = store::now();
+        let at = self.now();
         let mut flow = StoredFlow {
             id: 0,
             probe: req.probe.clone(),
@@ -744,8 +729,8 @@ impl Controller {
             updated: at,
         };
         let id = self.change(|tx| {
-            let session = store::session(tx, &flow.session)?.ok_or_else(|| {
-                if self.file.load().sessions.iter().any(|s| s.name == flow.session) {
+            let session = tx.session(&flow.session)?.ok_or_else(|| {
+                if self.engine.file_session(&flow.session) {
                     Refused::BadRequest(format!(
                         "session: {:?} is a session of the configuration file; flows target sessions made through the API (they own a mirror id)",
                         flow.session
@@ -756,13 +741,12 @@ impl Controller {
             })?;
             // Every field checked by the probe's own rules, with the values it will get.
             let spec = self.render(&flow, &session)?;
-            store::ensure_probe(
-                tx,
+            tx.ensure_probe(
                 &flow.probe,
                 self.opts.max_flows_per_probe,
                 self.opts.max_pps_per_probe,
             )?;
-            let existing: Vec<StoredFlow> = store::flows(tx)?
+            let existing: Vec<StoredFlow> = tx.flows()?
                 .into_iter()
                 .filter(|f| f.probe == flow.probe)
                 .collect();
@@ -772,7 +756,7 @@ impl Controller {
                     flow.probe, flow.name
                 )));
             }
-            let probe = store::probe(tx, &flow.probe)?
+            let probe = tx.probe(&flow.probe)?
                 .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
             if existing.len() as u32 >= probe.max_flows {
                 return Err(Refused::Conflict(format!(
@@ -786,8 +770,8 @@ impl Controller {
             if flow.enabled {
                 self.check_pps(tx, &flow.probe, probe.max_pps, Some(&spec))?;
             }
-            let id = store::insert_flow(tx, &flow)?;
-            store::audit(
+            let id = tx.insert_flow(&flow)?;
+            self.audit_row(
                 tx,
                 caller,
                 "flow.create",
@@ -804,7 +788,7 @@ impl Controller {
     /// packets-per-second limit.
     fn check_pps(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut dyn Transaction,
         probe: &str,
         max_pps: Option<u64>,
         extra: Option<&FlowSpec>,
@@ -812,12 +796,14 @@ impl Controller {
         let Some(max) = max_pps else {
             return Ok(());
         };
-        let sessions: BTreeMap<String, StoredSession> = store::sessions(tx)?
+        let sessions: BTreeMap<String, StoredSession> = tx
+            .sessions()?
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
         let mut specs = Vec::new();
-        for f in store::flows(tx)?
+        for f in tx
+            .flows()?
             .into_iter()
             .filter(|f| f.probe == probe && f.enabled)
         {
@@ -856,18 +842,21 @@ impl Controller {
         enabled: bool,
     ) -> Result<FlowInfo, Refused> {
         self.change(|tx| {
-            let f = store::flow(tx, id)?
+            let f = tx
+                .flow(id)?
                 .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
             if enabled && !f.enabled {
-                let probe = store::probe(tx, &f.probe)?
+                let probe = tx
+                    .probe(&f.probe)?
                     .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
-                let session = store::session(tx, &f.session)?
+                let session = tx
+                    .session(&f.session)?
                     .ok_or_else(|| Refused::Internal("session row vanished".into()))?;
                 let spec = self.render(&f, &session)?;
                 self.check_pps(tx, &f.probe, probe.max_pps, Some(&spec))?;
             }
-            store::set_flow_enabled(tx, id, enabled)?;
-            store::audit(
+            tx.set_flow_enabled(id, enabled, &self.now())?;
+            self.audit_row(
                 tx,
                 caller,
                 if enabled {
@@ -884,10 +873,11 @@ impl Controller {
 
     pub fn delete_flow(&self, caller: &Caller, id: i64) -> Result<(), Refused> {
         self.change(|tx| {
-            let f = store::flow(tx, id)?
+            let f = tx
+                .flow(id)?
                 .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
-            store::delete_flow(tx, id)?;
-            store::audit(
+            tx.delete_flow(id)?;
+            self.audit_row(
                 tx,
                 caller,
                 "flow.delete",
@@ -902,14 +892,15 @@ impl Controller {
 
     fn online(&self, live: &Live) -> bool {
         let window = (self.opts.report_interval * 3).max(Duration::from_secs(15));
-        live.polling > 0 || live.last_seen.is_some_and(|t| t.elapsed() < window)
+        let now = self.clock.monotonic();
+        live.polling > 0
+            || live
+                .last_seen
+                .is_some_and(|t| now.duration_since(t) < window)
     }
 
     pub fn probes(&self) -> Result<Vec<ProbeInfo>, Refused> {
-        let (probes, flows) = {
-            let store = lock(&self.store);
-            (store::probes(&store.conn)?, store::flows(&store.conn)?)
-        };
+        let (probes, flows) = { self.read(|tx| Ok((tx.probes()?, tx.flows()?)))? };
         let live = lock(&self.live);
         Ok(probes
             .into_iter()
@@ -962,7 +953,7 @@ impl Controller {
                 Value::Number(n) => n.as_u64().ok_or_else(|| {
                     Refused::BadRequest(format!("max_pps: {n} is not a whole number"))
                 })?,
-                Value::String(t) => tapwire_probe::config::parse_rate(t)
+                Value::String(t) => tapwire_api_types::flow::parse_rate(t)
                     .map_err(|e| Refused::BadRequest(format!("max_pps: {e}")))?,
                 _ => {
                     return Err(Refused::BadRequest(
@@ -975,7 +966,8 @@ impl Controller {
             return Err(Refused::BadRequest("max_flows: must be at least 1".into()));
         }
         self.change(|tx| {
-            let p = store::probe(tx, name)?
+            let p = tx
+                .probe(name)?
                 .ok_or_else(|| Refused::NotFound(format!("no probe named {name:?}")))?;
             let max_flows = limits.max_flows.unwrap_or(p.max_flows);
             let max_pps = match max_pps {
@@ -983,15 +975,15 @@ impl Controller {
                 Some(0) => None,
                 Some(n) => Some(n),
             };
-            let n = store::flows(tx)?.iter().filter(|f| f.probe == name).count() as u32;
+            let n = tx.flows()?.iter().filter(|f| f.probe == name).count() as u32;
             if n > max_flows {
                 return Err(Refused::Conflict(format!(
                     "probe {name:?} has {n} flows, more than max_flows {max_flows}"
                 )));
             }
             self.check_pps(tx, name, max_pps, None)?;
-            store::set_probe_limits(tx, name, max_flows, max_pps)?;
-            store::audit(
+            tx.set_probe_limits(name, max_flows, max_pps)?;
+            self.audit_row(
                 tx,
                 caller,
                 "probe.limits",
@@ -1004,15 +996,15 @@ impl Controller {
 
     pub fn delete_probe(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
         self.change(|tx| {
-            store::probe(tx, name)?
+            tx.probe(name)?
                 .ok_or_else(|| Refused::NotFound(format!("no probe named {name:?}")))?;
-            if store::flows(tx)?.iter().any(|f| f.probe == name) {
+            if tx.flows()?.iter().any(|f| f.probe == name) {
                 return Err(Refused::Conflict(format!(
                     "probe {name:?} has flows: delete them first"
                 )));
             }
-            store::delete_probe(tx, name)?;
-            store::audit(tx, caller, "probe.delete", name, &Value::Null)
+            tx.delete_probe(name)?;
+            self.audit_row(tx, caller, "probe.delete", name, &Value::Null)
         })?;
         lock(&self.live).remove(name);
         Ok(())
@@ -1038,20 +1030,19 @@ impl Controller {
             ));
         }
         self.change(|tx| {
-            let before = store::probe(tx, &req.name)?;
-            store::ensure_probe(
-                tx,
+            let before = tx.probe(&req.name)?;
+            tx.ensure_probe(
                 &req.name,
                 self.opts.max_flows_per_probe,
                 self.opts.max_pps_per_probe,
             )?;
-            store::register_probe(tx, &req.name, &req.version, &req.interfaces)?;
+            tx.register_probe(&req.name, &req.version, &req.interfaces, &self.now())?;
             let first = before.as_ref().is_none_or(|p| p.registered.is_none());
             let changed = before
                 .as_ref()
                 .is_some_and(|p| p.version.as_deref() != Some(&req.version));
             if first || changed {
-                store::audit(
+                self.audit_row(
                     tx,
                     caller,
                     "probe.register",
@@ -1062,7 +1053,8 @@ impl Controller {
             Ok(())
         })?;
         self.seen(&req.name, |_| {});
-        let p = store::probe(&lock(&self.store).conn, &req.name)?
+        let p = self
+            .read(|tx| tx.probe(&req.name))?
             .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
         tracing::info!(probe = req.name, version = req.version, "probe registered");
         Ok(Registered {
@@ -1074,7 +1066,8 @@ impl Controller {
     /// The probe's flow set now.
     pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
         Self::check_acts_for(caller, name)?;
-        let p = store::probe(&lock(&self.store).conn, name)?
+        let p = self
+            .read(|tx| tx.probe(name))?
             .filter(|p| p.registered.is_some())
             .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
         let flows: Vec<FlowSpec> = serde_json::from_value(p.flowset)
@@ -1087,14 +1080,14 @@ impl Controller {
     }
 
     /// Marks a long-poll of `name` as in flight while the guard lives.
-    pub fn polling(self: &Arc<Self>, name: &str) -> PollGuard {
+    pub fn polling(self: &Arc<Self>, name: &str) -> PollGuard<E> {
         // Memory only (called on the API's runtime thread); the flow-set read before it has
         // recorded the visit.
         {
             let mut live = lock(&self.live);
             let l = live.entry(name.to_string()).or_default();
             l.polling += 1;
-            l.last_seen = Some(Instant::now());
+            l.last_seen = Some(self.clock.monotonic());
         }
         PollGuard {
             ctl: Arc::clone(self),
@@ -1103,27 +1096,32 @@ impl Controller {
     }
 
     fn seen(&self, name: &str, f: impl FnOnce(&mut Live)) {
+        let now = self.clock.monotonic();
         let store_it = {
             let mut live = lock(&self.live);
             let l = live.entry(name.to_string()).or_default();
-            l.last_seen = Some(Instant::now());
+            l.last_seen = Some(now);
             f(l);
             let due = l
                 .last_seen_stored
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(30));
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(30));
             if due {
-                l.last_seen_stored = Some(Instant::now());
+                l.last_seen_stored = Some(now);
             }
             due
         };
         if store_it {
-            let _ = store::touch_probe(&lock(&self.store).conn, name);
+            let at = self.now();
+            let _ = self.write(|tx| tx.touch_probe(name, &at));
         }
     }
 
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
         Self::check_acts_for(caller, name)?;
-        if store::probe(&lock(&self.store).conn, name)?.is_none_or(|p| p.registered.is_none()) {
+        if self
+            .read(|tx| tx.probe(name))?
+            .is_none_or(|p| p.registered.is_none())
+        {
             return Err(Refused::NotFound(format!(
                 "probe {name:?} is not registered"
             )));
@@ -1139,60 +1137,66 @@ impl Controller {
     // Tokens and audit
 
     pub fn tokens(&self) -> Result<Vec<TokenInfo>, Refused> {
-        store::list_tokens(&lock(&self.store).conn)
+        self.read(|tx| tx.list_tokens())
     }
 
     pub fn create_token(&self, caller: &Caller, req: TokenCreate) -> Result<TokenInfo, Refused> {
         let token = auth::generate().map_err(Refused::Internal)?;
         let mut info = self.change(|tx| {
-            store::insert_token(tx, caller, &req.name, req.role, &auth::hash(&token))
+            tokens::insert(
+                tx,
+                caller,
+                &req.name,
+                req.role,
+                &auth::hash(&token),
+                &self.now(),
+            )
         })?;
         info.token = Some(token);
         Ok(info)
     }
 
     pub fn revoke_token(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
-        self.change(|tx| store::revoke_token(tx, caller, name))
+        self.change(|tx| tokens::revoke(tx, caller, name, &self.now()))
     }
 
     pub fn audit(
         &self,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<tapwire_api::control::AuditEntry>, Refused> {
-        store::list_audit(&lock(&self.store).conn, after, limit)
+    ) -> Result<Vec<tapwire_api_types::control::AuditEntry>, Refused> {
+        self.read(|tx| tx.list_audit(after, limit))
     }
 }
 
-pub struct PollGuard {
-    ctl: Arc<Controller>,
+/// A long-poll in flight: the probe counts as online while one lives.
+pub struct PollGuard<E: Engine> {
+    ctl: Arc<Controller<E>>,
     name: String,
 }
 
-impl Drop for PollGuard {
+impl<E: Engine> Drop for PollGuard<E> {
     /// Memory only: it runs on the API's runtime thread, which must not wait for the database.
     fn drop(&mut self) {
+        let now = self.ctl.clock.monotonic();
         let mut live = lock(&self.ctl.live);
         if let Some(l) = live.get_mut(&self.name) {
             l.polling = l.polling.saturating_sub(1);
-            l.last_seen = Some(Instant::now());
+            l.last_seen = Some(now);
         }
     }
 }
 
 fn check_probe_name(name: &str) -> Result<(), Refused> {
-    config::validate_name(name).map_err(|e| Refused::BadRequest(format!("probe: {e}")))?;
+    validate_name(name).map_err(|e| Refused::BadRequest(format!("probe: {e}")))?;
     if RESERVED_PROBE_NAMES.contains(&name) {
         return Err(Refused::BadRequest(format!("probe: {name:?} is reserved")));
     }
     Ok(())
 }
 
-fn unused_token_name(tx: &Transaction<'_>, base: &str) -> Result<String, Refused> {
-    let names: Vec<String> = store::list_tokens(tx)?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+fn unused_token_name(tx: &mut dyn Transaction, base: &str) -> Result<String, Refused> {
+    let names: Vec<String> = tx.list_tokens()?.into_iter().map(|t| t.name).collect();
     Ok((0..)
         .map(|i| {
             if i == 0 {
@@ -1248,28 +1252,3 @@ fn session_detail(s: &StoredSession) -> Value {
         "tap": s.tap,
     })
 }
-
-/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-pub fn merge_patch(target: Option<Value>, patch: &Value) -> Value {
-    match patch {
-        Value::Object(p) => {
-            let mut t = match target {
-                Some(Value::Object(t)) => t,
-                _ => serde_json::Map::new(),
-            };
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    let merged = merge_patch(t.remove(k), v);
-                    t.insert(k.clone(), merged);
-                }
-            }
-            Value::Object(t)
-        }
-        other => other.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests;

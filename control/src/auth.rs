@@ -5,7 +5,7 @@
 //! hashed and compared with every active token's hash in constant time.
 
 use sha2::{Digest, Sha256};
-use tapwire_api::control::Role;
+use tapwire_api_types::control::Role;
 
 /// Who is asking: a token's name and role, or `localhost` (a viewer) without a token.
 #[derive(Debug, Clone, PartialEq, Eq)]

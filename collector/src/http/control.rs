@@ -1,7 +1,8 @@
-//! The control plane's routes. Each handler authenticates, parses its body itself (so that a
-//! malformed or unknown field is a 400 naming it) and runs the [`Controller`] operation on
-//! tokio's blocking pool: a change holds the database for its transaction and waits for the
-//! engine, which must not stall the API's one runtime thread.
+//! The control plane's routes. Each handler takes its caller ([`Authed`]), parses its body
+//! itself (so that a malformed or unknown field is a 400 naming it) and runs the
+//! [`tapwire_control::Controller`] operation on tokio's blocking pool: a change holds the
+//! database for its transaction and waits for the engine, which must not stall the API's one
+//! runtime thread.
 //!
 //! `GET /api/v1/openapi.json` documents every route; a test checks the router against it.
 
@@ -15,20 +16,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tapwire_api::Action;
-use tapwire_api::control::{
+use tapwire_api_types::Action;
+use tapwire_api_types::control::{
     DEFAULT_WAIT_S, FlowCreate, MAX_WAIT_S, ProbeLimits, ProbeReport, Register, SessionCreate,
     TokenCreate,
 };
 
-use super::auth::{Caller, Need};
-use super::{Controller, Refused};
-use crate::live::api::{ApiState, Peer, Routes, bearer, reply};
+use tapwire_control::Refused;
+use tapwire_control::auth::{Caller, Need};
+
+use super::auth::{Admin, Authed, Change, Probe, Read, authenticate};
+use super::{ApiState, Ctl, Peer, Routes, refused, reply};
 
 /// The OpenAPI 3.1 document, hand-written.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-pub(crate) fn routes(r: Routes) -> Routes {
+pub(super) fn routes(r: Routes) -> Routes {
     r.add("POST", "/api/v1/sessions", post(create_session))
         .add("PATCH", "/api/v1/sessions/{name}", patch(update_session))
         .add("DELETE", "/api/v1/sessions/{name}", delete(delete_session))
@@ -56,26 +59,6 @@ pub(crate) fn routes(r: Routes) -> Routes {
         .add("GET", "/api/v1/audit", get(audit))
 }
 
-pub(crate) fn refused(r: Refused) -> Response {
-    let code = match &r {
-        Refused::BadRequest(_) => StatusCode::BAD_REQUEST,
-        Refused::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Refused::Forbidden(_) => StatusCode::FORBIDDEN,
-        Refused::NotFound(_) => StatusCode::NOT_FOUND,
-        Refused::Conflict(_) => StatusCode::CONFLICT,
-        Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut resp = reply(code, r.to_string());
-    if code == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    resp
-}
-
 /// The body as `T`; the error names the field (`body: files.rotate.size: ...`).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -99,33 +82,16 @@ fn parse_id(id: &str) -> Result<i64, Refused> {
         .ok_or_else(|| Refused::BadRequest(format!("id: {id:?} is not a flow id (1 or more)")))
 }
 
-/// Authenticates and runs `op` on the blocking pool; its value is the JSON answer.
-async fn run<T, F>(
-    s: ApiState,
-    peer: Peer,
-    headers: HeaderMap,
-    need: Need,
-    ok: StatusCode,
-    op: F,
-) -> Response
+/// Runs `op` for `who` on the blocking pool; its value is the JSON answer.
+async fn run<T, F>(s: ApiState, who: Caller, ok: StatusCode, op: F) -> Response
 where
     T: Serialize + Send + 'static,
-    F: FnOnce(&Controller, &Caller) -> Result<T, Refused> + Send + 'static,
+    F: FnOnce(&Ctl, &Caller) -> Result<T, Refused> + Send + 'static,
 {
     let Some(ctl) = s.controller.clone() else {
         return reply(StatusCode::NOT_FOUND, "the control plane is off".into());
     };
-    let token = match bearer(&headers) {
-        Ok(t) => t.map(str::to_string),
-        Err(m) => return reply(StatusCode::UNAUTHORIZED, m),
-    };
-    let loopback = peer.0.ip().to_canonical().is_loopback();
-    let done = tokio::task::spawn_blocking(move || {
-        let caller = ctl.authenticate(token.as_deref(), loopback, need)?;
-        op(&ctl, &caller)
-    })
-    .await;
-    match done {
+    match tokio::task::spawn_blocking(move || op(&ctl, &who)).await {
         Ok(Ok(v)) => (ok, axum::Json(v)).into_response(),
         Ok(Err(r)) => refused(r),
         Err(e) => reply(
@@ -135,12 +101,11 @@ where
     }
 }
 
-/// Parses the body first (a 400 before anything else is looked at), then [`run`].
-async fn run_with<B, T, F>(
+/// Parses the body (after the caller: an anonymous client learns nothing from the parser),
+/// then [`run`].
+async fn with_body<B, T, F>(
     s: ApiState,
-    peer: Peer,
-    headers: HeaderMap,
-    need: Need,
+    who: Caller,
     ok: StatusCode,
     body: Bytes,
     op: F,
@@ -148,48 +113,23 @@ async fn run_with<B, T, F>(
 where
     B: DeserializeOwned + Send + 'static,
     T: Serialize + Send + 'static,
-    F: FnOnce(&Controller, &Caller, B) -> Result<T, Refused> + Send + 'static,
+    F: FnOnce(&Ctl, &Caller, B) -> Result<T, Refused> + Send + 'static,
 {
-    // Authentication comes first: an anonymous client learns nothing from the parser.
-    if let Some(ctl) = &s.controller {
-        let token = match bearer(&headers) {
-            Ok(t) => t.map(str::to_string),
-            Err(m) => return reply(StatusCode::UNAUTHORIZED, m),
-        };
-        let loopback = peer.0.ip().to_canonical().is_loopback();
-        let ctl = Arc::clone(ctl);
-        let who =
-            tokio::task::spawn_blocking(move || ctl.authenticate(token.as_deref(), loopback, need))
-                .await;
-        match who {
-            Ok(Ok(_)) => {}
-            Ok(Err(r)) => return refused(r),
-            Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    }
     let req: B = match parse(&body) {
         Ok(r) => r,
         Err(r) => return refused(r),
     };
-    run(s, peer, headers, need, ok, move |ctl, caller| {
-        op(ctl, caller, req)
-    })
-    .await
+    run(s, who, ok, move |ctl, caller| op(ctl, caller, req)).await
 }
-
-type Ctx = (State<ApiState>, ConnectInfo<Peer>, HeaderMap);
 
 async fn create_session(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Change,
+        who,
         StatusCode::CREATED,
         body,
         |c, who, req: SessionCreate| c.create_session(who, req),
@@ -199,16 +139,13 @@ async fn create_session(
 
 async fn update_session(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Change,
+        who,
         StatusCode::OK,
         body,
         move |c, who, patch: serde_json::Value| c.update_session(who, &name, patch),
@@ -218,67 +155,58 @@ async fn update_session(
 
 async fn delete_session(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path(name): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
-        c.delete_session(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("session {name} deleted"),
-        })
+    run(s, who, StatusCode::OK, move |c, who| {
+        c.delete_session(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("session {name} deleted"),
+            })
     })
     .await
 }
 
 async fn session_definition(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Read>,
     Path(name): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, move |c, _| {
-        c.session(&name)
-    })
-    .await
+    run(s, who, StatusCode::OK, move |c, _| c.session(&name)).await
 }
 
-async fn definitions((State(s), ConnectInfo(p), h): Ctx) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, |c, _| c.sessions()).await
+async fn definitions(State(s): State<ApiState>, Authed(who, ..): Authed<Read>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| c.sessions()).await
 }
 
-/// `POST /api/v1/sessions/{name}/{action}` with a controller: enable and disable of an API
-/// session are stored; other sessions' actions, and rotations, go to the engine. Both need an
-/// operator and are audited.
-pub(crate) async fn session_action(
+/// `POST /api/v1/sessions/{name}/{action}` with a controller, for a caller already
+/// allowed to change: see [`super::stats::action`].
+pub(super) async fn session_action(
     s: ApiState,
-    p: Peer,
-    h: HeaderMap,
+    who: Caller,
     name: String,
     action: Action,
 ) -> Response {
-    run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
+    run(s, who, StatusCode::OK, move |c, who| {
         let message = c.session_action(who, &name, action)?;
-        Ok(tapwire_api::Message { ok: true, message })
+        Ok(tapwire_api_types::Message { ok: true, message })
     })
     .await
 }
 
-async fn flows((State(s), ConnectInfo(p), h): Ctx) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, |c, _| c.flows()).await
+async fn flows(State(s): State<ApiState>, Authed(who, ..): Authed<Read>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| c.flows()).await
 }
 
 async fn create_flow(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Change,
+        who,
         StatusCode::CREATED,
         body,
         |c, who, req: FlowCreate| c.create_flow(who, req),
@@ -288,25 +216,20 @@ async fn create_flow(
 
 async fn flow(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Read>,
     Path(id): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, move |c, _| {
-        c.flow(parse_id(&id)?)
-    })
-    .await
+    run(s, who, StatusCode::OK, move |c, _| c.flow(parse_id(&id)?)).await
 }
 
 async fn delete_flow(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path(id): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
+    run(s, who, StatusCode::OK, move |c, who| {
         let id = parse_id(&id)?;
-        c.delete_flow(who, id).map(|()| tapwire_api::Message {
+        c.delete_flow(who, id).map(|()| tapwire_api_types::Message {
             ok: true,
             message: format!("flow {id} deleted"),
         })
@@ -316,11 +239,10 @@ async fn delete_flow(
 
 async fn flow_action(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
+    run(s, who, StatusCode::OK, move |c, who| {
         let id = parse_id(&id)?;
         let enabled = match action.as_str() {
             "enable" => true,
@@ -336,34 +258,27 @@ async fn flow_action(
     .await
 }
 
-async fn probes((State(s), ConnectInfo(p), h): Ctx) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, |c, _| c.probes()).await
+async fn probes(State(s): State<ApiState>, Authed(who, ..): Authed<Read>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| c.probes()).await
 }
 
 async fn probe(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Read>,
     Path(name): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Read, StatusCode::OK, move |c, _| {
-        c.probe(&name)
-    })
-    .await
+    run(s, who, StatusCode::OK, move |c, _| c.probe(&name)).await
 }
 
 async fn probe_limits(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Change,
+        who,
         StatusCode::OK,
         body,
         move |c, who, l: ProbeLimits| c.set_probe_limits(who, &name, l),
@@ -373,56 +288,47 @@ async fn probe_limits(
 
 async fn delete_probe(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Change>,
     Path(name): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Change, StatusCode::OK, move |c, who| {
-        c.delete_probe(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("probe {name} deleted"),
-        })
+    run(s, who, StatusCode::OK, move |c, who| {
+        c.delete_probe(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("probe {name} deleted"),
+            })
     })
     .await
 }
 
 async fn register(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Probe>,
     body: Bytes,
 ) -> Response {
-    run_with(
-        s,
-        p,
-        h,
-        Need::Probe,
-        StatusCode::OK,
-        body,
-        |c, who, req: Register| c.register(who, req),
-    )
+    with_body(s, who, StatusCode::OK, body, |c, who, req: Register| {
+        c.register(who, req)
+    })
     .await
 }
 
 async fn probe_stats(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Probe>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Probe,
+        who,
         StatusCode::OK,
         body,
         move |c, who, r: ProbeReport| {
-            c.report(who, &name, r).map(|()| tapwire_api::Message {
-                ok: true,
-                message: "stored".into(),
-            })
+            c.report(who, &name, r)
+                .map(|()| tapwire_api_types::Message {
+                    ok: true,
+                    message: "stored".into(),
+                })
         },
     )
     .await
@@ -469,22 +375,18 @@ async fn probe_flows(
             other => return refused(Refused::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    let token = match bearer(&h) {
-        Ok(t) => t.map(str::to_string),
-        Err(m) => return reply(StatusCode::UNAUTHORIZED, m),
-    };
-    let loopback = p.0.ip().to_canonical().is_loopback();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
     let mut guard = None;
     loop {
         // Subscribed before looking, so that a change in between is not missed.
         let mut changes = ctl.changes();
-        let (c, t, n) = (Arc::clone(&ctl), token.clone(), name.clone());
-        let set = tokio::task::spawn_blocking(move || {
-            let who = c.authenticate(t.as_deref(), loopback, Need::Probe)?;
-            c.flowset(&who, &n)
-        })
-        .await;
+        // The token again at every wake-up: a revoked one ends the poll.
+        let who = match authenticate(&s, p, &h, Need::Probe).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let (c, n) = (Arc::clone(&ctl), name.clone());
+        let set = tokio::task::spawn_blocking(move || c.flowset(&who, &n)).await;
         let set = match set {
             Ok(Ok(set)) => set,
             Ok(Err(r)) => return refused(r),
@@ -503,21 +405,18 @@ async fn probe_flows(
     }
 }
 
-async fn tokens((State(s), ConnectInfo(p), h): Ctx) -> Response {
-    run(s, p, h, Need::Admin, StatusCode::OK, |c, _| c.tokens()).await
+async fn tokens(State(s): State<ApiState>, Authed(who, ..): Authed<Admin>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| c.tokens()).await
 }
 
 async fn create_token(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Admin>,
     body: Bytes,
 ) -> Response {
-    run_with(
+    with_body(
         s,
-        p,
-        h,
-        Need::Admin,
+        who,
         StatusCode::CREATED,
         body,
         |c, who, req: TokenCreate| c.create_token(who, req),
@@ -527,15 +426,15 @@ async fn create_token(
 
 async fn revoke_token(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Admin>,
     Path(name): Path<String>,
 ) -> Response {
-    run(s, p, h, Need::Admin, StatusCode::OK, move |c, who| {
-        c.revoke_token(who, &name).map(|()| tapwire_api::Message {
-            ok: true,
-            message: format!("token {name} revoked"),
-        })
+    run(s, who, StatusCode::OK, move |c, who| {
+        c.revoke_token(who, &name)
+            .map(|()| tapwire_api_types::Message {
+                ok: true,
+                message: format!("token {name} revoked"),
+            })
     })
     .await
 }
@@ -574,12 +473,13 @@ async fn audit(
             other => return refused(Refused::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    run(s, p, h, Need::Read, StatusCode::OK, move |c, _| {
-        c.audit(after, limit)
-    })
-    .await
+    let who = match authenticate(&s, p, &h, Need::Read).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    run(s, who, StatusCode::OK, move |c, _| c.audit(after, limit)).await
 }
 
-pub(crate) async fn openapi() -> Response {
+pub(super) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

@@ -47,6 +47,22 @@ impl Role {
     }
 }
 
+/// The names of sessions, probes and tokens: session names become file names, so all keep to
+/// a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("must be 1 to 100 characters".into());
+    }
+    if name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err("use letters, digits, '-', '_', '.', ':' and do not start with '.'".into());
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/sessions`: a session managed through the API. Its one source rule is
 /// "kind `encap`, id `mirror_id`, from any address": what the flows that target it send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,22 +70,68 @@ impl Role {
 pub struct SessionCreate {
     pub name: String,
     /// How probes encapsulate traffic for this session [default: erspan-ii].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encap: Option<Encapsulation>,
     /// ERSPAN session id / GRE key, 1 to 1023 [default: the lowest free one].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_id: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// tcpdump syntax on the inner frames.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     /// The `files` of a configuration file's `[[session]]` (a table, or `false` for none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<serde_json::Value>,
     /// The `tap` of a `[[session]]`: a name, or a table.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<serde_json::Value>,
+}
+
+/// `PATCH /api/v1/sessions/{name}`: a JSON merge patch (RFC 7386) of the definition. A field
+/// left out stays as it is; `filter: Some(None)` (`null`) removes the filter, and a `null`
+/// `files` or `tap` removes those.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SessionPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encap: Option<Encapsulation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Option<String>>,
+    /// Merged into the stored `files` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<serde_json::Value>,
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+pub fn merge_patch(
+    target: Option<serde_json::Value>,
+    patch: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match patch {
+        Value::Object(p) => {
+            let mut t = match target {
+                Some(Value::Object(t)) => t,
+                _ => serde_json::Map::new(),
+            };
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    let merged = merge_patch(t.remove(k), v);
+                    t.insert(k.clone(), merged);
+                }
+            }
+            Value::Object(t)
+        }
+        other => other.clone(),
+    }
 }
 
 /// A stored session definition.
@@ -98,31 +160,31 @@ pub struct FlowCreate {
     pub interface: String,
     /// The session the flow's traffic goes to (its encapsulation and mirror id).
     pub session: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlans: Option<Vec<u16>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untagged: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snaplen: Option<u32>,
     /// 1 in N.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<u32>,
     /// Packets per second, a number or text like `"10k"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_pps: Option<serde_json::Value>,
     /// Bits per second, a number or text like `"100M"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_bps: Option<serde_json::Value>,
     /// Token bucket depth, like `"100ms"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promiscuous: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 }
 
@@ -187,10 +249,10 @@ pub struct ProbeInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeLimits {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_flows: Option<u32>,
     /// The sum of the enabled flows' `rate_pps` may not exceed it; `0` removes the limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pps: Option<serde_json::Value>,
 }
 
@@ -297,5 +359,44 @@ mod tests {
         )
         .expect("minimal flow");
         assert_eq!(f.rate_pps, Some(serde_json::json!("10k")));
+    }
+
+    #[test]
+    fn typed_requests_send_only_what_is_set() {
+        let req = SessionCreate {
+            name: "web".into(),
+            encap: None,
+            mirror_id: Some(12),
+            enabled: None,
+            filter: None,
+            files: Some(serde_json::Value::Bool(false)),
+            tap: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&req).expect("json"),
+            serde_json::json!({ "name": "web", "mirror_id": 12, "files": false })
+        );
+        let patch = SessionPatch {
+            filter: Some(None),
+            ..SessionPatch::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&patch).expect("json"),
+            serde_json::json!({ "filter": null })
+        );
+    }
+
+    #[test]
+    fn merge_patches_merge_objects_and_remove_nulls() {
+        let t = serde_json::json!({ "a": 1, "b": { "c": 2, "d": 3 } });
+        let p = serde_json::json!({ "a": null, "b": { "c": 4 }, "e": [1] });
+        assert_eq!(
+            merge_patch(Some(t), &p),
+            serde_json::json!({ "b": { "c": 4, "d": 3 }, "e": [1] })
+        );
+        assert_eq!(
+            merge_patch(None, &serde_json::json!(false)),
+            serde_json::json!(false)
+        );
     }
 }

@@ -1,11 +1,16 @@
-//! The shapes of tapwire's HTTP API, shared by the collector (which serves them), the terminal
-//! UI and the command line (which read them). Plain serde types: no behaviour.
+//! The shapes of tapwire's HTTP APIs, shared by the collector (which serves them), the terminal
+//! UI, the probe and the command line (which read them): plain serde types. Beside them, the few
+//! pure rules both ends apply: a flow's fields ([`flow`]), names ([`control::validate_name`]),
+//! merge patches, timestamps ([`time`]) and the Prometheus text ([`metrics`]).
 //!
 //! `GET /api/v1/sessions` returns a [`Snapshot`]; counters are totals since the collector
 //! started, `rates` are measured over the last 1 and 10 seconds.
 
 pub mod control;
+pub mod flow;
+pub mod metrics;
 pub mod probe;
+pub mod time;
 
 use std::collections::BTreeMap;
 

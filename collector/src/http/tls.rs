@@ -1,4 +1,5 @@
-//! TLS for the control plane's listener (rustls), and the clients' trust of a given CA.
+//! TLS for the control plane's listener (rustls). (Clients trust a given CA through
+//! `tapwire-client`.)
 //!
 //! [`TlsListener`] is an axum listener: a task accepts TCP connections and runs each TLS
 //! handshake on its own task (a slow or silent client holds up no one), handing finished
@@ -97,16 +98,4 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
     }
-}
-
-/// Root certificates from a PEM file, for clients given `--ca FILE`.
-pub fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("--ca {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("--ca {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("--ca {}: no certificate in it", path.display()));
-    }
-    Ok(certs)
 }

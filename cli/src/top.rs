@@ -1,5 +1,6 @@
 //! `tapwire top` and the inline UI of `tapwire collect`: the real terminal, clock and HTTP
-//! client plugged into [`crate::start`], plus the two script-friendly modes (`--json`, `--raw`).
+//! client plugged into [`tapwire_tui::start`], plus the two script-friendly modes (`--json`,
+//! `--raw`).
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
@@ -8,19 +9,19 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tapwire_api::{SessionStats, Snapshot};
+use tapwire_api_types::{SessionStats, Snapshot};
 
-use crate::client::{self, HttpActions, HttpSource, Source};
-use crate::input::{SystemClock, Terminal};
-use crate::logs::LogBuffer;
-use crate::state::state_name;
-use crate::{Actions, Options};
+use tapwire_tui::client::{self, HttpActions, HttpSource, Source};
+use tapwire_tui::input::{SystemClock, Terminal};
+use tapwire_tui::logs::LogBuffer;
+use tapwire_tui::state::state_name;
+use tapwire_tui::{Actions, Options};
 
 /// `tapwire top`: attach to a running collector.
 #[derive(Args, Debug, Clone)]
 pub struct TopArgs {
     /// The collector's stats API: ADDR:PORT or a URL.
-    #[arg(long, value_name = "URL", default_value = tapwire_api::DEFAULT_ADDR)]
+    #[arg(long, value_name = "URL", default_value = tapwire_api_types::DEFAULT_ADDR)]
     pub connect: String,
     /// Token: for actions when not on the collector's localhost, and for reads from other
     /// hosts of a collector with a control plane (a viewer's is enough).
@@ -88,7 +89,7 @@ pub fn interactive(
     opts: Options,
 ) -> io::Result<()> {
     let mut terminal = ratatui::try_init()?;
-    let result = crate::start(
+    let result = tapwire_tui::start(
         &mut terminal,
         source,
         actions,
@@ -215,7 +216,7 @@ mod tests {
 
     #[test]
     fn raw_mode_prints_one_parsable_line_per_session() {
-        let snap = crate::fixture::snapshot(0);
+        let snap = tapwire_tui::fixture::snapshot(0);
         let lines = raw_lines(&snap);
         assert_eq!(lines.len(), snap.sessions.len());
         let lab = lines
