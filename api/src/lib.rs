@@ -95,6 +95,10 @@ pub struct SourceStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub truncated: u64,
+    /// Frames kept although their GRE checksum did not verify (`collect --strict-gre-checksum`
+    /// drops them instead, as malformed `gre_checksum`).
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
     pub sequence: Sequence,
     pub drops: Drops,
     pub first_seen: Option<String>,
@@ -140,6 +144,9 @@ pub struct SessionStats {
     pub written: u64,
     pub lost: u64,
     pub truncated: u64,
+    /// Over the session's sources: frames kept although their GRE checksum did not verify.
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
     pub drops: Drops,
     pub rates: Rates,
     pub last_seen: Option<String>,

@@ -505,6 +505,20 @@ pub fn prometheus(s: &Snapshot) -> String {
     }
     header(
         &mut out,
+        "session_gre_checksum_bad_packets_total",
+        "counter",
+        "Packets kept although their GRE checksum did not verify.",
+    );
+    for x in &s.sessions {
+        let _ = writeln!(
+            out,
+            "tapwire_session_gre_checksum_bad_packets_total{{session=\"{}\"}} {}",
+            esc(&x.name),
+            x.gre_checksum_bad
+        );
+    }
+    header(
+        &mut out,
         "session_dropped_packets_total",
         "counter",
         "Packets tapwire did not write, by reason.",

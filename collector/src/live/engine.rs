@@ -803,13 +803,14 @@ impl Core {
         let mut drops = api::Drops::default();
         for s in &mut self.sessions {
             let mut sources = Vec::with_capacity(s.sources.len());
-            let (mut lost, mut truncated) = (0, 0);
+            let (mut lost, mut truncated, mut gre_checksum_bad) = (0, 0, 0);
             for &id in &s.sources {
                 let src = demux.source(id);
                 let st = &mut self.sources[id as usize];
                 let seq = demux.sequence(id);
                 lost += seq.lost;
                 truncated += src.truncated;
+                gre_checksum_bad += src.gre_checksum_bad;
                 sources.push(api::SourceStats {
                     src: src.key.src.to_string(),
                     kind: src.key.kind.to_string(),
@@ -821,6 +822,7 @@ impl Core {
                     duplicates: seq.duplicates,
                     reordered: seq.reordered,
                     truncated: src.truncated,
+                    gre_checksum_bad: src.gre_checksum_bad,
                     sequence: match seq.mode {
                         SequenceMode::None => api::Sequence::None,
                         SequenceMode::PerSource => api::Sequence::PerSource,
@@ -861,6 +863,7 @@ impl Core {
                 written: s.written,
                 lost,
                 truncated,
+                gre_checksum_bad,
                 drops: s.drops,
                 rates: s.history.push(now, s.packets, s.bytes),
                 last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
