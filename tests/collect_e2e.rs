@@ -33,6 +33,7 @@ use tapwire_tests::collector::{self, Collector};
 use tapwire_tests::netns::{Lab, poll_until, wait_until};
 use tapwire_tests::oracle::{self, Frames, Key, assert_same_frames};
 use tapwire_tests::senders::{self, MirrorSend, Sent, Tcpdump};
+use tapwire_tests::tshark;
 use tapwire_tests::{
     TempDir, bin, capture_files, captures_dir, require, run, run_ok, validate_capture,
 };
@@ -244,6 +245,93 @@ fn vxlan_and_geneve_over_ipv6_with_zero_udp_checksum_are_collected() {
         &expected,
         &c.session_frames(&api),
     );
+}
+
+/// GRE-TEB whose checksum is each source's first packet's, repeated while the sequence grows
+/// (Open vSwitch's userspace datapath with `csum=true` and `seq=true` gets its checksums
+/// wrong the same way; tests/collect_ovs.rs has the real thing), over IPv4 (raw socket, outer
+/// fragments included) and IPv6 (raw GRE socket): every frame is written, its pcapng comment
+/// says so, and the bad ones are counted per source. With `--strict-gre-checksum` the bad ones
+/// are dropped and counted as malformed `gre_checksum`. `tapwire decap` of what was sent does
+/// the same.
+#[test]
+fn stale_gre_checksums_are_kept_and_counted_unless_strict() {
+    let lab = Lab::new("gre-csum");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let opts = MirrorSend {
+        kinds: "gre".into(),
+        gre_stale_checksum: true,
+        ..MirrorSend::default()
+    };
+    let mut c = Collector::start(&lab, &col, &lab.dir().join("kept"), &[]);
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    let expected = oracle_of(&sent);
+    let bad = oracle::gre_checksum_bad(&tshark::packets(&sent.pcap));
+    assert_eq!(bad.len(), 2, "one GRE source per family: {:?}", bad.keys());
+    for (k, v) in &bad {
+        // Bad: all but the first, whose checksum was computed for it.
+        assert!(!v[0] && v[1..].iter().all(|b| *b), "{k:?}: tshark: {v:?}");
+    }
+
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    assert_api_matches(&api, &sent.sources);
+    collector::assert_gre_checksum_bad_counted(&c, &api, &bad);
+    c.stop("TERM", STOP_WITHIN);
+    assert_same_frames(
+        "stale GRE checksums, kept",
+        &expected,
+        &c.session_frames(&api),
+    );
+    assert_eq!(
+        collector::gre_checksum_comments(&c, &api),
+        bad,
+        "the frames whose checksum tshark finds bad, and only those, carry the comment"
+    );
+
+    // Strict: only each source's first packet is written; the rest is malformed.
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &lab.dir().join("strict"),
+        &["--strict-gre-checksum"],
+    );
+    senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent2.pcap"), false);
+    let n_bad: u64 = bad.values().flatten().filter(|b| **b).count() as u64;
+    let api = poll_until(Duration::from_secs(10), || {
+        let api = c.sessions();
+        (api["totals"]["malformed"]["gre_checksum"] == n_bad).then_some(api)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "strict: {n_bad} bad checksums not counted: {}",
+            c.sessions()
+        )
+    });
+    let first: BTreeMap<Key, u64> = bad.keys().map(|k| (k.clone(), 1)).collect();
+    assert_eq!(
+        collector::source_packets(&api),
+        first,
+        "strict: per-source packets"
+    );
+    for s in collector::sources(&api).values() {
+        assert_eq!(s["gre_checksum_bad"], 0, "strict: {s}");
+    }
+    let metrics = c.metrics();
+    let line = format!("tapwire_malformed_packets_total{{reason=\"gre_checksum\"}} {n_bad}");
+    assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+    c.stop("TERM", STOP_WITHIN);
+    let firsts: Frames = expected
+        .iter()
+        .map(|(k, v)| (k.clone(), v[..1].to_vec()))
+        .collect();
+    assert_same_frames(
+        "stale GRE checksums, strict",
+        &firsts,
+        &c.session_frames(&api),
+    );
+
+    collector::assert_decap_gre_checksums(&sent.pcap, &expected, &bad);
 }
 
 /// More sessions than the process may open files (600 sessions, RLIMIT_NOFILE 256, as under a

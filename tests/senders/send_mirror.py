@@ -53,6 +53,8 @@ from scapy.contrib.tzsp import TZSP, TZSPTagEnd, TZSPTagPadding  # noqa: E402
 KINDS = ["erspan-i", "erspan-ii", "erspan-iii", "gre", "vxlan", "geneve", "tzsp"]
 MARKER = b"TWE2E"
 BASE_TS_NS = 1_700_000_000_000_000_000
+# --gre-stale-csum: the checksum of each GRE-TEB source's first packet, repeated on the rest.
+STALE_CSUM = None
 
 
 def inner(src_no, n, max_len):
@@ -225,10 +227,15 @@ def encapsulate(kind, src_no, n, frame, session_base):
         return GRE(proto=0x22EB, seqnum_present=1, sequence_number=seq) / hdr / frame, sid
     if kind == "gre":
         key = session_base + 7
-        return (
-            GRE(proto=0x6558, key_present=1, key=key, seqnum_present=1, sequence_number=seq)
-            / frame
-        ), key
+        gre = GRE(proto=0x6558, key_present=1, key=key, seqnum_present=1, sequence_number=seq)
+        if STALE_CSUM is not None:
+            # Open vSwitch's userspace datapath with csum=true and seq=true: the first packet's
+            # checksum (computed by scapy) on every packet while the sequence grows.
+            gre.chksum_present = 1
+            if src_no not in STALE_CSUM:
+                STALE_CSUM[src_no] = GRE(bytes(gre / frame)).chksum
+            gre.chksum = STALE_CSUM[src_no]
+        return gre / frame, key
     if kind == "vxlan":
         vni = session_base * 50
         return UDP(sport=49152 + n % 64, dport=4789) / VXLAN(flags=0x08, vni=vni) / frame, vni
@@ -311,8 +318,13 @@ def main():
                     help="instead: ERSPAN II sessions 0..N-1 from the x1 source, --count each")
     ap.add_argument("--udp6-zero-csum", action="store_true",
                     help="UDP checksum 0 over IPv6 (RFC 6935 tunnels; Linux vxlan udp6zerocsumtx)")
+    ap.add_argument("--gre-stale-csum", action="store_true",
+                    help="GRE-TEB with a checksum: the first packet's, repeated (as Open vSwitch does)")
     ap.add_argument("--dry-run", action="store_true", help="write the pcap, send nothing")
     args = ap.parse_args()
+    if args.gre_stale_csum:
+        global STALE_CSUM
+        STALE_CSUM = {}
     if args.flood:
         return flood(args)
     if args.many_sessions:
