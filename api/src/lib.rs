@@ -215,6 +215,29 @@ pub struct Totals {
     pub refused: BTreeMap<String, u64>,
     pub sources: u64,
     pub rates: Rates,
+    /// Outer IP fragment reassembly (AF_PACKET inputs; raw sockets get datagrams whole).
+    #[serde(default)]
+    pub defrag: Defrag,
+}
+
+/// What outer fragment reassembly did since the collector started; each its own counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Defrag {
+    /// Fragments received.
+    pub fragments: u64,
+    /// Fragments that did not complete a datagram: stored until the rest arrives (or an
+    /// identical repeat of one stored).
+    pub held: u64,
+    /// Datagrams completed and decapsulated.
+    pub reassembled: u64,
+    /// Incomplete datagrams dropped because they timed out.
+    pub evicted_timeout: u64,
+    /// Incomplete datagrams dropped to stay within the memory or count bound.
+    pub evicted_memory: u64,
+    /// Fragments refused: overlapping with different bytes, or past the maximum size.
+    pub invalid: u64,
+    /// Datagrams waiting for fragments now.
+    pub pending_datagrams: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -108,6 +108,11 @@ impl Pipeline {
         self.decap.pending_datagrams()
     }
 
+    /// Drops incomplete outer datagrams older than the reassembly timeout.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.decap.expire(now_ns);
+    }
+
     /// A link-layer frame from a capture file or an AF_PACKET ring.
     #[inline]
     pub fn link<'a>(

@@ -158,6 +158,21 @@ def flood(args):
     print()
 
 
+def incomplete_fragments(args):
+    """The first fragments (MF set, offset 0) of N GRE datagrams from the x7 IPv4 source whose
+    other fragments never come. Prints {"frames": N}."""
+    src = args.src4.replace("x", "7")
+    eth = Ether(src=args.src_mac, dst=args.dst_mac)
+    raw = [
+        bytes(eth / IP(src=src, dst=args.dst4, id=n, flags="MF", frag=0, proto=47)
+              / Raw(bytes([0x20, 0x00, 0x65, 0x58]) + struct.pack(">I", n) + bytes(56)))
+        for n in range(args.incomplete_fragments)
+    ]
+    write_and_send(args, raw)
+    json.dump({"frames": len(raw), "sources": []}, sys.stdout)
+    print()
+
+
 def many_sessions(args):
     """ERSPAN II sessions 0..N-1 (N <= 1024) from the x1 IPv4 source, --count packets each,
     round-robin over the sessions."""
@@ -318,6 +333,8 @@ def main():
                     help="instead: ERSPAN II sessions 0..N-1 from the x1 source, --count each")
     ap.add_argument("--udp6-zero-csum", action="store_true",
                     help="UDP checksum 0 over IPv6 (RFC 6935 tunnels; Linux vxlan udp6zerocsumtx)")
+    ap.add_argument("--incomplete-fragments", type=int, default=0,
+                    help="instead: first fragments of N GRE datagrams that never complete")
     ap.add_argument("--gre-stale-csum", action="store_true",
                     help="GRE-TEB with a checksum: the first packet's, repeated (as Open vSwitch does)")
     ap.add_argument("--dry-run", action="store_true", help="write the pcap, send nothing")
@@ -329,6 +346,8 @@ def main():
         return flood(args)
     if args.many_sessions:
         return many_sessions(args)
+    if args.incomplete_fragments:
+        return incomplete_fragments(args)
 
     srcs = sources(args)
     if args.sources:

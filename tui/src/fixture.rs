@@ -419,6 +419,7 @@ pub fn snapshot(t: u64) -> Snapshot {
                 pps_10s: pps,
                 bps_10s: bps,
             },
+            defrag: Default::default(),
         },
         inputs: vec![
             InputStats {

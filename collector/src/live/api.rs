@@ -435,6 +435,54 @@ pub fn prometheus(s: &Snapshot) -> String {
             esc(k)
         );
     }
+    let d = &s.totals.defrag;
+    for (name, kind, help, v) in [
+        (
+            "defrag_fragments_total",
+            "counter",
+            "Outer IP fragments received (AF_PACKET inputs).",
+            d.fragments,
+        ),
+        (
+            "defrag_held_fragments_total",
+            "counter",
+            "Outer fragments held until the rest of their datagram arrived.",
+            d.held,
+        ),
+        (
+            "defrag_reassembled_total",
+            "counter",
+            "Outer datagrams reassembled from fragments.",
+            d.reassembled,
+        ),
+        (
+            "defrag_invalid_fragments_total",
+            "counter",
+            "Outer fragments refused (conflicting overlap, too large).",
+            d.invalid,
+        ),
+        (
+            "defrag_pending_datagrams",
+            "gauge",
+            "Outer datagrams waiting for fragments now.",
+            d.pending_datagrams,
+        ),
+    ] {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "tapwire_{name} {v}");
+    }
+    header(
+        &mut out,
+        "defrag_evicted_datagrams_total",
+        "counter",
+        "Incomplete outer datagrams dropped, by reason (timeout, memory bound).",
+    );
+    for (reason, n) in [("timeout", d.evicted_timeout), ("memory", d.evicted_memory)] {
+        let _ = writeln!(
+            out,
+            "tapwire_defrag_evicted_datagrams_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     header(
         &mut out,
         "refused_packets_total",

@@ -304,6 +304,8 @@ impl Engine {
             if now >= next_tick {
                 next_tick = now + 100_000_000;
                 self.core.tick(now);
+                // Incomplete outer datagrams time out even when no fragment follows them.
+                self.pipeline.expire(now);
             }
             if now >= next_snapshot {
                 next_snapshot = now + 1_000_000_000;
@@ -923,6 +925,7 @@ impl Core {
         if t.source_table_full > 0 {
             malformed.insert("source_table_full".into(), t.source_table_full);
         }
+        let d = pipeline.defrag_stats();
         api::Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started: rfc3339_ns(self.started_ns),
@@ -944,6 +947,15 @@ impl Core {
                 refused,
                 sources: demux.len() as u64,
                 rates: self.totals_history.push(now, packets, bytes),
+                defrag: api::Defrag {
+                    fragments: d.fragments,
+                    held: t.held_fragments,
+                    reassembled: d.reassembled,
+                    evicted_timeout: d.evicted_timeout,
+                    evicted_memory: d.evicted_memory,
+                    invalid: d.invalid,
+                    pending_datagrams: pipeline.pending_datagrams() as u64,
+                },
             },
             inputs,
             sessions,
