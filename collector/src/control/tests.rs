@@ -121,6 +121,12 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         .unwrap()
         .trim()
         .to_string();
+    // The database and the first admin token are the owner's alone.
+    for f in [db.clone(), bootstrap_token_path(&db)] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
     let state = ApiState {
         snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api::Snapshot {
             version: "t".into(),
