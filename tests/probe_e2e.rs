@@ -1100,8 +1100,8 @@ fn proc_status(pid: u32) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A filter that does not compile, and a bad configuration, are refused at start with one
-/// line and exit status 2, before anything is opened (no privileges needed).
+/// A filter that does not compile, a bad configuration and an unknown user are refused at
+/// start with one line and exit status 2, before anything is opened (no privileges needed).
 #[test]
 fn bad_filter_and_bad_config_exit_2_with_one_line() {
     let probe = bin("tapwire-probe");
@@ -1135,6 +1135,45 @@ fn bad_filter_and_bad_config_exit_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("session id 2000 is above 1023"), "{err}");
+
+    // An unknown --user (flags, controller mode, or the file's [probe] user) is a usage error
+    // too, found before anything starts.
+    std::fs::write(
+        &cfg,
+        "[probe]\nuser = \"tapwire-no-such-user\"\nstats = \"off\"\n[[flow]]\ninterface = \"lo\"\ncollector = \"127.0.0.1\"\nsession = 2\n",
+    )
+    .unwrap();
+    let flags = [
+        "--iface",
+        "lo",
+        "--collector",
+        "127.0.0.1",
+        "--session",
+        "1",
+    ];
+    let controlled = ["--controller", "http://127.0.0.1:1", "--name", "t"];
+    for (args, needle) in [
+        (&flags[..], "--user tapwire-no-such-user: no such user"),
+        (&controlled[..], "--user tapwire-no-such-user: no such user"),
+    ] {
+        let out = run(Command::new(&probe).args(args).args([
+            "--stats",
+            "off",
+            "--user",
+            "tapwire-no-such-user",
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    let out = run(Command::new(&probe).arg("--config").arg(&cfg));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[probe] user tapwire-no-such-user: no such user"),
+        "{err}"
+    );
 
     // The shipped example passes --check.
     let example = tapwire_tests::workspace_root().join("dist/probe.toml");
