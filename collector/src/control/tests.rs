@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,11 @@ fn file_config() -> Config {
 }
 
 fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
+    harness_advertising(tag, max_pps, "10.0.0.1".parse().unwrap())
+}
+
+/// A harness whose collector tells probes to send to `advertise`.
+fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Harness {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tapwire-ctl-{tag}-{}-{}",
@@ -101,7 +106,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
     let ctl = Controller::start(
         ControllerOptions {
             db: db.clone(),
-            advertise: Some("10.0.0.1".parse().unwrap()),
+            advertise: Some(advertise),
             default_files: FilesConfig::default(),
             max_flows_per_probe: 2,
             max_pps_per_probe: max_pps,
@@ -944,4 +949,43 @@ async fn the_collectors_own_terminal_acts_like_an_audited_operator() {
         )),
         "{audit:?}"
     );
+}
+
+/// Fields the controller fills in are not the flow's: a flow refused for them names the
+/// collector's flag, not a `collector` field FlowCreate does not have; a rate of the wrong JSON
+/// type names its field, not a Rust type.
+#[tokio::test]
+async fn flow_errors_name_what_the_caller_can_change() {
+    let h = harness_advertising("advertise", None, "0.0.0.0".parse().unwrap());
+    h.admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
+        .await;
+    let flow = r#"{"probe":"h1","name":"vm1","interface":"tap1","session":"web"}"#;
+    let (s, v) = h.admin("POST", "/api/v1/flows", Some(flow)).await;
+    let m = v["message"].as_str().unwrap_or_default();
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        m.contains("--advertise") && !m.contains("collector 0.0.0.0"),
+        "{m}"
+    );
+
+    let h = harness("rate-type", None);
+    h.admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
+        .await;
+    for (field, value) in [
+        ("rate_pps", "-1"),
+        ("rate_bps", "1.5"),
+        ("rate_pps", "true"),
+    ] {
+        let body = format!(
+            r#"{{"probe":"h1","name":"vm1","interface":"tap1","session":"web","{field}":{value}}}"#
+        );
+        let (s, v) = h.admin("POST", "/api/v1/flows", Some(&body)).await;
+        let m = v["message"].as_str().unwrap_or_default();
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(
+            m.starts_with(&format!("{field}: {value} is not")) && !m.contains("NumOrText"),
+            "{body}: {m}"
+        );
+    }
+    assert!(h.ctl.flows().unwrap().is_empty());
 }
