@@ -283,7 +283,7 @@ impl Decapsulator {
     /// this decapsulator's checksum policy.
     #[inline]
     pub fn decap_gre<'a>(&self, src: IpAddr, data: &'a [u8]) -> Outcome<'a> {
-        checksum_policy(self.strict_gre_checksum, decap_gre(src, data))
+        gre(src, data, self.strict_gre_checksum)
     }
 
     /// Decapsulates a link-layer frame of type `link` captured at `now_ns`.
@@ -353,9 +353,12 @@ impl Decapsulator {
         } else {
             p.payload()
         };
-        checksum_policy(
+        upper_layer(
+            &self.ports,
+            src,
+            protocol,
+            payload,
             self.strict_gre_checksum,
-            upper_layer(&self.ports, src, protocol, payload),
         )
     }
 
@@ -391,22 +394,13 @@ impl Decapsulator {
             }
             _ => rest,
         };
-        checksum_policy(
+        upper_layer(
+            &self.ports,
+            src,
+            ul.protocol,
+            payload,
             self.strict_gre_checksum,
-            upper_layer(&self.ports, src, ul.protocol, payload),
         )
-    }
-}
-
-/// Under the strict policy, a frame whose GRE checksum does not verify is malformed.
-#[inline]
-fn checksum_policy(strict: bool, outcome: Outcome<'_>) -> Outcome<'_> {
-    match outcome {
-        Outcome::Mirrored(m) if strict && m.meta.gre_checksum_bad => Outcome::Malformed(Reason {
-            layer: Layer::Gre,
-            what: "checksum",
-        }),
-        o => o,
     }
 }
 
@@ -463,9 +457,10 @@ fn upper_layer<'a>(
     src: IpAddr,
     protocol: Protocol,
     payload: &'a [u8],
+    strict_gre_checksum: bool,
 ) -> Outcome<'a> {
     match protocol {
-        Protocol::Gre => decap_gre(src, payload),
+        Protocol::Gre => gre(src, payload, strict_gre_checksum),
         Protocol::Udp => match udp::Packet::new_checked(payload) {
             Ok(u) => decap_udp(ports, src, u.dst_port(), u.payload()),
             Err(e) => e.into(),
@@ -480,6 +475,12 @@ fn upper_layer<'a>(
 /// is reported in [`Meta::gre_checksum_bad`]; the frame is returned all the same.
 #[inline]
 pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
+    gre(src, data, false)
+}
+
+/// [`decap_gre`]; with `strict_gre_checksum`, a checksum that does not verify is malformed.
+#[inline]
+fn gre(src: IpAddr, data: &[u8], strict_gre_checksum: bool) -> Outcome<'_> {
     let p = match gre::Packet::new_checked(data) {
         Ok(p) => p,
         Err(e) => return e.into(),
@@ -495,6 +496,12 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
         .into();
     }
     let gre_checksum_bad = !p.verify_checksum();
+    if gre_checksum_bad && strict_gre_checksum {
+        return Outcome::Malformed(Reason {
+            layer: Layer::Gre,
+            what: "checksum",
+        });
+    }
     let seq = p.sequence();
     let payload = p.payload();
     // Each arm builds its Meta whole: assembling it field by field and then copying it into the
