@@ -131,23 +131,10 @@ fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
     scapy_collect(
         "scapy-afpacket",
         &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-            "--rotate-packets",
-            "12",
-            "--format",
-            "pcap-ns",
-        ],
+            &collector::AF_PACKET_ONLY[..],
+            &["--rotate-packets", "12", "--format", "pcap-ns"],
+        ]
+        .concat(),
         "INT",
     );
 }
@@ -158,22 +145,7 @@ fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
 fn scapy_via_af_packet_with_two_workers_keeps_each_source_in_order() {
     scapy_collect(
         "scapy-workers",
-        &[
-            "--interface",
-            "col0",
-            "--workers",
-            "2",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
+        &[&collector::AF_PACKET_ONLY[..], &["--workers", "2"]].concat(),
         "TERM",
     );
 }
@@ -374,21 +346,12 @@ fn live_defragmentation_is_counted_in_the_snapshot_and_metrics() {
     let lab = Lab::new("defrag");
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
-    let args = [
-        "--interface",
-        "col0",
-        "--gre-v4",
-        "off",
-        "--gre-v6",
-        "off",
-        "--vxlan",
-        "off",
-        "--geneve",
-        "off",
-        "--tzsp",
-        "off",
-    ];
-    let c = Collector::start(&lab, &col, &lab.dir().join("out"), &args);
+    let c = Collector::start(
+        &lab,
+        &col,
+        &lab.dir().join("out"),
+        &collector::AF_PACKET_ONLY,
+    );
     let whole = MirrorSend {
         kinds: "gre".into(),
         ..MirrorSend::default()
@@ -1023,23 +986,7 @@ fn public_captures_replayed_are_collected_byte_identical() {
 /// and sees every frame the captures hold, not only what the kernel delivers to its sockets.
 #[test]
 fn public_captures_replayed_via_af_packet_are_collected_byte_identical() {
-    replay_collect(
-        "replay-afpacket",
-        &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
-    );
+    replay_collect("replay-afpacket", &collector::AF_PACKET_ONLY);
 }
 
 fn replay_collect(tag: &str, args: &[&str]) {

@@ -364,25 +364,7 @@ fn ovs_snaplen_truncation_is_counted_not_written() {
     let lab = &ovs.lab;
     let col = ovs.col().to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(
-        lab,
-        &col,
-        &out,
-        &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
-    );
+    let mut c = Collector::start(lab, &col, &out, &collector::AF_PACKET_ONLY);
     let wire_pcap = lab.dir().join("col0.pcap");
     let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47");
     let h2_pcap = lab.dir().join("h2.pcap");

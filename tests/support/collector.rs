@@ -28,6 +28,23 @@ pub type SessionFiles = BTreeMap<Key, Vec<SessionFile>>;
 /// Where the collector's API listens inside its namespace.
 pub const API: &str = "127.0.0.1:9750";
 
+/// Flags for a collector that reads only the lab link `col0` with AF_PACKET (its own outer
+/// reassembly), every socket input off.
+pub const AF_PACKET_ONLY: [&str; 12] = [
+    "--interface",
+    "col0",
+    "--gre-v4",
+    "off",
+    "--gre-v6",
+    "off",
+    "--vxlan",
+    "off",
+    "--geneve",
+    "off",
+    "--tzsp",
+    "off",
+];
+
 /// A running `tapwire collect`.
 pub struct Collector<'l> {
     lab: &'l Lab,
