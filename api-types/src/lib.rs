@@ -100,6 +100,10 @@ pub struct SourceStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub truncated: u64,
+    /// Frames kept although their GRE checksum did not verify (`collect --strict-gre-checksum`
+    /// drops them instead, as malformed `gre_checksum`).
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
     pub sequence: Sequence,
     pub drops: Drops,
     pub first_seen: Option<String>,
@@ -145,6 +149,9 @@ pub struct SessionStats {
     pub written: u64,
     pub lost: u64,
     pub truncated: u64,
+    /// Over the session's sources: frames kept although their GRE checksum did not verify.
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
     pub drops: Drops,
     pub rates: Rates,
     pub last_seen: Option<String>,
@@ -213,6 +220,29 @@ pub struct Totals {
     pub refused: BTreeMap<String, u64>,
     pub sources: u64,
     pub rates: Rates,
+    /// Outer IP fragment reassembly (AF_PACKET inputs; raw sockets get datagrams whole).
+    #[serde(default)]
+    pub defrag: Defrag,
+}
+
+/// What outer fragment reassembly did since the collector started; each its own counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Defrag {
+    /// Fragments received.
+    pub fragments: u64,
+    /// Fragments that did not complete a datagram: stored until the rest arrives (or an
+    /// identical repeat of one stored).
+    pub held: u64,
+    /// Datagrams completed and decapsulated.
+    pub reassembled: u64,
+    /// Incomplete datagrams dropped because they timed out.
+    pub evicted_timeout: u64,
+    /// Incomplete datagrams dropped to stay within the memory or count bound.
+    pub evicted_memory: u64,
+    /// Fragments refused: overlapping with different bytes, or past the maximum size.
+    pub invalid: u64,
+    /// Datagrams waiting for fragments now.
+    pub pending_datagrams: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

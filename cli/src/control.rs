@@ -74,6 +74,11 @@ pub fn collect_options(
         (Some(c), Some(k)) => Some(tapwire_collector::http::tls::server_config(c, k)?),
         _ => None,
     };
+    if let Some(ip) = a.advertise.filter(|ip| !tapwire_control::advertisable(*ip)) {
+        return Err(format!(
+            "--advertise: {ip} is not a unicast address probes can send to"
+        ));
+    }
     let advertise = a
         .advertise
         .or_else(|| a.listen.map(|l| l.ip()).filter(|ip| !ip.is_unspecified()));
@@ -1045,5 +1050,35 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         println!("{}", line.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_must_be_an_address_probes_can_send_to() {
+        let args = |advertise: &str| ControlArgs {
+            db: Some(PathBuf::from("/nonexistent/c.db")),
+            advertise: Some(advertise.parse().expect("address")),
+            probe_report_interval: "5s".into(),
+            probe_max_flows: 64,
+            ..ControlArgs::default()
+        };
+        for bad in ["0.0.0.0", "::", "239.1.2.3", "ff02::1"] {
+            let e = collect_options(&args(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(
+                e,
+                format!("--advertise: {bad} is not a unicast address probes can send to")
+            );
+        }
+        let (opts, _) = collect_options(&args("192.0.2.10")).expect("unicast");
+        assert_eq!(
+            opts.and_then(|o| o.advertise),
+            Some("192.0.2.10".parse().expect("address"))
+        );
     }
 }

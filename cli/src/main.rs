@@ -137,6 +137,11 @@ struct CollectArgs {
     /// Give every auto-discovered session a monitor TAP named <PREFIX><n>.
     #[arg(long, value_name = "PREFIX")]
     tap_prefix: Option<String>,
+    /// Drop frames whose GRE checksum does not verify (counted as malformed gre_checksum).
+    /// By default they are written, noted in their pcapng comment and counted per source as
+    /// gre_checksum_bad: Open vSwitch's userspace datapath sends stale checksums.
+    #[arg(long)]
+    strict_gre_checksum: bool,
     #[command(flatten)]
     control: control::ControlArgs,
 }
@@ -160,6 +165,10 @@ struct DecapArgs {
     /// Print a JSON report on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Drop frames whose GRE checksum does not verify (counted as malformed gre_checksum)
+    /// instead of writing them with a comment and counting them per source.
+    #[arg(long)]
+    strict_gre_checksum: bool,
     #[command(flatten)]
     ports: PortArgs,
 }
@@ -471,6 +480,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         inputs,
         decap: decap::Config {
             ports,
+            strict_gre_checksum: a.strict_gre_checksum,
             ..decap::Config::default()
         },
         api,
@@ -528,6 +538,7 @@ fn decap(args: DecapArgs) -> ExitCode {
         },
         config: decap::Config {
             ports: args.ports.ports(),
+            strict_gre_checksum: args.strict_gre_checksum,
             ..decap::Config::default()
         },
         ..DecapOptions::default()
@@ -610,6 +621,12 @@ fn print_table(r: &Report) {
     }
     if !t.malformed.is_empty() {
         println!("malformed: {}", join_counts(&t.malformed));
+    }
+    let bad_checksums: u64 = r.sources.iter().map(|s| s.gre_checksum_bad).sum();
+    if bad_checksums > 0 {
+        println!(
+            "bad GRE checksums: {bad_checksums} frames written with a comment (--strict-gre-checksum drops them)"
+        );
     }
     if t.defrag.fragments > 0 {
         println!(

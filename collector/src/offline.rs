@@ -82,6 +82,8 @@ pub struct SourceReport {
     pub duplicates: u64,
     pub reordered: u64,
     pub truncated: u64,
+    /// Frames written although their GRE checksum did not verify.
+    pub gre_checksum_bad: u64,
     pub sequence: SequenceMode,
     pub file: Option<String>,
 }
@@ -233,6 +235,7 @@ fn report(pipeline: &Pipeline, out: &Outputs, damage: BTreeMap<&'static str, u64
                 duplicates: seq.duplicates,
                 reordered: seq.reordered,
                 truncated: s.truncated,
+                gre_checksum_bad: s.gre_checksum_bad,
                 sequence: seq.mode,
                 file: out.file_of(i as SourceId).map(|p| p.display().to_string()),
             };
@@ -397,7 +400,7 @@ impl Outputs {
             direction: d.meta.direction,
             comment: None,
         };
-        if d.seq_event.is_none() && !d.meta.truncated {
+        if !d.has_comment() {
             // Nothing to say about an ordinary packet.
             self.write(d, &packet);
             return;

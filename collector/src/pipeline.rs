@@ -41,17 +41,34 @@ pub struct Delivery<'a> {
 }
 
 impl Delivery<'_> {
+    /// Whether [`Delivery::comment`] has anything to say.
+    #[inline]
+    pub fn has_comment(&self) -> bool {
+        self.seq_event.is_some() || self.meta.truncated || self.meta.gre_checksum_bad
+    }
+
     /// The capture-file comment this packet deserves: a sequence gap or restart before it,
-    /// or the sender's truncation. Appends to `out`; nothing for an ordinary packet.
+    /// the sender's truncation, a GRE checksum that did not verify. Appends to `out`; nothing
+    /// for an ordinary packet.
     pub fn comment(&self, out: &mut String) {
         if let Some(ev) = self.seq_event {
             out.push_str(&ev.comment());
         }
-        if self.meta.truncated {
+        let notes = [
+            (
+                self.meta.truncated,
+                "tapwire: truncated by the sender (ERSPAN T bit)",
+            ),
+            (
+                self.meta.gre_checksum_bad,
+                "tapwire: GRE checksum does not verify (frame kept as received)",
+            ),
+        ];
+        for (_, note) in notes.iter().filter(|(on, _)| *on) {
             if !out.is_empty() {
                 out.push_str("; ");
             }
-            out.push_str("tapwire: truncated by the sender (ERSPAN T bit)");
+            out.push_str(note);
         }
     }
 }
@@ -91,6 +108,11 @@ impl Pipeline {
         self.decap.pending_datagrams()
     }
 
+    /// Drops incomplete outer datagrams older than the reassembly timeout.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.decap.expire(now_ns);
+    }
+
     /// A link-layer frame from a capture file or an AF_PACKET ring.
     #[inline]
     pub fn link<'a>(
@@ -114,7 +136,7 @@ impl Pipeline {
     /// A GRE packet from a raw IPv6 socket, sent by `src`.
     pub fn gre<'a>(&'a mut self, src: IpAddr, data: &'a [u8], ts_ns: u64) -> Option<Delivery<'a>> {
         self.totals.packets_read += 1;
-        let outcome = decap::decap_gre(src, data);
+        let outcome = self.decap.decap_gre(src, data);
         account(&mut self.demux, &mut self.totals, outcome, ts_ns)
     }
 

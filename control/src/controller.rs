@@ -104,6 +104,11 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether probes can send to `ip`: a unicast address.
+pub fn advertisable(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast()
+}
+
 /// Where the first admin token is written: beside the database.
 pub fn bootstrap_token_path(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -344,14 +349,23 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
-    /// A stored flow as its probe runs it.
+    /// A stored flow as its probe runs it. The collector address, session id and encapsulation
+    /// are not the flow's fields: a problem with them names where they come from.
     fn render(&self, f: &StoredFlow, s: &StoredSession) -> Result<FlowSpec, Refused> {
-        let collector = self.opts.advertise.ok_or_else(|| {
-            Refused::Conflict(
-                "the collector has no address for probes to send to: start it with --advertise ADDR"
-                    .into(),
-            )
-        })?;
+        let collector = match self.opts.advertise {
+            Some(ip) if advertisable(ip) => ip,
+            Some(ip) => {
+                return Err(Refused::Conflict(format!(
+                    "the collector advertises {ip} to probes, which is not a unicast address: restart it with --advertise ADDR"
+                )));
+            }
+            None => {
+                return Err(Refused::Conflict(
+                    "the collector has no address for probes to send to: start it with --advertise ADDR"
+                        .into(),
+                ));
+            }
+        };
         let mut fields: FlowFields = serde_json::from_value(f.spec.clone())
             .map_err(|e| Refused::BadRequest(e.to_string()))?;
         fields.name = Some(f.name.clone());
@@ -699,6 +713,17 @@ impl<E: Engine> Controller<E> {
             self.engine
                 .check_filter(f)
                 .map_err(|e| Refused::BadRequest(format!("filter {f:?}: {e}")))?;
+        }
+        // A rate is a whole number or text ("10k"); anything else would fail later, in terms of
+        // the probe's types rather than this field.
+        for (field, v) in [("rate_pps", &req.rate_pps), ("rate_bps", &req.rate_bps)] {
+            if let Some(v) = v
+                && !(v.is_u64() || v.is_string())
+            {
+                return Err(Refused::BadRequest(format!(
+                    "{field}: {v} is not a rate like 5000, \"100k\", \"1G\""
+                )));
+            }
         }
         let mut spec = serde_json::Map::new();
         spec.insert("interface".into(), json!(req.interface));

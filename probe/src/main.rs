@@ -215,6 +215,9 @@ fn controlled(cli: &Cli) -> ExitCode {
                 config::interval(v).map_err(|e| format!("--stats-interval: {e}"))?;
         }
         settings.user = cli.user.clone();
+        if let Some(u) = &settings.user {
+            privs::lookup_user(u).map_err(|e| format!("--user {u}: {e}"))?;
+        }
         let state = cli
             .state
             .clone()
@@ -301,6 +304,13 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
     }
     if cli.user.is_some() {
         config.settings.user = cli.user.clone();
+    }
+    if let Some(u) = &config.settings.user {
+        let flag = match (&cli.user, &cli.config) {
+            (None, Some(path)) => format!("{}: [probe] user", path.display()),
+            _ => "--user".to_string(),
+        };
+        privs::lookup_user(u).map_err(|e| format!("{flag} {u}: {e}"))?;
     }
     let mut collectors: Vec<IpAddr> = config.flows.iter().map(|f| f.collector).collect();
     collectors.sort();

@@ -88,6 +88,7 @@ fn source(
         duplicates: 0,
         reordered: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         sequence: Sequence::PerSource,
         drops: Drops::default(),
         first_seen: Some(rfc3339(STARTED_S + 2, 0)),
@@ -168,6 +169,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         written: edge_packets,
         lost: 17,
         truncated: 3,
+        gre_checksum_bad: 0,
         drops: Drops::default(),
         rates: Rates {
             pps_1s: a.rates.pps_1s + b.rates.pps_1s,
@@ -235,6 +237,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         written: v.packets,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: Drops::default(),
         rates: v.rates,
         last_seen: Some(now.clone()),
@@ -281,6 +284,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         written: 50_000,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: Drops {
             filter: 1234,
             ..Drops::default()
@@ -324,6 +328,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         written: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: l.drops,
         rates: l.rates,
         last_seen: Some(now.clone()),
@@ -363,6 +368,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         written: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: c.drops,
         rates: c.rates,
         last_seen: Some(now),
@@ -413,6 +419,7 @@ pub fn snapshot(t: u64) -> Snapshot {
                 pps_10s: pps,
                 bps_10s: bps,
             },
+            defrag: Default::default(),
         },
         inputs: vec![
             InputStats {

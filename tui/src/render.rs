@@ -734,6 +734,20 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         }
         lines.push(Line::from(spans));
     }
+    // Frames kept although their GRE checksum did not verify: a sender's quirk (Open vSwitch
+    // repeats one checksum) or damage on the way; only shown when it happened.
+    for src in s.sources.iter().take(max_sources) {
+        if src.gre_checksum_bad > 0 {
+            lines.push(Line::styled(
+                format!(
+                    "{}: {} bad GRE checksums (frames kept)",
+                    truncate_middle(&source_name(src), label_w),
+                    count(src.gre_checksum_bad)
+                ),
+                WARN,
+            ));
+        }
+    }
     if s.sources.len() > max_sources {
         lines.push(Line::styled(
             format!(

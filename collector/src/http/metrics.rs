@@ -65,6 +65,54 @@ pub fn prometheus(s: &Snapshot) -> String {
     for (k, n) in &s.totals.malformed {
         t.sample("tapwire_malformed_packets_total", &[("reason", k)], n);
     }
+    let d = &s.totals.defrag;
+    let defrag: [(&str, _, &str, u64); 5] = [
+        (
+            "tapwire_defrag_fragments_total",
+            Counter,
+            "Outer IP fragments received (AF_PACKET inputs).",
+            d.fragments,
+        ),
+        (
+            "tapwire_defrag_held_fragments_total",
+            Counter,
+            "Outer fragments held until the rest of their datagram arrived.",
+            d.held,
+        ),
+        (
+            "tapwire_defrag_reassembled_total",
+            Counter,
+            "Outer datagrams reassembled from fragments.",
+            d.reassembled,
+        ),
+        (
+            "tapwire_defrag_invalid_fragments_total",
+            Counter,
+            "Outer fragments refused (conflicting overlap, too large).",
+            d.invalid,
+        ),
+        (
+            "tapwire_defrag_pending_datagrams",
+            Gauge,
+            "Outer datagrams waiting for fragments now.",
+            d.pending_datagrams,
+        ),
+    ];
+    for (name, kind, help, v) in defrag {
+        t.family(name, kind, help).sample(name, &[], v);
+    }
+    t.family(
+        "tapwire_defrag_evicted_datagrams_total",
+        Counter,
+        "Incomplete outer datagrams dropped, by reason (timeout, memory bound).",
+    );
+    for (reason, n) in [("timeout", d.evicted_timeout), ("memory", d.evicted_memory)] {
+        t.sample(
+            "tapwire_defrag_evicted_datagrams_total",
+            &[("reason", reason)],
+            n,
+        );
+    }
     t.family(
         "tapwire_refused_packets_total",
         Counter,
@@ -76,7 +124,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         s.totals.refused.values().sum::<u64>(),
     );
 
-    let sessions: [Series<SessionStats>; 4] = [
+    let sessions: [Series<SessionStats>; 5] = [
         (
             "session_packets_total",
             "Mirrored packets received per session.",
@@ -96,6 +144,11 @@ pub fn prometheus(s: &Snapshot) -> String {
             "session_lost_packets_total",
             "Packets lost in transit, from sequence gaps.",
             |x| x.lost,
+        ),
+        (
+            "session_gre_checksum_bad_packets_total",
+            "Packets kept although their GRE checksum did not verify.",
+            |x| x.gre_checksum_bad,
         ),
     ];
     for (name, help, get) in sessions {

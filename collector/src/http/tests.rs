@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,16 @@ use crate::config::{CollectorConfig, Config, FilesConfig, SessionConfig, SourceM
 use crate::live::control_plane::{EngineLink, SystemClock};
 
 /// A controller on the database at `db` whose engine is the other end of `tx`.
-fn start(db: &std::path::Path, tx: Sender<Control>, max_pps: Option<u64>) -> Arc<Ctl> {
+fn start(
+    db: &std::path::Path,
+    tx: Sender<Control>,
+    max_pps: Option<u64>,
+    advertise: IpAddr,
+) -> Arc<Ctl> {
     Controller::start(
         ControllerOptions {
             db: db.to_path_buf(),
-            advertise: Some("10.0.0.1".parse().unwrap()),
+            advertise: Some(advertise),
             max_flows_per_probe: 2,
             max_pps_per_probe: max_pps,
             report_interval: Duration::from_secs(1),
@@ -94,6 +99,11 @@ fn file_config() -> Config {
 }
 
 fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
+    harness_advertising(tag, max_pps, "10.0.0.1".parse().unwrap())
+}
+
+/// A harness whose collector tells probes to send to `advertise`.
+fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Harness {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tapwire-ctl-{tag}-{}-{}",
@@ -125,7 +135,7 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         }
     });
     let db = dir.join("c.db");
-    let ctl = start(&db, tx.clone(), max_pps);
+    let ctl = start(&db, tx.clone(), max_pps, advertise);
     // The start-up Apply has been taken by the stand-in engine before any test counts.
     let t0 = Instant::now();
     while applied.lock().unwrap().is_empty() {
@@ -136,6 +146,12 @@ fn harness(tag: &str, max_pps: Option<u64>) -> Harness {
         .unwrap()
         .trim()
         .to_string();
+    // The database and the first admin token are the owner's alone.
+    for f in [db.clone(), bootstrap_token_path(&db)] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
     let state = ApiState {
         snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
             version: "t".into(),
@@ -803,7 +819,7 @@ async fn state_survives_a_restart_and_the_engine_gets_it_first() {
     let before = (h.ctl.sessions().unwrap(), h.ctl.flows().unwrap().len());
     // A second controller on the same database (the first's connection is still open: WAL).
     let (tx, rx) = crossbeam_channel::unbounded();
-    let again = start(&h.dir.join("c.db"), tx, None);
+    let again = start(&h.dir.join("c.db"), tx, None, "10.0.0.1".parse().unwrap());
     assert_eq!(again.sessions().unwrap(), before.0);
     assert_eq!(again.flows().unwrap().len(), before.1);
     // The sessions are queued for the engine before it runs.
@@ -935,4 +951,43 @@ async fn the_collectors_own_terminal_acts_like_an_audited_operator() {
         )),
         "{audit:?}"
     );
+}
+
+/// Fields the controller fills in are not the flow's: a flow refused for them names the
+/// collector's flag, not a `collector` field FlowCreate does not have; a rate of the wrong JSON
+/// type names its field, not a Rust type.
+#[tokio::test]
+async fn flow_errors_name_what_the_caller_can_change() {
+    let h = harness_advertising("advertise", None, "0.0.0.0".parse().unwrap());
+    h.admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
+        .await;
+    let flow = r#"{"probe":"h1","name":"vm1","interface":"tap1","session":"web"}"#;
+    let (s, v) = h.admin("POST", "/api/v1/flows", Some(flow)).await;
+    let m = v["message"].as_str().unwrap_or_default();
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        m.contains("--advertise") && !m.contains("collector 0.0.0.0"),
+        "{m}"
+    );
+
+    let h = harness("rate-type", None);
+    h.admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
+        .await;
+    for (field, value) in [
+        ("rate_pps", "-1"),
+        ("rate_bps", "1.5"),
+        ("rate_pps", "true"),
+    ] {
+        let body = format!(
+            r#"{{"probe":"h1","name":"vm1","interface":"tap1","session":"web","{field}":{value}}}"#
+        );
+        let (s, v) = h.admin("POST", "/api/v1/flows", Some(&body)).await;
+        let m = v["message"].as_str().unwrap_or_default();
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(
+            m.starts_with(&format!("{field}: {value} is not")) && !m.contains("NumOrText"),
+            "{body}: {m}"
+        );
+    }
+    assert!(h.ctl.flows().unwrap().is_empty());
 }

@@ -307,6 +307,8 @@ impl Engine {
             if now >= next_tick {
                 next_tick = now + 100_000_000;
                 self.core.tick(now);
+                // Incomplete outer datagrams time out even when no fragment follows them.
+                self.pipeline.expire(now);
             }
             if now >= next_snapshot {
                 next_snapshot = now + 1_000_000_000;
@@ -798,13 +800,14 @@ impl Core {
         let mut drops = api::Drops::default();
         for (s, g) in self.sessions.iter_mut().zip(self.router.sessions()) {
             let mut sources = Vec::with_capacity(g.sources.len());
-            let (mut lost, mut truncated) = (0, 0);
+            let (mut lost, mut truncated, mut gre_checksum_bad) = (0, 0, 0);
             for &id in &g.sources {
                 let src = demux.source(id);
                 let st = &mut self.sources[id as usize];
                 let seq = demux.sequence(id);
                 lost += seq.lost;
                 truncated += src.truncated;
+                gre_checksum_bad += src.gre_checksum_bad;
                 sources.push(api::SourceStats {
                     src: src.key.src.to_string(),
                     kind: src.key.kind.to_string(),
@@ -816,6 +819,7 @@ impl Core {
                     duplicates: seq.duplicates,
                     reordered: seq.reordered,
                     truncated: src.truncated,
+                    gre_checksum_bad: src.gre_checksum_bad,
                     sequence: match seq.mode {
                         SequenceMode::None => api::Sequence::None,
                         SequenceMode::PerSource => api::Sequence::PerSource,
@@ -856,6 +860,7 @@ impl Core {
                 written: s.written,
                 lost,
                 truncated,
+                gre_checksum_bad,
                 drops: s.drops,
                 rates: s.history.push(now, s.packets, s.bytes),
                 last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
@@ -915,6 +920,7 @@ impl Core {
         if t.source_table_full > 0 {
             malformed.insert("source_table_full".into(), t.source_table_full);
         }
+        let d = pipeline.defrag_stats();
         api::Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started: rfc3339_ns(self.started_ns),
@@ -936,6 +942,15 @@ impl Core {
                 refused,
                 sources: demux.len() as u64,
                 rates: self.totals_history.push(now, packets, bytes),
+                defrag: api::Defrag {
+                    fragments: d.fragments,
+                    held: t.held_fragments,
+                    reassembled: d.reassembled,
+                    evicted_timeout: d.evicted_timeout,
+                    evicted_memory: d.evicted_memory,
+                    invalid: d.invalid,
+                    pending_datagrams: pipeline.pending_datagrams() as u64,
+                },
             },
             inputs,
             sessions,

@@ -4,7 +4,8 @@
 //! has. Opening applies the missing ones, each in its own transaction together with the new
 //! `user_version`, and refuses a database newer than this binary.
 
-use std::path::Path;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -72,17 +73,68 @@ pub const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// The database's mode: it holds token hashes, which no other local user may read.
+pub const DB_MODE: u32 = 0o600;
+
+/// Creates the database file with [`DB_MODE`] when it does not exist (SQLite gives its -wal
+/// and -shm files the database's mode), and takes group and other access away from an
+/// existing one and its -wal and -shm files, with a warning: earlier versions made them 0644.
+fn restrict_files(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_MODE)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                source: source.into(),
+            });
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        let tight = mode & 0o700;
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(tight)) {
+            Ok(()) => tracing::warn!(
+                path = %file.display(),
+                "the control database was readable by other local users (mode {mode:04o}, token hashes): now {tight:04o}"
+            ),
+            Err(e) => tracing::warn!(
+                path = %file.display(),
+                error = %e,
+                "the control database is readable by other local users (mode {mode:04o}, token hashes) and could not be restricted: chmod 600 it"
+            ),
+        }
+    }
+    Ok(())
+}
+
 pub struct SqliteStore {
     conn: Connection,
 }
 
 impl SqliteStore {
-    /// Opens (creating) the database at `path` and brings its schema up to date.
+    /// Opens (creating) the database at `path` and brings its schema up to date. The file and
+    /// its -wal and -shm files are its owner's alone ([`restrict_files`]).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let open = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
             source: source.into(),
         };
+        restrict_files(path)?;
         let mut conn = Connection::open(path).map_err(open)?;
         // WAL: readers (and `tapwire token create --db` while the collector runs) do not block
         // the writer; busy_timeout: a second writer waits instead of failing.
@@ -530,6 +582,45 @@ impl Transaction for SqliteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_files_are_the_owners_alone() {
+        let dir = std::env::temp_dir().join(format!("tapwire-store-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let side = |db: &Path, suffix: &str| {
+            let mut n = db.as_os_str().to_owned();
+            n.push(suffix);
+            PathBuf::from(n)
+        };
+        // A new database: created 0600, and SQLite makes its -wal and -shm files alike.
+        let db = dir.join("new.db");
+        let s = SqliteStore::open(&db).expect("create");
+        for f in [db.clone(), side(&db, "-wal"), side(&db, "-shm")] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        drop(s);
+        // One an earlier version left readable by everyone (its -wal and -shm too): tightened.
+        let old = dir.join("old.db");
+        drop(SqliteStore::open(&old).expect("create"));
+        let keep_wal = Connection::open(&old).expect("second connection");
+        keep_wal
+            .pragma_update(None, "journal_mode", "WAL")
+            .expect("wal");
+        for f in [old.clone(), side(&old, "-wal"), side(&old, "-shm")] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let s = SqliteStore::open(&old).expect("reopen");
+        for f in [old.clone(), side(&old, "-wal"), side(&old, "-shm")] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        drop((s, keep_wal));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn migrations_run_once_in_order_and_a_newer_database_is_refused() {
