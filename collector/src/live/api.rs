@@ -491,6 +491,20 @@ pub fn prometheus(s: &Snapshot) -> String {
     }
     header(
         &mut out,
+        "session_pending_packets",
+        "gauge",
+        "Packets accepted for a session's file and not yet on disk.",
+    );
+    for x in &s.sessions {
+        let _ = writeln!(
+            out,
+            "tapwire_session_pending_packets{{session=\"{}\"}} {}",
+            esc(&x.name),
+            x.pending
+        );
+    }
+    header(
+        &mut out,
         "session_lost_packets_total",
         "counter",
         "Packets lost in transit, from sequence gaps.",
@@ -515,6 +529,7 @@ pub fn prometheus(s: &Snapshot) -> String {
             ("disabled", d.disabled),
             ("filter", d.filter),
             ("disk_guard", d.disk_guard),
+            ("disk_full", d.disk_full),
             ("write_error", d.write_error),
             ("backlog", d.backlog),
         ] {
