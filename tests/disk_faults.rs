@@ -34,33 +34,35 @@ fn a_full_disk_leaves_every_file_readable_and_every_packet_counted() {
     let mut lab = Lab::new("disk-full");
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
-    // 16 MiB: the default guard is 5 % (0.8 MiB), less than one 1 MiB buffer, so cutting a
-    // failed write back could lift a guard without hysteresis.
+    // 16 MiB: the default guard is 5 % (0.8 MiB), less than one 1 MiB buffer: a buffer that
+    // finds the disk full is cut back, and what that frees could lift a guard without
+    // hysteresis.
     let out = lab.mount_tmpfs("16m");
     let (total, _) = space(&out);
     let guard = total / 20;
-    // Leave half a MiB above the guard: the first second's buffers of nine sessions (~4 MB)
-    // do not fit, and most of the files' first writes fail.
+    // Leave 0.1 MiB above the guard: the nine sessions' first buffers (up to 1 MiB each) do
+    // not fit, and most of the files' first writes fail.
     let filler = out.join("filler");
     let (_, free) = space(&out);
     run_ok(
         Command::new("fallocate")
-            .args(["-l", &(free - guard - MIB / 2).to_string()])
+            .args(["-l", &(free - guard - MIB / 10).to_string()])
             .arg(&filler),
     );
     let mut c = Collector::start(&lab, &col, &out, &[]);
 
-    // Nine sources of every encapsulation, 1400-byte frames, 3000 pps for 1.2 s.
+    // Nine sources of every encapsulation, 1400-byte frames, 8000 pps for 0.9 s: 1.2 MB a
+    // second per session, so buffers go out full (1 MiB).
     let fill = MirrorSend {
         families: "4".into(),
-        count: 400,
+        count: 800,
         size: 1400,
         ..MirrorSend::default()
     };
     let fill_pcap = lab.dir().join("fill.pcap");
     let fill_sent = senders::send_mirror(&lab, &snd, &fill, &fill_pcap, true);
     assert_eq!(fill_sent.sources.len(), 9, "{:?}", fill_sent.sources);
-    senders::tcpreplay(&lab, &snd, "snd0", &fill_pcap, 3000);
+    senders::tcpreplay(&lab, &snd, "snd0", &fill_pcap, 8000);
     let full = settle(&c, fill_sent.total());
     eprintln!("disk full: {}", summary(&full));
     assert_accounted(&c, &full);
@@ -81,6 +83,31 @@ fn a_full_disk_leaves_every_file_readable_and_every_packet_counted() {
         }
     }
 
+    // Still full: what the cut-backs freed does not lift the guard, checked every 0.5 s.
+    // Packets now are held (`disk_guard`), neither written nor failed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = MirrorSend {
+        count: 20,
+        start: 50_000,
+        ..fill.clone()
+    };
+    let held_pcap = lab.dir().join("held.pcap");
+    let held_sent = senders::send_mirror(&lab, &snd, &held, &held_pcap, true);
+    senders::tcpreplay(&lab, &snd, "snd0", &held_pcap, 1000);
+    let still = settle(&c, fill_sent.total() + held_sent.total());
+    eprintln!("still full: {}", summary(&still));
+    for (a, b) in sessions(&full).iter().zip(sessions(&still)) {
+        let name = &b["name"];
+        let n = |s: &Value, k: &str| s["drops"][k].as_u64().unwrap();
+        assert_eq!(
+            b["written"], a["written"],
+            "{name}: written while full: {b}"
+        );
+        assert_eq!(n(&b, "disk_full"), n(a, "disk_full"), "{name}: {b}");
+        assert_eq!(n(&b, "disk_guard") - n(a, "disk_guard"), 20, "{name}: {b}");
+    }
+    let full = still;
+
     // Space returns; the guard lets writing go on within its 0.5 s check.
     std::fs::remove_file(&filler).unwrap();
     std::thread::sleep(Duration::from_millis(2000));
@@ -92,7 +119,10 @@ fn a_full_disk_leaves_every_file_readable_and_every_packet_counted() {
     let more_pcap = lab.dir().join("more.pcap");
     let more_sent = senders::send_mirror(&lab, &snd, &more, &more_pcap, true);
     senders::tcpreplay(&lab, &snd, "snd0", &more_pcap, 1000);
-    let after = settle(&c, fill_sent.total() + more_sent.total());
+    let after = settle(
+        &c,
+        fill_sent.total() + held_sent.total() + more_sent.total(),
+    );
     eprintln!("after freeing: {}", summary(&after));
     assert_accounted(&c, &after);
     for (a, b) in sessions(&full).iter().zip(sessions(&after)) {
