@@ -474,7 +474,8 @@ fn more_sessions_than_file_descriptors_are_written_and_the_api_answers() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(5));
+    c.wait_for_packets(&sent.sources, Duration::from_secs(5));
+    let api = c.wait_written(Duration::from_secs(5));
     let written: u64 = api["sessions"]
         .as_array()
         .unwrap()
@@ -666,8 +667,9 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     );
     let expected = oracle_of(&sent);
 
-    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     let t_end = now_ns();
+    let api = c.wait_written(Duration::from_secs(5));
     assert_api_matches(&api, &sent.sources);
     assert_sessions_and_metrics(&c, &api, &expected);
     // Files are flushed at least once per second while the collector runs: 1.5 s after the API
@@ -1273,14 +1275,14 @@ fn full_disk_is_counted_and_writing_resumes_after_space_is_freed() {
     c.stop("TERM", STOP_WITHIN);
 }
 
-/// disk_guard + write_error drops over every session.
+/// disk_guard + disk_full + write_error drops over every session.
 fn disk_drops(api: &Value) -> u64 {
     api["sessions"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|s| {
-            ["disk_guard", "write_error"]
+            ["disk_guard", "disk_full", "write_error"]
                 .iter()
                 .map(|k| s["drops"][k].as_u64().unwrap_or(0))
                 .sum::<u64>()

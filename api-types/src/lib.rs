@@ -37,7 +37,10 @@ pub struct Drops {
     pub filter: u64,
     /// The minimum-free-disk guard was holding writes.
     pub disk_guard: u64,
-    /// The output could not be opened or written (directory gone, disk full).
+    /// Encoded, but the file system was full when their buffer was written.
+    #[serde(default)]
+    pub disk_full: u64,
+    /// The output could not be opened or written (directory gone, read-only, not a directory).
     pub write_error: u64,
     /// The disk thread was too far behind; buffered data would have exceeded the bound.
     pub backlog: u64,
@@ -50,6 +53,7 @@ impl Drops {
         self.disabled
             + self.filter
             + self.disk_guard
+            + self.disk_full
             + self.write_error
             + self.backlog
             + self.no_session
@@ -145,8 +149,12 @@ pub struct SessionStats {
     pub filter: Option<String>,
     pub packets: u64,
     pub bytes: u64,
-    /// Packets written (after the filter and drops).
+    /// Packets on disk: counted when the disk thread has written the block holding them.
     pub written: u64,
+    /// Packets accepted for the session's file but not yet on disk (buffered, or queued for
+    /// the disk thread). `packets = written + pending + drops.total()`.
+    #[serde(default)]
+    pub pending: u64,
     pub lost: u64,
     pub truncated: u64,
     /// Over the session's sources: frames kept although their GRE checksum did not verify.
@@ -209,6 +217,8 @@ pub struct Totals {
     pub packets: u64,
     pub decapsulated: u64,
     pub written: u64,
+    #[serde(default)]
+    pub pending: u64,
     pub lost: u64,
     pub kernel_drops: u64,
     pub queue_drops: u64,

@@ -161,6 +161,27 @@ impl<'l> Collector<'l> {
         last
     }
 
+    /// Polls the API until no session has packets pending (encoded for a file but not yet
+    /// reported written or lost by the disk thread, which happens at least once a second), so
+    /// that `written` and the drops are final for what was received; returns the last answer.
+    pub fn wait_written(&self, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let done = poll_until(timeout, || {
+            last = self.sessions();
+            last["sessions"]
+                .as_array()?
+                .iter()
+                .all(|s| s["pending"].as_u64() == Some(0))
+                .then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "packets still pending after {timeout:?}: {last}\n{}",
+            self.proc.stderr()
+        );
+        last
+    }
+
     /// SIGTERM (or `signal`), then it must exit successfully within `within`.
     pub fn stop(&mut self, signal: &str, within: Duration) {
         self.proc.signal(signal);

@@ -440,7 +440,7 @@ fn flag(n: u64, style: Style) -> Style {
 /// Drops that lose data the operator wanted (disk, write errors, backlog), as opposed to
 /// drops by policy (disabled, filter, no session).
 fn loss_drops(d: &Drops) -> u64 {
-    d.disk_guard + d.write_error + d.backlog
+    d.disk_guard + d.disk_full + d.write_error + d.backlog
 }
 
 fn drop_style(d: &Drops) -> Style {
@@ -667,6 +667,7 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ("disabled", d.disabled, false),
         ("filter", d.filter, false),
         ("disk-guard", d.disk_guard, true),
+        ("disk-full", d.disk_full, true),
         ("write-error", d.write_error, true),
         ("backlog", d.backlog, true),
     ] {

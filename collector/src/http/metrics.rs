@@ -159,6 +159,18 @@ pub fn prometheus(s: &Snapshot) -> String {
         }
     }
     t.family(
+        "tapwire_session_pending_packets",
+        Gauge,
+        "Packets accepted for a session's file and not yet on disk.",
+    );
+    for x in &s.sessions {
+        t.sample(
+            "tapwire_session_pending_packets",
+            &[("session", &x.name)],
+            x.pending,
+        );
+    }
+    t.family(
         "tapwire_session_dropped_packets_total",
         Counter,
         "Packets tapwire did not write, by reason.",
@@ -169,6 +181,7 @@ pub fn prometheus(s: &Snapshot) -> String {
             ("disabled", d.disabled),
             ("filter", d.filter),
             ("disk_guard", d.disk_guard),
+            ("disk_full", d.disk_full),
             ("write_error", d.write_error),
             ("backlog", d.backlog),
         ] {

@@ -21,7 +21,7 @@ use tapwire_formats::capture::{LinkType, PacketInfo};
 use tapwire_formats::decap::Kind;
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
-use super::io::{self, Event, FileId, Shared};
+use super::io::{self, Event, FileId, Loss, Shared, Tally};
 use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_name};
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
@@ -134,7 +134,10 @@ struct Session {
     output: Option<FileOutput>,
     packets: u64,
     bytes: u64,
+    /// Packets the disk thread reported on disk.
     written: u64,
+    /// Packets encoded for a file whose buffer the disk thread has not reported on yet.
+    pending: u64,
     drops: api::Drops,
     last_seen_ns: u64,
     history: History,
@@ -191,6 +194,7 @@ impl Session {
             packets: 0,
             bytes: 0,
             written: 0,
+            pending: 0,
             drops: api::Drops::default(),
             last_seen_ns: 0,
             history: History::default(),
@@ -334,7 +338,16 @@ impl Engine {
             self.core
                 .with_output(i, |out, ctx| out.finish(ctx, RotateReason::Shutdown, now));
         }
-        self.publish(now);
+        // The last buffers' reports, so that the final snapshot counts them written or lost;
+        // the disk thread writes them now in any case.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self.core.sessions.iter().any(|s| s.pending > 0) {
+            match events.recv_deadline(deadline) {
+                Ok(e) => self.core.event(e, now_ns()),
+                Err(_) => break,
+            }
+        }
+        self.publish(now_ns());
     }
 
     /// One batch from an input; `now` is read once for all of it.
@@ -474,6 +487,7 @@ impl Engine {
                     n.packets = s.packets;
                     n.bytes = s.bytes;
                     n.written = s.written;
+                    n.pending = s.pending;
                     n.drops = s.drops;
                     n.last_seen_ns = s.last_seen_ns;
                     n.history = s.history;
@@ -670,7 +684,7 @@ impl Core {
             flush_bytes: self.flush_bytes,
         };
         match out.write(&mut ctx, d.source, &d.key, d.link, &packet, now) {
-            Ok(()) => s.written += 1,
+            Ok(()) => s.pending += 1,
             Err(Refusal::DiskGuard) => {
                 s.drops.disk_guard += 1;
                 st.drops.disk_guard += 1;
@@ -686,52 +700,92 @@ impl Core {
         }
     }
 
+    /// What the disk thread did. Events are routed by session name: a session reconfigured
+    /// in the meantime is the same session, and counts its old file's packets.
     fn event(&mut self, e: Event, now: u64) {
-        let find = |sessions: &[Session], id: FileId| {
-            sessions
-                .iter()
-                .position(|s| s.output.as_ref().is_some_and(|o| o.owns(id)))
-        };
         match e {
-            Event::Opened { file, path } => {
-                if let Some(i) = find(&self.sessions, file)
-                    && let Some(out) = self.sessions[i].output.as_mut()
-                {
+            Event::Opened {
+                session,
+                file,
+                path,
+            } => {
+                if let Some(out) = self.output_of(&session) {
                     out.opened(file, path);
                 }
             }
-            Event::OpenFailed { file, error } => {
-                if let Some(i) = find(&self.sessions, file) {
-                    let s = &mut self.sessions[i];
-                    tracing::warn!(session = s.name, error, "output unavailable");
-                    if let Some(out) = s.output.as_mut() {
-                        out.open_failed(file, error, now);
-                    }
-                }
-                // Records already encoded for it come back as failed writes and are counted then.
-            }
-            Event::WriteFailed {
+            Event::OpenFailed {
+                session,
                 file,
-                packets,
                 error,
             } => {
-                // The file may already be finished: charge the session that owned it if known.
-                let i = find(&self.sessions, file);
-                if let Some(i) = i {
+                // Records handed over for it come back as failed writes and are counted then;
+                // those still in its buffer are counted here.
+                let Some(i) = self.router.index(&session) else {
+                    return;
+                };
+                let s = &mut self.sessions[i];
+                tracing::warn!(session = s.name, error, "output unavailable");
+                let lost = s
+                    .output
+                    .as_mut()
+                    .map(|out| out.open_failed(file, error, now))
+                    .unwrap_or_default();
+                self.lost(Some(i), &lost, Loss::WriteError);
+            }
+            Event::Written {
+                session,
+                file,
+                tally,
+            } => {
+                if let Some(i) = self.router.index(&session) {
                     let s = &mut self.sessions[i];
-                    s.drops.write_error += packets;
-                    s.written = s.written.saturating_sub(packets);
+                    let n = packets(&tally);
+                    s.written += n;
+                    s.pending = s.pending.saturating_sub(n);
                     if let Some(out) = s.output.as_mut() {
-                        out.write_failed(error);
+                        out.written(file);
                     }
                 }
             }
-            Event::Vanished { file } => {
-                if let Some(i) = find(&self.sessions, file) {
+            Event::WriteFailed {
+                session,
+                file,
+                tally,
+                loss,
+                error,
+            } => {
+                let i = self.router.index(&session);
+                if let Some(out) = i.and_then(|i| self.sessions[i].output.as_mut()) {
+                    out.write_failed(file, loss, error, now);
+                }
+                self.lost(i, &tally, loss);
+            }
+            Event::Vanished { session, file } => {
+                if let Some(i) = self.router.index(&session) {
                     self.with_output(i, |out, ctx| out.vanished(ctx, file, now));
                 }
             }
             Event::Closed { .. } => {}
+        }
+    }
+
+    fn output_of(&mut self, session: &str) -> Option<&mut FileOutput> {
+        let i = self.router.index(session)?;
+        self.sessions[i].output.as_mut()
+    }
+
+    /// Counts pending packets that were not written as dropped, per source and for session
+    /// `si` (if it still exists).
+    fn lost(&mut self, si: Option<usize>, tally: &Tally, loss: Loss) {
+        for &(src, n) in tally {
+            if let Some(st) = self.sources.get_mut(src as usize) {
+                count_loss(&mut st.drops, loss, n);
+            }
+        }
+        if let Some(s) = si.map(|i| &mut self.sessions[i]) {
+            let n = packets(tally);
+            count_loss(&mut s.drops, loss, n);
+            s.pending = s.pending.saturating_sub(n);
         }
     }
 
@@ -744,14 +798,7 @@ impl Core {
             .max(1);
         self.flush_bytes = flush_threshold(open);
         for i in 0..self.sessions.len() {
-            self.with_output(i, |out, ctx| {
-                // An output error clears once the directory is usable again: the next packet
-                // tries to open a file.
-                if out.error.is_some() && !out.is_open() && !out.held() {
-                    out.error = None;
-                }
-                out.tick(ctx, now);
-            });
+            self.with_output(i, |out, ctx| out.tick(ctx, now));
         }
     }
 
@@ -796,7 +843,7 @@ impl Core {
     fn snapshot(&mut self, pipeline: &Pipeline, now: u64) -> api::Snapshot {
         let demux = pipeline.demux();
         let mut sessions = Vec::with_capacity(self.sessions.len());
-        let (mut total_lost, mut total_written) = (0, 0);
+        let (mut total_lost, mut total_written, mut total_pending) = (0, 0, 0);
         let mut drops = api::Drops::default();
         for (s, g) in self.sessions.iter_mut().zip(self.router.sessions()) {
             let mut sources = Vec::with_capacity(g.sources.len());
@@ -834,6 +881,7 @@ impl Core {
             }
             total_lost += lost;
             total_written += s.written;
+            total_pending += s.pending;
             add_drops(&mut drops, &s.drops);
             let error = s
                 .output
@@ -858,6 +906,7 @@ impl Core {
                 packets: s.packets,
                 bytes: s.bytes,
                 written: s.written,
+                pending: s.pending,
                 lost,
                 truncated,
                 gre_checksum_bad,
@@ -929,6 +978,7 @@ impl Core {
                 packets,
                 decapsulated: t.decapsulated,
                 written: total_written,
+                pending: total_pending,
                 lost: total_lost,
                 kernel_drops,
                 queue_drops: 0,
@@ -998,10 +1048,22 @@ fn seen(e: &mut api::ErspanSeen, d: &Delivery<'_>) {
     }
 }
 
+fn packets(tally: &Tally) -> u64 {
+    tally.iter().map(|t| t.1).sum()
+}
+
+fn count_loss(d: &mut api::Drops, loss: Loss, n: u64) {
+    match loss {
+        Loss::DiskFull => d.disk_full += n,
+        Loss::WriteError => d.write_error += n,
+    }
+}
+
 fn add_drops(a: &mut api::Drops, b: &api::Drops) {
     a.disabled += b.disabled;
     a.filter += b.filter;
     a.disk_guard += b.disk_guard;
+    a.disk_full += b.disk_full;
     a.write_error += b.write_error;
     a.backlog += b.backlog;
     a.no_session += b.no_session;
