@@ -288,6 +288,8 @@ impl Engine {
         while let Ok(c) = control.try_recv() {
             self.control(c, start);
         }
+        // Readers see the configured sessions from the start, not after the first second.
+        self.publish(start);
         let mut next_tick = start;
         let mut next_snapshot = start + 1_000_000_000;
         let mut next_trim = start + TRIM_NS;
@@ -305,7 +307,12 @@ impl Engine {
                 Some(Got::Batch(b)) => self.batch(b, now),
                 Some(Got::Event(e)) => self.core.event(e, now),
                 Some(Got::Buffer(b)) => self.core.recycle(b),
-                Some(Got::Control(c)) => self.control(c, now),
+                Some(Got::Control(c)) => {
+                    self.control(c, now);
+                    // A change shows in the API at once (its caller reads it back next); the
+                    // once-a-second samples behind the rates go on from here.
+                    next_snapshot = now;
+                }
                 None => {}
             }
             if now >= next_tick {
