@@ -6,6 +6,7 @@
 //! touch files.
 
 pub mod capfile;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod demux;
