@@ -152,6 +152,7 @@ struct DecapArgs {
     /// Write one pcapng with one interface per source instead.
     #[arg(long, conflicts_with = "out")]
     single: Option<PathBuf>,
+    /// File format of the output.
     #[arg(long, value_enum, default_value_t = FormatArg::Pcapng)]
     format: FormatArg,
     /// Timestamps to write: the input's, or the ERSPAN Type III header's where it is absolute.
@@ -189,6 +190,7 @@ impl PortArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
+    /// An interface per source, nanosecond timestamps, direction flags and comments.
     Pcapng,
     /// Classic pcap, microsecond timestamps.
     Pcap,
@@ -198,7 +200,9 @@ enum FormatArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum TimestampsArg {
+    /// The input's: the kernel's receive time (collect), the capture file's (decap).
     Input,
+    /// The ERSPAN Type III header's, where it is absolute; the input's otherwise.
     Erspan,
 }
 
