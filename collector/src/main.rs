@@ -15,6 +15,7 @@ use tapwire_collector::live::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
+use tapwire_netio::outln;
 use tapwire_tui::logs::LogBuffer;
 
 #[derive(Parser)]
@@ -552,7 +553,7 @@ fn decap(args: DecapArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("tapwire decap: {e}");
                 return ExitCode::FAILURE;
@@ -606,26 +607,29 @@ fn print_table(r: &Report) {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
     let t = &r.totals;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "read {} packets, decapsulated {} from {} sources",
         t.packets_read,
         t.decapsulated,
         r.sources.len()
     );
     if !t.not_mirror.is_empty() {
-        println!("not mirror traffic: {}", join_counts(&t.not_mirror));
+        outln!("not mirror traffic: {}", join_counts(&t.not_mirror));
     }
     if !t.malformed.is_empty() {
-        println!("malformed: {}", join_counts(&t.malformed));
+        outln!("malformed: {}", join_counts(&t.malformed));
     }
     if t.defrag.fragments > 0 {
-        println!(
+        outln!(
             "outer fragments: {} ({} datagrams reassembled, {} incomplete, {} invalid)",
-            t.defrag.fragments, t.defrag.reassembled, t.defrag.incomplete_at_end, t.defrag.invalid
+            t.defrag.fragments,
+            t.defrag.reassembled,
+            t.defrag.incomplete_at_end,
+            t.defrag.invalid
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The `tapwire-probe` command.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -469,7 +470,8 @@ fn run(
         let flows = manager.stats();
         for f in &flows {
             let before = prev.iter().find(|(n, _)| *n == f.name).map(|(_, c)| c);
-            eprintln!("{}", stats::line(f, before, secs));
+            // Not eprintln!: a daemon whose stderr went away keeps mirroring.
+            let _ = writeln!(std::io::stderr(), "{}", stats::line(f, before, secs));
         }
         *prev = flows.into_iter().map(|f| (f.name, f.counters)).collect();
     };
@@ -519,7 +521,7 @@ fn run(
     tracing::info!("stopping");
     let stop_started = Instant::now();
     for f in manager.stop_all() {
-        eprintln!("{}", stats::line(&f, None, 0.0));
+        let _ = writeln!(std::io::stderr(), "{}", stats::line(&f, None, 0.0));
     }
     tracing::info!(
         took_ms = stop_started.elapsed().as_millis() as u64,
