@@ -13,9 +13,11 @@
 //!   makes is inside namespaces named `tw-<name>-<role>` and every process it starts is
 //!   recorded under `/run/tapwire-lab/<name>/`, so `down` removes it all, also after `up`
 //!   crashed half-way.
-//! - [`sys`] and [`ovs`]: the commands that touch the system.
+//! - [`sys`] and [`ovs`]: the commands that touch the system; [`keeper`]: the parent of every
+//!   process of a lab, which reaps each as it ends.
 
 pub mod down;
+pub mod keeper;
 pub mod ovs;
 pub mod plan;
 pub mod status;
@@ -46,6 +48,9 @@ pub enum LabCommand {
     Status(StatusArgs),
     /// Show the collector's UI of a running lab (`tapwire top` inside its namespace).
     Top(NameArg),
+    /// The lab's keeper, started by `up`: starts the lab's processes and reaps them.
+    #[command(hide = true)]
+    Keep,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -100,6 +105,7 @@ pub fn run(args: LabArgs) -> ExitCode {
         LabCommand::Down(a) => down::run(&a.name),
         LabCommand::Status(a) => status::run(&a.name.name, a.json),
         LabCommand::Top(a) => up::top(&a),
+        LabCommand::Keep => keeper::keep(),
     };
     match result {
         Ok(code) => code,
