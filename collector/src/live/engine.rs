@@ -26,8 +26,9 @@ use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_n
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
-use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
-use crate::demux::SequenceMode;
+use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
+use crate::demux::{SequenceMode, SourceId};
+use crate::filter::InnerFilter;
 use crate::offline::Timestamps;
 use crate::pipeline::{Delivery, Pipeline};
 use crate::router::{Gate, Router, Skip, Verdict};
@@ -61,6 +62,8 @@ pub struct Settings {
     pub default_files: FilesConfig,
     pub timestamps: Timestamps,
     pub config_path: Option<PathBuf>,
+    /// The command line's file flags, laid over `[defaults.files]` at every reload too.
+    pub file_flags: FileFlags,
     /// Auto-discovered sessions get a monitor interface `<prefix><n>`.
     pub tap_prefix: Option<String>,
     /// The allow-list came from the configuration file, so a reload replaces it.
@@ -439,18 +442,19 @@ impl Engine {
             tracing::info!("SIGHUP: no configuration file to reload");
             return;
         };
-        let config = match Config::load(&path).and_then(|file| {
-            crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
-        }) {
-            Ok((file, merged)) => {
-                self.core.file.store(Arc::new(file));
-                merged
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration refused; keeping the running one");
-                return;
-            }
-        };
+        let config =
+            match Config::load_with(&path, &self.core.settings.file_flags).and_then(|file| {
+                crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
+            }) {
+                Ok((file, merged)) => {
+                    self.core.file.store(Arc::new(file));
+                    merged
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration refused; keeping the running one");
+                    return;
+                }
+            };
         self.apply(config, now);
     }
 
