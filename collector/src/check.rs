@@ -7,8 +7,8 @@ use std::path::Path;
 
 use tapwire_formats::capture::Format;
 
+use crate::collect::CollectOptions;
 use crate::config::{FilesConfig, RotatePolicy, SessionConfig, SourceMatch};
-use crate::live::CollectOptions;
 use crate::offline::Timestamps;
 
 /// The whole report: inputs, collector settings, the files of auto-discovered sessions, then
