@@ -136,6 +136,10 @@ struct CollectArgs {
     /// Stop writing (and count drops) below this much free disk [default: min(256MiB, 5% of the disk)].
     #[arg(long, value_name = "SIZE")]
     min_free_disk: Option<String>,
+    /// Write no packet index (`<file>.twidx`) beside the capture files; `tapwire query` then
+    /// scans them.
+    #[arg(long)]
+    no_index: bool,
     /// Which time each packet is written with.
     #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
     timestamps: TimestampsArg,
@@ -475,6 +479,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         api,
         api_token: a.api_token.clone(),
         min_free_disk_bytes,
+        index: !a.no_index,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct CollectOptions {
     /// A second API listener for probes and remote clients (TLS when configured).
     pub listen: Option<http::Listen>,
     pub min_free_disk_bytes: Option<u64>,
+    /// Write a packet index beside each capture file.
+    pub index: bool,
 }
 
 /// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
@@ -117,7 +119,7 @@ where
     }
 
     io::raise_fd_limit();
-    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
+    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes, opts.index));
     let (io_tx, io_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
     let (buf_tx, buf_rx) = unbounded();
