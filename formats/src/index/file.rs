@@ -246,6 +246,8 @@ impl core::fmt::Display for Stop {
 pub struct Parsed {
     /// The records before the first damage.
     pub records: Vec<Record>,
+    /// Where each record ends in the file (bytes), in the order of `records`.
+    pub ends: Vec<usize>,
     /// Bytes of header and whole records read.
     pub valid_len: usize,
     /// Why reading stopped before the end, if it did.
@@ -315,6 +317,7 @@ pub fn parse(b: &[u8]) -> Parsed {
         };
         p.records.push(record);
         at += whole.len();
+        p.ends.push(at);
         p.valid_len = at;
     }
     p

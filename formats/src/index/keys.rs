@@ -127,9 +127,23 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(*b.get(at..)?.first_chunk::<4>()?))
 }
 
+/// An IPv6 address at `at`, or as many of its 32-bit words as the frame holds, the rest zero:
+/// libpcap's `net X/L` loads only the words its mask needs, so a frame cut inside an address
+/// can match a short prefix (a zero-padded address matches exactly the prefixes of the words
+/// present).
 #[inline]
 fn be128(b: &[u8], at: usize) -> Option<u128> {
-    Some(u128::from_be_bytes(*b.get(at..)?.first_chunk::<16>()?))
+    let have = b.get(at..)?;
+    if let Some(w) = have.first_chunk::<16>() {
+        return Some(u128::from_be_bytes(*w));
+    }
+    let words = have.len() / 4;
+    if words == 0 {
+        return None;
+    }
+    let mut a = [0u8; 16];
+    a[..4 * words].copy_from_slice(&have[..4 * words]);
+    Some(u128::from_be_bytes(a))
 }
 
 impl FrameKeys {

@@ -181,9 +181,8 @@ mod tests {
         assert_eq!(
             parse(&file::header()),
             Parsed {
-                records: Vec::new(),
                 valid_len: 16,
-                stop: None
+                ..Parsed::default()
             }
         );
         assert_eq!(sidecar_name("a.pcapng.gz"), "a.pcapng.twidx");
