@@ -42,6 +42,8 @@ pub struct CollectOptions {
     pub min_free_disk_bytes: Option<u64>,
     /// Write a packet index beside each capture file.
     pub index: bool,
+    /// `GET /api/v1/packets` refuses a query whose estimate exceeds this.
+    pub query_max_bytes: Option<u64>,
 }
 
 /// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
@@ -149,6 +151,7 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
+    let out_dir = opts.settings.out.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
         pipeline,
@@ -210,6 +213,10 @@ where
             ctl_tx,
             opts.api_token.clone(),
             controller,
+            Some(Arc::new(http::packets::QueryState::new(
+                out_dir,
+                opts.query_max_bytes,
+            ))),
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;
         tracing::info!(?local, tls, "API listening");

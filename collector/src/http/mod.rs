@@ -6,6 +6,7 @@
 //!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
 //! - `metrics`: `GET /metrics`, Prometheus text ([`prometheus`]), labels limited to session
 //!   names, reasons and inputs.
+//! - [`packets`]: `GET /api/v1/packets`, a query's pcapng streamed ([`crate::query`]).
 //! - `control`: the control plane's routes, each a [`tapwire_control::Controller`] operation.
 //! - `auth`: who is calling and whether they may: the `Authed` extractor, over one
 //!   `authenticate` function.
@@ -16,6 +17,7 @@
 mod auth;
 mod control;
 mod metrics;
+pub mod packets;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -51,6 +53,8 @@ pub(crate) struct ApiState {
     /// The control plane, when the collector runs with `--db`: every route then needs a token
     /// (a viewer's for reads; none for reads from localhost).
     pub(crate) controller: Option<Arc<Ctl>>,
+    /// Packet queries (`/api/v1/packets`), when served.
+    pub(crate) query: Option<Arc<packets::QueryState>>,
 }
 
 /// The client's address, from a plain or a TLS listener.
@@ -84,6 +88,7 @@ pub fn spawn(
     control: Sender<Control>,
     token: Option<String>,
     controller: Option<Arc<Ctl>>,
+    query: Option<Arc<packets::QueryState>>,
 ) -> std::io::Result<Vec<SocketAddr>> {
     let mut bound = Vec::new();
     for a in addr.iter().chain(listen.as_ref().map(|l| &l.addr)) {
@@ -101,6 +106,7 @@ pub fn spawn(
         control,
         token: token.map(Arc::from),
         controller,
+        query,
     };
     std::thread::Builder::new()
         .name("tapwire-api".into())
@@ -193,6 +199,7 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         "/api/v1/sessions/{name}/{action}",
         post(stats::action),
     )
+    .add("GET", "/api/v1/packets", get(packets::packets))
     .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
     .add("GET", "/metrics", get(metrics::metrics))
     .add("GET", "/api/v1/openapi.json", get(control::openapi));

@@ -164,6 +164,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
         control: tx,
         token: None,
         controller: Some(Arc::clone(&ctl)),
+        query: None,
     };
     Harness {
         app: router(state),
@@ -874,6 +875,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         }),
         snapshot,
         tx,
+        None,
         None,
         None,
     )
