@@ -147,6 +147,8 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
+    let config_path = opts.settings.config_path.clone();
+    let ctl_tx_reload = ctl_tx.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
         pipeline,
@@ -212,7 +214,9 @@ where
         .map_err(|e| StartError(format!("{what}: {e}")))?;
         tracing::info!(?local, tls, "API listening");
     }
-    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
+    let reloader = reloader(config_path, reload, stop.clone(), ctl_tx_reload)?;
+    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
+    let _ = reloader.join();
 
     let deadline = Instant::now() + Duration::from_millis(1800);
     let _ = io_tx.send(io::Cmd::Shutdown { deadline });
@@ -240,6 +244,39 @@ where
     }
     tracing::info!("stopped; files closed");
     Ok(())
+}
+
+/// The thread that reads the configuration file again on SIGHUP and hands it to the engine:
+/// reading it compiles its filters, which must not stall the engine.
+fn reloader(
+    path: Option<std::path::PathBuf>,
+    reload: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    control: Sender<engine::Control>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tapwire-reload".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if !reload.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(path) = &path else {
+                    tracing::info!("SIGHUP: no configuration file to reload");
+                    continue;
+                };
+                match Config::load(path) {
+                    Ok(file) => {
+                        let file = Box::new(file);
+                        let _ = control.send(engine::Control::Reload { file });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration refused; keeping the running one")
+                    }
+                }
+            }
+        })
 }
 
 /// Stops the collector when its UI thread ends, however it ends.

@@ -24,6 +24,7 @@ use tapwire_formats::decap::Kind;
 
 use super::*;
 use crate::config::{CollectorConfig, Config, FilesConfig, SessionConfig, SourceMatch, TapConfig};
+use crate::filter;
 use crate::live::control_plane::{EngineLink, SystemClock};
 
 /// A controller on the database at `db` whose engine is the other end of `tx`.
@@ -131,6 +132,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
                         Err(format!("no session named {session:?}"))
                     });
                 }
+                Control::Reload { .. } => {}
             }
         }
     });
@@ -174,6 +176,34 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
     }
 }
 
+/// One request into `app` from `peer`; the status and the body (JSON when it is).
+async fn send(
+    app: Router,
+    method: &str,
+    path: &str,
+    peer: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut req = req
+        .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+        .unwrap();
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(Peer(addr)));
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v)
+}
+
 impl Harness {
     async fn call(
         &self,
@@ -183,23 +213,7 @@ impl Harness {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut req = req
-            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
-            .unwrap();
-        let addr: SocketAddr = peer.parse().unwrap();
-        req.extensions_mut().insert(ConnectInfo(Peer(addr)));
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
-            .await
-            .unwrap();
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, v)
+        send(self.app.clone(), method, path, peer, token, body).await
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -826,7 +840,10 @@ async fn state_survives_a_restart_and_the_engine_gets_it_first() {
     match rx.try_recv() {
         Ok(Control::Apply { sessions, .. }) => {
             assert_eq!(sessions.len(), 1);
-            assert_eq!(sessions[0].filter.as_deref(), Some("tcp"));
+            assert_eq!(
+                sessions[0].filter.as_ref().map(crate::filter::Filter::expr),
+                Some("tcp")
+            );
             assert_eq!(
                 sessions[0].files.as_ref().and_then(|f| f.rotate.size_bytes),
                 Some(1 << 20)
@@ -990,4 +1007,135 @@ async fn flow_errors_name_what_the_caller_can_change() {
         );
     }
     assert!(h.ctl.flows().unwrap().is_empty());
+}
+
+/// `n` port ranges joined by `or` from `first` on: the costliest primitive to compile.
+fn portranges(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|p| format!("portrange {p}-{}", p + 4))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+#[tokio::test]
+async fn a_filter_over_a_limit_is_refused_with_400_naming_it_and_nothing_changes() {
+    let h = harness("filter-limit", None);
+    let (s, v) = h
+        .admin("POST", "/api/v1/sessions", Some(r#"{"name":"web"}"#))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let audited = h.audit_actions().len();
+    // 300 terms: libpcap would take seconds; the limit refuses it first.
+    let many = (1..=300)
+        .map(|p| format!("port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let long = format!("len > {}", "1".repeat(filter::MAX_FILTER_BYTES));
+    for (f, needle) in [
+        (&many, "300 terms: filters are limited to 64 terms"),
+        (&long, "filters are limited to 4096 bytes"),
+    ] {
+        let requests = [
+            (
+                "POST",
+                "/api/v1/sessions",
+                json!({"name": "big", "filter": f}),
+            ),
+            ("PATCH", "/api/v1/sessions/web", json!({ "filter": f })),
+            (
+                "PATCH",
+                "/api/v1/sessions/web",
+                json!({ "tap": { "name": "tw-web", "filter": f } }),
+            ),
+            (
+                "POST",
+                "/api/v1/flows",
+                json!({"probe": "h1", "name": "a", "interface": "tap1", "session": "web", "filter": f}),
+            ),
+        ];
+        for (method, path, body) in requests {
+            let t0 = Instant::now();
+            let (s, v) = h.admin(method, path, Some(&body.to_string())).await;
+            assert_eq!(s, 400, "{method} {path}: {v}");
+            let m = v["message"].as_str().unwrap();
+            assert!(m.contains(needle), "{method} {path}: {m}");
+            // A session's message names the filter by its start, not all of it.
+            if path.starts_with("/api/v1/sessions") {
+                assert!(m.len() < 400, "{method} {path}: {} bytes", m.len());
+            }
+            eprintln!("{method} {path}: refused in {:?}", t0.elapsed());
+        }
+    }
+    let (_, defs) = h.admin("GET", "/api/v1/definitions", None).await;
+    assert_eq!(defs.as_array().unwrap().len(), 1, "{defs}");
+    assert_eq!(defs[0]["filter"], Value::Null, "{defs}");
+    assert_eq!(h.audit_actions().len(), audited, "nothing audited");
+}
+
+#[tokio::test]
+async fn filters_compile_outside_the_database_lock_and_once_per_text() {
+    let h = harness("filter-lock", None);
+    for name in ["slow", "other"] {
+        let (s, v) = h
+            .admin(
+                "POST",
+                "/api/v1/sessions",
+                Some(&json!({ "name": name }).to_string()),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // 64 port ranges (the term limit) compile in a fraction of a second to a second; a text
+    // of this test's own, so that no other test compiled it first.
+    let slow = portranges(31_000, filter::MAX_FILTER_TERMS);
+    let patch = {
+        let (app, admin) = (h.app.clone(), h.admin.clone());
+        let body = json!({ "filter": slow }).to_string();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let got = send(
+                app,
+                "PATCH",
+                "/api/v1/sessions/slow",
+                REMOTE,
+                Some(&admin),
+                Some(&body),
+            )
+            .await;
+            (got, t0.elapsed())
+        })
+    };
+    // Reads take the database lock: none waits for the compilation.
+    let mut slowest_read = Duration::ZERO;
+    let mut reads = 0;
+    while !patch.is_finished() {
+        let t0 = Instant::now();
+        let (s, _) = h.admin("GET", "/api/v1/definitions", None).await;
+        assert_eq!(s, 200);
+        slowest_read = slowest_read.max(t0.elapsed());
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ((s, v), compiling) = patch.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert!(reads >= 3, "only {reads} reads during {compiling:?}");
+    assert!(
+        slowest_read * 3 < compiling,
+        "a read waited {slowest_read:?} while the filter compiled for {compiling:?}"
+    );
+    // Another session's change does not compile the unchanged filter again.
+    let t0 = Instant::now();
+    let (s, v) = h
+        .admin(
+            "PATCH",
+            "/api/v1/sessions/other",
+            Some(r#"{"enabled": false}"#),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let change = t0.elapsed();
+    assert!(
+        change * 3 < compiling,
+        "changing another session took {change:?}, compiling the filter {compiling:?}"
+    );
 }
