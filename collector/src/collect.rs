@@ -203,16 +203,37 @@ where
                 .join(" and ")
         );
         let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
-        let local = http::spawn(
+        if let Some(api) = opts.api
+            && !api.ip().to_canonical().is_loopback()
+            && controller.is_none()
+        {
+            // The flags allowed it: say what it means.
+            if opts.api_token.is_some() {
+                tracing::warn!(%api, "API reachable from other hosts: reads are open to anyone who reaches it; actions need the API token");
+            } else {
+                tracing::warn!(%api, "API reachable from other hosts without authentication (--allow-unauthenticated-api): anyone who reaches it reads the stats; actions only from localhost");
+            }
+        }
+        let nofile = crate::fds::limit();
+        let limits = http::serve::Limits::for_descriptor_limit(nofile);
+        let (local, _) = http::spawn(
             opts.api,
             opts.listen,
             snapshot.clone(),
             ctl_tx,
-            opts.api_token.clone(),
+            opts.api_token.as_deref().map(http::ApiToken::new),
             controller,
+            limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;
-        tracing::info!(?local, tls, "API listening");
+        tracing::info!(
+            ?local,
+            tls,
+            max_connections = limits.max_connections,
+            per_client = limits.max_per_client,
+            nofile,
+            "API listening"
+        );
     }
     let reloader = reloader(config_path, reload, stop.clone(), ctl_tx_reload)?;
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);

@@ -11,6 +11,7 @@ pub mod capfile;
 pub mod collect;
 pub mod config;
 pub mod demux;
+pub mod fds;
 pub mod filter;
 pub mod http;
 pub mod live;
