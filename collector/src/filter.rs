@@ -235,7 +235,7 @@ impl Compiler {
         let until = Instant::now() + self.deadline;
         let Some(slot) = self.slots.take(until) else {
             tracing::warn!(
-                filter = shown(expr),
+                filter = %shown(expr),
                 "filter refused: every compiler is busy"
             );
             return Err(FilterError::Busy);
@@ -249,7 +249,7 @@ impl Compiler {
                 let t0 = Instant::now();
                 let got = Programs::compile(&text).map(Arc::new);
                 tracing::debug!(
-                    filter = shown(&text),
+                    filter = %shown(&text),
                     ms = t0.elapsed().as_millis() as u64,
                     ok = got.is_ok(),
                     "filter compiled"
@@ -266,7 +266,7 @@ impl Compiler {
             Ok(got) => got,
             Err(_) => {
                 tracing::warn!(
-                    filter = shown(expr),
+                    filter = %shown(expr),
                     limit_ms = self.deadline.as_millis() as u64,
                     "filter refused: it compiles too slowly"
                 );
