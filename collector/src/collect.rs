@@ -148,6 +148,7 @@ where
 
     let default_files = opts.settings.default_files.clone();
     let config_path = opts.settings.config_path.clone();
+    let file_flags = opts.settings.file_flags.clone();
     let ctl_tx_reload = ctl_tx.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
@@ -235,7 +236,7 @@ where
             "API listening"
         );
     }
-    let reloader = reloader(config_path, reload, stop.clone(), ctl_tx_reload)?;
+    let reloader = reloader(config_path, file_flags, reload, stop.clone(), ctl_tx_reload)?;
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
     let _ = reloader.join();
 
@@ -268,9 +269,11 @@ where
 }
 
 /// The thread that reads the configuration file again on SIGHUP and hands it to the engine:
-/// reading it compiles its filters, which must not stall the engine.
+/// reading it compiles its filters, which must not stall the engine. The command line's file
+/// flags are laid over `[defaults.files]` again.
 fn reloader(
     path: Option<std::path::PathBuf>,
+    file_flags: crate::config::FileFlags,
     reload: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     control: Sender<engine::Control>,
@@ -287,7 +290,7 @@ fn reloader(
                     tracing::info!("SIGHUP: no configuration file to reload");
                     continue;
                 };
-                match Config::load(path) {
+                match Config::load_with(path, &file_flags) {
                     Ok(file) => {
                         let file = Box::new(file);
                         let _ = control.send(engine::Control::Reload { file });
