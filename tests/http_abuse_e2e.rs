@@ -115,7 +115,10 @@ impl Topo {
             &self.col
         };
         let out = self.lab.exec(ns, &args);
-        (String::from_utf8_lossy(&out.stdout).into_owned(), t0.elapsed())
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            t0.elapsed(),
+        )
     }
 }
 
@@ -210,6 +213,23 @@ impl Held {
     }
 }
 
+/// The peers of the API connections the process `pid` holds now, as the server's sockets
+/// show them (`ss` in `ns`): established, on `--api` or `--listen`, with a descriptor of
+/// `pid` (connections in the accept queue or closed by the server are not its).
+fn server_peers(lab: &Lab, ns: &str, pid: u32) -> Vec<String> {
+    let filter = format!("( sport = :9750 or sport = :{LISTEN_PORT} )");
+    let out = lab.exec_ok(ns, &["ss", "-Htnp", "state", "established", &filter]);
+    let owner = format!("pid={pid},");
+    out.lines()
+        .filter(|l| l.contains(&owner))
+        .filter_map(|l| {
+            // Recv-Q Send-Q Local:Port Peer:Port Process
+            let peer = l.split_whitespace().nth(3)?;
+            Some(peer.rsplit_once(':')?.0.to_string())
+        })
+        .collect()
+}
+
 /// Descriptors the process `pid` holds.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -296,9 +316,16 @@ fn a_flood_of_idle_connections_leaves_the_api_answering_and_the_capture_whole() 
     );
     let t0 = Instant::now();
     let mut slowest = Duration::ZERO;
-    let (mut asked, mut most_fds) = (0, 0);
+    let (mut asked, mut most_fds, mut most_held, mut most_per_client) = (0, 0, 0, 0);
     let mut sent = None;
     while t0.elapsed() < Duration::from_secs_f64(hold_s - 1.0) {
+        let peers = server_peers(&t.lab, &t.col, pid);
+        most_held = most_held.max(peers.len());
+        let mut per_client = std::collections::HashMap::new();
+        for p in &peers {
+            *per_client.entry(p.as_str()).or_insert(0usize) += 1;
+        }
+        most_per_client = most_per_client.max(per_client.values().copied().max().unwrap_or(0));
         for over_tls in [false, true] {
             let (code, took) = t.health(over_tls);
             assert_eq!(
@@ -334,11 +361,22 @@ fn a_flood_of_idle_connections_leaves_the_api_answering_and_the_capture_whole() 
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
-        "health: {asked} answers during the flood, slowest {slowest:?}; descriptors {baseline} at rest, {most_fds} at most"
+        "health: {asked} answers during the flood, slowest {slowest:?}; descriptors {baseline} at rest, {most_fds} at most; API connections held at most {most_held}, {most_per_client} of one client"
+    );
+    // An evicted connection's socket is closed by its own task a moment after the new one is
+    // admitted: a few over the cap for that moment.
+    const EVICTING: usize = 8;
+    assert!(
+        most_fds <= baseline + API_MAX + EVICTING,
+        "the collector held {most_fds} descriptors ({baseline} before the flood)"
     );
     assert!(
-        most_fds <= baseline + API_MAX + 8,
-        "the collector held {most_fds} descriptors ({baseline} before the flood)"
+        most_held <= API_MAX + EVICTING,
+        "{most_held} connections held"
+    );
+    assert!(
+        most_per_client <= PER_CLIENT + EVICTING,
+        "{most_per_client} connections of one client held"
     );
     let plain = Held::of(plain, Duration::from_secs(30));
     let tls = Held::of(tls, Duration::from_secs(30));
@@ -356,20 +394,21 @@ fn a_flood_of_idle_connections_leaves_the_api_answering_and_the_capture_whole() 
             .join("\n")
     );
     assert_eq!(plain.connect_failed + tls.connect_failed, 0);
-    // Ten clients: at most the total cap at once; one client: at most its share.
-    assert!(plain.max_open() <= API_MAX + 2, "{}", plain.max_open());
-    assert!(tls.max_open() <= PER_CLIENT + 2, "{}", tls.max_open());
-    // Every connection was closed: to make room, or at its timeout, never later.
+    // Every connection was closed: to make room, or at its timeout, never later. (TLS ones
+    // may all have made room for later plain ones; the slowloris test times their handshake.)
     for (what, held, limit) in [("plain", &plain, IDLE_S), ("TLS", &tls, TLS_HANDSHAKE_S)] {
         let open = held.closed_after.iter().filter(|c| c.is_none()).count();
         assert_eq!(open, 0, "{what}: {open} connections never closed");
         let late = held.closed_late(limit - 1.0);
-        assert!(!late.is_empty(), "{what}: none lasted to its timeout");
         assert!(
             late.iter().all(|s| *s <= limit + LATE_S),
             "{what}: closed after {late:?} s, the timeout is {limit} s"
         );
     }
+    assert!(
+        !plain.closed_late(IDLE_S - 1.0).is_empty(),
+        "plain: none lasted to its timeout"
+    );
     let evicted = metrics
         .lines()
         .find(|l| l.starts_with("tapwire_api_connections_closed_total{reason=\"evicted\"}"))
@@ -504,7 +543,14 @@ fn a_300_term_filter_is_refused_at_once_and_unchanged_filters_are_compiled_once(
         let auth = format!("Authorization: Bearer {admin}");
         let url = format!("http://127.0.0.1:9750{path}");
         let mut args = vec!["curl", "-s", "-w", "\n%{http_code}", "--max-time", "60"];
-        args.extend(["-X", method, "-H", &auth, "-H", "content-type: application/json"]);
+        args.extend([
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+        ]);
         if !body.is_empty() {
             args.extend(["--data-binary", body]);
         }
@@ -535,13 +581,7 @@ fn a_300_term_filter_is_refused_at_once_and_unchanged_filters_are_compiled_once(
     };
     let (sent, refused) = std::thread::scope(|s| {
         let sender = s.spawn(|| {
-            senders::send_mirror(
-                &t.lab,
-                &t.snd,
-                &opts,
-                &t.lab.dir().join("sent.pcap"),
-                false,
-            )
+            senders::send_mirror(&t.lab, &t.snd, &opts, &t.lab.dir().join("sent.pcap"), false)
         });
         let many = (1..=300)
             .map(|p| format!("port {p}"))
@@ -556,9 +596,17 @@ fn a_300_term_filter_is_refused_at_once_and_unchanged_filters_are_compiled_once(
             refused.push(call("POST", "/api/v1/sessions", &body));
         }
         for (method, path, body) in [
-            ("POST", "/api/v1/sessions", r#"{"name":"other","filter":"tcp port 80"}"#),
+            (
+                "POST",
+                "/api/v1/sessions",
+                r#"{"name":"other","filter":"tcp port 80"}"#,
+            ),
             ("PATCH", "/api/v1/sessions/other", r#"{"enabled":false}"#),
-            ("PATCH", "/api/v1/sessions/other", r#"{"filter":"tcp port 81"}"#),
+            (
+                "PATCH",
+                "/api/v1/sessions/other",
+                r#"{"filter":"tcp port 81"}"#,
+            ),
             ("DELETE", "/api/v1/sessions/other", ""),
         ] {
             let (s, v, _) = call(method, path, body);
@@ -624,14 +672,22 @@ fn an_unauthenticated_api_for_other_hosts_needs_its_flag_and_is_logged() {
 
     let log = lab.dir().join("open.log");
     args.drain(..2);
-    args.extend(["--allow-unauthenticated-api", "--log-file", log.to_str().unwrap()]);
+    args.extend([
+        "--allow-unauthenticated-api",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
     let mut p = lab.spawn(&col, &args);
     let url = format!("http://{COL_V4}:9750/api/v1/health");
     let answered = poll_until(Duration::from_secs(15), || {
         let o = lab.exec(&snd, &["curl", "-sf", "--max-time", "1", &url]);
         o.status.success().then_some(())
     });
-    assert!(answered.is_some(), "not served to other hosts:\n{}", p.stderr());
+    assert!(
+        answered.is_some(),
+        "not served to other hosts:\n{}",
+        p.stderr()
+    );
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         logged.contains("without authentication") && logged.contains("WARN"),
