@@ -348,20 +348,18 @@ mod tests {
         }
         std::fs::write(dir.join("web_20260101T000000Z.pcapng"), enc.take_bytes()).unwrap();
         let (control, _) = crossbeam_channel::unbounded();
-        router(ApiState {
-            snapshot: Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
-                version: "t".into(),
-                started: String::new(),
-                uptime_s: 0.0,
-                totals: Default::default(),
-                inputs: Vec::new(),
-                sessions: Vec::new(),
-            })),
-            control,
-            token: None,
-            controller: None,
-            query: Some(Arc::new(QueryState::new(dir.to_path_buf(), max_bytes))),
-        })
+        let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
+            version: "t".into(),
+            started: String::new(),
+            uptime_s: 0.0,
+            totals: Default::default(),
+            inputs: Vec::new(),
+            sessions: Vec::new(),
+        }));
+        router(
+            ApiState::new(snapshot, control, None, None)
+                .with_query(Arc::new(QueryState::new(dir.to_path_buf(), max_bytes))),
+        )
     }
 
     async fn get(app: &axum::Router, uri: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {

@@ -36,7 +36,7 @@ use tapwire_formats::capture::LinkType;
 use tapwire_formats::capture::pcapng::{self, Endian, Framed};
 use tapwire_formats::capture::walk::{Layout, RecordKind};
 
-use crate::filter::InnerFilter;
+use crate::filter::Filter;
 use catalog::Catalog;
 use indexed::Indexed;
 use plan::Plan;
@@ -115,7 +115,7 @@ pub struct Summary {
 /// libpcap, judging each packet: the filter compiled for Ethernet and raw IP (the inner frames
 /// tapwire writes), and on first need for any other link type a file holds.
 struct Bpf {
-    filter: Option<InnerFilter>,
+    filter: Option<Filter>,
     others: HashMap<u32, Option<pcap::BpfProgram>>,
 }
 
@@ -239,7 +239,7 @@ pub fn prepare(
         .map(str::trim)
         .filter(|f| !f.is_empty())
     {
-        Some(f) => Some(InnerFilter::compile(f).map_err(QueryError::Filter)?),
+        Some(f) => Some(Filter::new(f).map_err(|e| QueryError::Filter(e.to_string()))?),
         None => None,
     };
     let plan = Plan::of(req.filter.as_deref());

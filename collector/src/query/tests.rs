@@ -12,7 +12,7 @@ use tapwire_formats::index::{self, BlockRecord, FrameKeys, KeyLog, Record};
 use super::catalog::LocalDirs;
 use super::plan::{Atom, Plan, Pred};
 use super::*;
-use crate::filter::InnerFilter;
+use crate::filter::Filter;
 
 // ---------------------------------------------------------------------------------------------
 // The planner against libpcap
@@ -259,7 +259,7 @@ proptest! {
         filter in filter_strategy(),
         frames in proptest::collection::vec(frame_strategy(), 1..12),
     ) {
-        let Ok(bpf) = InnerFilter::compile(&filter) else {
+        let Ok(bpf) = Filter::new(&filter) else {
             // libpcap refuses it (`arp host fe80::1`...): the query is refused too.
             return Ok(());
         };
@@ -468,7 +468,7 @@ fn read_out(b: &[u8]) -> (Vec<Got>, Vec<String>) {
 /// What mergecap does with what `tcpdump -r FILTER` leaves of each file: the earliest head
 /// first, equal times by file order.
 fn reference(files: &[Vec<Pkt>], filter: Option<&str>, from: u64, to: u64) -> Vec<Got> {
-    let bpf = filter.map(|f| InnerFilter::compile(f).unwrap());
+    let bpf = filter.map(|f| Filter::new(f).unwrap());
     let kept: Vec<Vec<&Pkt>> = files
         .iter()
         .map(|f| {

@@ -9,7 +9,7 @@
 //!
 //! - [`keys`]: what one frame contributes, parsed once for the index and the traffic mix.
 //! - [`log`]: [`KeyLog`], the keys of the packets of a buffer by range; encodes the records.
-//! - [`file`]: the file format: header, records framed with a CRC-32, [`file::parse`].
+//! - [`mod@file`]: the file format: header, records framed with a CRC-32, [`file::parse`].
 //! - [`codec`]: varints and sets.
 
 pub mod codec;
