@@ -217,7 +217,6 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         })
         .collect();
     let (from_ns, to_ns) = (times[25], *times.last().unwrap());
-    assert!(open.iter().all(|t| *t <= to_ns));
     let (from, to) = (rfc3339(from_ns), rfc3339(to_ns));
     let range = ["--from", from.as_str(), "--to", to.as_str()];
 
@@ -244,7 +243,7 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
                 assert!(expected.iter().any(|p| p.0 == *t));
             }
         } else {
-            assert!(expected.len() < total, "{filter:?} selects something");
+            assert!(expected.len() < total, "{filter:?} leaves some out");
         }
         let w = tmp.join(format!("q{i}.pcapng"));
         query_dir(&out, &range, filter, &w);
