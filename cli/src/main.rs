@@ -325,17 +325,7 @@ fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
 fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     let config = match &a.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-        None => Config {
-            collector: config::CollectorConfig {
-                out: None,
-                auto_discover: None,
-                allow: Vec::new(),
-                min_free_disk_bytes: None,
-                default_files: config::FilesConfig::default(),
-                tap_prefix: None,
-            },
-            sessions: Vec::new(),
-        },
+        None => Config::default(),
     };
     let mut files = config.collector.default_files.clone();
     if let Some(f) = a.format {
@@ -367,6 +357,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     }
     if a.on_finish.is_some() {
         files.on_finish = a.on_finish.clone();
+        files.hook = None;
     }
     let allow = if a.allow.is_empty() {
         config.collector.allow.clone()

@@ -308,6 +308,7 @@ mod tests {
                 tap_prefix: None,
             },
             sessions,
+            hooks: Default::default(),
         }
     }
 
