@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,44 @@ pub enum Refused {
     /// 503: the engine did not answer.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// Why a probe's request (or a name for a new probe) was refused, each counted
+/// ([`Controller::probe_refusals`]): what a misbehaving probe or an attacker sends is dropped,
+/// never kept, and shows up here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRefusal {
+    /// A registration or report over the body limit (413).
+    BodyTooLarge,
+    /// A probe token speaking for a probe it is not bound to (403).
+    OtherProbe,
+    /// A new probe name past `--max-probes` (409), from a probe or a flow.
+    TooManyProbes,
+    /// A report of more flows or refusals than the probe may have (400).
+    TooManyFlows,
+    /// A name, version or interface list out of bounds (400).
+    Invalid,
+}
+
+impl ProbeRefusal {
+    pub const ALL: [ProbeRefusal; 5] = [
+        ProbeRefusal::BodyTooLarge,
+        ProbeRefusal::OtherProbe,
+        ProbeRefusal::TooManyProbes,
+        ProbeRefusal::TooManyFlows,
+        ProbeRefusal::Invalid,
+    ];
+
+    /// Its name as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeRefusal::BodyTooLarge => "body_too_large",
+            ProbeRefusal::OtherProbe => "other_probe",
+            ProbeRefusal::TooManyProbes => "too_many_probes",
+            ProbeRefusal::TooManyFlows => "too_many_flows",
+            ProbeRefusal::Invalid => "invalid",
+        }
+    }
 }
 
 impl From<StoreError> for Refused {
@@ -98,6 +137,8 @@ pub struct Controller<E: Engine> {
     /// look again, and re-check their token.
     changes: tokio::sync::watch::Sender<u64>,
     live: Mutex<HashMap<String, Live>>,
+    /// Probe requests refused, by [`ProbeRefusal`] (indexed as [`ProbeRefusal::ALL`]).
+    probe_refusals: [AtomicU64; 5],
 }
 
 /// Probe names that would clash with a route.
@@ -145,6 +186,7 @@ impl<E: Engine> Controller<E> {
             applied: Mutex::new(Vec::new()),
             changes,
             live: Mutex::new(HashMap::new()),
+            probe_refusals: Default::default(),
         });
         ctl.bootstrap().map_err(|e| e.to_string())?;
         let sessions = {
@@ -1044,9 +1086,29 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
+    /// Counts a refused probe request (the 413s the API answers itself, for one).
+    pub fn count_probe_refusal(&self, why: ProbeRefusal) {
+        self.probe_refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Probe requests refused since start, by reason, every reason listed.
+    pub fn probe_refusals(&self) -> Vec<(ProbeRefusal, u64)> {
+        ProbeRefusal::ALL
+            .iter()
+            .map(|&r| (r, self.probe_refusals[r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// `r`, counted as `why`.
+    fn refuse(&self, why: ProbeRefusal, r: Refused) -> Refused {
+        self.count_probe_refusal(why);
+        r
+    }
+
     /// A probe token acts only as the probe it is bound to.
-    fn check_acts_for(caller: &Caller, probe: &str) -> Result<(), Refused> {
+    fn check_acts_for(&self, caller: &Caller, probe: &str) -> Result<(), Refused> {
         if caller.role == Role::Probe && caller.probe.as_deref() != Some(probe) {
+            self.count_probe_refusal(ProbeRefusal::OtherProbe);
             return Err(Refused::Forbidden(format!(
                 "token {:?} is bound to probe {:?}: it may not act as probe {probe:?}",
                 caller.name,
@@ -1063,6 +1125,7 @@ impl<E: Engine> Controller<E> {
         }
         let known = tx.probes()?.len();
         if known >= self.opts.max_probes as usize {
+            self.count_probe_refusal(ProbeRefusal::TooManyProbes);
             return Err(Refused::Conflict(format!(
                 "probe {name:?} is new and the controller knows {known} probes, its limit (--max-probes {}): delete one that is gone (tapwire probe delete NAME) or raise the limit",
                 self.opts.max_probes
@@ -1077,22 +1140,9 @@ impl<E: Engine> Controller<E> {
     }
 
     pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
-        check_probe_name(&req.name)?;
-        Self::check_acts_for(caller, &req.name)?;
-        if req.version.len() > 100 {
-            return Err(Refused::BadRequest("version: longer than 100 bytes".into()));
-        }
-        if req.interfaces.len() > MAX_INTERFACES {
-            return Err(Refused::BadRequest(format!(
-                "interfaces: {} of them, more than {MAX_INTERFACES}",
-                req.interfaces.len()
-            )));
-        }
-        if let Some(i) = req.interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
-            return Err(Refused::BadRequest(format!(
-                "interfaces: {i:?} is not an interface name (1 to 15 bytes)"
-            )));
-        }
+        check_probe_name(&req.name).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
+        self.check_acts_for(caller, &req.name)?;
+        check_registration(&req).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
         self.change(|tx| {
             let before = tx.probe(&req.name)?;
             self.ensure_probe(tx, &req.name)?;
@@ -1125,7 +1175,7 @@ impl<E: Engine> Controller<E> {
 
     /// The probe's flow set now.
     pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
-        Self::check_acts_for(caller, name)?;
+        self.check_acts_for(caller, name)?;
         let p = self
             .read(|tx| tx.probe(name))?
             .filter(|p| p.registered.is_some())
@@ -1179,7 +1229,7 @@ impl<E: Engine> Controller<E> {
     /// Keeps the probe's last report (one per probe, replaced by the next), of at most as many
     /// flows as the probe may have.
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
-        Self::check_acts_for(caller, name)?;
+        self.check_acts_for(caller, name)?;
         let p = self
             .read(|tx| tx.probe(name))?
             .filter(|p| p.registered.is_some())
@@ -1190,6 +1240,7 @@ impl<E: Engine> Controller<E> {
             ("refused", report.refused.len()),
         ] {
             if n > max {
+                self.count_probe_refusal(ProbeRefusal::TooManyFlows);
                 return Err(Refused::BadRequest(format!(
                     "{field}: {n} flows, more than probe {name:?} may have (max_flows {max})"
                 )));
@@ -1273,6 +1324,25 @@ fn hide_commands(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(hide_commands),
         _ => {}
     }
+}
+
+/// A registration's version and interfaces, within their bounds.
+fn check_registration(req: &Register) -> Result<(), Refused> {
+    if req.version.len() > 100 {
+        return Err(Refused::BadRequest("version: longer than 100 bytes".into()));
+    }
+    if req.interfaces.len() > MAX_INTERFACES {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {} of them, more than {MAX_INTERFACES}",
+            req.interfaces.len()
+        )));
+    }
+    if let Some(i) = req.interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {i:?} is not an interface name (1 to 15 bytes)"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_probe_name(name: &str) -> Result<(), Refused> {

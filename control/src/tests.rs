@@ -474,6 +474,34 @@ fn a_report_holds_at_most_the_flows_its_probe_may_have() {
         h.ctl.report(&admin, "nobody", report(0, 0)),
         Err(Refused::NotFound(_))
     ));
+    // A name past 100 bytes and an interface name past 15 are refused too; all counted.
+    let long = "n".repeat(101);
+    assert!(matches!(
+        h.ctl.register(&admin, register(&long)),
+        Err(Refused::BadRequest(_))
+    ));
+    let mut bad_if = register("h1");
+    bad_if.interfaces = vec!["i".repeat(16)];
+    assert!(matches!(
+        h.ctl.register(&admin, bad_if),
+        Err(Refused::BadRequest(_))
+    ));
+    let counts: Vec<(&str, u64)> = h
+        .ctl
+        .probe_refusals()
+        .into_iter()
+        .map(|(r, n)| (r.name(), n))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("body_too_large", 0),
+            ("other_probe", 0),
+            ("too_many_probes", 0),
+            ("too_many_flows", 2),
+            ("invalid", 2),
+        ]
+    );
 }
 
 /// What a database made before the API refused commands and paths holds of them is taken out

@@ -23,8 +23,8 @@ use tapwire_api_types::control::{
     Register, SessionCreate, TokenCreate,
 };
 
-use tapwire_control::Refused;
 use tapwire_control::auth::{Caller, Need};
+use tapwire_control::{ProbeRefusal, Refused};
 
 use super::auth::{Admin, Authed, Change, Probe, Read, authenticate};
 use super::{ApiState, Ctl, Peer, Routes, refused, reply};
@@ -310,11 +310,14 @@ async fn delete_probe(
     .await
 }
 
-/// The answer to a probe's body that could not be read: over [`MAX_PROBE_BODY_BYTES`] (413),
-/// or cut off.
-fn unread(e: &BytesRejection) -> Response {
+/// The answer to a probe's body that could not be read: over [`MAX_PROBE_BODY_BYTES`] (413,
+/// counted), or cut off.
+fn unread(s: &ApiState, e: &BytesRejection) -> Response {
     let code = e.status();
     let message = if code == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(c) = &s.controller {
+            c.count_probe_refusal(ProbeRefusal::BodyTooLarge);
+        }
         format!(
             "body: larger than {MAX_PROBE_BODY_BYTES} bytes, the most a probe may send (its stats for fewer flows, or fewer interfaces)"
         )
@@ -331,7 +334,7 @@ async fn register(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(e) => return unread(&e),
+        Err(e) => return unread(&s, &e),
     };
     with_body(s, who, StatusCode::OK, body, |c, who, req: Register| {
         c.register(who, req)
@@ -347,7 +350,7 @@ async fn probe_stats(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(e) => return unread(&e),
+        Err(e) => return unread(&s, &e),
     };
     with_body(
         s,

@@ -1194,4 +1194,18 @@ async fn probe_tokens_are_bound_and_what_probes_send_is_bounded() {
     let (s, v) = h.admin("GET", "/api/v1/probes", None).await;
     assert_eq!(s, 200);
     assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    // Each refusal counted by its reason.
+    let (s, v) = h.admin("GET", "/metrics", None).await;
+    assert_eq!(s, 200);
+    let text = v.as_str().unwrap();
+    for (reason, n) in [
+        ("other_probe", 2),
+        ("body_too_large", 1),
+        ("too_many_probes", 1),
+        ("too_many_flows", 0),
+        ("invalid", 0),
+    ] {
+        let line = format!("tapwire_probe_refused_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&line), "{line:?} in:\n{text}");
+    }
 }
