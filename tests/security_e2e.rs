@@ -39,9 +39,25 @@ fn api(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
+    api_raw(lab, ns, method, path, token, body.map(Value::to_string))
+}
+
+/// [`api`] with any body, sent from a file (a report of a megabyte is no argument).
+fn api_raw(
+    lab: &Lab,
+    ns: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
     let url = format!("http://{}{path}", collector::API);
     let auth = token.map(|t| format!("Authorization: Bearer {t}"));
-    let data = body.map(Value::to_string);
+    let file = lab.dir().join("request-body");
+    let data = body.map(|b| {
+        std::fs::write(&file, b).unwrap();
+        format!("@{}", file.display())
+    });
     let mut cmd = vec![
         "curl",
         "-s",
@@ -366,4 +382,173 @@ fn an_operator_token_runs_nothing_and_writes_nothing_outside_out() {
     let types = run_ok(std::process::Command::new("captype").args(pcaps(&out.join("rel/sub"))));
     assert!(types.trim_end().ends_with(": pcapng"), "{types}");
     drop(planted);
+}
+
+/// A probe's stats report of `flows` flows, each with an error string of `pad` bytes (the
+/// shape `tapwire-probe` sends).
+fn report(flows: usize, pad: usize) -> String {
+    let flows: Vec<Value> = (0..flows)
+        .map(|i| {
+            json!({ "name": format!("vm{i}"), "interface": format!("tap{i}"),
+                "collector": "10.0.0.1", "encap": "erspan-ii", "session": 1, "state": "running",
+                "error": "x".repeat(pad), "max_payload_bytes": 1450, "counters": {
+                "captured": 1, "captured_bytes": 1, "filtered_out": 0, "sampled_out": 0,
+                "rate_limited": 0, "kernel_drops": 0, "sent": 1, "sent_bytes": 1,
+                "send_errors": 0, "truncated": 0, "reopened": 0 } })
+        })
+        .collect();
+    json!({ "applied_version": 0, "refused": [],
+        "stats": { "version": "1", "started": "", "uptime_s": 1.0, "flows": flows } })
+    .to_string()
+}
+
+/// The VmRSS of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_probe_token_speaks_for_one_probe_and_what_probes_send_is_bounded() {
+    let mut lab = Lab::empty("secprobe");
+    let col = lab.add_ns("col");
+    let dir = lab.dir().to_path_buf();
+    let db = dir.join("control.db");
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &dir.join("out"),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--max-probes",
+            "3",
+            "--probe-max-flows",
+            "8",
+        ],
+    );
+    let call = |method: &str, path: &str, token: &str, body: Option<String>| {
+        api_raw(&lab, &col, method, path, Some(token), body)
+    };
+    let admin = std::fs::read_to_string(format!("{}.admin-token", db.display()))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (s, v) = call(
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        Some(json!({ "name": "key-1", "role": "probe", "probe": "host1" }).to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["probe"], "host1", "{v}");
+    let key = v["token"].as_str().unwrap().to_string();
+    let reg = |name: &str| json!({ "name": name, "version": "1", "interfaces": ["eth0"] });
+    let register = |token: &str, name: &str| {
+        call(
+            "POST",
+            "/api/v1/probes/register",
+            token,
+            Some(reg(name).to_string()),
+        )
+    };
+
+    // The token speaks for its probe, and for no other: not the token's own name, not host2.
+    let (s, v) = register(&key, "host1");
+    assert_eq!(s, 200, "{v}");
+    for other in ["key-1", "host2"] {
+        let (s, v) = register(&key, other);
+        assert_eq!(s, 403, "{other}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("bound to probe \"host1\""),
+            "{v}"
+        );
+    }
+    let (s, v) = call(
+        "POST",
+        "/api/v1/probes/host2/stats",
+        &key,
+        Some(report(1, 0)),
+    );
+    assert_eq!(s, 403, "a report as another probe: {v}");
+
+    // Reports: a megabyte (the attack's kind, within the HTTP stack's own default limit) is
+    // 413, twenty times over, and the collector keeps none of it; more flows than the probe
+    // may have is 400; one within bounds is stored.
+    let stats = "/api/v1/probes/host1/stats";
+    let big = report(3000, 0);
+    assert!(big.len() > 900_000, "{}", big.len());
+    let rss_before = rss_kib(c.proc.pid());
+    for _ in 0..20 {
+        let (s, v) = call("POST", stats, &key, Some(big.clone()));
+        assert_eq!(s, 413, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("body: larger than 131072 bytes"),
+            "{v}"
+        );
+    }
+    let grown_kib = rss_kib(c.proc.pid()).saturating_sub(rss_before);
+    assert!(
+        grown_kib < 8 << 10,
+        "20 refused reports of 1 MB grew the collector by {grown_kib} KiB"
+    );
+    let (s, v) = call("POST", stats, &key, Some(report(9, 0)));
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than probe \"host1\" may have (max_flows 8)"),
+        "{v}"
+    );
+    let (s, v) = call("POST", stats, &key, Some(report(8, 100)));
+    assert_eq!(s, 200, "{v}");
+
+    // Names: longer than 100 bytes is 400; invented names stop at --max-probes (host1, a, b),
+    // whoever sends them, and nothing is kept of the refused ones.
+    let (s, v) = register(&admin, &"n".repeat(101));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("1 to 100"), "{v}");
+    for name in ["a", "b"] {
+        let (s, v) = register(&admin, name);
+        assert_eq!(s, 200, "{name}: {v}");
+    }
+    for name in ["invented-1", "invented-2"] {
+        let (s, v) = register(&admin, name);
+        assert_eq!(s, 409, "{name}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("--max-probes 3"),
+            "{v}"
+        );
+    }
+    let (s, v) = call("GET", "/api/v1/probes", &admin, None);
+    assert_eq!(s, 200, "{v}");
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "host1"], "{v}");
+
+    // Every refusal counted by its reason.
+    let metrics = c.metrics();
+    for (reason, n) in [
+        ("body_too_large", 20),
+        ("other_probe", 3),
+        ("too_many_probes", 2),
+        ("too_many_flows", 1),
+        ("invalid", 1),
+    ] {
+        let line = format!("tapwire_probe_refused_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line:?} in:\n{metrics}");
+    }
+    c.stop("TERM", STOP_WITHIN);
 }
