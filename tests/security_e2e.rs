@@ -177,33 +177,49 @@ fn an_operator_token_runs_nothing_and_writes_nothing_outside_out() {
     let ops = v["token"].as_str().unwrap().to_string();
     let create = |body: Value| call("POST", "/api/v1/sessions", Some(&ops), Some(body));
 
-    // The attacks that the definition alone refuses: 400, with what to do instead.
+    // The attacks that the definition alone refuses, in a new session and in a change to an
+    // existing one: 400, with what to do instead. Every answer is checked before failing, so
+    // that one run shows each rule that does not hold.
     let touch = format!("touch {}", pwned.display());
-    for (body, needle) in [
+    let attacks = [
         (
-            json!({ "name": "cmd", "files": { "on_finish": touch } }),
+            json!({ "files": { "on_finish": touch } }),
             "commands cannot be set through the API",
         ),
+        (json!({ "files": { "dir": outside } }), "is absolute"),
+        (json!({ "files": { "dir": "../outside" } }), "climbs out"),
         (
-            json!({ "name": "abs", "files": { "dir": outside } }),
-            "is absolute",
-        ),
-        (
-            json!({ "name": "up", "files": { "dir": "../outside" } }),
-            "climbs out",
-        ),
-        (
-            json!({ "name": "ns", "files": false, "tap": { "name": "twsec9", "netns": "/proc/1/ns/net" } }),
+            json!({ "files": false, "tap": { "name": "twsec9", "netns": "/proc/1/ns/net" } }),
             "is a path",
         ),
-    ] {
-        let (s, v) = create(body.clone());
-        assert_eq!(s, 400, "{body}: {v}");
-        assert!(
-            v["message"].as_str().unwrap().contains(needle),
-            "{body}: {v}"
-        );
+    ];
+    let mut wrong = Vec::new();
+    let mut expect_400 = |what: String, (s, v): (u16, Value), needle: &str| {
+        let message = v["message"].as_str().unwrap_or_default();
+        if s != 400 || !message.contains(needle) {
+            wrong.push(format!("{what}: {s} {v}"));
+        }
+    };
+    for (i, (attack, needle)) in attacks.iter().enumerate() {
+        let mut body = attack.clone();
+        body["name"] = json!(format!("attack{i}"));
+        expect_400(format!("create {attack}"), create(body), needle);
     }
+    let (s, v) =
+        create(json!({ "name": "patched", "mirror_id": 9, "files": { "dir": "patched" } }));
+    assert_eq!(s, 201, "{v}");
+    for (attack, needle) in &attacks {
+        let r = call(
+            "PATCH",
+            "/api/v1/sessions/patched",
+            Some(&ops),
+            Some(attack.clone()),
+        );
+        expect_400(format!("patch {attack}"), r, needle);
+    }
+    assert!(wrong.is_empty(), "not refused:\n{}", wrong.join("\n"));
+    let (_, v) = call("GET", "/api/v1/sessions/patched/definition", None, None);
+    assert_eq!(v["files"], json!({ "dir": "patched" }), "{v}");
 
     // Sessions the API may define: a relative directory, a hook by name, TAPs in namespaces
     // by name (one missing, one a plain file, one real).
