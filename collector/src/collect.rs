@@ -26,7 +26,7 @@ use crate::live::control_plane::{EngineLink, SystemClock};
 use crate::live::engine::{self, Engine, Settings};
 use crate::live::input::{Input, InputKind};
 use crate::live::io;
-use crate::pipeline::{MAX_SOURCES, Pipeline};
+use crate::pipeline::Pipeline;
 
 pub struct CollectOptions {
     pub settings: Settings,
@@ -147,7 +147,7 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
-    let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
+    let pipeline = Pipeline::new(opts.decap, opts.settings.limits.max_sources);
     let engine = Engine::new(
         pipeline,
         opts.settings,
@@ -259,5 +259,6 @@ fn empty_snapshot() -> tapwire_api_types::Snapshot {
         totals: tapwire_api_types::Totals::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }
 }

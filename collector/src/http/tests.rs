@@ -81,6 +81,7 @@ fn file_config() -> Config {
             min_free_disk_bytes: None,
             default_files: FilesConfig::default(),
             tap_prefix: None,
+            limits: Default::default(),
         },
         sessions: vec![SessionConfig {
             name: "from-file".into(),
@@ -160,6 +161,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
             totals: Default::default(),
             inputs: Vec::new(),
             sessions: Vec::new(),
+            page: None,
         })),
         control: tx,
         token: None,
@@ -865,6 +867,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     let bound = spawn(
         None,
