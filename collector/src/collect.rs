@@ -23,6 +23,7 @@ use tapwire_control::store::sqlite::SqliteStore;
 use crate::config::Config;
 use crate::http;
 use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::coverage::{Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
 use crate::live::input::{Input, InputKind};
 use crate::live::io;
@@ -106,11 +107,21 @@ where
     }
     signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
 
+    // What an input reads below the IP stack, the socket inputs leave unread (one packet,
+    // one copy); known before any socket opens, so that none reads a copy meanwhile.
+    let covered = Arc::new(Covered::new(coverages(&opts.inputs, |name| {
+        tapwire_netio::ifindex(name).ok()
+    })));
     let mut opened = Vec::new();
     for kind in &opts.inputs {
-        let input = Input::open(kind.clone())
+        let input = Input::open(kind.clone(), Arc::clone(&covered))
             .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
         opened.push(input);
+    }
+    if opened.iter().any(|i| i.kind.covers().is_none()) {
+        for c in covered.list() {
+            tracing::info!(interface = c.interface, "{}", describe(&c));
+        }
     }
     if opened.is_empty() {
         return Err(StartError("no inputs: every input is turned off".into()).into());
