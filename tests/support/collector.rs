@@ -276,6 +276,43 @@ impl<'l> Collector<'l> {
     }
 }
 
+/// Every file in `dir`, sorted by name.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The packets in each pcapng file of `files`, as capinfos counts them; captype first (every
+/// one must be pcapng). One run of each for all of them: per file would take minutes.
+pub fn pcapng_packets(files: &[PathBuf]) -> Vec<u64> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let types = run_ok(Command::new("captype").args(files));
+    assert_eq!(
+        types.lines().filter(|l| l.ends_with(": pcapng")).count(),
+        files.len(),
+        "captype: {types}"
+    );
+    let counts = run_ok(
+        Command::new("capinfos")
+            .args(["-M", "-c", "-T", "-r"])
+            .args(files),
+    );
+    counts
+        .lines()
+        .map(|l| {
+            let n = l.rsplit_once('\t').map_or(l, |(_, n)| n);
+            n.trim().parse().unwrap_or_else(|_| panic!("capinfos: {l}"))
+        })
+        .collect()
+}
+
 /// The frames and record times (ns) of capture files, each checked with captype and capinfos
 /// first, and read with tshark. One captype, one capinfos and one tshark for all of them (over
 /// `mergecap -a` of the files, cut back apart by capinfos' counts): tshark's start-up per file
