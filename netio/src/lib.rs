@@ -1,5 +1,6 @@
-//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach, and
-//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets.
+//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach,
+//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets, and command output
+//! that ends quietly on a closed pipe ([`stdout`], [`outln!`]).
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
@@ -43,6 +44,7 @@ pub mod batch;
 pub mod bpf;
 mod error;
 pub mod ring;
+pub mod stdout;
 mod sys;
 
 pub use error::{is_interface_gone, raw_os_error};
