@@ -93,6 +93,15 @@ fn session<'a>(api: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no session {name}"))
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn vm_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -170,6 +179,8 @@ fn a_flood_of_spoofed_sources_is_bounded_and_the_real_session_keeps_every_packet
 
     let stop = AtomicBool::new(false);
     let ((slowest, failures), rss_max, settled) = std::thread::scope(|s| {
+        // The watchers stop however this ends, a panic included, or the scope would wait.
+        let _stop = SetOnDrop(&stop);
         let health = s.spawn(|| watch_health(&lab, &col, &stop));
         let rss = s.spawn(|| {
             let mut max = 0;
