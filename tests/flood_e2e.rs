@@ -5,6 +5,8 @@
 //!   counted by reason per input, RSS stays under 256 MiB, `/api/v1/health` answers within
 //!   1 s throughout, a configured session's files hold every packet sent meanwhile, the list
 //!   endpoints are paged, and idle auto-discovered sessions expire with their counters kept;
+//! - 10,000 random VXLAN VNIs from one sender: auto sessions capped and the rest counted on
+//!   the UDP input, the configured VNI's every packet written, idle ones expire;
 //! - a full source table: new sources are refused (`source_table_full`), known ones go on,
 //!   idle ones expire and make room again;
 //! - `--interface` on the link that holds the collector's address, beside the socket inputs:
@@ -347,6 +349,107 @@ fn a_flood_of_spoofed_sources_is_bounded_and_the_real_session_keeps_every_packet
         .collect();
     assert_eq!(auto_files.len() as u64, AUTO_CAP);
     assert!(pcapng_packets(&auto_files).iter().all(|n| *n == 1));
+}
+
+/// VNI `i` of many, spread over the 24 bits (odd multiplier: distinct for every `i`), never
+/// the configured 42.
+fn random_vni(i: u32) -> u32 {
+    match i.wrapping_mul(0x9e37_79b1) & 0x00ff_ffff {
+        42 => 43,
+        v => v,
+    }
+}
+
+/// One sender, 10,000 random VXLAN VNIs among 1,000 packets of its configured VNI 42, with
+/// `--max-auto-sessions 50`: 50 auto sessions, the rest refused and counted on the UDP input;
+/// every packet of VNI 42 written; once idle the auto sessions expire and make room again.
+#[test]
+fn random_vxlan_vnis_are_capped_and_the_configured_vni_keeps_every_packet() {
+    const VNIS: u32 = 10_000;
+    const REAL: u32 = 1_000;
+    const CAP: u64 = 50;
+    let lab = Lab::new("vni-flood");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let cfg = config(
+        &lab,
+        &format!(
+            "[[session]]\nname = \"real\"\nsources = [{{ src = \"{SND_V4}\", kind = \"vxlan\", id = 42 }}]\n"
+        ),
+    );
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-auto-sessions",
+            "50",
+            "--idle-timeout",
+            "3s",
+        ],
+    );
+    let src = real_sender();
+    // A packet of VNI 42 after every ten random ones.
+    let frames = (0..VNIS).flat_map(|i| {
+        let random = link().vxlan(src, random_vni(i), &inner_frame(100_000 + i));
+        let real = (i % 10 == 9).then(|| link().vxlan(src, 42, &inner_frame(i / 10)));
+        std::iter::once(random).chain(real)
+    });
+    tcpreplay(&lab, &snd, "snd0", &pcap(&lab, "vnis.pcap", frames), 10_000);
+
+    let mut api = Value::Null;
+    let settled = poll_until(Duration::from_secs(15), || {
+        api = c.sessions();
+        (u(&session(&api, "real")["written"]) == u64::from(REAL)
+            && u(&api["totals"]["refusals"]["auto_session_cap"]) == u64::from(VNIS) - CAP)
+            .then_some(())
+    });
+    assert!(settled.is_some(), "{}", api["totals"]);
+    let t = &api["totals"];
+    assert_eq!((u(&t["sessions"]), u(&t["sources"])), (CAP + 1, CAP + 1));
+    assert_eq!(u(&t["kernel_drops"]), 0, "{t}");
+    let udp = input(&api, "udp [::]:4789");
+    assert_eq!(
+        u(&udp["refusals"]["auto_session_cap"]),
+        u64::from(VNIS) - CAP,
+        "{udp}"
+    );
+    let line = format!(
+        "tapwire_input_refused_packets_total{{input=\"{}\",reason=\"auto_session_cap\"}} {}",
+        udp["name"].as_str().unwrap(),
+        u64::from(VNIS) - CAP
+    );
+    assert!(
+        c.metrics().lines().any(|l| l == line),
+        "{line:?} in /metrics"
+    );
+
+    // Idle 3 s: the auto sessions expire, and new VNIs find room again.
+    let expired = poll_until(Duration::from_secs(15), || {
+        api = c.sessions();
+        (u(&api["totals"]["sessions"]) == 1).then_some(())
+    });
+    assert!(expired.is_some(), "{}", api["totals"]);
+    assert_eq!(u(&api["totals"]["expired"]["auto_sessions"]), CAP);
+    let more = (0..5).map(|i| link().vxlan(src, 1_000_000 + i, &inner_frame(200_000 + i)));
+    tcpreplay(&lab, &snd, "snd0", &pcap(&lab, "more.pcap", more), 100);
+    let room = poll_until(Duration::from_secs(5), || {
+        api = c.sessions();
+        (u(&api["totals"]["sessions"]) == 6).then_some(())
+    });
+    assert!(room.is_some(), "{}", api["totals"]);
+    c.stop("TERM", STOP_WITHIN);
+
+    // On disk: VNI 42's every packet, once and in order, as tshark reads them.
+    let got: Vec<Vec<u8>> = read_captures(&c.files_of("real"))
+        .into_iter()
+        .flat_map(|(f, _)| f)
+        .collect();
+    let want: Vec<Vec<u8>> = (0..REAL).map(inner_frame).collect();
+    assert!(got == want, "VNI 42's files: {} frames", got.len());
 }
 
 /// `--max-sources 100` with a configured session that takes ERSPAN II session 9 from any
