@@ -4,17 +4,16 @@
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tapwire_api_types::{
     Action, DEFAULT_PAGE_SESSIONS, DEFAULT_PAGE_SOURCES, MAX_PAGE, Page, SessionStats, Snapshot,
     SourceStats, source_cursor,
 };
-use tapwire_control::auth::Need;
 
-use super::auth::{Authed, Read, authenticate};
-use super::{ApiState, Peer, control, reply};
+use super::auth::{Authed, Change, Read};
+use super::{ApiState, control, reply};
 use crate::live::engine::Control;
 
 /// A request's query: its pairs, or why it is not one.
@@ -168,13 +167,12 @@ pub(crate) fn page_sources(s: &SessionStats, after: Option<&str>, limit: usize) 
     }
 }
 
-/// `POST /api/v1/sessions/{name}/{action}`: the action is checked before the caller. With a
+/// `POST /api/v1/sessions/{name}/{action}`: the caller first, then the action. With a
 /// controller, enable and disable of an API session are stored; other sessions' actions, and
 /// rotations, go to the engine; both need an operator and are audited.
 pub(super) async fn action(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    Authed(caller, ..): Authed<Change>,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
     let Some(parsed) = Action::parse(&action) else {
@@ -182,10 +180,6 @@ pub(super) async fn action(
             StatusCode::BAD_REQUEST,
             format!("unknown action {action:?}: enable, disable or rotate"),
         );
-    };
-    let caller = match authenticate(&s, peer, &headers, Need::Change).await {
-        Ok(c) => c,
-        Err(r) => return r,
     };
     if s.controller.is_some() {
         return control::session_action(s, caller, name, parsed).await;
@@ -350,12 +344,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_list_endpoints_are_paged_with_a_bounded_default() {
-        let app = router(ApiState {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot(250, 150))),
-            control: crossbeam_channel::unbounded().0,
-            token: None,
-            controller: None,
-        });
+        let app = router(ApiState::new(
+            Arc::new(ArcSwap::from_pointee(snapshot(250, 150))),
+            crossbeam_channel::unbounded().0,
+            None,
+            None,
+        ));
         let (status, v) = get(&app, "/api/v1/sessions").await;
         assert_eq!(status, 200);
         let listed = v["sessions"].as_array().unwrap();
