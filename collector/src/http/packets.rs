@@ -355,6 +355,7 @@ mod tests {
             totals: Default::default(),
             inputs: Vec::new(),
             sessions: Vec::new(),
+            page: None,
         }));
         router(
             ApiState::new(snapshot, control, None, None)
