@@ -386,7 +386,8 @@ pub fn epoch_ns(t: &str) -> u64 {
     sec.parse::<u64>().unwrap_or(0) * 1_000_000_000 + frac.parse::<u64>().unwrap_or(0)
 }
 
-/// Files in `dir` whose names start with `prefix`, sorted by name.
+/// Files in `dir` whose names start with `prefix`, sorted by name; packet indexes
+/// (`.twidx`, beside each capture) are not capture files and are left out.
 pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
@@ -395,7 +396,7 @@ pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(prefix))
+                        .is_some_and(|n| n.starts_with(prefix) && !n.ends_with(".twidx"))
                 })
                 .collect()
         })
