@@ -276,12 +276,13 @@ impl<'l> Collector<'l> {
     }
 }
 
-/// Every file in `dir`, sorted by name.
+/// Every file in `dir` but the packet indexes (`.twidx`), sorted by name.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_none_or(|x| x != "twidx"))
         .collect();
     files.sort();
     files
