@@ -23,6 +23,8 @@ declare -A need=(
   [sysctl]=procps
   [ethtool]=ethtool
   [pkg-config]=pkg-config
+  [clang]=clang
+  [bpftool]=bpftool
 )
 missing=()
 for cmd in "${!need[@]}"; do

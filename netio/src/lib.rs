@@ -42,6 +42,8 @@ pub mod bpf;
 mod error;
 pub mod ring;
 mod sys;
+pub mod xdp;
+pub mod xsk;
 
 pub use error::{is_interface_gone, raw_os_error};
 pub use ring::page_size_bytes;

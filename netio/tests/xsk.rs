@@ -1,0 +1,386 @@
+//! tapwire's XDP program and AF_XDP sockets against a real kernel: a veth pair in a namespace
+//! of the test's own; frames go out of `twa` and arrive on `twb`, where the program runs.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tapwire_netio::ring::{Ring, RingConfig};
+use tapwire_netio::xdp::{Dest, XdpMode, XdpProgram};
+use tapwire_netio::xsk::{Xsk, XskConfig, rx_queues};
+
+const WAIT: Duration = Duration::from_secs(3);
+const COLLECTOR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+
+/// A veth pair whose receiving end `twb` has `queues` receive queues (and `twa` as many
+/// transmit queues, so that flows spread over them).
+fn setup(queues: u32) -> Netns {
+    let ns = Netns::new(false);
+    let q = queues.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        "twa",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "twb",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ]);
+    ns.ip(&["link", "set", "twa", "address", &mac_str(MAC_A), "up"]);
+    ns.ip(&["link", "set", "twb", "address", &mac_str(MAC_B), "up"]);
+    ns
+}
+
+/// A small UMEM: 256 chunks.
+fn small() -> XskConfig {
+    XskConfig {
+        chunk_count: 256,
+        rx_ring_size: 256,
+        fill_ring_size: 256,
+        ..XskConfig::default()
+    }
+}
+
+/// The program on `twb` steering UDP 4789 and GRE to 10.9.0.2 and fd00::2, one socket per
+/// queue; and a sender on `twa`.
+fn attach(ns: &Netns, queues: u32) -> (XdpProgram, Vec<Xsk>, PacketSender) {
+    ns.enter(|| {
+        let mut prog = XdpProgram::attach("twb").expect("attach");
+        let v6: IpAddr = "fd00::2".parse::<Ipv6Addr>().expect("v6").into();
+        prog.set_dests(&[
+            Dest::Udp(COLLECTOR.into(), 4789),
+            Dest::Gre(COLLECTOR.into()),
+            Dest::Gre(v6),
+        ])
+        .expect("dests");
+        assert_eq!(rx_queues("twb").expect("channels"), queues);
+        let xsks: Vec<Xsk> = (0..queues)
+            .map(|q| {
+                let x = Xsk::open("twb", q, &small()).expect("xsk");
+                prog.register(&x).expect("register");
+                x
+            })
+            .collect();
+        (prog, xsks, PacketSender::new("twa"))
+    })
+}
+
+/// Reads every socket until `want` frames came or `timeout`; (queue, frame, time, kernel time).
+fn receive(xsks: &mut [Xsk], want: usize, timeout: Duration) -> Vec<(u32, Vec<u8>, u64, bool)> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        let mut any = false;
+        for x in xsks.iter_mut() {
+            let q = x.queue();
+            let n = x
+                .receive(64, |f| {
+                    got.push((q, f.data.to_vec(), f.ts_ns, f.kernel_time))
+                })
+                .expect("receive");
+            any |= n > 0;
+        }
+        if !any {
+            xsks[0].wait(Duration::from_millis(10)).expect("wait");
+        }
+    }
+    got
+}
+
+/// `udp_frame` from 10.9.0.1 to 10.9.0.2 with source port `sport`.
+fn udp(tags: &[(u16, u16)], sport: u16, dport: u16, p: &[u8]) -> Vec<u8> {
+    let mut f = udp_frame(MAC_B, MAC_A, tags, dport, p);
+    let at = 14 + 4 * tags.len() + 20;
+    f[at..at + 2].copy_from_slice(&sport.to_be_bytes());
+    f
+}
+
+/// An IPv4 GRE frame (GRE-TEB, the payload as the "inner frame") to `dst`, optionally a
+/// first fragment (MF set).
+fn gre4(dst: Ipv4Addr, p: &[u8], more_fragments: bool) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 4 + p.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 7, 0, 0, 64, 47, 0, 0, 10, 9, 0, 1];
+    ip.extend_from_slice(&dst.octets());
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    if more_fragments {
+        ip[6] = 0x20;
+    }
+    let sum = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0, 0, 0x65, 0x58]);
+    f.extend_from_slice(p);
+    f
+}
+
+/// An IPv6 GRE frame to `dst`.
+fn gre6(dst: Ipv6Addr, p: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((4 + p.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[47, 64]);
+    f.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().expect("v6").octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[0, 0, 0x65, 0x58]);
+    f.extend_from_slice(p);
+    f
+}
+
+/// Equal lists of frames; on a difference, says where (without printing every frame).
+fn same_frames(what: &str, got: &[&Vec<u8>], want: &[Vec<u8>]) {
+    let first = got.iter().zip(want).position(|(g, w)| *g != w);
+    let show = |f: &[u8]| format!("{:02x?}", &f[..f.len().min(64)]);
+    assert!(
+        got.len() == want.len() && first.is_none(),
+        "{what}: got {} frames, want {}; first difference at {first:?}: got {} want {}",
+        got.len(),
+        want.len(),
+        first.map_or(String::new(), |i| show(got[i])),
+        first.map_or(String::new(), |i| show(&want[i])),
+    );
+}
+
+fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
+    ns.ip(&["link", "show", ifname]).contains("xdp")
+}
+
+#[test]
+fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
+    if !root_or_skip("mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel") {
+        return;
+    }
+    let ns = setup(1);
+    let (prog, mut xsks, sender) = attach(&ns, 1);
+    // veth has native XDP.
+    assert_eq!(prog.mode(), XdpMode::Native);
+    assert!(
+        xdp_attached(&ns, "twb"),
+        "{}",
+        ns.ip(&["link", "show", "twb"])
+    );
+    // What reaches the kernel: an AF_PACKET ring sees frames after XDP passed them.
+    let mut ring = ns.enter(|| {
+        Ring::open(
+            "twb",
+            &RingConfig {
+                block_size_bytes: 64 << 10,
+                block_count: 4,
+                ..RingConfig::default()
+            },
+        )
+        .expect("ring")
+    });
+
+    let v6: Ipv6Addr = "fd00::2".parse().expect("v6");
+    let other6: Ipv6Addr = "fd00::3".parse().expect("v6");
+    let mut steered = Vec::new();
+    let mut passed = Vec::new();
+    for seq in 0..10u32 {
+        steered.push(udp(&[], 40000, 4789, &payload(1, seq, 60)));
+        steered.push(udp(
+            &[(0x8100, 0x0064)],
+            40000,
+            4789,
+            &payload(1, 100 + seq, 60),
+        ));
+        steered.push(udp(
+            &[(0x88a8, 0x00c8), (0x8100, 0x000a)],
+            40000,
+            4789,
+            &payload(1, 200 + seq, 60),
+        ));
+        steered.push(gre4(COLLECTOR, &payload(1, 300 + seq, 80), false));
+        steered.push(gre6(v6, &payload(1, 400 + seq, 80)));
+        // Not mirror traffic: another port, another address; and a fragment.
+        passed.push(udp(&[], 40000, 5000, &payload(1, 500 + seq, 60)));
+        passed.push(gre4(
+            Ipv4Addr::new(10, 9, 0, 3),
+            &payload(1, 600 + seq, 80),
+            false,
+        ));
+        passed.push(gre6(other6, &payload(1, 700 + seq, 80)));
+        passed.push(gre4(COLLECTOR, &payload(1, 800 + seq, 80), true));
+    }
+    let before_ns = now_ns();
+    for f in steered.iter().chain(&passed) {
+        sender.send(f);
+    }
+    let got = receive(&mut xsks, steered.len(), WAIT);
+    let after_ns = now_ns();
+    let frames: Vec<&Vec<u8>> = got.iter().map(|(_, f, _, _)| f).collect();
+    same_frames("steered, intact, in order", &frames, &steered);
+    for (_, _, ts, kernel) in &got {
+        assert!(kernel, "the program timed every frame");
+        assert!((before_ns..=after_ns).contains(ts), "{ts} outside the send");
+    }
+    let seen = capture_tagged(&mut ring, 1, passed.len(), WAIT);
+    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
+    same_frames("the rest reached the kernel", &seen, &passed);
+
+    let c = prog.counters().expect("counters");
+    assert_eq!(c.steered, steered.len() as u64, "{c:?}");
+    assert_eq!(c.fragments, 10, "{c:?}");
+    assert_eq!((c.too_big, c.no_socket), (0, 0), "{c:?}");
+    assert!(c.passed >= 30, "{c:?}");
+    let s = xsks[0].stats().expect("stats");
+    assert_eq!((s.drops(), s.n_bad_descs), (0, 0), "{s:?}");
+
+    drop(xsks);
+    drop(prog);
+    assert!(!xdp_attached(&ns, "twb"), "program left attached");
+}
+
+/// veth refuses native XDP (for programs without multi-buffer support) when the peer's MTU
+/// exceeds a page less its overheads; the program then runs in generic mode, and frames
+/// longer than a UMEM chunk holds pass to the kernel.
+#[test]
+fn with_a_jumbo_mtu_the_program_runs_generic_and_passes_long_frames() {
+    if !root_or_skip("with_a_jumbo_mtu_the_program_runs_generic_and_passes_long_frames") {
+        return;
+    }
+    let ns = setup(1);
+    for ifname in ["twa", "twb"] {
+        ns.ip(&["link", "set", ifname, "mtu", "9000"]);
+    }
+    let (prog, mut xsks, sender) = attach(&ns, 1);
+    assert_eq!(prog.mode(), XdpMode::Generic);
+    let mut ring = ns.enter(|| Ring::open("twb", &RingConfig::default()).expect("ring"));
+    let short = udp(&[], 40000, 4789, &payload(4, 0, 3000));
+    let long = udp(&[], 40000, 4789, &payload(4, 1, 3900));
+    sender.send(&short);
+    sender.send(&long);
+    let got = receive(&mut xsks, 1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, short);
+    let seen = capture_tagged(&mut ring, 4, 1, WAIT);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].wire, long);
+    let c = prog.counters().expect("counters");
+    assert_eq!((c.steered, c.too_big), (1, 1), "{c:?}");
+}
+
+#[test]
+fn one_socket_per_queue_gets_its_queues_frames() {
+    if !root_or_skip("one_socket_per_queue_gets_its_queues_frames") {
+        return;
+    }
+    let ns = setup(4);
+    let (prog, mut xsks, sender) = attach(&ns, 4);
+    // 64 flows: the sender's queue choice (by flow hash) spreads them over twb's 4 queues.
+    let sent: Vec<Vec<u8>> = (0..256u32)
+        .map(|i| udp(&[], 40000 + (i % 64) as u16, 4789, &payload(2, i, 60)))
+        .collect();
+    for f in &sent {
+        sender.send(f);
+    }
+    let got = receive(&mut xsks, sent.len(), WAIT);
+    let mut frames: Vec<Vec<u8>> = got.iter().map(|(_, f, _, _)| f.clone()).collect();
+    frames.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(frames.len(), sent.len(), "every frame once");
+    assert_eq!(frames, want);
+    let queues: std::collections::BTreeSet<u32> = got.iter().map(|(q, ..)| *q).collect();
+    assert!(queues.len() >= 2, "frames on queues {queues:?} only");
+    assert_eq!(prog.counters().expect("counters").no_socket, 0);
+}
+
+#[test]
+fn a_queue_without_socket_passes_to_the_kernel() {
+    if !root_or_skip("a_queue_without_socket_passes_to_the_kernel") {
+        return;
+    }
+    let ns = setup(1);
+    let (prog, xsks, sender) = attach(&ns, 1);
+    drop(xsks); // the socket leaves the XSKMAP when it closes
+    for seq in 0..5 {
+        sender.send(&udp(&[], 40000, 4789, &payload(3, seq, 60)));
+    }
+    let deadline = Instant::now() + WAIT;
+    while prog.counters().expect("counters").no_socket < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(prog.counters().expect("counters").no_socket, 5);
+}
+
+#[test]
+fn the_program_is_gone_when_its_process_is_killed() {
+    if !root_or_skip("the_program_is_gone_when_its_process_is_killed") {
+        return;
+    }
+    let ns = setup(1);
+    // A child process (this test binary, running the helper below) attaches and waits; kill -9.
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args([
+            "--exact",
+            "attach_and_wait_helper",
+            "--nocapture",
+            "--ignored",
+        ])
+        .env("TAPWIRE_XSK_HELPER", "1")
+        .spawn()
+        .expect("spawn helper");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !xdp_attached(&ns, "twb") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(xdp_attached(&ns, "twb"), "helper never attached");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while xdp_attached(&ns, "twb") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !xdp_attached(&ns, "twb"),
+        "program still attached after kill -9: {}",
+        ns.ip(&["link", "show", "twb"])
+    );
+}
+
+#[test]
+#[ignore = "run by the_program_is_gone_when_its_process_is_killed"]
+fn attach_and_wait_helper() {
+    if std::env::var_os("TAPWIRE_XSK_HELPER").is_none() {
+        return;
+    }
+    let _prog = XdpProgram::attach("twb").expect("attach");
+    let _xsk = Xsk::open("twb", 0, &small()).expect("xsk");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_program_is_refused_not_replaced() {
+    if !root_or_skip("a_second_program_is_refused_not_replaced") {
+        return;
+    }
+    let ns = setup(1);
+    let first = ns.enter(|| XdpProgram::attach("twb").expect("first"));
+    let second = ns.enter(|| XdpProgram::attach("twb"));
+    let e = second.expect_err("a second attach must fail");
+    assert!(e.to_string().contains("twb"), "{e}");
+    drop(first);
+    assert!(!xdp_attached(&ns, "twb"));
+}
