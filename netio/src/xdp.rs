@@ -321,6 +321,49 @@ impl XdpProgram {
     }
 }
 
+/// The addresses of this network namespace's interfaces (`getifaddrs`), loopback excluded:
+/// where a socket bound to the unspecified address receives what arrives on a NIC.
+pub fn local_addrs() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(context(io::Error::last_os_error(), "getifaddrs"));
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: `ifa_addr` points to a sockaddr whose family says its real type and size.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let addr = match family {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                libc::AF_INET => Some(IpAddr::from(unsafe {
+                    (*ifa.ifa_addr.cast::<libc::sockaddr_in>())
+                        .sin_addr
+                        .s_addr
+                        .to_ne_bytes()
+                })),
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                libc::AF_INET6 => Some(IpAddr::from(unsafe {
+                    (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                        .sin6_addr
+                        .s6_addr
+                })),
+                _ => None,
+            };
+            out.extend(addr.filter(|a| !a.is_loopback()));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and no reference into the list outlives this call.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

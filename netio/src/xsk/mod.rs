@@ -576,6 +576,44 @@ impl AsFd for Xsk {
     }
 }
 
+/// Waits up to `timeout` for frames on any of `xsks` (as [`Xsk::wait`] does for one).
+/// `Ok(true)` when some socket has frames; the first socket error otherwise.
+pub fn wait_any(xsks: &mut [Xsk], timeout: Duration) -> io::Result<bool> {
+    match xsks {
+        [] => {
+            std::thread::sleep(timeout);
+            return Ok(false);
+        }
+        [one] => return one.wait(timeout),
+        _ => {}
+    }
+    if xsks
+        .iter()
+        .any(|x| x.rx.counter(x.rx.producer).load(Ordering::Acquire) != x.rx.cursor.ours)
+    {
+        return Ok(true);
+    }
+    let mut pfds: Vec<libc::pollfd> = xsks
+        .iter()
+        .map(|x| libc::pollfd {
+            fd: x.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let timeout_ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfds` is a valid array of pollfds for the duration of the call.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if ret > 0 {
+        return Ok(true);
+    }
+    for x in xsks.iter_mut() {
+        // A zero timeout: only the pending error.
+        x.wait(Duration::ZERO)?;
+    }
+    Ok(false)
+}
+
 /// The number of receive queues of `interface` (ETHTOOL_GCHANNELS: combined plus rx-only
 /// channels), or 1 when the driver does not say.
 pub fn rx_queues(interface: &str) -> io::Result<u32> {
