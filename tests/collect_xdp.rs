@@ -75,14 +75,18 @@ fn input(api: &Value, name: &str) -> Value {
         .clone()
 }
 
-/// Packets over all inputs: with no duplicate delivery, the mirror packets sent.
-fn all_inputs(api: &Value) -> u64 {
-    api["inputs"]
-        .as_array()
-        .unwrap()
+/// Each source's frames in byte order: a fragmented UDP datagram (VXLAN, GENEVE, TZSP) reaches
+/// the engine through the stack and the UDP socket, beside the XDP input, so it may be written
+/// before or after neighbours that took the XDP path. Exactly once, byte for byte, still holds.
+fn sorted(frames: &Frames) -> Frames {
+    frames
         .iter()
-        .map(|i| i["packets"].as_u64().unwrap())
-        .sum()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            v.sort();
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 fn oracle_of(sent: &Sent) -> Frames {
@@ -148,9 +152,6 @@ fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_
     let steered = xdp["packets"].as_u64().unwrap();
     assert!(xdp["error"].is_null(), "{xdp}");
     assert_eq!(xdp["kernel_drops"], 0, "{xdp}");
-    // Each packet went to the XDP input or, as outer fragments reassembled by the stack, to a
-    // socket input; never to both.
-    assert_eq!(all_inputs(&api), sent.total(), "{}", api["inputs"]);
     // The stack saw only what the program passed: the fragments (a few frames of the
     // namespace's own IPv6 housekeeping may come in the same window).
     let stack = delta(&before, &after, "IpInReceives") + delta(&before, &after, "Ip6InReceives");
@@ -178,7 +179,7 @@ fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_
     c.stop("TERM", STOP_WITHIN);
     assert!(!xdp_on(&lab, &col, "col0"), "program left after SIGTERM");
     let files = c.session_frames(&api);
-    assert_same_frames("the XDP input's files", &expected, &files);
+    assert_same_frames("the XDP input's files", &sorted(&expected), &sorted(&files));
 
     // The same packets replayed into the raw-socket input: the same files, byte for byte.
     let raw_out = lab.dir().join("raw");
@@ -189,7 +190,12 @@ fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_
     raw.stop("TERM", STOP_WITHIN);
     let raw_files = raw.session_frames(&raw_api);
     assert_eq!(collector::source_packets(&raw_api), sent.sources);
-    assert_same_frames("raw sockets against the XDP input", &files, &raw_files);
+    assert_same_frames("raw sockets against tshark", &expected, &raw_files);
+    assert_same_frames(
+        "raw sockets against the XDP input",
+        &sorted(&files),
+        &sorted(&raw_files),
+    );
 }
 
 #[test]
@@ -303,9 +309,10 @@ fn an_interface_that_vanishes_is_reported_survived_and_taken_again() {
     let on_col0 = input(&api, "xdp col0")["packets"].as_u64().unwrap();
     // Outer fragments of the larger frames go through the stack to the GRE socket.
     assert!(on_col0 > 0, "{}", api["inputs"]);
-    assert_eq!(all_inputs(&api), sent.total(), "{}", api["inputs"]);
+    for (k, n) in &sent.sources {
+        assert_eq!(collector::source_packets(&api)[k], *n, "{k:?}: once each");
+    }
 
-    let all_before = all_inputs(&api);
     // Back: taken again, and what it carries is steered.
     add_mir(&lab);
     wait_until(Duration::from_secs(10), "mir0 taken again", || {
@@ -328,12 +335,9 @@ fn an_interface_that_vanishes_is_reported_survived_and_taken_again() {
         "{}",
         api["inputs"]
     );
-    assert_eq!(
-        all_inputs(&api),
-        all_before + sent.total(),
-        "{}",
-        api["inputs"]
-    );
+    for (k, n) in &sent.sources {
+        assert_eq!(collector::source_packets(&api)[k], *n, "{k:?}: once each");
+    }
 }
 
 #[test]

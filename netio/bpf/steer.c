@@ -7,10 +7,14 @@
 // receive time (bpf_ktime_get_ns) and a magic word in 16 bytes of XDP metadata in front of it.
 // With no socket on that queue, bpf_redirect_map's fallback passes it to the kernel.
 //
-// Outer fragments (IPv4 MF or offset, IPv6 fragment header) always pass: the kernel reassembles
-// them for the raw GRE and UDP sockets, which stay open beside the XDP input (non-first UDP
-// fragments carry no port, so they could not be steered reliably anyway). Frames too long for
-// a UMEM chunk pass too, for the same sockets. Both are counted.
+// Outer GRE fragments (IPv4 MF or offset, IPv6 fragment header) are steered like whole GRE
+// packets: every fragment names the protocol, and user space reassembles them (tapwire's
+// pipeline has bounded reassembly), so a sender's packets stay on one input and in order. UDP
+// fragments pass to the kernel, which reassembles them for the UDP sockets that stay open beside
+// the XDP input: non-first UDP fragments carry no port, and steering every UDP fragment to the
+// address would take the host's own fragmented UDP. Frames too long for a UMEM chunk pass too,
+// for the raw GRE and UDP sockets. Counted: steered GRE fragments in `C_FRAGMENT` as well as
+// `C_STEERED`; passed UDP fragments in `C_FRAGMENT` only.
 //
 // Up to two VLAN tags (802.1Q, 802.1ad) in the frame are skipped. IPv6 extension headers other
 // than the fragment header are not walked: such packets pass, and the sockets take them.
@@ -180,7 +184,7 @@ int tapwire_steer(struct xdp_md *ctx)
 	if (proto != IPPROTO_GRE && proto != IPPROTO_UDP)
 		return count(C_PASSED, XDP_PASS);
 	key.proto = proto;
-	if (fragment)
+	if (fragment && proto == IPPROTO_UDP)
 		return count(is_dest(&key) ? C_FRAGMENT : C_PASSED, XDP_PASS);
 	if (proto == IPPROTO_UDP) {
 		if (p + 8 > (__u8 *)end)
@@ -191,6 +195,8 @@ int tapwire_steer(struct xdp_md *ctx)
 	}
 	if (!is_dest(&key))
 		return count(C_PASSED, XDP_PASS);
+	if (fragment)
+		count(C_FRAGMENT, 0);
 	if ((long)end - (long)data > MAX_FRAME_BYTES)
 		return count(C_TOO_BIG, XDP_PASS);
 

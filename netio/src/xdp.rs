@@ -92,7 +92,8 @@ pub struct XdpCounters {
     pub steered: u64,
     /// Mirror traffic on a queue with no socket: passed to the kernel.
     pub no_socket: u64,
-    /// Outer fragments of GRE or UDP to a steered address: passed for the kernel to reassemble.
+    /// Outer fragments to a steered address: GRE ones steered (also in `steered`), UDP ones
+    /// passed for the kernel to reassemble.
     pub fragments: u64,
     /// Mirror frames longer than [`MAX_STEERED_FRAME_BYTES`]: passed.
     pub too_big: u64,

@@ -129,6 +129,15 @@ fn gre4(dst: Ipv4Addr, p: &[u8], more_fragments: bool) -> Vec<u8> {
     f
 }
 
+/// `frame` (untagged IPv4) as a first fragment: MF set, checksum redone.
+fn udp_fragment(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 6] = 0x20;
+    frame[14 + 10..14 + 12].fill(0);
+    let sum = ip_checksum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
 /// An IPv6 GRE frame to `dst`.
 fn gre6(dst: Ipv6Addr, p: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -210,7 +219,10 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
         ));
         steered.push(gre4(COLLECTOR, &payload(1, 300 + seq, 80), false));
         steered.push(gre6(v6, &payload(1, 400 + seq, 80)));
-        // Not mirror traffic: another port, another address; and a fragment.
+        // GRE fragments are steered (user space reassembles them).
+        steered.push(gre4(COLLECTOR, &payload(1, 800 + seq, 80), true));
+        // Not mirror traffic: another port, another address; and UDP fragments, which the
+        // kernel reassembles for the UDP sockets.
         passed.push(udp(&[], 40000, 5000, &payload(1, 500 + seq, 60)));
         passed.push(gre4(
             Ipv4Addr::new(10, 9, 0, 3),
@@ -218,7 +230,12 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
             false,
         ));
         passed.push(gre6(other6, &payload(1, 700 + seq, 80)));
-        passed.push(gre4(COLLECTOR, &payload(1, 800 + seq, 80), true));
+        passed.push(udp_fragment(udp(
+            &[],
+            40000,
+            4789,
+            &payload(1, 900 + seq, 60),
+        )));
     }
     let before_ns = now_ns();
     for f in steered.iter().chain(&passed) {
@@ -238,7 +255,8 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
 
     let c = prog.counters().expect("counters");
     assert_eq!(c.steered, steered.len() as u64, "{c:?}");
-    assert_eq!(c.fragments, 10, "{c:?}");
+    // 10 GRE fragments steered, 10 UDP fragments passed.
+    assert_eq!(c.fragments, 20, "{c:?}");
     assert_eq!((c.too_big, c.no_socket), (0, 0), "{c:?}");
     assert!(c.passed >= 30, "{c:?}");
     let s = xsks[0].stats().expect("stats");

@@ -9,9 +9,10 @@
 //! would have received through IF: GRE to the raw GRE inputs' addresses, UDP to the UDP inputs'
 //! addresses and ports (an unspecified address stands for every local address, looked up again
 //! each second). Those packets never reach the stack, so the sockets, which stay open, cannot
-//! read them a second time, and the kernel answers no sender with ICMP for them. What the XDP
-//! program passes (outer fragments, frames longer than a UMEM chunk, traffic on other
-//! interfaces) the sockets read as before.
+//! read them a second time, and the kernel answers no sender with ICMP for them. Outer GRE
+//! fragments are steered too and reassembled by the pipeline (`formats::defrag`), so a
+//! sender's packets stay on one input, in order. What the XDP program passes (UDP fragments,
+//! frames longer than a UMEM chunk, traffic on other interfaces) the sockets read as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,11 +107,13 @@ pub fn expand_dests(dests: &[Dest], local: &[IpAddr]) -> Vec<Dest> {
             out.push(*d);
             continue;
         }
-        let takes = |l: &IpAddr| match (addr, l, d) {
-            (IpAddr::V4(_), IpAddr::V4(_), _) => true,
-            (IpAddr::V6(_), IpAddr::V6(_), _) => true,
-            (IpAddr::V6(_), IpAddr::V4(_), Dest::Udp(..)) => true,
-            _ => false,
+        let takes = |l: &IpAddr| {
+            matches!(
+                (addr, l, d),
+                (IpAddr::V4(_), IpAddr::V4(_), _)
+                    | (IpAddr::V6(_), IpAddr::V6(_), _)
+                    | (IpAddr::V6(_), IpAddr::V4(_), Dest::Udp(..))
+            )
         };
         out.extend(local.iter().filter(|l| takes(l)).map(|l| make(*l)));
     }
