@@ -22,6 +22,8 @@
 #
 #   tapwire        tapwire collect --no-tui --out DIR (release build): the raw GRE socket input
 #   tapwire-ring   the same with --gre-v4 off --interface col0 (AF_PACKET TPACKET_V3 ring)
+#   tapwire-xdp    the same with --xdp col0 (AF_XDP; the raw GRE socket stays open for what the
+#                  XDP program passes). INPUT=xdp (or ring, raw) runs that tapwire column alone.
 #   tcpdump        tcpdump -i col0 -w FILE (libpcap's default 2 MiB buffer)
 #   tcpdump-B      tcpdump -i col0 -B 65536 -w FILE (a 64 MiB buffer)
 #
@@ -54,7 +56,12 @@ SESSIONS=${SESSIONS:-8}
 SECONDS_RUN=${SECONDS_RUN:-10}
 RUNS=${RUNS:-3}
 RATE=${RATE:-max}
-CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tcpdump tcpdump-B}
+case ${INPUT:-} in
+xdp) CAPTURERS=${CAPTURERS:-tapwire-xdp} ;;
+ring) CAPTURERS=${CAPTURERS:-tapwire-ring} ;;
+raw) CAPTURERS=${CAPTURERS:-tapwire} ;;
+esac
+CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tapwire-xdp tcpdump tcpdump-B}
 RSS_SESSIONS=${RSS_SESSIONS-1024 4096}
 RSS_SECONDS=${RSS_SECONDS:-60}
 PROFILE=${PROFILE:-1}
@@ -109,11 +116,12 @@ start_capturer() {
     rm -rf "$out"
     mkdir -p "$out"
     SINK_PID=
-    [[ $who != tapwire ]] && start_sink "$COL"
+    [[ $who != tapwire && $who != tapwire-xdp ]] && start_sink "$COL"
     case $who in
-    tapwire | tapwire-ring)
+    tapwire | tapwire-ring | tapwire-xdp)
         local inputs=(--gre-v4 0.0.0.0)
         [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
+        [[ $who == tapwire-xdp ]] && inputs=(--gre-v4 0.0.0.0 --xdp col0)
         ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --out "$out" \
             "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
             --api 127.0.0.1:9750 2>"$WORK/capturer.err" &
