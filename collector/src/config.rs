@@ -569,19 +569,7 @@ impl Config {
 }
 
 /// Session names become file names: keep them to a safe alphabet.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 100 {
-        return Err("must be 1 to 100 characters".into());
-    }
-    if name.starts_with('.')
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-    {
-        return Err("use letters, digits, '-', '_', '.', ':' and do not start with '.'".into());
-    }
-    Ok(())
-}
+pub use tapwire_api_types::control::validate_name;
 
 fn files(f: &RawFiles, base: &FilesConfig, at: &str) -> Result<FilesConfig, ConfigError> {
     let mut out = base.clone();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::plan;
+use crate::record::Info;
 use crate::sys;
 
 /// What `down` removed.
@@ -20,7 +21,7 @@ pub fn run(name: &str) -> Result<ExitCode> {
     if !sys::is_root() {
         return Err(crate::Refused("removing namespaces needs root".into()).into());
     }
-    let out = crate::up::Info::load(name).map(|i| i.out);
+    let out = Info::load(name).map(|i| i.out);
     let removed = down(name)?;
     if removed.namespaces == 0 && removed.processes == 0 {
         println!("lab {name:?} was not up; nothing to remove");

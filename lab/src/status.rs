@@ -6,11 +6,11 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tapwire_api::{SessionState, Snapshot};
+use tapwire_api_types::{SessionState, Snapshot};
 
 use crate::plan::{self, API, Plan};
+use crate::record::{Info, invoked_as, sender};
 use crate::sys;
-use crate::up::{Info, sender};
 
 /// The collector's snapshot, read with `tapwire top --once --json` inside its namespace.
 pub fn snapshot(plan: &Plan, tapwire: &Path) -> Result<Snapshot> {
@@ -173,11 +173,7 @@ fn state_name(s: SessionState) -> &'static str {
 
 fn print(st: &Status) {
     if !st.up {
-        println!(
-            "lab {:?} is not up ({} lab up)",
-            st.name,
-            crate::up::invoked_as()
-        );
+        println!("lab {:?} is not up ({} lab up)", st.name, invoked_as());
         return;
     }
     let present = st.namespaces.iter().filter(|n| n.present).count();

@@ -6,39 +6,12 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
-use tapwire_api::{SessionState, Snapshot};
+use tapwire_api_types::{SessionState, Snapshot};
 
 use crate::plan::{self, API, Plan, Sender};
+use crate::record::{self, Info, invoked_as};
 use crate::sys::{self, Output};
-use crate::{NameArg, Refused, UpArgs, down, ovs, status};
-
-/// What `up` wrote down about a lab, for `status` and `down` (`<state>/lab.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Info {
-    pub name: String,
-    pub out: PathBuf,
-    pub ovs: bool,
-    /// The `tapwire` binary that brought it up (its `top` reads the collector's API).
-    pub tapwire: PathBuf,
-    /// Seconds since the Unix epoch.
-    pub started: u64,
-}
-
-impl Info {
-    pub fn load(name: &str) -> Option<Info> {
-        let text = std::fs::read_to_string(plan::state_dir(name).join("lab.json")).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub fn plan(&self) -> Plan {
-        Plan {
-            name: self.name.clone(),
-            out: self.out.clone(),
-            ovs: self.ovs,
-        }
-    }
-}
+use crate::{Refused, UpOptions, down, ovs, status};
 
 /// Tools the lab runs, with the Debian package that has each (scripts/setup.sh installs them).
 const TOOLS: [(&str, &str); 11] = [
@@ -55,9 +28,9 @@ const TOOLS: [(&str, &str); 11] = [
     ("sh", "dash"),
 ];
 
-pub fn up(a: &UpArgs) -> Result<ExitCode> {
+pub fn up(a: &UpOptions) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let name = &a.name.name;
+    let name = &a.name;
     if !sys::is_root() {
         return Err(Refused("the lab makes network namespaces: run it as root".into()).into());
     }
@@ -163,18 +136,10 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How this binary was invoked (`target/release/tapwire`), for hints a user can paste.
-pub fn invoked_as() -> String {
-    std::env::args()
-        .next()
-        .filter(|a| a.contains('/'))
-        .unwrap_or_else(|| "tapwire".into())
-}
-
 /// `tapwire lab top`.
-pub fn top(a: &NameArg) -> Result<ExitCode> {
-    let info = Info::load(&a.name)
-        .ok_or_else(|| anyhow!("lab {:?} is not up ({} lab up)", a.name, invoked_as()))?;
+pub fn top(name: &str) -> Result<ExitCode> {
+    let info = Info::load(name)
+        .ok_or_else(|| anyhow!("lab {name:?} is not up ({} lab up)", invoked_as()))?;
     ui(&info.plan(), &info.tapwire)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -421,7 +386,7 @@ pub fn not_receiving<'a>(snap: &Snapshot, names: &[&'a str]) -> Vec<&'a str> {
 fn summary(plan: &Plan) {
     println!("{:<12} {:<52} SENDER", "SESSION", "WORKFLOW");
     for s in plan.sessions() {
-        println!("{:<12} {:<52} {}", s.name, s.workflow, sender(s));
+        println!("{:<12} {:<52} {}", s.name, s.workflow, record::sender(s));
     }
     println!();
     println!("captures   {}", plan.out.display());
@@ -432,24 +397,6 @@ fn summary(plan: &Plan) {
         plan.state_dir().join("logs/ids.log").display()
     );
     println!("logs       {}", plan.state_dir().join("logs").display());
-}
-
-/// `host1 probe: br0 both, promiscuous, ERSPAN III`.
-pub fn sender(s: &plan::Session) -> String {
-    match s.sender {
-        Sender::Probe(f) => {
-            let mut d = format!("{} probe: {} {}", f.host, f.interface, f.direction);
-            if f.promiscuous {
-                d.push_str(", promiscuous");
-            }
-            if let Some(filter) = f.filter {
-                d.push_str(&format!(", '{filter}'"));
-            }
-            d.push_str(&format!(", {} {}", f.encap, s.id));
-            d
-        }
-        Sender::Ovs => format!("host3 Open vSwitch: br-int mirror, {} {}", s.kind, s.id),
-    }
 }
 
 fn tail(path: &Path) -> String {

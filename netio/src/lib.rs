@@ -37,6 +37,8 @@
 //! `setns(CLONE_NEWNET)` (sockets keep their namespace when handed back to the test thread),
 //! and deletes the namespace in a `Drop` guard. Without root they print why and skip.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod bpf;
 mod error;

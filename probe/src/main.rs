@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
 use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};
@@ -215,12 +215,15 @@ fn controlled(cli: &Cli) -> ExitCode {
                 config::interval(v).map_err(|e| format!("--stats-interval: {e}"))?;
         }
         settings.user = cli.user.clone();
+        if let Some(u) = &settings.user {
+            privs::lookup_user(u).map_err(|e| format!("--user {u}: {e}"))?;
+        }
         let state = cli
             .state
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
         // The client is built once here so that a bad --ca or URL is a start-up error.
-        tapwire_probe::client::Client::new(
+        tapwire_client::Client::new(
             cli.controller.as_deref().unwrap_or_default(),
             cli.token.clone(),
             cli.ca.as_deref(),
@@ -284,7 +287,7 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         }
         None => ProbeConfig {
             settings: Settings::default(),
-            flows: vec![flow_from_flags(cli)?.resolve("--iface").map_err(|e| e.0)?],
+            flows: vec![config::resolve(&flow_from_flags(cli)?, "--iface").map_err(|e| e.0)?],
         },
     };
     if let Some(mtu) = cli.mtu {
@@ -301,6 +304,13 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
     }
     if cli.user.is_some() {
         config.settings.user = cli.user.clone();
+    }
+    if let Some(u) = &config.settings.user {
+        let flag = match (&cli.user, &cli.config) {
+            (None, Some(path)) => format!("{}: [probe] user", path.display()),
+            _ => "--user".to_string(),
+        };
+        privs::lookup_user(u).map_err(|e| format!("{flag} {u}: {e}"))?;
     }
     let mut collectors: Vec<IpAddr> = config.flows.iter().map(|f| f.collector).collect();
     collectors.sort();

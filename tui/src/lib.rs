@@ -11,12 +11,13 @@
 //! - [`history`]: rates between polled snapshots, for the charts.
 //! - [`render`]: drawing the state into a frame.
 //! - [`client`], [`input`], [`logs`]: the shells (HTTP, terminal, clock, log buffer).
-//! - [`cli`]: `tapwire top` (interactive, `--raw`, `--json`) and the inline entry point.
+//!
+//! `tapwire top` (interactive, `--raw`, `--json`) and the inline entry point are the `tapwire`
+//! binary's (`cli/src/top.rs`), which plug the real terminal, clock and client in here.
 //!
 //! The UI polls once per `poll_every` and draws only when the snapshot, the link state, the
 //! log pane or the input changed; between polls it sleeps in the terminal's event wait.
 
-pub mod cli;
 pub mod client;
 pub mod fixture;
 pub mod format;

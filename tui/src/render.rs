@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{
     Block, Cell, Clear, Paragraph, RenderDirection, Row as TableRow, Sparkline, Table,
 };
-use tapwire_api::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
+use tapwire_api_types::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::{self, count, percent};
 use crate::logs::LogBuffer;
@@ -429,7 +429,7 @@ fn cell(app: &App, r: &Row<'_>, c: Column, w: u16) -> Cell<'static> {
     }
 }
 
-fn rates(r: &Row<'_>) -> tapwire_api::Rates {
+fn rates(r: &Row<'_>) -> tapwire_api_types::Rates {
     r.source.map_or(r.session.rates, |x| x.rates)
 }
 
@@ -440,7 +440,7 @@ fn flag(n: u64, style: Style) -> Style {
 /// Drops that lose data the operator wanted (disk, write errors, backlog), as opposed to
 /// drops by policy (disabled, filter, no session).
 fn loss_drops(d: &Drops) -> u64 {
-    d.disk_guard + d.write_error + d.backlog
+    d.disk_guard + d.disk_full + d.write_error + d.backlog
 }
 
 fn drop_style(d: &Drops) -> Style {
@@ -667,6 +667,7 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ("disabled", d.disabled, false),
         ("filter", d.filter, false),
         ("disk-guard", d.disk_guard, true),
+        ("disk-full", d.disk_full, true),
         ("write-error", d.write_error, true),
         ("backlog", d.backlog, true),
     ] {
@@ -726,13 +727,27 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ));
         if wide {
             let seq = match src.sequence {
-                tapwire_api::Sequence::None => "none",
-                tapwire_api::Sequence::PerSource => "own",
-                tapwire_api::Sequence::SharedBySender => "shared",
+                tapwire_api_types::Sequence::None => "none",
+                tapwire_api_types::Sequence::PerSource => "own",
+                tapwire_api_types::Sequence::SharedBySender => "shared",
             };
             spans.push(Span::raw(format!(" {seq}")));
         }
         lines.push(Line::from(spans));
+    }
+    // Frames kept although their GRE checksum did not verify: a sender's quirk (Open vSwitch
+    // repeats one checksum) or damage on the way; only shown when it happened.
+    for src in s.sources.iter().take(max_sources) {
+        if src.gre_checksum_bad > 0 {
+            lines.push(Line::styled(
+                format!(
+                    "{}: {} bad GRE checksums (frames kept)",
+                    truncate_middle(&source_name(src), label_w),
+                    count(src.gre_checksum_bad)
+                ),
+                WARN,
+            ));
+        }
     }
     if s.sources.len() > max_sources {
         lines.push(Line::styled(

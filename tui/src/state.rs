@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::widgets::TableState;
-use tapwire_api::{Action, SessionState, SessionStats, Snapshot, SourceStats};
+use tapwire_api_types::{Action, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::parse_rfc3339;
 use crate::history::RateHistory;

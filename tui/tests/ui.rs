@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{Event, KeyCode};
-use tapwire_api::{Action, SessionState, Snapshot};
+use tapwire_api_types::{Action, SessionState, Snapshot};
 use tapwire_tui::input::{FakeClock, Script};
 use tapwire_tui::{Options, RunStats, fixture, start};
 
@@ -169,6 +169,38 @@ fn detail_pane_of_a_session_with_everything() {
         "{sc}"
     );
     insta::assert_snapshot!(t.backend());
+}
+
+/// A source whose GRE checksums did not verify says so in the detail pane; the others do not.
+#[test]
+fn detail_pane_names_bad_gre_checksums() {
+    let mut snap = fixture::snapshot(0);
+    let edge = snap
+        .sessions
+        .iter_mut()
+        .find(|s| s.name == "edge-sw1")
+        .unwrap();
+    edge.sources[1].gre_checksum_bad = 1234;
+    edge.gre_checksum_bad = 1234;
+    let fake = Rc::new(RefCell::new(Fake {
+        frozen: Some(Arc::new(snap)),
+        ..Fake::default()
+    }));
+    let (t, _) = run(&fake, 120, 40, |s| {
+        s.idle(2).keys("jjj").key(KeyCode::Char('q'))
+    });
+    let sc = screen(&t);
+    assert!(sc.contains("edge-sw1 · "), "edge-sw1 selected: {sc}");
+    let lines: Vec<&str> = sc
+        .lines()
+        .filter(|l| l.contains("bad GRE checksums"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{sc}");
+    assert!(
+        lines[0].contains("10.0.0.6 erspan-iii 42: 1234 bad GRE checksums (frames kept)"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
