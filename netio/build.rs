@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn main() {
+fn main() -> Result<(), String> {
     let src = "bpf/steer.c";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CLANG");
-    let out =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("steer.o");
+    let out_dir = std::env::var_os("OUT_DIR").ok_or("cargo did not set OUT_DIR")?;
+    let out = PathBuf::from(out_dir).join("steer.o");
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     let status = Command::new(&clang)
         .args([
@@ -19,11 +19,11 @@ fn main() {
         .arg(&out)
         .status();
     match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("{clang} failed to compile {src} ({s})"),
-        Err(e) => panic!(
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{clang} failed to compile {src} ({s})")),
+        Err(e) => Err(format!(
             "cannot run {clang} ({e}): the XDP program needs clang to build \
              (Debian: apt-get install clang; scripts/setup.sh installs it)"
-        ),
+        )),
     }
 }

@@ -62,7 +62,9 @@ impl fmt::Display for XdpMode {
 /// What the program steers: a local address and protocol, and for UDP the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dest {
+    /// GRE (IP protocol 47) to this address.
     Gre(IpAddr),
+    /// UDP to this address and port.
     Udp(IpAddr, u16),
 }
 
@@ -224,6 +226,7 @@ impl XdpProgram {
         })
     }
 
+    /// The interface the program is attached to.
     pub fn interface(&self) -> &str {
         &self.interface
     }
@@ -233,6 +236,7 @@ impl XdpProgram {
         self.ifindex
     }
 
+    /// Native or generic, as the kernel accepted it.
     pub fn mode(&self) -> XdpMode {
         self.mode
     }

@@ -1,5 +1,6 @@
 //! tapwire's XDP program and AF_XDP sockets against a real kernel: a veth pair in a namespace
 //! of the test's own; frames go out of `twa` and arrive on `twb`, where the program runs.
+#![allow(clippy::expect_used)]
 
 mod common;
 

@@ -66,17 +66,32 @@ const COMPLETION_RING_SIZE: u32 = 64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum XskConfigError {
+    /// The chunk size is neither 2048 nor 4096, or above the page size.
     #[error("chunk size {0} bytes must be 2048 or 4096 and at most the page size")]
     ChunkSize(u32),
+    /// A ring size is not a power of two.
     #[error("{ring} ring size {size} is not a power of two")]
-    RingSize { ring: &'static str, size: u32 },
+    RingSize {
+        /// Which ring (`rx` or `fill`).
+        ring: &'static str,
+        /// The size asked for.
+        size: u32,
+    },
+    /// More chunks than the fill ring holds: some could never be handed to the kernel.
     #[error("{chunks} chunks do not fit in a fill ring of {fill}")]
-    TooManyChunks { chunks: u32, fill: u32 },
+    TooManyChunks {
+        /// The chunk count asked for.
+        chunks: u32,
+        /// The fill ring's size.
+        fill: u32,
+    },
+    /// A UMEM of no chunks.
     #[error("no chunks")]
     NoChunks,
 }
 
 impl XskConfig {
+    /// Checks the sizes before anything is allocated.
     pub fn validate(&self) -> Result<(), XskConfigError> {
         let chunk = self.chunk_size_bytes;
         if !matches!(chunk, 2048 | 4096) || chunk > page_size_bytes() {
@@ -383,14 +398,17 @@ impl Xsk {
         Ok(xsk)
     }
 
+    /// The interface the socket is bound to.
     pub fn interface(&self) -> &str {
         &self.interface
     }
 
+    /// The interface's index when the socket was bound.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
     }
 
+    /// The receive queue the socket is bound to.
     pub fn queue(&self) -> u32 {
         self.queue
     }
