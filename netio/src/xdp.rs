@@ -70,7 +70,7 @@ pub enum Dest {
 
 /// The program's key for `dest` (`struct dest_key` in steer.c): the address as 16 bytes
 /// (IPv4-mapped for IPv4), the port in network order (0 for GRE, and for "some UDP port here",
-/// which counts UDP fragments), the protocol, a pad byte.
+/// which UDP fragments are looked up by), the protocol, a pad byte.
 pub fn dest_key(dest: &Dest) -> [u8; 20] {
     let (addr, proto, port) = match *dest {
         Dest::Gre(a) => (a, 47u8, 0u16),
@@ -87,15 +87,17 @@ pub fn dest_key(dest: &Dest) -> [u8; 20] {
     key
 }
 
-/// The program's counters, summed over CPUs.
+/// The program's counters, summed over CPUs. Every frame counts in exactly one of `steered`,
+/// `no_socket`, `too_big` and `passed`; `fragments` counts some of them a second time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XdpCounters {
     /// Redirected to an AF_XDP socket.
     pub steered: u64,
     /// Mirror traffic on a queue with no socket: passed to the kernel.
     pub no_socket: u64,
-    /// Outer fragments to a steered address: GRE ones steered (also in `steered`), UDP ones
-    /// passed for the kernel to reassemble.
+    /// Outer fragments (GRE or UDP) to a steered address, whatever their fate: a datagram's
+    /// fragments follow the first of them to arrive (steered, or all passed for the kernel to
+    /// reassemble; see `bpf/steer.c`).
     pub fragments: u64,
     /// Mirror frames longer than [`MAX_STEERED_FRAME_BYTES`]: passed.
     pub too_big: u64,
@@ -243,7 +245,8 @@ impl XdpProgram {
 
     /// Makes `dests` the set the program steers: new entries are added before old ones are
     /// removed, so a destination in both is never missed. For each UDP address a port-0 entry
-    /// is added too (for the fragment counter).
+    /// is added too: a UDP fragment is looked up by its address alone (only the first fragment
+    /// has the port).
     pub fn set_dests(&mut self, dests: &[Dest]) -> io::Result<()> {
         let mut want = BTreeSet::new();
         for d in dests {

@@ -64,6 +64,7 @@ fn attach(ns: &Netns, queues: u32) -> (XdpProgram, Vec<Xsk>, PacketSender) {
             Dest::Udp(COLLECTOR.into(), 4789),
             Dest::Gre(COLLECTOR.into()),
             Dest::Gre(v6),
+            Dest::Udp(v6, 4789),
         ])
         .expect("dests");
         assert_eq!(rx_queues("twb").expect("channels"), queues);
@@ -128,6 +129,65 @@ fn gre4(dst: Ipv4Addr, p: &[u8], more_fragments: bool) -> Vec<u8> {
     f.extend_from_slice(&[0, 0, 0x65, 0x58]);
     f.extend_from_slice(p);
     f
+}
+
+/// An IPv4 fragment from 10.9.0.1 to `dst` of a `proto` datagram with IP id `id`: `body` at
+/// `offset_bytes` (a multiple of 8), MF as `more`.
+fn frag4(dst: Ipv4Addr, proto: u8, id: u16, offset_bytes: u16, more: bool, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 10, 9, 0, 1];
+    ip.extend_from_slice(&dst.octets());
+    ip[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    let flags_offset = (offset_bytes / 8) | if more { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+    let sum = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(body);
+    f
+}
+
+/// An IPv6 fragment from fd00::1 to `dst` of a `proto` datagram with id `id` (fragment header).
+fn frag6(dst: Ipv6Addr, proto: u8, id: u32, offset_bytes: u16, more: bool, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[44, 64]);
+    f.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().expect("v6").octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[proto, 0]);
+    f.extend_from_slice(&(offset_bytes | u16::from(more)).to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// A UDP header to `dport` followed by `p`: the body of a first fragment.
+fn udp_head(dport: u16, p: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&40000u16.to_be_bytes());
+    b.extend_from_slice(&dport.to_be_bytes());
+    b.extend_from_slice(&(8 + 2 * p.len() as u16).to_be_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(p);
+    b
+}
+
+/// The two fragments (first, last) of an IPv4 UDP datagram to `dport` with id `id`: 72 bytes
+/// (UDP header and 64 of payload), then 64 more.
+fn udp_frags4(dport: u16, id: u16, tag: u8, seq: u32) -> [Vec<u8>; 2] {
+    let p = payload(tag, seq, 64);
+    [
+        frag4(COLLECTOR, 17, id, 0, true, &udp_head(dport, &p)),
+        frag4(COLLECTOR, 17, id, 72, false, &p),
+    ]
 }
 
 /// `frame` (untagged IPv4) as a first fragment: MF set, checksum redone.
@@ -220,10 +280,15 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
         ));
         steered.push(gre4(COLLECTOR, &payload(1, 300 + seq, 80), false));
         steered.push(gre6(v6, &payload(1, 400 + seq, 80)));
-        // GRE fragments are steered (user space reassembles them).
+        // Outer fragments are steered (user space reassembles them).
         steered.push(gre4(COLLECTOR, &payload(1, 800 + seq, 80), true));
-        // Not mirror traffic: another port, another address; and UDP fragments, which the
-        // kernel reassembles for the UDP sockets.
+        steered.push(udp_fragment(udp(
+            &[],
+            40000,
+            4789,
+            &payload(1, 900 + seq, 60),
+        )));
+        // Not mirror traffic: another port, another address.
         passed.push(udp(&[], 40000, 5000, &payload(1, 500 + seq, 60)));
         passed.push(gre4(
             Ipv4Addr::new(10, 9, 0, 3),
@@ -231,12 +296,6 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
             false,
         ));
         passed.push(gre6(other6, &payload(1, 700 + seq, 80)));
-        passed.push(udp_fragment(udp(
-            &[],
-            40000,
-            4789,
-            &payload(1, 900 + seq, 60),
-        )));
     }
     let before_ns = now_ns();
     for f in steered.iter().chain(&passed) {
@@ -256,7 +315,7 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
 
     let c = prog.counters().expect("counters");
     assert_eq!(c.steered, steered.len() as u64, "{c:?}");
-    // 10 GRE fragments steered, 10 UDP fragments passed.
+    // 10 GRE and 10 UDP first fragments.
     assert_eq!(c.fragments, 20, "{c:?}");
     assert_eq!((c.too_big, c.no_socket), (0, 0), "{c:?}");
     assert!(c.passed >= 30, "{c:?}");
@@ -266,6 +325,88 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
     drop(xsks);
     drop(prog);
     assert!(!xdp_attached(&ns, "twb"), "program left attached");
+}
+
+/// A datagram's fragments take one path, chosen by the first of them to arrive: a UDP first
+/// fragment to a steered port takes its datagram to the socket; a later fragment arriving
+/// first, or a first fragment to another port, leaves the whole datagram to the kernel (even
+/// when a datagram with the same id was steered just before); GRE fragments are steered in
+/// any order.
+#[test]
+fn a_datagrams_fragments_follow_the_first_of_them_to_arrive() {
+    if !root_or_skip("a_datagrams_fragments_follow_the_first_of_them_to_arrive") {
+        return;
+    }
+    let ns = setup(1);
+    let (prog, mut xsks, sender) = attach(&ns, 1);
+    let mut ring = ns.enter(|| {
+        Ring::open(
+            "twb",
+            &RingConfig {
+                block_size_bytes: 64 << 10,
+                block_count: 4,
+                ..RingConfig::default()
+            },
+        )
+        .expect("ring")
+    });
+    let v6: Ipv6Addr = "fd00::2".parse().expect("v6");
+    let [a1, a2] = udp_frags4(4789, 1, 5, 0);
+    let [b1, b2] = udp_frags4(4789, 2, 5, 1);
+    let [c1, c2] = udp_frags4(5000, 3, 5, 2);
+    // Id 4 steered, then at once id 4 again to another port: that one passes.
+    let [d1, d2] = udp_frags4(4789, 4, 5, 3);
+    let [e1, e2] = udp_frags4(5000, 4, 5, 4);
+    let p = payload(5, 5, 64);
+    let (f1, f2) = (
+        frag6(v6, 17, 0x1_0001, 0, true, &udp_head(4789, &p)),
+        frag6(v6, 17, 0x1_0001, 72, false, &p),
+    );
+    let p = payload(5, 6, 64);
+    let (g1, g2) = (
+        frag4(COLLECTOR, 47, 7, 0, true, &p),
+        frag4(COLLECTOR, 47, 7, 64, false, &p),
+    );
+    // (frame, steered), in the order sent.
+    let sent = [
+        (&a1, true),
+        (&a2, true),
+        (&b2, false),
+        (&b1, false),
+        (&c1, false),
+        (&c2, false),
+        (&d1, true),
+        (&d2, true),
+        (&e1, false),
+        (&e2, false),
+        (&f1, true),
+        (&f2, true),
+        (&g2, true),
+        (&g1, true),
+    ];
+    for (f, _) in &sent {
+        sender.send(f);
+    }
+    let steered: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|(_, s)| *s)
+        .map(|(f, _)| (*f).clone())
+        .collect();
+    let passed: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|(_, s)| !*s)
+        .map(|(f, _)| (*f).clone())
+        .collect();
+    let got = receive(&mut xsks, steered.len(), WAIT);
+    let frames: Vec<&Vec<u8>> = got.iter().map(|(_, f, _, _)| f).collect();
+    same_frames("steered datagrams, whole and in order", &frames, &steered);
+    let seen = capture_tagged(&mut ring, 5, passed.len(), WAIT);
+    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
+    same_frames("passed datagrams, whole", &seen, &passed);
+    let c = prog.counters().expect("counters");
+    assert_eq!(c.steered, steered.len() as u64, "{c:?}");
+    assert_eq!(c.fragments, sent.len() as u64, "{c:?}");
+    assert_eq!(c.passed, passed.len() as u64, "{c:?}");
 }
 
 /// veth refuses native XDP (for programs without multi-buffer support) when the peer's MTU
@@ -285,16 +426,31 @@ fn with_a_jumbo_mtu_the_program_runs_generic_and_passes_long_frames() {
     let mut ring = ns.enter(|| Ring::open("twb", &RingConfig::default()).expect("ring"));
     let short = udp(&[], 40000, 4789, &payload(4, 0, 3000));
     let long = udp(&[], 40000, 4789, &payload(4, 1, 3900));
+    // A GRE datagram whose first fragment is too long and whose last one is short: both pass,
+    // or neither half could be reassembled.
+    let big = payload(4, 2, 3896);
+    let tail = payload(4, 3, 64);
+    let frags = [
+        frag4(COLLECTOR, 47, 9, 0, true, &big),
+        frag4(COLLECTOR, 47, 9, 3896, false, &tail),
+    ];
     sender.send(&short);
     sender.send(&long);
-    let got = receive(&mut xsks, 1, WAIT);
+    for f in &frags {
+        sender.send(f);
+    }
+    let got = receive(&mut xsks, 2, Duration::from_millis(500));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, short);
-    let seen = capture_tagged(&mut ring, 4, 1, WAIT);
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].wire, long);
+    let seen = capture_tagged(&mut ring, 4, 3, WAIT);
+    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
+    same_frames(
+        "too long, passed",
+        &seen,
+        &[long, frags[0].clone(), frags[1].clone()],
+    );
     let c = prog.counters().expect("counters");
-    assert_eq!((c.steered, c.too_big), (1, 1), "{c:?}");
+    assert_eq!((c.steered, c.too_big, c.fragments), (1, 1, 2), "{c:?}");
 }
 
 #[test]

@@ -9,10 +9,14 @@
 //! would have received through IF: GRE to the raw GRE inputs' addresses, UDP to the UDP inputs'
 //! addresses and ports (an unspecified address stands for every local address, looked up again
 //! each second). Those packets never reach the stack, so the sockets, which stay open, cannot
-//! read them a second time, and the kernel answers no sender with ICMP for them. Outer GRE
+//! read them a second time, and the kernel answers no sender with ICMP for them. Outer
 //! fragments are steered too and reassembled by the pipeline (`formats::defrag`), so a
-//! sender's packets stay on one input, in order. What the XDP program passes (UDP fragments,
-//! frames longer than a UMEM chunk, traffic on other interfaces) the sockets read as before.
+//! sender's packets stay on one input, in order: all GRE fragments to a steered address, and
+//! each UDP datagram's fragments as its first fragment to arrive decides (steered when that is
+//! the one with the port and the port is a mirror port; otherwise the whole datagram is passed,
+//! and the kernel reassembles it for the UDP socket). What the XDP program passes (those
+//! datagrams, frames longer than a UMEM chunk, traffic on other interfaces) the sockets read as
+//! before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
