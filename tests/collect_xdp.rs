@@ -21,11 +21,20 @@ use std::time::Duration;
 use serde_json::Value;
 use tapwire_tests::collector::{self, Collector};
 use tapwire_tests::netns::{COL_V4, COL_V6, Lab, poll_until, wait_until};
-use tapwire_tests::oracle::{self, Frames, assert_same_frames};
-use tapwire_tests::senders::{self, MirrorSend, Sent};
+use tapwire_tests::oracle::assert_same_frames;
+use tapwire_tests::senders::{self, MirrorSend};
 
 const STOP_WITHIN: Duration = Duration::from_millis(2500);
 const ATTACHED: &str = "XDP input: mirror traffic on col0 is read before the IP stack";
+
+/// `tapwire collect --xdp col0` in `col`, once its XDP input says it is attached.
+fn start_xdp<'l>(lab: &'l Lab, col: &str, out: &std::path::Path) -> Collector<'l> {
+    let c = Collector::start(lab, col, out, &["--xdp", "col0"]);
+    wait_until(Duration::from_secs(5), "the XDP input's start line", || {
+        c.proc.stderr().contains(ATTACHED).then_some(())
+    });
+    c
+}
 
 /// Whether `ip link show IF` in `ns` shows an XDP program; with bpftool, it must agree.
 fn xdp_on(lab: &Lab, ns: &str, ifname: &str) -> bool {
@@ -75,16 +84,6 @@ fn input(api: &Value, name: &str) -> Value {
         .clone()
 }
 
-fn oracle_of(sent: &Sent) -> Frames {
-    let expected = oracle::mirrored_frames(&sent.pcap);
-    let counts: BTreeMap<_, _> = expected
-        .iter()
-        .map(|(k, v)| (k.clone(), v.len() as u64))
-        .collect();
-    assert_eq!(counts, sent.sources, "send_mirror.py disagrees with tshark");
-    expected
-}
-
 /// ping (IPv4 and IPv6) and a TCP connection from `snd` to the collector's namespace.
 fn host_reachable(lab: &Lab, snd: &str, col: &str) {
     lab.exec_ok(snd, &["ping", "-c", "2", "-W", "2", "-i", "0.2", COL_V4]);
@@ -112,11 +111,8 @@ fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("xdp");
-    let mut c = Collector::start(&lab, &col, &out, &["--xdp", "col0"]);
-    let log = wait_until(Duration::from_secs(5), "the XDP input's start line", || {
-        let e = c.proc.stderr();
-        e.contains(ATTACHED).then_some(e)
-    });
+    let mut c = start_xdp(&lab, &col, &out);
+    let log = c.proc.stderr();
     assert!(log.contains("native mode"), "veth has native XDP:\n{log}");
     assert!(xdp_on(&lab, &col, "col0"));
 
@@ -131,7 +127,7 @@ fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_
     // Nothing else talks in the namespace until `after` (the API polls below go over lo).
     std::thread::sleep(Duration::from_millis(500));
     let after = nstat(&lab, &col);
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     assert_eq!(collector::source_packets(&api), sent.sources, "per source");
     let xdp = input(&api, "xdp col0");
@@ -185,10 +181,7 @@ fn after_kill_9_the_program_is_gone_and_the_host_reachable() {
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(&lab, &col, &out, &["--xdp", "col0"]);
-    wait_until(Duration::from_secs(5), "the XDP input's start line", || {
-        c.proc.stderr().contains(ATTACHED).then_some(())
-    });
+    let mut c = start_xdp(&lab, &col, &out);
     assert!(xdp_on(&lab, &col, "col0"));
     host_reachable(&lab, &snd, &col);
     c.proc.signal("KILL");
@@ -206,10 +199,7 @@ fn a_non_mirror_flood_is_passed_and_never_counted() {
     let snd = lab.ns("snd").to_string();
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(&lab, &col, &out, &["--xdp", "col0"]);
-    wait_until(Duration::from_secs(5), "the XDP input's start line", || {
-        c.proc.stderr().contains(ATTACHED).then_some(())
-    });
+    let mut c = start_xdp(&lab, &col, &out);
     // 20,000 UDP datagrams to a port no input has, and to the collector's address.
     let flood = format!(
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
@@ -278,13 +268,7 @@ fn an_interface_that_vanishes_is_reported_survived_and_taken_again() {
     );
     assert!(input(&api, "xdp col0")["error"].is_null());
     // The collector goes on through col0.
-    let via_col0 = MirrorSend {
-        families: "4".into(),
-        kinds: "erspan-ii".into(),
-        count: 20,
-        sources: 1,
-        ..MirrorSend::default()
-    };
+    let via_col0 = MirrorSend::erspan_ii(20);
     let sent = senders::send_mirror(&lab, &snd, &via_col0, &lab.dir().join("a.pcap"), false);
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     // Every frame, outer fragments included, through col0's XDP input.

@@ -229,6 +229,28 @@ fn same_frames(what: &str, got: &[&Vec<u8>], want: &[Vec<u8>]) {
     );
 }
 
+/// An AF_PACKET ring on `twb`: it sees what the program passed to the kernel.
+fn kernel_ring(ns: &Netns) -> Ring {
+    ns.enter(|| {
+        Ring::open(
+            "twb",
+            &RingConfig {
+                block_size_bytes: 64 << 10,
+                block_count: 4,
+                ..RingConfig::default()
+            },
+        )
+        .expect("ring")
+    })
+}
+
+/// `ring` sees exactly `want` among the frames tagged `tag`, in order.
+fn reached_the_kernel(ring: &mut Ring, tag: u8, want: &[Vec<u8>]) {
+    let seen = capture_tagged(ring, tag, want.len(), WAIT);
+    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
+    same_frames("passed to the kernel", &seen, want);
+}
+
 fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
     ns.ip(&["link", "show", ifname]).contains("xdp")
 }
@@ -248,17 +270,7 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
         ns.ip(&["link", "show", "twb"])
     );
     // What reaches the kernel: an AF_PACKET ring sees frames after XDP passed them.
-    let mut ring = ns.enter(|| {
-        Ring::open(
-            "twb",
-            &RingConfig {
-                block_size_bytes: 64 << 10,
-                block_count: 4,
-                ..RingConfig::default()
-            },
-        )
-        .expect("ring")
-    });
+    let mut ring = kernel_ring(&ns);
 
     let v6: Ipv6Addr = "fd00::2".parse().expect("v6");
     let other6: Ipv6Addr = "fd00::3".parse().expect("v6");
@@ -309,9 +321,7 @@ fn mirror_traffic_is_steered_and_the_rest_passes_to_the_kernel() {
         assert!(kernel, "the program timed every frame");
         assert!((before_ns..=after_ns).contains(ts), "{ts} outside the send");
     }
-    let seen = capture_tagged(&mut ring, 1, passed.len(), WAIT);
-    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
-    same_frames("the rest reached the kernel", &seen, &passed);
+    reached_the_kernel(&mut ring, 1, &passed);
 
     let c = prog.counters().expect("counters");
     assert_eq!(c.steered, steered.len() as u64, "{c:?}");
@@ -339,17 +349,7 @@ fn a_datagrams_fragments_follow_the_first_of_them_to_arrive() {
     }
     let ns = setup(1);
     let (prog, mut xsks, sender) = attach(&ns, 1);
-    let mut ring = ns.enter(|| {
-        Ring::open(
-            "twb",
-            &RingConfig {
-                block_size_bytes: 64 << 10,
-                block_count: 4,
-                ..RingConfig::default()
-            },
-        )
-        .expect("ring")
-    });
+    let mut ring = kernel_ring(&ns);
     let v6: Ipv6Addr = "fd00::2".parse().expect("v6");
     let [a1, a2] = udp_frags4(4789, 1, 5, 0);
     let [b1, b2] = udp_frags4(4789, 2, 5, 1);
@@ -400,9 +400,7 @@ fn a_datagrams_fragments_follow_the_first_of_them_to_arrive() {
     let got = receive(&mut xsks, steered.len(), WAIT);
     let frames: Vec<&Vec<u8>> = got.iter().map(|(_, f, _, _)| f).collect();
     same_frames("steered datagrams, whole and in order", &frames, &steered);
-    let seen = capture_tagged(&mut ring, 5, passed.len(), WAIT);
-    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
-    same_frames("passed datagrams, whole", &seen, &passed);
+    reached_the_kernel(&mut ring, 5, &passed);
     let c = prog.counters().expect("counters");
     assert_eq!(c.steered, steered.len() as u64, "{c:?}");
     assert_eq!(c.fragments, sent.len() as u64, "{c:?}");
@@ -423,7 +421,7 @@ fn with_a_jumbo_mtu_the_program_runs_generic_and_passes_long_frames() {
     }
     let (prog, mut xsks, sender) = attach(&ns, 1);
     assert_eq!(prog.mode(), XdpMode::Generic);
-    let mut ring = ns.enter(|| Ring::open("twb", &RingConfig::default()).expect("ring"));
+    let mut ring = kernel_ring(&ns);
     let short = udp(&[], 40000, 4789, &payload(4, 0, 3000));
     let long = udp(&[], 40000, 4789, &payload(4, 1, 3900));
     // A GRE datagram whose first fragment is too long and whose last one is short: both pass,
@@ -442,13 +440,7 @@ fn with_a_jumbo_mtu_the_program_runs_generic_and_passes_long_frames() {
     let got = receive(&mut xsks, 2, Duration::from_millis(500));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, short);
-    let seen = capture_tagged(&mut ring, 4, 3, WAIT);
-    let seen: Vec<&Vec<u8>> = seen.iter().map(|p| &p.wire).collect();
-    same_frames(
-        "too long, passed",
-        &seen,
-        &[long, frags[0].clone(), frags[1].clone()],
-    );
+    reached_the_kernel(&mut ring, 4, &[long, frags[0].clone(), frags[1].clone()]);
     let c = prog.counters().expect("counters");
     assert_eq!((c.steered, c.too_big, c.fragments), (1, 1, 2), "{c:?}");
 }

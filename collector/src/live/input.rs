@@ -352,14 +352,7 @@ fn socket_loop(
                         .kernel_drops
                         .fetch_max(u64::from(d), Ordering::Relaxed);
                 }
-                if to_engine
-                    .send(Batch {
-                        input: index,
-                        payload: Payload::Socket(b),
-                        back: back_tx.clone(),
-                    })
-                    .is_err()
-                {
+                if !hand_over(index, Payload::Socket(b), to_engine, back_tx) {
                     return;
                 }
             }
@@ -400,14 +393,11 @@ fn ring_loop(
     // Drops of rings closed after an error, so the counter stays monotonic across reopens.
     let mut drops_before = 0;
     while !stop.load(Ordering::Relaxed) {
-        let mut frames = match back_rx.recv_timeout(POLL) {
-            Ok(Payload::Frames(f)) => f,
-            Ok(Payload::Socket(_)) => continue,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let mut frames = match empty_frames(back_rx) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(EngineGone) => return,
         };
-        frames.data.clear();
-        frames.frames.clear();
         let failure = match ring.next_block(POLL) {
             Ok(Some(block)) => {
                 let mut bytes = 0u64;
@@ -455,20 +445,46 @@ fn ring_loop(
             }
         }
         if !frames.frames.is_empty() {
-            if to_engine
-                .send(Batch {
-                    input: index,
-                    payload: Payload::Frames(frames),
-                    back: back_tx.clone(),
-                })
-                .is_err()
-            {
+            if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
         } else {
             let _ = back_tx.send(Payload::Frames(frames));
         }
     }
+}
+
+/// The engine dropped its end of the batch channels: the input thread ends.
+struct EngineGone;
+
+/// A frame batch back from the engine, emptied; `None` when none came within `POLL`.
+fn empty_frames(back_rx: &Receiver<Payload>) -> Result<Option<Frames>, EngineGone> {
+    match back_rx.recv_timeout(POLL) {
+        Ok(Payload::Frames(mut f)) => {
+            f.data.clear();
+            f.frames.clear();
+            Ok(Some(f))
+        }
+        Ok(Payload::Socket(_)) | Err(RecvTimeoutError::Timeout) => Ok(None),
+        Err(RecvTimeoutError::Disconnected) => Err(EngineGone),
+    }
+}
+
+/// Sends a filled batch of input `index` to the engine, which returns it through `back_tx`;
+/// `false` when the engine has gone.
+fn hand_over(
+    index: usize,
+    payload: Payload,
+    to_engine: &Sender<Batch>,
+    back_tx: &Sender<Payload>,
+) -> bool {
+    to_engine
+        .send(Batch {
+            input: index,
+            payload,
+            back: back_tx.clone(),
+        })
+        .is_ok()
 }
 
 /// The AF_XDP input of one interface: while attached, the XDP program and one socket per
@@ -664,14 +680,11 @@ impl XdpInput {
                 std::thread::sleep(POLL);
                 continue;
             };
-            let mut frames = match back_rx.recv_timeout(POLL) {
-                Ok(Payload::Frames(f)) => f,
-                Ok(Payload::Socket(_)) => continue,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+            let mut frames = match empty_frames(back_rx) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(EngineGone) => return,
             };
-            frames.data.clear();
-            frames.frames.clear();
             let mut failure = xsk::wait_any(&mut a.xsks, POLL).err();
             let mut bytes = 0u64;
             for x in &mut a.xsks {
@@ -706,14 +719,7 @@ impl XdpInput {
                 .packets
                 .fetch_add(frames.frames.len() as u64, Ordering::Relaxed);
             counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-            if to_engine
-                .send(Batch {
-                    input: index,
-                    payload: Payload::Frames(frames),
-                    back: back_tx.clone(),
-                })
-                .is_err()
-            {
+            if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
         }
