@@ -1,5 +1,6 @@
-//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach, and
-//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets.
+//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach,
+//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets, and the XDP
+//! steering program ([`xdp`]) with its AF_XDP sockets ([`xsk`]).
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
