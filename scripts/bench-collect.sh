@@ -36,9 +36,16 @@
 #
 # Softirq: the kernel's receive work runs on CPU 1 and, with tick-based accounting, is charged
 # to whichever task it interrupts: to the capturer when it is running, to other work or to no
-# one when it sleeps. With PROFILE=1 (default, needs perf) `perf record -e cpu-clock -C 1`
-# samples CPU 1 during the run and the samples whose stack holds the softirq handler tell how
-# much of the capturer's time was softirq: "own" is the rest, the capturer's own work.
+# one when it sleeps. With PROFILE=1 (default, needs perf) `perf record -e cpu-clock -C 0,1`
+# samples both CPUs during the run and the samples whose stack holds the softirq handler tell
+# how much of the capturer's time was softirq: "own" is the rest, the capturer's own work.
+# Veth runs an XDP program in its NAPI poll on the CPU that sent the frame (CPU 0 here, in
+# trafgen's sendto), ahead of RPS; so for tapwire-xdp the kernel's receive work is softirq on
+# CPU 0, not CPU 1 (on a NIC it runs on the CPU of the queue's interrupt). The fair figure for
+# every column is therefore "receive": the capturer's samples plus every softirq sample on
+# either CPU outside it, per packet sent. "CPU-1 busy" is CPU 1's non-idle time from
+# /proc/stat per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
+# "CPU-1 other" is that, from the samples of other tasks outside softirq).
 #
 # Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
 # outer sources) of 1414-byte frames at trafgen's maximum rate for RSS_SECONDS (60); VmRSS and
@@ -97,19 +104,26 @@ CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 link_stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
 
-# profile_split PERF_DATA COMM_REGEX: "samples softirq_samples all_softirq_samples": samples of
-# the matching threads, those of them in softirq context, and all softirq samples on the CPU.
+# profile_split PERF_DATA COMM_REGEX: "n s soft_rx soft_gen other_rx": samples of the matching
+# threads, those of them in softirq context, softirq samples on RX_CPU and on GEN_CPU, and
+# samples on RX_CPU of other tasks (not idle, not perf) outside softirq.
 profile_split() {
-    perf script -i "$1" -F comm,ip,sym 2>/dev/null | awk -v re="$2" '
+    perf script -i "$1" -F comm,cpu,ip,sym 2>/dev/null | awk -v re="$2" -v rx="$RX_CPU" -v gen="$GEN_CPU" '
         function flush() {
+            if (comm == "") return
             if (comm ~ re) { n++; if (soft) s++ }
-            if (soft) all++
+            if (soft && cpu == rx) srx++
+            if (soft && cpu == gen) sgen++
+            if (!soft && cpu == rx && comm !~ re && comm != "swapper" && comm != "perf") other++
             comm = ""; soft = 0
         }
-        /^[^ \t]/ { flush(); comm = $1; next }
+        /^[^ \t]/ { flush(); comm = $1; cpu = $2; gsub(/[^0-9]/, "", cpu); cpu += 0; next }
         /handle_softirqs|__do_softirq|net_rx_action/ { soft = 1 }
-        END { flush(); print n + 0, s + 0, all + 0 }'
+        END { flush(); print n + 0, s + 0, srx + 0, sgen + 0, other + 0 }'
 }
+
+# cpu_busy CPU: ticks (USER_HZ) CPU has not been idle: user nice system irq softirq steal.
+cpu_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 start_capturer() {
     local who=$1 out=$2
@@ -185,14 +199,15 @@ measure() {
     local load
     load=$(cut -d' ' -f1 /proc/loadavg)
     start_capturer "$who" "$out"
-    local rx0 bp0 cpu0 threads0
+    local rx0 bp0 cpu0 threads0 busy0
     rx0=$(link_stat "$COL" col0 rx_packets)
     bp0=$(link_stat "$GEN" gen0 tx_dropped)
     cpu0=$(cpu_ticks "$CAP_PID")
     threads0=$(thread_ticks "$CAP_PID")
+    busy0=$(cpu_busy "$RX_CPU")
     PERF_PID=
     if [[ $PROFILE == 1 ]]; then
-        perf record -q -e cpu-clock -F 999 -C "$RX_CPU" -g -o "$WORK/perf.data" \
+        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" \
             -- sleep "$SECONDS_RUN" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
@@ -212,9 +227,10 @@ measure() {
     else
         sleep 1
     fi
-    local cpu1 threads1 rx1 bp1
+    local cpu1 threads1 rx1 bp1 busy1
     cpu1=$(cpu_ticks "$CAP_PID")
     threads1=$(thread_ticks "$CAP_PID")
+    busy1=$(cpu_busy "$RX_CPU")
     rx1=$(link_stat "$COL" col0 rx_packets)
     bp1=$(link_stat "$GEN" gen0 tx_dropped)
     stop_capturer "$who"
@@ -233,15 +249,21 @@ measure() {
         echo "bench-collect: col0 received $delivered of the $sent frames trafgen counted" >&2
     ((in_files == written)) ||
         echo "bench-collect: $who: the files hold $in_files packets, it reported $written" >&2
-    local cpu_ns own_ns="-" softirq_ns="-" n s all
+    local cpu_ns own_ns="-" softirq_ns="-" gen_softirq_ns="-" receive_ns="-" other_ns="-" n s srx sgen other
     cpu_ns=$(echo "($cpu1 - $cpu0) * 1000000000 / $CLK_TCK / ($written + 0.000001)" | bc -l)
+    local busy_ns
+    busy_ns=$(echo "($busy1 - $busy0) * 1000000000 / $CLK_TCK / $sent" | bc -l)
     if [[ $PROFILE == 1 && -f $WORK/perf.data ]]; then
         local re='^tcpdump$'
         [[ $who == tapwire* ]] && re='^tapwire'
-        read -r n s all <<<"$(profile_split "$WORK/perf.data" "$re")"
+        read -r n s srx sgen other <<<"$(profile_split "$WORK/perf.data" "$re")"
         ((n > 0)) && own_ns=$(echo "$cpu_ns * ($n - $s) / $n" | bc -l)
-        # perf samples CPU 1 at 999 Hz for SECONDS_RUN: each sample stands for ~1 ms.
-        softirq_ns=$(echo "$all * 1000000000 / 999 / $sent" | bc -l)
+        # perf samples each CPU at 999 Hz for SECONDS_RUN: each sample stands for ~1 ms.
+        local per='1000000000 / 999 / '"$sent"
+        softirq_ns=$(echo "$srx * $per" | bc -l)
+        gen_softirq_ns=$(echo "$sgen * $per" | bc -l)
+        receive_ns=$(echo "($n - $s + $srx + $sgen) * $per" | bc -l)
+        other_ns=$(echo "$other * $per" | bc -l)
         rm -f "$WORK/perf.data"
     fi
     local per_thread="-"
@@ -251,13 +273,14 @@ measure() {
     fi
     local loss
     loss=$(echo "100 * ($sent - $written) / $sent" | bc -l)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
         "$written" "$kdrops" "$lost" "$loss" "$cpu_ns" "$own_ns" "$softirq_ns" "$((bp1 - bp0))" \
-        "$load" "$per_thread" >>"$RESULTS"
-    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s)  backpressure %s  load %s  %s\n' \
+        "$load" "$per_thread" "$gen_softirq_ns" "$receive_ns" "$busy_ns" "$other_ns" >>"$RESULTS"
+    fmt_ns() { [[ $1 == - ]] && echo - || printf "%.0f" "$1"; }
+    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s, CPU-0 softirq %s; receive %s)  CPU-1 busy %s (other %s)  backpressure %s  load %s  %s\n' \
         "$who" "$len" "$sent" "$secs" "$(echo "$sent / $secs" | bc -l)" "$written" "$kdrops" "$lost" \
-        "$loss" "$cpu_ns" "$( [[ $own_ns == - ]] && echo - || printf '%.0f' "$own_ns")" \
-        "$( [[ $softirq_ns == - ]] && echo - || printf '%.0f' "$softirq_ns")" \
+        "$loss" "$cpu_ns" "$(fmt_ns "$own_ns")" "$(fmt_ns "$softirq_ns")" "$(fmt_ns "$gen_softirq_ns")" \
+        "$(fmt_ns "$receive_ns")" "$(fmt_ns "$busy_ns")" "$(fmt_ns "$other_ns")" \
         "$((bp1 - bp0))" "$load" "$per_thread" >&2
 }
 
@@ -314,8 +337,8 @@ echo
 echo "Load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg); $RUNS run(s) of"
 echo "${SECONDS_RUN} s per point, trafgen rate: $RATE. Medians, with the range over the runs in brackets."
 echo
-echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | backpressure | load |"
-echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | CPU-0 softirq ns/packet | receive ns/packet | CPU-1 busy ns/packet | CPU-1 other ns/packet | backpressure | load |"
+echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for len in $SIZES; do
     for who in $CAPTURERS; do
         awk -F'\t' -v who="$who" -v len="$len" '
@@ -332,14 +355,17 @@ for len in $SIZES; do
             }
             $1 == who && $2 == len {
                 n++; pps[n] = $3 / $4; loss[n] = $8; kd[n] = $6; cpu[n] = $9; bp[n] = $12; ld[n] = $13
+                busy[n] = $17
                 if ($7 != "-") { haslost = 1; lostsum += $7 }
-                if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11 }
+                if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11; gsirq[m] = $15; recv[m] = $16; oth[m] = $18 }
             }
             END {
                 if (n == 0) exit
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who, cell(pps, n, "%.0f"),
-                    cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-", cell(cpu, n, "%.0f"),
-                    cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(bp, n, "%.0f"), cell(ld, n, "%.1f")
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who,
+                    cell(pps, n, "%.0f"), cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-",
+                    cell(cpu, n, "%.0f"), cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(gsirq, m, "%.0f"),
+                    cell(recv, m, "%.0f"), cell(busy, n, "%.0f"), cell(oth, m, "%.0f"), cell(bp, n, "%.0f"),
+                    cell(ld, n, "%.1f")
             }' "$RESULTS"
     done
 done
