@@ -542,6 +542,107 @@ fn max_files_keeps_the_newest_files() {
     );
 }
 
+/// The file flags reach the sessions of a configuration file that do not set the field
+/// themselves (flags override `[defaults.files]`), a session's own `files` setting wins, the
+/// auto sessions get them too, and a SIGHUP reload keeps them: a session added by the reload
+/// rotates by the flag. Every file is read with captype and capinfos.
+#[test]
+fn file_flags_reach_configured_sessions_and_survive_a_reload() {
+    let lab = Lab::new("file-flags");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let cfg = lab.dir().join("collector.toml");
+    let config = |extra: &str| {
+        format!(
+            r#"
+[defaults.files]
+rotate = {{ packets = 1000 }}
+max_files = 100
+
+[[session]]
+name = "inherits"
+sources = [{{ kind = "erspan-ii", id = 0 }}]
+
+[[session]]
+name = "own-rotate"
+sources = [{{ kind = "erspan-ii", id = 1 }}]
+files = {{ rotate = {{ packets = 5 }} }}
+{extra}"#
+        )
+    };
+    std::fs::write(&cfg, config("")).unwrap();
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &["--config", cfg.to_str().unwrap(), "--rotate-packets", "3"],
+    );
+    // 12 packets to each of ERSPAN II sessions 0, 1 and 2 (2: no session takes it, auto).
+    let first = MirrorSend {
+        families: "4".into(),
+        many_sessions: 3,
+        count: 12,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &first, &lab.dir().join("sent1.pcap"), false);
+    c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+
+    // The reload adds a session that sets no files, for session 3.
+    std::fs::write(
+        &cfg,
+        config("\n[[session]]\nname = \"added\"\nsources = [{ kind = \"erspan-ii\", id = 3 }]\n"),
+    )
+    .unwrap();
+    c.proc.signal("HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the reload to add session added",
+        || {
+            c.sessions()["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "added")
+                .then_some(())
+        },
+    );
+    let second = MirrorSend {
+        many_sessions: 4,
+        count: 6,
+        start: 12,
+        ..first
+    };
+    let sent2 = senders::send_mirror(&lab, &snd, &second, &lab.dir().join("sent2.pcap"), false);
+    let mut total = sent.sources.clone();
+    for (k, n) in sent2.sources {
+        *total.entry(k).or_default() += n;
+    }
+    let api = c.wait_for_packets(&total, Duration::from_secs(10));
+    c.stop("TERM", STOP_WITHIN);
+
+    let auto = api["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .find(|n| n.ends_with("_erspan-ii_2"))
+        .expect("the auto session of ERSPAN II session 2");
+    let sizes = |name: &str| -> Vec<u64> {
+        c.files_of(name)
+            .iter()
+            .map(|f| validate_capture(f))
+            .collect()
+    };
+    // 18 packets rotated every 3 (the flag, not [defaults.files]' 1000).
+    assert_eq!(sizes("inherits"), [3; 6], "inherits");
+    assert_eq!(sizes(&auto), [3; 6], "{auto}");
+    // The session's own rotate = { packets = 5 } wins over the flag.
+    assert_eq!(sizes("own-rotate"), [5, 5, 5, 3], "own-rotate");
+    // Added by the reload: the flags were laid over the reloaded file too.
+    assert_eq!(sizes("added"), [3, 3], "added");
+}
+
 /// `--on-finish` runs once for every finished file: the ones rotation closes and the ones
 /// SIGTERM closes.
 #[test]

@@ -21,6 +21,7 @@ use tapwire_api_types::control::{
 };
 use tapwire_api_types::probe::{Direction, Encapsulation};
 use tapwire_client::{Client, HttpError, segment};
+use tapwire_netio::outln;
 
 use tapwire_collector::http::Listen;
 use tapwire_collector::live::control_plane::SystemClock;
@@ -434,7 +435,7 @@ impl Cx {
     fn show<T: Serialize>(&self, v: &T, table: impl FnOnce(&T)) -> ExitCode {
         if self.json {
             match serde_json::to_string_pretty(v) {
-                Ok(s) => println!("{s}"),
+                Ok(s) => outln!("{s}"),
                 Err(e) => {
                     eprintln!("tapwire {}: {e}", self.what);
                     return ExitCode::FAILURE;
@@ -493,7 +494,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                 };
                 let s: SessionInfo = cx.call("POST", "/api/v1/sessions", Some(&body))?;
                 cx.show(&s, |s| {
-                    println!(
+                    outln!(
                         "session {} created: {} mirror id {} (flows to it send {} session {})",
                         s.name,
                         s.encap.name(),
@@ -566,20 +567,20 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                 let both = json!({ "definition": def, "stats": stats });
                 cx.show(&both, |b| {
                     if let Some(d) = &def {
-                        println!("name:      {}", d.name);
-                        println!("origin:    api");
-                        println!("enabled:   {}", d.enabled);
-                        println!("mirror:    {} id {}", d.encap.name(), d.mirror_id);
-                        println!("filter:    {}", d.filter.as_deref().unwrap_or("-"));
-                        println!(
+                        outln!("name:      {}", d.name);
+                        outln!("origin:    api");
+                        outln!("enabled:   {}", d.enabled);
+                        outln!("mirror:    {} id {}", d.encap.name(), d.mirror_id);
+                        outln!("filter:    {}", d.filter.as_deref().unwrap_or("-"));
+                        outln!(
                             "files:     {}",
                             d.files.as_ref().map_or("defaults".into(), Value::to_string)
                         );
-                        println!(
+                        outln!(
                             "tap:       {}",
                             d.tap.as_ref().map_or("-".into(), Value::to_string)
                         );
-                        println!(
+                        outln!(
                             "flows:     {}",
                             if d.flows.is_empty() {
                                 "-".into()
@@ -587,11 +588,11 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                                 d.flows.join(", ")
                             }
                         );
-                        println!("created:   {}", d.created);
-                        println!("updated:   {}", d.updated);
+                        outln!("created:   {}", d.created);
+                        outln!("updated:   {}", d.updated);
                     } else {
-                        println!("name:      {name}");
-                        println!(
+                        outln!("name:      {name}");
+                        outln!(
                             "origin:    {}",
                             if b["stats"]["auto"] == true {
                                 "auto"
@@ -602,14 +603,14 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                     }
                     let s = &b["stats"];
                     if !s.is_null() {
-                        println!("state:     {}", cell(&s["state"]));
-                        println!(
+                        outln!("state:     {}", cell(&s["state"]));
+                        outln!(
                             "packets:   {}  written {}  lost {}",
                             cell(&s["packets"]),
                             cell(&s["written"]),
                             cell(&s["lost"])
                         );
-                        println!("file:      {}", cell(&s["files"]["current"]));
+                        outln!("file:      {}", cell(&s["files"]["current"]));
                     }
                 })
             }
@@ -642,7 +643,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                     &format!("/api/v1/sessions/{}", segment(&a.name)),
                     Some(&patch),
                 )?;
-                cx.show(&s, |s| println!("session {} updated", s.name))
+                cx.show(&s, |s| outln!("session {} updated", s.name))
             }
             SessionCmd::Enable { name } => session_action(&cx, &name, "enable")?,
             SessionCmd::Disable { name } => session_action(&cx, &name, "disable")?,
@@ -652,7 +653,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                     &format!("/api/v1/sessions/{}", segment(&name)),
                     None::<&()>,
                 )?;
-                cx.show(&m, |m| println!("{}", m.message))
+                cx.show(&m, |m| outln!("{}", m.message))
             }
         })
     })())
@@ -664,7 +665,7 @@ fn session_action(cx: &Cx, name: &str, verb: &str) -> Result<ExitCode, ExitCode>
         &format!("/api/v1/sessions/{}/{verb}", segment(name)),
         None::<&()>,
     )?;
-    Ok(cx.show(&m, |m| println!("{}", m.message)))
+    Ok(cx.show(&m, |m| outln!("{}", m.message)))
 }
 
 fn encap(e: EncapArg) -> Encapsulation {
@@ -729,9 +730,12 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
                 };
                 let f: FlowInfo = cx.call("POST", "/api/v1/flows", Some(&body))?;
                 cx.show(&f, |f| {
-                    println!(
+                    outln!(
                         "flow {} created: {}/{} -> session {}",
-                        f.id, f.probe, f.name, f.session
+                        f.id,
+                        f.probe,
+                        f.name,
+                        f.session
                     )
                 })
             }
@@ -753,7 +757,7 @@ pub fn flow(Flows { cmd, client }: Flows) -> ExitCode {
                 let id = flow_id(&cx, &flow)?;
                 let m: tapwire_api_types::Message =
                     cx.call("DELETE", &format!("/api/v1/flows/{id}"), None::<&()>)?;
-                cx.show(&m, |m| println!("{}", m.message))
+                cx.show(&m, |m| outln!("{}", m.message))
             }
         })
     })())
@@ -763,7 +767,7 @@ fn flow_action(cx: &Cx, flow: &str, verb: &str) -> Result<ExitCode, ExitCode> {
     let id = flow_id(cx, flow)?;
     let f: FlowInfo = cx.call("POST", &format!("/api/v1/flows/{id}/{verb}"), None::<&()>)?;
     Ok(cx.show(&f, |f| {
-        println!("flow {} ({}/{}) {verb}d", f.id, f.probe, f.name)
+        outln!("flow {} ({}/{}) {verb}d", f.id, f.probe, f.name)
     }))
 }
 
@@ -836,7 +840,7 @@ pub fn probe(Probes { cmd, client }: Probes) -> ExitCode {
                     &format!("/api/v1/probes/{}", segment(&name)),
                     None::<&()>,
                 )?;
-                cx.show(&m, |m| println!("{}", m.message))
+                cx.show(&m, |m| outln!("{}", m.message))
             }
         })
     })())
@@ -952,19 +956,19 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
                     &format!("/api/v1/tokens/{}", segment(&name)),
                     None::<&()>,
                 )?;
-                cx.show(&m, |m| println!("{}", m.message))
+                cx.show(&m, |m| outln!("{}", m.message))
             }
         })
     })())
 }
 
 fn print_new_token(t: &TokenInfo) {
-    println!(
+    outln!(
         "token {} ({}) created; its secret, shown this once:",
         t.name,
         t.role.name()
     );
-    println!("{}", t.token.as_deref().unwrap_or(""));
+    outln!("{}", t.token.as_deref().unwrap_or(""));
 }
 
 fn token_table(t: &[TokenInfo]) {
@@ -1012,13 +1016,13 @@ fn token_offline(cmd: TokenCmd, path: &std::path::Path, json: bool) -> ExitCode 
         Err(e) => return fail(e.to_string()),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else if let Ok(t) = serde_json::from_value::<TokenInfo>(v.clone()) {
         print_new_token(&t);
     } else if let Ok(t) = serde_json::from_value::<Vec<TokenInfo>>(v.clone()) {
         token_table(&t);
     } else {
-        println!("{}", v["message"].as_str().unwrap_or(""));
+        outln!("{}", v["message"].as_str().unwrap_or(""));
     }
     ExitCode::SUCCESS
 }
@@ -1049,7 +1053,7 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }
 

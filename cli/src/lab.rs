@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use tapwire_lab::{down, plan, status, up};
+use tapwire_lab::{down, keeper, plan, status, up};
 
 /// `tapwire lab`.
 #[derive(Args, Debug)]
@@ -25,6 +25,9 @@ pub enum LabCommand {
     Status(StatusArgs),
     /// Show the collector's UI of a running lab (`tapwire top` inside its namespace).
     Top(NameArg),
+    /// The lab's keeper, started by `up`: starts the lab's processes and reaps them.
+    #[command(hide = true)]
+    Keep,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -84,5 +87,6 @@ pub fn run(args: LabArgs) -> ExitCode {
         LabCommand::Down(a) => down::run(&a.name),
         LabCommand::Status(a) => status::run(&a.name.name, a.json),
         LabCommand::Top(a) => up::top(&a.name),
+        LabCommand::Keep => keeper::keep(),
     })
 }

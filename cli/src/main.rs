@@ -23,6 +23,7 @@ use tapwire_collector::live::input::InputKind;
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
+use tapwire_netio::outln;
 use tapwire_tui::logs::LogBuffer;
 
 #[derive(Parser)]
@@ -63,7 +64,8 @@ enum Command {
 
 #[derive(Args)]
 struct CollectArgs {
-    /// Session configuration (TOML). SIGHUP reloads it.
+    /// Session configuration (TOML). The file flags (--format, --rotate-*, --max-files,
+    /// --on-finish) override its [defaults.files]. SIGHUP reloads it.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Directory for auto-discovered sessions and sessions without their own [default: ./captures].
@@ -114,9 +116,11 @@ struct CollectArgs {
     /// Write logs to this file (appended) instead of stderr or the UI's log pane.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// File format of the sessions' files [default: pcapng, or the format of
+    /// [defaults.files]].
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// Rotate files at this size (e.g. 1GiB).
+    /// Rotate files at this size (e.g. 1GiB; 0: not by size).
     #[arg(long, value_name = "SIZE")]
     rotate_size: Option<String>,
     /// Rotate files this long after they were opened (e.g. 15m).
@@ -137,6 +141,7 @@ struct CollectArgs {
     /// Stop writing (and count drops) below this much free disk [default: min(256MiB, 5% of the disk)].
     #[arg(long, value_name = "SIZE")]
     min_free_disk: Option<String>,
+    /// Which time each packet is written with.
     #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
     timestamps: TimestampsArg,
     /// Give every auto-discovered session a monitor TAP named <PREFIX><n>.
@@ -147,6 +152,10 @@ struct CollectArgs {
     /// gre_checksum_bad: Open vSwitch's userspace datapath sends stale checksums.
     #[arg(long)]
     strict_gre_checksum: bool,
+    /// Check the configuration file and flags, print what each session will get (files,
+    /// rotation, TAP) once they are merged, and exit.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     control: control::ControlArgs,
 }
@@ -162,6 +171,7 @@ struct DecapArgs {
     /// Write one pcapng with one interface per source instead.
     #[arg(long, conflicts_with = "out")]
     single: Option<PathBuf>,
+    /// File format of the output.
     #[arg(long, value_enum, default_value_t = FormatArg::Pcapng)]
     format: FormatArg,
     /// Timestamps to write: the input's, or the ERSPAN Type III header's where it is absolute.
@@ -203,6 +213,7 @@ impl PortArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
+    /// An interface per source, nanosecond timestamps, direction flags and comments.
     Pcapng,
     /// Classic pcap, microsecond timestamps.
     Pcap,
@@ -212,7 +223,9 @@ enum FormatArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum TimestampsArg {
+    /// The input's: the kernel's receive time (collect), the capture file's (decap).
     Input,
+    /// The ERSPAN Type III header's, where it is absolute; the input's otherwise.
     Erspan,
 }
 
@@ -279,6 +292,10 @@ fn collect(args: CollectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        tapwire_netio::stdout::write_all(&tapwire_collector::check::describe(&opts));
+        return ExitCode::SUCCESS;
+    }
     let ui = !args.no_tui && std::io::stdout().is_terminal();
     let logs = match init_logs(args.log_file.as_deref(), ui) {
         Ok(l) => l,
@@ -328,51 +345,22 @@ fn inline_ui(h: Handles, logs: Option<LogBuffer>) {
 
 /// Turns flags and the configuration file into options; any error is one line for exit 2.
 fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
+    let flags = file_flags(a)?;
     let config = match &a.config {
-        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        Some(p) => Config::load_with(p, &flags).map_err(|e| e.to_string())?,
         None => Config {
             collector: config::CollectorConfig {
                 out: None,
                 auto_discover: None,
                 allow: Vec::new(),
                 min_free_disk_bytes: None,
-                default_files: config::FilesConfig::default(),
+                default_files: flags.over(&config::FilesConfig::default()),
                 tap_prefix: None,
             },
             sessions: Vec::new(),
         },
     };
-    let mut files = config.collector.default_files.clone();
-    if let Some(f) = a.format {
-        files.format = format_of(f);
-    }
-    let size = |flag: &str, v: &str| {
-        v.parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|_| format!("--{flag}: {v:?} is not a size like 100MiB"))
-    };
-    let dur = |flag: &str, v: &str| config::duration(v).map_err(|e| format!("--{flag}: {e}"));
-    if let Some(v) = &a.rotate_size {
-        files.rotate.size_bytes = Some(size("rotate-size", v)?).filter(|n| *n > 0);
-    }
-    if let Some(v) = &a.rotate_duration {
-        files.rotate.duration = Some(dur("rotate-duration", v)?);
-    }
-    if let Some(v) = &a.rotate_interval {
-        files.rotate.interval = Some(dur("rotate-interval", v)?);
-    }
-    if let Some(n) = a.rotate_packets {
-        if n == 0 {
-            return Err("--rotate-packets: must be above 0".into());
-        }
-        files.rotate.packets = Some(n);
-    }
-    if a.max_files.is_some() {
-        files.max_files = a.max_files;
-    }
-    if a.on_finish.is_some() {
-        files.on_finish = a.on_finish.clone();
-    }
+    let files = config.collector.default_files.clone();
     let allow = if a.allow.is_empty() {
         config.collector.allow.clone()
     } else {
@@ -382,7 +370,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
             .collect::<Result<_, _>>()?
     };
     let min_free_disk_bytes = match &a.min_free_disk {
-        Some(v) => Some(size("min-free-disk", v)?),
+        Some(v) => Some(size_flag("min-free-disk", v)?),
         None => config.collector.min_free_disk_bytes,
     };
 
@@ -480,6 +468,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
             TimestampsArg::Erspan => Timestamps::Erspan,
         },
         config_path: a.config.clone(),
+        file_flags: flags,
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
         allow_from_config: a.allow.is_empty(),
     };
@@ -507,6 +496,37 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         api_token: a.api_token.clone(),
         min_free_disk_bytes,
     })
+}
+
+/// The file flags, which override `[defaults.files]` (also at every reload).
+fn file_flags(a: &CollectArgs) -> Result<config::FileFlags, String> {
+    let dur = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| config::duration(v).map_err(|e| format!("--{flag}: {e}")))
+            .transpose()
+    };
+    if a.rotate_packets == Some(0) {
+        return Err("--rotate-packets: must be above 0".into());
+    }
+    Ok(config::FileFlags {
+        format: a.format.map(format_of),
+        rotate_size_bytes: a
+            .rotate_size
+            .as_deref()
+            .map(|v| size_flag("rotate-size", v))
+            .transpose()?,
+        rotate_duration: dur("rotate-duration", &a.rotate_duration)?,
+        rotate_interval: dur("rotate-interval", &a.rotate_interval)?,
+        rotate_packets: a.rotate_packets,
+        max_files: a.max_files,
+        on_finish: a.on_finish.clone(),
+    })
+}
+
+fn size_flag(flag: &str, v: &str) -> Result<u64, String> {
+    v.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("--{flag}: {v:?} is not a size like 100MiB"))
 }
 
 fn addr_or_off(flag: &str, v: &str) -> Result<Option<IpAddr>, String> {
@@ -572,7 +592,7 @@ fn decap(args: DecapArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("tapwire decap: {e}");
                 return ExitCode::FAILURE;
@@ -626,21 +646,21 @@ fn print_table(r: &Report) {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
     let t = &r.totals;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "read {} packets, decapsulated {} from {} sources",
         t.packets_read,
         t.decapsulated,
         r.sources.len()
     );
     if !t.not_mirror.is_empty() {
-        println!("not mirror traffic: {}", join_counts(&t.not_mirror));
+        outln!("not mirror traffic: {}", join_counts(&t.not_mirror));
     }
     if !t.malformed.is_empty() {
-        println!("malformed: {}", join_counts(&t.malformed));
+        outln!("malformed: {}", join_counts(&t.malformed));
     }
     let bad_checksums: u64 = r.sources.iter().map(|s| s.gre_checksum_bad).sum();
     if bad_checksums > 0 {
@@ -649,9 +669,12 @@ fn print_table(r: &Report) {
         );
     }
     if t.defrag.fragments > 0 {
-        println!(
+        outln!(
             "outer fragments: {} ({} datagrams reassembled, {} incomplete, {} invalid)",
-            t.defrag.fragments, t.defrag.reassembled, t.defrag.incomplete_at_end, t.defrag.invalid
+            t.defrag.fragments,
+            t.defrag.reassembled,
+            t.defrag.incomplete_at_end,
+            t.defrag.invalid
         );
     }
 }

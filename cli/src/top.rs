@@ -117,6 +117,7 @@ pub fn inline(
 ) -> io::Result<()> {
     let mut opts = Options::new("in-process");
     opts.logs = logs;
+    opts.inline = true;
     opts.stop = Some(stop);
     interactive(&mut source, &mut actions, opts)
 }

@@ -8,6 +8,7 @@
 //! collect`: inputs, the engine, the disk thread, TAPs) and [`http`] (the API).
 
 pub mod capfile;
+pub mod check;
 pub mod collect;
 pub mod config;
 pub mod demux;

@@ -14,12 +14,15 @@
 //!   recorded under `/run/tapwire-lab/<name>/`, so `down` removes it all, also after `up`
 //!   crashed half-way.
 //! - [`record`]: what `up` writes down about a lab (`lab.json`) and the words the three share.
-//! - [`sys`] and [`ovs`]: the commands that touch the system.
+//! - [`sys`] and [`ovs`]: the commands that touch the system; [`keeper`]: the parent of every
+//!   process of a lab, which reaps each as it ends.
 //!
 //! The command line (`tapwire lab up|down|status|top`) is the `tapwire` binary's; it calls
-//! [`up::up`], [`down::run`], [`status::run`] and [`up::top`] and hands the result to [`exit`].
+//! [`up::up`], [`down::run`], [`status::run`], [`up::top`] and [`keeper::keep`] and hands the
+//! result to [`exit`].
 
 pub mod down;
+pub mod keeper;
 pub mod ovs;
 pub mod plan;
 pub mod record;

@@ -6,12 +6,22 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
 use tapwire_api_types::{SessionState, Snapshot};
 
+use crate::keeper::{self, Keeper};
 use crate::plan::{self, API, Plan, Sender};
 use crate::record::{self, Info, invoked_as};
 use crate::sys::{self, Output};
 use crate::{Refused, UpOptions, down, ovs, status};
+
+/// `println!` for progress: a reader that went away (`| head`) must not stop `up` half-way,
+/// so what cannot be shown is dropped and the lab is built.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        let _ = tapwire_netio::stdout::try_line(format_args!($($arg)*));
+    };
+}
 
 /// Tools the lab runs, with the Debian package that has each (scripts/setup.sh installs them).
 const TOOLS: [(&str, &str); 11] = [
@@ -71,7 +81,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         .into());
     }
     if !ovs && !a.no_ovs {
-        println!(
+        say!(
             "Open vSwitch is not installed: no host3 (apt-get install openvswitch-switch adds it)"
         );
     }
@@ -90,7 +100,12 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
     std::fs::write(state.join("lab.json"), serde_json::to_string_pretty(&info)?)
         .context("write the lab's state")?;
 
-    if let Err(e) = build(&plan, &tapwire, &probe, t0) {
+    let mut keeper = None;
+    let built = build(&plan, &tapwire, &probe, t0, &mut keeper);
+    if let Some(k) = keeper {
+        k.finish();
+    }
+    if let Err(e) = built {
         eprintln!("tapwire lab: up failed: {e:#}\ntapwire lab: removing what was made");
         if let Err(d) = down::down(name) {
             eprintln!("tapwire lab: {d:#}");
@@ -98,7 +113,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         return Err(e);
     }
     let ready = wait_receiving(&plan, &tapwire, Duration::from_secs(a.wait), t0);
-    println!();
+    say!("");
     summary(&plan);
     let ok = match ready {
         Ok(()) => true,
@@ -121,7 +136,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
     }
     ui(&plan, &tapwire)?;
     if !state.exists() {
-        println!("The lab was taken down.");
+        say!("The lab was taken down.");
         return Ok(ExitCode::SUCCESS);
     }
     let lab = format!("{} lab", invoked_as());
@@ -130,7 +145,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
     } else {
         format!(" --name {name}")
     };
-    println!(
+    say!(
         "The lab is still up: `{lab} top{named}` shows it again, `{lab} status{named}` counts, `{lab} down{named}` removes it."
     );
     Ok(ExitCode::SUCCESS)
@@ -178,11 +193,17 @@ fn probe_binary(given: Option<&Path>, tapwire: &Path) -> Result<PathBuf> {
 }
 
 fn step(t0: Instant, what: &str) {
-    println!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
+    say!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
 }
 
-/// Namespaces, links, addresses, OVS, collector, IDS, probes, traffic.
-fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
+/// Namespaces, links, addresses, the keeper, OVS, collector, IDS, probes, traffic.
+fn build(
+    plan: &Plan,
+    tapwire: &Path,
+    probe: &Path,
+    t0: Instant,
+    keeper: &mut Option<Keeper>,
+) -> Result<()> {
     let state = plan.state_dir();
     let logs = state.join("logs");
     let roles = plan.roles();
@@ -206,6 +227,9 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
             plan.links().len()
         ),
     );
+    let col = plan.ns("col");
+    let k = keeper.insert(Keeper::start(tapwire, &col, &logs.join("keeper.log"))?);
+    sys::record(&state, k.pid(), &col, keeper::NAME)?;
 
     if plan.ovs {
         let key = plan
@@ -214,7 +238,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
             .find(|s| s.sender == Sender::Ovs)
             .map(|s| s.id)
             .unwrap_or(0);
-        ovs::start(plan, key)?;
+        ovs::start(plan, key, k)?;
         step(
             t0,
             &format!("host3: Open vSwitch mirrors br-int to ERSPAN II session {key}"),
@@ -223,8 +247,8 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
 
     let config = state.join("collector.toml");
     std::fs::write(&config, plan.collector_toml()).context("write collector.toml")?;
-    let col = plan.ns("col");
     sys::spawn(
+        k,
         &state,
         &col,
         "collector",
@@ -272,6 +296,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
     // The collector made the monitoring VM's NIC before its API answered.
     let ids = plan.ids();
     sys::spawn(
+        k,
         &state,
         &plan.ns(ids.role),
         ids.name,
@@ -284,6 +309,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
         std::fs::write(&file, plan.probe_toml(host))
             .with_context(|| format!("write {}", file.display()))?;
         sys::spawn(
+            k,
             &state,
             &plan.ns(host),
             &format!("probe-{host}"),
@@ -314,6 +340,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
     let traffic = plan.traffic(&www);
     for t in &traffic {
         sys::spawn(
+            k,
             &state,
             &plan.ns(t.role),
             t.name,
@@ -384,19 +411,19 @@ pub fn not_receiving<'a>(snap: &Snapshot, names: &[&'a str]) -> Vec<&'a str> {
 
 /// What each session shows and where to look.
 fn summary(plan: &Plan) {
-    println!("{:<12} {:<52} SENDER", "SESSION", "WORKFLOW");
+    say!("{:<12} {:<52} SENDER", "SESSION", "WORKFLOW");
     for s in plan.sessions() {
-        println!("{:<12} {:<52} {}", s.name, s.workflow, record::sender(s));
+        say!("{:<12} {:<52} {}", s.name, s.workflow, record::sender(s));
     }
-    println!();
-    println!("captures   {}", plan.out.display());
-    println!(
+    say!("");
+    say!("captures   {}", plan.out.display());
+    say!(
         "monitor    ip netns exec {} tcpdump -i {} -nn   (IDS stand-in: {})",
         plan.ns("mon"),
         plan::MONITOR_TAP,
         plan.state_dir().join("logs/ids.log").display()
     );
-    println!("logs       {}", plan.state_dir().join("logs").display());
+    say!("logs       {}", plan.state_dir().join("logs").display());
 }
 
 fn tail(path: &Path) -> String {

@@ -1,6 +1,7 @@
 //! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach,
-//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets, and the XDP
-//! steering program ([`xdp`]) with its AF_XDP sockets ([`xsk`]).
+//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets, the XDP steering
+//! program ([`xdp`]) with its AF_XDP sockets ([`xsk`]), and command output that ends quietly on
+//! a closed pipe ([`stdout`], [`outln!`]).
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
@@ -44,6 +45,7 @@ pub mod batch;
 pub mod bpf;
 mod error;
 pub mod ring;
+pub mod stdout;
 mod sys;
 pub mod xdp;
 pub mod xsk;

@@ -50,6 +50,9 @@ pub struct Options {
     pub logs: Option<LogBuffer>,
     /// Set by someone else to end the UI (the collector stopping on SIGTERM).
     pub stop: Option<Arc<AtomicBool>>,
+    /// The UI runs inside `tapwire collect` (quitting it stops the collector), not in
+    /// `tapwire top`.
+    pub inline: bool,
 }
 
 impl Options {
@@ -59,6 +62,7 @@ impl Options {
             poll_every: Duration::from_secs(1),
             logs: None,
             stop: None,
+            inline: false,
         }
     }
 }
@@ -82,6 +86,7 @@ pub fn start<B: Backend>(
 ) -> io::Result<RunStats> {
     let mut app = App::new(opts.endpoint);
     app.poll_every = opts.poll_every;
+    app.inline = opts.inline;
     app.has_logs = opts.logs.is_some();
     app.show_logs = app.has_logs;
     run(

@@ -26,19 +26,23 @@ const IDLE_S: f64 = 5.0;
 pub fn draw(f: &mut Frame<'_>, app: &mut App, logs: Option<&LogBuffer>) {
     let area = f.area();
     let header_h = if area.height >= 30 { 3 } else { 2 };
-    let detail_h = match area.height {
+    let logs_h = match logs {
+        Some(_) if app.show_logs => (area.height / 5).clamp(3, 8),
+        _ => 0,
+    };
+    let detail_min = match area.height {
         36.. => 16,
         20..36 => 10,
         _ => 0,
     };
-    let detail_h = if app.show_detail && app.selected_session().is_some() {
-        detail_h
+    let detail_h = if app.show_detail && app.selected_session().is_some() && detail_min > 0 {
+        // The table gets the lines it needs (its header and one per row), the detail pane
+        // the rest: a tall terminal shows taller charts and more facts, not blank lines.
+        let table_h = (app.rows().len() as u16 + 1).max(3);
+        let rest = area.height.saturating_sub(header_h + table_h + logs_h + 1);
+        detail_min.max(rest)
     } else {
         0
-    };
-    let logs_h = match logs {
-        Some(_) if app.show_logs => (area.height / 5).clamp(3, 8),
-        _ => 0,
     };
     let [header, body, detail, log_area, footer] = Layout::vertical([
         Constraint::Length(header_h),
@@ -920,30 +924,46 @@ fn draw_footer(f: &mut Frame<'_>, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
-/// The keys, for the help overlay (and the README).
-pub const KEYS: [(&str, &str); 18] = [
-    ("↑ ↓  j k", "select a row"),
-    ("PgUp PgDn Home End", "page up / down, first, last"),
-    ("Enter  Space", "show / hide the session's sources"),
-    ("→ ←  l h", "show / hide sources"),
-    ("x", "show / hide every session's sources"),
-    ("s  S", "sort by the next / previous column"),
-    ("i", "invert the sort order"),
-    ("/", "filter by text (Enter keeps, Esc clears)"),
-    ("Esc", "clear the filter"),
-    ("Tab", "detail pane on / off"),
-    ("L", "log pane on / off (tapwire collect)"),
-    ("e", "enable the session"),
-    ("d", "disable the session (asks first)"),
-    ("r", "rotate the session's file now (asks first)"),
-    ("y  n", "answer a question"),
-    ("?", "this help (Esc closes)"),
-    ("q", "quit"),
-    ("Ctrl-C", "quit (in tapwire collect: stop it)"),
-];
+/// The keys and what each does in this UI (`tapwire top`, or the one inside `tapwire
+/// collect`), for the help overlay.
+pub fn keys(app: &App) -> [(&'static str, &'static str); 18] {
+    let logs = match (app.has_logs, app.inline) {
+        (true, _) => "log pane on / off",
+        (false, true) => "no log pane: the log goes to --log-file",
+        (false, false) => "no log pane here: see the collector's log",
+    };
+    let (quit, ctrl_c) = if app.inline {
+        (
+            "quit: stops the collector, files closed",
+            "stop the collector",
+        )
+    } else {
+        ("quit (the collector keeps running)", "quit")
+    };
+    [
+        ("↑ ↓  j k", "select a row"),
+        ("PgUp PgDn Home End", "page up / down, first, last"),
+        ("Enter  Space", "show / hide the session's sources"),
+        ("→ ←  l h", "show / hide sources"),
+        ("x", "show / hide every session's sources"),
+        ("s  S", "sort by the next / previous column"),
+        ("i", "invert the sort order"),
+        ("/", "filter by text (Enter keeps, Esc clears)"),
+        ("Esc", "clear the filter"),
+        ("Tab", "detail pane on / off"),
+        ("L", logs),
+        ("e", "enable the session"),
+        ("d", "disable the session (asks first)"),
+        ("r", "rotate the session's file now (asks first)"),
+        ("y  n", "answer a question"),
+        ("?", "this help (Esc closes)"),
+        ("q", quit),
+        ("Ctrl-C", ctrl_c),
+    ]
+}
 
 fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect) {
-    let mut lines: Vec<Line<'_>> = KEYS
+    let mut lines: Vec<Line<'_>> = keys(app)
         .iter()
         .map(|(k, what)| {
             Line::from(vec![

@@ -26,7 +26,7 @@ use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_n
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
-use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
+use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
 use crate::demux::SequenceMode;
 use crate::offline::Timestamps;
 use crate::pipeline::{Delivery, Pipeline};
@@ -61,6 +61,8 @@ pub struct Settings {
     pub default_files: FilesConfig,
     pub timestamps: Timestamps,
     pub config_path: Option<PathBuf>,
+    /// The command line's file flags, laid over `[defaults.files]` at every reload too.
+    pub file_flags: FileFlags,
     /// Auto-discovered sessions get a monitor interface `<prefix><n>`.
     pub tap_prefix: Option<String>,
     /// The allow-list came from the configuration file, so a reload replaces it.
@@ -288,6 +290,8 @@ impl Engine {
         while let Ok(c) = control.try_recv() {
             self.control(c, start);
         }
+        // Readers see the configured sessions from the start, not after the first second.
+        self.publish(start);
         let mut next_tick = start;
         let mut next_snapshot = start + 1_000_000_000;
         let mut next_trim = start + TRIM_NS;
@@ -305,7 +309,12 @@ impl Engine {
                 Some(Got::Batch(b)) => self.batch(b, now),
                 Some(Got::Event(e)) => self.core.event(e, now),
                 Some(Got::Buffer(b)) => self.core.recycle(b),
-                Some(Got::Control(c)) => self.control(c, now),
+                Some(Got::Control(c)) => {
+                    self.control(c, now);
+                    // A change shows in the API at once (its caller reads it back next); the
+                    // once-a-second samples behind the rates go on from here.
+                    next_snapshot = now;
+                }
                 None => {}
             }
             if now >= next_tick {
@@ -432,18 +441,19 @@ impl Engine {
             tracing::info!("SIGHUP: no configuration file to reload");
             return;
         };
-        let config = match Config::load(&path).and_then(|file| {
-            crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
-        }) {
-            Ok((file, merged)) => {
-                self.core.file.store(Arc::new(file));
-                merged
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration refused; keeping the running one");
-                return;
-            }
-        };
+        let config =
+            match Config::load_with(&path, &self.core.settings.file_flags).and_then(|file| {
+                crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
+            }) {
+                Ok((file, merged)) => {
+                    self.core.file.store(Arc::new(file));
+                    merged
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration refused; keeping the running one");
+                    return;
+                }
+            };
         self.apply(config, now);
     }
 
