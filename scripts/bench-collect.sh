@@ -5,6 +5,14 @@
 #   scripts/bench-collect.sh                              # everything, as the README reports it
 #   RUNS=1 SIZES=60 RSS_SESSIONS= scripts/bench-collect.sh    # one quick point
 #   RATE=200000 CAPTURERS="tapwire tcpdump" scripts/bench-collect.sh
+#   GENERATOR=tcpreplay RUNS=5 CAPTURERS="tapwire tapwire-xdp tcpdump" RSS_SESSIONS= \
+#       scripts/bench-collect.sh                          # the same file replayed to each
+#
+# GENERATOR=tcpreplay: instead of trafgen running for SECONDS_RUN, every run replays the same
+# file of COUNT (1,000,000) packets, made once per frame size from the same sessions as the
+# trafgen configuration (8 sessions, contiguous GRE sequences), with `tcpreplay --topspeed`
+# pinned to CPU 0. Frames the receiving side cannot take are lost (no retry): "loss" is then
+# what the whole path, kernel included, failed to keep of an identical input.
 #
 # Lab (namespaces made here, removed on exit, also on failure): `gen` --veth--> `col`. trafgen
 # (netsniff-ng) runs in `gen` on CPU 0 and sends ERSPAN II to col's address: GRE with the S bit
@@ -63,6 +71,8 @@ SESSIONS=${SESSIONS:-8}
 SECONDS_RUN=${SECONDS_RUN:-10}
 RUNS=${RUNS:-3}
 RATE=${RATE:-max}
+GENERATOR=${GENERATOR:-trafgen}
+COUNT=${COUNT:-1000000}
 case ${INPUT:-} in
 xdp) CAPTURERS=${CAPTURERS:-tapwire-xdp} ;;
 ring) CAPTURERS=${CAPTURERS:-tapwire-ring} ;;
@@ -81,7 +91,11 @@ source "$ROOT/scripts/bench-lib.sh"
 profiler=()
 [[ $PROFILE == 1 ]] && profiler=(perf:linux-perf)
 install_missing trafgen:netsniff-ng tcpdump:tcpdump capinfos:tshark jq:jq curl:curl bc:bc \
-    ethtool:ethtool "${profiler[@]}"
+    ethtool:ethtool tcpreplay:tcpreplay "${profiler[@]}"
+case $GENERATOR in
+trafgen | tcpreplay) ;;
+*) echo "bench-collect: GENERATOR is trafgen or tcpreplay, not $GENERATOR" >&2; exit 2 ;;
+esac
 build_tapwire
 
 ID=twbc-$$
@@ -103,6 +117,63 @@ gen_col_lab
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 link_stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
+
+# replay_file LEN: COUNT ERSPAN II packets with LEN-byte inner frames, the sessions of
+# trafgen_config LEN SESSIONS 1 taking turns (session N from 10.98.1.N, id N, its own
+# contiguous GRE sequence from 0), as a pcap file; prints its path.
+replay_file() {
+    local len=$1 f=$WORK/r-$1.pcap
+    [[ -f $f ]] || /usr/bin/python3 - "$f" "$len" "$SESSIONS" "$COUNT" "$GEN_MAC" "$COL_MAC" <<'EOF'
+import struct, sys
+path, inner, sessions, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+mac = lambda m: bytes.fromhex(m.replace(":", ""))
+eth = mac(sys.argv[6]) + mac(sys.argv[5]) + b"\x08\x00"
+def csum(h):
+    s = sum(struct.unpack("!10H", h))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+heads, tails = [], []
+for src in range(1, sessions + 1):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 16 + inner, 0, 0x4000, 64, 47, 0,
+                     bytes([10, 98, 1, src]), bytes([10, 98, 0, 2]))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    heads.append(eth + ip + struct.pack("!HH", 0x1000, 0x88BE))
+    erspan = struct.pack("!II", (1 << 28) | src, 0)
+    iip = struct.pack("!HHHHBBH4s4s", 0x4500, inner - 14, 0, 0x4000, 64, 17, 0,
+                      bytes([10, src, 0, 0]), bytes([10, 2, 0, 1]))
+    frame = (bytes.fromhex("020000000001" "020000000002" "0800") + iip
+             + struct.pack("!HHHH", 1000 + src, 9, inner - 34, 0) + b"A" * (inner - 42))
+    tails.append(erspan + frame)
+size = len(heads[0]) + 4 + len(tails[0])
+rec = struct.pack("<IIII", 0, 0, size, size)
+with open(path, "wb") as out:
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    buf = []
+    for i in range(count):
+        s = i % sessions
+        buf.append(rec + heads[s] + struct.pack("!I", i // sessions) + tails[s])
+        if len(buf) == 65536:
+            out.write(b"".join(buf))
+            buf = []
+    out.write(b"".join(buf))
+EOF
+    echo "$f"
+}
+
+# replay_run FILE: tcpreplay --topspeed of FILE from GEN on GEN_CPU, under `perf record` of
+# both CPUs when PROFILE=1; prints "packets seconds" (its own count of frames sent, and time).
+replay_run() {
+    local cmd=(ip netns exec "$GEN" taskset -c "$GEN_CPU" tcpreplay --topspeed -i gen0 "$1")
+    if [[ $PROFILE == 1 ]]; then
+        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" -- \
+            "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
+    else
+        "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
+    fi
+    awk '/Successful packets:/ {p = $3}
+        /^Actual:/ {for (i = 1; i <= NF; i++) if ($i == "seconds") s = $(i - 1)}
+        END {print p + 0, s + 0}' "$WORK/replay.out"
+}
 
 # profile_split PERF_DATA COMM_REGEX: "n s soft_rx soft_gen other_rx": samples of the matching
 # threads, those of them in softirq context, softirq samples on RX_CPU and on GEN_CPU, and
@@ -206,13 +277,17 @@ measure() {
     threads0=$(thread_ticks "$CAP_PID")
     busy0=$(cpu_busy "$RX_CPU")
     PERF_PID=
-    if [[ $PROFILE == 1 ]]; then
+    if [[ $PROFILE == 1 && $GENERATOR == trafgen ]]; then
         perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" \
             -- sleep "$SECONDS_RUN" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
     local sent secs
-    read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
+    if [[ $GENERATOR == tcpreplay ]]; then
+        read -r sent secs <<<"$(replay_run "$(replay_file "$len")")"
+    else
+        read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
+    fi
     [[ -n $PERF_PID ]] && { wait "$PERF_PID" || true; PERF_PID=; }
     local got kdrops written lost snap=""
     if [[ $who == tapwire* ]]; then

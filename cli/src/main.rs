@@ -97,7 +97,7 @@ struct CollectArgs {
     interface: Vec<String>,
     /// Read the mirror traffic that arrives on this interface for the GRE and UDP inputs above
     /// with AF_XDP, before the IP stack (repeatable). Falls back to those inputs, with a log
-    /// line, where the driver refuses XDP.
+    /// line, where the driver refuses XDP; refused at start by a build made without clang.
     #[arg(long, value_name = "IF")]
     xdp: Vec<String>,
     /// Capture threads per interface (PACKET_FANOUT).
@@ -421,6 +421,9 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         }
         if a.xdp.iter().filter(|n| *n == name).count() > 1 {
             return Err(format!("--xdp {name}: given twice"));
+        }
+        if !tapwire_netio::xdp::available() {
+            return Err(format!("--xdp {name}: {}", tapwire_netio::xdp::UNAVAILABLE));
         }
         inputs.push(InputKind::Xdp {
             name: name.clone(),

@@ -24,7 +24,26 @@ use crate::error::context;
 use crate::ifindex;
 use crate::xsk::Xsk;
 
+/// The compiled program; empty when clang was missing at build time (see `build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer.o"));
+
+/// Why XDP is unavailable in a build without the program.
+pub const UNAVAILABLE: &str = "this tapwire was built without its XDP program (clang was not \
+    found at build time; install clang, e.g. with scripts/setup.sh, and rebuild)";
+
+/// Whether this build holds the XDP program: `build.rs` leaves it out, with a warning, when
+/// clang is missing.
+pub fn available() -> bool {
+    !OBJECT.is_empty()
+}
+
+/// Loads `object` (maps, relocations; the program itself is loaded by the verifier later).
+fn load(object: &[u8]) -> io::Result<Ebpf> {
+    if object.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, UNAVAILABLE));
+    }
+    Ebpf::load(object).map_err(|e| aya_err("load the XDP program", e))
+}
 
 /// The program's name in the object, and its maps'.
 const PROGRAM: &str = "tapwire_steer";
@@ -186,7 +205,7 @@ impl XdpProgram {
     /// and [`XdpProgram::register`].
     pub fn attach(interface: &str) -> io::Result<XdpProgram> {
         let ifindex = ifindex(interface)?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| aya_err("load the XDP program", e))?;
+        let mut ebpf = load(OBJECT)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| io::Error::other(format!("no program {PROGRAM} in the XDP object")))?
@@ -397,7 +416,18 @@ mod tests {
     }
 
     #[test]
+    fn a_build_without_the_program_says_so() {
+        let e = load(&[]).expect_err("an empty object loads");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("clang"), "{e}");
+    }
+
+    #[test]
     fn the_object_holds_the_program_and_its_maps() {
+        assert!(
+            available(),
+            "built without the XDP program (clang missing?)"
+        );
         for name in [PROGRAM, XSKS, DESTS, COUNTERS] {
             assert!(
                 OBJECT.windows(name.len()).any(|w| w == name.as_bytes()),
