@@ -52,7 +52,7 @@
 # CPU 0, not CPU 1 (on a NIC it runs on the CPU of the queue's interrupt). The fair figure for
 # every column is therefore "receive": the capturer's samples plus every softirq sample on
 # either CPU outside it, per packet sent. "CPU-1 busy" is CPU 1's non-idle time from
-# /proc/stat per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
+# /proc/stat, from just before the traffic to 0.2 s after it, per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
 # "CPU-1 other" is that, from the samples of other tasks outside softirq).
 #
 # Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
@@ -288,6 +288,11 @@ measure() {
     else
         read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
     fi
+    # CPU 1's busy time over the traffic and a short drain only: the settling below is idle
+    # time that other work on a shared machine would fill.
+    sleep 0.2
+    local busy1
+    busy1=$(cpu_busy "$RX_CPU")
     [[ -n $PERF_PID ]] && { wait "$PERF_PID" || true; PERF_PID=; }
     local got kdrops written lost snap=""
     if [[ $who == tapwire* ]]; then
@@ -302,10 +307,9 @@ measure() {
     else
         sleep 1
     fi
-    local cpu1 threads1 rx1 bp1 busy1
+    local cpu1 threads1 rx1 bp1
     cpu1=$(cpu_ticks "$CAP_PID")
     threads1=$(thread_ticks "$CAP_PID")
-    busy1=$(cpu_busy "$RX_CPU")
     rx1=$(link_stat "$COL" col0 rx_packets)
     bp1=$(link_stat "$GEN" gen0 tx_dropped)
     stop_capturer "$who"
