@@ -53,7 +53,11 @@
 # every column is therefore "receive": the capturer's samples plus every softirq sample on
 # either CPU outside it, per packet sent. "CPU-1 busy" is CPU 1's non-idle time from
 # /proc/stat, from just before the traffic to 0.2 s after it, per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
-# "CPU-1 other" is that, from the samples of other tasks outside softirq).
+# "CPU-1 other" is that, from the samples of other tasks outside softirq). With
+# GENERATOR=tcpreplay and PROFILE=1 perf wraps the replay, so that window also holds perf's own
+# start and exit (measured: about 0.2 s of CPU and 1.2 s of wall time in which other work runs):
+# over 1,000,000 packets up to a few hundred ns per packet, over 100,000 most of the figure.
+# Take CPU-1 busy from a PROFILE=0 run.
 #
 # Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
 # outer sources) of 1414-byte frames at trafgen's maximum rate for RSS_SECONDS (60); VmRSS and
