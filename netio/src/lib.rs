@@ -1,5 +1,6 @@
-//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach, and
-//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets.
+//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, the TPACKET_V2 transmit
+//! ring, classic BPF attach, and batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and
+//! UDP sockets.
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
@@ -42,6 +43,7 @@ pub mod bpf;
 mod error;
 pub mod ring;
 mod sys;
+pub mod tx;
 
 pub use error::{is_interface_gone, raw_os_error};
 pub use ring::page_size_bytes;

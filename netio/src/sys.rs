@@ -22,6 +22,8 @@ unsafe impl Pod for libc::tpacket_stats_v3 {}
 unsafe impl Pod for libc::tpacket_req3 {}
 // SAFETY: as above.
 unsafe impl Pod for libc::packet_mreq {}
+// SAFETY: as above.
+unsafe impl Pod for libc::tpacket_req {}
 
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

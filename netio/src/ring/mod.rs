@@ -218,18 +218,18 @@ pub struct RingStats {
     pub n_corrupt_blocks: u64,
 }
 
-/// The mapped ring; unmapped on drop.
+/// A packet socket's mapped ring (receive here, transmit in `tx`); unmapped on drop.
 #[derive(Debug)]
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
+pub(crate) struct Mmap {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; nothing about it is tied to a thread.
 unsafe impl Send for Mmap {}
 
 impl Mmap {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
         // SAFETY: a fresh shared mapping of the packet socket's ring; no existing memory is
         // affected. MAP_POPULATE faults the pages in now rather than on the first packets.
         let ptr = unsafe {
@@ -254,7 +254,7 @@ impl Mmap {
 impl Drop for Mmap {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, and no slice into it
-        // outlives the `Ring` (blocks borrow the ring mutably).
+        // outlives its owner (a `Ring`'s blocks and a `TxRing`'s frames borrow it mutably).
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
