@@ -24,6 +24,7 @@ pub mod bucket;
 pub mod client;
 pub mod config;
 pub mod filter;
+pub mod frame;
 pub mod link;
 pub mod manager;
 pub mod pipeline;
