@@ -123,6 +123,11 @@ impl Outer {
         &self.spec
     }
 
+    /// The identification the next IPv4 frame gets.
+    pub fn next_ident(&self) -> u16 {
+        self.next_ident
+    }
+
     /// Bytes of Ethernet and IP header: 34 (IPv4) or 54 (IPv6).
     pub fn len(&self) -> usize {
         self.len

@@ -34,6 +34,8 @@ pub mod route;
 pub mod sample;
 pub mod select;
 pub mod send;
+pub mod send_fast;
+pub mod send_path;
 pub mod seq;
 pub mod stats;
 mod sys;

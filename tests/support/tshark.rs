@@ -24,6 +24,22 @@ pub fn packets(path: &Path) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Packets of `path` in which tshark, with IPv4 checksum checking on, finds a bad IPv4 header
+/// checksum, a bad GRE checksum, or anything malformed: one summary line each, none when all
+/// are good.
+pub fn bad_checksums(path: &Path) -> Vec<String> {
+    require("tshark");
+    run_ok(Command::new("tshark").arg("-r").arg(path).args([
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-Y",
+        "ip.checksum.status == 0 || gre.checksum.status == 0 || _ws.malformed",
+    ]))
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
 /// A protocol's occurrences: a single object, or an array when it occurs several times.
 pub fn all(layers: &Value, key: &str) -> Vec<Value> {
     match layers.get(key) {
