@@ -13,19 +13,20 @@
 //!
 //! Every test that mirrors runs twice ([`both_paths`]): on the fast path (the default, `auto`:
 //! complete frames through a transmit ring on `up0`), and with the raw socket forced
-//! (`--send-path raw`); [`Probe::stop`] checks that each used the path it was meant to.
+//! (`--send-path raw`); `Probe::stop` checks that each used the path it was meant to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tapwire_tests::collector::{self, Collector};
-use tapwire_tests::netns::{Lab, Proc, poll_until, wait_until};
+use tapwire_tests::netns::{Lab, wait_until};
 use tapwire_tests::oracle::{self, Key, assert_same_frames};
+use tapwire_tests::probe::{PROBE_API, Probe, STOP_WITHIN, SendPath};
 use tapwire_tests::senders::Tcpdump;
 use tapwire_tests::tshark::{self, num};
 use tapwire_tests::{TempDir, bin, require, run};
@@ -36,27 +37,6 @@ const UP_V4: &str = "10.79.2.1";
 const COL_V4: &str = "10.79.2.2";
 const UP_V6: &str = "fd79:2::1";
 const COL_V6: &str = "fd79:2::2";
-const PROBE_API: &str = "127.0.0.1:9751";
-/// SIGTERM must end the probe cleanly; it notices within 100 ms and joins its threads.
-const STOP_WITHIN: Duration = Duration::from_millis(2500);
-
-/// How the probe under test sends.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum SendPath {
-    /// The default (`auto`): the transmit ring, the neighbour being resolved.
-    Fast,
-    /// `--send-path raw`.
-    Raw,
-}
-
-impl SendPath {
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            SendPath::Fast => &[],
-            SendPath::Raw => &["--send-path", "raw"],
-        }
-    }
-}
 
 /// `#[test]`s `NAME::fast` and `NAME::raw` for each function `NAME(SendPath)`.
 macro_rules! both_paths {
@@ -241,174 +221,6 @@ impl Topo {
     }
 }
 
-/// A running `tapwire-probe` with its stats API on the namespace's loopback.
-struct Probe<'l> {
-    lab: &'l Lab,
-    ns: String,
-    proc: Proc,
-    path: SendPath,
-}
-
-impl<'l> Probe<'l> {
-    /// Starts the probe sending on `path` and waits until every flow is running.
-    fn start(lab: &'l Lab, ns: &str, path: SendPath, args: &[&str]) -> Probe<'l> {
-        require("curl");
-        let exe = bin("tapwire-probe");
-        let mut cmd = vec![
-            exe.to_str().unwrap(),
-            "--stats",
-            PROBE_API,
-            "--stats-interval",
-            "1s",
-        ];
-        cmd.extend_from_slice(path.args());
-        cmd.extend_from_slice(args);
-        Probe::spawned(lab, ns, path, lab.spawn(ns, &cmd))
-    }
-
-    fn spawned(lab: &'l Lab, ns: &str, path: SendPath, proc: Proc) -> Probe<'l> {
-        let mut p = Probe {
-            lab,
-            ns: ns.to_string(),
-            proc,
-            path,
-        };
-        let running = poll_until(Duration::from_secs(15), || {
-            if let Some(status) = p.proc.try_wait() {
-                panic!(
-                    "tapwire-probe exited at start ({status}):\n{}",
-                    p.proc.stderr()
-                );
-            }
-            let flows = p.try_flows()?;
-            let all = flows["flows"].as_array()?;
-            (!all.is_empty() && all.iter().all(|f| f["state"] == "running")).then_some(())
-        });
-        assert!(
-            running.is_some(),
-            "tapwire-probe's flows are not running after 15 s:\n{}",
-            p.proc.stderr()
-        );
-        p
-    }
-
-    fn try_flows(&self) -> Option<Value> {
-        let out = self.lab.exec(
-            &self.ns,
-            &[
-                "curl",
-                "-sSf",
-                "--max-time",
-                "3",
-                &format!("http://{PROBE_API}/api/v1/flows"),
-            ],
-        );
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// The one flow's stats object.
-    fn flow(&self) -> Value {
-        let flows = self
-            .try_flows()
-            .unwrap_or_else(|| panic!("probe API does not answer:\n{}", self.proc.stderr()));
-        flows["flows"][0].clone()
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.flow()["counters"][name].as_u64().unwrap()
-    }
-
-    /// Waits until the flow's counter `name` holds still at a value for 300 ms.
-    fn settled(&self, name: &str) -> u64 {
-        let mut last = (u64::MAX, Instant::now());
-        wait_until(
-            Duration::from_secs(10),
-            &format!("{name} to settle"),
-            || {
-                let v = self.counter(name);
-                if v != last.0 {
-                    last = (v, Instant::now());
-                    None
-                } else {
-                    (last.1.elapsed() >= Duration::from_millis(300)).then_some(v)
-                }
-            },
-        )
-    }
-
-    fn metrics(&self) -> String {
-        let out = self.lab.exec(
-            &self.ns,
-            &["curl", "-sSf", &format!("http://{PROBE_API}/metrics")],
-        );
-        assert!(out.status.success(), "GET /metrics");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The flow sent on the path it was started for: with the fast path, through the transmit
-    /// ring (all but the datagrams that confirm a stale neighbour entry); with the raw socket
-    /// forced, nothing through the ring. Shown in the API and in Prometheus.
-    fn assert_send_path(&self) {
-        let flow = self.flow();
-        let (sent, fast) = (
-            flow["counters"]["sent"].as_u64().unwrap(),
-            flow["counters"]["sent_fast"].as_u64().unwrap(),
-        );
-        let send = &flow["send"];
-        let metrics = self.metrics();
-        let name = flow["name"].as_str().unwrap();
-        match self.path {
-            SendPath::Fast => {
-                assert_eq!(send["path"], "fast", "{flow}");
-                assert_eq!(send["interface"], "up0", "{flow}");
-                assert!(
-                    sent == 0 || fast > 0,
-                    "sent {sent}, {fast} of them fast: {flow}"
-                );
-                assert!(
-                    metrics.contains(&format!(
-                        "tapwire_probe_sent_fast_packets_total{{flow=\"{name}\"}} {fast}"
-                    )),
-                    "{metrics}"
-                );
-            }
-            SendPath::Raw => {
-                assert_eq!(send["path"], "raw", "{flow}");
-                assert_eq!(send["reason_code"], "forced", "{flow}");
-                assert_eq!(fast, 0, "{flow}");
-                assert!(
-                    metrics.contains(&format!(
-                        "tapwire_probe_send_path_info{{flow=\"{name}\",mode=\"raw\",path=\"raw\",reason=\"forced\""
-                    )),
-                    "{metrics}"
-                );
-            }
-        }
-    }
-
-    /// Checks the send path ([`Probe::assert_send_path`]), then SIGTERM; it must exit
-    /// successfully within [`STOP_WITHIN`]. Returns its stderr.
-    fn stop(mut self) -> String {
-        self.assert_send_path();
-        self.proc.signal("TERM");
-        let status = self.proc.wait_timeout(STOP_WITHIN).unwrap_or_else(|| {
-            panic!(
-                "tapwire-probe still running {STOP_WITHIN:?} after SIGTERM:\n{}",
-                self.proc.stderr()
-            )
-        });
-        assert!(
-            status.success(),
-            "tapwire-probe exited with {status}:\n{}",
-            self.proc.stderr()
-        );
-        self.proc.stderr()
-    }
-}
-
 /// tshark's frames of a capture, for comparison with the collector's files.
 fn frames(path: &Path) -> Vec<Vec<u8>> {
     oracle::frames(path)
@@ -583,6 +395,14 @@ fn mirror_the_vm_nic(encap: Encap, v6: bool, path: SendPath) {
         assert_eq!(counters[zero], 0, "{zero}: {flow}");
     }
 
+    if path == SendPath::Fast {
+        // Out of the uplink, from the address the raw socket would use: one source to the
+        // collector whichever path a datagram took.
+        let send = &flow["send"];
+        assert_eq!(send["interface"], "up0", "{flow}");
+        assert_eq!(send["source"], source, "{flow}");
+        assert_eq!(send["next_hop"], collector_addr, "{flow}");
+    }
     let key: Key = (source.to_string(), kind.to_string(), session);
     let got = collected(c, &key, n);
     assert_same_frames(
