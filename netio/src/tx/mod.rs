@@ -27,7 +27,7 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use slot::{AFTER_STATUS, Cursor, Layout, STATUS_OFFSET};
+use slot::{AFTER_STATUS, Cursor, Layout, STATUS_OFFSET, VNET_HDR_LEN};
 pub use slot::{LayoutError, Status};
 
 use crate::error::context;
@@ -44,6 +44,13 @@ pub struct TxConfig {
     pub min_frames: u32,
     /// Hand frames straight to the driver (`PACKET_QDISC_BYPASS`). Default on.
     pub qdisc_bypass: bool,
+    /// The kernel copies each frame into an skb of its own (through a `virtio_net_hdr` whose
+    /// header length is the whole frame) instead of pointing the skb at the ring's pages.
+    /// Cheaper where the device would copy anyway: veth and every local delivery copy frames
+    /// that point into the ring into freshly allocated pages. Default on. The socket then no
+    /// longer checks frames against the interface's MTU: the caller must (a device drops a
+    /// frame that is too long, which looks like a full device: `ENOBUFS`).
+    pub linear: bool,
 }
 
 impl Default for TxConfig {
@@ -52,6 +59,7 @@ impl Default for TxConfig {
             max_frame_bytes: 1514,
             min_frames: 1024,
             qdisc_bypass: true,
+            linear: true,
         }
     }
 }
@@ -80,13 +88,16 @@ pub struct TxRing {
     ifindex: u32,
     layout: Layout,
     cursor: Cursor,
+    /// Bytes before each frame: the virtio-net header with [`TxConfig::linear`], else none.
+    lead: usize,
 }
 
 impl TxRing {
     /// Opens a transmit ring on `interface`. Needs CAP_NET_RAW.
     pub fn open(interface: &str, config: &TxConfig) -> io::Result<TxRing> {
+        let lead = if config.linear { VNET_HDR_LEN } else { 0 };
         let layout = Layout::new(
-            config.max_frame_bytes,
+            config.max_frame_bytes.saturating_add(lead as u32),
             config.min_frames,
             page_size_bytes() as usize,
         )
@@ -115,6 +126,11 @@ impl TxRing {
         if config.qdisc_bypass {
             sys::setsockopt(sock, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1)
                 .map_err(on("setsockopt(PACKET_QDISC_BYPASS)"))?;
+        }
+        if config.linear {
+            // Before the ring: the kernel refuses it once a ring exists.
+            sys::setsockopt(sock, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1)
+                .map_err(on("setsockopt(PACKET_VNET_HDR)"))?;
         }
         let req = libc::tpacket_req {
             tp_block_size: layout.block_size as u32,
@@ -158,6 +174,7 @@ impl TxRing {
             ifindex,
             cursor: Cursor::new(layout.frame_count()),
             layout,
+            lead,
         })
     }
 
@@ -171,7 +188,7 @@ impl TxRing {
 
     /// The longest frame [`TxRing::push`] takes.
     pub fn frame_capacity(&self) -> usize {
-        self.layout.capacity()
+        self.layout.capacity() - self.lead
     }
 
     pub fn frame_count(&self) -> usize {
@@ -221,12 +238,15 @@ impl TxRing {
         // other slice into the mapping from existing meanwhile.
         let after_status =
             unsafe { std::slice::from_raw_parts_mut(self.map.ptr.as_ptr().add(start), len) };
-        let room = slot::data_mut(after_status);
+        let (head, room) = slot::data_mut(after_status).split_at_mut(self.lead);
         let n = fill(room).min(room.len());
         if n == 0 {
             return true;
         }
-        slot::set_len(after_status, n as u32);
+        if self.lead > 0 {
+            slot::write_vnet_hdr(head, n as u16);
+        }
+        slot::set_len(after_status, (self.lead + n) as u32);
         // Release: the frame's bytes are visible to the kernel before the status is.
         self.status_word(i)
             .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);

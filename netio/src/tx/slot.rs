@@ -37,6 +37,9 @@ pub(crate) const STATUS_OFFSET: usize = field::STATUS;
 /// Bytes of a frame after its 4-byte status word: what [`frame_len_mut`] and [`data_mut`] cut.
 pub(crate) const AFTER_STATUS: usize = field::STATUS + 4;
 
+/// `struct virtio_net_hdr`: in front of each frame when the socket has `PACKET_VNET_HDR`.
+pub(crate) const VNET_HDR_LEN: usize = 10;
+
 /// The largest ring [`Layout::new`] accepts, as [`crate::ring::MAX_RING_BYTES`].
 const MAX_RING_BYTES: u64 = 1 << 32;
 /// A block holds about this much (at least one frame): large enough that the slack at a
@@ -153,6 +156,16 @@ pub(crate) fn set_len(after_status: &mut [u8], len: u32) {
 /// The Ethernet frame's room in the bytes of a frame after its status word.
 pub(crate) fn data_mut(after_status: &mut [u8]) -> &mut [u8] {
     &mut after_status[field::DATA - AFTER_STATUS..]
+}
+
+/// A `virtio_net_hdr` that asks for nothing (no checksum offload, no segmentation) but says the
+/// first `hdr_len` bytes of the frame are its header: the kernel copies that many bytes into
+/// the skb's own buffer instead of pointing at the ring. Little-endian, as virtio's legacy
+/// layout is on every little-endian host and the kernel reads it (`vio_le()`).
+pub(crate) fn write_vnet_hdr(out: &mut [u8], hdr_len: u16) {
+    out[..VNET_HDR_LEN].fill(0);
+    // flags (1), gso_type (1), hdr_len (2), gso_size (2), csum_start (2), csum_offset (2).
+    out[2..4].copy_from_slice(&hdr_len.to_le_bytes());
 }
 
 /// The caller's position in the ring and the kernel's, as the kernel's own walk implies.
@@ -285,6 +298,13 @@ mod tests {
             let msg = e.expect_err(needle).to_string();
             assert!(msg.contains(needle), "{msg}");
         }
+    }
+
+    #[test]
+    fn vnet_header_asks_for_a_copy_of_the_whole_frame() {
+        let mut b = [0xffu8; 12];
+        write_vnet_hdr(&mut b, 1514);
+        assert_eq!(b, [0, 0, 0xea, 0x05, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
     }
 
     #[test]
