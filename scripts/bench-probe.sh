@@ -109,9 +109,11 @@ EOF
     [[ -n $rate ]] && args+=(-b "${rate}pps")
     local t0 t1
     t0=$(date +%s.%N)
+    rm -f "$WORK/trafgen.failed"
     if ! ip netns exec "$GEN" taskset -c 0 trafgen "${args[@]}" >"$WORK/trafgen.out" 2>&1; then
-        echo "bench-probe: trafgen failed:" >&2
-        tail -5 "$WORK/trafgen.out" >&2
+        # It gives up on EAGAIN from its own ring now and then ("Flushing TX_RING failed").
+        echo "bench-probe: trafgen failed: $(grep -v 'Cannot set system socket memory' "$WORK/trafgen.out" | tail -1)" >&2
+        touch "$WORK/trafgen.failed"
     fi
     t1=$(date +%s.%N)
     echo "$count $(echo "$t1 - $t0" | bc -l)"
@@ -176,7 +178,21 @@ measure() {
     local cpu_ns=$(echo "($after - $before) * 1000000000 / $CLK_TCK / ($captured + 0.000001)" | bc -l)
     printf "%s %s %.0f %.0f %s %s %s\n" "$captured" "$drops" "$cpu_ns" "$(echo "$sent / $secs" | bc -l)" \
         "$send_errors" "$psent" "$fast"
+    [[ -e $WORK/trafgen.failed ]] && return 1
     [[ $seen -ge $sent ]] || echo "bench-probe: $who saw $seen of $sent frames" >&2
+}
+
+# measure_again ARGS...: `measure`, run again (up to 3 times) when trafgen failed.
+measure_again() {
+    local r try
+    for try in 1 2 3; do
+        if r=$(measure "$@"); then
+            echo "$r"
+            return
+        fi
+        echo "bench-probe: run again ($try)" >&2
+    done
+    echo "$r"
 }
 
 # sustain WHO LEN COUNT: the max-rate run, then lower rates until no drops. Prints "captured
@@ -184,7 +200,7 @@ measure() {
 sustain() {
     local who=$1 len=$2 count=$3
     local first best="" captured drops cpu pps errors psent fast
-    first=$(measure "$who" "$len" "$count")
+    first=$(measure_again "$who" "$len" "$count")
     read -r captured drops cpu pps errors psent fast <<<"$first"
     if [[ $drops == 0 ]]; then
         best=$pps
@@ -192,7 +208,7 @@ sustain() {
         local rate max=$pps
         for pct in 80 60 40 20 10; do
             rate=$(printf "%.0f" "$(echo "$max * $pct / 100" | bc -l)")
-            read -r captured drops cpu pps errors psent fast <<<"$(measure "$who" "$len" "$count" "$rate")"
+            read -r captured drops cpu pps errors psent fast <<<"$(measure_again "$who" "$len" "$count" "$rate")"
             if [[ $drops == 0 ]]; then best=$pps; break; fi
         done
     fi

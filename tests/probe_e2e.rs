@@ -1058,6 +1058,24 @@ fn bad_filter_and_bad_config_exit_2_with_one_line() {
         "{err}"
     );
 
+    let out = run(Command::new(&probe).args([
+        "--iface",
+        "lo",
+        "--collector",
+        "127.0.0.1",
+        "--session",
+        "1",
+        "--send-path",
+        "quick",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--send-path: \"quick\" is not a send path: auto, fast or raw"),
+        "{err}"
+    );
+
     let dir = TempDir::new("probe-badcfg");
     let cfg = dir.join("probe.toml");
     std::fs::write(

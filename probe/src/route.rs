@@ -38,6 +38,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How long the thread waits for a notification before it looks at its stop flag.
 const POLL_MS: u16 = 200;
 const RECV_BUFFER_BYTES: usize = 64 << 10;
+/// The longest wait for the kernel's answer to one question.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The current path to one collector. Readers compare [`PathWatch::generation`] with the one
 /// they last saw and [`PathWatch::load`] only when it moved.
@@ -170,11 +172,12 @@ fn run(shared: &Shared) {
             rtnl = Rtnl::open().ok();
         }
         if dirty || last.elapsed() >= REFRESH {
-            let watches: Vec<Arc<PathWatch>> = shared
-                .watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let watches: Vec<Arc<PathWatch>> = {
+                let mut w = shared.watches.lock().unwrap_or_else(|p| p.into_inner());
+                // A collector no capture thread sends to any more is forgotten.
+                w.retain(|w| Arc::strong_count(w) > 1);
+                w.clone()
+            };
             next_hops.clear();
             for w in watches {
                 let path = match &mut rtnl {
@@ -321,6 +324,8 @@ impl Rtnl {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
+        // The kernel always answers; should it not, the thread must not hang.
+        tapwire_netio::socket2::SockRef::from(&sock).set_read_timeout(Some(ASK_TIMEOUT))?;
         Ok(Rtnl {
             sock,
             seq: 0,
