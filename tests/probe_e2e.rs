@@ -1040,37 +1040,29 @@ fn proc_status(pid: u32) -> BTreeMap<String, String> {
 #[test]
 fn bad_filter_and_bad_config_exit_2_with_one_line() {
     let probe = bin("tapwire-probe");
-    let out = run(Command::new(&probe).args([
-        "--iface",
-        "lo",
-        "--collector",
-        "127.0.0.1",
-        "--session",
-        "1",
-        "--filter",
-        "tcp port",
-    ]));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // One line on stderr and exit status 2 for a flow on `lo` with `extra`.
+    let refused = |extra: &[&str]| {
+        let mut args = vec![
+            "--iface",
+            "lo",
+            "--collector",
+            "127.0.0.1",
+            "--session",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(Command::new(&probe).args(&args));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let err = refused(&["--filter", "tcp port"]);
     assert!(
         err.contains("syntax error") && err.contains("\"tcp port\""),
         "{err}"
     );
-
-    let out = run(Command::new(&probe).args([
-        "--iface",
-        "lo",
-        "--collector",
-        "127.0.0.1",
-        "--session",
-        "1",
-        "--send-path",
-        "quick",
-    ]));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = refused(&["--send-path", "quick"]);
     assert!(
         err.contains("--send-path: \"quick\" is not a send path: auto, fast or raw"),
         "{err}"

@@ -462,6 +462,22 @@ fn neigh_state(lab: &Lab, ns: &str, addr: &str, ifname: &str) -> String {
     out.split_whitespace().last().unwrap_or("").to_string()
 }
 
+/// The probe's flags for a flow of the VM's incoming pings to `collector`.
+fn ping_flow<'a>(collector: &'a str, session: &'a str) -> Vec<&'a str> {
+    vec![
+        "--iface",
+        "tap1",
+        "--direction",
+        "in",
+        "--filter",
+        "icmp",
+        "--collector",
+        collector,
+        "--session",
+        session,
+    ]
+}
+
 fn ping(t: &Routed, n: u32) {
     let count = n.to_string();
     t.lab
@@ -488,18 +504,7 @@ fn the_next_hop_is_resolved_and_a_stale_entry_confirmed_through_the_kernel() {
         &t.lab,
         &t.host,
         SendPath::Auto,
-        &[
-            "--iface",
-            "tap1",
-            "--direction",
-            "in",
-            "--filter",
-            "icmp",
-            "--collector",
-            V4.collector,
-            "--session",
-            &session,
-        ],
+        &ping_flow(V4.collector, &session),
     );
     let flow = probe.flow();
     assert_eq!(flow["send"]["path"], "raw", "{flow}");
@@ -607,18 +612,7 @@ fn mirror_pings(t: &Routed, col_ns: &str, collector: &str, args: &[&str]) -> Val
         &["--vxlan", "off", "--geneve", "off", "--tzsp", "off"],
     );
     let session = SESSION.to_string();
-    let mut all = vec![
-        "--iface",
-        "tap1",
-        "--direction",
-        "in",
-        "--filter",
-        "icmp",
-        "--collector",
-        collector,
-        "--session",
-        &session,
-    ];
+    let mut all = ping_flow(collector, &session);
     all.extend_from_slice(args);
     let probe = Probe::start(&t.lab, &t.host, SendPath::Auto, &all);
     ping(t, 10);

@@ -59,10 +59,6 @@ impl PathWatch {
         }
     }
 
-    pub fn dst(&self) -> IpAddr {
-        self.dst
-    }
-
     /// Bumped after every change of the path (Acquire: the path stored before it is seen).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -87,9 +83,6 @@ impl PathWatch {
 struct Shared {
     watches: Mutex<Vec<Arc<PathWatch>>>,
     stop: AtomicBool,
-    /// The thread's counts, for tests and logs.
-    n_resolutions: AtomicU64,
-    n_events: AtomicU64,
 }
 
 /// The tracking thread and the collectors it watches; stops with the last owner.
@@ -129,14 +122,6 @@ impl Tracker {
         let w = Arc::new(PathWatch::new(dst, path));
         watches.push(Arc::clone(&w));
         w
-    }
-
-    /// Resolutions and notifications so far.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.shared.n_resolutions.load(Ordering::Relaxed),
-            self.shared.n_events.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -194,7 +179,6 @@ fn run(shared: &Shared) {
                     tracing::info!(collector = %w.dst, path = %describe(&p), "path to the collector changed");
                 }
             }
-            shared.n_resolutions.fetch_add(1, Ordering::Relaxed);
             last = Instant::now();
             dirty = false;
         }
@@ -215,10 +199,7 @@ fn run(shared: &Shared) {
             buf.clear();
             match sock.recv(&mut buf, libc::MSG_DONTWAIT) {
                 Ok(0) => break,
-                Ok(_) => {
-                    shared.n_events.fetch_add(1, Ordering::Relaxed);
-                    dirty |= relevant(&buf, &next_hops);
-                }
+                Ok(_) => dirty |= relevant(&buf, &next_hops),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ENOBUFS: notifications were lost; resolve everything.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => dirty = true,

@@ -105,17 +105,8 @@ impl Output {
         out
     }
 
-    pub fn raw(&self) -> &Sender {
-        &self.raw
-    }
-
     pub fn raw_mut(&mut self) -> &mut Sender {
         &mut self.raw
-    }
-
-    /// The fast path is in use.
-    pub fn is_fast(&self) -> bool {
-        self.fast.is_some()
     }
 
     /// Takes the tracker's path if it changed (or retries a failed fast path); true when the

@@ -23,8 +23,7 @@
 mod slot;
 
 use std::io;
-use std::mem;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use slot::{AFTER_STATUS, Cursor, Layout, STATUS_OFFSET, VNET_HDR_LEN};
@@ -33,7 +32,7 @@ pub use slot::{LayoutError, Status};
 use crate::error::context;
 use crate::ifindex;
 use crate::ring::{Mmap, page_size_bytes};
-use crate::sys::{self, cvt};
+use crate::sys;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxConfig {
@@ -112,12 +111,8 @@ impl TxRing {
             let what = format!("{what} on {interface}");
             move |e: io::Error| context(e, what)
         };
-        // Protocol 0: no receive hook, so nothing is ever queued to this socket.
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        let raw = cvt(raw).map_err(on("socket(AF_PACKET, SOCK_RAW)"))?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Protocol 0, also when bound: no receive hook, so nothing is ever queued to it.
+        let fd = sys::packet_socket().map_err(on("socket(AF_PACKET, SOCK_RAW)"))?;
         let sock = fd.as_fd();
 
         let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
@@ -152,20 +147,8 @@ impl TxRing {
         // the whole ring be in flight where the system allows (capped at wmem_max, silently).
         let _ = socket2::SockRef::from(&sock).set_send_buffer_size(len);
 
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = 0;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
-        let ret = unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        cvt(ret).map_err(on(&format!("bind(AF_PACKET, ifindex {ifindex})")))?;
+        sys::bind_packet(sock, ifindex, 0)
+            .map_err(on(&format!("bind(AF_PACKET, ifindex {ifindex})")))?;
 
         Ok(TxRing {
             map,
