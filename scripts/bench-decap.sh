@@ -47,7 +47,7 @@ done
 # --- build -------------------------------------------------------------------------------------
 (
     cd "$ROOT"
-    cargo build --release --quiet -p tapwire-collector --bin tapwire
+    cargo build --release --quiet -p tapwire --bin tapwire
     cargo build --release --quiet -p tapwire-formats --example gen_erspan
 )
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)

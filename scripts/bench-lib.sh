@@ -16,7 +16,7 @@ install_missing() {
 
 # build_tapwire: the release collector; sets TAPWIRE.
 build_tapwire() {
-    (cd "$ROOT" && cargo build --release --quiet -p tapwire-collector --bin tapwire)
+    (cd "$ROOT" && cargo build --release --quiet -p tapwire --bin tapwire)
     local target
     target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
     TAPWIRE=$target/release/tapwire

@@ -23,6 +23,8 @@ declare -A need=(
   [sysctl]=procps
   [ethtool]=ethtool
   [pkg-config]=pkg-config
+  # libfuzzer-sys compiles libFuzzer (C++) when test.sh checks the fuzz targets.
+  [g++]=g++
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -33,6 +33,7 @@ use tapwire_tests::collector::{self, Collector};
 use tapwire_tests::netns::{Lab, poll_until, wait_until};
 use tapwire_tests::oracle::{self, Frames, Key, assert_same_frames};
 use tapwire_tests::senders::{self, MirrorSend, Sent, Tcpdump};
+use tapwire_tests::tshark;
 use tapwire_tests::{
     TempDir, bin, capture_files, captures_dir, require, run, run_ok, validate_capture,
 };
@@ -130,23 +131,10 @@ fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
     scapy_collect(
         "scapy-afpacket",
         &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-            "--rotate-packets",
-            "12",
-            "--format",
-            "pcap-ns",
-        ],
+            &collector::AF_PACKET_ONLY[..],
+            &["--rotate-packets", "12", "--format", "pcap-ns"],
+        ]
+        .concat(),
         "INT",
     );
 }
@@ -157,22 +145,7 @@ fn scapy_via_af_packet_with_rotation_and_pcap_ns_is_collected_byte_identical() {
 fn scapy_via_af_packet_with_two_workers_keeps_each_source_in_order() {
     scapy_collect(
         "scapy-workers",
-        &[
-            "--interface",
-            "col0",
-            "--workers",
-            "2",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
+        &[&collector::AF_PACKET_ONLY[..], &["--workers", "2"]].concat(),
         "TERM",
     );
 }
@@ -246,6 +219,224 @@ fn vxlan_and_geneve_over_ipv6_with_zero_udp_checksum_are_collected() {
     );
 }
 
+/// GRE-TEB whose checksum is each source's first packet's, repeated while the sequence grows
+/// (Open vSwitch's userspace datapath with `csum=true` and `seq=true` gets its checksums
+/// wrong the same way; tests/collect_ovs.rs has the real thing), over IPv4 (raw socket, outer
+/// fragments included) and IPv6 (raw GRE socket): every frame is written, its pcapng comment
+/// says so, and the bad ones are counted per source. With `--strict-gre-checksum` the bad ones
+/// are dropped and counted as malformed `gre_checksum`. `tapwire decap` of what was sent does
+/// the same.
+#[test]
+fn stale_gre_checksums_are_kept_and_counted_unless_strict() {
+    let lab = Lab::new("gre-csum");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let opts = MirrorSend {
+        kinds: "gre".into(),
+        gre_stale_checksum: true,
+        ..MirrorSend::default()
+    };
+    let mut c = Collector::start(&lab, &col, &lab.dir().join("kept"), &[]);
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    let expected = oracle_of(&sent);
+    let bad = oracle::gre_checksum_bad(&tshark::packets(&sent.pcap));
+    assert_eq!(bad.len(), 2, "one GRE source per family: {:?}", bad.keys());
+    for (k, v) in &bad {
+        // Bad: all but the first, whose checksum was computed for it.
+        assert!(!v[0] && v[1..].iter().all(|b| *b), "{k:?}: tshark: {v:?}");
+    }
+
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    assert_api_matches(&api, &sent.sources);
+    collector::assert_gre_checksum_bad_counted(&c, &api, &bad);
+    c.stop("TERM", STOP_WITHIN);
+    assert_same_frames(
+        "stale GRE checksums, kept",
+        &expected,
+        &c.session_frames(&api),
+    );
+    assert_eq!(
+        collector::gre_checksum_comments(&c, &api),
+        bad,
+        "the frames whose checksum tshark finds bad, and only those, carry the comment"
+    );
+
+    // Strict: only each source's first packet is written; the rest is malformed.
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &lab.dir().join("strict"),
+        &["--strict-gre-checksum"],
+    );
+    senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent2.pcap"), false);
+    let n_bad: u64 = bad.values().flatten().filter(|b| **b).count() as u64;
+    let api = poll_until(Duration::from_secs(10), || {
+        let api = c.sessions();
+        (api["totals"]["malformed"]["gre_checksum"] == n_bad).then_some(api)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "strict: {n_bad} bad checksums not counted: {}",
+            c.sessions()
+        )
+    });
+    let first: BTreeMap<Key, u64> = bad.keys().map(|k| (k.clone(), 1)).collect();
+    assert_eq!(
+        collector::source_packets(&api),
+        first,
+        "strict: per-source packets"
+    );
+    for s in collector::sources(&api).values() {
+        assert_eq!(s["gre_checksum_bad"], 0, "strict: {s}");
+    }
+    let metrics = c.metrics();
+    let line = format!("tapwire_malformed_packets_total{{reason=\"gre_checksum\"}} {n_bad}");
+    assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+    c.stop("TERM", STOP_WITHIN);
+    let firsts: Frames = expected
+        .iter()
+        .map(|(k, v)| (k.clone(), v[..1].to_vec()))
+        .collect();
+    assert_same_frames(
+        "stale GRE checksums, strict",
+        &firsts,
+        &c.session_frames(&api),
+    );
+
+    collector::assert_decap_gre_checksums(&sent.pcap, &expected, &bad);
+}
+
+/// Outer fragments (IPv4 and IPv6), as tshark finds them in `pcap`: (fragments, datagrams
+/// they complete). Every datagram's fragments are sent in order, so each complete one has
+/// exactly one last fragment.
+fn fragment_counts(pcap: &Path) -> (u64, u64) {
+    let rows = run_ok(Command::new("tshark").arg("-r").arg(pcap).args([
+        "-Y",
+        "ip.flags.mf == 1 or ip.frag_offset > 0 or ipv6.fraghdr",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=f",
+        "-e",
+        "ip.frag_offset",
+        "-e",
+        "ipv6.fraghdr.offset",
+        "-e",
+        "ip.flags.mf",
+        "-e",
+        "ipv6.fraghdr.more",
+    ]));
+    let mut counts = (0, 0);
+    for l in rows.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        let offset = |i: usize| f[i].parse::<u64>().unwrap_or(0);
+        let last = offset(0) + offset(1) > 0 && f[2] != "1" && f[3] != "1";
+        counts.0 += 1;
+        counts.1 += u64::from(last);
+    }
+    counts
+}
+
+/// Live outer reassembly (AF_PACKET) in the snapshot and `/metrics`: datagrams completed from
+/// fragments, fragments held, the first fragments of 1030 datagrams that never complete (the
+/// table keeps 1024: 6 evicted for memory, 1024 pending), then, with no further fragment, the
+/// 1024 evicted by the 30 s timeout.
+#[test]
+fn live_defragmentation_is_counted_in_the_snapshot_and_metrics() {
+    let lab = Lab::new("defrag");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let c = Collector::start(
+        &lab,
+        &col,
+        &lab.dir().join("out"),
+        &collector::AF_PACKET_ONLY,
+    );
+    let whole = MirrorSend {
+        kinds: "gre".into(),
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &whole, &lab.dir().join("whole.pcap"), false);
+    let incomplete = MirrorSend {
+        incomplete_fragments: 1030,
+        ..MirrorSend::default()
+    };
+    let part = senders::send_mirror(&lab, &snd, &incomplete, &lab.dir().join("part.pcap"), false);
+    let (frags, reassembled) = fragment_counts(&sent.pcap);
+    assert!(
+        reassembled >= 4,
+        "fragmented datagrams in both families: {reassembled}"
+    );
+    let (part_frags, part_done) = fragment_counts(&part.pcap);
+    assert_eq!(
+        (part_frags, part_done),
+        (1030, 0),
+        "tshark on the incomplete ones"
+    );
+    let fragments = frags + part_frags;
+
+    let api = poll_until(Duration::from_secs(10), || {
+        let api = c.sessions();
+        (api["totals"]["defrag"]["fragments"] == fragments).then_some(api)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{fragments} fragments not counted: {}",
+            c.sessions()["totals"]
+        )
+    });
+    assert_eq!(
+        collector::source_packets(&api),
+        sent.sources,
+        "whole datagrams decapsulated"
+    );
+    let want = serde_json::json!({
+        "fragments": fragments,
+        "held": fragments - reassembled,
+        "reassembled": reassembled,
+        "evicted_timeout": 0,
+        "evicted_memory": 6,
+        "invalid": 0,
+        "pending_datagrams": 1024,
+    });
+    assert_eq!(api["totals"]["defrag"], want, "snapshot");
+    let metrics = c.metrics();
+    for line in [
+        format!("tapwire_defrag_fragments_total {fragments}"),
+        format!(
+            "tapwire_defrag_held_fragments_total {}",
+            fragments - reassembled
+        ),
+        format!("tapwire_defrag_reassembled_total {reassembled}"),
+        "tapwire_defrag_evicted_datagrams_total{reason=\"memory\"} 6".into(),
+        "tapwire_defrag_evicted_datagrams_total{reason=\"timeout\"} 0".into(),
+        "tapwire_defrag_invalid_fragments_total 0".into(),
+        "tapwire_defrag_pending_datagrams 1024".into(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+    }
+
+    // No fragment follows: the engine's own clock expires them (30 s after they arrived).
+    let api = poll_until(Duration::from_secs(45), || {
+        let api = c.sessions();
+        (api["totals"]["defrag"]["pending_datagrams"] == 0).then_some(api)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "incomplete datagrams never expired: {}",
+            c.sessions()["totals"]
+        )
+    });
+    assert_eq!(
+        api["totals"]["defrag"]["evicted_timeout"], 1024,
+        "{}",
+        api["totals"]
+    );
+    let metrics = c.metrics();
+    let line = "tapwire_defrag_evicted_datagrams_total{reason=\"timeout\"} 1024";
+    assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+}
+
 /// More sessions than the process may open files (600 sessions, RLIMIT_NOFILE 256, as under a
 /// systemd unit's default soft limit of 1024 with a few thousand sessions): every packet is
 /// still written and the API keeps answering.
@@ -283,7 +474,8 @@ fn more_sessions_than_file_descriptors_are_written_and_the_api_answers() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(5));
+    c.wait_for_packets(&sent.sources, Duration::from_secs(5));
+    let api = c.wait_written(Duration::from_secs(5));
     let written: u64 = api["sessions"]
         .as_array()
         .unwrap()
@@ -372,6 +564,107 @@ fn max_files_keeps_the_newest_files() {
             .map(|f| f.path.file_name().unwrap())
             .collect::<Vec<_>>()
     );
+}
+
+/// The file flags reach the sessions of a configuration file that do not set the field
+/// themselves (flags override `[defaults.files]`), a session's own `files` setting wins, the
+/// auto sessions get them too, and a SIGHUP reload keeps them: a session added by the reload
+/// rotates by the flag. Every file is read with captype and capinfos.
+#[test]
+fn file_flags_reach_configured_sessions_and_survive_a_reload() {
+    let lab = Lab::new("file-flags");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let cfg = lab.dir().join("collector.toml");
+    let config = |extra: &str| {
+        format!(
+            r#"
+[defaults.files]
+rotate = {{ packets = 1000 }}
+max_files = 100
+
+[[session]]
+name = "inherits"
+sources = [{{ kind = "erspan-ii", id = 0 }}]
+
+[[session]]
+name = "own-rotate"
+sources = [{{ kind = "erspan-ii", id = 1 }}]
+files = {{ rotate = {{ packets = 5 }} }}
+{extra}"#
+        )
+    };
+    std::fs::write(&cfg, config("")).unwrap();
+    let mut c = Collector::start(
+        &lab,
+        &col,
+        &out,
+        &["--config", cfg.to_str().unwrap(), "--rotate-packets", "3"],
+    );
+    // 12 packets to each of ERSPAN II sessions 0, 1 and 2 (2: no session takes it, auto).
+    let first = MirrorSend {
+        families: "4".into(),
+        many_sessions: 3,
+        count: 12,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &first, &lab.dir().join("sent1.pcap"), false);
+    c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+
+    // The reload adds a session that sets no files, for session 3.
+    std::fs::write(
+        &cfg,
+        config("\n[[session]]\nname = \"added\"\nsources = [{ kind = \"erspan-ii\", id = 3 }]\n"),
+    )
+    .unwrap();
+    c.proc.signal("HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the reload to add session added",
+        || {
+            c.sessions()["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "added")
+                .then_some(())
+        },
+    );
+    let second = MirrorSend {
+        many_sessions: 4,
+        count: 6,
+        start: 12,
+        ..first
+    };
+    let sent2 = senders::send_mirror(&lab, &snd, &second, &lab.dir().join("sent2.pcap"), false);
+    let mut total = sent.sources.clone();
+    for (k, n) in sent2.sources {
+        *total.entry(k).or_default() += n;
+    }
+    let api = c.wait_for_packets(&total, Duration::from_secs(10));
+    c.stop("TERM", STOP_WITHIN);
+
+    let auto = api["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .find(|n| n.ends_with("_erspan-ii_2"))
+        .expect("the auto session of ERSPAN II session 2");
+    let sizes = |name: &str| -> Vec<u64> {
+        c.files_of(name)
+            .iter()
+            .map(|f| validate_capture(f))
+            .collect()
+    };
+    // 18 packets rotated every 3 (the flag, not [defaults.files]' 1000).
+    assert_eq!(sizes("inherits"), [3; 6], "inherits");
+    assert_eq!(sizes(&auto), [3; 6], "{auto}");
+    // The session's own rotate = { packets = 5 } wins over the flag.
+    assert_eq!(sizes("own-rotate"), [5, 5, 5, 3], "own-rotate");
+    // Added by the reload: the flags were laid over the reloaded file too.
+    assert_eq!(sizes("added"), [3, 3], "added");
 }
 
 /// `--on-finish` runs once for every finished file: the ones rotation closes and the ones
@@ -475,8 +768,9 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
     );
     let expected = oracle_of(&sent);
 
-    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     let t_end = now_ns();
+    let api = c.wait_written(Duration::from_secs(5));
     assert_api_matches(&api, &sent.sources);
     assert_sessions_and_metrics(&c, &api, &expected);
     // Files are flushed at least once per second while the collector runs: 1.5 s after the API
@@ -795,23 +1089,7 @@ fn public_captures_replayed_are_collected_byte_identical() {
 /// and sees every frame the captures hold, not only what the kernel delivers to its sockets.
 #[test]
 fn public_captures_replayed_via_af_packet_are_collected_byte_identical() {
-    replay_collect(
-        "replay-afpacket",
-        &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
-    );
+    replay_collect("replay-afpacket", &collector::AF_PACKET_ONLY);
 }
 
 fn replay_collect(tag: &str, args: &[&str]) {
@@ -1098,14 +1376,14 @@ fn full_disk_is_counted_and_writing_resumes_after_space_is_freed() {
     c.stop("TERM", STOP_WITHIN);
 }
 
-/// disk_guard + write_error drops over every session.
+/// disk_guard + disk_full + write_error drops over every session.
 fn disk_drops(api: &Value) -> u64 {
     api["sessions"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|s| {
-            ["disk_guard", "write_error"]
+            ["disk_guard", "disk_full", "write_error"]
                 .iter()
                 .map(|k| s["drops"][k].as_u64().unwrap_or(0))
                 .sum::<u64>()

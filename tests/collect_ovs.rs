@@ -53,7 +53,15 @@ const MIRRORS: [(&str, usize, Tunnel); 6] = [
             v6: false,
         },
     ),
-    ("gre1", 1, Tunnel::Gre { key: 4, seq: true }),
+    (
+        "gre1",
+        1,
+        Tunnel::Gre {
+            key: 4,
+            seq: true,
+            csum: false,
+        },
+    ),
     (
         "ers6a",
         2,
@@ -356,25 +364,7 @@ fn ovs_snaplen_truncation_is_counted_not_written() {
     let lab = &ovs.lab;
     let col = ovs.col().to_string();
     let out = lab.dir().join("out");
-    let mut c = Collector::start(
-        lab,
-        &col,
-        &out,
-        &[
-            "--interface",
-            "col0",
-            "--gre-v4",
-            "off",
-            "--gre-v6",
-            "off",
-            "--vxlan",
-            "off",
-            "--geneve",
-            "off",
-            "--tzsp",
-            "off",
-        ],
-    );
+    let mut c = Collector::start(lab, &col, &out, &collector::AF_PACKET_ONLY);
     let wire_pcap = lab.dir().join("col0.pcap");
     let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47");
     let h2_pcap = lab.dir().join("h2.pcap");
@@ -541,4 +531,103 @@ fn ovs_vxlan_and_geneve_mirrors_are_collected_exactly() {
     );
     c.stop("TERM", Duration::from_millis(2500));
     assert_same_frames("OVS VXLAN/GENEVE", &sent, &c.session_frames(&api));
+}
+
+/// The one's-complement sum RFC 1071 checksums are verified with: 0xffff over data whose
+/// checksum is right.
+fn ones_complement_sum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// OVS 3.1's userspace `type=gre` port with `options:csum=true` and `options:seq=true`
+/// computes the GRE checksum with the sequence field still 0 and writes the sequence number
+/// after (tests/senders/OVS.md): every packet but the one numbered 0 carries a checksum that
+/// does not verify, and tshark says so. tapwire keeps and writes every frame, notes it in its
+/// comment and counts it per source; `tapwire decap` of the wire does the same, and with
+/// `--strict-gre-checksum` drops and counts them.
+#[test]
+fn ovs_gre_checksum_with_sequence_is_kept_and_counted() {
+    let ovs = Ovs::start("ovs-csum", 3);
+    let tunnel = Tunnel::Gre {
+        key: 31,
+        seq: true,
+        csum: true,
+    };
+    ovs.mirror("grec", &["p1"], tunnel);
+    let lab = &ovs.lab;
+    let col = ovs.col().to_string();
+    let mut c = Collector::start(lab, &col, &lab.dir().join("out"), &[]);
+    let wire_pcap = lab.dir().join("col0.pcap");
+    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47");
+    let h1_pcap = lab.dir().join("h1.pcap");
+    let h1 = Tcpdump::start(lab, ovs.host(1), "eth0", &h1_pcap, "");
+    traffic(&ovs);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h1.stop().1, 0, "tcpdump on h1 dropped packets");
+    assert_eq!(wire.stop().1, 0, "tcpdump on col0 dropped packets");
+
+    // The facts: C, K and S set; the checksum verifies once the sequence field is zeroed;
+    // tshark finds it bad on every packet but the one numbered 0.
+    let packets = tshark::packets(&wire_pcap);
+    let key = key_of(&tunnel);
+    let mut seqs = Vec::new();
+    for l in &packets {
+        let f = |name: &str| tshark::field(l, "gre", name).map(|v| num(&v));
+        assert_eq!(f("gre.flags_and_version"), Some(0xb000), "GRE flags");
+        assert_eq!(f("gre.key"), Some(31));
+        let seq = f("gre.sequence_number").expect("sequence");
+        let gre_raw = tshark::raws(l, "gre")
+            .into_iter()
+            .next()
+            .expect("GRE bytes");
+        let ip_raw = tshark::raws(l, "ip")
+            .into_iter()
+            .next()
+            .expect("IPv4 bytes");
+        let ip_len = num(&tshark::field(l, "ip", "ip.len").unwrap()) as usize;
+        let mut gre = tshark::frame_bytes(l)[gre_raw.offset..ip_raw.offset + ip_len].to_vec();
+        assert_eq!(
+            ones_complement_sum(&gre) == 0xffff,
+            seq == 0,
+            "seq {seq}: the checksum verifies as sent only for seq 0"
+        );
+        gre[12..16].fill(0);
+        assert_eq!(
+            ones_complement_sum(&gre),
+            0xffff,
+            "seq {seq}: the checksum verifies with the sequence field zeroed"
+        );
+        seqs.push(seq);
+    }
+    let bad = oracle::gre_checksum_bad(&packets);
+    let want_bad: Vec<bool> = seqs.iter().map(|s| *s != 0).collect();
+    assert_eq!(bad[&key], want_bad, "tshark's verdict: bad unless seq 0");
+    let n = seqs.len();
+    assert!(n >= 200, "too little traffic: {n} packets");
+
+    let sent = oracle::from_packets(&packets);
+    assert!(
+        sorted(&sent[&key]) == sorted(&oracle::frames(&h1_pcap)),
+        "OVS did not send exactly the frames of p1"
+    );
+    let want = BTreeMap::from([(key.clone(), n as u64)]);
+    let api = c.wait_for_packets(&want, Duration::from_secs(10));
+    assert_eq!(collector::source_packets(&api), want, "every frame kept");
+    collector::assert_gre_checksum_bad_counted(&c, &api, &bad);
+    c.stop("TERM", Duration::from_millis(2500));
+    assert_same_frames(
+        "tapwire collect of OVS GRE with csum",
+        &sent,
+        &c.session_frames(&api),
+    );
+    assert_eq!(collector::gre_checksum_comments(&c, &api), bad, "comments");
+
+    collector::assert_decap_gre_checksums(&wire_pcap, &sent, &bad);
 }

@@ -2,7 +2,7 @@
 //! to the ones tshark decodes from the same input, source by source and in order, and
 //! captures without mirror traffic produce no session files.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! and ERSPAN timestamps, direction flags, comments on gaps and truncation, pcap variants,
 //! `--single`, and the exit codes for bad input.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::Ipv6Addr;
 use std::path::Path;
@@ -15,6 +15,7 @@ use tapwire_formats::wire::erspan::{
 };
 use tapwire_formats::wire::ip::Protocol;
 use tapwire_formats::wire::{ethernet, gre, ipv4, ipv6, udp, vxlan};
+use tapwire_tests::tshark::fields;
 use tapwire_tests::{TempDir, bin, run, run_ok, validate_capture};
 
 const BASE_NS: u64 = 1_700_000_000_000_000_000;
@@ -206,20 +207,6 @@ fn write_input(path: &Path, packets: &[(u64, Vec<u8>)]) {
         .unwrap();
     }
     std::fs::write(path, enc.take_bytes()).unwrap();
-}
-
-fn fields(path: &Path, fields: &[&str]) -> Vec<Vec<String>> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r")
-        .arg(path)
-        .args(["-T", "fields", "-E", "separator=|"]);
-    for f in fields {
-        cmd.args(["-e", f]);
-    }
-    run_ok(&mut cmd)
-        .lines()
-        .map(|l| l.split('|').map(String::from).collect())
-        .collect()
 }
 
 fn decap(args: &[&str]) -> std::process::Output {

@@ -1035,34 +1035,38 @@ fn proc_status(pid: u32) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A filter that does not compile, and a bad configuration, are refused at start with one
-/// line and exit status 2, before anything is opened (no privileges needed).
+/// A filter that does not compile, a bad configuration and an unknown user are refused at
+/// start with one line and exit status 2, before anything is opened (no privileges needed).
 #[test]
 fn bad_filter_and_bad_config_exit_2_with_one_line() {
     let probe = bin("tapwire-probe");
-    // One line on stderr and exit status 2 for a flow on `lo` with `extra`.
-    let refused = |extra: &[&str]| {
-        let mut args = vec![
-            "--iface",
-            "lo",
-            "--collector",
-            "127.0.0.1",
-            "--session",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        let out = run(Command::new(&probe).args(&args));
+    // Exit status 2 and one line on stderr, which is returned.
+    let usage_error = |args: &[&str], config: Option<&Path>| {
+        let mut cmd = Command::new(&probe);
+        cmd.args(args);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = run(&mut cmd);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         err
     };
-    let err = refused(&["--filter", "tcp port"]);
+    let flow = [
+        "--iface",
+        "lo",
+        "--collector",
+        "127.0.0.1",
+        "--session",
+        "1",
+    ];
+    let err = usage_error(&[&flow[..], &["--filter", "tcp port"]].concat(), None);
     assert!(
         err.contains("syntax error") && err.contains("\"tcp port\""),
         "{err}"
     );
-    let err = refused(&["--send-path", "quick"]);
+    let err = usage_error(&[&flow[..], &["--send-path", "quick"]].concat(), None);
     assert!(
         err.contains("--send-path: \"quick\" is not a send path: auto, fast or raw"),
         "{err}"
@@ -1075,11 +1079,30 @@ fn bad_filter_and_bad_config_exit_2_with_one_line() {
         "[[flow]]\ninterface = \"lo\"\ncollector = \"127.0.0.1\"\nsession = 2000\n",
     )
     .unwrap();
-    let out = run(Command::new(&probe).arg("--config").arg(&cfg));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = usage_error(&[], Some(&cfg));
     assert!(err.contains("session id 2000 is above 1023"), "{err}");
+
+    // An unknown --user (flags, controller mode, or the file's [probe] user) is a usage error
+    // too, found before anything starts.
+    let user = ["--stats", "off", "--user", "tapwire-no-such-user"];
+    let controlled = ["--controller", "http://127.0.0.1:1", "--name", "t"];
+    for args in [&flow[..], &controlled[..]] {
+        let err = usage_error(&[args, &user[..]].concat(), None);
+        assert!(
+            err.contains("--user tapwire-no-such-user: no such user"),
+            "{err}"
+        );
+    }
+    std::fs::write(
+        &cfg,
+        "[probe]\nuser = \"tapwire-no-such-user\"\nstats = \"off\"\n[[flow]]\ninterface = \"lo\"\ncollector = \"127.0.0.1\"\nsession = 2\n",
+    )
+    .unwrap();
+    let err = usage_error(&[], Some(&cfg));
+    assert!(
+        err.contains("[probe] user tapwire-no-such-user: no such user"),
+        "{err}"
+    );
 
     // The shipped example passes --check.
     let example = tapwire_tests::workspace_root().join("dist/probe.toml");

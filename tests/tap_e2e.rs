@@ -243,7 +243,9 @@ fn a_tap_that_cannot_keep_up_drops_only_its_own_frames() {
         let tap = &s["tap"];
         let accounted =
             tap["written"].as_u64()? + tap["tap_dropped"].as_u64()? + tap["filtered"].as_u64()?;
-        (s["packets"].as_u64()? > 0 && accounted == s["packets"].as_u64()?).then_some(s)
+        let pending = s["pending"].as_u64()?;
+        (s["packets"].as_u64()? > 0 && accounted == s["packets"].as_u64()? && pending == 0)
+            .then_some(s)
     })
     .unwrap_or_else(|| panic!("TAP counters never settled: {last}"));
     let received = settled["packets"].as_u64().unwrap();

@@ -216,7 +216,7 @@ fn top_shows_live_sessions_and_disables_one_through_the_api() {
         },
     );
     assert!(row(&screen, &victim).unwrap().contains("disabled"));
-    let api = c.sessions();
+    let api = c.wait_written(Duration::from_secs(5));
     let v = api_session(&api, &victim);
     assert_eq!(v["state"], "disabled", "{v}");
     assert_eq!(v["drops"]["disabled"], 25, "{v}");

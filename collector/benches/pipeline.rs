@@ -15,6 +15,9 @@
 //!
 //! `cargo bench -p tapwire-collector --bench pipeline`
 
+// Test code: a setup step that fails ends the run with its name.
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Instant;

@@ -227,6 +227,41 @@ impl RotatePolicy {
     }
 }
 
+/// The file settings of `tapwire collect`'s flags (`--format`, `--rotate-size`,
+/// `--rotate-duration`, `--rotate-interval`, `--rotate-packets`, `--max-files`,
+/// `--on-finish`). Each flag given replaces that one field of `[defaults.files]`; sessions then
+/// start from the result, so a session's own `files.X` still wins (`rotate` counts as one
+/// field there, as in the file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFlags {
+    pub format: Option<Format>,
+    /// `Some(0)`: no rotation by size, whatever `[defaults.files]` says.
+    pub rotate_size_bytes: Option<u64>,
+    pub rotate_duration: Option<Duration>,
+    pub rotate_interval: Option<Duration>,
+    pub rotate_packets: Option<u64>,
+    pub max_files: Option<u32>,
+    pub on_finish: Option<String>,
+}
+
+impl FileFlags {
+    /// `base` with every given flag in place of its field.
+    pub fn over(&self, base: &FilesConfig) -> FilesConfig {
+        let mut f = base.clone();
+        let r = &mut f.rotate;
+        if let Some(n) = self.rotate_size_bytes {
+            r.size_bytes = (n > 0).then_some(n);
+        }
+        r.duration = self.rotate_duration.or(r.duration);
+        r.interval = self.rotate_interval.or(r.interval);
+        r.packets = self.rotate_packets.or(r.packets);
+        f.format = self.format.unwrap_or(f.format);
+        f.max_files = self.max_files.or(f.max_files);
+        f.on_finish = self.on_finish.clone().or(f.on_finish);
+        f
+    }
+}
+
 /// The first multiple of `interval` since the Unix epoch strictly after `t_ns`.
 pub fn next_boundary_ns(t_ns: u64, interval: Duration) -> u64 {
     let i = (interval.as_nanos() as u64).max(1);
@@ -354,12 +389,20 @@ impl FromStr for Config {
     type Err = ConfigError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Config::parse_with(text, &FileFlags::default())
+    }
+}
+
+impl Config {
+    /// Parses a configuration file with the command line's file flags laid over its
+    /// `[defaults.files]`, so that they reach every session that does not set the field itself.
+    pub fn parse_with(text: &str, flags: &FileFlags) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
-        let default_files = match &raw.defaults.files {
+        let default_files = flags.over(&match &raw.defaults.files {
             Some(f) => files(f, &FilesConfig::default(), "[defaults.files]")?,
             None => FilesConfig::default(),
-        };
+        });
         let collector = CollectorConfig {
             out: raw.collector.out,
             auto_discover: raw.collector.auto_discover,
@@ -554,9 +597,15 @@ pub fn merged(file: &Config, api: &[SessionConfig]) -> Result<Config, ConfigErro
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &FileFlags::default())
+    }
+
+    /// [`Config::load`] with the command line's file flags (see [`Config::parse_with`]); a
+    /// reload passes the same flags again.
+    pub fn load_with(path: &Path, flags: &FileFlags) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        text.parse()
+        Config::parse_with(&text, flags)
             .map_err(|e: ConfigError| err(format!("{}: {}", path.display(), e.0)))
     }
 
@@ -569,19 +618,7 @@ impl Config {
 }
 
 /// Session names become file names: keep them to a safe alphabet.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 100 {
-        return Err("must be 1 to 100 characters".into());
-    }
-    if name.starts_with('.')
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-    {
-        return Err("use letters, digits, '-', '_', '.', ':' and do not start with '.'".into());
-    }
-    Ok(())
-}
+pub use tapwire_api_types::control::validate_name;
 
 fn files(f: &RawFiles, base: &FilesConfig, at: &str) -> Result<FilesConfig, ConfigError> {
     let mut out = base.clone();
@@ -857,6 +894,121 @@ mod tests {
             let e = text.parse::<Config>().unwrap_err();
             assert!(e.0.contains(needle), "{text:?} gave {e}");
         }
+    }
+
+    /// The command line's file flags replace `[defaults.files]` field by field, and so reach
+    /// every session that does not set the field itself; what a session sets wins.
+    #[test]
+    fn file_flags_override_the_defaults_but_not_what_a_session_sets() {
+        let text = r#"
+            [defaults.files]
+            format = "pcap"
+            rotate = { size = "1GiB", interval = "1h" }
+            max_files = 48
+            on_finish = "true"
+
+            [[session]]
+            name = "inherits"
+            sources = [{ id = 1 }]
+
+            [[session]]
+            name = "all-own"
+            sources = [{ id = 2 }]
+            files = { dir = "/tmp/own", format = "pcap-ns", rotate = { packets = 5 }, max_files = 3, on_finish = "gzip \"$1\"" }
+
+            [[session]]
+            name = "some-own"
+            sources = [{ id = 3 }]
+            files = { max_files = 7 }
+
+            [[session]]
+            name = "files-true"
+            sources = [{ id = 4 }]
+            files = true
+
+            [[session]]
+            name = "no-files"
+            sources = [{ id = 5 }]
+            files = false
+        "#;
+        let flags = FileFlags {
+            format: Some(Format::Pcapng),
+            rotate_size_bytes: Some(100 << 20),
+            rotate_packets: Some(10),
+            max_files: Some(2),
+            on_finish: Some("echo \"$1\"".into()),
+            ..FileFlags::default()
+        };
+        let c = Config::parse_with(text, &flags).unwrap();
+        let files = |name: &str| {
+            c.sessions
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap()
+                .files
+                .clone()
+        };
+        let defaults = FilesConfig {
+            dir: None,
+            format: Format::Pcapng,
+            rotate: RotatePolicy {
+                size_bytes: Some(100 << 20),
+                duration: None,
+                // Not given as a flag: [defaults.files]'s stays.
+                interval: Some(Duration::from_secs(3600)),
+                packets: Some(10),
+            },
+            max_files: Some(2),
+            on_finish: Some("echo \"$1\"".into()),
+        };
+        assert_eq!(c.collector.default_files, defaults);
+        assert_eq!(files("inherits").as_ref(), Some(&defaults));
+        assert_eq!(files("files-true").as_ref(), Some(&defaults));
+        assert_eq!(files("no-files"), None);
+        assert_eq!(
+            files("some-own"),
+            Some(FilesConfig {
+                max_files: Some(7),
+                ..defaults.clone()
+            })
+        );
+        assert_eq!(
+            files("all-own"),
+            Some(FilesConfig {
+                dir: Some(PathBuf::from("/tmp/own")),
+                format: Format::Pcap { nanos: true },
+                // `rotate` is one field: the session's replaces the flags' and the defaults'.
+                rotate: RotatePolicy {
+                    packets: Some(5),
+                    ..RotatePolicy::default()
+                },
+                max_files: Some(3),
+                on_finish: Some("gzip \"$1\"".into()),
+            })
+        );
+
+        // Without flags, as before: [defaults.files] alone.
+        let plain: Config = text.parse().unwrap();
+        assert_eq!(
+            plain.collector.default_files.format,
+            Format::Pcap { nanos: false }
+        );
+        assert_eq!(plain.collector.default_files.rotate.packets, None);
+        assert_eq!(files("inherits").map(|f| f.max_files), Some(Some(2)));
+        // `--rotate-size 0` turns rotation by size off.
+        let off = FileFlags {
+            rotate_size_bytes: Some(0),
+            ..FileFlags::default()
+        };
+        let c = Config::parse_with(text, &off).unwrap();
+        assert_eq!(
+            c.sessions[0].files.as_ref().unwrap().rotate.size_bytes,
+            None
+        );
+        assert_eq!(
+            c.sessions[0].files.as_ref().unwrap().rotate.interval,
+            Some(Duration::from_secs(3600))
+        );
     }
 
     #[test]

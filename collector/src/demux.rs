@@ -130,6 +130,8 @@ pub struct Source {
     pub bytes: u64,
     /// Frames the sender cut (ERSPAN T bit).
     pub truncated: u64,
+    /// Frames kept although their GRE checksum did not verify.
+    pub gre_checksum_bad: u64,
     pub first_ts_ns: Option<u64>,
     pub last_ts_ns: u64,
     own: SeqTracker,
@@ -146,6 +148,7 @@ impl Source {
             packets: 0,
             bytes: 0,
             truncated: 0,
+            gre_checksum_bad: 0,
             first_ts_ns: None,
             last_ts_ns: 0,
             own: SeqTracker::default(),
@@ -256,6 +259,7 @@ impl Demux {
         src.packets += 1;
         src.bytes += frame_len as u64;
         src.truncated += u64::from(meta.truncated);
+        src.gre_checksum_bad += u64::from(meta.gre_checksum_bad);
         if src.first_ts_ns.is_none() {
             src.first_ts_ns = Some(ts_ns);
         }

@@ -18,7 +18,7 @@ use crate::capfile::CaptureFile;
 use crate::demux::{SequenceMode, SourceId};
 use crate::mapfile::MappedFile;
 use crate::pipeline::{Delivery, MAX_SOURCES, Pipeline};
-use crate::timefmt::rfc3339_ns;
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Which timestamp each written packet gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,6 +82,8 @@ pub struct SourceReport {
     pub duplicates: u64,
     pub reordered: u64,
     pub truncated: u64,
+    /// Frames written although their GRE checksum did not verify.
+    pub gre_checksum_bad: u64,
     pub sequence: SequenceMode,
     pub file: Option<String>,
 }
@@ -233,6 +235,7 @@ fn report(pipeline: &Pipeline, out: &Outputs, damage: BTreeMap<&'static str, u64
                 duplicates: seq.duplicates,
                 reordered: seq.reordered,
                 truncated: s.truncated,
+                gre_checksum_bad: s.gre_checksum_bad,
                 sequence: seq.mode,
                 file: out.file_of(i as SourceId).map(|p| p.display().to_string()),
             };
@@ -397,7 +400,7 @@ impl Outputs {
             direction: d.meta.direction,
             comment: None,
         };
-        if d.seq_event.is_none() && !d.meta.truncated {
+        if !d.has_comment() {
             // Nothing to say about an ordinary packet.
             self.write(d, &packet);
             return;

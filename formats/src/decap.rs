@@ -20,17 +20,24 @@ use crate::wire::{Error, Layer, Reason, geneve, gre, ipv4, ipv6, sll, tzsp, udp,
 /// The mirror encapsulations tapwire decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// ERSPAN Type I: GRE without a sequence number, no ERSPAN header.
     ErspanI,
+    /// ERSPAN Type II.
     ErspanII,
+    /// ERSPAN Type III.
     ErspanIII,
     /// GRE transparent Ethernet bridging (0x6558).
     Gre,
+    /// VXLAN.
     Vxlan,
+    /// GENEVE.
     Geneve,
+    /// TZSP.
     Tzsp,
 }
 
 impl Kind {
+    /// Every kind, in the order they are shown.
     pub const ALL: [Kind; 7] = [
         Kind::ErspanI,
         Kind::ErspanII,
@@ -41,6 +48,7 @@ impl Kind {
         Kind::Tzsp,
     ];
 
+    /// The kind's name on the command line, in files and in source keys (`erspan-ii`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::ErspanI => "erspan-i",
@@ -98,8 +106,11 @@ impl serde::Serialize for Kind {
 /// GRE key / VNI (0 where the kind has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
+    /// The outer source address.
     pub src: IpAddr,
+    /// The encapsulation.
     pub kind: Kind,
+    /// The ERSPAN session id, GRE key or VNI.
     pub id: u32,
 }
 
@@ -132,6 +143,7 @@ pub struct Meta {
     /// The VLAN the header carries for a frame that does not carry its tag itself
     /// (Type II `En` other than 3, or Type III); `None` when 0.
     pub vlan: Option<u16>,
+    /// The ERSPAN class of service.
     pub cos: Option<u8>,
     /// ERSPAN Type II port index.
     pub index: Option<u32>,
@@ -139,16 +151,23 @@ pub struct Meta {
     pub hardware_id: Option<u8>,
     /// ERSPAN Type III capture time, when it is absolute.
     pub erspan_time_ns: Option<u64>,
+    /// The GRE header carries a checksum that does not verify. The frame is kept (unless
+    /// [`Config::strict_gre_checksum`]): Open vSwitch's userspace datapath repeats one checksum
+    /// on every packet of a port with `csum=true` and `seq=true`, so it is no sign of damage.
+    pub gre_checksum_bad: bool,
 }
 
 /// A decapsulated mirrored frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mirrored<'a> {
+    /// Which stream it belongs to.
     pub key: SourceKey,
     /// The inner frame, of link type `link` (Ethernet, or raw IP for ERSPAN III FT=2 and
     /// GENEVE carrying IP).
     pub frame: &'a [u8],
+    /// The inner frame's link type.
     pub link: LinkType,
+    /// What the encapsulation said about it.
     pub meta: Meta,
 }
 
@@ -164,11 +183,15 @@ pub enum NotMirror {
     GreKeepalive,
     /// PPTP's enhanced GRE (version 1).
     Pptp,
+    /// Other GRE protocol types.
     GreOther,
     /// UDP on a port that is not a mirror port.
     UdpOther,
+    /// TCP.
     Tcp,
+    /// ICMP (v4 or v6).
     Icmp,
+    /// Any other IP protocol.
     OtherIp,
     /// TZSP that is not a received Ethernet frame (keepalives, other encapsulations).
     TzspOther,
@@ -177,6 +200,7 @@ pub enum NotMirror {
 }
 
 impl NotMirror {
+    /// The kind's name in counting keys (`gre_l3`).
     pub const fn as_str(self) -> &'static str {
         match self {
             NotMirror::NonIp => "non_ip",
@@ -203,8 +227,11 @@ impl fmt::Display for NotMirror {
 /// The result of decapsulating one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
+    /// A mirrored frame.
     Mirrored(Mirrored<'a>),
+    /// Traffic that is not mirrored, by kind.
     NotMirror(NotMirror),
+    /// A packet that could not be decoded, and why.
     Malformed(Reason),
     /// An outer fragment was stored until the rest of its datagram arrives.
     Held,
@@ -220,8 +247,11 @@ impl From<Error> for Outcome<'_> {
 /// UDP destination ports recognised as mirror encapsulations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports {
+    /// Ports carrying VXLAN.
     pub vxlan: Vec<u16>,
+    /// Ports carrying GENEVE.
     pub geneve: Vec<u16>,
+    /// Ports carrying TZSP.
     pub tzsp: Vec<u16>,
 }
 
@@ -235,10 +265,16 @@ impl Default for Ports {
     }
 }
 
+/// How a [`Decapsulator`] decodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
+    /// UDP ports of the UDP encapsulations.
     pub ports: Ports,
+    /// Bounds of the outer fragment reassembly.
     pub defrag: defrag::Config,
+    /// A GRE checksum that does not verify makes the packet malformed (`gre_checksum`) instead
+    /// of a mirrored frame with [`Meta::gre_checksum_bad`] set.
+    pub strict_gre_checksum: bool,
 }
 
 /// Decapsulates packets; holds the outer-fragment reassembly state.
@@ -246,16 +282,20 @@ pub struct Config {
 pub struct Decapsulator {
     ports: Ports,
     defrag: Reassembler,
+    strict_gre_checksum: bool,
 }
 
 impl Decapsulator {
+    /// A decapsulator with empty reassembly state.
     pub fn new(config: Config) -> Self {
         Decapsulator {
             ports: config.ports,
             defrag: Reassembler::new(config.defrag),
+            strict_gre_checksum: config.strict_gre_checksum,
         }
     }
 
+    /// The reassembly counters so far.
     pub fn defrag_stats(&self) -> defrag::Stats {
         self.defrag.stats()
     }
@@ -268,6 +308,13 @@ impl Decapsulator {
     /// Drops incomplete datagrams older than the reassembly timeout.
     pub fn expire(&mut self, now_ns: u64) {
         self.defrag.expire(now_ns);
+    }
+
+    /// Decapsulates a GRE packet (header first) sent from `src`, as [`decap_gre`] does, with
+    /// this decapsulator's checksum policy.
+    #[inline]
+    pub fn decap_gre<'a>(&self, src: IpAddr, data: &'a [u8]) -> Outcome<'a> {
+        gre(src, data, self.strict_gre_checksum)
     }
 
     /// Decapsulates a link-layer frame of type `link` captured at `now_ns`.
@@ -337,7 +384,13 @@ impl Decapsulator {
         } else {
             p.payload()
         };
-        upper_layer(&self.ports, src, protocol, payload)
+        upper_layer(
+            &self.ports,
+            src,
+            protocol,
+            payload,
+            self.strict_gre_checksum,
+        )
     }
 
     fn decap_ipv6<'a>(&'a mut self, data: &'a [u8], now_ns: u64) -> Outcome<'a> {
@@ -372,7 +425,13 @@ impl Decapsulator {
             }
             _ => rest,
         };
-        upper_layer(&self.ports, src, ul.protocol, payload)
+        upper_layer(
+            &self.ports,
+            src,
+            ul.protocol,
+            payload,
+            self.strict_gre_checksum,
+        )
     }
 }
 
@@ -429,9 +488,10 @@ fn upper_layer<'a>(
     src: IpAddr,
     protocol: Protocol,
     payload: &'a [u8],
+    strict_gre_checksum: bool,
 ) -> Outcome<'a> {
     match protocol {
-        Protocol::Gre => decap_gre(src, payload),
+        Protocol::Gre => gre(src, payload, strict_gre_checksum),
         Protocol::Udp => match udp::Packet::new_checked(payload) {
             Ok(u) => decap_udp(ports, src, u.dst_port(), u.payload()),
             Err(e) => e.into(),
@@ -442,9 +502,16 @@ fn upper_layer<'a>(
     }
 }
 
-/// Decapsulates a GRE packet (header first) sent from `src`.
+/// Decapsulates a GRE packet (header first) sent from `src`. A checksum that does not verify
+/// is reported in [`Meta::gre_checksum_bad`]; the frame is returned all the same.
 #[inline]
 pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
+    gre(src, data, false)
+}
+
+/// [`decap_gre`]; with `strict_gre_checksum`, a checksum that does not verify is malformed.
+#[inline]
+fn gre(src: IpAddr, data: &[u8], strict_gre_checksum: bool) -> Outcome<'_> {
     let p = match gre::Packet::new_checked(data) {
         Ok(p) => p,
         Err(e) => return e.into(),
@@ -459,7 +526,8 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
         }
         .into();
     }
-    if !p.verify_checksum() {
+    let gre_checksum_bad = !p.verify_checksum();
+    if gre_checksum_bad && strict_gre_checksum {
         return Outcome::Malformed(Reason {
             layer: Layer::Gre,
             what: "checksum",
@@ -477,11 +545,12 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
             LinkType::Ethernet,
             Meta {
                 seq,
+                gre_checksum_bad,
                 ..Meta::default()
             },
         ),
         gre::Protocol::Erspan => match erspan::version(payload) {
-            Some(2) => return erspan_iii(src, payload, seq),
+            Some(2) => return erspan_iii(src, payload, seq, gre_checksum_bad),
             _ => {
                 let e = match PacketII::new_checked(payload) {
                     Ok(e) => e,
@@ -501,6 +570,7 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
                     cos: Some(e.cos().value()),
                     index: Some(e.index().value()),
                     vlan: (e.encap() != Encap::InFrame && vlan != 0).then_some(vlan),
+                    gre_checksum_bad,
                     ..Meta::default()
                 };
                 (
@@ -512,7 +582,7 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
                 )
             }
         },
-        gre::Protocol::ErspanIII => return erspan_iii(src, payload, seq),
+        gre::Protocol::ErspanIII => return erspan_iii(src, payload, seq, gre_checksum_bad),
         gre::Protocol::TransparentEthernet => (
             Kind::Gre,
             p.key().unwrap_or(0),
@@ -520,6 +590,7 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
             LinkType::Ethernet,
             Meta {
                 seq,
+                gre_checksum_bad,
                 ..Meta::default()
             },
         ),
@@ -530,7 +601,12 @@ pub fn decap_gre(src: IpAddr, data: &[u8]) -> Outcome<'_> {
     mirrored(SourceKey { src, kind, id }, frame, link, meta)
 }
 
-fn erspan_iii(src: IpAddr, payload: &[u8], seq: Option<u32>) -> Outcome<'_> {
+fn erspan_iii(
+    src: IpAddr,
+    payload: &[u8],
+    seq: Option<u32>,
+    gre_checksum_bad: bool,
+) -> Outcome<'_> {
     let e = match PacketIII::new_checked(payload) {
         Ok(e) => e,
         Err(e) => return e.into(),
@@ -559,6 +635,7 @@ fn erspan_iii(src: IpAddr, payload: &[u8], seq: Option<u32>) -> Outcome<'_> {
         erspan_time_ns: r.absolute_time_ns(),
         vlan: (vlan != 0).then_some(vlan),
         index: None,
+        gre_checksum_bad,
     };
     mirrored(
         SourceKey {
@@ -913,6 +990,62 @@ mod tests {
                 what: "truncated"
             })
         );
+    }
+
+    /// GRE-TEB with a checksum computed for sequence number 0 and sent with `seq` (what Open
+    /// vSwitch's userspace datapath does with `csum=true` and `seq=true`).
+    fn stale_checksum_teb(seq: u32) -> Vec<u8> {
+        let repr = gre::Repr {
+            protocol: gre::Protocol::TransparentEthernet,
+            checksum: true,
+            key: Some(31),
+            sequence: Some(0),
+        };
+        let mut b = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut gre::Packet::new_unchecked(&mut b[..]));
+        b.extend_from_slice(&INNER);
+        let mut p = gre::Packet::new_unchecked(&mut b[..]);
+        p.fill_checksum();
+        p.set_sequence(seq);
+        b
+    }
+
+    #[test]
+    fn bad_gre_checksum_is_kept_and_flagged_unless_strict() {
+        let src = IpAddr::from([10, 0, 0, 5]);
+        let good = stale_checksum_teb(0);
+        let stale = stale_checksum_teb(1);
+        let Outcome::Mirrored(m) = decap_gre(src, &good) else {
+            panic!("a verifying checksum")
+        };
+        assert!(!m.meta.gre_checksum_bad);
+        let Outcome::Mirrored(m) = decap_gre(src, &stale) else {
+            panic!("a bad checksum keeps the frame")
+        };
+        assert!(m.meta.gre_checksum_bad);
+        assert_eq!((m.key.kind, m.key.id, m.frame), (Kind::Gre, 31, &INNER[..]));
+        assert_eq!(m.meta.seq, Some(1));
+
+        let bad_checksum = Outcome::Malformed(Reason {
+            layer: Layer::Gre,
+            what: "checksum",
+        });
+        let pkt = ipv4([10, 0, 0, 5], Protocol::Gre, &stale);
+        for strict in [false, true] {
+            let mut d = Decapsulator::new(Config {
+                strict_gre_checksum: strict,
+                ..Config::default()
+            });
+            for outcome in [d.decap_gre(src, &stale), d.decap_ip(&pkt, 0)] {
+                match outcome {
+                    Outcome::Mirrored(m) if !strict => assert!(m.meta.gre_checksum_bad),
+                    o if strict => assert_eq!(o, bad_checksum),
+                    o => panic!("strict={strict}: {o:?}"),
+                }
+            }
+            // A checksum that verifies is never refused.
+            assert!(matches!(d.decap_gre(src, &good), Outcome::Mirrored(_)));
+        }
     }
 
     #[test]

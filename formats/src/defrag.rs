@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 pub const MAX_DATAGRAM: usize = 65_535;
 const UNIT: usize = 8;
 
+/// Bounds of the reassembly: memory, datagram count and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Datagrams being reassembled at once.
@@ -37,7 +38,9 @@ impl Default for Config {
 /// What reassembly did, each its own counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
+    /// Fragments taken in.
     pub fragments: u64,
+    /// Datagrams made whole.
     pub reassembled: u64,
     /// Incomplete datagrams dropped because they timed out.
     pub evicted_timeout: u64,
@@ -50,9 +53,13 @@ pub struct Stats {
 /// Identifies one datagram's fragments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
+    /// The source address.
     pub src: IpAddr,
+    /// The destination address.
     pub dst: IpAddr,
+    /// The identification.
     pub ident: u32,
+    /// The upper-layer protocol.
     pub protocol: u8,
 }
 
@@ -99,6 +106,7 @@ pub enum Push<'a> {
     Invalid,
 }
 
+/// Reassembles outer IPv4 and IPv6 fragments within the bounds of its [`Config`].
 #[derive(Debug)]
 pub struct Reassembler {
     config: Config,
@@ -113,6 +121,7 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// An empty reassembler.
     pub fn new(config: Config) -> Self {
         Reassembler {
             config,
@@ -126,6 +135,7 @@ impl Reassembler {
         }
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
     }

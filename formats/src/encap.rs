@@ -34,11 +34,16 @@ pub enum TimeFormat {
     Ieee1588,
 }
 
+/// The encapsulation a probe sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
+    /// ERSPAN Type II.
     ErspanII,
+    /// ERSPAN Type III with an absolute capture time.
     ErspanIII {
+        /// The hardware id sent.
         hardware_id: HardwareId,
+        /// How the capture time is carried.
         time: TimeFormat,
     },
     /// GRE transparent Ethernet bridging with key = session id.
@@ -46,7 +51,8 @@ pub enum Encap {
 }
 
 impl Encap {
-    /// The header's length without a GRE checksum.
+    /// The length of the headers written before each frame (GRE and ERSPAN), without a GRE
+    /// checksum.
     pub const fn header_len(self) -> usize {
         match self {
             Encap::ErspanII => 8 + 8,
@@ -59,7 +65,9 @@ impl Encap {
 /// What the probe knows about one captured frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameMeta {
+    /// The capture time, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// Which way the frame crossed the interface.
     pub direction: Direction,
     /// The interface the frame was captured on.
     pub ifindex: u32,
@@ -74,7 +82,9 @@ pub struct FrameMeta {
 /// One encapsulated frame: send `header[..header_len]` then `frame[..frame_len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encapsulated {
+    /// Bytes of header to send.
     pub header_len: usize,
+    /// Bytes of the frame to send after it.
     pub frame_len: usize,
     /// The frame was cut to fit the path MTU or the snaplen (the ERSPAN T bit is set).
     pub truncated: bool,
@@ -109,10 +119,12 @@ impl Encapsulator {
         self
     }
 
+    /// The encapsulation it writes.
     pub fn encap(&self) -> Encap {
         self.encap
     }
 
+    /// Whether every header carries a GRE checksum.
     pub fn gre_checksum(&self) -> bool {
         self.gre_checksum
     }

@@ -4,6 +4,8 @@
 //! Everything here is sans-IO: bytes and a caller-supplied time in, values out. No sockets,
 //! clocks, threads or files; the collector and the probe wrap it.
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod decap;
 pub mod defrag;

@@ -5,9 +5,11 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use tapwire_netio::outln;
 
 use crate::plan;
-use crate::sys;
+use crate::record::Info;
+use crate::{keeper, sys};
 
 /// What `down` removed.
 #[derive(Debug, Default)]
@@ -20,17 +22,18 @@ pub fn run(name: &str) -> Result<ExitCode> {
     if !sys::is_root() {
         return Err(crate::Refused("removing namespaces needs root".into()).into());
     }
-    let out = crate::up::Info::load(name).map(|i| i.out);
+    let out = Info::load(name).map(|i| i.out);
     let removed = down(name)?;
     if removed.namespaces == 0 && removed.processes == 0 {
-        println!("lab {name:?} was not up; nothing to remove");
+        outln!("lab {name:?} was not up; nothing to remove");
     } else {
-        println!(
+        outln!(
             "lab {name:?} down: {} processes stopped, {} namespaces removed",
-            removed.processes, removed.namespaces
+            removed.processes,
+            removed.namespaces
         );
         if let Some(out) = out {
-            println!("its captures stay in {}", out.display());
+            outln!("its captures stay in {}", out.display());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -38,11 +41,15 @@ pub fn run(name: &str) -> Result<ExitCode> {
 
 /// Removes lab `name`: the collector first and gently (SIGTERM: it closes every file within
 /// 2 s), then every recorded process group, then anything still inside the lab's namespaces,
-/// then the namespaces (and with them every link and the TAP), then the state directory.
+/// then the namespaces (and with them every link and the TAP), then the state directory. The
+/// keeper reaps each process as it ends and exits after the last; `down` returns once it is
+/// gone too, so that no process of the lab is left, not even a defunct one.
 pub fn down(name: &str) -> Result<Removed> {
     let state = plan::state_dir(name);
     let prefix = plan::prefix(name);
-    let records = sys::records(&state);
+    let all = sys::records(&state);
+    let (keepers, records): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|r| r.name == keeper::NAME);
     let mut removed = Removed {
         processes: records.iter().filter(|r| r.alive()).count(),
         namespaces: 0,
@@ -66,6 +73,10 @@ pub fn down(name: &str) -> Result<Removed> {
     for r in records.iter().filter(|r| r.alive()) {
         sys::kill_group(r.pid, "KILL");
     }
+    // With its children gone the keeper exits by itself; the sweep below ends it otherwise.
+    wait(Duration::from_secs(2), || {
+        keepers.iter().all(|r| !r.alive())
+    });
 
     let namespaces = sys::namespaces(&prefix);
     let mut stuck = Vec::new();
@@ -93,6 +104,11 @@ pub fn down(name: &str) -> Result<Removed> {
             "lab {name:?} not fully removed: namespaces {left:?}, processes {running:?} {stuck:?}"
         );
     }
+    // The keeper's own exit is reaped by its parent: `up` while it runs, else init, which
+    // may take a moment (1.8 s on this project's machines).
+    wait(Duration::from_secs(5), || {
+        keepers.iter().all(|r| r.reaped())
+    });
     if state.exists() {
         std::fs::remove_dir_all(&state)
             .map_err(|e| anyhow::anyhow!("remove {}: {e}", state.display()))?;

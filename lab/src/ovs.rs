@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::keeper::Keeper;
 use crate::plan::{COLLECTOR_IP, COLLECTOR_MAC, Plan, UNDERLAY_MTU, host_named};
 use crate::sys::{self, Output};
 
@@ -32,7 +33,7 @@ pub fn installed() -> bool {
 }
 
 /// Starts OVS on host3 and sets up its bridges and the mirror of session `key`.
-pub fn start(plan: &Plan, key: u16) -> Result<()> {
+pub fn start(plan: &Plan, key: u16, keeper: &mut Keeper) -> Result<()> {
     let ns = plan.ns("host3");
     let state = plan.state_dir();
     let dir = state.join("ovs");
@@ -47,6 +48,7 @@ pub fn start(plan: &Plan, key: u16) -> Result<()> {
     ];
     let with_env = |rest: &[String]| env.iter().chain(rest).cloned().collect::<Vec<_>>();
     sys::spawn(
+        keeper,
         &state,
         &ns,
         "ovsdb-server",
@@ -65,6 +67,7 @@ pub fn start(plan: &Plan, key: u16) -> Result<()> {
     let vs = Vsctl { dir: dir.clone() };
     vs.run(&["--no-wait", "init"])?;
     sys::spawn(
+        keeper,
         &state,
         &ns,
         "ovs-vswitchd",

@@ -643,12 +643,10 @@ impl Plan {
                 "http-server",
                 argv(&[
                     "python3",
-                    "-m",
-                    "http.server",
-                    &HTTP_PORT.to_string(),
-                    "--bind",
+                    "-c",
+                    HTTP_SERVER,
                     &ip("vm2"),
-                    "--directory",
+                    &HTTP_PORT.to_string(),
                     &www.to_string_lossy(),
                 ]),
             ),
@@ -675,9 +673,11 @@ impl Plan {
                 argv(&[
                     "sh",
                     "-c",
-                    // TCP bulk at 1 Mbit/s; started again if the server was not up yet.
+                    // TCP bulk at 1 Mbit/s, started again if the server was not up yet. In
+                    // writes of 1400 bytes: with iperf3's default 128 KiB, one write every
+                    // 1.05 s, one second in 23 carried nothing and the rate charts had gaps.
                     &format!(
-                        "while :; do iperf3 -c {} -b 1M -t 86400 -i 0 >/dev/null 2>&1; sleep 1; done",
+                        "while :; do iperf3 -c {} -b 1M -l 1400 -t 86400 -i 0 >/dev/null 2>&1; sleep 1; done",
                         ip("vm1")
                     ),
                 ]),
@@ -714,6 +714,20 @@ impl Plan {
         )
     }
 }
+
+/// vm2's web server (`python3 -c HTTP_SERVER ADDR PORT DIR`): Python's `http.server`, whose
+/// `HTTPServer.server_bind` looks its own address up in DNS (`getfqdn`) before it listens;
+/// inside the lab no name server answers, and the first requests were reset for 10 s. This
+/// one binds and listens at once and never resolves a name (its log shows client addresses).
+const HTTP_SERVER: &str = "\
+import functools, http.server, socketserver, sys
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
+";
 
 fn task(role: &'static str, name: &'static str, argv: Vec<String>) -> Task {
     Task { role, name, argv }

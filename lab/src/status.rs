@@ -6,11 +6,12 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tapwire_api::{SessionState, Snapshot};
+use tapwire_api_types::{SessionState, Snapshot};
+use tapwire_netio::outln;
 
 use crate::plan::{self, API, Plan};
+use crate::record::{Info, invoked_as, sender};
 use crate::sys;
-use crate::up::{Info, sender};
 
 /// The collector's snapshot, read with `tapwire top --once --json` inside its namespace.
 pub fn snapshot(plan: &Plan, tapwire: &Path) -> Result<Snapshot> {
@@ -75,7 +76,7 @@ struct SessionStatus {
 pub fn run(name: &str, json: bool) -> Result<ExitCode> {
     let st = collect(name);
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print(&st);
     }
@@ -173,16 +174,12 @@ fn state_name(s: SessionState) -> &'static str {
 
 fn print(st: &Status) {
     if !st.up {
-        println!(
-            "lab {:?} is not up ({} lab up)",
-            st.name,
-            crate::up::invoked_as()
-        );
+        outln!("lab {:?} is not up ({} lab up)", st.name, invoked_as());
         return;
     }
     let present = st.namespaces.iter().filter(|n| n.present).count();
     let running = st.processes.iter().filter(|p| p.running).count();
-    println!(
+    outln!(
         "lab {:?}: {}",
         st.name,
         if st.whole {
@@ -191,35 +188,44 @@ fn print(st: &Status) {
             "NOT WHOLE (see below)"
         }
     );
-    println!("state      {}", st.state_dir);
+    outln!("state      {}", st.state_dir);
     if let Some(c) = &st.captures {
-        println!("captures   {c}");
+        outln!("captures   {c}");
     }
-    println!(
+    outln!(
         "namespaces {present} of {} present{}",
         st.namespaces.len(),
         missing(st.namespaces.iter().filter(|n| !n.present).map(|n| &n.name))
     );
-    println!(
+    outln!(
         "processes  {running} of {} running{}",
         st.processes.len(),
         missing(st.processes.iter().filter(|p| !p.running).map(|p| &p.name))
     );
     if let Some(e) = &st.api_error {
-        println!("collector  API not answering: {e}");
+        outln!("collector  API not answering: {e}");
     }
     if st.sessions.is_empty() {
         return;
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<12} {:<10} {:>10} {:>12} {:>6}  SENDER",
-        "SESSION", "STATE", "PACKETS", "BYTES", "LOST"
+        "SESSION",
+        "STATE",
+        "PACKETS",
+        "BYTES",
+        "LOST"
     );
     for s in &st.sessions {
-        println!(
+        outln!(
             "{:<12} {:<10} {:>10} {:>12} {:>6}  {}",
-            s.name, s.state, s.packets, s.bytes, s.lost, s.sender
+            s.name,
+            s.state,
+            s.packets,
+            s.bytes,
+            s.lost,
+            s.sender
         );
     }
 }

@@ -1,13 +1,15 @@
 //! The lab's only contact with the system: `ip`, `sh` and `kill` commands, processes started
 //! inside namespaces and recorded so that `down` can find them again, and the namespace list.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::keeper::Keeper;
 
 /// Where `ip netns add` puts its namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -134,6 +136,11 @@ impl Record {
     pub fn alive(&self) -> bool {
         proc_stat(self.pid).is_some_and(|(state, start)| start == self.start && state != 'Z')
     }
+
+    /// Whether the recorded process has ended and been reaped (not even a zombie is left).
+    pub fn reaped(&self) -> bool {
+        proc_stat(self.pid).is_none_or(|(_, start)| start != self.start)
+    }
 }
 
 /// Every recorded process of a lab, in start order.
@@ -162,40 +169,30 @@ pub enum Output {
     Split(PathBuf, PathBuf),
 }
 
-/// Starts `argv` inside namespace `ns` in a session of its own (no terminal: it outlives
-/// `tapwire lab up` and ignores the terminal's signals), records it in `<state>/procs` and
-/// returns its pid, which is also its process group.
-pub fn spawn(state: &Path, ns: &str, name: &str, argv: &[String], output: Output) -> Result<u32> {
-    let append = |p: &Path| -> Result<File> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("open log {}", p.display()))
+/// Has the keeper start `argv` inside namespace `ns` in a session of its own (no terminal: it
+/// outlives `tapwire lab up` and ignores the terminal's signals), records it in
+/// `<state>/procs` and returns its pid, which is also its process group.
+pub fn spawn(
+    keeper: &mut Keeper,
+    state: &Path,
+    ns: &str,
+    name: &str,
+    argv: &[String],
+    output: Output,
+) -> Result<u32> {
+    let (stdout, stderr) = match output {
+        Output::Log(p) => (p.clone(), p),
+        Output::Split(o, e) => (o, e),
     };
-    let (stdout, stderr) = match &output {
-        Output::Log(p) => {
-            let f = append(p)?;
-            (f.try_clone().context("log file")?, f)
-        }
-        Output::Split(o, e) => (append(o)?, append(e)?),
-    };
-    // setsid(1) calls setsid() in place (the child is not a group leader) and execs `ip`,
-    // which execs argv after entering the namespace: the pid stays the command's.
-    let child = Command::new("setsid")
-        .args(["ip", "netns", "exec", ns])
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
+    let pid = keeper
+        .spawn(ns, argv, &stdout, &stderr)
         .with_context(|| format!("start {name} in {ns}"))?;
-    let pid = child.id();
-    // Reap it in the background when it ends while `up` still runs (no zombie in `status`).
-    std::thread::spawn(move || {
-        let mut child = child;
-        let _ = child.wait();
-    });
+    record(state, pid, ns, name)?;
+    Ok(pid)
+}
+
+/// Appends process `pid` to `<state>/procs`.
+pub fn record(state: &Path, pid: u32, ns: &str, name: &str) -> Result<()> {
     let start = proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
     let rec = Record {
         pid,
@@ -208,8 +205,7 @@ pub fn spawn(state: &Path, ns: &str, name: &str, argv: &[String], output: Output
         .append(true)
         .open(state.join("procs"))
         .and_then(|mut f| f.write_all(rec.line().as_bytes()))
-        .context("record the process in the lab's state")?;
-    Ok(pid)
+        .context("record the process in the lab's state")
 }
 
 /// Sends `signal` (`TERM`, `KILL`) to process group `pgid`.

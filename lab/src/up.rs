@@ -6,38 +6,21 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
-use tapwire_api::{SessionState, Snapshot};
 
+use tapwire_api_types::{SessionState, Snapshot};
+
+use crate::keeper::{self, Keeper};
 use crate::plan::{self, API, Plan, Sender};
+use crate::record::{self, Info, invoked_as};
 use crate::sys::{self, Output};
-use crate::{NameArg, Refused, UpArgs, down, ovs, status};
+use crate::{Refused, UpOptions, down, ovs, status};
 
-/// What `up` wrote down about a lab, for `status` and `down` (`<state>/lab.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Info {
-    pub name: String,
-    pub out: PathBuf,
-    pub ovs: bool,
-    /// The `tapwire` binary that brought it up (its `top` reads the collector's API).
-    pub tapwire: PathBuf,
-    /// Seconds since the Unix epoch.
-    pub started: u64,
-}
-
-impl Info {
-    pub fn load(name: &str) -> Option<Info> {
-        let text = std::fs::read_to_string(plan::state_dir(name).join("lab.json")).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub fn plan(&self) -> Plan {
-        Plan {
-            name: self.name.clone(),
-            out: self.out.clone(),
-            ovs: self.ovs,
-        }
-    }
+/// `println!` for progress: a reader that went away (`| head`) must not stop `up` half-way,
+/// so what cannot be shown is dropped and the lab is built.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        let _ = tapwire_netio::stdout::try_line(format_args!($($arg)*));
+    };
 }
 
 /// Tools the lab runs, with the Debian package that has each (scripts/setup.sh installs them).
@@ -55,9 +38,9 @@ const TOOLS: [(&str, &str); 11] = [
     ("sh", "dash"),
 ];
 
-pub fn up(a: &UpArgs) -> Result<ExitCode> {
+pub fn up(a: &UpOptions) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let name = &a.name.name;
+    let name = &a.name;
     if !sys::is_root() {
         return Err(Refused("the lab makes network namespaces: run it as root".into()).into());
     }
@@ -98,7 +81,7 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
         .into());
     }
     if !ovs && !a.no_ovs {
-        println!(
+        say!(
             "Open vSwitch is not installed: no host3 (apt-get install openvswitch-switch adds it)"
         );
     }
@@ -117,7 +100,12 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
     std::fs::write(state.join("lab.json"), serde_json::to_string_pretty(&info)?)
         .context("write the lab's state")?;
 
-    if let Err(e) = build(&plan, &tapwire, &probe, t0) {
+    let mut keeper = None;
+    let built = build(&plan, &tapwire, &probe, t0, &mut keeper);
+    if let Some(k) = keeper {
+        k.finish();
+    }
+    if let Err(e) = built {
         eprintln!("tapwire lab: up failed: {e:#}\ntapwire lab: removing what was made");
         if let Err(d) = down::down(name) {
             eprintln!("tapwire lab: {d:#}");
@@ -125,7 +113,7 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
         return Err(e);
     }
     let ready = wait_receiving(&plan, &tapwire, Duration::from_secs(a.wait), t0);
-    println!();
+    say!("");
     summary(&plan);
     let ok = match ready {
         Ok(()) => true,
@@ -148,7 +136,7 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
     }
     ui(&plan, &tapwire)?;
     if !state.exists() {
-        println!("The lab was taken down.");
+        say!("The lab was taken down.");
         return Ok(ExitCode::SUCCESS);
     }
     let lab = format!("{} lab", invoked_as());
@@ -157,24 +145,16 @@ pub fn up(a: &UpArgs) -> Result<ExitCode> {
     } else {
         format!(" --name {name}")
     };
-    println!(
+    say!(
         "The lab is still up: `{lab} top{named}` shows it again, `{lab} status{named}` counts, `{lab} down{named}` removes it."
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// How this binary was invoked (`target/release/tapwire`), for hints a user can paste.
-pub fn invoked_as() -> String {
-    std::env::args()
-        .next()
-        .filter(|a| a.contains('/'))
-        .unwrap_or_else(|| "tapwire".into())
-}
-
 /// `tapwire lab top`.
-pub fn top(a: &NameArg) -> Result<ExitCode> {
-    let info = Info::load(&a.name)
-        .ok_or_else(|| anyhow!("lab {:?} is not up ({} lab up)", a.name, invoked_as()))?;
+pub fn top(name: &str) -> Result<ExitCode> {
+    let info = Info::load(name)
+        .ok_or_else(|| anyhow!("lab {name:?} is not up ({} lab up)", invoked_as()))?;
     ui(&info.plan(), &info.tapwire)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -213,11 +193,17 @@ fn probe_binary(given: Option<&Path>, tapwire: &Path) -> Result<PathBuf> {
 }
 
 fn step(t0: Instant, what: &str) {
-    println!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
+    say!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
 }
 
-/// Namespaces, links, addresses, OVS, collector, IDS, probes, traffic.
-fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
+/// Namespaces, links, addresses, the keeper, OVS, collector, IDS, probes, traffic.
+fn build(
+    plan: &Plan,
+    tapwire: &Path,
+    probe: &Path,
+    t0: Instant,
+    keeper: &mut Option<Keeper>,
+) -> Result<()> {
     let state = plan.state_dir();
     let logs = state.join("logs");
     let roles = plan.roles();
@@ -241,6 +227,9 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
             plan.links().len()
         ),
     );
+    let col = plan.ns("col");
+    let k = keeper.insert(Keeper::start(tapwire, &col, &logs.join("keeper.log"))?);
+    sys::record(&state, k.pid(), &col, keeper::NAME)?;
 
     if plan.ovs {
         let key = plan
@@ -249,7 +238,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
             .find(|s| s.sender == Sender::Ovs)
             .map(|s| s.id)
             .unwrap_or(0);
-        ovs::start(plan, key)?;
+        ovs::start(plan, key, k)?;
         step(
             t0,
             &format!("host3: Open vSwitch mirrors br-int to ERSPAN II session {key}"),
@@ -258,8 +247,8 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
 
     let config = state.join("collector.toml");
     std::fs::write(&config, plan.collector_toml()).context("write collector.toml")?;
-    let col = plan.ns("col");
     sys::spawn(
+        k,
         &state,
         &col,
         "collector",
@@ -307,6 +296,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
     // The collector made the monitoring VM's NIC before its API answered.
     let ids = plan.ids();
     sys::spawn(
+        k,
         &state,
         &plan.ns(ids.role),
         ids.name,
@@ -319,6 +309,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
         std::fs::write(&file, plan.probe_toml(host))
             .with_context(|| format!("write {}", file.display()))?;
         sys::spawn(
+            k,
             &state,
             &plan.ns(host),
             &format!("probe-{host}"),
@@ -349,6 +340,7 @@ fn build(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant) -> Result<()> {
     let traffic = plan.traffic(&www);
     for t in &traffic {
         sys::spawn(
+            k,
             &state,
             &plan.ns(t.role),
             t.name,
@@ -419,37 +411,19 @@ pub fn not_receiving<'a>(snap: &Snapshot, names: &[&'a str]) -> Vec<&'a str> {
 
 /// What each session shows and where to look.
 fn summary(plan: &Plan) {
-    println!("{:<12} {:<52} SENDER", "SESSION", "WORKFLOW");
+    say!("{:<12} {:<52} SENDER", "SESSION", "WORKFLOW");
     for s in plan.sessions() {
-        println!("{:<12} {:<52} {}", s.name, s.workflow, sender(s));
+        say!("{:<12} {:<52} {}", s.name, s.workflow, record::sender(s));
     }
-    println!();
-    println!("captures   {}", plan.out.display());
-    println!(
+    say!("");
+    say!("captures   {}", plan.out.display());
+    say!(
         "monitor    ip netns exec {} tcpdump -i {} -nn   (IDS stand-in: {})",
         plan.ns("mon"),
         plan::MONITOR_TAP,
         plan.state_dir().join("logs/ids.log").display()
     );
-    println!("logs       {}", plan.state_dir().join("logs").display());
-}
-
-/// `host1 probe: br0 both, promiscuous, ERSPAN III`.
-pub fn sender(s: &plan::Session) -> String {
-    match s.sender {
-        Sender::Probe(f) => {
-            let mut d = format!("{} probe: {} {}", f.host, f.interface, f.direction);
-            if f.promiscuous {
-                d.push_str(", promiscuous");
-            }
-            if let Some(filter) = f.filter {
-                d.push_str(&format!(", '{filter}'"));
-            }
-            d.push_str(&format!(", {} {}", f.encap, s.id));
-            d
-        }
-        Sender::Ovs => format!("host3 Open vSwitch: br-int mirror, {} {}", s.kind, s.id),
-    }
+    say!("logs       {}", plan.state_dir().join("logs").display());
 }
 
 fn tail(path: &Path) -> String {

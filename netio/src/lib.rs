@@ -1,6 +1,6 @@
 //! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, the TPACKET_V2 transmit
-//! ring, classic BPF attach, and batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and
-//! UDP sockets.
+//! ring, classic BPF attach, batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP
+//! sockets, and command output that ends quietly on a closed pipe ([`stdout`], [`outln!`]).
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
@@ -38,10 +38,13 @@
 //! `setns(CLONE_NEWNET)` (sockets keep their namespace when handed back to the test thread),
 //! and deletes the namespace in a `Drop` guard. Without root they print why and skip.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod bpf;
 mod error;
 pub mod ring;
+pub mod stdout;
 mod sys;
 pub mod tx;
 

@@ -1,6 +1,9 @@
 //! recvmmsg/sendmmsg batches against real sockets on loopback (127.0.0.1 and ::1), and raw GRE
 //! sockets inside a namespace of the test's own.
 
+// Test code: a setup step that fails ends the run with its name.
+#![allow(clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! The probe's local stats API, on its own thread and a small tokio runtime, off the packet
 //! path: it serves the latest snapshot the main thread published.
 //!
-//! - `GET /api/v1/flows`: [`tapwire_api::probe::ProbeStats`] as JSON.
+//! - `GET /api/v1/flows`: [`tapwire_api_types::probe::ProbeStats`] as JSON.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /api/v1/health`.
 
@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tapwire_api::probe::{FLOWS_PATH, ProbeStats};
+use tapwire_api_types::probe::{FLOWS_PATH, ProbeStats};
 
 type Snapshot = Arc<ArcSwap<ProbeStats>>;
 
@@ -67,5 +67,12 @@ async fn flows(State(s): State<Snapshot>) -> Response {
 
 async fn metrics(State(s): State<Snapshot>) -> Response {
     let body = crate::stats::prometheus(&s.load());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            tapwire_api_types::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 
 use pcap::{Capture, Linktype};
-use tapwire_api::probe::Direction;
+use tapwire_api_types::probe::Direction;
 use tapwire_netio::bpf::{self, MAX_INSTRUCTIONS};
 
 pub type Program = Vec<libc::sock_filter>;

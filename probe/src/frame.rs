@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::pipeline::Pipeline;
     use crate::seq::Sequence;
-    use tapwire_api::probe::{Encapsulation, FlowSpec};
+    use tapwire_api_types::probe::{Encapsulation, FlowSpec};
     use tapwire_formats::capture::LinkType;
     use tapwire_formats::decap::{Config, Decapsulator, Kind, Outcome};
     use tapwire_netio::ring::{Direction, Packet, VlanTag};

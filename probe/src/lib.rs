@@ -1,7 +1,7 @@
 //! `tapwire-probe`: captures selected traffic of a host's interfaces and ships it, ERSPAN II,
 //! ERSPAN III or GRE-TEB encapsulated, to a collector.
 //!
-//! A **flow** ([`tapwire_api::probe::FlowSpec`]) is one capture rule: an interface, a
+//! A **flow** ([`tapwire_api_types::probe::FlowSpec`]) is one capture rule: an interface, a
 //! direction, VLANs, a tcpdump filter, snaplen, 1-in-N sampling, a rate limit, and where to
 //! send (collector, encapsulation, session id). Each flow has its own capture threads:
 //!
@@ -21,7 +21,6 @@
 
 pub mod api;
 pub mod bucket;
-pub mod client;
 pub mod config;
 pub mod filter;
 pub mod frame;

@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tapwire_api::control::{
-    DEFAULT_WAIT_S, FlowSet, ProbeReport, REGISTER_PATH, Refusal, Register, Registered,
-};
-use tapwire_api::probe::{FlowSpec, ProbeStats};
+use tapwire_api_types::control::{DEFAULT_WAIT_S, FlowSet, ProbeReport, Refusal, Register};
+use tapwire_api_types::probe::{FlowSpec, ProbeStats};
+use tapwire_client::{Client, HttpError};
 
-use crate::client::{Client, HttpError, segment};
 use crate::manager::FlowManager;
 
 pub struct LinkOptions {
@@ -202,7 +200,7 @@ fn sync(
             version: env!("CARGO_PKG_VERSION").to_string(),
             interfaces: interfaces(),
         };
-        match short.call::<_, Registered>("POST", REGISTER_PATH, Some(&req)) {
+        match short.register(&req) {
             Ok(r) => {
                 signals
                     .interval_s
@@ -231,11 +229,7 @@ fn sync(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let path = match version {
-                Some(v) => format!("/api/v1/probes/{}/flows?after={v}", segment(name)),
-                None => format!("/api/v1/probes/{}/flows", segment(name)),
-            };
-            match poll.get::<FlowSet>(&path) {
+            match poll.flows(name, version) {
                 Ok(set) => {
                     backoff.reset();
                     if Some(set.version) != version {
@@ -267,7 +261,6 @@ fn report(
     stop: &AtomicBool,
     events: &std::sync::mpsc::Sender<Event>,
 ) {
-    let path = format!("/api/v1/probes/{}/stats", segment(name));
     let mut last: Option<(std::time::Instant, u64)> = None;
     loop {
         if sleep(Duration::from_millis(200), stop) {
@@ -287,7 +280,7 @@ fn report(
             stats: ProbeStats::clone(&stats.load()),
             refused: a.refused.clone(),
         };
-        match client.call::<_, tapwire_api::Message>("POST", &path, Some(&body)) {
+        match client.report(name, &body) {
             Ok(_) => signals.reachable.store(true, Ordering::Relaxed),
             Err(e) if e.is_auth() => {
                 tracing::error!(error = %e, "the controller refused this probe's token");

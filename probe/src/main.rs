@@ -1,5 +1,6 @@
 //! The `tapwire-probe` command.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tapwire_api::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_api_types::probe::{Direction, Encapsulation, ErspanTime, FlowCounters, ProbeStats};
+use tapwire_netio::outln;
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
 use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};
@@ -62,6 +64,7 @@ struct Cli {
     /// probe's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
+    /// Which packets of the interface to mirror [default: both].
     #[arg(long, value_enum)]
     direction: Option<DirectionArg>,
     /// Only frames tagged with these VLAN ids (repeatable or comma-separated).
@@ -94,12 +97,13 @@ struct Cli {
     /// The collector's address (IPv4 or IPv6).
     #[arg(long, value_name = "ADDR", required_unless_present_any = ["config", "controller"])]
     collector: Option<IpAddr>,
+    /// Encapsulation towards the collector [default: erspan-ii].
     #[arg(long, value_enum)]
     encap: Option<EncapArg>,
     /// ERSPAN III hardware id (0-63).
     #[arg(long, value_name = "ID")]
     hardware_id: Option<u8>,
-    /// ERSPAN III time format.
+    /// ERSPAN III time format [default: 100ns].
     #[arg(long, value_enum)]
     erspan_time: Option<TimeArg>,
     /// Put the interface in promiscuous mode while mirroring it.
@@ -111,7 +115,9 @@ struct Cli {
     /// Ring block size (e.g. 1MiB).
     #[arg(long, value_name = "SIZE")]
     block_size: Option<String>,
-    #[arg(long, value_name = "N")]
+    /// Ring blocks per capture thread, 2 or more; the ring (blocks × block size) is at most
+    /// 4 GiB [default: 16].
+    #[arg(long, value_name = "N", value_parser = block_count)]
     block_count: Option<u32>,
     /// A block is handed over at the latest this long after its first packet.
     #[arg(long, value_name = "MS")]
@@ -145,22 +151,30 @@ struct Cli {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DirectionArg {
+    /// Received on the interface (ERSPAN ingress).
     In,
+    /// Sent on the interface (ERSPAN egress).
     Out,
+    /// Both ways.
     Both,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum EncapArg {
+    /// ERSPAN Type II: session id, VLAN, index = ifindex << 1 | egress.
     ErspanIi,
+    /// ERSPAN Type III: also the direction, a hardware id and the capture time.
     ErspanIii,
+    /// GRE transparent Ethernet bridging: key = session id, with sequence numbers.
     Gre,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TimeArg {
+    /// 100 ns ticks since the epoch (upper bits in platform sub-header 3).
     #[value(name = "100ns")]
     Nanos100,
+    /// IEEE 1588: nanoseconds in the header, seconds in platform sub-header 5.
     Ieee1588,
 }
 
@@ -182,11 +196,11 @@ fn main() -> ExitCode {
     if cli.check {
         for p in &prepared {
             let s = p.spec();
-            println!(
-                "flow {}: {} {:?} -> {} {} session {}, kernel filter of {} instructions",
+            outln!(
+                "flow {}: {} {} -> {} {} session {}, kernel filter of {} instructions",
                 s.name,
                 s.interface,
-                s.direction,
+                direction_name(s.direction),
                 s.collector,
                 s.encap.name(),
                 s.session,
@@ -227,12 +241,15 @@ fn controlled(cli: &Cli) -> ExitCode {
         }
         settings.user = cli.user.clone();
         send_flags(cli, &mut settings)?;
+        if let Some(u) = &settings.user {
+            privs::lookup_user(u).map_err(|e| format!("--user {u}: {e}"))?;
+        }
         let state = cli
             .state
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
         // The client is built once here so that a bad --ca or URL is a start-up error.
-        tapwire_probe::client::Client::new(
+        tapwire_client::Client::new(
             cli.controller.as_deref().unwrap_or_default(),
             cli.token.clone(),
             cli.ca.as_deref(),
@@ -286,6 +303,23 @@ fn init_logs() {
         .init();
 }
 
+fn block_count(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 2 => Ok(n),
+        Ok(_) => Err("a ring needs at least 2 blocks (one filled while another is read)".into()),
+        Err(_) => Err(format!("{s:?} is not a number of blocks")),
+    }
+}
+
+/// The name a user writes for a direction (`--direction both`, `direction = "both"`).
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::In => "in",
+        Direction::Out => "out",
+        Direction::Both => "both",
+    }
+}
+
 /// Flags and file to checked flows with compiled filters; every error is one line (exit 2).
 fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String> {
     let mut config = match &cli.config {
@@ -296,7 +330,7 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         }
         None => ProbeConfig {
             settings: Settings::default(),
-            flows: vec![flow_from_flags(cli)?.resolve("--iface").map_err(|e| e.0)?],
+            flows: vec![config::resolve(&flow_from_flags(cli)?, "--iface").map_err(|e| e.0)?],
         },
     };
     if let Some(mtu) = cli.mtu {
@@ -315,6 +349,13 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         config.settings.user = cli.user.clone();
     }
     send_flags(cli, &mut config.settings)?;
+    if let Some(u) = &config.settings.user {
+        let flag = match (&cli.user, &cli.config) {
+            (None, Some(path)) => format!("{}: [probe] user", path.display()),
+            _ => "--user".to_string(),
+        };
+        privs::lookup_user(u).map_err(|e| format!("{flag} {u}: {e}"))?;
+    }
     let mut collectors: Vec<IpAddr> = config.flows.iter().map(|f| f.collector).collect();
     collectors.sort();
     collectors.dedup();
@@ -465,7 +506,8 @@ fn run(
         let flows = manager.stats();
         for f in &flows {
             let before = prev.iter().find(|(n, _)| *n == f.name).map(|(_, c)| c);
-            eprintln!("{}", stats::line(f, before, secs));
+            // Not eprintln!: a daemon whose stderr went away keeps mirroring.
+            let _ = writeln!(std::io::stderr(), "{}", stats::line(f, before, secs));
         }
         *prev = flows.into_iter().map(|f| (f.name, f.counters)).collect();
     };
@@ -515,7 +557,7 @@ fn run(
     tracing::info!("stopping");
     let stop_started = Instant::now();
     for f in manager.stop_all() {
-        eprintln!("{}", stats::line(&f, None, 0.0));
+        let _ = writeln!(std::io::stderr(), "{}", stats::line(&f, None, 0.0));
     }
     tracing::info!(
         took_ms = stop_started.elapsed().as_millis() as u64,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use tapwire_api::probe::{FlowSpec, FlowStats};
+use tapwire_api_types::probe::{FlowSpec, FlowStats};
 
 use crate::config;
 use crate::filter::{self, Program};
@@ -313,7 +313,7 @@ mod tests {
         assert!(m.start(p).is_err(), "names are unique");
         assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
         let a = m.stop("a").expect("was running");
-        assert_eq!(a.state, tapwire_api::probe::FlowState::Stopped);
+        assert_eq!(a.state, tapwire_api_types::probe::FlowState::Stopped);
         assert!(m.stop("a").is_none());
         assert_eq!(m.names().collect::<Vec<_>>(), ["b"]);
         let stats = m.stats();

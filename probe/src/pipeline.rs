@@ -6,7 +6,7 @@
 
 use std::io::IoSlice;
 
-use tapwire_api::probe::{Encapsulation, ErspanTime, FlowCounters, FlowSpec};
+use tapwire_api_types::probe::{Encapsulation, ErspanTime, FlowCounters, FlowSpec};
 use tapwire_formats::encap::{
     Encap, Encapsulated, Encapsulator, FrameMeta, MAX_HEADER_LEN, TimeFormat, fill_gre_checksum,
 };
@@ -294,10 +294,10 @@ mod tests {
     use tapwire_netio::ring::VlanTag;
 
     fn spec(encap: Encapsulation) -> FlowSpec {
-        tapwire_api::probe::FlowSpec {
+        tapwire_api_types::probe::FlowSpec {
             name: "t".into(),
             interface: "veth0".into(),
-            direction: tapwire_api::probe::Direction::Both,
+            direction: tapwire_api_types::probe::Direction::Both,
             vlans: vec![],
             untagged: false,
             filter: None,
@@ -466,7 +466,7 @@ mod tests {
     fn selection_counts_each_refusal() {
         let f = frame(100);
         let mut s = spec(Encapsulation::Gre);
-        s.direction = tapwire_api::probe::Direction::In;
+        s.direction = tapwire_api_types::probe::Direction::In;
         s.vlans = vec![10];
         s.untagged = true;
         s.sample = 2;

@@ -36,6 +36,14 @@ fn names(set: &CapsHashSet) -> Vec<String> {
     v
 }
 
+/// The account `--user` (or `[probe] user`) names; checked at start too, so that a typo is a
+/// usage error.
+pub fn lookup_user(name: &str) -> Result<User, String> {
+    User::from_name(name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no such user".to_string())
+}
+
 /// Reduces the process to CAP_NET_RAW, switching to `user` first when given.
 pub fn drop_privileges(user: Option<&str>) -> Result<Kept, String> {
     let keep: CapsHashSet = [Capability::CAP_NET_RAW].into_iter().collect();
@@ -47,14 +55,9 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Kept, String> {
                 .into(),
         );
     }
-    let user = match user {
-        Some(name) => Some(
-            User::from_name(name)
-                .map_err(|e| format!("--user {name}: {e}"))?
-                .ok_or_else(|| format!("--user {name}: no such user"))?,
-        ),
-        None => None,
-    };
+    let user = user
+        .map(|name| lookup_user(name).map_err(|e| format!("--user {name}: {e}")))
+        .transpose()?;
     if user.is_some() && !Uid::effective().is_root() {
         return Err("--user needs the probe to be started as root".into());
     }

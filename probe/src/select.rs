@@ -2,7 +2,7 @@
 //! selection the kernel filter does not make), then 1-in-N sampling, then the rate limit. Each
 //! refusal has its own counter; a refused packet never reaches the next stage.
 
-use tapwire_api::probe::Direction;
+use tapwire_api_types::probe::Direction;
 
 use crate::bucket::RateLimiter;
 use crate::sample::Sampler;

@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tapwire_api::probe::SendPathStats;
+use tapwire_api_types::probe::SendPathStats;
 use tapwire_netio::batch::Datagram;
 
 use crate::path::{Fallback, Path, SendMode, mac_text};

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tapwire_api::probe::Encapsulation;
+use tapwire_api_types::probe::Encapsulation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SeqKey {

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tapwire_api::probe::{FlowCounters, FlowState, FlowStats, ProbeStats, SendPathStats};
+use tapwire_api_types::metrics::{Kind, Text};
+use tapwire_api_types::probe::{FlowCounters, FlowState, FlowStats, ProbeStats, SendPathStats};
 
 #[derive(Debug, Default)]
 pub struct SharedCounters {
@@ -189,41 +190,47 @@ type Series = (&'static str, &'static str, fn(&FlowCounters) -> u64);
 /// Prometheus text exposition. Labels: the flow name (chosen by the operator) and, on the info
 /// series, its interface, collector and encapsulation.
 pub fn prometheus(p: &ProbeStats) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP tapwire_probe_uptime_seconds Seconds since the probe started.\n# TYPE tapwire_probe_uptime_seconds gauge\ntapwire_probe_uptime_seconds {}",
-        p.uptime_s
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tapwire_probe_flow_info A flow and where it sends; the value is 1 while it runs.\n# TYPE tapwire_probe_flow_info gauge"
+    let mut t = Text::new();
+    t.family(
+        "tapwire_probe_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the probe started.",
+    )
+    .sample("tapwire_probe_uptime_seconds", &[], p.uptime_s);
+    t.family(
+        "tapwire_probe_flow_info",
+        Kind::Gauge,
+        "A flow and where it sends; the value is 1 while it runs.",
     );
     for f in &p.flows {
-        let _ = writeln!(
-            out,
-            "tapwire_probe_flow_info{{flow=\"{}\",interface=\"{}\",collector=\"{}\",encap=\"{}\",session=\"{}\"}} {}",
-            esc(&f.name),
-            esc(&f.interface),
-            esc(&f.collector),
-            f.encap.name(),
-            f.session,
-            u8::from(f.state == FlowState::Running)
+        t.sample(
+            "tapwire_probe_flow_info",
+            &[
+                ("flow", &f.name),
+                ("interface", &f.interface),
+                ("collector", &f.collector),
+                ("encap", f.encap.name()),
+                ("session", &f.session.to_string()),
+            ],
+            u8::from(f.state == FlowState::Running),
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP tapwire_probe_send_path_info How a flow's datagrams leave: path fast (transmit ring) or raw (raw socket), and why raw.\n# TYPE tapwire_probe_send_path_info gauge"
+    t.family(
+        "tapwire_probe_send_path_info",
+        Kind::Gauge,
+        "How a flow's datagrams leave: path fast (transmit ring) or raw (raw socket), and why raw.",
     );
     for f in &p.flows {
-        let _ = writeln!(
-            out,
-            "tapwire_probe_send_path_info{{flow=\"{}\",mode=\"{}\",path=\"{}\",reason=\"{}\",interface=\"{}\"}} 1",
-            esc(&f.name),
-            esc(&f.send.mode),
-            esc(&f.send.path),
-            esc(f.send.reason_code.as_deref().unwrap_or("")),
-            esc(f.send.interface.as_deref().unwrap_or(""))
+        t.sample(
+            "tapwire_probe_send_path_info",
+            &[
+                ("flow", &f.name),
+                ("mode", &f.send.mode),
+                ("path", &f.send.path),
+                ("reason", f.send.reason_code.as_deref().unwrap_or("")),
+                ("interface", f.send.interface.as_deref().unwrap_or("")),
+            ],
+            1,
         );
     }
     let series: [Series; 13] = [
@@ -292,32 +299,19 @@ pub fn prometheus(p: &ProbeStats) -> String {
         ),
     ];
     for (name, help, get) in series {
-        let _ = writeln!(
-            out,
-            "# HELP tapwire_probe_{name} {help}\n# TYPE tapwire_probe_{name} counter"
-        );
+        let name = format!("tapwire_probe_{name}");
+        t.family(&name, Kind::Counter, help);
         for f in &p.flows {
-            let _ = writeln!(
-                out,
-                "tapwire_probe_{name}{{flow=\"{}\"}} {}",
-                esc(&f.name),
-                get(&f.counters)
-            );
+            t.sample(&name, &[("flow", &f.name)], get(&f.counters));
         }
     }
-    out
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    t.into_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tapwire_api::probe::Encapsulation;
+    use tapwire_api_types::probe::Encapsulation;
 
     fn flow(name: &str, captured: u64) -> FlowStats {
         FlowStats {

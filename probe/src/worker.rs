@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tapwire_api::probe::{FlowCounters, FlowSpec, FlowState};
+use tapwire_api_types::probe::{FlowCounters, FlowSpec, FlowState};
 use tapwire_netio::ring::{Block, Fanout, FanoutMode, Ring, RingConfig};
 use tapwire_netio::{ifindex, is_interface_gone, raw_os_error};
 
@@ -60,7 +60,7 @@ impl Worker {
             }),
             promiscuous: s.promiscuous,
             // `in` only: the kernel does not even clone outgoing packets for this socket.
-            ignore_outgoing: s.direction == tapwire_api::probe::Direction::In,
+            ignore_outgoing: s.direction == tapwire_api_types::probe::Direction::In,
             snaplen: s.snaplen,
             ..RingConfig::default()
         }
@@ -234,7 +234,7 @@ impl Worker {
     fn add_kernel_drops(&self, ring_total: u64, seen: &mut u64) {
         let delta = ring_total.saturating_sub(*seen);
         *seen = ring_total;
-        self.counters.add(&tapwire_api::probe::FlowCounters {
+        self.counters.add(&tapwire_api_types::probe::FlowCounters {
             kernel_drops: delta,
             ..Default::default()
         });
@@ -332,7 +332,7 @@ fn first_ident(index: u16) -> u16 {
 }
 
 fn pipeline_count_reopen(counters: &SharedCounters) {
-    counters.add(&tapwire_api::probe::FlowCounters {
+    counters.add(&tapwire_api_types::probe::FlowCounters {
         reopened: 1,
         ..Default::default()
     });

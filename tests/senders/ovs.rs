@@ -17,7 +17,8 @@
 //!
 //! What OVS 3.1's userspace datapath emits (measured; see tests/senders/OVS.md,
 //! asserted by tests/collect_ovs.rs): type=gre sets only K (no sequence unless `options:seq=true`, which gives
-//! that port type a counter of its own); type=erspan sets only S (never K), with ONE sequence
+//! that port type a counter of its own; with `options:csum=true` as well, the checksum is
+//! computed before the sequence number is written, so it verifies only on packet 0); type=erspan sets only S (never K), with ONE sequence
 //! counter shared by all `erspan` ports (Type II and III) and another shared by all `ip6erspan`
 //! ports; the session id is `options:key`; Type III carries `gra=0` with a wall-clock timestamp
 //! in 100 µs units (mod 2^32), no platform sub-header, `hw`=`erspan_hwid`, `D`=`erspan_dir`.
@@ -45,8 +46,9 @@ pub enum Tunnel {
         egress: bool,
         v6: bool,
     },
-    /// `type=gre` carrying Ethernet (GRE-TEB), with `options:seq=true` when `seq`.
-    Gre { key: u32, seq: bool },
+    /// `type=gre` carrying Ethernet (GRE-TEB), with `options:seq=true` when `seq` and
+    /// `options:csum=true` when `csum`.
+    Gre { key: u32, seq: bool, csum: bool },
     /// `type=vxlan`, VNI `options:key`, over IPv6 when `v6`.
     Vxlan { vni: u32, v6: bool },
     /// `type=geneve`, VNI `options:key`, over IPv6 when `v6`.
@@ -99,7 +101,7 @@ impl Tunnel {
                 format!("options:erspan_dir={}", u8::from(egress)),
                 format!("options:erspan_hwid={hwid}"),
             ],
-            Tunnel::Gre { key, seq } => {
+            Tunnel::Gre { key, seq, csum } => {
                 let mut v = vec![
                     "type=gre".into(),
                     remote(false),
@@ -107,6 +109,9 @@ impl Tunnel {
                 ];
                 if seq {
                     v.push("options:seq=true".into());
+                }
+                if csum {
+                    v.push("options:csum=true".into());
                 }
                 v
             }

@@ -53,6 +53,8 @@ from scapy.contrib.tzsp import TZSP, TZSPTagEnd, TZSPTagPadding  # noqa: E402
 KINDS = ["erspan-i", "erspan-ii", "erspan-iii", "gre", "vxlan", "geneve", "tzsp"]
 MARKER = b"TWE2E"
 BASE_TS_NS = 1_700_000_000_000_000_000
+# --gre-stale-csum: the checksum of each GRE-TEB source's first packet, repeated on the rest.
+STALE_CSUM = None
 
 
 def inner(src_no, n, max_len):
@@ -156,6 +158,21 @@ def flood(args):
     print()
 
 
+def incomplete_fragments(args):
+    """The first fragments (MF set, offset 0) of N GRE datagrams from the x7 IPv4 source whose
+    other fragments never come. Prints {"frames": N}."""
+    src = args.src4.replace("x", "7")
+    eth = Ether(src=args.src_mac, dst=args.dst_mac)
+    raw = [
+        bytes(eth / IP(src=src, dst=args.dst4, id=n, flags="MF", frag=0, proto=47)
+              / Raw(bytes([0x20, 0x00, 0x65, 0x58]) + struct.pack(">I", n) + bytes(56)))
+        for n in range(args.incomplete_fragments)
+    ]
+    write_and_send(args, raw)
+    json.dump({"frames": len(raw), "sources": []}, sys.stdout)
+    print()
+
+
 def many_sessions(args):
     """ERSPAN II sessions 0..N-1 (N <= 1024) from the x1 IPv4 source, --count packets each,
     round-robin over the sessions."""
@@ -225,10 +242,15 @@ def encapsulate(kind, src_no, n, frame, session_base):
         return GRE(proto=0x22EB, seqnum_present=1, sequence_number=seq) / hdr / frame, sid
     if kind == "gre":
         key = session_base + 7
-        return (
-            GRE(proto=0x6558, key_present=1, key=key, seqnum_present=1, sequence_number=seq)
-            / frame
-        ), key
+        gre = GRE(proto=0x6558, key_present=1, key=key, seqnum_present=1, sequence_number=seq)
+        if STALE_CSUM is not None:
+            # Open vSwitch's userspace datapath with csum=true and seq=true: the first packet's
+            # checksum (computed by scapy) on every packet while the sequence grows.
+            gre.chksum_present = 1
+            if src_no not in STALE_CSUM:
+                STALE_CSUM[src_no] = GRE(bytes(gre / frame)).chksum
+            gre.chksum = STALE_CSUM[src_no]
+        return gre / frame, key
     if kind == "vxlan":
         vni = session_base * 50
         return UDP(sport=49152 + n % 64, dport=4789) / VXLAN(flags=0x08, vni=vni) / frame, vni
@@ -311,12 +333,21 @@ def main():
                     help="instead: ERSPAN II sessions 0..N-1 from the x1 source, --count each")
     ap.add_argument("--udp6-zero-csum", action="store_true",
                     help="UDP checksum 0 over IPv6 (RFC 6935 tunnels; Linux vxlan udp6zerocsumtx)")
+    ap.add_argument("--incomplete-fragments", type=int, default=0,
+                    help="instead: first fragments of N GRE datagrams that never complete")
+    ap.add_argument("--gre-stale-csum", action="store_true",
+                    help="GRE-TEB with a checksum: the first packet's, repeated (as Open vSwitch does)")
     ap.add_argument("--dry-run", action="store_true", help="write the pcap, send nothing")
     args = ap.parse_args()
+    if args.gre_stale_csum:
+        global STALE_CSUM
+        STALE_CSUM = {}
     if args.flood:
         return flood(args)
     if args.many_sessions:
         return many_sessions(args)
+    if args.incomplete_fragments:
+        return incomplete_fragments(args)
 
     srcs = sources(args)
     if args.sources:

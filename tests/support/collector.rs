@@ -28,6 +28,23 @@ pub type SessionFiles = BTreeMap<Key, Vec<SessionFile>>;
 /// Where the collector's API listens inside its namespace.
 pub const API: &str = "127.0.0.1:9750";
 
+/// Flags for a collector that reads only the lab link `col0` with AF_PACKET (its own outer
+/// reassembly), every socket input off.
+pub const AF_PACKET_ONLY: [&str; 12] = [
+    "--interface",
+    "col0",
+    "--gre-v4",
+    "off",
+    "--gre-v6",
+    "off",
+    "--vxlan",
+    "off",
+    "--geneve",
+    "off",
+    "--tzsp",
+    "off",
+];
+
 /// A running `tapwire collect`.
 pub struct Collector<'l> {
     lab: &'l Lab,
@@ -141,6 +158,27 @@ impl<'l> Collector<'l> {
                 source_packets(&last)
             );
         }
+        last
+    }
+
+    /// Polls the API until no session has packets pending (encoded for a file but not yet
+    /// reported written or lost by the disk thread, which happens at least once a second), so
+    /// that `written` and the drops are final for what was received; returns the last answer.
+    pub fn wait_written(&self, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let done = poll_until(timeout, || {
+            last = self.sessions();
+            last["sessions"]
+                .as_array()?
+                .iter()
+                .all(|s| s["pending"].as_u64() == Some(0))
+                .then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "packets still pending after {timeout:?}: {last}\n{}",
+            self.proc.stderr()
+        );
         last
     }
 
@@ -343,4 +381,130 @@ pub fn wait_for_file(path: &Path, timeout: Duration) {
                 .map(|_| ())
         },
     );
+}
+
+/// What tapwire's pcapng comment says of a frame whose GRE checksum did not verify.
+pub const GRE_CHECKSUM_COMMENT: &str = "GRE checksum does not verify";
+
+/// The count of `true` in each source's list.
+fn n_true(flags: &BTreeMap<Key, Vec<bool>>) -> BTreeMap<Key, u64> {
+    flags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().filter(|b| **b).count() as u64))
+        .collect()
+}
+
+/// A stream whose GRE checksums tshark found bad (`bad`: per source, per packet) as the live
+/// collector must report it when not strict: each source and its session counts its bad ones
+/// as `gre_checksum_bad`, in the JSON and in `/metrics`; nothing is malformed.
+pub fn assert_gre_checksum_bad_counted(
+    c: &Collector<'_>,
+    api: &Value,
+    bad: &BTreeMap<Key, Vec<bool>>,
+) {
+    let want = n_true(bad);
+    let metrics = c.metrics();
+    for s in api["sessions"].as_array().expect("sessions") {
+        let name = s["name"].as_str().expect("name");
+        let key = source_key(&s["sources"][0]);
+        let n = want[&key];
+        assert_eq!(s["sources"][0]["gre_checksum_bad"], n, "{key:?}: {s}");
+        assert_eq!(s["gre_checksum_bad"], n, "session {name}");
+        let line =
+            format!("tapwire_session_gre_checksum_bad_packets_total{{session=\"{name}\"}} {n}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        api["totals"]["malformed"],
+        serde_json::json!({}),
+        "bad checksums are not malformed"
+    );
+}
+
+/// Per source, whether each frame in the session's files (in order) carries the bad-checksum
+/// comment, as tshark reads `frame.comment`.
+pub fn gre_checksum_comments(c: &Collector<'_>, api: &Value) -> BTreeMap<Key, Vec<bool>> {
+    let mut out = BTreeMap::new();
+    for s in api["sessions"].as_array().expect("sessions") {
+        let key = source_key(&s["sources"][0]);
+        let mut flags = Vec::new();
+        for f in c.files_of(s["name"].as_str().expect("name")) {
+            flags.extend(
+                tshark::fields(&f, &["frame.comment"])
+                    .iter()
+                    .map(|r| r[0].contains(GRE_CHECKSUM_COMMENT)),
+            );
+        }
+        out.insert(key, flags);
+    }
+    out
+}
+
+/// `tapwire decap --json` of `input`, with `args`; returns the report and the frames per
+/// source as tshark reads the files.
+pub fn decap(input: &Path, args: &[&str]) -> (Value, Frames) {
+    let tmp = crate::TempDir::new("decap");
+    let out = run_ok(
+        Command::new(bin("tapwire"))
+            .arg("decap")
+            .arg(input)
+            .arg("--out")
+            .arg(tmp.path())
+            .arg("--json")
+            .args(args),
+    );
+    let report: Value = serde_json::from_str(&out).expect("decap --json");
+    let mut frames = Frames::new();
+    for s in report["sources"].as_array().expect("sources") {
+        let file = Path::new(s["file"].as_str().expect("file"));
+        crate::validate_capture(file);
+        frames.insert(source_key(s), crate::oracle::frames(file));
+    }
+    (report, frames)
+}
+
+/// `tapwire decap` of a capture whose GRE checksums tshark found bad (`bad`), the frames of
+/// which are `expected`: without a flag every frame is written and the bad ones counted per
+/// source; with `--strict-gre-checksum` only the good ones are written and the bad ones are
+/// counted as malformed `gre_checksum`.
+pub fn assert_decap_gre_checksums(input: &Path, expected: &Frames, bad: &BTreeMap<Key, Vec<bool>>) {
+    let want = n_true(bad);
+    let (report, got) = decap(input, &[]);
+    crate::oracle::assert_same_frames("tapwire decap", expected, &got);
+    for s in report["sources"].as_array().expect("sources") {
+        assert_eq!(s["gre_checksum_bad"], want[&source_key(s)], "decap: {s}");
+    }
+    assert!(
+        report["totals"]["malformed"].get("gre_checksum").is_none(),
+        "{}",
+        report["totals"]
+    );
+
+    let (report, got) = decap(input, &["--strict-gre-checksum"]);
+    let good: Frames = expected
+        .iter()
+        .map(|(k, frames)| {
+            let kept = frames
+                .iter()
+                .zip(&bad[k])
+                .filter(|(_, b)| !**b)
+                .map(|(f, _)| f.clone())
+                .collect::<Vec<_>>();
+            (k.clone(), kept)
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    crate::oracle::assert_same_frames("tapwire decap --strict-gre-checksum", &good, &got);
+    assert_eq!(
+        report["totals"]["malformed"]["gre_checksum"],
+        want.values().sum::<u64>(),
+        "{}",
+        report["totals"]
+    );
+    for s in report["sources"].as_array().expect("sources") {
+        assert_eq!(s["gre_checksum_bad"], 0, "strict decap: {s}");
+    }
 }

@@ -47,6 +47,21 @@ pub fn from_packets(packets: &[Value]) -> Frames {
     out
 }
 
+/// Per source, in packet order: whether tshark found its GRE checksum bad
+/// (`gre.checksum.status` 0; 1 is good). Packets without a GRE checksum count as good.
+pub fn gre_checksum_bad(packets: &[Value]) -> BTreeMap<Key, Vec<bool>> {
+    let mut out: BTreeMap<Key, Vec<bool>> = BTreeMap::new();
+    for l in packets {
+        if let Some((key, _)) = mirrored(l, packets) {
+            let status = tshark::field(l, "gre", "gre.checksum.status");
+            out.entry(key)
+                .or_default()
+                .push(status.as_deref() == Some("0"));
+        }
+    }
+    out
+}
+
 /// The frames of a capture as tshark reads them (for tapwire's output files).
 pub fn frames(path: &Path) -> Vec<Vec<u8>> {
     tshark::packets(path)

@@ -47,6 +47,12 @@ pub struct MirrorSend {
     pub udp6_zero_checksum: bool,
     /// Instead of the usual sources: ERSPAN II sessions 0..N-1 from the x1 address.
     pub many_sessions: u32,
+    /// Instead of the usual sources: the first fragments of N GRE datagrams from the x7 address
+    /// whose other fragments never come.
+    pub incomplete_fragments: u32,
+    /// GRE-TEB carries a checksum: each source's first packet's, repeated on every packet
+    /// while the sequence grows (Open vSwitch's userspace datapath with `csum=true`).
+    pub gre_stale_checksum: bool,
     /// Outer source templates, `x` replaced by 1..6 (for example `10.77.0.1x`).
     pub src4: String,
     pub src6: String,
@@ -68,6 +74,8 @@ impl Default for MirrorSend {
             session_base: 100,
             udp6_zero_checksum: false,
             many_sessions: 0,
+            incomplete_fragments: 0,
+            gre_stale_checksum: false,
             src4: "10.77.0.1x".into(),
             src6: "fd77::1x".into(),
             dst4: COL_V4.into(),
@@ -124,6 +132,15 @@ fn mirror_args(opts: &MirrorSend, pcap: &Path) -> Vec<String> {
     }
     if opts.many_sessions > 0 {
         v.extend(["--many-sessions".into(), opts.many_sessions.to_string()]);
+    }
+    if opts.incomplete_fragments > 0 {
+        v.extend([
+            "--incomplete-fragments".into(),
+            opts.incomplete_fragments.to_string(),
+        ]);
+    }
+    if opts.gre_stale_checksum {
+        v.push("--gre-stale-csum".into());
     }
     v
 }

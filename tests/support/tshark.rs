@@ -40,6 +40,22 @@ pub fn bad_checksums(path: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `-T fields` of every packet of `path`: one row per packet, one column per field.
+pub fn fields(path: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    require("tshark");
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r")
+        .arg(path)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    run_ok(&mut cmd)
+        .lines()
+        .map(|l| l.split('|').map(String::from).collect())
+        .collect()
+}
+
 /// A protocol's occurrences: a single object, or an array when it occurs several times.
 pub fn all(layers: &Value, key: &str) -> Vec<Value> {
     match layers.get(key) {

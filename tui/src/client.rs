@@ -1,12 +1,15 @@
 //! Where snapshots come from and where actions go: the [`Source`] and [`Actions`] traits, and
-//! their HTTP implementations on the collector's stats API (`ureq`, blocking, short timeouts).
+//! their HTTP implementations on the collector's stats API (`tapwire-client`, blocking, short
+//! timeouts).
 //! Closures implement both traits, which is how the inline UI of `tapwire collect` reads the
 //! engine's snapshot directly and how tests inject fakes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapwire_api::{Action, Message, SESSIONS_PATH, Snapshot};
+use tapwire_api_types::{Action, Message, SESSIONS_PATH, Snapshot};
+pub use tapwire_client::base_url;
+use tapwire_client::{Answer, Client, segment};
 
 /// Gives the collector's latest snapshot, or says why it cannot (shown as "disconnected").
 pub trait Source {
@@ -30,84 +33,59 @@ impl<F: FnMut(&str, Action) -> Result<String, String>> Actions for F {
     }
 }
 
-/// `127.0.0.1:9750`, `http://host:9750/` or `https://...` as a base URL without a trailing
-/// slash; a bare address gets `http://`.
-pub fn base_url(connect: &str) -> String {
-    let s = connect.trim().trim_end_matches('/');
-    if s.contains("://") {
-        s.to_string()
-    } else {
-        format!("http://{s}")
-    }
-}
-
-/// A session name as one URL path segment (names are operator-chosen or `<src>_<kind>_<id>`,
-/// which for IPv6 holds colons).
-pub fn path_segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .timeout_connect(Some(timeout.min(Duration::from_secs(1))))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 /// The largest snapshot accepted (a collector with 65 536 sources answers a few tens of MiB).
 const MAX_BODY_BYTES: u64 = 256 << 20;
+
+fn client(base: &str, token: Option<String>, timeout: Duration, max_body_bytes: u64) -> Client {
+    match Client::builder(base)
+        .token(token)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(1)))
+        .max_body_bytes(max_body_bytes)
+        .build()
+    {
+        Ok(c) => c,
+        // Only a CA file can fail, and none is given.
+        Err(e) => unreachable!("HTTP client without a CA: {e}"),
+    }
+}
 
 /// Polls `GET /api/v1/sessions`, with the bearer token when one is given (a collector with a
 /// control plane wants a viewer's from other hosts).
 pub struct HttpSource {
-    agent: ureq::Agent,
-    url: String,
-    token: Option<String>,
+    client: Client,
 }
 
 impl HttpSource {
     pub fn new(base: &str) -> HttpSource {
-        HttpSource {
-            agent: agent(Duration::from_secs(2)),
-            url: format!("{base}{SESSIONS_PATH}"),
-            token: None,
-        }
+        HttpSource::with(base, None)
     }
 
-    pub fn with_token(mut self, token: Option<String>) -> HttpSource {
-        self.token = token;
-        self
+    pub fn with_token(self, token: Option<String>) -> HttpSource {
+        HttpSource::with(self.client.base(), token)
+    }
+
+    fn with(base: &str, token: Option<String>) -> HttpSource {
+        HttpSource {
+            client: client(base, token, Duration::from_secs(2), MAX_BODY_BYTES),
+        }
     }
 }
 
 impl Source for HttpSource {
     fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
-        let mut req = self.agent.get(&self.url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+        let answer = self
+            .client
+            .send("GET", SESSIONS_PATH, None::<&()>)
+            .map_err(|f| f.reason)?;
+        if !answer.is_success() {
+            return Err(format!(
+                "{}{SESSIONS_PATH} answered {}",
+                self.client.base(),
+                answer.status_line()
+            ));
         }
-        let mut resp = req.call().map_err(describe)?;
-        let status = resp.status();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(describe)?;
-        if !status.is_success() {
-            return Err(format!("{} answered {status}", self.url));
-        }
-        serde_json::from_str(&body)
+        serde_json::from_str(&answer.body)
             .map(Arc::new)
             .map_err(|e| format!("not a tapwire snapshot: {e}"))
     }
@@ -116,18 +94,14 @@ impl Source for HttpSource {
 /// `POST /api/v1/sessions/{name}/{action}`, with the bearer token when one is given (the
 /// collector accepts actions from localhost without one).
 pub struct HttpActions {
-    agent: ureq::Agent,
-    base: String,
-    token: Option<String>,
+    client: Client,
 }
 
 impl HttpActions {
     pub fn new(base: &str, token: Option<String>) -> HttpActions {
         HttpActions {
             // The collector waits up to 5 s for its engine to answer.
-            agent: agent(Duration::from_secs(6)),
-            base: base.to_string(),
-            token,
+            client: client(base, token, Duration::from_secs(6), 1 << 20),
         }
     }
 }
@@ -139,66 +113,28 @@ impl Actions for HttpActions {
             Action::Disable => "disable",
             Action::Rotate => "rotate",
         };
-        let url = format!(
-            "{}{SESSIONS_PATH}/{}/{verb}",
-            self.base,
-            path_segment(session)
-        );
-        let mut req = self.agent.post(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = req.send_empty().map_err(describe)?;
-        let status = resp.status();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_string()
-            .unwrap_or_default();
-        match serde_json::from_str::<Message>(&body) {
-            Ok(m) if m.ok && status.is_success() => Ok(m.message),
+        let path = format!("{SESSIONS_PATH}/{}/{verb}", segment(session));
+        let answer = match self.client.send("POST", &path, None::<&()>) {
+            Ok(a) => a,
+            // An answer whose body could not be read: judged by its status alone.
+            Err(f) if f.status != 0 => Answer {
+                status: f.status,
+                body: String::new(),
+            },
+            Err(f) => return Err(f.reason),
+        };
+        let status = answer.status_line();
+        match serde_json::from_str::<Message>(&answer.body) {
+            Ok(m) if m.ok && answer.is_success() => Ok(m.message),
             Ok(m) => Err(m.message),
             Err(_) => Err(format!("{verb} {session}: collector answered {status}")),
         }
     }
 }
 
-/// A short reason for a failed request: what the operator needs to see in the header.
-fn describe(e: ureq::Error) -> String {
-    match e {
-        ureq::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-            std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-            std::io::ErrorKind::TimedOut => "timed out".into(),
-            _ => io.to_string(),
-        },
-        ureq::Error::Timeout(_) => "timed out".into(),
-        ureq::Error::HostNotFound => "host not found".into(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_urls() {
-        assert_eq!(base_url("127.0.0.1:9750"), "http://127.0.0.1:9750");
-        assert_eq!(base_url("http://[::1]:9750/"), "http://[::1]:9750");
-        assert_eq!(base_url(" https://c.example:443 "), "https://c.example:443");
-    }
-
-    #[test]
-    fn session_names_are_escaped_as_one_segment() {
-        assert_eq!(path_segment("edge-1_a.b"), "edge-1_a.b");
-        assert_eq!(
-            path_segment("fd77::11_erspan-ii_100"),
-            "fd77%3A%3A11_erspan-ii_100"
-        );
-        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
-    }
 
     /// A one-shot HTTP server on localhost: answers one request with `status` and `body`
     /// and hands back the request it got.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use tapwire_api::{
+use tapwire_api_types::{
     Drops, ErspanSeen, FileStats, InputStats, ProtocolMix, Rates, Sequence, SessionState,
     SessionStats, Snapshot, SourceStats, Talker, Totals,
 };
@@ -88,6 +88,7 @@ fn source(
         duplicates: 0,
         reordered: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         sequence: Sequence::PerSource,
         drops: Drops::default(),
         first_seen: Some(rfc3339(STARTED_S + 2, 0)),
@@ -166,8 +167,10 @@ pub fn snapshot(t: u64) -> Snapshot {
         packets: edge_packets,
         bytes: edge_bytes,
         written: edge_packets,
+        pending: 0,
         lost: 17,
         truncated: 3,
+        gre_checksum_bad: 0,
         drops: Drops::default(),
         rates: Rates {
             pps_1s: a.rates.pps_1s + b.rates.pps_1s,
@@ -233,8 +236,10 @@ pub fn snapshot(t: u64) -> Snapshot {
         packets: v.packets,
         bytes: v.bytes,
         written: v.packets,
+        pending: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: Drops::default(),
         rates: v.rates,
         last_seen: Some(now.clone()),
@@ -279,8 +284,10 @@ pub fn snapshot(t: u64) -> Snapshot {
         packets: 51_234,
         bytes: d.bytes,
         written: 50_000,
+        pending: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: Drops {
             filter: 1234,
             ..Drops::default()
@@ -322,8 +329,10 @@ pub fn snapshot(t: u64) -> Snapshot {
         packets: l.packets,
         bytes: l.bytes,
         written: 0,
+        pending: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: l.drops,
         rates: l.rates,
         last_seen: Some(now.clone()),
@@ -361,8 +370,10 @@ pub fn snapshot(t: u64) -> Snapshot {
         packets: c.packets,
         bytes: c.bytes,
         written: 0,
+        pending: 0,
         lost: 0,
         truncated: 0,
+        gre_checksum_bad: 0,
         drops: c.drops,
         rates: c.rates,
         last_seen: Some(now),
@@ -399,6 +410,7 @@ pub fn snapshot(t: u64) -> Snapshot {
             packets,
             decapsulated: packets,
             written: sessions.iter().map(|s| s.written).sum(),
+            pending: 0,
             lost: 17,
             kernel_drops: 12,
             queue_drops: 0,
@@ -413,6 +425,7 @@ pub fn snapshot(t: u64) -> Snapshot {
                 pps_10s: pps,
                 bps_10s: bps,
             },
+            defrag: Default::default(),
         },
         inputs: vec![
             InputStats {

@@ -11,12 +11,13 @@
 //! - [`history`]: rates between polled snapshots, for the charts.
 //! - [`render`]: drawing the state into a frame.
 //! - [`client`], [`input`], [`logs`]: the shells (HTTP, terminal, clock, log buffer).
-//! - [`cli`]: `tapwire top` (interactive, `--raw`, `--json`) and the inline entry point.
+//!
+//! `tapwire top` (interactive, `--raw`, `--json`) and the inline entry point are the `tapwire`
+//! binary's (`cli/src/top.rs`), which plug the real terminal, clock and client in here.
 //!
 //! The UI polls once per `poll_every` and draws only when the snapshot, the link state, the
 //! log pane or the input changed; between polls it sleeps in the terminal's event wait.
 
-pub mod cli;
 pub mod client;
 pub mod fixture;
 pub mod format;
@@ -49,6 +50,9 @@ pub struct Options {
     pub logs: Option<LogBuffer>,
     /// Set by someone else to end the UI (the collector stopping on SIGTERM).
     pub stop: Option<Arc<AtomicBool>>,
+    /// The UI runs inside `tapwire collect` (quitting it stops the collector), not in
+    /// `tapwire top`.
+    pub inline: bool,
 }
 
 impl Options {
@@ -58,6 +62,7 @@ impl Options {
             poll_every: Duration::from_secs(1),
             logs: None,
             stop: None,
+            inline: false,
         }
     }
 }
@@ -81,6 +86,7 @@ pub fn start<B: Backend>(
 ) -> io::Result<RunStats> {
     let mut app = App::new(opts.endpoint);
     app.poll_every = opts.poll_every;
+    app.inline = opts.inline;
     app.has_logs = opts.logs.is_some();
     app.show_logs = app.has_logs;
     run(

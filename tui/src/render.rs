@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{
     Block, Cell, Clear, Paragraph, RenderDirection, Row as TableRow, Sparkline, Table,
 };
-use tapwire_api::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
+use tapwire_api_types::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::{self, count, percent};
 use crate::logs::LogBuffer;
@@ -26,19 +26,23 @@ const IDLE_S: f64 = 5.0;
 pub fn draw(f: &mut Frame<'_>, app: &mut App, logs: Option<&LogBuffer>) {
     let area = f.area();
     let header_h = if area.height >= 30 { 3 } else { 2 };
-    let detail_h = match area.height {
+    let logs_h = match logs {
+        Some(_) if app.show_logs => (area.height / 5).clamp(3, 8),
+        _ => 0,
+    };
+    let detail_min = match area.height {
         36.. => 16,
         20..36 => 10,
         _ => 0,
     };
-    let detail_h = if app.show_detail && app.selected_session().is_some() {
-        detail_h
+    let detail_h = if app.show_detail && app.selected_session().is_some() && detail_min > 0 {
+        // The table gets the lines it needs (its header and one per row), the detail pane
+        // the rest: a tall terminal shows taller charts and more facts, not blank lines.
+        let table_h = (app.rows().len() as u16 + 1).max(3);
+        let rest = area.height.saturating_sub(header_h + table_h + logs_h + 1);
+        detail_min.max(rest)
     } else {
         0
-    };
-    let logs_h = match logs {
-        Some(_) if app.show_logs => (area.height / 5).clamp(3, 8),
-        _ => 0,
     };
     let [header, body, detail, log_area, footer] = Layout::vertical([
         Constraint::Length(header_h),
@@ -429,7 +433,7 @@ fn cell(app: &App, r: &Row<'_>, c: Column, w: u16) -> Cell<'static> {
     }
 }
 
-fn rates(r: &Row<'_>) -> tapwire_api::Rates {
+fn rates(r: &Row<'_>) -> tapwire_api_types::Rates {
     r.source.map_or(r.session.rates, |x| x.rates)
 }
 
@@ -440,7 +444,7 @@ fn flag(n: u64, style: Style) -> Style {
 /// Drops that lose data the operator wanted (disk, write errors, backlog), as opposed to
 /// drops by policy (disabled, filter, no session).
 fn loss_drops(d: &Drops) -> u64 {
-    d.disk_guard + d.write_error + d.backlog
+    d.disk_guard + d.disk_full + d.write_error + d.backlog
 }
 
 fn drop_style(d: &Drops) -> Style {
@@ -667,6 +671,7 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ("disabled", d.disabled, false),
         ("filter", d.filter, false),
         ("disk-guard", d.disk_guard, true),
+        ("disk-full", d.disk_full, true),
         ("write-error", d.write_error, true),
         ("backlog", d.backlog, true),
     ] {
@@ -726,13 +731,27 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         ));
         if wide {
             let seq = match src.sequence {
-                tapwire_api::Sequence::None => "none",
-                tapwire_api::Sequence::PerSource => "own",
-                tapwire_api::Sequence::SharedBySender => "shared",
+                tapwire_api_types::Sequence::None => "none",
+                tapwire_api_types::Sequence::PerSource => "own",
+                tapwire_api_types::Sequence::SharedBySender => "shared",
             };
             spans.push(Span::raw(format!(" {seq}")));
         }
         lines.push(Line::from(spans));
+    }
+    // Frames kept although their GRE checksum did not verify: a sender's quirk (Open vSwitch
+    // repeats one checksum) or damage on the way; only shown when it happened.
+    for src in s.sources.iter().take(max_sources) {
+        if src.gre_checksum_bad > 0 {
+            lines.push(Line::styled(
+                format!(
+                    "{}: {} bad GRE checksums (frames kept)",
+                    truncate_middle(&source_name(src), label_w),
+                    count(src.gre_checksum_bad)
+                ),
+                WARN,
+            ));
+        }
     }
     if s.sources.len() > max_sources {
         lines.push(Line::styled(
@@ -905,30 +924,46 @@ fn draw_footer(f: &mut Frame<'_>, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
-/// The keys, for the help overlay (and the README).
-pub const KEYS: [(&str, &str); 18] = [
-    ("↑ ↓  j k", "select a row"),
-    ("PgUp PgDn Home End", "page up / down, first, last"),
-    ("Enter  Space", "show / hide the session's sources"),
-    ("→ ←  l h", "show / hide sources"),
-    ("x", "show / hide every session's sources"),
-    ("s  S", "sort by the next / previous column"),
-    ("i", "invert the sort order"),
-    ("/", "filter by text (Enter keeps, Esc clears)"),
-    ("Esc", "clear the filter"),
-    ("Tab", "detail pane on / off"),
-    ("L", "log pane on / off (tapwire collect)"),
-    ("e", "enable the session"),
-    ("d", "disable the session (asks first)"),
-    ("r", "rotate the session's file now (asks first)"),
-    ("y  n", "answer a question"),
-    ("?", "this help (Esc closes)"),
-    ("q", "quit"),
-    ("Ctrl-C", "quit (in tapwire collect: stop it)"),
-];
+/// The keys and what each does in this UI (`tapwire top`, or the one inside `tapwire
+/// collect`), for the help overlay.
+pub fn keys(app: &App) -> [(&'static str, &'static str); 18] {
+    let logs = match (app.has_logs, app.inline) {
+        (true, _) => "log pane on / off",
+        (false, true) => "no log pane: the log goes to --log-file",
+        (false, false) => "no log pane here: see the collector's log",
+    };
+    let (quit, ctrl_c) = if app.inline {
+        (
+            "quit: stops the collector, files closed",
+            "stop the collector",
+        )
+    } else {
+        ("quit (the collector keeps running)", "quit")
+    };
+    [
+        ("↑ ↓  j k", "select a row"),
+        ("PgUp PgDn Home End", "page up / down, first, last"),
+        ("Enter  Space", "show / hide the session's sources"),
+        ("→ ←  l h", "show / hide sources"),
+        ("x", "show / hide every session's sources"),
+        ("s  S", "sort by the next / previous column"),
+        ("i", "invert the sort order"),
+        ("/", "filter by text (Enter keeps, Esc clears)"),
+        ("Esc", "clear the filter"),
+        ("Tab", "detail pane on / off"),
+        ("L", logs),
+        ("e", "enable the session"),
+        ("d", "disable the session (asks first)"),
+        ("r", "rotate the session's file now (asks first)"),
+        ("y  n", "answer a question"),
+        ("?", "this help (Esc closes)"),
+        ("q", quit),
+        ("Ctrl-C", ctrl_c),
+    ]
+}
 
 fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect) {
-    let mut lines: Vec<Line<'_>> = KEYS
+    let mut lines: Vec<Line<'_>> = keys(app)
         .iter()
         .map(|(k, what)| {
             Line::from(vec![

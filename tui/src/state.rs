@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::widgets::TableState;
-use tapwire_api::{Action, SessionState, SessionStats, Snapshot, SourceStats};
+use tapwire_api_types::{Action, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::parse_rfc3339;
 use crate::history::RateHistory;
@@ -190,6 +190,8 @@ pub struct App {
     /// Where the selection was, for when its row goes away.
     selected_index: usize,
     pub show_detail: bool,
+    /// The UI of `tapwire collect` (quitting stops the collector), not of `tapwire top`.
+    pub inline: bool,
     /// Whether there is a log pane to show (the inline UI of `collect`) and whether it is shown.
     pub has_logs: bool,
     pub show_logs: bool,
@@ -220,6 +222,7 @@ impl App {
             selected: None,
             selected_index: 0,
             show_detail: true,
+            inline: false,
             has_logs: false,
             show_logs: false,
             status: None,
@@ -509,6 +512,14 @@ impl App {
             }
             KeyCode::Tab => self.show_detail = !self.show_detail,
             KeyCode::Char('L') if self.has_logs => self.show_logs = !self.show_logs,
+            KeyCode::Char('L') => {
+                let why = if self.inline {
+                    "no log pane: this collector writes its log to its --log-file"
+                } else {
+                    "no log pane in tapwire top: the collector's log is in its --log-file or journal"
+                };
+                self.action_done(Err(why.to_string()), self.now);
+            }
             KeyCode::Char('e') => {
                 return self.selected_session().map(|s| Command::Act {
                     session: s.name.clone(),

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{Event, KeyCode};
-use tapwire_api::{Action, SessionState, Snapshot};
+use tapwire_api_types::{Action, SessionState, Snapshot};
 use tapwire_tui::input::{FakeClock, Script};
+use tapwire_tui::logs::LogBuffer;
+use tapwire_tui::state::App;
 use tapwire_tui::{Options, RunStats, fixture, start};
 
 /// The fake collector: the fixture, advanced one second per poll, with actions applied.
@@ -80,6 +82,23 @@ fn run(
     height: u16,
     script: impl FnOnce(Script) -> Script,
 ) -> (Terminal<TestBackend>, RunStats) {
+    run_with(
+        fake,
+        width,
+        height,
+        Options::new("http://127.0.0.1:9750"),
+        script,
+    )
+}
+
+/// [`run`] with the UI's options given (the inline UI of `collect`, a log pane).
+fn run_with(
+    fake: &Rc<RefCell<Fake>>,
+    width: u16,
+    height: u16,
+    opts: Options,
+    script: impl FnOnce(Script) -> Script,
+) -> (Terminal<TestBackend>, RunStats) {
     let clock = FakeClock::default();
     let mut events = script(Script::new(clock.clone()));
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
@@ -89,7 +108,7 @@ fn run(
         &mut actions(fake),
         &mut events,
         &clock,
-        Options::new("http://127.0.0.1:9750"),
+        opts,
     )
     .unwrap();
     assert_eq!(events.remaining(), 0, "the script quit early");
@@ -171,6 +190,38 @@ fn detail_pane_of_a_session_with_everything() {
     insta::assert_snapshot!(t.backend());
 }
 
+/// A source whose GRE checksums did not verify says so in the detail pane; the others do not.
+#[test]
+fn detail_pane_names_bad_gre_checksums() {
+    let mut snap = fixture::snapshot(0);
+    let edge = snap
+        .sessions
+        .iter_mut()
+        .find(|s| s.name == "edge-sw1")
+        .unwrap();
+    edge.sources[1].gre_checksum_bad = 1234;
+    edge.gre_checksum_bad = 1234;
+    let fake = Rc::new(RefCell::new(Fake {
+        frozen: Some(Arc::new(snap)),
+        ..Fake::default()
+    }));
+    let (t, _) = run(&fake, 120, 40, |s| {
+        s.idle(2).keys("jjj").key(KeyCode::Char('q'))
+    });
+    let sc = screen(&t);
+    assert!(sc.contains("edge-sw1 · "), "edge-sw1 selected: {sc}");
+    let lines: Vec<&str> = sc
+        .lines()
+        .filter(|l| l.contains("bad GRE checksums"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{sc}");
+    assert!(
+        lines[0].contains("10.0.0.6 erspan-iii 42: 1234 bad GRE checksums (frames kept)"),
+        "{}",
+        lines[0]
+    );
+}
+
 #[test]
 fn help_overlay() {
     let fake = Rc::default();
@@ -187,12 +238,73 @@ fn help_overlay_fits_80x24() {
         s.idle(2).key(KeyCode::Char('?')).key(KeyCode::Char('q'))
     });
     let sc = screen(&t);
-    for (keys, what) in tapwire_tui::render::KEYS {
+    for (keys, what) in tapwire_tui::render::keys(&App::new("")) {
         assert!(
             sc.contains(keys) && sc.contains(what),
             "help at 80x24 lacks {keys:?} {what:?}:\n{sc}"
         );
     }
+}
+
+/// The help says what each key does where it runs: `L`, `q` and Ctrl-C differ between
+/// `tapwire top` and the UI inside `tapwire collect`.
+#[test]
+fn help_overlay_says_what_each_key_does_in_top_and_in_collect() {
+    let help = |opts: Options| {
+        let (t, _) = run_with(&Rc::default(), 120, 40, opts, |s| {
+            s.idle(2).key(KeyCode::Char('?')).key(KeyCode::Char('q'))
+        });
+        screen(&t)
+    };
+    let top = help(Options::new("x"));
+    let mut inline = Options::new("in-process");
+    inline.inline = true;
+    inline.logs = Some(LogBuffer::new(10));
+    let collect = help(inline);
+    for (sc, key, what) in [
+        (&top, "L", "no log pane here: see the collector's log"),
+        (&top, "q", "quit (the collector keeps running)"),
+        (&top, "Ctrl-C", "quit"),
+        (&collect, "L", "log pane on / off"),
+        (&collect, "q", "quit: stops the collector, files closed"),
+        (&collect, "Ctrl-C", "stop the collector"),
+    ] {
+        let line = line_with(sc, &format!(" {key:<19}{what}"));
+        assert!(line.contains(what), "{line}");
+    }
+}
+
+/// `L` in `tapwire top`, which has no log pane, says why instead of doing nothing.
+#[test]
+fn l_in_top_says_why_there_is_no_log_pane() {
+    let (t, _) = run(&Rc::default(), 120, 40, |s| {
+        s.idle(2).key(KeyCode::Char('L')).key(KeyCode::Char('q'))
+    });
+    let sc = screen(&t);
+    assert!(
+        line_with(&sc, "no log pane in tapwire top")
+            .contains("the collector's log is in its --log-file or journal"),
+        "{sc}"
+    );
+}
+
+/// At 45 rows every line is used: the table takes the lines it needs, the detail pane the
+/// rest (taller charts, more sources and talkers), none left blank.
+#[test]
+fn tall_terminal_45_rows() {
+    let fake = Rc::default();
+    let (t, _) = run(&fake, 120, 45, |s| {
+        s.idle(60).keys("jjj").key(KeyCode::Char('q'))
+    });
+    let sc = screen(&t);
+    let blank: Vec<usize> = sc
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim().is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(blank.is_empty(), "blank lines {blank:?}:\n{sc}");
+    insta::assert_snapshot!(t.backend());
 }
 
 #[test]

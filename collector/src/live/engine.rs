@@ -16,22 +16,22 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
-use tapwire_api as api;
+use tapwire_api_types as api;
 use tapwire_formats::capture::{LinkType, PacketInfo};
-use tapwire_formats::decap::{Kind, SourceKey};
+use tapwire_formats::decap::Kind;
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
-use super::io::{self, Event, FileId, Shared};
+use super::io::{self, Event, FileId, Loss, Shared, Tally};
 use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_name};
 use super::rates::History;
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
-use crate::config::{Config, FilesConfig, RotateReason, SessionConfig, normalize};
-use crate::demux::{SequenceMode, SourceId};
-use crate::filter::InnerFilter;
+use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
+use crate::demux::SequenceMode;
 use crate::offline::Timestamps;
 use crate::pipeline::{Delivery, Pipeline};
-use crate::timefmt::rfc3339_ns;
+use crate::router::{Gate, Router, Skip, Verdict};
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Memory for buffered output across all open files; each file's flush threshold is this
 /// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).
@@ -61,6 +61,8 @@ pub struct Settings {
     pub default_files: FilesConfig,
     pub timestamps: Timestamps,
     pub config_path: Option<PathBuf>,
+    /// The command line's file flags, laid over `[defaults.files]` at every reload too.
+    pub file_flags: FileFlags,
     /// Auto-discovered sessions get a monitor interface `<prefix><n>`.
     pub tap_prefix: Option<String>,
     /// The allow-list came from the configuration file, so a reload replaces it.
@@ -88,6 +90,14 @@ pub struct Engine {
     core: Core,
 }
 
+/// What one turn of the engine's loop received.
+enum Got {
+    Batch(Batch),
+    Event(Event),
+    Buffer(Vec<u8>),
+    Control(Control),
+}
+
 /// Everything but the pipeline, so that a delivered frame (which borrows the pipeline) can be
 /// handed to it.
 struct Core {
@@ -99,9 +109,8 @@ struct Core {
     /// The control plane's sessions, as last applied.
     api_sessions: Vec<SessionConfig>,
     sessions: Vec<Session>,
-    by_name: FxHashMap<String, usize>,
-    /// Session of each source, by source id.
-    routes: Vec<Option<usize>>,
+    /// Where each frame goes: session `i` there is `sessions[i]` here.
+    router: Router,
     sources: Vec<SourceState>,
     inputs: Vec<(InputKind, Arc<InputCounters>)>,
     input_history: Vec<History>,
@@ -120,19 +129,19 @@ struct Core {
     n_auto_taps: u32,
 }
 
+/// A session's outputs and counters (its routing is the [`Router`]'s [`Gate`]).
 struct Session {
     name: String,
-    auto: bool,
     config: Option<SessionConfig>,
-    enabled: bool,
-    filter: Option<InnerFilter>,
     output: Option<FileOutput>,
     packets: u64,
     bytes: u64,
+    /// Packets the disk thread reported on disk.
     written: u64,
+    /// Packets encoded for a file whose buffer the disk thread has not reported on yet.
+    pending: u64,
     drops: api::Drops,
     last_seen_ns: u64,
-    sources: Vec<SourceId>,
     history: History,
     tap: Option<TapOutput>,
     /// The TAP wanted but not available, and why.
@@ -160,16 +169,9 @@ impl Session {
         settings: &Settings,
         shared: &Shared,
     ) -> Session {
-        let (enabled, filter, files) = match &config {
-            // Filters were compiled once when the file was validated; this cannot fail.
-            Some(c) => (
-                c.enabled,
-                c.filter
-                    .as_deref()
-                    .and_then(|f| InnerFilter::compile(f).ok()),
-                c.files.clone(),
-            ),
-            None => (true, None, Some(settings.default_files.clone())),
+        let files = match &config {
+            Some(c) => c.files.clone(),
+            None => Some(settings.default_files.clone()),
         };
         let output = files.map(|f| FileOutput::new(&name, f, &settings.out, shared));
         let (tap, tap_error) = match tap {
@@ -188,18 +190,15 @@ impl Session {
             },
         };
         Session {
-            auto: config.is_none(),
             name,
             config,
-            enabled,
-            filter,
             output,
             packets: 0,
             bytes: 0,
             written: 0,
+            pending: 0,
             drops: api::Drops::default(),
             last_seen_ns: 0,
-            sources: Vec::new(),
             history: History::default(),
             tap,
             tap_error,
@@ -226,14 +225,15 @@ impl Engine {
         snapshot: Arc<ArcSwap<api::Snapshot>>,
     ) -> Result<Engine, String> {
         let n_inputs = inputs.len();
+        let now = now_ns();
+        let router = Router::new(settings.allow.clone(), settings.auto_discover);
         let mut core = Core {
             settings,
             file: Arc::new(ArcSwap::from_pointee(config.clone())),
             api_sessions: Vec::new(),
             config,
             sessions: Vec::new(),
-            by_name: FxHashMap::default(),
-            routes: Vec::new(),
+            router,
             sources: Vec::new(),
             inputs,
             input_history: (0..n_inputs).map(|_| History::default()).collect(),
@@ -245,7 +245,7 @@ impl Engine {
             pool: Vec::new(),
             next_file_id: 1,
             flush_bytes: FLUSH_BYTES,
-            started_ns: now_ns(),
+            started_ns: now,
             comment: String::new(),
             snapshot,
             n_auto_taps: 0,
@@ -261,11 +261,11 @@ impl Engine {
             if let Some((t, e)) = &s.tap_error {
                 return Err(format!("session {}: tap {}: {e}", c.name, t.name));
             }
-            core.by_name.insert(c.name.clone(), core.sessions.len());
+            core.router.push(Gate::configured(&c));
             core.sessions.push(s);
         }
         let mut e = Engine { pipeline, core };
-        e.publish(now_ns());
+        e.publish(now);
         Ok(e)
     }
 
@@ -286,24 +286,42 @@ impl Engine {
     ) {
         // What was asked before the engine ran (the control plane's sessions) comes before the
         // first packet, so that no packet of theirs is routed to an auto-discovered session.
+        let start = now_ns();
         while let Ok(c) = control.try_recv() {
-            self.control(c);
+            self.control(c, start);
         }
-        let mut next_tick = now_ns();
-        let mut next_snapshot = now_ns() + 1_000_000_000;
-        let mut next_trim = now_ns() + TRIM_NS;
+        // Readers see the configured sessions from the start, not after the first second.
+        self.publish(start);
+        let mut next_tick = start;
+        let mut next_snapshot = start + 1_000_000_000;
+        let mut next_trim = start + TRIM_NS;
         loop {
-            select! {
-                recv(batches) -> b => if let Ok(b) = b { self.batch(b) },
-                recv(events) -> e => if let Ok(e) = e { self.core.event(e) },
-                recv(buffers) -> b => if let Ok(b) = b { self.core.recycle(b) },
-                recv(control) -> c => if let Ok(c) = c { self.control(c) },
-                default(Duration::from_millis(100)) => {}
-            }
+            let got = select! {
+                recv(batches) -> b => b.map(Got::Batch).ok(),
+                recv(events) -> e => e.map(Got::Event).ok(),
+                recv(buffers) -> b => b.map(Got::Buffer).ok(),
+                recv(control) -> c => c.map(Got::Control).ok(),
+                default(Duration::from_millis(100)) => None,
+            };
+            // The clock is read once per turn: what arrived and the timers share it.
             let now = now_ns();
+            match got {
+                Some(Got::Batch(b)) => self.batch(b, now),
+                Some(Got::Event(e)) => self.core.event(e, now),
+                Some(Got::Buffer(b)) => self.core.recycle(b),
+                Some(Got::Control(c)) => {
+                    self.control(c, now);
+                    // A change shows in the API at once (its caller reads it back next); the
+                    // once-a-second samples behind the rates go on from here.
+                    next_snapshot = now;
+                }
+                None => {}
+            }
             if now >= next_tick {
                 next_tick = now + 100_000_000;
                 self.core.tick(now);
+                // Incomplete outer datagrams time out even when no fragment follows them.
+                self.pipeline.expire(now);
             }
             if now >= next_snapshot {
                 next_snapshot = now + 1_000_000_000;
@@ -314,31 +332,40 @@ impl Engine {
                 tapwire_netio::release_free_heap();
             }
             if reload.swap(false, Ordering::Relaxed) {
-                self.reload();
+                self.reload(now);
             }
             if stop.load(Ordering::Relaxed) {
                 break;
             }
         }
         // What the inputs already handed over is written, then every file is closed.
-        while let Ok(b) = batches.try_recv() {
-            self.batch(b);
-        }
         let now = now_ns();
+        while let Ok(b) = batches.try_recv() {
+            self.batch(b, now);
+        }
         for i in 0..self.core.sessions.len() {
             self.core
                 .with_output(i, |out, ctx| out.finish(ctx, RotateReason::Shutdown, now));
         }
-        self.publish(now);
+        // The last buffers' reports, so that the final snapshot counts them written or lost;
+        // the disk thread writes them now in any case.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self.core.sessions.iter().any(|s| s.pending > 0) {
+            match events.recv_deadline(deadline) {
+                Ok(e) => self.core.event(e, now_ns()),
+                Err(_) => break,
+            }
+        }
+        self.publish(now_ns());
     }
 
-    fn batch(&mut self, b: Batch) {
+    /// One batch from an input; `now` is read once for all of it.
+    fn batch(&mut self, b: Batch, now: u64) {
         let Batch {
             input,
             payload,
             back,
         } = b;
-        let now = now_ns();
         let (pipeline, core) = (&mut self.pipeline, &mut self.core);
         match &payload {
             Payload::Socket(batch) => {
@@ -347,7 +374,7 @@ impl Engine {
                     let src = m.source.map(|s| normalize(s.ip()));
                     let ts = m.ts_ns.unwrap_or(now);
                     if let Some(src) = src
-                        && !core.allowed(src)
+                        && !core.router.allows(src)
                     {
                         core.refuse(src);
                         continue;
@@ -371,7 +398,7 @@ impl Engine {
                         continue;
                     };
                     if let Some(d) = pipeline.link(LinkType::Ethernet, frame, ts) {
-                        if !core.allowed(normalize(d.key.src)) {
+                        if !core.router.allows(normalize(d.key.src)) {
                             core.refuse(normalize(d.key.src));
                             continue;
                         }
@@ -388,14 +415,14 @@ impl Engine {
         self.core.snapshot.store(Arc::new(snap));
     }
 
-    fn control(&mut self, c: Control) {
+    fn control(&mut self, c: Control, now: u64) {
         match c {
             Control::Apply { sessions, reply } => {
                 let file = self.core.file.load_full();
                 match crate::config::merged(&file, &sessions) {
                     Ok(config) => {
                         self.core.api_sessions = sessions;
-                        self.apply(config);
+                        self.apply(config, now);
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) => {
@@ -403,46 +430,48 @@ impl Engine {
                     }
                 }
             }
-            c => self.core.control(c),
+            c => self.core.control(c, now),
         }
     }
 
     /// Reads the configuration file again. A bad file is refused and the running configuration
     /// stays; sessions whose definition did not change keep their state and open files.
-    fn reload(&mut self) {
+    fn reload(&mut self, now: u64) {
         let Some(path) = self.core.settings.config_path.clone() else {
             tracing::info!("SIGHUP: no configuration file to reload");
             return;
         };
-        let config = match Config::load(&path).and_then(|file| {
-            crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
-        }) {
-            Ok((file, merged)) => {
-                self.core.file.store(Arc::new(file));
-                merged
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "configuration refused; keeping the running one");
-                return;
-            }
-        };
-        self.apply(config);
+        let config =
+            match Config::load_with(&path, &self.core.settings.file_flags).and_then(|file| {
+                crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
+            }) {
+                Ok((file, merged)) => {
+                    self.core.file.store(Arc::new(file));
+                    merged
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration refused; keeping the running one");
+                    return;
+                }
+            };
+        self.apply(config, now);
     }
 
     /// Runs `config`: sessions whose definition did not change keep their state and open
     /// files; changed ones keep their counters and start a new file.
-    fn apply(&mut self, config: Config) {
+    fn apply(&mut self, config: Config, now: u64) {
         let core = &mut self.core;
-        let now = now_ns();
         let mut old: FxHashMap<String, Session> = std::mem::take(&mut core.sessions)
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        core.by_name.clear();
+        let mut old_gates = core.router.take_sessions();
+        let mut gates = Vec::with_capacity(config.sessions.len());
         for c in &config.sessions {
-            let s = match old.remove(&c.name) {
-                Some(s) if s.config.as_ref() == Some(c) => s,
-                Some(mut s) => {
+            let (s, gate) = match (old.remove(&c.name), old_gates.remove(&c.name)) {
+                // Unchanged: it keeps its state, the switch an action set included.
+                (Some(s), Some(g)) if s.config.as_ref() == Some(c) => (s, g),
+                (Some(mut s), _) => {
                     core.finish(&mut s, now);
                     // An unchanged TAP carries over; a changed one is closed before the new
                     // one (maybe of the same name) is created.
@@ -468,52 +497,58 @@ impl Engine {
                     n.packets = s.packets;
                     n.bytes = s.bytes;
                     n.written = s.written;
+                    n.pending = s.pending;
                     n.drops = s.drops;
                     n.last_seen_ns = s.last_seen_ns;
                     n.history = s.history;
                     n.protocols = s.protocols;
                     n.talkers = s.talkers;
-                    n
+                    (n, Gate::configured(c))
                 }
-                None => Session::new(
-                    c.name.clone(),
-                    Some(c.clone()),
-                    c.tap.clone(),
-                    &core.settings,
-                    &core.shared,
+                (None, _) => (
+                    Session::new(
+                        c.name.clone(),
+                        Some(c.clone()),
+                        c.tap.clone(),
+                        &core.settings,
+                        &core.shared,
+                    ),
+                    Gate::configured(c),
                 ),
             };
-            core.by_name.insert(s.name.clone(), core.sessions.len());
+            gates.push(gate);
             core.sessions.push(s);
         }
         // Auto-discovered sessions stay while no configured session claims their source.
         let mut rest: Vec<Session> = old.into_values().collect();
         rest.sort_by(|a, b| a.name.cmp(&b.name));
         for mut s in rest {
-            let keep = s.auto
-                && s.sources
-                    .first()
-                    .is_some_and(|&id| config.session_for(&self.pipeline.key(id)).is_none());
-            if keep {
-                core.by_name.insert(s.name.clone(), core.sessions.len());
-                core.sessions.push(s);
-            } else {
-                core.finish(&mut s, now);
+            let gate = old_gates.remove(&s.name);
+            let keep = gate.as_ref().is_some_and(|g| {
+                g.auto
+                    && g.sources
+                        .first()
+                        .is_some_and(|&id| config.session_for(&self.pipeline.key(id)).is_none())
+            });
+            match gate {
+                Some(g) if keep => {
+                    gates.push(g);
+                    core.sessions.push(s);
+                }
+                _ => core.finish(&mut s, now),
             }
         }
         if core.settings.allow_from_config {
             core.settings.allow = config.collector.allow.clone();
+            core.router.set_allow(config.collector.allow.clone());
         }
         core.config = config;
-        for s in &mut core.sessions {
-            s.sources.clear();
-        }
-        for id in 0..core.routes.len() {
-            let key = self.pipeline.key(id as SourceId);
-            core.routes[id] = core.route(&key);
-            if let Some(i) = core.routes[id] {
-                core.sessions[i].sources.push(id as SourceId);
-            }
+        let pipeline = &self.pipeline;
+        for i in core
+            .router
+            .reset(gates, &core.config, |id| pipeline.key(id))
+        {
+            core.discovered(i);
         }
         tracing::info!(sessions = core.sessions.len(), "configuration reloaded");
     }
@@ -557,10 +592,6 @@ impl Core {
         }
     }
 
-    fn allowed(&self, src: IpAddr) -> bool {
-        self.settings.allow.is_empty() || self.settings.allow.iter().any(|n| n.contains(&src))
-    }
-
     fn refuse(&mut self, src: IpAddr) {
         if let Some(n) = self.refused.get_mut(&src) {
             *n += 1;
@@ -571,62 +602,53 @@ impl Core {
         }
     }
 
-    /// The session a source belongs to: the first configured one that matches, else its own
-    /// auto-discovered one (created here), else none.
-    fn route(&mut self, key: &SourceKey) -> Option<usize> {
-        if let Some(c) = self.config.session_for(key) {
-            return self.by_name.get(&self.config.sessions[c].name).copied();
-        }
-        if !self.settings.auto_discover {
-            return None;
-        }
-        let name = key.file_stem();
-        if let Some(&i) = self.by_name.get(&name) {
-            return Some(i);
-        }
-        let i = self.sessions.len();
+    /// Creates the outputs of the session the router made for a new source no configured
+    /// session takes (auto-discovery): session `i`, the next one.
+    fn discovered(&mut self, i: usize) {
+        let name = self.router.session(i).name.clone();
+        debug_assert_eq!(
+            i,
+            self.sessions.len(),
+            "the router's sessions are the engine's"
+        );
         tracing::info!(session = name, "new source: auto-discovered session");
         let tap = self.settings.tap_prefix.as_ref().map(|p| {
             self.n_auto_taps += 1;
             TapConfig::named(&format!("{p}{}", self.n_auto_taps - 1))
         });
-        self.sessions.push(Session::new(
-            name.clone(),
-            None,
-            tap,
-            &self.settings,
-            &self.shared,
-        ));
-        self.by_name.insert(name, i);
+        self.sessions
+            .push(Session::new(name, None, tap, &self.settings, &self.shared));
         // Many sessions can appear within a second: lower the threshold now, not at the tick,
         // or each would fill a buffer sized for few.
         self.flush_bytes = self.flush_bytes.min(flush_threshold(self.sessions.len()));
-        Some(i)
     }
 
-    /// Routes one delivered frame to its session and writes it.
+    /// Routes one delivered frame to its session (the router's verdict), counts it and
+    /// writes it.
     fn deliver(&mut self, d: &Delivery<'_>, ts: u64, now: u64) {
         let id = d.source as usize;
-        if self.routes.len() <= id {
-            self.routes.resize(id + 1, None);
+        if self.sources.len() <= id {
             self.sources.resize_with(id + 1, SourceState::default);
         }
         if d.new_source {
             tracing::info!(source = %d.key, "new source");
-            let r = self.route(&d.key);
-            self.routes[id] = r;
-            if let Some(i) = r {
-                self.sessions[i].sources.push(d.source);
-            }
+        }
+        let routed = self.router.deliver(d, &self.config);
+        if let Some(i) = routed.discovered {
+            self.discovered(i);
         }
         let st = &mut self.sources[id];
         st.last_seen_ns = ts;
         if matches!(d.key.kind, Kind::ErspanII | Kind::ErspanIII) {
             seen(st.erspan.get_or_insert_with(api::ErspanSeen::default), d);
         }
-        let Some(si) = self.routes[id] else {
-            st.drops.no_session += 1;
-            return;
+        let (si, skip) = match routed.verdict {
+            Verdict::NoSession => {
+                st.drops.no_session += 1;
+                return;
+            }
+            Verdict::Skip(i, why) => (i, Some(why)),
+            Verdict::Write(i) => (i, None),
         };
         let s = &mut self.sessions[si];
         s.packets += 1;
@@ -635,17 +657,18 @@ impl Core {
         if let Some(addr) = classify(&mut s.protocols, d.link, d.frame) {
             s.talkers.add(addr, d.frame.len() as u64);
         }
-        if !s.enabled {
-            s.drops.disabled += 1;
-            st.drops.disabled += 1;
-            return;
-        }
-        if let Some(f) = &s.filter
-            && !f.matches(d.link, d.frame)
-        {
-            s.drops.filter += 1;
-            st.drops.filter += 1;
-            return;
+        match skip {
+            Some(Skip::Disabled) => {
+                s.drops.disabled += 1;
+                st.drops.disabled += 1;
+                return;
+            }
+            Some(Skip::Filter) => {
+                s.drops.filter += 1;
+                st.drops.filter += 1;
+                return;
+            }
+            None => {}
         }
         if let Some(tap) = &s.tap {
             tap.send(d.link, d.frame, d.meta.vlan, d.meta.cos);
@@ -671,7 +694,7 @@ impl Core {
             flush_bytes: self.flush_bytes,
         };
         match out.write(&mut ctx, d.source, &d.key, d.link, &packet, now) {
-            Ok(()) => s.written += 1,
+            Ok(()) => s.pending += 1,
             Err(Refusal::DiskGuard) => {
                 s.drops.disk_guard += 1;
                 st.drops.disk_guard += 1;
@@ -687,53 +710,92 @@ impl Core {
         }
     }
 
-    fn event(&mut self, e: Event) {
-        let now = now_ns();
-        let find = |sessions: &[Session], id: FileId| {
-            sessions
-                .iter()
-                .position(|s| s.output.as_ref().is_some_and(|o| o.owns(id)))
-        };
+    /// What the disk thread did. Events are routed by session name: a session reconfigured
+    /// in the meantime is the same session, and counts its old file's packets.
+    fn event(&mut self, e: Event, now: u64) {
         match e {
-            Event::Opened { file, path } => {
-                if let Some(i) = find(&self.sessions, file)
-                    && let Some(out) = self.sessions[i].output.as_mut()
-                {
+            Event::Opened {
+                session,
+                file,
+                path,
+            } => {
+                if let Some(out) = self.output_of(&session) {
                     out.opened(file, path);
                 }
             }
-            Event::OpenFailed { file, error } => {
-                if let Some(i) = find(&self.sessions, file) {
-                    let s = &mut self.sessions[i];
-                    tracing::warn!(session = s.name, error, "output unavailable");
-                    if let Some(out) = s.output.as_mut() {
-                        out.open_failed(file, error, now);
-                    }
-                }
-                // Records already encoded for it come back as failed writes and are counted then.
-            }
-            Event::WriteFailed {
+            Event::OpenFailed {
+                session,
                 file,
-                packets,
                 error,
             } => {
-                // The file may already be finished: charge the session that owned it if known.
-                let i = find(&self.sessions, file);
-                if let Some(i) = i {
+                // Records handed over for it come back as failed writes and are counted then;
+                // those still in its buffer are counted here.
+                let Some(i) = self.router.index(&session) else {
+                    return;
+                };
+                let s = &mut self.sessions[i];
+                tracing::warn!(session = s.name, error, "output unavailable");
+                let lost = s
+                    .output
+                    .as_mut()
+                    .map(|out| out.open_failed(file, error, now))
+                    .unwrap_or_default();
+                self.lost(Some(i), &lost, Loss::WriteError);
+            }
+            Event::Written {
+                session,
+                file,
+                tally,
+            } => {
+                if let Some(i) = self.router.index(&session) {
                     let s = &mut self.sessions[i];
-                    s.drops.write_error += packets;
-                    s.written = s.written.saturating_sub(packets);
+                    let n = packets(&tally);
+                    s.written += n;
+                    s.pending = s.pending.saturating_sub(n);
                     if let Some(out) = s.output.as_mut() {
-                        out.write_failed(error);
+                        out.written(file);
                     }
                 }
             }
-            Event::Vanished { file } => {
-                if let Some(i) = find(&self.sessions, file) {
+            Event::WriteFailed {
+                session,
+                file,
+                tally,
+                loss,
+                error,
+            } => {
+                let i = self.router.index(&session);
+                if let Some(out) = i.and_then(|i| self.sessions[i].output.as_mut()) {
+                    out.write_failed(file, loss, error, now);
+                }
+                self.lost(i, &tally, loss);
+            }
+            Event::Vanished { session, file } => {
+                if let Some(i) = self.router.index(&session) {
                     self.with_output(i, |out, ctx| out.vanished(ctx, file, now));
                 }
             }
             Event::Closed { .. } => {}
+        }
+    }
+
+    fn output_of(&mut self, session: &str) -> Option<&mut FileOutput> {
+        let i = self.router.index(session)?;
+        self.sessions[i].output.as_mut()
+    }
+
+    /// Counts pending packets that were not written as dropped, per source and for session
+    /// `si` (if it still exists).
+    fn lost(&mut self, si: Option<usize>, tally: &Tally, loss: Loss) {
+        for &(src, n) in tally {
+            if let Some(st) = self.sources.get_mut(src as usize) {
+                count_loss(&mut st.drops, loss, n);
+            }
+        }
+        if let Some(s) = si.map(|i| &mut self.sessions[i]) {
+            let n = packets(tally);
+            count_loss(&mut s.drops, loss, n);
+            s.pending = s.pending.saturating_sub(n);
         }
     }
 
@@ -746,18 +808,11 @@ impl Core {
             .max(1);
         self.flush_bytes = flush_threshold(open);
         for i in 0..self.sessions.len() {
-            self.with_output(i, |out, ctx| {
-                // An output error clears once the directory is usable again: the next packet
-                // tries to open a file.
-                if out.error.is_some() && !out.is_open() && !out.held() {
-                    out.error = None;
-                }
-                out.tick(ctx, now);
-            });
+            self.with_output(i, |out, ctx| out.tick(ctx, now));
         }
     }
 
-    fn control(&mut self, c: Control) {
+    fn control(&mut self, c: Control, now: u64) {
         let Control::Action {
             session,
             action,
@@ -766,18 +821,17 @@ impl Core {
         else {
             return;
         };
-        let Some(&i) = self.by_name.get(&session) else {
+        let Some(i) = self.router.index(&session) else {
             let _ = reply.send(Err(format!("no session named {session:?}")));
             return;
         };
-        let now = now_ns();
         let msg = match action {
             api::Action::Enable => {
-                self.sessions[i].enabled = true;
+                self.router.set_enabled(i, true);
                 format!("session {session} enabled")
             }
             api::Action::Disable => {
-                self.sessions[i].enabled = false;
+                self.router.set_enabled(i, false);
                 self.with_output(i, |out, ctx| out.finish(ctx, RotateReason::Requested, now));
                 format!("session {session} disabled")
             }
@@ -799,17 +853,18 @@ impl Core {
     fn snapshot(&mut self, pipeline: &Pipeline, now: u64) -> api::Snapshot {
         let demux = pipeline.demux();
         let mut sessions = Vec::with_capacity(self.sessions.len());
-        let (mut total_lost, mut total_written) = (0, 0);
+        let (mut total_lost, mut total_written, mut total_pending) = (0, 0, 0);
         let mut drops = api::Drops::default();
-        for s in &mut self.sessions {
-            let mut sources = Vec::with_capacity(s.sources.len());
-            let (mut lost, mut truncated) = (0, 0);
-            for &id in &s.sources {
+        for (s, g) in self.sessions.iter_mut().zip(self.router.sessions()) {
+            let mut sources = Vec::with_capacity(g.sources.len());
+            let (mut lost, mut truncated, mut gre_checksum_bad) = (0, 0, 0);
+            for &id in &g.sources {
                 let src = demux.source(id);
                 let st = &mut self.sources[id as usize];
                 let seq = demux.sequence(id);
                 lost += seq.lost;
                 truncated += src.truncated;
+                gre_checksum_bad += src.gre_checksum_bad;
                 sources.push(api::SourceStats {
                     src: src.key.src.to_string(),
                     kind: src.key.kind.to_string(),
@@ -821,6 +876,7 @@ impl Core {
                     duplicates: seq.duplicates,
                     reordered: seq.reordered,
                     truncated: src.truncated,
+                    gre_checksum_bad: src.gre_checksum_bad,
                     sequence: match seq.mode {
                         SequenceMode::None => api::Sequence::None,
                         SequenceMode::PerSource => api::Sequence::PerSource,
@@ -835,13 +891,14 @@ impl Core {
             }
             total_lost += lost;
             total_written += s.written;
+            total_pending += s.pending;
             add_drops(&mut drops, &s.drops);
             let error = s
                 .output
                 .as_ref()
                 .and_then(|o| o.error.clone())
                 .or_else(|| s.tap_error.as_ref().map(|(_, e)| e.clone()));
-            let state = if !s.enabled {
+            let state = if !g.enabled {
                 api::SessionState::Disabled
             } else if error.is_some() {
                 api::SessionState::Error
@@ -853,14 +910,16 @@ impl Core {
             sessions.push(api::SessionStats {
                 name: s.name.clone(),
                 state,
-                enabled: s.enabled,
-                auto: s.auto,
-                filter: s.filter.as_ref().map(|f| f.expr().to_string()),
+                enabled: g.enabled,
+                auto: g.auto,
+                filter: g.filter.as_ref().map(|f| f.expr().to_string()),
                 packets: s.packets,
                 bytes: s.bytes,
                 written: s.written,
+                pending: s.pending,
                 lost,
                 truncated,
+                gre_checksum_bad,
                 drops: s.drops,
                 rates: s.history.push(now, s.packets, s.bytes),
                 last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
@@ -878,7 +937,7 @@ impl Core {
                 tap: tap_stats(s),
             });
         }
-        for (id, r) in self.routes.iter().enumerate() {
+        for (id, r) in self.router.routes().iter().enumerate() {
             if r.is_none() {
                 drops.no_session += self.sources[id].drops.no_session;
             }
@@ -920,6 +979,7 @@ impl Core {
         if t.source_table_full > 0 {
             malformed.insert("source_table_full".into(), t.source_table_full);
         }
+        let d = pipeline.defrag_stats();
         api::Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started: rfc3339_ns(self.started_ns),
@@ -928,6 +988,7 @@ impl Core {
                 packets,
                 decapsulated: t.decapsulated,
                 written: total_written,
+                pending: total_pending,
                 lost: total_lost,
                 kernel_drops,
                 queue_drops: 0,
@@ -941,6 +1002,15 @@ impl Core {
                 refused,
                 sources: demux.len() as u64,
                 rates: self.totals_history.push(now, packets, bytes),
+                defrag: api::Defrag {
+                    fragments: d.fragments,
+                    held: t.held_fragments,
+                    reassembled: d.reassembled,
+                    evicted_timeout: d.evicted_timeout,
+                    evicted_memory: d.evicted_memory,
+                    invalid: d.invalid,
+                    pending_datagrams: pipeline.pending_datagrams() as u64,
+                },
             },
             inputs,
             sessions,
@@ -988,10 +1058,22 @@ fn seen(e: &mut api::ErspanSeen, d: &Delivery<'_>) {
     }
 }
 
+fn packets(tally: &Tally) -> u64 {
+    tally.iter().map(|t| t.1).sum()
+}
+
+fn count_loss(d: &mut api::Drops, loss: Loss, n: u64) {
+    match loss {
+        Loss::DiskFull => d.disk_full += n,
+        Loss::WriteError => d.write_error += n,
+    }
+}
+
 fn add_drops(a: &mut api::Drops, b: &api::Drops) {
     a.disabled += b.disabled;
     a.filter += b.filter;
     a.disk_guard += b.disk_guard;
+    a.disk_full += b.disk_full;
     a.write_error += b.write_error;
     a.backlog += b.backlog;
     a.no_session += b.no_session;

@@ -1,12 +1,16 @@
 //! The disk thread: everything that touches the file system for the live collector, so that a
 //! slow or full disk never stalls packet processing. The engine sends whole-record buffers and
 //! open/close requests; this thread writes them, keeps each file a valid capture (a failed write
-//! is cut back to the last good length), watches free space for the disk guard, notices files
-//! whose directory vanished, prunes old files and runs the on-finish command.
+//! is cut back to the last good length and the next one goes exactly there, preceded by the
+//! header and interface blocks that did not make it), reports per buffer which packets were
+//! written and which were lost, watches free space for the disk guard, notices files whose
+//! directory vanished, prunes old files and runs the on-finish command.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,13 +19,60 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::demux::SourceId;
+
 pub type FileId = u64;
+
+/// Packets in one buffer, per source. It travels with the buffer to the disk thread and back,
+/// so the engine counts them written (or dropped, and why) only once the disk thread knows.
+pub type Tally = Vec<(SourceId, u64)>;
+
+/// Why the packets of a buffer were not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The file system is full (ENOSPC, or EDQUOT: the user's quota is).
+    DiskFull,
+    /// Any other failure to open or write the file.
+    WriteError,
+}
+
+impl Loss {
+    pub fn of(e: &io::Error) -> Loss {
+        match tapwire_netio::raw_os_error(e) {
+            Some(libc::ENOSPC | libc::EDQUOT) => Loss::DiskFull,
+            _ => Loss::WriteError,
+        }
+    }
+}
+
+/// The smallest distance between where the disk guard holds writing and where it lets writing
+/// go on again. It must exceed the largest single write (a buffer of at most 1 MiB plus one
+/// record): a write that finds the disk full is cut back, which frees what it had written, and
+/// that alone must not lift the guard.
+pub const GUARD_MARGIN_BYTES: u64 = 4 << 20;
+
+/// The disk guard with hysteresis, pure: whether writing is held after measuring `free_bytes`,
+/// given whether it was held before. Writing stops below `min_free_bytes` and goes on again
+/// only at `min_free_bytes` plus a margin (the guard itself, at least [`GUARD_MARGIN_BYTES`]).
+pub fn guard_holds(was_held: bool, free_bytes: u64, min_free_bytes: u64) -> bool {
+    if was_held {
+        free_bytes < resume_free_bytes(min_free_bytes)
+    } else {
+        free_bytes < min_free_bytes
+    }
+}
+
+/// Free space at which a held guard lets writing go on again.
+pub fn resume_free_bytes(min_free_bytes: u64) -> u64 {
+    min_free_bytes.saturating_add(min_free_bytes.max(GUARD_MARGIN_BYTES))
+}
 
 /// Free-space state of one output directory, shared with the engine.
 #[derive(Debug)]
 pub struct DirState {
     pub dir: PathBuf,
-    /// Writing is held: free space is below the guard (or the last write hit ENOSPC).
+    /// Writing is held: free space went below the guard (or a write found the disk full) and
+    /// has not yet come back above [`resume_free_bytes`].
     pub low: AtomicBool,
     pub free_bytes: AtomicU64,
     pub min_free_bytes: AtomicU64,
@@ -84,6 +135,7 @@ pub enum Cmd {
     /// Create `dir/stem.ext` (or `stem_N.ext` if taken); never overwrite.
     Open {
         file: FileId,
+        session: Arc<str>,
         dir: PathBuf,
         stem: String,
         ext: &'static str,
@@ -92,8 +144,13 @@ pub enum Cmd {
     /// Append whole records.
     Write {
         file: FileId,
+        session: Arc<str>,
         buf: Vec<u8>,
-        packets: u64,
+        /// The packets in `buf`, returned in [`Event::Written`] or [`Event::WriteFailed`].
+        tally: Tally,
+        /// The file header and interface blocks in `buf`: later records may need them, so
+        /// they are kept until written.
+        blocks: Vec<Range<usize>>,
     },
     Close {
         file: FileId,
@@ -104,42 +161,158 @@ pub enum Cmd {
     Shutdown { deadline: Instant },
 }
 
+/// What the disk thread did. Each names the session whose file it concerns.
 #[derive(Debug)]
 pub enum Event {
     Opened {
+        session: Arc<str>,
         file: FileId,
         path: PathBuf,
     },
     OpenFailed {
+        session: Arc<str>,
         file: FileId,
         error: String,
     },
-    /// `packets` records were not written; the file was cut back to its last good length.
-    WriteFailed {
+    /// A buffer's records are on disk.
+    Written {
+        session: Arc<str>,
         file: FileId,
-        packets: u64,
+        tally: Tally,
+    },
+    /// A buffer's records were not written; the file was cut back to its last good length
+    /// (or, if it was never opened, does not exist).
+    WriteFailed {
+        session: Arc<str>,
+        file: FileId,
+        tally: Tally,
+        loss: Loss,
         error: String,
     },
     /// The file's path no longer exists (its directory was removed).
-    Vanished {
-        file: FileId,
-    },
+    Vanished { session: Arc<str>, file: FileId },
     Closed {
+        session: Arc<str>,
         file: FileId,
         path: PathBuf,
         bytes: u64,
     },
 }
 
+/// Where a file can be written, as [`Extent`] needs it: the real file, or a fake in tests.
+pub trait Storage {
+    /// Writes all of `buf` at `pos`; on error some of it may have been written.
+    fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// A capture file's length bookkeeping, pure: how much of it is on disk (whole blocks only)
+/// and which header and interface blocks were handed over in buffers that were not written.
+/// A buffer always goes exactly at the end of what is on disk, after those blocks, so a failed
+/// write leaves no hole and no record whose interface is missing.
+#[derive(Debug, Default)]
+pub struct Extent {
+    /// Bytes on disk: the file is a valid capture up to here.
+    len: u64,
+    /// Header and interface blocks of buffers that were not written, in order.
+    missing: Vec<u8>,
+    /// Cutting back the last failed write failed too: the file may be longer than `len`.
+    cut_pending: bool,
+}
+
+impl Extent {
+    /// Bytes on disk, all of them whole blocks.
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes the missing blocks and `buf` at the end of the good part. On failure the file is
+    /// cut back to it (or will be before the next write) and `buf`'s `blocks` are kept.
+    pub fn append(
+        &mut self,
+        s: &mut impl Storage,
+        buf: &[u8],
+        blocks: &[Range<usize>],
+    ) -> io::Result<()> {
+        let r = self.try_append(s, buf);
+        if r.is_err() {
+            self.lost(buf, blocks);
+            if self.cut_pending || s.set_len(self.len).is_err() {
+                self.cut_pending = true;
+            }
+        }
+        r
+    }
+
+    fn try_append(&mut self, s: &mut impl Storage, buf: &[u8]) -> io::Result<()> {
+        if self.cut_pending {
+            s.set_len(self.len)?;
+            self.cut_pending = false;
+        }
+        if !self.missing.is_empty() {
+            s.write_at(self.len, &self.missing)?;
+        }
+        s.write_at(self.len + self.missing.len() as u64, buf)?;
+        self.len += (self.missing.len() + buf.len()) as u64;
+        self.missing.clear();
+        Ok(())
+    }
+
+    /// `buf` was not written at all: keep its header and interface blocks for the next write.
+    pub fn lost(&mut self, buf: &[u8], blocks: &[Range<usize>]) {
+        for b in blocks {
+            if let Some(bytes) = buf.get(b.clone()) {
+                self.missing.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+/// Why a buffer was not written.
+struct Failure {
+    loss: Loss,
+    error: String,
+    /// The file was removed: the engine should start a new one now.
+    vanished: bool,
+}
+
 struct OpenFile {
     path: PathBuf,
-    /// `None` while closed to stay under the open-files bound; reopened for appending.
+    session: Arc<str>,
+    /// `None` while closed to stay under the open-files bound; reopened when written again.
     file: Option<File>,
-    len: u64,
+    /// The handle's file offset, when known; after an error or a reopen it is sought.
+    pos: Option<u64>,
+    extent: Extent,
     failed: bool,
     last_use: u64,
     /// Writes go out with RWF_DONTCACHE until the kernel or the file system refuses it.
     dontcache: bool,
+}
+
+/// The real file as [`Storage`]: sequential writes from the known offset (an `lseek` only
+/// when the offset is not known), with RWF_DONTCACHE for whole pages.
+struct FileStorage<'a> {
+    file: &'a mut File,
+    pos: &'a mut Option<u64>,
+    dontcache: &'a mut bool,
+}
+
+impl Storage for FileStorage<'_> {
+    fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()> {
+        if *self.pos != Some(pos) {
+            *self.pos = None;
+            self.file.seek(SeekFrom::Start(pos))?;
+        }
+        *self.pos = None;
+        write_all(self.file, pos, buf, self.dontcache)?;
+        *self.pos = Some(pos + buf.len() as u64);
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
 }
 
 pub struct DiskThread {
@@ -197,6 +370,7 @@ impl DiskThread {
         match cmd {
             Cmd::Open {
                 file,
+                session,
                 dir,
                 stem,
                 ext,
@@ -214,27 +388,60 @@ impl DiskThread {
                             file,
                             OpenFile {
                                 path: path.clone(),
+                                session: session.clone(),
                                 file: Some(f),
-                                len: 0,
+                                pos: Some(0),
+                                extent: Extent::default(),
                                 failed: false,
                                 last_use: self.tick,
                                 dontcache: true,
                             },
                         );
-                        let _ = self.events.send(Event::Opened { file, path });
+                        let _ = self.events.send(Event::Opened {
+                            session,
+                            file,
+                            path,
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot open capture file");
                         let _ = self.events.send(Event::OpenFailed {
+                            session,
                             file,
                             error: format!("{}: {e}", dir.display()),
                         });
                     }
                 }
             }
-            Cmd::Write { file, buf, packets } => {
+            Cmd::Write {
+                file,
+                session,
+                buf,
+                tally,
+                blocks,
+            } => {
                 let n = buf.len() as u64;
-                self.write(file, &buf, packets);
+                match self.write(file, &buf, &blocks) {
+                    Ok(()) => {
+                        let _ = self.events.send(Event::Written {
+                            session,
+                            file,
+                            tally,
+                        });
+                    }
+                    Err(f) => {
+                        let _ = self.events.send(Event::WriteFailed {
+                            session: session.clone(),
+                            file,
+                            tally,
+                            loss: f.loss,
+                            error: f.error,
+                        });
+                        if f.vanished {
+                            let _ = self.events.send(Event::Vanished { session, file });
+                        }
+                    }
+                }
                 self.shared.backlog_bytes.fetch_sub(n, Ordering::Relaxed);
                 let _ = self.buffers.send(buf);
             }
@@ -244,74 +451,126 @@ impl DiskThread {
                 on_finish,
             } => {
                 if let Some(f) = self.files.remove(&file) {
-                    if f.file.is_some() {
-                        self.n_open -= 1;
-                    }
-                    drop(f.file);
-                    if let Some(cmd) = on_finish
-                        && f.len > 0
-                    {
-                        self.spawn_on_finish(&cmd, &session, &f.path);
-                    }
-                    let _ = self.events.send(Event::Closed {
-                        file,
-                        path: f.path,
-                        bytes: f.len,
-                    });
+                    self.close(file, f, on_finish.as_deref(), &session);
                 }
             }
             Cmd::Shutdown { .. } => {}
         }
     }
 
-    fn write(&mut self, id: FileId, buf: &[u8], packets: u64) {
-        let Some(closed) = self.files.get(&id).map(|f| f.file.is_none()) else {
-            return;
-        };
-        if closed {
-            self.reopen(id);
+    /// Closes a file for good. One that holds nothing (every write failed) gets its header
+    /// if it can, or is removed: an empty file is not a capture.
+    fn close(&mut self, id: FileId, mut f: OpenFile, on_finish: Option<&str>, session: &str) {
+        if f.extent.len_bytes() == 0 {
+            if let Some(file) = f.file.as_mut() {
+                let mut s = FileStorage {
+                    file,
+                    pos: &mut f.pos,
+                    dontcache: &mut f.dontcache,
+                };
+                let _ = f.extent.append(&mut s, &[], &[]);
+            }
+            if f.extent.len_bytes() == 0 {
+                match std::fs::remove_file(&f.path) {
+                    Ok(()) => {
+                        tracing::info!(path = %f.path.display(), "removed: nothing could be written to it")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %f.path.display(), error = %e, "cannot remove an empty capture file")
+                    }
+                }
+            }
         }
+        if f.file.take().is_some() {
+            self.n_open -= 1;
+        }
+        if let Some(cmd) = on_finish
+            && f.extent.len_bytes() > 0
+        {
+            self.spawn_on_finish(cmd, session, &f.path);
+        }
+        let _ = self.events.send(Event::Closed {
+            session: f.session,
+            file: id,
+            path: f.path,
+            bytes: f.extent.len_bytes(),
+        });
+    }
+
+    /// Writes `buf` to file `id` right after its last good byte; on failure, why and what
+    /// happened. A disk found full holds writing in that directory until the guard sees space
+    /// again.
+    fn write(&mut self, id: FileId, buf: &[u8], blocks: &[Range<usize>]) -> Result<(), Failure> {
+        let never = || Failure {
+            loss: Loss::WriteError,
+            error: "the file could not be created".into(),
+            vanished: false,
+        };
+        let Some(closed) = self.files.get(&id).map(|f| f.file.is_none()) else {
+            return Err(never());
+        };
+        let reopened = if closed { self.reopen(id) } else { Ok(()) };
         self.tick += 1;
         let tick = self.tick;
         let Some(of) = self.files.get_mut(&id) else {
-            return;
+            return Err(never());
         };
         of.last_use = tick;
-        let Some(file) = of.file.as_mut() else {
-            let _ = self.events.send(Event::WriteFailed {
-                file: id,
-                packets,
-                error: "file not open".into(),
-            });
-            return;
-        };
-        match write_all(file, of.len, buf, &mut of.dontcache) {
-            Ok(()) => {
-                of.len += buf.len() as u64;
-                of.failed = false;
-            }
-            Err(e) => {
-                // Cut back to the last whole record so the file stays a valid capture.
-                let cut = file.set_len(of.len);
-                if tapwire_netio::raw_os_error(&e) == Some(libc::ENOSPC) {
-                    let parent = of.path.parent().unwrap_or(Path::new("."));
-                    self.shared.dir(parent).low.store(true, Ordering::Relaxed);
-                }
-                if !of.failed {
-                    tracing::warn!(path = %of.path.display(), error = %e, "write failed");
-                }
-                of.failed = true;
-                let error = match cut {
-                    Ok(()) => format!("{}: {e}", of.path.display()),
-                    Err(c) => format!("{}: {e} (and cutting back failed: {c})", of.path.display()),
+        let mut unlinked = false;
+        let r = match (reopened, of.file.as_mut()) {
+            (Ok(()), Some(file)) => {
+                let mut s = FileStorage {
+                    file,
+                    pos: &mut of.pos,
+                    dontcache: &mut of.dontcache,
                 };
-                let _ = self.events.send(Event::WriteFailed {
-                    file: id,
-                    packets,
-                    error,
-                });
+                let r = of.extent.append(&mut s, buf, blocks);
+                // Records written to a file removed meanwhile (its directory was deleted) are
+                // on no reader's disk: lost, not written.
+                unlinked = r.is_ok() && file.metadata().is_ok_and(|m| m.nlink() == 0);
+                if unlinked {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "removed while being written",
+                    ))
+                } else {
+                    r
+                }
+            }
+            (Err(e), _) => {
+                of.extent.lost(buf, blocks);
+                Err(e)
+            }
+            (Ok(()), None) => {
+                of.extent.lost(buf, blocks);
+                Err(io::Error::other("file not open"))
+            }
+        };
+        let Err(e) = r else {
+            if of.failed {
+                tracing::info!(path = %of.path.display(), "writing again");
+            }
+            of.failed = false;
+            return Ok(());
+        };
+        if !of.failed {
+            tracing::warn!(path = %of.path.display(), error = %e, "write failed; the file is cut back to its last whole record");
+        }
+        of.failed = true;
+        let loss = Loss::of(&e);
+        let error = format!("{}: {e}", of.path.display());
+        if loss == Loss::DiskFull {
+            let parent = of.path.parent().unwrap_or(Path::new("."));
+            let d = self.shared.dir(parent);
+            if !d.low.swap(true, Ordering::Relaxed) {
+                tracing::warn!(dir = %d.dir.display(), "disk full: holding writes");
             }
         }
+        Err(Failure {
+            loss,
+            error,
+            vanished: unlinked,
+        })
     }
 
     /// Closes the least recently written file when the open-files bound is reached; it is
@@ -332,20 +591,18 @@ impl DiskThread {
         }
     }
 
-    fn reopen(&mut self, id: FileId) {
+    /// Opens a file closed by [`Self::make_room`] again. Not for appending: writes go at the
+    /// file's good length, which may be short of its end after a failed cut-back.
+    fn reopen(&mut self, id: FileId) -> io::Result<()> {
         self.make_room();
         let Some(f) = self.files.get_mut(&id) else {
-            return;
+            return Ok(());
         };
-        match OpenOptions::new().append(true).open(&f.path) {
-            Ok(h) => {
-                f.file = Some(h);
-                self.n_open += 1;
-            }
-            Err(e) => {
-                tracing::warn!(path = %f.path.display(), error = %e, "cannot reopen capture file")
-            }
-        }
+        let h = OpenOptions::new().write(true).open(&f.path)?;
+        f.file = Some(h);
+        f.pos = None;
+        self.n_open += 1;
+        Ok(())
     }
 
     fn periodic(&mut self) {
@@ -355,7 +612,10 @@ impl DiskThread {
         }
         for (id, f) in &self.files {
             if !f.path.exists() {
-                let _ = self.events.send(Event::Vanished { file: *id });
+                let _ = self.events.send(Event::Vanished {
+                    session: f.session.clone(),
+                    file: *id,
+                });
             }
         }
         self.children.retain_mut(|(c, path)| match c.try_wait() {
@@ -395,12 +655,8 @@ impl DiskThread {
             }
         }
         for (id, f) in std::mem::take(&mut self.files) {
-            drop(f.file);
-            let _ = self.events.send(Event::Closed {
-                file: id,
-                path: f.path,
-                bytes: f.len,
-            });
+            let session = f.session.clone();
+            self.close(id, f, None, &session);
         }
         while !self.children.is_empty() && Instant::now() < deadline {
             self.children
@@ -458,12 +714,15 @@ fn check_space(d: &DirState, configured: Option<u64>) {
             let min = configured.unwrap_or_else(|| (256 << 20).min(total / 20));
             d.free_bytes.store(free, Ordering::Relaxed);
             d.min_free_bytes.store(min, Ordering::Relaxed);
-            let low = free < min;
-            if d.low.swap(low, Ordering::Relaxed) != low {
+            // Only this thread (and the engine, once per new directory) changes `low`.
+            let was = d.low.load(Ordering::Relaxed);
+            let low = guard_holds(was, free, min);
+            if was != low {
+                d.low.store(low, Ordering::Relaxed);
                 if low {
                     tracing::warn!(dir = %d.dir.display(), free, min, "free disk below the guard: holding writes");
                 } else {
-                    tracing::info!(dir = %d.dir.display(), free, "free disk back above the guard: writing again");
+                    tracing::info!(dir = %d.dir.display(), free, resume = resume_free_bytes(min), "free disk back above the guard: writing again");
                 }
             }
         }
@@ -471,8 +730,7 @@ fn check_space(d: &DirState, configured: Option<u64>) {
     }
 }
 
-/// Creates `dir/stem.ext`, or `stem_1.ext`, `stem_2.ext`... if taken. Creates `dir` if needed.
-/// Writes all of `buf` at the end of `file`. Capture files are written once and read later,
+/// Writes all of `buf` at `file`'s offset, which is `len`. Capture files are written once and read later,
 /// if at all: with RWF_DONTCACHE (Linux 6.14+) their pages leave the page cache once on disk,
 /// so a collector writing hundreds of MB/s neither pushes everything else out of the cache nor
 /// pays for fresh pages (in a VM, often a host page fault per 4 KiB: measured here, buffered
@@ -515,6 +773,8 @@ fn whole_pages_len(pos: u64, len: usize, page: u64) -> usize {
     boundary.saturating_sub(pos) as usize
 }
 
+/// Creates `dir/stem.ext`, or `stem_001.ext`, `stem_002.ext`... if taken. Creates `dir` if
+/// needed.
 fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     for n in 0..1000 {
@@ -599,8 +859,339 @@ fn prune_old(dir: &Path, p: &Prune) {
 }
 
 #[cfg(test)]
+// Lists of one header or interface block are lists, not ranges to expand.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+
+    /// A file as [`Extent`] sees it: bytes written past the end leave a zero-filled hole, as a
+    /// real file's would; writes past `room` bytes stop there with ENOSPC after writing what
+    /// fits; `failing_cuts` cut-backs fail.
+    #[derive(Default)]
+    struct Disk {
+        data: Vec<u8>,
+        room: usize,
+        failing_cuts: u32,
+    }
+
+    impl Disk {
+        fn with_room(room: usize) -> Disk {
+            Disk {
+                room,
+                ..Disk::default()
+            }
+        }
+    }
+
+    impl Storage for Disk {
+        fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()> {
+            let pos = pos as usize;
+            if self.data.len() < pos {
+                self.data.resize(pos, 0);
+            }
+            let fit = self.room.saturating_sub(pos).min(buf.len());
+            let end = pos + fit;
+            if self.data.len() < end {
+                self.data.resize(end, 0);
+            }
+            self.data[pos..end].copy_from_slice(&buf[..fit]);
+            if fit < buf.len() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            if self.failing_cuts > 0 {
+                self.failing_cuts -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.data.resize(len as usize, 0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_and_the_next_goes_exactly_there() {
+        let mut disk = Disk::with_room(10);
+        let mut x = Extent::default();
+        x.append(&mut disk, b"aaaa", &[]).unwrap();
+        // 6 bytes fit of 8: written, then cut back.
+        let e = x.append(&mut disk, b"bbbbbbbb", &[]).unwrap_err();
+        assert_eq!(Loss::of(&e), Loss::DiskFull);
+        assert_eq!(disk.data, b"aaaa");
+        assert_eq!(x.len_bytes(), 4);
+        // Space returns: the next buffer follows the last good byte, no hole.
+        disk.room = 100;
+        x.append(&mut disk, b"cc", &[]).unwrap();
+        assert_eq!(disk.data, b"aaaacc");
+        assert_eq!(x.len_bytes(), 6);
+    }
+
+    #[test]
+    fn the_blocks_of_a_lost_buffer_go_before_the_next_one() {
+        // The first buffer (header H, interface I0, two records) does not fit at all.
+        let mut disk = Disk::with_room(3);
+        let mut x = Extent::default();
+        let first = b"HHHHI0I0r1r2";
+        assert!(x.append(&mut disk, first, &[0..4, 4..8]).is_err());
+        assert!(
+            disk.data.is_empty(),
+            "a file whose first write failed is empty, not zeros"
+        );
+        // The second (interface I1, a record) goes after the header and I0 it may refer to.
+        disk.room = 100;
+        x.append(&mut disk, b"I1I1r3", &[0..4]).unwrap();
+        assert_eq!(disk.data, b"HHHHI0I0I1I1r3");
+        assert_eq!(x.len_bytes(), 14);
+        // Once written they are not written again.
+        x.append(&mut disk, b"r4", &[]).unwrap();
+        assert_eq!(disk.data, b"HHHHI0I0I1I1r3r4");
+        // Nothing but the missing blocks (a file closed after every write failed).
+        let mut empty = Extent::default();
+        let mut disk = Disk::with_room(0);
+        assert!(empty.append(&mut disk, b"HHHHr1", &[0..4]).is_err());
+        disk.room = 100;
+        empty.append(&mut disk, &[], &[]).unwrap();
+        assert_eq!(disk.data, b"HHHH");
+    }
+
+    #[test]
+    fn a_failed_cut_back_is_done_before_the_next_write() {
+        let mut disk = Disk::with_room(6);
+        let mut x = Extent::default();
+        x.append(&mut disk, b"aaaa", &[]).unwrap();
+        disk.failing_cuts = 2;
+        assert!(x.append(&mut disk, b"bbbb", &[]).is_err());
+        assert_eq!(disk.data, b"aaaabb", "the cut-back failed");
+        // The retried cut fails too: nothing is written behind the partial record.
+        disk.room = 100;
+        assert!(x.append(&mut disk, b"c", &[]).is_err());
+        assert_eq!(disk.data, b"aaaabb");
+        // Then it works: cut, then written at the good length.
+        x.append(&mut disk, b"c", &[]).unwrap();
+        assert_eq!(disk.data, b"aaaac");
+    }
+
+    /// Encodes buffers as the engine does (header and interface blocks recorded), writes them
+    /// through an [`Extent`] onto a disk that fills up and empties again, and reads the result
+    /// back after every write: always a valid capture holding exactly the records of the
+    /// buffers reported written, in order, each with its interface.
+    #[test]
+    fn the_file_reads_back_after_every_write_whatever_failed() {
+        use tapwire_formats::capture::{
+            CaptureReader, Encoder, Format, InterfaceInfo, LinkType, PacketInfo,
+        };
+        for format in [Format::Pcapng, Format::Pcap { nanos: true }] {
+            // Per buffer: room on the disk beyond what it holds (None: plenty), new interfaces.
+            let plan: [(Option<usize>, u32); 8] = [
+                (Some(30), 1), // the first buffer, header included, fails part-way
+                (None, 1),
+                (Some(0), 1),
+                (Some(100), 0),
+                (None, 0),
+                (Some(5), 1),
+                (None, 0),
+                (None, 1),
+            ];
+            let mut enc = Encoder::new(format);
+            let mut blocks = vec![0..enc.pending_len()];
+            let mut disk = Disk::default();
+            let mut x = Extent::default();
+            let (mut n_ifaces, mut n) = (0u32, 0u32);
+            let mut want: Vec<Vec<u8>> = Vec::new();
+            for (step, (room, new_ifaces)) in plan.into_iter().enumerate() {
+                for _ in 0..new_ifaces {
+                    let start = enc.pending_len();
+                    enc.add_interface(&InterfaceInfo {
+                        link: LinkType::Ethernet,
+                        snaplen: 65_535,
+                        name: format!("source{n_ifaces}"),
+                        description: String::new(),
+                    })
+                    .unwrap();
+                    if enc.pending_len() > start {
+                        blocks.push(start..enc.pending_len());
+                    }
+                    n_ifaces += 1;
+                }
+                let mut frames = Vec::new();
+                for _ in 0..3 {
+                    let frame = vec![n as u8; 60 + n as usize];
+                    let iface = if format == Format::Pcapng {
+                        n % n_ifaces
+                    } else {
+                        0
+                    };
+                    enc.packet(
+                        iface,
+                        &PacketInfo {
+                            ts_ns: 1_700_000_000_000_000_000 + u64::from(n),
+                            orig_len: frame.len() as u32,
+                            data: &frame,
+                            direction: None,
+                            comment: None,
+                        },
+                    )
+                    .unwrap();
+                    frames.push(frame);
+                    n += 1;
+                }
+                let buf = std::mem::take(enc.buffer());
+                disk.room = room.map_or(usize::MAX, |r| disk.data.len() + r);
+                let ok = x
+                    .append(&mut disk, &buf, &std::mem::take(&mut blocks))
+                    .is_ok();
+                assert_eq!(ok, room.is_none(), "{format:?} step {step}");
+                if ok {
+                    want.extend(frames);
+                }
+                assert_eq!(
+                    disk.data.len() as u64,
+                    x.len_bytes(),
+                    "{format:?} step {step}"
+                );
+                if want.is_empty() {
+                    assert!(
+                        disk.data.is_empty(),
+                        "{format:?} step {step}: cut back to nothing"
+                    );
+                    continue;
+                }
+                let mut r = CaptureReader::new(&disk.data[..]).unwrap();
+                let mut got = Vec::new();
+                while let Some(rec) = r.next_record().unwrap() {
+                    assert_eq!(rec.link, LinkType::Ethernet, "{format:?} step {step}");
+                    got.push(rec.data.to_vec());
+                }
+                assert_eq!(r.stopped(), None, "{format:?} step {step}");
+                assert!(r.take_skipped().is_empty(), "{format:?} step {step}");
+                assert_eq!(got, want, "{format:?} step {step}");
+            }
+            assert_eq!(want.len(), 12, "{format:?}: four buffers written");
+        }
+    }
+
+    /// The disk thread with real files: a buffer is reported written once on disk; one for a
+    /// file never created, or written after the file was removed, is reported lost (a removed
+    /// file also vanishes at once); a file closed before anything reached it is removed.
+    #[test]
+    fn the_disk_thread_reports_each_buffer_written_or_lost() {
+        let dir = std::env::temp_dir().join(format!("tapwire-io-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let mut disk = DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::default()));
+        drop(cmd_tx);
+        let session: Arc<str> = "s".into();
+        let open = |file| Cmd::Open {
+            file,
+            session: session.clone(),
+            dir: dir.clone(),
+            stem: format!("s_2026010{file}T000000Z"),
+            ext: "pcap",
+            prune: None,
+        };
+        let write = |file, buf: &[u8], blocks: Vec<Range<usize>>| Cmd::Write {
+            file,
+            session: session.clone(),
+            buf: buf.to_vec(),
+            tally: vec![(3, 2)],
+            blocks,
+        };
+        disk.handle(open(1));
+        let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
+            panic!("not opened");
+        };
+        disk.handle(write(1, b"HHHHr1r2", vec![0..4]));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(3, 2)]
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"HHHHr1r2");
+        // Removed while open: the records would be on no reader's disk.
+        std::fs::remove_file(&path).unwrap();
+        disk.handle(write(1, b"r3", Vec::new()));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::WriteFailed {
+                file: 1,
+                loss: Loss::WriteError,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Vanished { file: 1, .. })
+        ));
+        // A file that was never created.
+        disk.handle(write(7, b"HHHH", vec![0..4]));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::WriteFailed { file: 7, loss: Loss::WriteError, ref tally, .. })
+                if *tally == vec![(3, 2)]
+        ));
+        // Closed with nothing on disk and nothing to write: not left behind as an empty file.
+        disk.handle(open(2));
+        let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
+            panic!("not opened");
+        };
+        disk.handle(Cmd::Close {
+            file: 2,
+            session: "s".into(),
+            on_finish: None,
+        });
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Closed { bytes: 0, .. })
+        ));
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_guard_holds_below_the_minimum_and_resumes_only_past_the_margin() {
+        const MIB: u64 = 1 << 20;
+        // 32 MiB file system, default guard 5 %: held below 1.6 MiB, resumes at 5.6 MiB.
+        let min = 32 * MIB / 20;
+        assert_eq!(resume_free_bytes(min), min + GUARD_MARGIN_BYTES);
+        assert!(!guard_holds(false, min, min));
+        assert!(guard_holds(false, min - 1, min));
+        // A full disk (held) whose failed write was cut back: that freed at most one buffer,
+        // which does not lift the guard.
+        assert!(guard_holds(true, min + MIB + 16 * 1024, min));
+        assert!(guard_holds(true, resume_free_bytes(min) - 1, min));
+        assert!(!guard_holds(true, resume_free_bytes(min), min));
+        // A large guard is its own margin: 256 MiB holds until 512 MiB are free.
+        assert_eq!(resume_free_bytes(256 * MIB), 512 * MIB);
+        assert!(guard_holds(true, 511 * MIB, 256 * MIB));
+        // No guard (0): only a full disk holds, until 4 MiB are free.
+        assert!(!guard_holds(false, 0, 0));
+        assert!(guard_holds(true, MIB, 0));
+        assert!(!guard_holds(true, GUARD_MARGIN_BYTES, 0));
+        assert_eq!(resume_free_bytes(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn losses_are_told_apart_by_errno() {
+        assert_eq!(
+            Loss::of(&io::Error::from_raw_os_error(libc::ENOSPC)),
+            Loss::DiskFull
+        );
+        assert_eq!(
+            Loss::of(&io::Error::from_raw_os_error(libc::EDQUOT)),
+            Loss::DiskFull
+        );
+        assert_eq!(
+            Loss::of(&io::Error::from_raw_os_error(libc::EROFS)),
+            Loss::WriteError
+        );
+        assert_eq!(
+            Loss::of(&io::Error::other("file not open")),
+            Loss::WriteError
+        );
+    }
 
     #[test]
     fn only_whole_pages_are_written_uncached() {

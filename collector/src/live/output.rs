@@ -1,7 +1,10 @@
 //! One session's file output as the engine sees it: the current file's encoder and buffer, the
 //! rotation policy, and what the disk thread reported. All file-system work is requested from
-//! the disk thread ([`super::io`]); nothing here blocks.
+//! the disk thread ([`super::io`]); nothing here blocks. Each buffer handed over carries its
+//! packets per source ([`Tally`]): they are pending until the disk thread reports them written
+//! or lost.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,19 +14,51 @@ use rustc_hash::FxHashMap;
 use tapwire_formats::capture::{Encoder, Format, LinkType, PacketInfo};
 use tapwire_formats::decap::SourceKey;
 
-use super::io::{Cmd, DirState, FileId, Prune, Shared};
+use super::io::{Cmd, DirState, FileId, Loss, Prune, Shared, Tally};
 use crate::config::{FilesConfig, RotateReason};
 use crate::demux::SourceId;
 use crate::offline::interface_info;
-use crate::timefmt::rfc3339_ns;
+use tapwire_api_types::time::rfc3339_ns;
 
 /// Buffered bytes per file before they go to disk: large writes keep the disk path fast.
 pub const FLUSH_BYTES: usize = 1 << 20;
 /// Bytes handed to the disk thread and not yet written, across all files, before new packets
 /// are dropped (and counted) instead of queued without bound.
 pub const MAX_BACKLOG_BYTES: u64 = 64 << 20;
-/// After a failure to open, wait this long before trying again.
-const RETRY_NS: u64 = 2_000_000_000;
+/// After a failure to open or write, wait this long before trying again, doubling up to
+/// [`MAX_RETRY_NS`] while it keeps failing.
+const RETRY_NS: u64 = 1_000_000_000;
+const MAX_RETRY_NS: u64 = 8_000_000_000;
+
+/// When an output that failed may try again, pure: the delay doubles with each failure that
+/// follows a retry; failures reported while waiting (buffers already under way when the first
+/// failed) do not extend it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    delay_ns: u64,
+    retry_at_ns: u64,
+}
+
+impl Backoff {
+    pub fn fail(&mut self, now_ns: u64) {
+        if now_ns < self.retry_at_ns {
+            return;
+        }
+        self.delay_ns = match self.delay_ns {
+            0 => RETRY_NS,
+            d => (2 * d).min(MAX_RETRY_NS),
+        };
+        self.retry_at_ns = now_ns + self.delay_ns;
+    }
+
+    pub fn ready(&self, now_ns: u64) -> bool {
+        now_ns >= self.retry_at_ns
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
 
 /// Why a packet was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,26 +105,40 @@ struct Current {
     id: FileId,
     path: PathBuf,
     enc: Encoder,
-    interfaces: FxHashMap<(SourceId, LinkType), u32>,
+    /// Interface id and tally slot of each (source, link type) in this file.
+    interfaces: FxHashMap<(SourceId, LinkType), (u32, usize)>,
+    /// Per slot: the source, and its packets in the buffer not yet handed to the disk thread.
+    slots: Vec<(SourceId, u64)>,
+    /// The file header and interface blocks in the buffer not yet handed over.
+    blocks: Vec<Range<usize>>,
     opened_ns: u64,
     last_flush_ns: u64,
     bytes: u64,
     packets: u64,
-    /// Packets encoded but not yet handed to the disk thread.
-    pending_packets: u64,
+}
+
+impl Current {
+    /// The packets in the buffer, per source; the counts start again from zero.
+    fn take_tally(&mut self) -> Tally {
+        let tally = self.slots.iter().copied().filter(|s| s.1 > 0).collect();
+        for s in &mut self.slots {
+            s.1 = 0;
+        }
+        tally
+    }
 }
 
 pub struct FileOutput {
-    session: String,
+    session: Arc<str>,
     pub cfg: FilesConfig,
     dir: PathBuf,
     dir_state: Arc<DirState>,
     current: Option<Current>,
     pub files_finished: u64,
     pub error: Option<String>,
-    retry_at_ns: u64,
-    /// Ids of the current and recently finished files, whose writes may still be reported.
-    recent: std::collections::VecDeque<FileId>,
+    /// The error is the disk being full: it clears when the guard lets writing go on.
+    error_disk_full: bool,
+    backoff: Backoff,
     /// The last file name's time stamp and how many files already used it, so that files
     /// opened within one millisecond get new, increasing names (`_001`, `_002`...) and a name
     /// is never reused after `max_files` removed it.
@@ -105,15 +154,15 @@ impl FileOutput {
     ) -> Self {
         let dir = cfg.dir.clone().unwrap_or_else(|| default_dir.to_path_buf());
         FileOutput {
-            session: session.to_string(),
+            session: session.into(),
             dir_state: shared.dir(&dir),
             dir,
             cfg,
             current: None,
             files_finished: 0,
             error: None,
-            retry_at_ns: 0,
-            recent: std::collections::VecDeque::new(),
+            error_disk_full: false,
+            backoff: Backoff::default(),
             last_stem: (String::new(), 0),
         }
     }
@@ -134,21 +183,12 @@ impl FileOutput {
         self.current.as_ref().map(|c| c.id)
     }
 
-    /// Whether file `id` is this output's, current or recently finished.
-    pub fn owns(&self, id: FileId) -> bool {
-        self.recent.contains(&id)
-    }
-
     pub fn is_open(&self) -> bool {
         self.current.is_some()
     }
 
-    /// The disk guard or an open failure holds this output.
-    pub fn held(&self) -> bool {
-        self.dir_state.low.load(Ordering::Relaxed) || self.error.is_some()
-    }
-
-    /// Writes one packet, opening a file first if none is open.
+    /// Encodes one packet into the current file's buffer (opening a file first if none is
+    /// open); it is pending until the disk thread reports its buffer written or lost.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
@@ -162,7 +202,7 @@ impl FileOutput {
         if self.dir_state.low.load(Ordering::Relaxed) {
             return Err(Refusal::DiskGuard);
         }
-        if self.error.is_some() && now_ns < self.retry_at_ns {
+        if self.error.is_some() && !self.backoff.ready(now_ns) {
             return Err(Refusal::WriteError);
         }
         if ctx.shared.backlog_bytes.load(Ordering::Relaxed) > MAX_BACKLOG_BYTES {
@@ -174,21 +214,31 @@ impl FileOutput {
         let Some(cur) = self.current.as_mut() else {
             return Err(Refusal::WriteError);
         };
-        let iface = cur.interfaces.get(&(source, link)).copied().map_or_else(
-            || cur.enc.add_interface(&interface_info(key, link)).ok(),
-            Some,
-        );
-        let Some(iface) = iface else {
-            return Err(Refusal::WriteError);
+        let (iface, slot) = match cur.interfaces.get(&(source, link)) {
+            Some(&known) => known,
+            None => {
+                let start = cur.enc.pending_len();
+                let Ok(iface) = cur.enc.add_interface(&interface_info(key, link)) else {
+                    return Err(Refusal::WriteError);
+                };
+                let end = cur.enc.pending_len();
+                if end > start {
+                    cur.blocks.push(start..end);
+                    cur.bytes += (end - start) as u64;
+                }
+                cur.slots.push((source, 0));
+                let known = (iface, cur.slots.len() - 1);
+                cur.interfaces.insert((source, link), known);
+                known
+            }
         };
-        cur.interfaces.insert((source, link), iface);
         let before = cur.enc.pending_len();
         if cur.enc.packet(iface, packet).is_err() {
             return Err(Refusal::WriteError);
         }
         cur.bytes += (cur.enc.pending_len() - before) as u64;
         cur.packets += 1;
-        cur.pending_packets += 1;
+        cur.slots[slot].1 += 1;
         if cur.enc.pending_len() >= ctx.flush_bytes {
             self.flush(ctx, now_ns);
         }
@@ -214,17 +264,14 @@ impl FileOutput {
         } else {
             self.last_stem = (stem.clone(), 0);
         }
-        if self.recent.len() == 8 {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(id);
         let prune = self.cfg.max_files.map(|max_files| Prune {
-            session: self.session.clone(),
+            session: self.session.to_string(),
             max_files,
         });
         let ext = self.cfg.format.extension();
         let _ = ctx.io.send(Cmd::Open {
             file: id,
+            session: self.session.clone(),
             dir: self.dir.clone(),
             stem: stem.clone(),
             ext,
@@ -235,16 +282,22 @@ impl FileOutput {
         // Keep the section header the encoder wrote; give it a pooled buffer behind it.
         buf.extend_from_slice(enc.buffer());
         *enc.buffer() = buf;
+        let header = enc.pending_len();
+        let mut blocks = Vec::new();
+        if header > 0 {
+            blocks.push(0..header);
+        }
         self.current = Some(Current {
             id,
             path: self.dir.join(format!("{stem}.{ext}")),
-            bytes: enc.pending_len() as u64,
+            bytes: header as u64,
             enc,
             interfaces: FxHashMap::default(),
+            slots: Vec::new(),
+            blocks,
             opened_ns: now_ns,
             last_flush_ns: now_ns,
             packets: 0,
-            pending_packets: 0,
         });
     }
 
@@ -264,10 +317,11 @@ impl FileOutput {
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         let _ = ctx.io.send(Cmd::Write {
             file: cur.id,
+            session: self.session.clone(),
             buf,
-            packets: cur.pending_packets,
+            tally: cur.take_tally(),
+            blocks: std::mem::take(&mut cur.blocks),
         });
-        cur.pending_packets = 0;
     }
 
     /// Flushes, closes the current file and lets the next packet open a new one.
@@ -277,10 +331,10 @@ impl FileOutput {
         }
         self.flush(ctx, now_ns);
         if let Some(cur) = self.current.take() {
-            tracing::debug!(session = self.session, path = %cur.path.display(), ?reason, "file finished");
+            tracing::debug!(session = &*self.session, path = %cur.path.display(), ?reason, "file finished");
             let _ = ctx.io.send(Cmd::Close {
                 file: cur.id,
-                session: self.session.clone(),
+                session: self.session.to_string(),
                 on_finish: self.cfg.on_finish.clone(),
             });
             ctx.pool.push(cur.enc.into_buffer());
@@ -290,6 +344,10 @@ impl FileOutput {
 
     /// Periodic work: flush data older than a second, rotate on time.
     pub fn tick(&mut self, ctx: &mut Ctx<'_>, now_ns: u64) {
+        // A full disk's error clears once the guard lets writing go on.
+        if self.error_disk_full && !self.dir_state.low.load(Ordering::Relaxed) {
+            self.clear_error();
+        }
         let Some(cur) = self.current.as_ref() else {
             return;
         };
@@ -308,33 +366,61 @@ impl FileOutput {
     pub fn opened(&mut self, id: FileId, path: PathBuf) {
         if let Some(cur) = self.current.as_mut().filter(|c| c.id == id) {
             cur.path = path;
-        }
-        if self.error.take().is_some() {
-            tracing::info!(session = self.session, "output writable again");
+            self.clear_error();
         }
     }
 
-    /// The file could not be created: drop it and retry later.
-    pub fn open_failed(&mut self, id: FileId, error: String, now_ns: u64) -> u64 {
-        let mut lost = 0;
-        if let Some(cur) = self.current.take_if(|c| c.id == id) {
-            lost = cur.packets;
+    /// A buffer of file `id` is on disk. A full disk's error stays while the guard holds (a
+    /// buffer may still fit in what a cut-back freed).
+    pub fn written(&mut self, id: FileId) {
+        if self.current_id() == Some(id) && !self.error_disk_full {
+            self.clear_error();
+        }
+    }
+
+    fn clear_error(&mut self) {
+        if self.error.take().is_some() {
+            tracing::info!(session = &*self.session, "output writable again");
+        }
+        self.error_disk_full = false;
+        self.backoff.reset();
+    }
+
+    /// The file could not be created: drop it (the packets still in its buffer are returned,
+    /// lost; those handed over come back as failed writes) and retry later.
+    pub fn open_failed(&mut self, id: FileId, error: String, now_ns: u64) -> Tally {
+        let mut lost = Tally::new();
+        if let Some(mut cur) = self.current.take_if(|c| c.id == id) {
+            lost = cur.take_tally();
         }
         self.error = Some(error);
-        self.retry_at_ns = now_ns + RETRY_NS;
+        self.error_disk_full = false;
+        self.backoff.fail(now_ns);
         lost
     }
 
-    pub fn write_failed(&mut self, error: String) {
-        self.error = Some(error);
-        self.retry_at_ns = 0;
+    /// A buffer could not be written (the file was cut back to its last good length). A full
+    /// disk is the guard's to hold; any other error holds this output for the backoff, after
+    /// which writing goes on in the same file.
+    /// Failures of a file that is no longer the current one (it could not be created, or was
+    /// finished) keep the error already shown, which says more.
+    pub fn write_failed(&mut self, id: FileId, loss: Loss, error: String, now_ns: u64) {
+        if self.error.is_none() || self.current_id() == Some(id) {
+            self.error = Some(error);
+            self.error_disk_full = loss == Loss::DiskFull;
+        }
+        if loss == Loss::WriteError {
+            self.backoff.fail(now_ns);
+        }
     }
 
-    /// The file vanished (its directory was removed): start a new one with the next packet.
+    /// The file vanished (its directory was removed): start a new one with the next packet,
+    /// without waiting for a retry (the error shows until it opens).
     pub fn vanished(&mut self, ctx: &mut Ctx<'_>, id: FileId, now_ns: u64) {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
-            tracing::warn!(session = self.session, dir = %self.dir.display(), "capture file vanished; starting a new one");
+            tracing::warn!(session = &*self.session, dir = %self.dir.display(), "capture file vanished; starting a new one");
             self.finish(ctx, RotateReason::Requested, now_ns);
+            self.backoff.reset();
         }
     }
 }
@@ -394,6 +480,116 @@ mod tests {
         assert!(b.capacity() >= (64 << 10) + BUFFER_SLACK_BYTES);
         assert!(buffer_fits(b.capacity(), 64 << 10));
         assert!(!buffer_fits(FLUSH_BYTES, 64 << 10));
+    }
+
+    #[test]
+    fn retries_back_off_and_failures_while_waiting_do_not_extend_it() {
+        let s = 1_000_000_000;
+        let mut b = Backoff::default();
+        assert!(b.ready(0));
+        b.fail(10 * s);
+        assert!(!b.ready(10 * s) && b.ready(11 * s));
+        // Buffers already under way fail too: the same outage, the same wait.
+        b.fail(10 * s + 1);
+        assert!(b.ready(11 * s));
+        // Each retry that fails doubles the wait, up to the maximum.
+        let mut now = 11 * s;
+        for want in [2, 4, 8, 8] {
+            b.fail(now);
+            assert!(
+                !b.ready(now + want * s - 1) && b.ready(now + want * s),
+                "{want} s"
+            );
+            now += want * s;
+        }
+        b.reset();
+        assert!(b.ready(now));
+        b.fail(now);
+        assert!(b.ready(now + s), "back to 1 s after a success");
+    }
+
+    /// Each buffer handed to the disk thread says which packets of which source it holds and
+    /// where its header and interface blocks are; what was never handed over comes back from a
+    /// failed open.
+    #[test]
+    fn buffers_carry_their_packets_per_source_and_their_blocks() {
+        use tapwire_formats::decap::Kind;
+        let (io, rx) = crossbeam_channel::unbounded();
+        let shared = Shared::default();
+        let dir = std::env::temp_dir().join("tapwire-output-unit-never-created");
+        let mut out = FileOutput::new("s", FilesConfig::default(), &dir, &shared);
+        let (mut pool, mut next) = (Vec::new(), 1);
+        let mut ctx = Ctx {
+            io: &io,
+            shared: &shared,
+            pool: &mut pool,
+            next_file_id: &mut next,
+            flush_bytes: FLUSH_BYTES,
+        };
+        let key = |id| SourceKey {
+            src: "10.0.0.5".parse().unwrap(),
+            kind: Kind::ErspanII,
+            id,
+        };
+        let frame = [0u8; 64];
+        let packet = PacketInfo {
+            ts_ns: 1,
+            orig_len: 64,
+            data: &frame,
+            direction: None,
+            comment: None,
+        };
+        let write = |out: &mut FileOutput, ctx: &mut Ctx<'_>, sources: &[u32], now_ns| {
+            for &source in sources {
+                out.write(
+                    ctx,
+                    source,
+                    &key(source),
+                    LinkType::Ethernet,
+                    &packet,
+                    now_ns,
+                )?;
+            }
+            Ok(())
+        };
+        write(&mut out, &mut ctx, &[7, 7, 9, 7], 0).unwrap();
+        out.flush(&mut ctx, 0);
+        write(&mut out, &mut ctx, &[9, 9], 0).unwrap();
+        out.flush(&mut ctx, 0);
+        write(&mut out, &mut ctx, &[11], 0).unwrap();
+        let writes: Vec<(Vec<u8>, Tally, Vec<Range<usize>>)> = rx
+            .try_iter()
+            .filter_map(|c| match c {
+                Cmd::Write {
+                    buf, tally, blocks, ..
+                } => Some((buf, tally, blocks)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 2);
+        let block_type = |buf: &[u8], r: &Range<usize>| {
+            u32::from_ne_bytes(buf[r.start..r.start + 4].try_into().unwrap())
+        };
+        // Section header, then the interfaces of sources 7 and 9.
+        let (buf, tally, blocks) = &writes[0];
+        assert_eq!(tally, &vec![(7, 3), (9, 1)]);
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks[0].start, 0);
+        assert_eq!(block_type(buf, &blocks[0]), 0x0A0D_0D0A);
+        assert!(blocks[1..].iter().all(|b| block_type(buf, b) == 1));
+        // No new interface in the second buffer.
+        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(9, 2)], 0));
+        // The file cannot be created: the packet still buffered is returned as lost.
+        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(11, 1)]);
+        assert!(!out.is_open());
+        assert_eq!(out.error.as_deref(), Some("no"));
+        // Held (packets refused) until the backoff passes, then a new file is tried.
+        assert_eq!(
+            write(&mut out, &mut ctx, &[11], 1),
+            Err(Refusal::WriteError)
+        );
+        write(&mut out, &mut ctx, &[11], RETRY_NS).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Cmd::Open { file: 2, .. })));
     }
 
     #[test]

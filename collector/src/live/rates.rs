@@ -1,6 +1,6 @@
 //! Packet and bit rates over the last 1 and 10 seconds, from counters sampled once a second.
 
-use tapwire_api::Rates;
+use tapwire_api_types::Rates;
 
 const SAMPLES: usize = 11;
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use tapwire_api::{ProtocolMix, Talker};
+use tapwire_api_types::{ProtocolMix, Talker};
 use tapwire_formats::capture::LinkType;
 use tapwire_formats::wire::ethernet::{EtherType, Frame};
 

@@ -21,15 +21,21 @@ use core::fmt;
 pub enum LinkType {
     /// BSD loopback: a 4-byte address family in host byte order.
     Null,
+    /// Ethernet II (1).
     Ethernet,
     /// Raw IPv4 or IPv6, told apart by the version nibble.
     Raw,
     /// OpenBSD loopback: a 4-byte address family in network byte order.
     Loop,
+    /// Linux cooked capture v1 (113).
     LinuxSll,
+    /// Raw IPv4 (228).
     Ipv4,
+    /// Raw IPv6 (229).
     Ipv6,
+    /// Linux cooked capture v2 (276).
     LinuxSll2,
+    /// Any other link type, kept.
     Other(u32),
 }
 

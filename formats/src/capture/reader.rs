@@ -21,12 +21,16 @@ const READ_BUFFER: usize = 4 << 20;
 /// Why the input could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The first four bytes are neither magic number.
     #[error("not a pcap or pcapng file (magic {0:02x?})")]
     NotCapture([u8; 4]),
+    /// Fewer than four bytes.
     #[error("file is shorter than a capture header")]
     Empty,
+    /// The file header is damaged.
     #[error("bad capture header: {0}")]
     Header(String),
+    /// Reading failed.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -44,6 +48,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// The reason's name in counting keys.
     pub const fn as_str(self) -> &'static str {
         match self {
             SkipReason::TruncatedRecord => "truncated_record",
@@ -56,10 +61,13 @@ impl SkipReason {
 /// One captured packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
+    /// The file's (or the interface's) link type.
     pub link: LinkType,
     /// Nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// The packet's length on the wire (at least `data.len()`).
     pub orig_len: u32,
+    /// The captured bytes.
     pub data: &'a [u8],
 }
 
@@ -78,6 +86,7 @@ pub struct CaptureReader<R: Read> {
 }
 
 impl<R: Read> CaptureReader<R> {
+    /// A reader of `input`, its format told by the magic number; the header is read here.
     pub fn new(mut input: R) -> Result<Self, ReadError> {
         let mut magic = [0u8; 4];
         let mut got = 0;
@@ -260,9 +269,11 @@ pub struct PcapFraming {
 /// What the bytes at the start of a slice hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PcapParse {
+    /// A whole record starts here.
     Record(RecordHeader),
     /// A record starts here but needs `needed` bytes (its header, or its header and data).
     Incomplete {
+        /// Bytes needed.
         needed: usize,
     },
     /// The record claims more than [`PcapFraming::MAX_RECORD`] bytes: treated as damage.
@@ -276,6 +287,7 @@ pub struct RecordHeader {
     pub ts_ns: u64,
     /// At least `data_len`.
     pub orig_len: u32,
+    /// Captured bytes that follow the header.
     pub data_len: usize,
 }
 
@@ -297,7 +309,9 @@ impl RecordHeader {
 }
 
 impl PcapFraming {
+    /// The length of a pcap file header.
     pub const FILE_HEADER: usize = PCAP_FILE_HEADER;
+    /// The largest record accepted, header and data.
     pub const MAX_RECORD: usize = MAX_PCAP_RECORD;
 
     /// Reads the file header at the start of `b`.
@@ -313,6 +327,7 @@ impl PcapFraming {
         })
     }
 
+    /// The file's link type.
     pub fn link(&self) -> LinkType {
         self.link
     }

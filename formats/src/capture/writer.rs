@@ -18,15 +18,20 @@ use crate::wire::erspan::Direction;
 /// Snapshot length written in headers: large enough for any jumbo frame.
 pub const SNAPLEN: u32 = 262_144;
 
+/// A capture file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Classic pcap: one link type per file, no per-packet metadata.
-    Pcap { nanos: bool },
+    Pcap {
+        /// Nanosecond timestamps (else microseconds).
+        nanos: bool,
+    },
     /// pcapng: an interface per source, nanosecond timestamps, direction flags and comments.
     Pcapng,
 }
 
 impl Format {
+    /// The file name extension.
     pub const fn extension(self) -> &'static str {
         match self {
             Format::Pcap { .. } => "pcap",
@@ -35,15 +40,25 @@ impl Format {
     }
 }
 
+/// Why a packet or an interface could not be encoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
+    /// A classic pcap file has one link type.
     #[error("pcap file has link type {file}, packet has {packet}")]
-    LinkMismatch { file: LinkType, packet: LinkType },
+    LinkMismatch {
+        /// The file's.
+        file: LinkType,
+        /// The packet's.
+        packet: LinkType,
+    },
+    /// The interface was never added.
     #[error("no interface {0}")]
     NoInterface(u32),
+    /// More bytes than [`SNAPLEN`].
     #[error("packet of {0} bytes exceeds the snapshot length")]
     TooLarge(usize),
+    /// The pcapng writer refused it.
     #[error("encoding: {0}")]
     Encode(String),
 }
@@ -51,10 +66,13 @@ pub enum EncodeError {
 /// Describes one pcapng interface: in tapwire, one mirrored source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceInfo {
+    /// The link type of its packets.
     pub link: LinkType,
     /// `if_name`, for example `10.0.0.5 erspan-ii session 42`.
     pub name: String,
+    /// `if_description`.
     pub description: String,
+    /// The snapshot length.
     pub snaplen: u32,
 }
 
@@ -63,9 +81,13 @@ pub struct InterfaceInfo {
 pub struct PacketInfo<'a> {
     /// Nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// Its length on the wire (at least `data.len()`).
     pub orig_len: u32,
+    /// The bytes to write.
     pub data: &'a [u8],
+    /// The ERSPAN direction, written as pcapng EPB flags.
     pub direction: Option<Direction>,
+    /// A pcapng comment (a sequence gap, a cut frame).
     pub comment: Option<&'a str>,
 }
 
@@ -133,6 +155,7 @@ impl Encoder {
         }
     }
 
+    /// The format it writes.
     pub fn format(&self) -> Format {
         match &self.kind {
             Kind::Pcap { nanos, .. } => Format::Pcap { nanos: *nanos },
@@ -193,6 +216,8 @@ impl Encoder {
         self.links.get(id as usize).copied()
     }
 
+    /// Encodes one packet of `interface` (a classic pcap file has interface 0 only) into the
+    /// buffer.
     #[inline]
     pub fn packet(&mut self, interface: u32, p: &PacketInfo<'_>) -> Result<(), EncodeError> {
         if interface as usize >= self.links.len() {
@@ -243,6 +268,7 @@ impl Encoder {
         }
     }
 
+    /// How many encoded bytes are waiting in the buffer.
     #[inline]
     pub fn pending_len(&self) -> usize {
         match &self.kind {
@@ -251,6 +277,7 @@ impl Encoder {
         }
     }
 
+    /// The encoded bytes, leaving the buffer empty.
     pub fn take_bytes(&mut self) -> Vec<u8> {
         std::mem::take(self.buffer())
     }

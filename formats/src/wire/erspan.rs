@@ -48,8 +48,11 @@ bounded_field!(
     6
 );
 
+/// The length of a Type II header.
 pub const TYPE_II_HEADER_LEN: usize = 8;
+/// The length of a Type III header without its platform sub-header.
 pub const TYPE_III_HEADER_LEN: usize = 12;
+/// The length of the Type III platform sub-header.
 pub const PLATFORM_HEADER_LEN: usize = 8;
 
 /// The ERSPAN version nibble, shared by Types II and III.
@@ -61,8 +64,11 @@ pub fn version(data: &[u8]) -> Option<u8> {
 /// How the original frame carried its VLAN (Type II `En`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encap {
+    /// No VLAN tag.
     Untagged,
+    /// Cisco ISL encapsulation.
     Isl,
+    /// An 802.1Q tag, removed from the frame (its VLAN is the header's).
     Dot1q,
     /// The tag is still inside the mirrored frame.
     InFrame,
@@ -92,9 +98,13 @@ impl Encap {
 /// Type III frame integrity (`BSO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bso {
+    /// Good frame with a good CRC.
     Good,
+    /// A short (runt) frame.
     Short,
+    /// An oversized (giant) frame.
     Oversized,
+    /// A frame with a bad CRC.
     Bad,
 }
 
@@ -123,16 +133,22 @@ impl Bso {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// Received on the port.
     Ingress,
+    /// Sent on the port.
     Egress,
 }
 
 /// Type III timestamp granularity (`Gra`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Granularity {
+    /// 100 microsecond ticks.
     Micros100,
+    /// 100 nanosecond ticks.
     Nanos100,
+    /// IEEE 1588: nanoseconds, the seconds in a platform sub-header.
     Ieee1588,
+    /// A granularity of the platform's own.
     Custom,
 }
 
@@ -160,8 +176,11 @@ impl Granularity {
 /// Type III frame type (`FT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameType {
+    /// An Ethernet frame (`FT` 0).
     Ethernet,
+    /// An IP packet (`FT` 2).
     Ip,
+    /// Any other `FT` value, kept.
     Unknown(u8),
 }
 
@@ -200,10 +219,12 @@ pub struct PacketII<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> PacketII<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         PacketII { buffer }
     }
 
+    /// A view of `buffer`, checked once to hold the whole header: no accessor can panic after it.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         need(Layer::ErspanII, buffer.as_ref(), TYPE_II_HEADER_LEN)?;
@@ -220,36 +241,43 @@ impl<T: AsRef<[u8]>> PacketII<T> {
         be16(self.buffer.as_ref(), field2::COS_EN_T_SID)
     }
 
+    /// The version nibble (1 for Type II).
     #[inline]
     pub fn version(&self) -> u8 {
         (self.w0() >> 12) as u8
     }
 
+    /// The VLAN of the mirrored frame.
     #[inline]
     pub fn vlan(&self) -> VlanId {
         VlanId::from_bits(self.w0())
     }
 
+    /// The class of service.
     #[inline]
     pub fn cos(&self) -> Cos {
         Cos::from_bits((self.w1() >> 13) as u8)
     }
 
+    /// How the frame carried its VLAN (`En`).
     #[inline]
     pub fn encap(&self) -> Encap {
         Encap::from_bits(self.w1() >> 11)
     }
 
+    /// `T`: the sender cut the frame.
     #[inline]
     pub fn truncated(&self) -> bool {
         self.w1() & 0x0400 != 0
     }
 
+    /// The ERSPAN session id.
     #[inline]
     pub fn session_id(&self) -> SessionId {
         SessionId::from_bits(self.w1())
     }
 
+    /// The port index (Linux and tapwire send `ifindex << 1 | egress`).
     #[inline]
     pub fn index(&self) -> Index {
         Index::from_bits(be32(self.buffer.as_ref(), field2::INDEX))
@@ -257,6 +285,7 @@ impl<T: AsRef<[u8]>> PacketII<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> PacketII<&'a T> {
+    /// The mirrored frame after the header.
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[TYPE_II_HEADER_LEN..]
@@ -266,15 +295,22 @@ impl<'a, T: AsRef<[u8]> + ?Sized> PacketII<&'a T> {
 /// An owned ERSPAN Type II header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReprII {
+    /// The VLAN of the mirrored frame.
     pub vlan: VlanId,
+    /// The class of service.
     pub cos: Cos,
+    /// How the frame carried its VLAN.
     pub encap: Encap,
+    /// The sender cut the frame.
     pub truncated: bool,
+    /// The ERSPAN session id.
     pub session_id: SessionId,
+    /// The port index.
     pub index: Index,
 }
 
 impl ReprII {
+    /// The header's fields; an ERSPAN version other than 1 is an error.
     #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &PacketII<T>) -> Result<ReprII> {
         if p.version() != 1 {
@@ -293,10 +329,12 @@ impl ReprII {
         })
     }
 
+    /// The header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         TYPE_II_HEADER_LEN
     }
 
+    /// Writes the header at the start of `p`'s buffer, which holds [`Self::buffer_len`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut PacketII<T>) {
         let buf = p.buffer.as_mut();
         set_be16(buf, field2::VER_VLAN, (1 << 12) | self.vlan.value());
@@ -343,10 +381,13 @@ pub struct PacketIII<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> PacketIII<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         PacketIII { buffer }
     }
 
+    /// A view of `buffer`, checked once to hold the header and its platform sub-header: no
+    /// accessor can panic after it.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
@@ -377,39 +418,47 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         be16(self.buffer.as_ref(), field3::FLAGS)
     }
 
+    /// The version nibble (2 for Type III).
     #[inline]
     pub fn version(&self) -> u8 {
         (self.w0() >> 12) as u8
     }
 
+    /// The VLAN of the mirrored frame.
     #[inline]
     pub fn vlan(&self) -> VlanId {
         VlanId::from_bits(self.w0())
     }
 
+    /// The class of service.
     #[inline]
     pub fn cos(&self) -> Cos {
         Cos::from_bits((self.w1() >> 13) as u8)
     }
 
+    /// The frame's integrity (`BSO`).
     pub fn bso(&self) -> Bso {
         Bso::from_bits(self.w1() >> 11)
     }
 
+    /// `T`: the sender cut the frame.
     #[inline]
     pub fn truncated(&self) -> bool {
         self.w1() & 0x0400 != 0
     }
 
+    /// The ERSPAN session id.
     #[inline]
     pub fn session_id(&self) -> SessionId {
         SessionId::from_bits(self.w1())
     }
 
+    /// The capture time's low 32 bits, in [`Self::granularity`] units.
     pub fn timestamp(&self) -> u32 {
         be32(self.buffer.as_ref(), field3::TIMESTAMP)
     }
 
+    /// The security group tag.
     pub fn sgt(&self) -> u16 {
         be16(self.buffer.as_ref(), field3::SGT)
     }
@@ -419,14 +468,17 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         self.flags() & 0x8000 != 0
     }
 
+    /// What the payload is (`FT`).
     pub fn frame_type(&self) -> FrameType {
         FrameType::from_bits((self.flags() >> 10) as u8)
     }
 
+    /// The hardware (line card) id.
     pub fn hardware_id(&self) -> HardwareId {
         HardwareId::from_bits((self.flags() >> 4) as u8)
     }
 
+    /// Which way the frame crossed the monitored port (`D`).
     pub fn direction(&self) -> Direction {
         if self.flags() & 0x0008 != 0 {
             Direction::Egress
@@ -435,6 +487,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         }
     }
 
+    /// The timestamp's units (`Gra`).
     pub fn granularity(&self) -> Granularity {
         Granularity::from_bits(self.flags() >> 1)
     }
@@ -445,6 +498,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         self.flags() & 0x0001 != 0
     }
 
+    /// The platform sub-header, when `O` is set.
     pub fn platform(&self) -> Option<Platform> {
         if !self.has_platform() {
             return None;
@@ -455,6 +509,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
         Some(Platform::decode(raw))
     }
 
+    /// The length of the header with its platform sub-header.
     #[inline]
     pub fn header_len(&self) -> usize {
         TYPE_III_HEADER_LEN
@@ -467,6 +522,7 @@ impl<T: AsRef<[u8]>> PacketIII<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> PacketIII<&'a T> {
+    /// The mirrored frame after the header (and its platform sub-header).
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len()..]
@@ -479,30 +535,42 @@ impl<'a, T: AsRef<[u8]> + ?Sized> PacketIII<&'a T> {
 pub enum Platform {
     /// Id 1: VSM domain and port index.
     Vsm {
+        /// The VSM domain.
         domain_id: u16,
+        /// The port index.
         port_index: u32,
     },
     /// Id 3: port index and the upper 32 bits of the timestamp.
     UpperTimestamp {
+        /// The port index.
         port_index: u16,
+        /// The timestamp's upper 32 bits.
         timestamp_upper: u32,
     },
     /// Ids 5 and 6: switch id, port index and the timestamp's seconds.
     Seconds {
+        /// The platform id, 5 or 6.
         id: u8,
+        /// The switch id.
         switch_id: u16,
+        /// The port index.
         port_index: u16,
+        /// The timestamp's seconds.
         seconds: u32,
     },
     /// Id 7: source index and the upper 32 bits of the timestamp.
     SourceIndex {
+        /// The source index.
         source_index: u32,
+        /// The timestamp's upper 32 bits.
         timestamp_upper: u32,
     },
+    /// Any other platform id: the sub-header as it came.
     Raw([u8; PLATFORM_HEADER_LEN]),
 }
 
 impl Platform {
+    /// Reads a sub-header (its platform id is the first six bits).
     pub fn decode(raw: [u8; PLATFORM_HEADER_LEN]) -> Platform {
         let w0 = be32(&raw, 0);
         let w1 = be32(&raw, 4);
@@ -529,6 +597,7 @@ impl Platform {
         }
     }
 
+    /// The sub-header's bytes.
     pub fn encode(&self) -> [u8; PLATFORM_HEADER_LEN] {
         let (w0, w1) = match *self {
             Platform::Vsm {
@@ -562,6 +631,7 @@ impl Platform {
         out
     }
 
+    /// The platform id.
     pub fn id(&self) -> u8 {
         match *self {
             Platform::Vsm { .. } => 1,
@@ -576,22 +646,36 @@ impl Platform {
 /// An owned ERSPAN Type III header with its optional platform sub-header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReprIII {
+    /// The VLAN of the mirrored frame.
     pub vlan: VlanId,
+    /// The class of service.
     pub cos: Cos,
+    /// The frame's integrity.
     pub bso: Bso,
+    /// The sender cut the frame.
     pub truncated: bool,
+    /// The ERSPAN session id.
     pub session_id: SessionId,
+    /// The capture time's low 32 bits.
     pub timestamp: u32,
+    /// The security group tag.
     pub sgt: u16,
+    /// `P`: the payload is an Ethernet PDU.
     pub pdu: bool,
+    /// What the payload is.
     pub frame_type: FrameType,
+    /// The hardware id.
     pub hardware_id: HardwareId,
+    /// Which way the frame crossed the port.
     pub direction: Direction,
+    /// The timestamp's units.
     pub granularity: Granularity,
+    /// The platform sub-header, if any.
     pub platform: Option<Platform>,
 }
 
 impl ReprIII {
+    /// The header's fields; an ERSPAN version other than 2 is an error.
     #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &PacketIII<T>) -> Result<ReprIII> {
         if p.version() != 2 {
@@ -617,6 +701,7 @@ impl ReprIII {
         })
     }
 
+    /// The header's length in bytes, with its platform sub-header.
     pub const fn buffer_len(&self) -> usize {
         TYPE_III_HEADER_LEN
             + if self.platform.is_some() {
@@ -626,6 +711,7 @@ impl ReprIII {
             }
     }
 
+    /// Writes the header at the start of `p`'s buffer, which holds [`Self::buffer_len`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut PacketIII<T>) {
         let buf = p.buffer.as_mut();
         set_be16(buf, field3::VER_VLAN, (2 << 12) | self.vlan.value());

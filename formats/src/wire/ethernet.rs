@@ -10,15 +10,20 @@ mod field {
     pub const ETHERTYPE: usize = 12;
 }
 
+/// The length of an Ethernet II header without tags.
 pub const HEADER_LEN: usize = 14;
+/// The length of one VLAN tag.
 pub const VLAN_TAG_LEN: usize = 4;
 /// Tags walked before giving up; real frames carry one or two.
 const MAX_TAGS: usize = 4;
 
+/// An Ethernet type: what follows the header (or a tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EtherType {
+    /// 0x0800.
     Ipv4,
+    /// 0x0806.
     Arp,
     /// 802.1Q C-tag.
     Vlan,
@@ -26,12 +31,16 @@ pub enum EtherType {
     QinQ,
     /// Pre-standard QinQ.
     Vlan9100,
+    /// 0x86DD.
     Ipv6,
+    /// 0x6558: an Ethernet frame (as inside GRE-TEB).
     TransparentEthernet,
+    /// Any other value, kept.
     Unknown(u16),
 }
 
 impl EtherType {
+    /// An 802.1Q, 802.1ad or pre-standard QinQ tag's TPID.
     #[inline]
     pub const fn is_vlan_tag(self) -> bool {
         matches!(
@@ -79,28 +88,33 @@ impl fmt::Display for EtherType {
     }
 }
 
+/// A view of an Ethernet II frame.
 #[derive(Debug, Clone)]
 pub struct Frame<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Frame { buffer }
     }
 
+    /// A view of `buffer`, checked once to hold the whole header: no accessor can panic after it.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         need(Layer::Ethernet, buffer.as_ref(), HEADER_LEN)?;
         Ok(Self::new_unchecked(buffer))
     }
 
+    /// The destination MAC address.
     pub fn dst_addr(&self) -> [u8; 6] {
         let mut a = [0u8; 6];
         a.copy_from_slice(&self.buffer.as_ref()[field::DST..field::DST + 6]);
         a
     }
 
+    /// The source MAC address.
     pub fn src_addr(&self) -> [u8; 6] {
         let mut a = [0u8; 6];
         a.copy_from_slice(&self.buffer.as_ref()[field::SRC..field::SRC + 6]);
@@ -147,6 +161,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
 /// An Ethernet frame with its VLAN tags walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Untagged {
+    /// The EtherType after the tags.
     pub ethertype: EtherType,
     /// Offset of the payload from the start of the frame.
     pub offset: usize,
@@ -157,12 +172,16 @@ pub struct Untagged {
 /// An owned Ethernet II header without tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The destination MAC address.
     pub dst_addr: [u8; 6],
+    /// The source MAC address.
     pub src_addr: [u8; 6],
+    /// The EtherType.
     pub ethertype: EtherType,
 }
 
 impl Repr {
+    /// The header's fields.
     pub fn parse<T: AsRef<[u8]>>(f: &Frame<T>) -> Result<Repr> {
         Ok(Repr {
             dst_addr: f.dst_addr(),
@@ -171,10 +190,12 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
 
+    /// Writes the header at the start of `f`'s buffer, which holds [`Self::buffer_len`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, f: &mut Frame<T>) {
         let buf = f.buffer.as_mut();
         buf[field::DST..field::DST + 6].copy_from_slice(&self.dst_addr);

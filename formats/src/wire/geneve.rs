@@ -19,16 +19,21 @@ mod field {
     pub const OPTIONS: usize = 8;
 }
 
+/// The length of a GENEVE header without options.
 pub const MIN_HEADER_LEN: usize = 8;
+/// The UDP port GENEVE is sent to.
 pub const PORT: u16 = 6081;
+/// The protocol type of an Ethernet frame.
 pub const PROTOCOL_ETHERNET: u16 = 0x6558;
 
+/// A view of a GENEVE packet.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
@@ -59,6 +64,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// The version (0).
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_OPTLEN] >> 6
     }
@@ -68,22 +74,27 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.buffer.as_ref()[field::VER_OPTLEN] & 0x3f) * 4
     }
 
+    /// `O`: an OAM packet.
     pub fn oam(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & 0x80 != 0
     }
 
+    /// `C`: critical options are present.
     pub fn critical(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & 0x40 != 0
     }
 
+    /// What the payload is (an EtherType).
     pub fn protocol(&self) -> u16 {
         be16(self.buffer.as_ref(), field::PROTOCOL)
     }
 
+    /// The virtual network identifier.
     pub fn vni(&self) -> Vni {
         Vni::from_bits(be32(self.buffer.as_ref(), field::VNI) >> 8)
     }
 
+    /// The header's length in bytes, options included.
     pub fn header_len(&self) -> usize {
         MIN_HEADER_LEN + self.options_len()
     }
@@ -94,10 +105,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The options, as they came.
     pub fn options(&self) -> &'a [u8] {
         &self.buffer.as_ref()[field::OPTIONS..self.header_len()]
     }
 
+    /// What follows the header and its options.
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -106,14 +119,20 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 /// An owned GENEVE header; options are kept as their raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repr {
+    /// `O`: an OAM packet.
     pub oam: bool,
+    /// `C`: critical options are present.
     pub critical: bool,
+    /// What the payload is (an EtherType).
     pub protocol: u16,
+    /// The virtual network identifier.
     pub vni: Vni,
+    /// The options, as they came.
     pub options: Vec<u8>,
 }
 
 impl Repr {
+    /// The header's fields (version 0 only).
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         if p.version() != 0 {
             return Err(Error::Version {
@@ -130,6 +149,7 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes, options included.
     pub fn buffer_len(&self) -> usize {
         MIN_HEADER_LEN + self.options.len()
     }

@@ -26,6 +26,7 @@ const K: u8 = 0x20;
 const S: u8 = 0x10;
 const A: u8 = 0x80;
 
+/// The length of a GRE header without its optional fields.
 pub const MIN_HEADER_LEN: usize = 4;
 
 /// The GRE protocol type: an EtherType naming the payload.
@@ -38,10 +39,13 @@ pub enum Protocol {
     ErspanIII,
     /// 0x6558: transparent Ethernet bridging (GRE-TEB).
     TransparentEthernet,
+    /// 0x0800: a routed IPv4 tunnel.
     Ipv4,
+    /// 0x86DD: a routed IPv6 tunnel.
     Ipv6,
     /// 0x880B: PPP, carried by PPTP's enhanced GRE.
     Ppp,
+    /// Any other value, kept.
     Unknown(u16),
 }
 
@@ -86,6 +90,7 @@ pub struct Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
@@ -99,6 +104,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// Checks that the buffer holds the header with the optional fields its flags announce;
+    /// routing (the R bit) is refused.
     #[inline]
     pub fn check_len(&self) -> Result<()> {
         let data = self.buffer.as_ref();
@@ -112,6 +119,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         need(Layer::Gre, data, self.header_len())
     }
 
+    /// The buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -121,21 +129,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::FLAGS]
     }
 
+    /// `C`: a checksum (and a reserved word) is present.
     #[inline]
     pub fn checksum_present(&self) -> bool {
         self.flags() & C != 0
     }
 
+    /// `R`: source routing, which tapwire does not decode.
     #[inline]
     pub fn routing_present(&self) -> bool {
         self.flags() & R != 0
     }
 
+    /// `K`: a key is present.
     #[inline]
     pub fn key_present(&self) -> bool {
         self.flags() & K != 0
     }
 
+    /// `S`: a sequence number is present.
     #[inline]
     pub fn sequence_present(&self) -> bool {
         self.flags() & S != 0
@@ -152,6 +164,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.version() == 1 && self.buffer.as_ref()[field::VERSION] & A != 0
     }
 
+    /// What the payload is.
     #[inline]
     pub fn protocol(&self) -> Protocol {
         Protocol::from(be16(self.buffer.as_ref(), field::PROTOCOL))
@@ -186,18 +199,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.key_offset() + if self.key_present() { 4 } else { 0 }
     }
 
+    /// The checksum, when `C` is set.
     #[inline]
     pub fn checksum(&self) -> Option<u16> {
         self.checksum_present()
             .then(|| be16(self.buffer.as_ref(), field::OPTIONS))
     }
 
+    /// The key, when `K` is set.
     #[inline]
     pub fn key(&self) -> Option<u32> {
         self.key_present()
             .then(|| be32(self.buffer.as_ref(), self.key_offset()))
     }
 
+    /// The sequence number, when `S` is set.
     #[inline]
     pub fn sequence(&self) -> Option<u32> {
         self.sequence_present()
@@ -212,6 +228,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// What follows the header.
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let data = self.buffer.as_ref();
@@ -220,16 +237,19 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the protocol type.
     pub fn set_protocol(&mut self, p: Protocol) {
         set_be16(self.buffer.as_mut(), field::PROTOCOL, p.into());
     }
 
+    /// Sets the sequence number (the S bit must already be set).
     pub fn set_sequence(&mut self, seq: u32) {
         debug_assert!(self.sequence_present());
         let at = self.sequence_offset();
         set_be32(self.buffer.as_mut(), at, seq);
     }
 
+    /// What follows the header, to write into.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let at = self.header_len();
         &mut self.buffer.as_mut()[at..]
@@ -249,14 +269,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// An owned GRE header (version 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// What the payload is.
     pub protocol: Protocol,
     /// Whether a checksum is carried; [`Packet::fill_checksum`] computes it once the payload is in.
     pub checksum: bool,
+    /// The key, when one is sent.
     pub key: Option<u32>,
+    /// The sequence number, when one is sent.
     pub sequence: Option<u32>,
 }
 
 impl Repr {
+    /// The header's fields (version 0 only).
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
         if packet.version() != 0 {
@@ -273,6 +297,7 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes, with the optional fields.
     pub const fn buffer_len(&self) -> usize {
         MIN_HEADER_LEN
             + if self.checksum { 4 } else { 0 }

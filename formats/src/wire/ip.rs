@@ -6,18 +6,31 @@ use core::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Protocol {
+    /// 0: IPv6 hop-by-hop options.
     HopByHop,
+    /// 1.
     Icmp,
+    /// 6.
     Tcp,
+    /// 17.
     Udp,
+    /// 43: IPv6 routing header.
     Ipv6Route,
+    /// 44: IPv6 fragment header.
     Ipv6Frag,
+    /// 47.
     Gre,
+    /// 50: IPsec ESP.
     Esp,
+    /// 51: IPsec AH.
     Ah,
+    /// 58.
     Icmpv6,
+    /// 59: IPv6, nothing follows.
     Ipv6NoNxt,
+    /// 60: IPv6 destination options.
     Ipv6Opts,
+    /// Any other number, kept.
     Unknown(u8),
 }
 

@@ -19,14 +19,17 @@ mod field {
     pub const DST: usize = 16;
 }
 
+/// The length of an IPv4 header without options.
 pub const MIN_HEADER_LEN: usize = 20;
 
+/// A view of an IPv4 packet.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
@@ -54,34 +57,41 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// The version nibble (4).
     #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
+    /// The header's length in bytes, options included (`IHL` × 4).
     #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
+    /// The DSCP and ECN byte.
     pub fn dscp_ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN]
     }
 
+    /// The packet's length in bytes, header included.
     #[inline]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    /// The identification, shared by a datagram's fragments.
     #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.buffer.as_ref(), field::IDENT)
     }
 
+    /// `DF`: do not fragment.
     pub fn dont_frag(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & 0x4000 != 0
     }
 
+    /// `MF`: more fragments follow.
     #[inline]
     pub fn more_frags(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & 0x2000 != 0
@@ -93,24 +103,29 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(be16(self.buffer.as_ref(), field::FLG_OFF) & 0x1fff) * 8
     }
 
+    /// Whether this is a fragment (`MF` set or a non-zero offset).
     #[inline]
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
     }
 
+    /// The time to live.
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    /// What the payload is.
     #[inline]
     pub fn protocol(&self) -> Protocol {
         Protocol::from(self.buffer.as_ref()[field::PROTOCOL])
     }
 
+    /// The header checksum as carried.
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    /// The source address.
     #[inline]
     pub fn src_addr(&self) -> Ipv4Addr {
         let d = self.buffer.as_ref();
@@ -122,6 +137,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         )
     }
 
+    /// The destination address.
     #[inline]
     pub fn dst_addr(&self) -> Ipv4Addr {
         let d = self.buffer.as_ref();
@@ -133,12 +149,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         )
     }
 
+    /// Whether the header checksum is right.
     pub fn verify_checksum(&self) -> bool {
         internet_checksum(&self.buffer.as_ref()[..self.header_len()]) == 0
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The payload: after the header, up to the total length.
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len()..usize::from(self.total_len())]
@@ -146,6 +164,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Computes the header checksum and writes it.
     pub fn fill_checksum(&mut self) {
         let hlen = self.header_len();
         let buf = self.buffer.as_mut();
@@ -158,12 +177,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// An owned IPv4 header without options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source address.
     pub src_addr: Ipv4Addr,
+    /// The destination address.
     pub dst_addr: Ipv4Addr,
+    /// What the payload is.
     pub protocol: Protocol,
+    /// The payload's length in bytes.
     pub payload_len: usize,
+    /// The time to live.
     pub ttl: u8,
+    /// The identification.
     pub ident: u16,
+    /// `DF`: do not fragment.
     pub dont_frag: bool,
 }
 
@@ -187,6 +213,7 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         MIN_HEADER_LEN
     }

@@ -16,6 +16,7 @@ mod field {
     pub const DST: usize = 24;
 }
 
+/// The length of the IPv6 fixed header.
 pub const HEADER_LEN: usize = 40;
 /// Extension headers walked before giving up: a chain longer than this is hostile.
 const MAX_EXTENSION_HEADERS: usize = 8;
@@ -23,9 +24,11 @@ const MAX_EXTENSION_HEADERS: usize = 8;
 /// Where the upper-layer header starts, and the fragment header if one was crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpperLayer {
+    /// The upper-layer protocol.
     pub protocol: Protocol,
     /// Offset from the start of the IPv6 header.
     pub offset: usize,
+    /// The fragment header crossed on the way, if any.
     pub fragment: Option<Fragment>,
 }
 
@@ -34,16 +37,20 @@ pub struct UpperLayer {
 pub struct Fragment {
     /// Offset in bytes.
     pub offset: usize,
+    /// `M`: more fragments follow.
     pub more: bool,
+    /// The identification, shared by a datagram's fragments.
     pub ident: u32,
 }
 
+/// A view of an IPv6 packet.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
@@ -70,32 +77,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// The version nibble (6).
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_TC_FLOW] >> 4
     }
 
+    /// The flow label.
     pub fn flow_label(&self) -> u32 {
         be32(self.buffer.as_ref(), field::VER_TC_FLOW) & 0x000f_ffff
     }
 
+    /// The payload's length in bytes (extension headers included).
     pub fn payload_len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    /// The first next header.
     pub fn next_header(&self) -> Protocol {
         Protocol::from(self.buffer.as_ref()[field::NXT_HDR])
     }
 
+    /// The hop limit.
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
+    /// The source address.
     pub fn src_addr(&self) -> Ipv6Addr {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buffer.as_ref()[field::SRC..field::SRC + 16]);
         Ipv6Addr::from(a)
     }
 
+    /// The destination address.
     pub fn dst_addr(&self) -> Ipv6Addr {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buffer.as_ref()[field::DST..field::DST + 16]);
@@ -173,14 +187,20 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 /// An owned IPv6 header without extension headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source address.
     pub src_addr: Ipv6Addr,
+    /// The destination address.
     pub dst_addr: Ipv6Addr,
+    /// The first next header.
     pub next_header: Protocol,
+    /// The payload's length in bytes.
     pub payload_len: usize,
+    /// The hop limit.
     pub hop_limit: u8,
 }
 
 impl Repr {
+    /// The fixed header's fields.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         Ok(Repr {
             src_addr: p.src_addr(),
@@ -191,10 +211,12 @@ impl Repr {
         })
     }
 
+    /// The fixed header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
 
+    /// Writes the fixed header at the start of `p`'s buffer, which holds [`Self::buffer_len`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         let buf = p.buffer.as_mut();
         buf[..4].copy_from_slice(&[0x60, 0, 0, 0]);

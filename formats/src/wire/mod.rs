@@ -27,24 +27,40 @@ use core::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Layer {
+    /// The link layer as a whole (an unknown link type).
     Link,
+    /// An Ethernet II header.
     Ethernet,
+    /// An 802.1Q or 802.1ad tag.
     Vlan,
+    /// Linux cooked capture v1.
     Sll,
+    /// Linux cooked capture v2.
     Sll2,
+    /// An IPv4 header.
     Ipv4,
+    /// An IPv6 header or one of its extension headers.
     Ipv6,
+    /// A UDP header.
     Udp,
+    /// A GRE header.
     Gre,
+    /// An ERSPAN Type II header.
     ErspanII,
+    /// An ERSPAN Type III header.
     ErspanIII,
+    /// The ERSPAN Type III platform sub-header.
     ErspanPlatform,
+    /// A VXLAN header.
     Vxlan,
+    /// A GENEVE header and its options.
     Geneve,
+    /// A TZSP header and its tagged fields.
     Tzsp,
 }
 
 impl Layer {
+    /// The layer's name in counting keys (`gre`, `erspan_ii`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Layer::Link => "link",
@@ -76,23 +92,44 @@ impl fmt::Display for Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The header does not fit in what is left of the packet.
     #[error("{layer}: truncated, needed {needed} bytes, got {got}")]
     Truncated {
+        /// Where.
         layer: Layer,
+        /// Bytes the header needs.
         needed: usize,
+        /// Bytes there were.
         got: usize,
     },
+    /// A version this layer does not know.
     #[error("{layer}: unsupported version {version}")]
-    Version { layer: Layer, version: u8 },
+    Version {
+        /// Where.
+        layer: Layer,
+        /// The version found.
+        version: u8,
+    },
     /// A feature this layer does not decode (GRE routing, an unknown frame type...).
     #[error("{layer}: unsupported {what}")]
-    Unsupported { layer: Layer, what: &'static str },
+    Unsupported {
+        /// Where.
+        layer: Layer,
+        /// What, as a short stable word.
+        what: &'static str,
+    },
     /// A field contradicts the format (a length shorter than the header...).
     #[error("{layer}: malformed {what}")]
-    Malformed { layer: Layer, what: &'static str },
+    Malformed {
+        /// Where.
+        layer: Layer,
+        /// What, as a short stable word.
+        what: &'static str,
+    },
 }
 
 impl Error {
+    /// The layer the error was found in.
     pub const fn layer(&self) -> Layer {
         match *self {
             Error::Truncated { layer, .. }
@@ -123,7 +160,9 @@ impl Error {
 /// A counting key for [`Error`]s: the layer and a short word, printed as `layer_word`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Reason {
+    /// Where.
     pub layer: Layer,
+    /// What, as a short stable word (`truncated`, `routing`).
     pub what: &'static str,
 }
 
@@ -133,6 +172,7 @@ impl fmt::Display for Reason {
     }
 }
 
+/// The result of parsing a header.
 pub type Result<T> = core::result::Result<T, Error>;
 
 /// Returns `Err(Truncated)` unless `data` holds at least `needed` bytes.
@@ -174,7 +214,9 @@ macro_rules! bounded_field {
         pub struct $name($int);
 
         impl $name {
+            /// The field's width in bits.
             pub const BITS: u32 = $bits;
+            /// The largest value the field holds.
             pub const MAX: $int = ((1u64 << $bits) - 1) as $int;
 
             /// `None` when `v` does not fit in the field.
@@ -187,6 +229,7 @@ macro_rules! bounded_field {
                 Self(v & Self::MAX)
             }
 
+            /// The value.
             pub const fn value(self) -> $int {
                 self.0
             }

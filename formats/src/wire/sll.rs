@@ -3,27 +3,39 @@
 
 use super::{Layer, Result, be16, be32, ethernet::EtherType, need};
 
+/// The length of an SLL header.
 pub const SLL_HEADER_LEN: usize = 16;
+/// The length of an SLL2 header.
 pub const SLL2_HEADER_LEN: usize = 20;
 
 /// `sll_pkttype`: who the frame was for.
 pub mod pkttype {
+    /// To this host.
     pub const HOST: u16 = 0;
+    /// Broadcast.
     pub const BROADCAST: u16 = 1;
+    /// Multicast.
     pub const MULTICAST: u16 = 2;
+    /// To another host (promiscuous capture).
     pub const OTHERHOST: u16 = 3;
+    /// Sent by this host.
     pub const OUTGOING: u16 = 4;
 }
 
 /// The fields tapwire uses from either cooked header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cooked {
+    /// Who the frame was for: one of [`pkttype`].
     pub pkttype: u16,
+    /// The payload's EtherType.
     pub ethertype: EtherType,
+    /// The interface index (SLL2 only).
     pub ifindex: Option<u32>,
+    /// The header's length in bytes.
     pub header_len: usize,
 }
 
+/// An SLL header.
 pub fn parse_sll(data: &[u8]) -> Result<Cooked> {
     need(Layer::Sll, data, SLL_HEADER_LEN)?;
     Ok(Cooked {
@@ -34,6 +46,7 @@ pub fn parse_sll(data: &[u8]) -> Result<Cooked> {
     })
 }
 
+/// An SLL2 header.
 pub fn parse_sll2(data: &[u8]) -> Result<Cooked> {
     need(Layer::Sll2, data, SLL2_HEADER_LEN)?;
     Ok(Cooked {

@@ -13,20 +13,31 @@ mod field {
     pub const FIELDS: usize = 4;
 }
 
+/// The UDP port TZSP is sent to.
 pub const PORT: u16 = 37008;
+/// The length of the fixed part of the header (before the tagged fields).
 pub const MIN_HEADER_LEN: usize = 5;
+/// A tagged field of one byte: padding.
 pub const TAG_PADDING: u8 = 0;
+/// The last tagged field.
 pub const TAG_END: u8 = 1;
+/// The encapsulation of an Ethernet frame.
 pub const ENCAP_ETHERNET: u16 = 1;
 
 /// TZSP packet type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Type {
+    /// 0: a frame received on the sender's interface.
     Received,
+    /// 1: a frame to transmit.
     Transmit,
+    /// 3: configuration.
     Config,
+    /// 4: keepalive.
     Keepalive,
+    /// 5: port opener.
     PortOpener,
+    /// Any other type, kept.
     Unknown(u8),
 }
 
@@ -56,6 +67,7 @@ impl From<Type> for u8 {
     }
 }
 
+/// A view of a TZSP packet.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
@@ -93,18 +105,22 @@ impl<T: AsRef<[u8]>> Packet<T> {
         })
     }
 
+    /// The version (1).
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VERSION]
     }
 
+    /// What the packet is.
     pub fn packet_type(&self) -> Type {
         Type::from(self.buffer.as_ref()[field::TYPE])
     }
 
+    /// The encapsulation of the frame that follows.
     pub fn encapsulation(&self) -> u16 {
         be16(self.buffer.as_ref(), field::ENCAP)
     }
 
+    /// The header's length in bytes, tagged fields included.
     pub fn header_len(&self) -> usize {
         self.header_len
     }
@@ -131,6 +147,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The frame after the tagged fields.
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len..]
     }
@@ -139,19 +156,25 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 /// A tagged field other than padding and end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaggedField {
+    /// The tag.
     pub tag: u8,
+    /// Its value.
     pub value: Vec<u8>,
 }
 
 /// An owned TZSP header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repr {
+    /// What the packet is.
     pub packet_type: Type,
+    /// The encapsulation of the frame that follows.
     pub encapsulation: u16,
+    /// The tagged fields other than padding and end.
     pub fields: Vec<TaggedField>,
 }
 
 impl Repr {
+    /// The header's fields, tagged fields walked (version 1 only).
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         if p.version() != 1 {
             return Err(Error::Version {
@@ -172,6 +195,7 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes, tagged fields included.
     pub fn buffer_len(&self) -> usize {
         field::FIELDS + self.fields.iter().map(|f| 2 + f.value.len()).sum::<usize>() + 1
     }

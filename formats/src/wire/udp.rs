@@ -12,14 +12,17 @@ mod field {
     pub const CHECKSUM: usize = 6;
 }
 
+/// The length of a UDP header.
 pub const HEADER_LEN: usize = 8;
 
+/// A view of a UDP datagram.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
@@ -42,10 +45,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// The source port.
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
+    /// The destination port.
     #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::DST_PORT)
@@ -57,12 +62,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    /// The checksum as carried (0: none, over IPv4).
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The payload, up to the datagram's length.
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let data = self.buffer.as_ref();
@@ -74,12 +81,16 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 /// [`Repr::emit`] for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source port.
     pub src_port: u16,
+    /// The destination port.
     pub dst_port: u16,
+    /// The payload's length in bytes.
     pub payload_len: usize,
 }
 
 impl Repr {
+    /// The header's fields.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         Ok(Repr {
             src_port: p.src_port(),
@@ -88,6 +99,7 @@ impl Repr {
         })
     }
 
+    /// The header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

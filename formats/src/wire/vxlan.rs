@@ -18,45 +18,56 @@ mod field {
 }
 
 const I: u8 = 0x08;
+/// The length of a VXLAN header.
 pub const HEADER_LEN: usize = 8;
+/// The UDP port VXLAN is sent to.
 pub const PORT: u16 = 4789;
 
+/// A view of a VXLAN packet.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of `buffer` without checking its length (for emitting into a buffer of the right size).
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// A view of `buffer`, checked once to hold the whole header: no accessor can panic after it.
     pub fn new_checked(buffer: T) -> Result<Self> {
         need(Layer::Vxlan, buffer.as_ref(), HEADER_LEN)?;
         Ok(Self::new_unchecked(buffer))
     }
 
+    /// The flags byte.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
+    /// `I`: the VNI is valid.
     pub fn vni_valid(&self) -> bool {
         self.flags() & I != 0
     }
 
+    /// The VXLAN network identifier.
     pub fn vni(&self) -> Vni {
         Vni::from_bits(be32(self.buffer.as_ref(), field::VNI) >> 8)
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The Ethernet frame after the header.
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 }
 
+/// An owned VXLAN header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The VXLAN network identifier.
     pub vni: Vni,
 }
 
@@ -72,10 +83,12 @@ impl Repr {
         Ok(Repr { vni: p.vni() })
     }
 
+    /// The header's length in bytes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
 
+    /// Writes the header at the start of `p`'s buffer, which holds [`Self::buffer_len`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         let buf = p.buffer.as_mut();
         buf[..HEADER_LEN].fill(0);

@@ -87,6 +87,7 @@ impl RecvBatch {
         }
     }
 
+    /// How many datagrams one receive takes at most.
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
     }
@@ -140,10 +141,12 @@ impl RecvBatch {
         }
     }
 
+    /// How many datagrams the last receive filled.
     pub fn len(&self) -> usize {
         self.n_filled
     }
 
+    /// Whether the last receive filled none.
     pub fn is_empty(&self) -> bool {
         self.n_filled == 0
     }
@@ -153,6 +156,7 @@ impl RecvBatch {
         (i < self.n_filled).then(|| self.filled(i))
     }
 
+    /// The datagrams of the last [`RecvBatch::recv`], in order.
     pub fn messages(&self) -> impl ExactSizeIterator<Item = Message<'_>> + '_ {
         (0..self.n_filled).map(|i| self.filled(i))
     }
@@ -183,7 +187,9 @@ impl RecvBatch {
 /// peer when `None`. Raw IP sockets ignore the port; give 0.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<'a> {
+    /// Where to send it; `None`: the connected peer.
     pub destination: Option<SocketAddr>,
+    /// The pieces sent one after the other as one datagram.
     pub parts: &'a [IoSlice<'a>],
 }
 
@@ -221,6 +227,7 @@ impl Default for SendBatch {
 }
 
 impl SendBatch {
+    /// An empty batch; it grows to the largest one sent and stays so.
     pub fn new() -> SendBatch {
         SendBatch {
             names: Vec::new(),
@@ -308,6 +315,7 @@ pub fn accept_zero_udp6_checksum(socket: &impl AsFd) -> io::Result<()> {
 /// What [`set_recv_buffer`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecvBuffer {
+    /// The size asked for.
     pub requested_bytes: usize,
     /// `SO_RCVBUF` as read back. The kernel doubles what it grants to cover its bookkeeping,
     /// so an honoured request reads back as twice `requested_bytes`.

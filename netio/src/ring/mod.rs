@@ -76,10 +76,13 @@ impl FanoutMode {
 /// hashing, and tapwire must see fragments as they were on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fanout {
+    /// The fanout group: rings that give the same id share the traffic.
     pub group_id: u16,
+    /// How packets are spread over the group.
     pub mode: FanoutMode,
 }
 
+/// How a [`Ring`] is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingConfig {
     /// Size of one block: a power of two and a multiple of the page size. Default 1 MiB.
@@ -93,6 +96,7 @@ pub struct RingConfig {
     /// opened: the bound on capture latency at low rates. 0 lets the kernel pick from the link
     /// speed. Default 10.
     pub block_timeout_ms: u32,
+    /// Share the interface's packets with other rings (capture threads).
     pub fanout: Option<Fanout>,
     /// Put the interface in promiscuous mode for as long as the ring is open. Default off.
     pub promiscuous: bool,
@@ -121,34 +125,47 @@ impl Default for RingConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The kernel maps blocks page by page.
     #[error(
         "block size {block_size_bytes} bytes is not a multiple of the page size ({page_size_bytes} bytes)"
     )]
     BlockSizeNotPageMultiple {
+        /// The size given.
         block_size_bytes: u32,
+        /// This machine's page.
         page_size_bytes: u32,
     },
+    /// The kernel wants a power of two.
     #[error("block size {0} bytes is not a power of two")]
     BlockSizeNotPowerOfTwo(u32),
+    /// One block fills while another is read.
     #[error(
         "block count {0} is below 2: the kernel could not fill one block while another is read"
     )]
     TooFewBlocks(u32),
+    /// More memory than a ring may take.
     #[error(
         "ring of {block_count} blocks of {block_size_bytes} bytes exceeds {MAX_RING_BYTES} bytes"
     )]
     RingTooLarge {
+        /// The size given.
         block_size_bytes: u32,
+        /// The count given.
         block_count: u32,
     },
+    /// `tp_frame_size` out of the kernel's range.
     #[error(
         "frame size hint {frame_size} bytes must be a multiple of 16 from {min} bytes to the block size ({block_size_bytes} bytes)"
     )]
     BadFrameSize {
+        /// The hint given.
         frame_size: u32,
+        /// The smallest the kernel takes.
         min: u32,
+        /// The block size given.
         block_size_bytes: u32,
     },
+    /// A snaplen of 0 would keep nothing.
     #[error("snaplen must be at least 1 byte")]
     ZeroSnaplen,
 }
@@ -164,6 +181,7 @@ pub fn page_size_bytes() -> u32 {
 const MIN_FRAME_SIZE: u32 = PACKET_HEADER_LEN.next_multiple_of(libc::TPACKET_ALIGNMENT) as u32;
 
 impl RingConfig {
+    /// Checks the geometry against the kernel's rules and this machine's page size.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let block = self.block_size_bytes;
         let page = page_size_bytes();
@@ -410,10 +428,12 @@ impl Ring {
         })
     }
 
+    /// The interface's name.
     pub fn interface(&self) -> &str {
         &self.interface
     }
 
+    /// The interface's index.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
     }
@@ -581,6 +601,7 @@ impl<'r> Block<'r> {
         }
     }
 
+    /// The block's packets, in order.
     pub fn packets(&self) -> Packets<'_> {
         Packets::new(self.bytes(), self.header, &self.corrupt)
     }

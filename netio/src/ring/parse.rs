@@ -88,7 +88,9 @@ fn ne16(b: &[u8], at: usize) -> u16 {
 pub enum Direction {
     /// Addressed to this host.
     Host,
+    /// Addressed to a broadcast address.
     Broadcast,
+    /// Addressed to a multicast group.
     Multicast,
     /// Addressed to another host; seen because the interface is promiscuous (or is a veth or
     /// bridge port that hands everything up).
@@ -97,6 +99,7 @@ pub enum Direction {
     Outgoing,
     /// Multicast looped back to this host.
     Loopback,
+    /// Any other value, kept.
     Unknown(u8),
 }
 
@@ -131,14 +134,17 @@ pub struct VlanTag {
 }
 
 impl VlanTag {
+    /// The VLAN id (12 bits).
     pub fn vid(self) -> u16 {
         self.tci & 0x0fff
     }
 
+    /// The priority code point (3 bits).
     pub fn pcp(self) -> u8 {
         (self.tci >> 13) as u8
     }
 
+    /// The drop eligible indicator.
     pub fn dei(self) -> bool {
         self.tci & 0x1000 != 0
     }
@@ -155,6 +161,7 @@ pub struct Packet<'a> {
     pub wire_len: u32,
     /// Receive time in nanoseconds since the Unix epoch (`tp_sec`, `tp_nsec`).
     pub ts_ns: u64,
+    /// Where it was going relative to this host.
     pub direction: Direction,
     /// The outermost VLAN tag, when the kernel moved it out of the frame (`TP_STATUS_VLAN_VALID`).
     pub vlan: Option<VlanTag>,

@@ -34,6 +34,7 @@ use crate::ifindex;
 use crate::ring::{Mmap, page_size_bytes};
 use crate::sys;
 
+/// The shape and options of a transmit ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxConfig {
     /// The longest Ethernet frame (header included, no FCS) that will be sent: the interface's
@@ -161,10 +162,12 @@ impl TxRing {
         })
     }
 
+    /// The interface the ring sends on, by name.
     pub fn interface(&self) -> &str {
         &self.interface
     }
 
+    /// The interface's index.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
     }
@@ -174,6 +177,7 @@ impl TxRing {
         self.layout.capacity() - self.lead
     }
 
+    /// How many frames the ring holds.
     pub fn frame_count(&self) -> usize {
         self.layout.frame_count()
     }

@@ -61,6 +61,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// The state a slot's `tp_status` word says.
     pub fn from_word(word: u32) -> Status {
         if word & libc::TP_STATUS_WRONG_FORMAT != 0 {
             Status::WrongFormat
@@ -78,10 +79,13 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayoutError {
+    /// The frame length is 0 or above 65535.
     #[error("a frame of {0} bytes cannot be sent (1 to 65535 bytes)")]
     BadFrameLen(u32),
+    /// Fewer than two frames were asked for.
     #[error("a transmit ring needs at least 2 frames, not {0}")]
     TooFewFrames(u32),
+    /// The ring would be larger than the kernel allows.
     #[error("a transmit ring of {0} bytes exceeds {MAX_RING_BYTES} bytes")]
     TooLarge(u64),
 }

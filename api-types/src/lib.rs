@@ -1,0 +1,293 @@
+//! The shapes of tapwire's HTTP APIs, shared by the collector (which serves them), the terminal
+//! UI, the probe and the command line (which read them): plain serde types. Beside them, the few
+//! pure rules both ends apply: a flow's fields ([`flow`]), names ([`control::validate_name`]),
+//! merge patches, timestamps ([`time`]) and the Prometheus text ([`metrics`]).
+//!
+//! `GET /api/v1/sessions` returns a [`Snapshot`]; counters are totals since the collector
+//! started, `rates` are measured over the last 1 and 10 seconds.
+
+pub mod control;
+pub mod flow;
+pub mod metrics;
+pub mod probe;
+pub mod time;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9750";
+pub const SESSIONS_PATH: &str = "/api/v1/sessions";
+
+/// Packets and bits per second over the last 1 and 10 seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub pps_1s: f64,
+    pub bps_1s: f64,
+    pub pps_10s: f64,
+    pub bps_10s: f64,
+}
+
+/// Packets tapwire itself did not write, by reason. Each is its own counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// The session is disabled.
+    pub disabled: u64,
+    /// The session's inner filter did not match.
+    pub filter: u64,
+    /// The minimum-free-disk guard was holding writes.
+    pub disk_guard: u64,
+    /// Encoded, but the file system was full when their buffer was written.
+    #[serde(default)]
+    pub disk_full: u64,
+    /// The output could not be opened or written (directory gone, read-only, not a directory).
+    pub write_error: u64,
+    /// The disk thread was too far behind; buffered data would have exceeded the bound.
+    pub backlog: u64,
+    /// No session took the source and auto-discovery is off.
+    pub no_session: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.disabled
+            + self.filter
+            + self.disk_guard
+            + self.disk_full
+            + self.write_error
+            + self.backlog
+            + self.no_session
+    }
+}
+
+/// How a source's sequence numbers are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sequence {
+    None,
+    PerSource,
+    SharedBySender,
+}
+
+/// ERSPAN header fields seen on a source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErspanSeen {
+    /// VLANs carried in the header, with packet counts (bounded list).
+    pub vlans: BTreeMap<u16, u64>,
+    pub ingress: u64,
+    pub egress: u64,
+    pub hardware_ids: BTreeMap<u8, u64>,
+}
+
+/// The inner protocol mix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolMix {
+    pub ipv4: u64,
+    pub ipv6: u64,
+    pub arp: u64,
+    pub tcp: u64,
+    pub udp: u64,
+    pub icmp: u64,
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceStats {
+    pub src: String,
+    pub kind: String,
+    pub id: u32,
+    /// `10.0.0.5 erspan-ii session 42`.
+    pub label: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub truncated: u64,
+    /// Frames kept although their GRE checksum did not verify (`collect --strict-gre-checksum`
+    /// drops them instead, as malformed `gre_checksum`).
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
+    pub sequence: Sequence,
+    pub drops: Drops,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub rates: Rates,
+    #[serde(default)]
+    pub erspan: Option<ErspanSeen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Packets arrived in the last 5 seconds.
+    Receiving,
+    Idle,
+    Disabled,
+    /// An output cannot be written.
+    Error,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStats {
+    pub dir: String,
+    pub format: String,
+    /// The file being written, if one is open.
+    pub current: Option<String>,
+    pub current_bytes: u64,
+    pub files_finished: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub name: String,
+    pub state: SessionState,
+    pub enabled: bool,
+    /// Created for a source no configured session took.
+    pub auto: bool,
+    pub filter: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets on disk: counted when the disk thread has written the block holding them.
+    pub written: u64,
+    /// Packets accepted for the session's file but not yet on disk (buffered, or queued for
+    /// the disk thread). `packets = written + pending + drops.total()`.
+    #[serde(default)]
+    pub pending: u64,
+    pub lost: u64,
+    pub truncated: u64,
+    /// Over the session's sources: frames kept although their GRE checksum did not verify.
+    #[serde(default)]
+    pub gre_checksum_bad: u64,
+    pub drops: Drops,
+    pub rates: Rates,
+    pub last_seen: Option<String>,
+    pub files: Option<FileStats>,
+    pub sources: Vec<SourceStats>,
+    #[serde(default)]
+    pub protocols: ProtocolMix,
+    /// Inner IP addresses with the most bytes, largest first.
+    #[serde(default)]
+    pub top_talkers: Vec<Talker>,
+    /// The session's monitor interface, if it has one.
+    #[serde(default)]
+    pub tap: Option<TapStats>,
+}
+
+/// A session's TAP output. Its drops are its own: files are unaffected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapStats {
+    pub name: String,
+    pub netns: Option<String>,
+    pub written: u64,
+    /// Frames dropped because the TAP's queue was full.
+    pub tap_dropped: u64,
+    /// Writes the kernel refused.
+    pub errors: u64,
+    /// Frames the TAP's own filter (or a non-Ethernet link type) kept off the TAP.
+    pub filtered: u64,
+    /// Why the TAP could not be created, if it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Talker {
+    pub addr: String,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputStats {
+    /// `gre-v4 0.0.0.0`, `udp 4789 [::]`, `af_packet eth1 #0`.
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Dropped by the kernel before tapwire read them (SO_RXQ_OVFL, PACKET_STATISTICS).
+    pub kernel_drops: u64,
+    /// Dropped because the engine's queue was full.
+    pub queue_drops: u64,
+    pub error: Option<String>,
+    pub rates: Rates,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub packets: u64,
+    pub decapsulated: u64,
+    pub written: u64,
+    #[serde(default)]
+    pub pending: u64,
+    pub lost: u64,
+    pub kernel_drops: u64,
+    pub queue_drops: u64,
+    pub drops: Drops,
+    pub not_mirror: BTreeMap<String, u64>,
+    pub malformed: BTreeMap<String, u64>,
+    /// Packets refused by the source allow-list, by outer address (bounded; the rest under
+    /// `other`).
+    pub refused: BTreeMap<String, u64>,
+    pub sources: u64,
+    pub rates: Rates,
+    /// Outer IP fragment reassembly (AF_PACKET inputs; raw sockets get datagrams whole).
+    #[serde(default)]
+    pub defrag: Defrag,
+}
+
+/// What outer fragment reassembly did since the collector started; each its own counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Defrag {
+    /// Fragments received.
+    pub fragments: u64,
+    /// Fragments that did not complete a datagram: stored until the rest arrives (or an
+    /// identical repeat of one stored).
+    pub held: u64,
+    /// Datagrams completed and decapsulated.
+    pub reassembled: u64,
+    /// Incomplete datagrams dropped because they timed out.
+    pub evicted_timeout: u64,
+    /// Incomplete datagrams dropped to stay within the memory or count bound.
+    pub evicted_memory: u64,
+    /// Fragments refused: overlapping with different bytes, or past the maximum size.
+    pub invalid: u64,
+    /// Datagrams waiting for fragments now.
+    pub pending_datagrams: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub started: String,
+    pub uptime_s: f64,
+    pub totals: Totals,
+    pub inputs: Vec<InputStats>,
+    pub sessions: Vec<SessionStats>,
+}
+
+/// What `POST /api/v1/sessions/{name}/{action}` may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Enable,
+    Disable,
+    Rotate,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "enable" => Some(Action::Enable),
+            "disable" => Some(Action::Disable),
+            "rotate" => Some(Action::Rotate),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to an action or an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub ok: bool,
+    pub message: String,
+}

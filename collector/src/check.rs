@@ -1,0 +1,205 @@
+//! What `tapwire collect --check` prints: the configuration in effect once the file and the
+//! flags are merged, session by session, so that an operator sees which rotation, format and
+//! hook each session's files will really get. Pure: options in, text out.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use tapwire_formats::capture::Format;
+
+use crate::collect::CollectOptions;
+use crate::config::{FilesConfig, RotatePolicy, SessionConfig, SourceMatch};
+use crate::offline::Timestamps;
+
+/// The whole report: inputs, collector settings, the files of auto-discovered sessions, then
+/// one block per configured session.
+pub fn describe(o: &CollectOptions) -> String {
+    let s = &o.settings;
+    let mut t = String::new();
+    let inputs: Vec<String> = o.inputs.iter().map(|i| i.name()).collect();
+    let _ = writeln!(t, "inputs: {}", list_or(&inputs, "none"));
+    let _ = writeln!(t, "out: {}", s.out.display());
+    let allow: Vec<String> = s.allow.iter().map(ToString::to_string).collect();
+    let _ = writeln!(t, "allow: {}", list_or(&allow, "every source"));
+    let _ = writeln!(
+        t,
+        "min free disk: {}",
+        o.min_free_disk_bytes.map_or(
+            "the smaller of 256 MiB and 5% of the file system".into(),
+            size
+        )
+    );
+    let _ = writeln!(
+        t,
+        "timestamps: {}",
+        match s.timestamps {
+            Timestamps::Input => "input",
+            Timestamps::Erspan => "erspan",
+        }
+    );
+    if s.auto_discover {
+        let _ = writeln!(t, "auto-discovered sessions:");
+        files(&mut t, Some(&s.default_files), &s.out);
+        if let Some(p) = &s.tap_prefix {
+            let _ = writeln!(t, "  tap: {p}<n>");
+        }
+    } else {
+        let _ = writeln!(t, "auto-discovered sessions: off (--no-auto)");
+    }
+    for c in &o.config.sessions {
+        session(&mut t, c, &s.out);
+    }
+    if o.controller.is_some() {
+        let _ = writeln!(
+            t,
+            "sessions of the control plane: in its database (tapwire session list)"
+        );
+    }
+    t
+}
+
+fn session(t: &mut String, c: &SessionConfig, out: &Path) {
+    let _ = writeln!(
+        t,
+        "session {}:{}",
+        c.name,
+        if c.enabled { "" } else { " disabled" }
+    );
+    let rules: Vec<String> = c.sources.iter().map(rule).collect();
+    let _ = writeln!(t, "  sources: {}", rules.join(" or "));
+    if let Some(f) = &c.filter {
+        let _ = writeln!(t, "  filter: {f}");
+    }
+    files(t, c.files.as_ref(), out);
+    if let Some(tap) = &c.tap {
+        let _ = writeln!(
+            t,
+            "  tap: {}{}",
+            tap.name,
+            tap.netns
+                .as_deref()
+                .map(|n| format!(" in netns {n}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// The `files` lines of a session: where, which format, when files rotate, how many are kept,
+/// what runs on each.
+fn files(t: &mut String, f: Option<&FilesConfig>, out: &Path) {
+    let Some(f) = f else {
+        let _ = writeln!(t, "  files: none");
+        return;
+    };
+    let _ = writeln!(
+        t,
+        "  files: {} in {}",
+        format_name(f.format),
+        f.dir.as_deref().unwrap_or(out).display()
+    );
+    let _ = writeln!(t, "  rotate: {}", rotate(&f.rotate));
+    let _ = writeln!(
+        t,
+        "  max files: {}",
+        f.max_files.map_or("unlimited".into(), |n| n.to_string())
+    );
+    let _ = writeln!(
+        t,
+        "  on finish: {}",
+        f.on_finish.as_deref().unwrap_or("none")
+    );
+}
+
+/// `size 100 MiB, interval 1h`: every condition that rotates, or `never`.
+fn rotate(r: &RotatePolicy) -> String {
+    let mut v = Vec::new();
+    if let Some(n) = r.size_bytes {
+        v.push(format!("size {}", size(n)));
+    }
+    if let Some(d) = r.duration {
+        v.push(format!("duration {}", humantime::format_duration(d)));
+    }
+    if let Some(d) = r.interval {
+        v.push(format!("interval {}", humantime::format_duration(d)));
+    }
+    if let Some(n) = r.packets {
+        v.push(format!("packets {n}"));
+    }
+    list_or(&v, "never")
+}
+
+fn rule(m: &SourceMatch) -> String {
+    let mut v = Vec::new();
+    if let Some(src) = &m.src {
+        v.push(format!("src {src}"));
+    }
+    if let Some(k) = &m.kind {
+        v.push(format!("kind {k}"));
+    }
+    if let Some(ids) = &m.ids {
+        v.push(if ids.start() == ids.end() {
+            format!("id {}", ids.start())
+        } else {
+            format!("id {}-{}", ids.start(), ids.end())
+        });
+    }
+    format!("({})", list_or(&v, "any"))
+}
+
+/// The name a user writes in `--format` and `format =`.
+pub fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Pcapng => "pcapng",
+        Format::Pcap { nanos: false } => "pcap",
+        Format::Pcap { nanos: true } => "pcap-ns",
+    }
+}
+
+fn size(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}
+
+fn list_or(v: &[String], none: &str) -> String {
+    if v.is_empty() {
+        none.to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn settings_read_as_a_user_writes_them() {
+        assert_eq!(rotate(&RotatePolicy::default()), "never");
+        let r = RotatePolicy {
+            size_bytes: Some(100 << 20),
+            duration: Some(Duration::from_secs(900)),
+            interval: Some(Duration::from_secs(3600)),
+            packets: Some(5),
+        };
+        assert_eq!(
+            rotate(&r),
+            "size 100.0 MiB, duration 15m, interval 1h, packets 5"
+        );
+        assert_eq!(format_name(Format::Pcap { nanos: true }), "pcap-ns");
+        let m = SourceMatch {
+            src: Some("10.0.0.0/8".parse().unwrap()),
+            kind: None,
+            ids: Some(10..=19),
+        };
+        assert_eq!(rule(&m), "(src 10.0.0.0/8, id 10-19)");
+        assert_eq!(
+            rule(&SourceMatch {
+                src: None,
+                kind: None,
+                ids: None
+            }),
+            "(any)"
+        );
+    }
+}

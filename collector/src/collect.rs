@@ -1,0 +1,263 @@
+//! `tapwire collect`: the live collector put together. [`run`] opens the inputs, starts the
+//! disk thread, the input threads, the engine ([`crate::live`]), the control plane when asked
+//! for and the API ([`crate::http`]), and stops them in order.
+//!
+//! Threads: one per input (receive into batches), one engine (decapsulate, demultiplex, route
+//! to sessions, encode), one disk thread (all file-system work), one API thread. Batches and
+//! buffers move between them by ownership, never by copy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Sender, bounded, unbounded};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use tapwire_control::Controller;
+use tapwire_control::auth::Caller;
+use tapwire_control::store::sqlite::SqliteStore;
+
+use crate::config::Config;
+use crate::http;
+use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::engine::{self, Engine, Settings};
+use crate::live::input::{Input, InputKind};
+use crate::live::io;
+use crate::pipeline::{MAX_SOURCES, Pipeline};
+
+pub struct CollectOptions {
+    pub settings: Settings,
+    pub config: Config,
+    pub inputs: Vec<InputKind>,
+    pub decap: tapwire_formats::decap::Config,
+    pub api: Option<SocketAddr>,
+    pub api_token: Option<String>,
+    /// The control plane (`--db`): sessions and flows managed over the API.
+    pub controller: Option<tapwire_control::ControllerOptions>,
+    /// A second API listener for probes and remote clients (TLS when configured).
+    pub listen: Option<http::Listen>,
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+/// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// What an in-process client (the inline terminal UI of `collect`) gets of a running collector.
+pub struct Handles {
+    /// The latest stats snapshot, the one the API serves (replaced once a second).
+    pub snapshot: Arc<ArcSwap<tapwire_api_types::Snapshot>>,
+    /// Actions on sessions, as the API sends them.
+    pub control: Sender<engine::Control>,
+    /// Set it to stop the collector (as SIGINT does); the collector sets it when it stops.
+    pub stop: Arc<AtomicBool>,
+    /// Acts on a session as its owner: through the controller when there is one (stored and
+    /// audited as `terminal`, as an API call would be), else on the engine directly.
+    pub actions: Actions,
+}
+
+pub type Actions =
+    Arc<dyn Fn(&str, tapwire_api_types::Action) -> Result<String, String> + Send + Sync>;
+
+fn actions(control: Sender<engine::Control>, controller: Option<Arc<http::Ctl>>) -> Actions {
+    Arc::new(move |session: &str, action| match &controller {
+        Some(c) => c
+            .session_action(&Caller::system("terminal"), session, action)
+            .map_err(|e| e.to_string()),
+        None => {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            control
+                .send(engine::Control::Action {
+                    session: session.to_string(),
+                    action,
+                    reply,
+                })
+                .map_err(|_| "the collector is stopping".to_string())?;
+            answer
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| "the collector did not answer".to_string())?
+        }
+    })
+}
+
+/// Runs the collector until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
+pub fn run(opts: CollectOptions) -> anyhow::Result<()> {
+    run_with(opts, None::<fn(Handles)>)
+}
+
+/// [`run`], with `ui` on its own thread once the collector has started. The collector stops
+/// when `ui` returns (or panics), and returns only after `ui` has, so that the terminal is
+/// restored before anything else is printed.
+pub fn run_with<F>(opts: CollectOptions, ui: Option<F>) -> anyhow::Result<()>
+where
+    F: FnOnce(Handles) + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    // A second SIGINT/SIGTERM while shutting down ends the process at once.
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .context("signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
+    }
+    signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
+
+    let mut opened = Vec::new();
+    for kind in &opts.inputs {
+        let input = Input::open(kind.clone())
+            .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
+        opened.push(input);
+    }
+    if opened.is_empty() {
+        return Err(StartError("no inputs: every input is turned off".into()).into());
+    }
+
+    io::raise_fd_limit();
+    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
+    let (io_tx, io_rx) = unbounded();
+    let (ev_tx, ev_rx) = unbounded();
+    let (buf_tx, buf_rx) = unbounded();
+    let disk = io::DiskThread::new(io_rx, ev_tx, buf_tx, shared.clone());
+    let disk = std::thread::Builder::new()
+        .name("tapwire-disk".into())
+        .spawn(move || disk.run())?;
+
+    let snapshot = Arc::new(ArcSwap::from_pointee(empty_snapshot()));
+    let (ctl_tx, ctl_rx) = unbounded();
+    let (batch_tx, batch_rx) = bounded(256);
+    let counters: Vec<_> = opened
+        .iter()
+        .map(|i| (i.kind.clone(), i.counters.clone()))
+        .collect();
+    let mut threads = Vec::new();
+    for (index, input) in opened.into_iter().enumerate() {
+        let name = input.kind.name();
+        tracing::info!(input = name, "receiving");
+        let (tx, stop) = (batch_tx.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tapwire-in{index}"))
+                .spawn(move || input.run(index, tx, stop))?,
+        );
+    }
+    drop(batch_tx);
+
+    let default_files = opts.settings.default_files.clone();
+    let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
+    let engine = Engine::new(
+        pipeline,
+        opts.settings,
+        opts.config,
+        counters,
+        io_tx.clone(),
+        shared,
+        snapshot.clone(),
+    )
+    .map_err(StartError)?;
+    // The controller queues the API's sessions before the engine runs: they are in place
+    // before the first packet is routed.
+    let controller = match opts.controller {
+        Some(c) => {
+            let store = SqliteStore::open(&c.db).map_err(|e| StartError(e.to_string()))?;
+            let link = EngineLink::new(ctl_tx.clone(), engine.file_config(), default_files);
+            Some(
+                Controller::start(c, Box::new(store), link, Box::new(SystemClock))
+                    .map_err(StartError)?,
+            )
+        }
+        None => None,
+    };
+    let ui = match ui {
+        Some(ui) => {
+            let handles = Handles {
+                snapshot: snapshot.clone(),
+                control: ctl_tx.clone(),
+                stop: stop.clone(),
+                actions: actions(ctl_tx.clone(), controller.clone()),
+            };
+            let stop = StopOnDrop(stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("tapwire-ui".into())
+                .spawn(move || {
+                    let _stop = stop;
+                    ui(handles)
+                })?;
+            Some(thread)
+        }
+        None => None,
+    };
+    if opts.api.is_some() || opts.listen.is_some() {
+        let what = format!(
+            "API on {}",
+            opts.api
+                .iter()
+                .chain(opts.listen.as_ref().map(|l| &l.addr))
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
+        let local = http::spawn(
+            opts.api,
+            opts.listen,
+            snapshot.clone(),
+            ctl_tx,
+            opts.api_token.clone(),
+            controller,
+        )
+        .map_err(|e| StartError(format!("{what}: {e}")))?;
+        tracing::info!(?local, tls, "API listening");
+    }
+    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
+
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    let _ = io_tx.send(io::Cmd::Shutdown { deadline });
+    let _ = disk.join();
+    // Input threads notice `stop` within their poll interval; the process may exit before.
+    for t in threads {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let _ = t.join();
+    }
+    if let Some(ui) = ui {
+        stop.store(true, Ordering::Relaxed);
+        // The UI notices within its poll interval; one stuck on its terminal must not keep a
+        // stopped collector alive.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !ui.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ui.is_finished() {
+            let _ = ui.join();
+        } else {
+            tracing::warn!("the terminal UI did not stop; exiting without it");
+        }
+    }
+    tracing::info!("stopped; files closed");
+    Ok(())
+}
+
+/// Stops the collector when its UI thread ends, however it ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn empty_snapshot() -> tapwire_api_types::Snapshot {
+    tapwire_api_types::Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: String::new(),
+        uptime_s: 0.0,
+        totals: tapwire_api_types::Totals::default(),
+        inputs: Vec::new(),
+        sessions: Vec::new(),
+    }
+}

@@ -1,0 +1,136 @@
+//! Who is calling, and may they: every route asks here, through the [`Authed`] extractor (or
+//! [`authenticate`], for the few routes that check their request before the caller).
+//!
+//! With the control plane (`--db`) a caller is a bearer token's (its role decides), or
+//! `localhost`, a viewer, for a connection from the loopback without one; the token is looked
+//! up on the blocking pool, since the database may be held by a change for a moment. Without
+//! it, reads are open and actions need the loopback or the `--api-token`. Secrets are compared
+//! in constant time ([`tapwire_control::auth::constant_time_eq`], the one comparison).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use tapwire_control::auth::{Caller, Need, constant_time_eq};
+
+use super::{ApiState, Peer, refused, reply};
+
+/// What a route needs, as a type: `Authed<Read>`, `Authed<Change>`, ...
+pub(crate) trait Needs: Send + Sync + 'static {
+    const NEED: Need;
+}
+
+/// Read sessions, flows, probes, stats, the audit log.
+pub(crate) struct Read;
+/// Change sessions, flows, probe limits; act on sessions.
+pub(crate) struct Change;
+/// The probe protocol.
+pub(crate) struct Probe;
+/// Tokens.
+pub(crate) struct Admin;
+
+impl Needs for Read {
+    const NEED: Need = Need::Read;
+}
+impl Needs for Change {
+    const NEED: Need = Need::Change;
+}
+impl Needs for Probe {
+    const NEED: Need = Need::Probe;
+}
+impl Needs for Admin {
+    const NEED: Need = Need::Admin;
+}
+
+/// The caller of a route that needs `N`; extracting it refuses everyone else with the answer
+/// they get.
+pub(crate) struct Authed<N>(pub Caller, pub PhantomData<N>);
+
+impl<N: Needs> FromRequestParts<ApiState> for Authed<N> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Response> {
+        let peer = match parts.extensions.get::<ConnectInfo<Peer>>() {
+            Some(ConnectInfo(p)) => *p,
+            None => {
+                return Err(reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no peer address".into(),
+                ));
+            }
+        };
+        authenticate(s, peer, &parts.headers, N::NEED)
+            .await
+            .map(|c| Authed(c, PhantomData))
+    }
+}
+
+/// The caller, or the answer that refuses them.
+pub(crate) async fn authenticate(
+    s: &ApiState,
+    peer: Peer,
+    headers: &HeaderMap,
+    need: Need,
+) -> Result<Caller, Response> {
+    let loopback = peer.0.ip().to_canonical().is_loopback();
+    let Some(ctl) = s.controller.as_ref().map(Arc::clone) else {
+        return without_controller(s, loopback, headers, need)
+            .map_err(|(code, message)| reply(code, message.into()));
+    };
+    let token = match bearer(headers) {
+        Ok(t) => t.map(str::to_string),
+        Err(m) => return Err(reply(StatusCode::UNAUTHORIZED, m)),
+    };
+    match tokio::task::spawn_blocking(move || ctl.authenticate(token.as_deref(), loopback, need))
+        .await
+    {
+        Ok(Ok(caller)) => Ok(caller),
+        Ok(Err(r)) => Err(refused(r)),
+        Err(e) => Err(reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Without the control plane: reads are open; actions need the loopback or the API token (a
+/// malformed `Authorization` counts as none).
+fn without_controller(
+    s: &ApiState,
+    loopback: bool,
+    headers: &HeaderMap,
+    need: Need,
+) -> Result<Caller, (StatusCode, &'static str)> {
+    match need {
+        Need::Read => Ok(Caller::localhost()),
+        Need::Change => {
+            let authorised = match (&s.token, bearer(headers).ok().flatten()) {
+                (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
+                (_, Some(_)) => false,
+                (_, None) => loopback,
+            };
+            if authorised {
+                Ok(Caller::system("api-token"))
+            } else {
+                Err((
+                    StatusCode::FORBIDDEN,
+                    "actions need a localhost connection or the API token",
+                ))
+            }
+        }
+        Need::Probe | Need::Admin => Err((StatusCode::NOT_FOUND, "the control plane is off")),
+    }
+}
+
+/// The `Authorization: Bearer` token, if any; another scheme is an error.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, String> {
+    match headers.get(header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Some(t.trim()))
+            .ok_or_else(|| "Authorization: use \"Bearer <token>\"".to_string()),
+    }
+}

@@ -1,0 +1,136 @@
+//! Bearer tokens and what each role may do.
+//!
+//! A token is `tw_` and 64 hex digits (32 random bytes from the operating system). Only its
+//! SHA-256 is stored: a high-entropy secret needs no salt or slow hash. A presented token is
+//! hashed and compared with every active token's hash in constant time.
+
+use sha2::{Digest, Sha256};
+use tapwire_api_types::control::Role;
+
+/// Who is asking: a token's name and role, or `localhost` (a viewer) without a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn localhost() -> Caller {
+        Caller {
+            name: "localhost".into(),
+            role: Role::Viewer,
+        }
+    }
+
+    /// Changes made by the collector itself (the bootstrap token) or offline (`--db`).
+    pub fn system(name: &str) -> Caller {
+        Caller {
+            name: name.into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Read sessions, flows, probes, stats, the audit log.
+    Read,
+    /// Create, change, enable, disable, delete sessions and flows; probe limits.
+    Change,
+    /// Register, fetch flows, report stats.
+    Probe,
+    /// Tokens.
+    Admin,
+}
+
+impl Need {
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Need::Read => matches!(role, Role::Viewer | Role::Operator | Role::Admin),
+            Need::Change => matches!(role, Role::Operator | Role::Admin),
+            Need::Probe => matches!(role, Role::Probe | Role::Operator | Role::Admin),
+            Need::Admin => role == Role::Admin,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Need::Read => "a viewer, operator or admin token",
+            Need::Change => "an operator or admin token",
+            Need::Probe => "a probe, operator or admin token",
+            Need::Admin => "an admin token",
+        }
+    }
+}
+
+/// A new random token.
+pub fn generate() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("random token: {e}"))?;
+    Ok(format!("tw_{}", hex::encode(bytes)))
+}
+
+pub fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The active token whose hash matches `token`'s: every entry is compared, whichever matches.
+pub fn find(token: &str, active: &[(String, Role, Vec<u8>)]) -> Option<Caller> {
+    let h = hash(token);
+    let mut found = None;
+    for (name, role, stored) in active {
+        if constant_time_eq(&h, stored) && found.is_none() {
+            found = Some(Caller {
+                name: name.clone(),
+                role: *role,
+            });
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_found_by_hash_only() {
+        let a = generate().expect("token");
+        let b = generate().expect("token");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 64);
+        let active = vec![
+            ("ops".to_string(), Role::Operator, hash(&a)),
+            ("ro".to_string(), Role::Viewer, hash(&b)),
+        ];
+        assert_eq!(find(&b, &active).map(|c| c.name), Some("ro".into()));
+        assert_eq!(find(&a, &active).map(|c| c.role), Some(Role::Operator));
+        assert_eq!(find("tw_00", &active), None);
+        // One character off is another token.
+        let mut c = a.clone();
+        c.pop();
+        c.push(if a.ends_with('0') { '1' } else { '0' });
+        assert_eq!(find(&c, &active), None);
+    }
+
+    #[test]
+    fn roles_allow_what_they_should() {
+        use Role::*;
+        let table = [
+            (Need::Read, [false, true, true, true]),
+            (Need::Change, [false, false, true, true]),
+            (Need::Probe, [true, false, true, true]),
+            (Need::Admin, [false, false, false, true]),
+        ];
+        for (need, allowed) in table {
+            for (role, ok) in [Probe, Viewer, Operator, Admin].into_iter().zip(allowed) {
+                assert_eq!(need.allows(role), ok, "{need:?} {role:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,1279 @@
+//! The [`Controller`]: every operation of the control plane, from a caller's token to the
+//! stored change, the engine and the probes.
+//!
+//! Every change is validated first (names, filters compiled by libpcap, flow fields by the
+//! probe's own checks, limits), then written in one transaction together with its audit row
+//! and the probes' re-rendered flow sets, and only after the commit applied to the engine and
+//! announced to the probes. A refused change leaves nothing behind.
+//!
+//! A session made here gets a mirror id (ERSPAN session id / GRE key, 1 to 1023, unique) and
+//! one source rule: its encapsulation and that id, from any address. A flow names a probe, an
+//! interface and a session; the probe receives it as a complete [`FlowSpec`] whose collector
+//! is the address given with `--advertise` and whose session id is the session's mirror id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tapwire_api_types::control::{
+    FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
+    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch,
+    validate_name,
+};
+use tapwire_api_types::flow::FlowFields;
+use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
+use tapwire_api_types::time::rfc3339_ns;
+
+use crate::auth::{self, Caller, Need};
+use crate::engine::{Clock, Engine, EngineError};
+use crate::store::{Store, StoreError, StoredFlow, StoredSession, Transaction};
+use crate::tokens;
+
+/// Why a request was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// 400: the request is malformed or a value is out of range; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no token where one is needed, or one that is unknown or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the token's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: clashes with what exists (a name, a mirror id) or exceeds a limit.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+    /// 503: the engine did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Refused {
+        Refused::Internal(format!("database: {e}"))
+    }
+}
+
+/// How the control plane runs.
+pub struct ControllerOptions {
+    pub db: PathBuf,
+    /// The collector's address as probes should send to it.
+    pub advertise: Option<IpAddr>,
+    /// Limits of a probe first seen (each probe's own can be changed).
+    pub max_flows_per_probe: u32,
+    pub max_pps_per_probe: Option<u64>,
+    /// How often probes report their stats.
+    pub report_interval: Duration,
+}
+
+/// What the controller knows of a probe beyond the database: its last report and whether it
+/// is connected. Lost on restart (probes report again within their interval).
+#[derive(Default)]
+struct Live {
+    last_seen: Option<Instant>,
+    last_seen_stored: Option<Instant>,
+    polling: u32,
+    report: Option<ProbeReport>,
+}
+
+pub struct Controller<E: Engine> {
+    store: Mutex<Box<dyn Store>>,
+    opts: ControllerOptions,
+    engine: E,
+    clock: Box<dyn Clock>,
+    /// The API sessions the engine was last given.
+    applied: Mutex<Vec<E::Session>>,
+    /// Bumped after every commit that changed a flow set or a token: long-polls wake up,
+    /// look again, and re-check their token.
+    changes: tokio::sync::watch::Sender<u64>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+/// Probe names that would clash with a route.
+const RESERVED_PROBE_NAMES: &[&str] = &["register"];
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether probes can send to `ip`: a unicast address.
+pub fn advertisable(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast()
+}
+
+/// Where the first admin token is written: beside the database.
+pub fn bootstrap_token_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".admin-token");
+    db.with_file_name(name)
+}
+
+impl<E: Engine> Controller<E> {
+    /// Takes the opened database, makes the first admin token when there is none, brings the
+    /// probes' flow sets up to date (`--advertise` may have changed) and queues the API's
+    /// sessions for the engine, which applies them before its first packet.
+    pub fn start(
+        opts: ControllerOptions,
+        store: Box<dyn Store>,
+        engine: E,
+        clock: Box<dyn Clock>,
+    ) -> Result<Arc<Controller<E>>, String> {
+        let (changes, _) = tokio::sync::watch::channel(0);
+        let ctl = Arc::new(Controller {
+            store: Mutex::new(store),
+            opts,
+            engine,
+            clock,
+            applied: Mutex::new(Vec::new()),
+            changes,
+            live: Mutex::new(HashMap::new()),
+        });
+        ctl.bootstrap().map_err(|e| e.to_string())?;
+        let sessions = {
+            let mut store = lock(&ctl.store);
+            let mut tx = store.begin().map_err(|e| e.to_string())?;
+            let sessions = ctl.session_configs(&mut *tx).map_err(|e| e.to_string())?;
+            ctl.engine.check(&sessions).map_err(|e| {
+                format!(
+                    "{}: the database's sessions clash with the file's: {e}",
+                    ctl.opts.db.display()
+                )
+            })?;
+            ctl.render_flowsets(&mut *tx).map_err(|e| e.to_string())?;
+            tx.commit().map_err(|e| e.to_string())?;
+            sessions
+        };
+        tracing::info!(
+            db = %ctl.opts.db.display(),
+            sessions = sessions.len(),
+            "control plane ready"
+        );
+        ctl.engine
+            .queue(sessions.clone())
+            .map_err(|_| "the engine is not running".to_string())?;
+        *lock(&ctl.applied) = sessions;
+        Ok(ctl)
+    }
+
+    /// Now, as stored and shown.
+    fn now(&self) -> String {
+        rfc3339_ns(self.clock.now_ns())
+    }
+
+    /// `f` in a transaction that is then dropped (rolled back): reads.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
+    ) -> Result<T, Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        Ok(f(&mut *tx)?)
+    }
+
+    /// `f` in a transaction that is committed: a write that needs no checks.
+    fn write(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        f(&mut *tx)?;
+        Ok(tx.commit()?)
+    }
+
+    /// Writes one audit row (in the caller's transaction), stamped now.
+    fn audit_row(
+        &self,
+        tx: &mut dyn Transaction,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        detail: &Value,
+    ) -> Result<(), Refused> {
+        tokens::audit(tx, caller, &self.now(), action, target, detail)
+    }
+
+    fn bootstrap(&self) -> Result<(), Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        if tx.has_admin()? {
+            return Ok(());
+        }
+        let path = bootstrap_token_path(&self.opts.db);
+        let token = auth::generate().map_err(Refused::Internal)?;
+        let name = unused_token_name(&mut *tx, "bootstrap-admin")?;
+        tokens::insert(
+            &mut *tx,
+            &Caller::system("bootstrap"),
+            &name,
+            Role::Admin,
+            &auth::hash(&token),
+            &self.now(),
+        )?;
+        write_secret(&path, &token).map_err(|e| {
+            Refused::Internal(format!(
+                "write the first admin token to {}: {e}",
+                path.display()
+            ))
+        })?;
+        tx.commit()?;
+        tracing::warn!(
+            path = %path.display(),
+            token = name,
+            "no admin token: made one and wrote it to this file (mode 0600); create your own with `tapwire token create`, then revoke it and delete the file"
+        );
+        Ok(())
+    }
+
+    /// Who is asking, and may they: a bearer token, else `localhost` (a viewer) for a
+    /// connection from the loopback.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        loopback: bool,
+        need: Need,
+    ) -> Result<Caller, Refused> {
+        let caller = match bearer {
+            Some(t) => {
+                let active = self.read(|tx| tx.active_tokens())?;
+                auth::find(t, &active).ok_or_else(|| {
+                    Refused::Unauthorized("the token is unknown or revoked".into())
+                })?
+            }
+            None if loopback => Caller::localhost(),
+            None => {
+                return Err(Refused::Unauthorized(format!(
+                    "a token is needed from other hosts (Authorization: Bearer ...): {}",
+                    need.describe()
+                )));
+            }
+        };
+        if !need.allows(caller.role) {
+            return Err(Refused::Forbidden(format!(
+                "{} ({}) may not do this: it needs {}",
+                caller.name,
+                caller.role.name(),
+                need.describe()
+            )));
+        }
+        Ok(caller)
+    }
+
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// One change: `f` in a transaction, then the checks of the whole (the sessions merge
+    /// with the file's, the flow sets render), commit, and only then the engine and the
+    /// probes hear of it.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, Refused>,
+    ) -> Result<T, Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        let out = f(&mut *tx)?;
+        let sessions = self.session_configs(&mut *tx)?;
+        self.engine.check(&sessions).map_err(Refused::Conflict)?;
+        self.render_flowsets(&mut *tx)?;
+        tx.commit()?;
+        let mut applied = lock(&self.applied);
+        if *applied != sessions {
+            match self.engine.apply(sessions.clone()) {
+                Ok(()) => *applied = sessions,
+                Err(EngineError::Stopped) => {
+                    return Err(Refused::Unavailable("the collector is stopping".into()));
+                }
+                Err(EngineError::Refused(e)) => {
+                    return Err(Refused::Internal(format!(
+                        "stored, but the engine refused it (the configuration file changed?): {e}"
+                    )));
+                }
+                Err(EngineError::NoAnswer) => {
+                    return Err(Refused::Unavailable(
+                        "stored; the engine did not answer within 5 s".into(),
+                    ));
+                }
+            }
+        }
+        drop(applied);
+        drop(store);
+        self.changes.send_modify(|v| *v += 1);
+        Ok(out)
+    }
+
+    /// The API's sessions as the engine runs them.
+    fn session_configs(&self, tx: &mut dyn Transaction) -> Result<Vec<E::Session>, Refused> {
+        tx.sessions()?
+            .iter()
+            .map(|s| self.engine.session(s).map_err(Refused::Internal))
+            .collect()
+    }
+
+    /// Renders every probe's enabled flows; a set that changed gets a new version.
+    fn render_flowsets(&self, tx: &mut dyn Transaction) -> Result<(), Refused> {
+        let sessions: BTreeMap<String, StoredSession> = tx
+            .sessions()?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut by_probe: BTreeMap<String, Vec<FlowSpec>> = tx
+            .probes()?
+            .into_iter()
+            .map(|p| (p.name, Vec::new()))
+            .collect();
+        for f in tx.flows()?.into_iter().filter(|f| f.enabled) {
+            let Some(s) = sessions.get(&f.session) else {
+                continue;
+            };
+            match self.render(&f, s) {
+                Ok(spec) => by_probe.entry(f.probe.clone()).or_default().push(spec),
+                Err(e) => {
+                    tracing::error!(flow = f.name, probe = f.probe, error = %e, "flow not rendered")
+                }
+            }
+        }
+        for (probe, specs) in by_probe {
+            let value =
+                serde_json::to_value(&specs).map_err(|e| Refused::Internal(e.to_string()))?;
+            tx.set_flowset(&probe, &value)?;
+        }
+        Ok(())
+    }
+
+    /// A stored flow as its probe runs it. The collector address, session id and encapsulation
+    /// are not the flow's fields: a problem with them names where they come from.
+    fn render(&self, f: &StoredFlow, s: &StoredSession) -> Result<FlowSpec, Refused> {
+        let collector = match self.opts.advertise {
+            Some(ip) if advertisable(ip) => ip,
+            Some(ip) => {
+                return Err(Refused::Conflict(format!(
+                    "the collector advertises {ip} to probes, which is not a unicast address: restart it with --advertise ADDR"
+                )));
+            }
+            None => {
+                return Err(Refused::Conflict(
+                    "the collector has no address for probes to send to: start it with --advertise ADDR"
+                        .into(),
+                ));
+            }
+        };
+        let mut fields: FlowFields = serde_json::from_value(f.spec.clone())
+            .map_err(|e| Refused::BadRequest(e.to_string()))?;
+        fields.name = Some(f.name.clone());
+        fields.session = Some(s.mirror_id as u16);
+        fields.collector = Some(collector);
+        fields.encap = Some(s.encap);
+        fields
+            .resolve(&format!("flow {:?}", f.name))
+            .map_err(|e| Refused::BadRequest(e.0))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sessions
+
+    pub fn sessions(&self) -> Result<Vec<SessionInfo>, Refused> {
+        let (sessions, flows) = self.read(|tx| Ok((tx.sessions()?, tx.flows()?)))?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| session_info(s, &flows))
+            .collect())
+    }
+
+    pub fn session(&self, name: &str) -> Result<SessionInfo, Refused> {
+        let (s, flows) = self.read(|tx| Ok((tx.session(name)?, tx.flows()?)))?;
+        let s = s.ok_or_else(|| self.no_session(name))?;
+        Ok(session_info(s, &flows))
+    }
+
+    fn no_session(&self, name: &str) -> Refused {
+        if self.engine.file_session(name) {
+            Refused::Conflict(format!(
+                "session {name:?} is defined in the configuration file: change it there"
+            ))
+        } else {
+            Refused::NotFound(format!("no session named {name:?}"))
+        }
+    }
+
+    pub fn is_api_session(&self, name: &str) -> Result<bool, Refused> {
+        self.read(|tx| Ok(tx.session(name)?.is_some()))
+    }
+
+    pub fn create_session(
+        &self,
+        caller: &Caller,
+        req: SessionCreate,
+    ) -> Result<SessionInfo, Refused> {
+        validate_name(&req.name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
+        let encap = req.encap.unwrap_or_default();
+        if let Some(id) = req.mirror_id
+            && !(1..=1023).contains(&id)
+        {
+            return Err(Refused::BadRequest(format!(
+                "mirror_id: {id} is not 1 to 1023 (a 10-bit ERSPAN session id)"
+            )));
+        }
+        let at = self.now();
+        let mut s = StoredSession {
+            name: req.name.clone(),
+            encap,
+            mirror_id: req.mirror_id.unwrap_or(0),
+            enabled: req.enabled.unwrap_or(true),
+            filter: req.filter.filter(|f| !f.trim().is_empty()),
+            files: req.files,
+            tap: req.tap,
+            created: at.clone(),
+            updated: at,
+        };
+        // The definition alone, before anything is written: names the field at fault.
+        self.engine
+            .session(&StoredSession {
+                mirror_id: 1,
+                ..s.clone()
+            })
+            .map_err(Refused::BadRequest)?;
+        self.change(|tx| {
+            if tx.session(&s.name)?.is_some() {
+                return Err(Refused::Conflict(format!(
+                    "a session named {:?} exists",
+                    s.name
+                )));
+            }
+            if self.engine.file_session(&s.name) {
+                return Err(Refused::Conflict(format!(
+                    "session {:?} is defined in the configuration file (names are shared)",
+                    s.name
+                )));
+            }
+            s.mirror_id = self.mirror_id(tx, req.mirror_id, encap, None)?;
+            tx.put_session(&s)?;
+            self.audit_row(tx, caller, "session.create", &s.name, &session_detail(&s))?;
+            Ok(())
+        })?;
+        self.session(&s.name)
+    }
+
+    /// `wanted`, if free, else the lowest free id. Ids named by the file's rules for the
+    /// same kind are not free either: API sessions are matched first and would take them.
+    /// `own`: the id the session has now (an update may keep it).
+    fn mirror_id(
+        &self,
+        tx: &mut dyn Transaction,
+        wanted: Option<u32>,
+        encap: Encapsulation,
+        own: Option<u32>,
+    ) -> Result<u32, Refused> {
+        let used: Vec<u32> = tx
+            .used_mirror_ids()?
+            .into_iter()
+            .filter(|id| Some(*id) != own)
+            .collect();
+        let file_user = |id: u32| self.engine.file_session_gathering(encap, id);
+        if let Some(id) = wanted {
+            if used.contains(&id) {
+                return Err(Refused::Conflict(format!(
+                    "mirror_id: {id} is used by another session"
+                )));
+            }
+            if let Some(s) = file_user(id) {
+                return Err(Refused::Conflict(format!(
+                    "mirror_id: {id} is gathered by session {s:?} of the configuration file"
+                )));
+            }
+            return Ok(id);
+        }
+        (1..=1023)
+            .find(|id| !used.contains(id) && file_user(*id).is_none())
+            .ok_or_else(|| Refused::Conflict("every mirror id (1 to 1023) is taken".into()))
+    }
+
+    /// A JSON merge patch (RFC 7386) of the definition: `encap`, `mirror_id`, `enabled`,
+    /// `filter`, `files`, `tap`; `null` removes an optional field.
+    pub fn update_session(
+        &self,
+        caller: &Caller,
+        name: &str,
+        patch: Value,
+    ) -> Result<SessionInfo, Refused> {
+        let Value::Object(patch) = patch else {
+            return Err(Refused::BadRequest(
+                "body: a JSON object is expected".into(),
+            ));
+        };
+        const FIELDS: &[&str] = &["encap", "mirror_id", "enabled", "filter", "files", "tap"];
+        if let Some(k) = patch.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(Refused::BadRequest(format!(
+                "unknown field `{k}`, expected one of {}",
+                FIELDS.join(", ")
+            )));
+        }
+        self.change(|tx| {
+            let old = tx.session(name)?.ok_or_else(|| self.no_session(name))?;
+            let mut s = old.clone();
+            for (k, v) in &patch {
+                let bad = |e: String| Refused::BadRequest(format!("{k}: {e}"));
+                match k.as_str() {
+                    "encap" => {
+                        s.encap =
+                            serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?
+                    }
+                    "mirror_id" => {
+                        let id = v
+                            .as_u64()
+                            .filter(|id| (1..=1023).contains(id))
+                            .ok_or_else(|| bad(format!("{v} is not 1 to 1023")))?;
+                        s.mirror_id = id as u32;
+                    }
+                    "enabled" => {
+                        s.enabled = v.as_bool().ok_or_else(|| bad("true or false".into()))?
+                    }
+                    "filter" => {
+                        s.filter = match v {
+                            Value::Null => None,
+                            Value::String(f) => Some(f.clone()).filter(|f| !f.trim().is_empty()),
+                            _ => return Err(bad("a string or null".into())),
+                        }
+                    }
+                    "files" => s.files = (!v.is_null()).then(|| merge_patch(s.files.take(), v)),
+                    "tap" => s.tap = (!v.is_null()).then(|| merge_patch(s.tap.take(), v)),
+                    _ => {}
+                }
+            }
+            self.engine.session(&s).map_err(Refused::BadRequest)?;
+            if s.mirror_id != old.mirror_id || s.encap != old.encap {
+                self.mirror_id(tx, Some(s.mirror_id), s.encap, Some(old.mirror_id))?;
+            }
+            s.updated = self.now();
+            tx.put_session(&s)?;
+            let action = match (old.enabled, s.enabled, patch.len()) {
+                (true, false, 1) => "session.disable",
+                (false, true, 1) => "session.enable",
+                _ => "session.update",
+            };
+            self.audit_row(tx, caller, action, name, &Value::Object(patch.clone()))?;
+            Ok(())
+        })?;
+        self.session(name)
+    }
+
+    pub fn set_session_enabled(
+        &self,
+        caller: &Caller,
+        name: &str,
+        enabled: bool,
+    ) -> Result<SessionInfo, Refused> {
+        self.update_session(caller, name, json!({ "enabled": enabled }))
+    }
+
+    pub fn delete_session(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
+        self.change(|tx| {
+            tx.session(name)?.ok_or_else(|| self.no_session(name))?;
+            let users: Vec<String> = tx
+                .flows()?
+                .into_iter()
+                .filter(|f| f.session == name)
+                .map(|f| format!("{}/{}", f.probe, f.name))
+                .collect();
+            if !users.is_empty() {
+                return Err(Refused::Conflict(format!(
+                    "session {name:?} is the target of flows {}: delete them first",
+                    users.join(", ")
+                )));
+            }
+            tx.delete_session(name)?;
+            self.audit_row(tx, caller, "session.delete", name, &Value::Null)
+        })
+    }
+
+    /// An action on a session from the API or the collector's own terminal: enabling or
+    /// disabling an API session is stored; anything else is carried out by the engine. Audited.
+    pub fn session_action(
+        &self,
+        caller: &Caller,
+        name: &str,
+        action: tapwire_api_types::Action,
+    ) -> Result<String, Refused> {
+        use tapwire_api_types::Action;
+        if matches!(action, Action::Enable | Action::Disable) && self.is_api_session(name)? {
+            self.set_session_enabled(caller, name, action == Action::Enable)?;
+            let done = if action == Action::Enable {
+                "enabled"
+            } else {
+                "disabled"
+            };
+            return Ok(format!("session {name} {done}"));
+        }
+        self.runtime_action(caller, name, action)
+    }
+
+    /// An action on a session that is not the API's (file or auto-discovered), or a rotation:
+    /// carried out by the engine, not stored, audited.
+    pub fn runtime_action(
+        &self,
+        caller: &Caller,
+        session: &str,
+        action: tapwire_api_types::Action,
+    ) -> Result<String, Refused> {
+        let msg = match self.engine.action(session, action) {
+            Ok(m) => m,
+            Err(EngineError::Refused(m)) => return Err(Refused::NotFound(m)),
+            Err(EngineError::Stopped) => {
+                return Err(Refused::Unavailable("the collector is stopping".into()));
+            }
+            Err(EngineError::NoAnswer) => {
+                return Err(Refused::Unavailable("the collector did not answer".into()));
+            }
+        };
+        let name = match action {
+            tapwire_api_types::Action::Enable => "session.enable",
+            tapwire_api_types::Action::Disable => "session.disable",
+            tapwire_api_types::Action::Rotate => "session.rotate",
+        };
+        self.change(|tx| self.audit_row(tx, caller, name, session, &json!({ "runtime": true })))?;
+        Ok(msg)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Flows
+
+    pub fn flows(&self) -> Result<Vec<FlowInfo>, Refused> {
+        let flows = self.read(|tx| tx.flows())?;
+        Ok(flows.into_iter().map(|f| self.flow_info(f)).collect())
+    }
+
+    pub fn flow(&self, id: i64) -> Result<FlowInfo, Refused> {
+        let f = self
+            .read(|tx| tx.flow(id))?
+            .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
+        Ok(self.flow_info(f))
+    }
+
+    fn flow_info(&self, f: StoredFlow) -> FlowInfo {
+        let live = lock(&self.live);
+        let probe = live.get(&f.probe);
+        let online = probe.is_some_and(|p| self.online(p));
+        let report = probe.and_then(|p| p.report.as_ref());
+        let stats = report.and_then(|r| r.stats.flows.iter().find(|s| s.name == f.name).cloned());
+        let refusal = report.and_then(|r| r.refused.iter().find(|x| x.name == f.name));
+        let (status, error) = if !f.enabled {
+            (FlowStatus::Disabled, None)
+        } else if report.is_none() {
+            (FlowStatus::Pending, None)
+        } else if !online {
+            (FlowStatus::Offline, None)
+        } else if let Some(r) = refusal {
+            (FlowStatus::Refused, Some(r.error.clone()))
+        } else if let Some(s) = &stats {
+            let status = match s.state {
+                FlowState::Running => FlowStatus::Running,
+                FlowState::Waiting => FlowStatus::Waiting,
+                FlowState::Down => FlowStatus::Down,
+                FlowState::Error => FlowStatus::Error,
+                FlowState::Starting | FlowState::Stopped => FlowStatus::Pending,
+            };
+            (status, s.error.clone())
+        } else {
+            (FlowStatus::Pending, None)
+        };
+        FlowInfo {
+            id: f.id,
+            probe: f.probe,
+            name: f.name,
+            session: f.session,
+            enabled: f.enabled,
+            spec: f.spec,
+            status,
+            error,
+            stats,
+            created: f.created,
+            updated: f.updated,
+        }
+    }
+
+    pub fn create_flow(&self, caller: &Caller, req: FlowCreate) -> Result<FlowInfo, Refused> {
+        check_probe_name(&req.probe)?;
+        if req.name.is_empty()
+            || req.name.len() > 100
+            || req.name.chars().any(|c| c.is_control() || c == '/')
+        {
+            return Err(Refused::BadRequest(
+                "name: 1 to 100 printable characters, no '/'".into(),
+            ));
+        }
+        if let Some(f) = &req.filter {
+            self.engine
+                .check_filter(f)
+                .map_err(|e| Refused::BadRequest(format!("filter {f:?}: {e}")))?;
+        }
+        // A rate is a whole number or text ("10k"); anything else would fail later, in terms of
+        // the probe's types rather than this field.
+        for (field, v) in [("rate_pps", &req.rate_pps), ("rate_bps", &req.rate_bps)] {
+            if let Some(v) = v
+                && !(v.is_u64() || v.is_string())
+            {
+                return Err(Refused::BadRequest(format!(
+                    "{field}: {v} is not a rate like 5000, \"100k\", \"1G\""
+                )));
+            }
+        }
+        let mut spec = serde_json::Map::new();
+        spec.insert("interface".into(), json!(req.interface));
+        macro_rules! opt {
+            ($($f:ident),*) => { $( if let Some(v) = &req.$f { spec.insert(stringify!($f).into(), json!(v)); } )* };
+        }
+        opt!(
+            direction,
+            vlans,
+            untagged,
+            filter,
+            snaplen,
+            sample,
+            rate_pps,
+            rate_bps,
+            burst,
+            promiscuous
+        );
+        let at = self.now();
+        let mut flow = StoredFlow {
+            id: 0,
+            probe: req.probe.clone(),
+            name: req.name.clone(),
+            session: req.session.clone(),
+            enabled: req.enabled.unwrap_or(true),
+            spec: Value::Object(spec),
+            created: at.clone(),
+            updated: at,
+        };
+        let id = self.change(|tx| {
+            let session = tx.session(&flow.session)?.ok_or_else(|| {
+                if self.engine.file_session(&flow.session) {
+                    Refused::BadRequest(format!(
+                        "session: {:?} is a session of the configuration file; flows target sessions made through the API (they own a mirror id)",
+                        flow.session
+                    ))
+                } else {
+                    Refused::BadRequest(format!("session: no session named {:?}", flow.session))
+                }
+            })?;
+            // Every field checked by the probe's own rules, with the values it will get.
+            let spec = self.render(&flow, &session)?;
+            tx.ensure_probe(
+                &flow.probe,
+                self.opts.max_flows_per_probe,
+                self.opts.max_pps_per_probe,
+            )?;
+            let existing: Vec<StoredFlow> = tx.flows()?
+                .into_iter()
+                .filter(|f| f.probe == flow.probe)
+                .collect();
+            if existing.iter().any(|f| f.name == flow.name) {
+                return Err(Refused::Conflict(format!(
+                    "probe {:?} has a flow named {:?}",
+                    flow.probe, flow.name
+                )));
+            }
+            let probe = tx.probe(&flow.probe)?
+                .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
+            if existing.len() as u32 >= probe.max_flows {
+                return Err(Refused::Conflict(format!(
+                    "probe {:?} has {} flows, its limit (max_flows {}): delete one or raise the limit (tapwire probe set {} --max-flows N)",
+                    flow.probe,
+                    existing.len(),
+                    probe.max_flows,
+                    flow.probe
+                )));
+            }
+            if flow.enabled {
+                self.check_pps(tx, &flow.probe, probe.max_pps, Some(&spec))?;
+            }
+            let id = tx.insert_flow(&flow)?;
+            self.audit_row(
+                tx,
+                caller,
+                "flow.create",
+                &format!("{}/{}", flow.probe, flow.name),
+                &json!({ "id": id, "session": flow.session, "enabled": flow.enabled, "spec": flow.spec }),
+            )?;
+            Ok(id)
+        })?;
+        flow.id = id;
+        self.flow(id)
+    }
+
+    /// The probe's enabled flows (with `extra`, one about to be enabled) against its
+    /// packets-per-second limit.
+    fn check_pps(
+        &self,
+        tx: &mut dyn Transaction,
+        probe: &str,
+        max_pps: Option<u64>,
+        extra: Option<&FlowSpec>,
+    ) -> Result<(), Refused> {
+        let Some(max) = max_pps else {
+            return Ok(());
+        };
+        let sessions: BTreeMap<String, StoredSession> = tx
+            .sessions()?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut specs = Vec::new();
+        for f in tx
+            .flows()?
+            .into_iter()
+            .filter(|f| f.probe == probe && f.enabled)
+        {
+            if let Some(s) = sessions.get(&f.session) {
+                specs.push(self.render(&f, s)?);
+            }
+        }
+        specs.extend(extra.cloned());
+        let mut total = 0u64;
+        for s in &specs {
+            let Some(pps) = s.rate_pps else {
+                return Err(Refused::Conflict(format!(
+                    "probe {probe:?} may mirror at most {max} pps in all: flow {:?} needs a rate_pps",
+                    s.name
+                )));
+            };
+            total = total.saturating_add(pps);
+        }
+        if total > max {
+            let list: Vec<String> = specs
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.rate_pps.unwrap_or(0)))
+                .collect();
+            return Err(Refused::Conflict(format!(
+                "probe {probe:?} would mirror up to {total} pps, above its limit of {max} pps (flows: {})",
+                list.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn set_flow_enabled(
+        &self,
+        caller: &Caller,
+        id: i64,
+        enabled: bool,
+    ) -> Result<FlowInfo, Refused> {
+        self.change(|tx| {
+            let f = tx
+                .flow(id)?
+                .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
+            if enabled && !f.enabled {
+                let probe = tx
+                    .probe(&f.probe)?
+                    .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
+                let session = tx
+                    .session(&f.session)?
+                    .ok_or_else(|| Refused::Internal("session row vanished".into()))?;
+                let spec = self.render(&f, &session)?;
+                self.check_pps(tx, &f.probe, probe.max_pps, Some(&spec))?;
+            }
+            tx.set_flow_enabled(id, enabled, &self.now())?;
+            self.audit_row(
+                tx,
+                caller,
+                if enabled {
+                    "flow.enable"
+                } else {
+                    "flow.disable"
+                },
+                &format!("{}/{}", f.probe, f.name),
+                &json!({ "id": id }),
+            )
+        })?;
+        self.flow(id)
+    }
+
+    pub fn delete_flow(&self, caller: &Caller, id: i64) -> Result<(), Refused> {
+        self.change(|tx| {
+            let f = tx
+                .flow(id)?
+                .ok_or_else(|| Refused::NotFound(format!("no flow with id {id}")))?;
+            tx.delete_flow(id)?;
+            self.audit_row(
+                tx,
+                caller,
+                "flow.delete",
+                &format!("{}/{}", f.probe, f.name),
+                &json!({ "id": id }),
+            )
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Probes
+
+    fn online(&self, live: &Live) -> bool {
+        let window = (self.opts.report_interval * 3).max(Duration::from_secs(15));
+        let now = self.clock.monotonic();
+        live.polling > 0
+            || live
+                .last_seen
+                .is_some_and(|t| now.duration_since(t) < window)
+    }
+
+    pub fn probes(&self) -> Result<Vec<ProbeInfo>, Refused> {
+        let (probes, flows) = { self.read(|tx| Ok((tx.probes()?, tx.flows()?)))? };
+        let live = lock(&self.live);
+        Ok(probes
+            .into_iter()
+            .map(|p| {
+                let l = live.get(&p.name);
+                let report = l.and_then(|l| l.report.as_ref());
+                let mine = flows.iter().filter(|f| f.probe == p.name);
+                ProbeInfo {
+                    online: l.is_some_and(|l| self.online(l)),
+                    version: p.version,
+                    interfaces: p.interfaces,
+                    registered: p.registered,
+                    last_seen: p.last_seen,
+                    flows: mine.clone().count() as u32,
+                    flows_enabled: mine.filter(|f| f.enabled).count() as u32,
+                    flows_version: p.flowset_version,
+                    applied_version: report.map(|r| r.applied_version),
+                    drops: report.map_or(0, |r| {
+                        r.stats
+                            .flows
+                            .iter()
+                            .map(|f| f.counters.kernel_drops + f.counters.send_errors)
+                            .sum()
+                    }),
+                    sent: report.map_or(0, |r| r.stats.flows.iter().map(|f| f.counters.sent).sum()),
+                    max_flows: p.max_flows,
+                    max_pps: p.max_pps,
+                    name: p.name,
+                }
+            })
+            .collect())
+    }
+
+    pub fn probe(&self, name: &str) -> Result<ProbeInfo, Refused> {
+        self.probes()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Refused::NotFound(format!("no probe named {name:?}")))
+    }
+
+    pub fn set_probe_limits(
+        &self,
+        caller: &Caller,
+        name: &str,
+        limits: ProbeLimits,
+    ) -> Result<ProbeInfo, Refused> {
+        let max_pps = match &limits.max_pps {
+            None => None,
+            Some(v) => Some(match v {
+                Value::Number(n) => n.as_u64().ok_or_else(|| {
+                    Refused::BadRequest(format!("max_pps: {n} is not a whole number"))
+                })?,
+                Value::String(t) => tapwire_api_types::flow::parse_rate(t)
+                    .map_err(|e| Refused::BadRequest(format!("max_pps: {e}")))?,
+                _ => {
+                    return Err(Refused::BadRequest(
+                        "max_pps: a number or text like \"100k\"".into(),
+                    ));
+                }
+            }),
+        };
+        if limits.max_flows == Some(0) {
+            return Err(Refused::BadRequest("max_flows: must be at least 1".into()));
+        }
+        self.change(|tx| {
+            let p = tx
+                .probe(name)?
+                .ok_or_else(|| Refused::NotFound(format!("no probe named {name:?}")))?;
+            let max_flows = limits.max_flows.unwrap_or(p.max_flows);
+            let max_pps = match max_pps {
+                None => p.max_pps,
+                Some(0) => None,
+                Some(n) => Some(n),
+            };
+            let n = tx.flows()?.iter().filter(|f| f.probe == name).count() as u32;
+            if n > max_flows {
+                return Err(Refused::Conflict(format!(
+                    "probe {name:?} has {n} flows, more than max_flows {max_flows}"
+                )));
+            }
+            self.check_pps(tx, name, max_pps, None)?;
+            tx.set_probe_limits(name, max_flows, max_pps)?;
+            self.audit_row(
+                tx,
+                caller,
+                "probe.limits",
+                name,
+                &json!({ "max_flows": max_flows, "max_pps": max_pps }),
+            )
+        })?;
+        self.probe(name)
+    }
+
+    pub fn delete_probe(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
+        self.change(|tx| {
+            tx.probe(name)?
+                .ok_or_else(|| Refused::NotFound(format!("no probe named {name:?}")))?;
+            if tx.flows()?.iter().any(|f| f.probe == name) {
+                return Err(Refused::Conflict(format!(
+                    "probe {name:?} has flows: delete them first"
+                )));
+            }
+            tx.delete_probe(name)?;
+            self.audit_row(tx, caller, "probe.delete", name, &Value::Null)
+        })?;
+        lock(&self.live).remove(name);
+        Ok(())
+    }
+
+    /// A probe-role token acts only for the probe of its own name.
+    fn check_acts_for(caller: &Caller, probe: &str) -> Result<(), Refused> {
+        if caller.role == Role::Probe && caller.name != probe {
+            return Err(Refused::Forbidden(format!(
+                "token {:?} is a probe token: it may act only as probe {:?}",
+                caller.name, caller.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
+        check_probe_name(&req.name)?;
+        Self::check_acts_for(caller, &req.name)?;
+        if req.version.len() > 100 || req.interfaces.len() > 4096 {
+            return Err(Refused::BadRequest(
+                "version or interfaces: too long".into(),
+            ));
+        }
+        self.change(|tx| {
+            let before = tx.probe(&req.name)?;
+            tx.ensure_probe(
+                &req.name,
+                self.opts.max_flows_per_probe,
+                self.opts.max_pps_per_probe,
+            )?;
+            tx.register_probe(&req.name, &req.version, &req.interfaces, &self.now())?;
+            let first = before.as_ref().is_none_or(|p| p.registered.is_none());
+            let changed = before
+                .as_ref()
+                .is_some_and(|p| p.version.as_deref() != Some(&req.version));
+            if first || changed {
+                self.audit_row(
+                    tx,
+                    caller,
+                    "probe.register",
+                    &req.name,
+                    &json!({ "version": req.version, "interfaces": req.interfaces.len() }),
+                )?;
+            }
+            Ok(())
+        })?;
+        self.seen(&req.name, |_| {});
+        let p = self
+            .read(|tx| tx.probe(&req.name))?
+            .ok_or_else(|| Refused::Internal("probe row vanished".into()))?;
+        tracing::info!(probe = req.name, version = req.version, "probe registered");
+        Ok(Registered {
+            flows_version: p.flowset_version,
+            report_interval_s: self.opts.report_interval.as_secs().max(1),
+        })
+    }
+
+    /// The probe's flow set now.
+    pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
+        Self::check_acts_for(caller, name)?;
+        let p = self
+            .read(|tx| tx.probe(name))?
+            .filter(|p| p.registered.is_some())
+            .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
+        let flows: Vec<FlowSpec> = serde_json::from_value(p.flowset)
+            .map_err(|e| Refused::Internal(format!("stored flow set: {e}")))?;
+        self.seen(name, |_| {});
+        Ok(FlowSet {
+            version: p.flowset_version,
+            flows,
+        })
+    }
+
+    /// Marks a long-poll of `name` as in flight while the guard lives.
+    pub fn polling(self: &Arc<Self>, name: &str) -> PollGuard<E> {
+        // Memory only (called on the API's runtime thread); the flow-set read before it has
+        // recorded the visit.
+        {
+            let mut live = lock(&self.live);
+            let l = live.entry(name.to_string()).or_default();
+            l.polling += 1;
+            l.last_seen = Some(self.clock.monotonic());
+        }
+        PollGuard {
+            ctl: Arc::clone(self),
+            name: name.to_string(),
+        }
+    }
+
+    fn seen(&self, name: &str, f: impl FnOnce(&mut Live)) {
+        let now = self.clock.monotonic();
+        let store_it = {
+            let mut live = lock(&self.live);
+            let l = live.entry(name.to_string()).or_default();
+            l.last_seen = Some(now);
+            f(l);
+            let due = l
+                .last_seen_stored
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(30));
+            if due {
+                l.last_seen_stored = Some(now);
+            }
+            due
+        };
+        if store_it {
+            let at = self.now();
+            let _ = self.write(|tx| tx.touch_probe(name, &at));
+        }
+    }
+
+    pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
+        Self::check_acts_for(caller, name)?;
+        if self
+            .read(|tx| tx.probe(name))?
+            .is_none_or(|p| p.registered.is_none())
+        {
+            return Err(Refused::NotFound(format!(
+                "probe {name:?} is not registered"
+            )));
+        }
+        if report.stats.flows.len() > 10_000 || report.refused.len() > 10_000 {
+            return Err(Refused::BadRequest("stats: too many flows".into()));
+        }
+        self.seen(name, |l| l.report = Some(report));
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Tokens and audit
+
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>, Refused> {
+        self.read(|tx| tx.list_tokens())
+    }
+
+    pub fn create_token(&self, caller: &Caller, req: TokenCreate) -> Result<TokenInfo, Refused> {
+        let token = auth::generate().map_err(Refused::Internal)?;
+        let mut info = self.change(|tx| {
+            tokens::insert(
+                tx,
+                caller,
+                &req.name,
+                req.role,
+                &auth::hash(&token),
+                &self.now(),
+            )
+        })?;
+        info.token = Some(token);
+        Ok(info)
+    }
+
+    pub fn revoke_token(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
+        self.change(|tx| tokens::revoke(tx, caller, name, &self.now()))
+    }
+
+    pub fn audit(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<tapwire_api_types::control::AuditEntry>, Refused> {
+        self.read(|tx| tx.list_audit(after, limit))
+    }
+}
+
+/// A long-poll in flight: the probe counts as online while one lives.
+pub struct PollGuard<E: Engine> {
+    ctl: Arc<Controller<E>>,
+    name: String,
+}
+
+impl<E: Engine> Drop for PollGuard<E> {
+    /// Memory only: it runs on the API's runtime thread, which must not wait for the database.
+    fn drop(&mut self) {
+        let now = self.ctl.clock.monotonic();
+        let mut live = lock(&self.ctl.live);
+        if let Some(l) = live.get_mut(&self.name) {
+            l.polling = l.polling.saturating_sub(1);
+            l.last_seen = Some(now);
+        }
+    }
+}
+
+fn check_probe_name(name: &str) -> Result<(), Refused> {
+    validate_name(name).map_err(|e| Refused::BadRequest(format!("probe: {e}")))?;
+    if RESERVED_PROBE_NAMES.contains(&name) {
+        return Err(Refused::BadRequest(format!("probe: {name:?} is reserved")));
+    }
+    Ok(())
+}
+
+fn unused_token_name(tx: &mut dyn Transaction, base: &str) -> Result<String, Refused> {
+    let names: Vec<String> = tx.list_tokens()?.into_iter().map(|t| t.name).collect();
+    Ok((0..)
+        .map(|i| {
+            if i == 0 {
+                base.to_string()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .find(|n| !names.contains(n))
+        .unwrap_or_else(|| base.to_string()))
+}
+
+/// Writes a secret readable by its owner only (created with mode 0600, never widened).
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()
+}
+
+fn session_info(s: StoredSession, flows: &[StoredFlow]) -> SessionInfo {
+    SessionInfo {
+        flows: flows
+            .iter()
+            .filter(|f| f.session == s.name)
+            .map(|f| format!("{}/{}", f.probe, f.name))
+            .collect(),
+        name: s.name,
+        encap: s.encap,
+        mirror_id: s.mirror_id,
+        enabled: s.enabled,
+        filter: s.filter,
+        files: s.files,
+        tap: s.tap,
+        created: s.created,
+        updated: s.updated,
+    }
+}
+
+fn session_detail(s: &StoredSession) -> Value {
+    json!({
+        "encap": s.encap,
+        "mirror_id": s.mirror_id,
+        "enabled": s.enabled,
+        "filter": s.filter,
+        "files": s.files,
+        "tap": s.tap,
+    })
+}

@@ -1,0 +1,122 @@
+//! Tokens kept in a store, and the audit rows every change writes: the rules the controller
+//! and `tapwire token --db` (the same operations on the database, without a collector) share.
+
+use serde_json::Value;
+use tapwire_api_types::control::{Role, TokenInfo, validate_name};
+use tapwire_api_types::time::rfc3339_ns;
+
+use crate::Refused;
+use crate::auth::{self, Caller};
+use crate::store::{AuditRow, NewToken, Store, Transaction};
+
+/// Writes one audit row (in the caller's transaction).
+pub fn audit(
+    tx: &mut dyn Transaction,
+    caller: &Caller,
+    at: &str,
+    action: &str,
+    target: &str,
+    detail: &Value,
+) -> Result<(), Refused> {
+    tx.audit(&AuditRow {
+        at,
+        token: &caller.name,
+        role: caller.role,
+        action,
+        target,
+        detail,
+    })?;
+    Ok(())
+}
+
+/// Stores a new token's hash; the secret is returned once by the caller and never stored.
+pub fn insert(
+    tx: &mut dyn Transaction,
+    caller: &Caller,
+    name: &str,
+    role: Role,
+    hash: &[u8],
+    at: &str,
+) -> Result<TokenInfo, Refused> {
+    validate_name(name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
+    if tx.token_exists(name)? {
+        return Err(Refused::Conflict(format!(
+            "a token named {name:?} exists (names are never reused, also after revocation)"
+        )));
+    }
+    tx.insert_token(&NewToken {
+        name,
+        role,
+        hash,
+        created: at,
+        created_by: &caller.name,
+    })?;
+    audit(
+        tx,
+        caller,
+        at,
+        "token.create",
+        name,
+        &serde_json::json!({ "role": role.name() }),
+    )?;
+    Ok(TokenInfo {
+        name: name.to_string(),
+        role,
+        created: at.to_string(),
+        created_by: caller.name.clone(),
+        revoked: None,
+        token: None,
+    })
+}
+
+pub fn revoke(
+    tx: &mut dyn Transaction,
+    caller: &Caller,
+    name: &str,
+    at: &str,
+) -> Result<(), Refused> {
+    if !tx.revoke_token(name, at)? {
+        return Err(Refused::NotFound(format!("no active token named {name:?}")));
+    }
+    audit(tx, caller, at, "token.revoke", name, &Value::Null)
+}
+
+/// `tapwire token create --db`: a new token, its secret in the answer (shown once).
+pub fn create_offline(
+    store: &mut dyn Store,
+    caller: &Caller,
+    name: &str,
+    role: Role,
+    now_ns: u64,
+) -> Result<TokenInfo, Refused> {
+    let secret = auth::generate().map_err(Refused::Internal)?;
+    let mut tx = store.begin()?;
+    let mut info = insert(
+        &mut *tx,
+        caller,
+        name,
+        role,
+        &auth::hash(&secret),
+        &rfc3339_ns(now_ns),
+    )?;
+    tx.commit()?;
+    info.token = Some(secret);
+    Ok(info)
+}
+
+/// `tapwire token list --db`.
+pub fn list_offline(store: &mut dyn Store) -> Result<Vec<TokenInfo>, Refused> {
+    Ok(store.begin()?.list_tokens()?)
+}
+
+/// `tapwire token revoke --db`.
+pub fn revoke_offline(
+    store: &mut dyn Store,
+    caller: &Caller,
+    name: &str,
+    now_ns: u64,
+) -> Result<(), Refused> {
+    let mut tx = store.begin()?;
+    revoke(&mut *tx, caller, name, &rfc3339_ns(now_ns))?;
+    Ok(tx.commit()?)
+}
