@@ -59,6 +59,19 @@ pub struct CollectorConfig {
     pub default_files: FilesConfig,
     /// Auto-discovered sessions get a TAP named `<prefix><n>`.
     pub tap_prefix: Option<String>,
+    pub limits: LimitsConfig,
+}
+
+/// What traffic may make the collector hold, as `[collector]` sets it (flags override each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `max_sources`: sources in the table at once.
+    pub max_sources: Option<usize>,
+    /// `max_auto_sessions`: auto-discovered sessions at once.
+    pub max_auto_sessions: Option<usize>,
+    /// `idle_timeout`: sources and auto-discovered sessions with no packet for this long are
+    /// removed.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +211,8 @@ pub enum RotateReason {
     Requested,
     Reconfigured,
     Shutdown,
+    /// An auto-discovered session expired after `idle_timeout` without a packet.
+    Idle,
 }
 
 impl RotatePolicy {
@@ -294,6 +309,9 @@ struct RawCollector {
     allow: Vec<String>,
     min_free_disk: Option<SizeValue>,
     tap_prefix: Option<String>,
+    max_sources: Option<usize>,
+    max_auto_sessions: Option<usize>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -423,6 +441,22 @@ impl Config {
                 .transpose()?,
             default_files,
             tap_prefix: raw.collector.tap_prefix.clone(),
+            limits: LimitsConfig {
+                max_sources: raw
+                    .collector
+                    .max_sources
+                    .map(|n| {
+                        at_least_one(n).map_err(|e| err(format!("[collector] max_sources: {e}")))
+                    })
+                    .transpose()?,
+                max_auto_sessions: raw.collector.max_auto_sessions,
+                idle_timeout: raw
+                    .collector
+                    .idle_timeout
+                    .as_deref()
+                    .map(|v| duration(v).map_err(|e| err(format!("[collector] idle_timeout: {e}"))))
+                    .transpose()?,
+            },
         };
         if let Some(p) = &collector.tap_prefix {
             // Room for a number after it.
@@ -744,6 +778,14 @@ pub fn duration(t: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A count that must be above 0.
+pub fn at_least_one(n: usize) -> Result<usize, String> {
+    if n == 0 {
+        return Err("must be above 0".into());
+    }
+    Ok(n)
+}
+
 /// Compiles `expr` as the sessions' filters are (within their limits), to refuse bad filters
 /// up front.
 pub fn compile_check(expr: &str) -> Result<(), String> {
@@ -812,6 +854,41 @@ mod tests {
             ("tw-ids", Some("monitor"), false)
         );
         assert_eq!(c.sessions[0].tap, None);
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let c: Config =
+            "[collector]\nmax_sources = 1000\nmax_auto_sessions = 0\nidle_timeout = \"90s\"\n"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            c.collector.limits,
+            LimitsConfig {
+                max_sources: Some(1000),
+                max_auto_sessions: Some(0),
+                idle_timeout: Some(Duration::from_secs(90)),
+            }
+        );
+        let none: Config = "".parse().unwrap();
+        assert_eq!(none.collector.limits, LimitsConfig::default());
+        for (text, want) in [
+            (
+                "max_sources = 0",
+                "[collector] max_sources: must be above 0",
+            ),
+            (
+                "idle_timeout = \"soon\"",
+                "[collector] idle_timeout: \"soon\" is not a duration",
+            ),
+            ("max_auto_sessions = -1", "max_auto_sessions"),
+        ] {
+            let e = format!("[collector]\n{text}\n")
+                .parse::<Config>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

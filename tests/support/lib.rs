@@ -10,6 +10,7 @@ pub mod oracle;
 pub mod ovs;
 pub mod probe;
 pub mod senders;
+pub mod spoof;
 pub mod tmux;
 pub mod tshark;
 

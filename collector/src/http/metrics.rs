@@ -70,8 +70,31 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Seconds since the collector started.",
     )
     .sample("tapwire_uptime_seconds", &[], s.uptime_s);
-    t.family("tapwire_sources", Gauge, "Distinct mirrored sources seen.")
-        .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sources",
+        Gauge,
+        "Mirrored sources in the table now.",
+    )
+    .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sessions",
+        Gauge,
+        "Sessions now, configured and auto-discovered.",
+    )
+    .sample("tapwire_sessions", &[], s.totals.sessions);
+    let e = &s.totals.expired;
+    t.family(
+        "tapwire_expired_total",
+        Counter,
+        "Sources and auto-discovered sessions removed: idle, or evicted from a full table.",
+    );
+    for (what, n) in [
+        ("source_idle", e.sources),
+        ("source_evicted", e.sources_evicted),
+        ("auto_session_idle", e.auto_sessions),
+    ] {
+        t.sample("tapwire_expired_total", &[("what", what)], n);
+    }
 
     let inputs: [Series<InputStats>; 3] = [
         ("input_packets_total", "Packets read per input.", |i| {
@@ -89,6 +112,20 @@ pub fn prometheus(s: &Snapshot) -> String {
         t.family(&name, Counter, help);
         for i in &s.inputs {
             t.sample(&name, &[("input", &i.name)], get(i));
+        }
+    }
+    t.family(
+        "tapwire_input_refused_packets_total",
+        Counter,
+        "Mirrored packets refused before a source was made, per input and reason.",
+    );
+    for i in &s.inputs {
+        for (reason, n) in i.refusals.by_reason() {
+            t.sample(
+                "tapwire_input_refused_packets_total",
+                &[("input", &i.name), ("reason", reason)],
+                n,
+            );
         }
     }
     t.family(

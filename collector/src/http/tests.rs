@@ -85,6 +85,7 @@ fn file_config() -> Config {
             min_free_disk_bytes: None,
             default_files: FilesConfig::default(),
             tap_prefix: None,
+            limits: Default::default(),
         },
         sessions: vec![SessionConfig {
             name: "from-file".into(),
@@ -164,6 +165,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     let state = ApiState::new(snapshot, tx, None, Some(Arc::clone(&ctl)));
     Harness {
@@ -882,6 +884,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     let (bound, _) = spawn(
         None,
@@ -1169,6 +1172,7 @@ fn plain_state(token: Option<&str>) -> ApiState {
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     ApiState::new(snapshot, tx, token.map(ApiToken::new), None)
 }

@@ -1094,7 +1094,7 @@ mod tests {
             file,
             session: session.clone(),
             buf: buf.to_vec(),
-            tally: vec![(3, 2)],
+            tally: vec![(SourceId::new(3, 0), 2)],
             blocks,
         };
         disk.handle(open(1));
@@ -1104,7 +1104,7 @@ mod tests {
         disk.handle(write(1, b"HHHHr1r2", vec![0..4]));
         assert!(matches!(
             ev_rx.try_recv(),
-            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(3, 2)]
+            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"HHHHr1r2");
         // Removed while open: the records would be on no reader's disk.
@@ -1127,7 +1127,7 @@ mod tests {
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::WriteFailed { file: 7, loss: Loss::WriteError, ref tally, .. })
-                if *tally == vec![(3, 2)]
+                if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         // Closed with nothing on disk and nothing to write: not left behind as an empty file.
         disk.handle(open(2));

@@ -543,7 +543,7 @@ mod tests {
             for &source in sources {
                 out.write(
                     ctx,
-                    source,
+                    SourceId::new(source, 0),
                     &key(source),
                     LinkType::Ethernet,
                     &packet,
@@ -572,15 +572,16 @@ mod tests {
         };
         // Section header, then the interfaces of sources 7 and 9.
         let (buf, tally, blocks) = &writes[0];
-        assert_eq!(tally, &vec![(7, 3), (9, 1)]);
+        let id = |slot| SourceId::new(slot, 0);
+        assert_eq!(tally, &vec![(id(7), 3), (id(9), 1)]);
         assert_eq!(blocks.len(), 3);
         assert_eq!(blocks[0].start, 0);
         assert_eq!(block_type(buf, &blocks[0]), 0x0A0D_0D0A);
         assert!(blocks[1..].iter().all(|b| block_type(buf, b) == 1));
         // No new interface in the second buffer.
-        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(9, 2)], 0));
+        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(id(9), 2)], 0));
         // The file cannot be created: the packet still buffered is returned as lost.
-        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(11, 1)]);
+        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(id(11), 1)]);
         assert!(!out.is_open());
         assert_eq!(out.error.as_deref(), Some("no"));
         // Held (packets refused) until the backoff passes, then a new file is tried.
