@@ -371,6 +371,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
                 limits: Default::default(),
             },
             sessions: Vec::new(),
+            hooks: Default::default(),
         },
     };
     let files = config.collector.default_files.clone();

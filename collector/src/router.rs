@@ -399,6 +399,7 @@ mod tests {
                 limits: Default::default(),
             },
             sessions,
+            hooks: Default::default(),
         }
     }
 

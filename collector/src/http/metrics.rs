@@ -5,6 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tapwire_api_types::metrics::{self, Text};
 use tapwire_api_types::{InputStats, SessionStats, Snapshot};
+use tapwire_control::ProbeRefusal;
 
 use super::ApiState;
 use super::auth::{Authed, Read};
@@ -12,10 +13,28 @@ use super::serve::{Closed, Gate};
 
 pub(super) async fn metrics(State(s): State<ApiState>, _: Authed<Read>) -> Response {
     let mut body = prometheus(&s.snapshot.load());
+    if let Some(c) = &s.controller {
+        body.push_str(&probe_refusals(&c.probe_refusals()));
+    }
     if let Some(g) = &s.gate {
         body.push_str(&api_connections(g));
     }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// The control plane's refused probe requests, by reason (never by probe name: names are
+/// what an attacker invents).
+fn probe_refusals(counts: &[(ProbeRefusal, u64)]) -> String {
+    let mut t = Text::new();
+    t.family(
+        "tapwire_probe_refused_total",
+        metrics::Kind::Counter,
+        "Probe requests refused (and names for new probes), by reason.",
+    );
+    for (why, n) in counts {
+        t.sample("tapwire_probe_refused_total", &[("reason", why.name())], n);
+    }
+    t.into_string()
 }
 
 /// The API's own connections: held, the cap, accepted, and closed or refused by reason.

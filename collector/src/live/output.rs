@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 use tapwire_formats::capture::{Encoder, Format, LinkType, PacketInfo};
 use tapwire_formats::decap::SourceKey;
 
-use super::io::{Cmd, DirState, FileId, Loss, Prune, Shared, Tally};
+use super::io::{Cmd, DirState, FileId, Loss, OutDir, Prune, Shared, Tally};
 use crate::config::{FilesConfig, RotateReason};
 use crate::demux::SourceId;
 use crate::offline::interface_info;
@@ -131,7 +131,7 @@ impl Current {
 pub struct FileOutput {
     session: Arc<str>,
     pub cfg: FilesConfig,
-    dir: PathBuf,
+    dir: OutDir,
     dir_state: Arc<DirState>,
     current: Option<Current>,
     pub files_finished: u64,
@@ -152,10 +152,10 @@ impl FileOutput {
         default_dir: &std::path::Path,
         shared: &Shared,
     ) -> Self {
-        let dir = cfg.dir.clone().unwrap_or_else(|| default_dir.to_path_buf());
+        let dir = OutDir::of(cfg.dir.as_deref(), default_dir);
         FileOutput {
             session: session.into(),
-            dir_state: shared.dir(&dir),
+            dir_state: shared.dir(&dir.path()),
             dir,
             cfg,
             current: None,
@@ -167,8 +167,9 @@ impl FileOutput {
         }
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
+    /// The directory, for display.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path()
     }
 
     pub fn current_path(&self) -> Option<&std::path::Path> {
@@ -289,7 +290,7 @@ impl FileOutput {
         }
         self.current = Some(Current {
             id,
-            path: self.dir.join(format!("{stem}.{ext}")),
+            path: self.dir.path().join(format!("{stem}.{ext}")),
             bytes: header as u64,
             enc,
             interfaces: FxHashMap::default(),
@@ -418,7 +419,7 @@ impl FileOutput {
     /// without waiting for a retry (the error shows until it opens).
     pub fn vanished(&mut self, ctx: &mut Ctx<'_>, id: FileId, now_ns: u64) {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
-            tracing::warn!(session = &*self.session, dir = %self.dir.display(), "capture file vanished; starting a new one");
+            tracing::warn!(session = &*self.session, dir = %self.dir.path().display(), "capture file vanished; starting a new one");
             self.finish(ctx, RotateReason::Requested, now_ns);
             self.backoff.reset();
         }
