@@ -1199,11 +1199,8 @@ fn signal_during_load(tag: &str, signal: &str) {
     }
     replay.kill();
 
-    let files: Vec<PathBuf> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    // Captures only: their indexes (.twidx) are no capture files.
+    let files: Vec<PathBuf> = collector::files_with_prefix(&out, "");
     assert!(!files.is_empty(), "no file written before SIG{signal}");
     let mut per_source: BTreeMap<Key, usize> = BTreeMap::new();
     for f in &files {

@@ -478,9 +478,15 @@ fn tshark_read(file: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The capture files in `dir` (not the `.twidx` indexes beside them).
 fn capture_files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_none_or(|x| x != "twidx"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -7,6 +7,7 @@
 
 mod control;
 mod lab;
+mod query;
 mod top;
 
 use std::io::{IsTerminal, Write};
@@ -46,6 +47,9 @@ enum Command {
     /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
     /// --json for scripts).
     Top(top::TopArgs),
+    /// The packets of a time range (a session, a source, a tcpdump filter) across rotated
+    /// files, as one pcapng: from the local collector, or --dir a folder of captures.
+    Query(query::QueryArgs),
     /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
     /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
     Lab(lab::LabArgs),
@@ -158,6 +162,14 @@ struct CollectArgs {
     /// Stop writing (and count drops) below this much free disk [default: min(256MiB, 5% of the disk)].
     #[arg(long, value_name = "SIZE")]
     min_free_disk: Option<String>,
+    /// Write no packet index (`<file>.twidx`) beside the capture files; `tapwire query` then
+    /// scans them.
+    #[arg(long)]
+    no_index: bool,
+    /// Refuse a query of the API (`tapwire query`, /api/v1/packets) that would read more than
+    /// this much capture, by the index's estimate ("0": no limit).
+    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
+    query_max_bytes: String,
     /// Which time each packet is written with.
     #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
     timestamps: TimestampsArg,
@@ -252,6 +264,7 @@ fn main() -> ExitCode {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
         Command::Top(args) => top::top(args),
+        Command::Query(args) => query::query(args),
         Command::Lab(args) => lab::run(args),
         Command::Session(cmd) => control::session(cmd),
         Command::Flow(cmd) => control::flow(cmd),
@@ -528,6 +541,11 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         api,
         api_token: a.api_token.clone(),
         min_free_disk_bytes,
+        index: !a.no_index,
+        query_max_bytes: match size_flag("query-max-bytes", &a.query_max_bytes)? {
+            0 => None,
+            n => Some(n),
+        },
     })
 }
 
@@ -580,7 +598,7 @@ fn file_flags(a: &CollectArgs) -> Result<config::FileFlags, String> {
     })
 }
 
-fn size_flag(flag: &str, v: &str) -> Result<u64, String> {
+pub(crate) fn size_flag(flag: &str, v: &str) -> Result<u64, String> {
     v.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|_| format!("--{flag}: {v:?} is not a size like 100MiB"))

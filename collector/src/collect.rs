@@ -41,6 +41,10 @@ pub struct CollectOptions {
     /// A second API listener for probes and remote clients (TLS when configured).
     pub listen: Option<http::Listen>,
     pub min_free_disk_bytes: Option<u64>,
+    /// Write a packet index beside each capture file.
+    pub index: bool,
+    /// `GET /api/v1/packets` refuses a query whose estimate exceeds this.
+    pub query_max_bytes: Option<u64>,
 }
 
 /// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
@@ -128,7 +132,7 @@ where
     }
 
     io::raise_fd_limit();
-    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
+    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes, opts.index));
     let (io_tx, io_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
     let (buf_tx, buf_rx) = unbounded();
@@ -158,6 +162,7 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
+    let out_dir = opts.settings.out.clone();
     let config_path = opts.settings.config_path.clone();
     let file_flags = opts.settings.file_flags.clone();
     let ctl_tx_reload = ctl_tx.clone();
@@ -231,10 +236,16 @@ where
         let (local, _) = http::spawn(
             opts.api,
             opts.listen,
-            snapshot.clone(),
-            ctl_tx,
-            opts.api_token.as_deref().map(http::ApiToken::new),
-            controller,
+            http::ApiState::new(
+                snapshot.clone(),
+                ctl_tx,
+                opts.api_token.as_deref().map(http::ApiToken::new),
+                controller,
+            )
+            .with_query(Arc::new(http::packets::QueryState::new(
+                out_dir,
+                opts.query_max_bytes,
+            ))),
             limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;

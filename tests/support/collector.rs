@@ -276,12 +276,13 @@ impl<'l> Collector<'l> {
     }
 }
 
-/// Every file in `dir`, sorted by name.
+/// Every file in `dir` but the packet indexes (`.twidx`), sorted by name.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_none_or(|x| x != "twidx"))
         .collect();
     files.sort();
     files
@@ -386,7 +387,8 @@ pub fn epoch_ns(t: &str) -> u64 {
     sec.parse::<u64>().unwrap_or(0) * 1_000_000_000 + frac.parse::<u64>().unwrap_or(0)
 }
 
-/// Files in `dir` whose names start with `prefix`, sorted by name.
+/// Files in `dir` whose names start with `prefix`, sorted by name; packet indexes
+/// (`.twidx`, beside each capture) are not capture files and are left out.
 pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
@@ -395,7 +397,7 @@ pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(prefix))
+                        .is_some_and(|n| n.starts_with(prefix) && !n.ends_with(".twidx"))
                 })
                 .collect()
         })

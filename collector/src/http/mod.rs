@@ -6,6 +6,7 @@
 //!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
 //! - `metrics`: `GET /metrics`, Prometheus text ([`prometheus`]), labels limited to session
 //!   names, reasons and inputs.
+//! - [`packets`]: `GET /api/v1/packets`, a query's pcapng streamed ([`crate::query`]).
 //! - `control`: the control plane's routes, each a [`tapwire_control::Controller`] operation.
 //! - `auth`: who is calling and whether they may: the `Authed` extractor, over one
 //!   `authenticate` function.
@@ -18,6 +19,7 @@
 mod auth;
 mod control;
 mod metrics;
+pub mod packets;
 pub mod serve;
 mod stats;
 #[cfg(test)]
@@ -55,6 +57,8 @@ pub(crate) struct ApiState {
     /// The control plane, when the collector runs with `--db`: every route then needs a token
     /// (a viewer's for reads; none for reads from localhost).
     pub(crate) controller: Option<Arc<Ctl>>,
+    /// Packet queries (`/api/v1/packets`), when served.
+    pub(crate) query: Option<Arc<packets::QueryState>>,
     /// Long-polls waiting now, at most [`Limits::max_long_polls`].
     pub(crate) long_polls: Arc<Semaphore>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
@@ -75,9 +79,16 @@ impl ApiState {
             control,
             token,
             controller,
+            query: None,
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
             gate: None,
         }
+    }
+
+    /// Answers packet queries (`/api/v1/packets`) with `query`.
+    pub(crate) fn with_query(mut self, query: Arc<packets::QueryState>) -> ApiState {
+        self.query = Some(query);
+        self
     }
 }
 
@@ -92,14 +103,11 @@ pub struct Listen {
 }
 
 /// Binds `addr` (and `listen`) now, so that a taken port is an error at start, and serves
-/// both on a new thread through one [`Gate`] with `limits`.
-pub fn spawn(
+/// `state` on both on a new thread through one [`Gate`] with `limits`.
+pub(crate) fn spawn(
     addr: Option<SocketAddr>,
     listen: Option<Listen>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    control: Sender<Control>,
-    token: Option<ApiToken>,
-    controller: Option<Arc<Ctl>>,
+    state: ApiState,
     limits: Limits,
 ) -> std::io::Result<(Vec<SocketAddr>, Arc<Gate>)> {
     let mut bound = Vec::new();
@@ -117,7 +125,6 @@ pub fn spawn(
         .iter()
         .map(|(l, _)| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
-    let state = ApiState::new(snapshot, control, token, controller);
     let gate = serve_on(bound, state, limits)?;
     Ok((locals, gate))
 }
@@ -203,6 +210,7 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         "/api/v1/sessions/{name}/{action}",
         post(stats::action),
     )
+    .add("GET", "/api/v1/packets", get(packets::packets))
     .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
     .add("GET", "/metrics", get(metrics::metrics))
     .add("GET", "/api/v1/openapi.json", get(control::openapi));

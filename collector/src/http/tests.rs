@@ -894,10 +894,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
         }),
-        snapshot,
-        tx,
-        None,
-        None,
+        ApiState::new(snapshot, tx, None, None),
         Limits::for_descriptor_limit(1 << 20),
     )
     .unwrap();

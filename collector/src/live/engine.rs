@@ -19,6 +19,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tapwire_api_types as api;
 use tapwire_formats::capture::{LinkType, PacketInfo};
 use tapwire_formats::decap::Kind;
+use tapwire_formats::index::Inner;
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Loss, Shared, Tally};
@@ -861,7 +862,9 @@ impl Core {
         s.packets += 1;
         s.bytes += d.frame.len() as u64;
         s.last_seen_ns = ts;
-        if let Some(addr) = classify(&mut s.protocols, d.link, d.frame) {
+        // One parse of the inner headers serves the traffic mix and the file's index.
+        let inner = Inner::parse(d.link, d.frame);
+        if let Some(addr) = classify(&mut s.protocols, &inner.class) {
             s.talkers.add(addr, d.frame.len() as u64);
         }
         match skip {
@@ -900,7 +903,15 @@ impl Core {
             next_file_id: &mut self.next_file_id,
             flush_bytes: self.flush_bytes,
         };
-        match out.write(&mut ctx, d.source, &d.key, d.link, &packet, now) {
+        match out.write(
+            &mut ctx,
+            d.source,
+            &d.key,
+            d.link,
+            &packet,
+            &inner.keys,
+            now,
+        ) {
             Ok(()) => s.pending += 1,
             Err(Refusal::DiskGuard) => {
                 s.drops.disk_guard += 1;

@@ -12,7 +12,7 @@
 //! a symlink (planted before the session was defined or after) leads a write out of the root.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tapwire_formats::index::{self, KeyLog};
 
 use crate::demux::SourceId;
 
@@ -92,12 +93,15 @@ pub struct Shared {
     dirs: Mutex<HashMap<PathBuf, Arc<DirState>>>,
     /// The guard when none is configured: min(256 MiB, 5 % of the file system).
     pub min_free_bytes: Option<u64>,
+    /// Capture files get an index beside them (`<file>.twidx`).
+    pub index: bool,
 }
 
 impl Shared {
-    pub fn new(min_free_bytes: Option<u64>) -> Self {
+    pub fn new(min_free_bytes: Option<u64>, index: bool) -> Self {
         Shared {
             min_free_bytes,
+            index,
             ..Shared::default()
         }
     }
@@ -263,6 +267,8 @@ pub enum Cmd {
         /// The file header and interface blocks in `buf`: later records may need them, so
         /// they are kept until written.
         blocks: Vec<Range<usize>>,
+        /// The keys of `buf`'s packets by range, for the file's index.
+        index: Option<Box<KeyLog>>,
     },
     Close {
         file: FileId,
@@ -338,6 +344,12 @@ impl Extent {
         self.len
     }
 
+    /// Header and interface blocks handed over in buffers that were not written: they go
+    /// before the next buffer.
+    pub fn missing(&self) -> &[u8] {
+        &self.missing
+    }
+
     /// Writes the missing blocks and `buf` at the end of the good part. On failure the file is
     /// cut back to it (or will be before the next write) and `buf`'s `blocks` are kept.
     pub fn append(
@@ -403,6 +415,105 @@ struct OpenFile {
     last_use: u64,
     /// Writes go out with RWF_DONTCACHE until the kernel or the file system refuses it.
     dontcache: bool,
+    /// The index beside it.
+    index: Option<Sidecar>,
+}
+
+/// A capture file's index (`<file>.twidx`), appended after each buffer of the capture is on
+/// disk, in whole records, so it never describes bytes a reader cannot find.
+struct Sidecar {
+    path: PathBuf,
+    /// Closed with the capture's handle, to stay under the open-files bound.
+    file: Option<File>,
+    /// Bytes of header and whole records on disk.
+    len: u64,
+    /// A write failed: nothing more is appended. Readers scan what it does not cover.
+    failed: bool,
+}
+
+impl Sidecar {
+    /// Creates the index of `capture` with its header.
+    fn create(capture: &Path) -> Option<Sidecar> {
+        let path = sidecar_path(capture);
+        let header = index::file::header();
+        let made = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&header).map(|()| f));
+        match made {
+            Ok(f) => Some(Sidecar {
+                path,
+                file: Some(f),
+                len: header.len() as u64,
+                failed: false,
+            }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the capture's index; queries will scan it");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Appends whole records; on failure the file is cut back to its last whole record and
+    /// left as it is.
+    fn append(&mut self, records: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        if self.failed || records.is_empty() {
+            return;
+        }
+        if self.file.is_none() {
+            match OpenOptions::new().write(true).open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => return self.fail(&e),
+            }
+        }
+        let Some(f) = self.file.as_ref() else { return };
+        match f.write_all_at(records, self.len) {
+            Ok(()) => self.len += records.len() as u64,
+            Err(e) => {
+                let _ = f.set_len(self.len);
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "index write failed; it stops here and queries scan the rest of the capture");
+        self.failed = true;
+        self.file = None;
+    }
+}
+
+/// `dir/x.pcapng` -> `dir/x.pcapng.twidx`.
+pub fn sidecar_path(capture: &Path) -> PathBuf {
+    let name = capture
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    capture.with_file_name(index::sidecar_name(&name))
+}
+
+/// The header and interface blocks in `b` (a run of them, as [`Extent::missing`] holds).
+fn meta_blocks(b: &[u8]) -> Vec<Range<usize>> {
+    use tapwire_formats::capture::pcapng::{self, Endian, Framed};
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let len = if tapwire_formats::capture::is_pcap(&b[at..]) {
+            tapwire_formats::capture::PcapFraming::FILE_HEADER
+        } else {
+            match pcapng::frame(&b[at..], Endian::native()) {
+                Framed::Block { len, .. } => len,
+                _ => break,
+            }
+        };
+        v.push(at..(at + len).min(b.len()));
+        at += len;
+    }
+    v
 }
 
 /// The real file as [`Storage`]: sequential writes from the known offset (an `lseek` only
@@ -503,6 +614,11 @@ impl DiskThread {
                         let path = dir.path().join(&name);
                         self.n_open += 1;
                         self.tick += 1;
+                        let index = if self.shared.index {
+                            Sidecar::create(&path)
+                        } else {
+                            None
+                        };
                         self.files.insert(
                             file,
                             OpenFile {
@@ -516,6 +632,7 @@ impl DiskThread {
                                 failed: false,
                                 last_use: self.tick,
                                 dontcache: true,
+                                index,
                             },
                         );
                         let _ = self.events.send(Event::Opened {
@@ -541,9 +658,10 @@ impl DiskThread {
                 buf,
                 tally,
                 blocks,
+                index,
             } => {
                 let n = buf.len() as u64;
-                match self.write(file, &buf, &blocks) {
+                match self.write(file, &buf, &blocks, index) {
                     Ok(()) => {
                         let _ = self.events.send(Event::Written {
                             session,
@@ -593,6 +711,9 @@ impl DiskThread {
                 let _ = f.extent.append(&mut s, &[], &[]);
             }
             if f.extent.len_bytes() == 0 {
+                if let Some(ix) = f.index.take() {
+                    let _ = std::fs::remove_file(&ix.path);
+                }
                 let removed = f.dir.open(false).and_then(|d| {
                     nix::unistd::unlinkat(
                         &d,
@@ -611,13 +732,24 @@ impl DiskThread {
                 }
             }
         }
+        if let Some(ix) = f.index.as_mut() {
+            let mut end = Vec::new();
+            index::file::put_end(&mut end, f.extent.len_bytes());
+            ix.append(&end);
+            ix.file = None;
+        }
         if f.file.take().is_some() {
             self.n_open -= 1;
         }
         if let Some(cmd) = on_finish
             && f.extent.len_bytes() > 0
         {
-            self.spawn_on_finish(cmd, session, &f.path);
+            let index = f
+                .index
+                .as_ref()
+                .filter(|ix| !ix.failed)
+                .map(|ix| ix.path.as_path());
+            self.spawn_on_finish(cmd, session, &f.path, index);
         }
         let _ = self.events.send(Event::Closed {
             session: f.session,
@@ -630,7 +762,13 @@ impl DiskThread {
     /// Writes `buf` to file `id` right after its last good byte; on failure, why and what
     /// happened. A disk found full holds writing in that directory until the guard sees space
     /// again.
-    fn write(&mut self, id: FileId, buf: &[u8], blocks: &[Range<usize>]) -> Result<(), Failure> {
+    fn write(
+        &mut self,
+        id: FileId,
+        buf: &[u8],
+        blocks: &[Range<usize>],
+        keys: Option<Box<KeyLog>>,
+    ) -> Result<(), Failure> {
         let never = || Failure {
             loss: Loss::WriteError,
             error: "the file could not be created".into(),
@@ -654,10 +792,24 @@ impl DiskThread {
                     pos: &mut of.pos,
                     dontcache: &mut of.dontcache,
                 };
+                let before = of.extent.len_bytes();
+                let missing = of.extent.missing().to_vec();
                 let r = of.extent.append(&mut s, buf, blocks);
                 // Records written to a file removed meanwhile (its directory was deleted) are
                 // on no reader's disk: lost, not written.
                 unlinked = r.is_ok() && file.metadata().is_ok_and(|m| m.nlink() == 0);
+                if r.is_ok()
+                    && !unlinked
+                    && let Some(ix) = of.index.as_mut()
+                {
+                    match keys {
+                        Some(keys) => {
+                            ix.append(&index_records(before, &missing, buf, blocks, keys))
+                        }
+                        // A buffer without keys cannot be described: the index stops here.
+                        None => ix.fail(&io::Error::other("a buffer came without its keys")),
+                    }
+                }
                 if unlinked {
                     Err(io::Error::new(
                         io::ErrorKind::NotFound,
@@ -717,6 +869,9 @@ impl DiskThread {
                 break;
             };
             f.file = None;
+            if let Some(ix) = f.index.as_mut() {
+                ix.file = None;
+            }
             self.n_open -= 1;
         }
     }
@@ -761,6 +916,7 @@ impl DiskThread {
                 if !status.success() {
                     tracing::warn!(file = %path.display(), %status, "on-finish command failed");
                 }
+                drop_orphan_index(path);
                 false
             }
             Ok(None) => true,
@@ -768,16 +924,20 @@ impl DiskThread {
         });
     }
 
-    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path) {
-        let child = Command::new("sh")
+    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path, index: Option<&Path>) {
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(cmd)
             .arg("tapwire-on-finish")
             .arg(path)
             .env("TAPWIRE_FILE", path)
             .env("TAPWIRE_SESSION", session)
-            .stdin(Stdio::null())
-            .spawn();
+            .stdin(Stdio::null());
+        if let Some(ix) = index {
+            command.env("TAPWIRE_INDEX", ix);
+        }
+        let child = command.spawn();
         match child {
             Ok(c) => self.children.push((c, path.to_path_buf())),
             Err(e) => {
@@ -938,11 +1098,13 @@ fn create_unique(dir: &OwnedFd, stem: &str, ext: &str) -> io::Result<(File, Stri
 }
 
 /// Whether `name` is one of `session`'s files:
-/// `<session>_<YYYYmmddTHHMMSS>[.mmm]Z[_NNN].pcap[ng]`.
+/// `<session>_<YYYYmmddTHHMMSS>[.mmm]Z[_NNN].pcap[ng][.gz]`.
 pub fn is_session_file(name: &str, session: &str) -> bool {
     let Some(rest) = name.strip_prefix(session).and_then(|r| r.strip_prefix('_')) else {
         return false;
     };
+    // An on-finish command may have compressed it.
+    let rest = rest.strip_suffix(".gz").unwrap_or(rest);
     let Some(rest) = rest
         .strip_suffix(".pcapng")
         .or_else(|| rest.strip_suffix(".pcap"))
@@ -972,7 +1134,9 @@ pub fn is_session_file(name: &str, session: &str) -> bool {
 }
 
 /// Deletes the oldest of a session's files in the directory `dir` (shown as `shown`) so that,
-/// with the one about to be opened, at most `max_files` remain. Names sort in time order.
+/// with the one about to be opened, at most `max_files` remain. Names sort in time order. A
+/// capture, its compressed copy (an on-finish hook at work) and its index are one file; indexes
+/// left without their capture go too.
 fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
     use nix::fcntl::OFlag;
     let Ok(mut listing) = nix::dir::Dir::openat(
@@ -983,31 +1147,90 @@ fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
     ) else {
         return;
     };
-    let mut names: Vec<String> = listing
+    let mut present: std::collections::HashSet<String> = listing
         .iter()
         .flatten()
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
-        .filter(|n| is_session_file(n, &p.session))
         .collect();
-    names.sort();
+    let mut stems: Vec<String> = present
+        .iter()
+        .filter(|n| is_session_file(n, &p.session))
+        .map(|n| n.strip_suffix(".gz").unwrap_or(n).to_string())
+        .collect();
+    stems.sort_unstable();
+    stems.dedup();
+    let unlink =
+        |name: &str| nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
     let keep = p.max_files.saturating_sub(1) as usize;
-    if names.len() > keep {
-        for n in &names[..names.len() - keep] {
-            let removed =
-                nix::unistd::unlinkat(dir, n.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-            match removed {
-                Ok(()) => tracing::info!(
-                    file = n,
-                    dir = %shown.display(),
-                    session = p.session,
-                    "removed: more than max_files"
-                ),
-                Err(e) => {
-                    tracing::warn!(file = n, dir = %shown.display(), error = %e, "cannot remove old file")
+    if stems.len() > keep {
+        for stem in &stems[..stems.len() - keep] {
+            for name in [stem.clone(), format!("{stem}.gz")] {
+                if !present.contains(&name) {
+                    continue;
+                }
+                match unlink(&name) {
+                    Ok(()) => {
+                        present.remove(&name);
+                        tracing::info!(
+                            file = name,
+                            dir = %shown.display(),
+                            session = p.session,
+                            "removed: more than max_files"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = name, dir = %shown.display(), error = %e, "cannot remove old file")
+                    }
                 }
             }
         }
     }
+    for name in present.iter() {
+        if let Some(stem) = name.strip_suffix(".twidx")
+            && is_session_file(stem, &p.session)
+            && !present.contains(stem)
+            && !present.contains(&format!("{stem}.gz"))
+            && unlink(name).is_ok()
+        {
+            tracing::debug!(index = name, dir = %shown.display(), "removed the index of a capture that is gone");
+        }
+    }
+}
+
+/// Removes the index of `capture` when neither the capture nor its compressed copy exists
+/// (max_files removed it, or an on-finish command moved or deleted it).
+fn drop_orphan_index(capture: &Path) {
+    let gz = capture.with_file_name(format!(
+        "{}.gz",
+        capture.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let index = sidecar_path(capture);
+    if !capture.exists() && !gz.exists() && std::fs::remove_file(&index).is_ok() {
+        tracing::debug!(index = %index.display(), "removed the index of a capture that is gone");
+    }
+}
+
+/// The index records of a buffer written at `before` (after the `missing` header and interface
+/// blocks of buffers that failed): their metadata blocks, then `keys`' ranges.
+fn index_records(
+    before: u64,
+    missing: &[u8],
+    buf: &[u8],
+    blocks: &[Range<usize>],
+    mut keys: Box<KeyLog>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let base = before + missing.len() as u64;
+    for r in meta_blocks(missing) {
+        index::file::put_meta(&mut out, before + r.start as u64, &missing[r]);
+    }
+    for r in blocks {
+        if let Some(b) = buf.get(r.clone()) {
+            index::file::put_meta(&mut out, base + r.start as u64, b);
+        }
+    }
+    keys.encode(base, (!missing.is_empty()).then_some(before), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -1251,6 +1474,7 @@ mod tests {
             buf: buf.to_vec(),
             tally: vec![(SourceId::new(3, 0), 2)],
             blocks,
+            index: None,
         };
         disk.handle(open(1));
         let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
@@ -1299,6 +1523,207 @@ mod tests {
             Ok(Event::Closed { bytes: 0, .. })
         ));
         assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Encodes `n` packets (and, first, `ifaces` new interfaces) into `enc`, logging their
+    /// keys as the engine does; returns the buffer, its metadata blocks and its keys.
+    fn indexed_buffer(
+        enc: &mut tapwire_formats::capture::Encoder,
+        ifaces: u32,
+        n: u8,
+    ) -> (Vec<u8>, Vec<Range<usize>>, Box<KeyLog>) {
+        use tapwire_formats::capture::{InterfaceInfo, LinkType, PacketInfo};
+        use tapwire_formats::index::FrameKeys;
+        let mut blocks = Vec::new();
+        if enc.pending_len() > 0 {
+            blocks.push(0..enc.pending_len());
+        }
+        let mut log = Box::new(KeyLog::new(0));
+        for _ in 0..ifaces {
+            let start = enc.pending_len();
+            enc.add_interface(&InterfaceInfo {
+                link: LinkType::Ethernet,
+                name: "i".into(),
+                description: String::new(),
+                snaplen: 65535,
+            })
+            .unwrap();
+            blocks.push(start..enc.pending_len());
+        }
+        for i in 0..n {
+            let mut frame = vec![0u8; 60];
+            frame[12..14].copy_from_slice(&[8, 0]);
+            frame[26..30].copy_from_slice(&[10, 0, 0, i]);
+            enc.packet(
+                0,
+                &PacketInfo {
+                    ts_ns: 1_000 + u64::from(i),
+                    orig_len: 60,
+                    data: &frame,
+                    direction: None,
+                    comment: None,
+                },
+            )
+            .unwrap();
+            let keys = FrameKeys::of(LinkType::Ethernet, &frame);
+            log.packet(enc.pending_len(), 1_000 + u64::from(i), 0, &keys, None);
+        }
+        let buf = std::mem::take(enc.buffer());
+        log.finish(buf.len());
+        (buf, blocks, log)
+    }
+
+    /// The disk thread writes each buffer's index records once the buffer is on disk: they
+    /// cover the file from its first byte to its last, name each header and interface block
+    /// where it is, and end with the capture's length when it is closed.
+    #[test]
+    fn the_index_follows_the_capture_written() {
+        use tapwire_formats::capture::{Encoder, Format};
+        use tapwire_formats::index::{Record, parse};
+        let dir = std::env::temp_dir().join(format!("tapwire-io-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let mut disk = DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::new(None, true)));
+        drop(cmd_tx);
+        let session: Arc<str> = "s".into();
+        disk.handle(Cmd::Open {
+            file: 1,
+            session: session.clone(),
+            dir: OutDir::of(Some(&dir), Path::new("/nonexistent")),
+            stem: "s_20260101T000000Z".into(),
+            ext: "pcapng",
+            prune: None,
+        });
+        let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
+            panic!("not opened");
+        };
+        let mut enc = Encoder::new(Format::Pcapng);
+        for (ifaces, n) in [(1, 3), (0, 200), (1, 2)] {
+            let (buf, blocks, log) = indexed_buffer(&mut enc, ifaces, n);
+            disk.handle(Cmd::Write {
+                file: 1,
+                session: session.clone(),
+                buf,
+                tally: vec![(SourceId::new(0, 0), u64::from(n))],
+                blocks,
+                index: Some(log),
+            });
+        }
+        disk.handle(Cmd::Close {
+            file: 1,
+            session: "s".into(),
+            on_finish: None,
+        });
+        let capture = std::fs::read(&path).unwrap();
+        let parsed = parse(&std::fs::read(sidecar_path(&path)).unwrap());
+        assert_eq!(parsed.stop, None);
+        let mut covered = 0;
+        let (mut metas, mut packets) = (0, 0);
+        for r in &parsed.records {
+            match r {
+                Record::Meta { offset, bytes } => {
+                    let at = *offset as usize;
+                    assert_eq!(&capture[at..at + bytes.len()], &bytes[..]);
+                    metas += 1;
+                }
+                Record::Block(b) => {
+                    assert_eq!(b.offset, covered, "ranges follow each other");
+                    covered = b.end();
+                    packets += b.n_packets;
+                }
+                Record::End { capture_len } => assert_eq!(*capture_len, capture.len() as u64),
+            }
+        }
+        assert_eq!(covered, capture.len() as u64);
+        assert_eq!((metas, packets), (3, 205));
+        assert!(matches!(parsed.records.last(), Some(Record::End { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Header and interface blocks of a buffer that failed go before the next one: its index
+    /// records name them where they landed, and its first range starts there.
+    #[test]
+    fn index_records_cover_the_blocks_of_a_failed_buffer() {
+        use tapwire_formats::capture::{Encoder, Format};
+        use tapwire_formats::index::{Record, parse};
+        let mut enc = Encoder::new(Format::Pcapng);
+        let (first, first_blocks, _) = indexed_buffer(&mut enc, 1, 2);
+        let mut x = Extent::default();
+        x.lost(&first, &first_blocks);
+        let (buf, blocks, log) = indexed_buffer(&mut enc, 1, 4);
+        let mut out = index::file::header().to_vec();
+        out.extend(index_records(0, x.missing(), &buf, &blocks, log));
+        let file = [x.missing(), &buf[..]].concat();
+        let parsed = parse(&out);
+        let metas: Vec<u64> = parsed
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Meta { offset, bytes } => {
+                    let at = *offset as usize;
+                    assert_eq!(&file[at..at + bytes.len()], &bytes[..]);
+                    Some(*offset)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(metas.len(), 3, "section header and the two interfaces");
+        let Some(Record::Block(b)) = parsed
+            .records
+            .iter()
+            .find(|r| matches!(r, Record::Block(_)))
+        else {
+            panic!("no range");
+        };
+        assert_eq!((b.offset, b.end(), b.n_packets), (0, file.len() as u64, 4));
+    }
+
+    #[test]
+    fn pruning_removes_indexes_with_their_captures() {
+        let dir = std::env::temp_dir().join(format!("tapwire-io-prune-ix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "s_20260101T000000Z.pcapng.gz",
+            "s_20260101T000000Z.pcapng.twidx",
+            "s_20260101T000001Z.pcapng",
+            "s_20260101T000001Z.pcapng.gz",
+            "s_20260101T000001Z.pcapng.twidx",
+            "s_20260101T000002Z.pcapng",
+            "s_20260101T000002Z.pcapng.twidx",
+            // An index whose capture an on-finish command moved away.
+            "s_20251231T000000Z.pcapng.twidx",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let h = OutDir::of(Some(&dir), Path::new("/nonexistent"))
+            .open(true)
+            .unwrap();
+        prune_old(
+            &h,
+            &dir,
+            &Prune {
+                session: "s".into(),
+                max_files: 2,
+            },
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // A capture and its compressed copy are one file: two files are removed, not three.
+        assert_eq!(
+            left,
+            [
+                "s_20260101T000002Z.pcapng",
+                "s_20260101T000002Z.pcapng.twidx"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1397,6 +1822,8 @@ mod tests {
         assert!(!is_session_file("web_2_20261121T054100Z.pcapng", "web"));
         assert!(is_session_file("web_2_20261121T054100Z.pcapng", "web_2"));
         assert!(!is_session_file("web_20261121T054100Z.txt", "web"));
+        assert!(is_session_file("web_20261121T054100Z.pcapng.gz", "web"));
+        assert!(!is_session_file("web_20261121T054100Z.pcapng.twidx", "web"));
         assert!(!is_session_file("webx_20261121T054100Z.pcapng", "web"));
         assert!(is_session_file(
             "10.0.0.5_erspan-ii_42_20261121T054100Z.pcapng",
@@ -1515,6 +1942,7 @@ mod tests {
             buf: b"HHHH".to_vec(),
             tally: vec![(SourceId::new(0, 0), 1)],
             blocks: vec![0..4],
+            index: None,
         });
         match ev_rx.try_recv() {
             Ok(Event::WriteFailed { file: 1, error, .. }) => {

@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use rustc_hash::FxHashMap;
 use tapwire_formats::capture::{Encoder, Format, LinkType, PacketInfo};
 use tapwire_formats::decap::SourceKey;
+use tapwire_formats::index::{FrameKeys, KeyLog, is_gap_comment};
 
 use super::io::{Cmd, DirState, FileId, Loss, OutDir, Prune, Shared, Tally};
 use crate::config::{FilesConfig, RotateReason};
@@ -115,6 +116,8 @@ struct Current {
     last_flush_ns: u64,
     bytes: u64,
     packets: u64,
+    /// The keys of the packets in the buffer, for the file's index (`None`: not indexed).
+    keys: Option<Box<KeyLog>>,
 }
 
 impl Current {
@@ -190,6 +193,7 @@ impl FileOutput {
 
     /// Encodes one packet into the current file's buffer (opening a file first if none is
     /// open); it is pending until the disk thread reports its buffer written or lost.
+    /// `keys`: what the file's index records of the frame.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
@@ -198,6 +202,7 @@ impl FileOutput {
         key: &SourceKey,
         link: LinkType,
         packet: &PacketInfo<'_>,
+        keys: &FrameKeys,
         now_ns: u64,
     ) -> Result<(), Refusal> {
         if self.dir_state.low.load(Ordering::Relaxed) {
@@ -237,7 +242,12 @@ impl FileOutput {
         if cur.enc.packet(iface, packet).is_err() {
             return Err(Refusal::WriteError);
         }
-        cur.bytes += (cur.enc.pending_len() - before) as u64;
+        let end = cur.enc.pending_len();
+        cur.bytes += (end - before) as u64;
+        if let Some(log) = cur.keys.as_mut() {
+            let gap = packet.comment.filter(|c| is_gap_comment(c));
+            log.packet(end, packet.ts_ns, iface, keys, gap);
+        }
         cur.packets += 1;
         cur.slots[slot].1 += 1;
         if cur.enc.pending_len() >= ctx.flush_bytes {
@@ -299,6 +309,7 @@ impl FileOutput {
             opened_ns: now_ns,
             last_flush_ns: now_ns,
             packets: 0,
+            keys: ctx.shared.index.then(|| Box::new(KeyLog::new(0))),
         });
     }
 
@@ -313,6 +324,11 @@ impl FileOutput {
         }
         let fresh = ctx.take_buffer();
         let buf = std::mem::replace(cur.enc.buffer(), fresh);
+        // The index ranges of this buffer; the next buffer's start at its offset 0.
+        let index = cur.keys.as_mut().map(|log| {
+            log.finish(buf.len());
+            std::mem::replace(log, Box::new(KeyLog::new(0)))
+        });
         ctx.shared
             .backlog_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -322,6 +338,7 @@ impl FileOutput {
             buf,
             tally: cur.take_tally(),
             blocks: std::mem::take(&mut cur.blocks),
+            index,
         });
     }
 
@@ -548,6 +565,7 @@ mod tests {
                     &key(source),
                     LinkType::Ethernet,
                     &packet,
+                    &FrameKeys::default(),
                     now_ns,
                 )?;
             }

@@ -4,7 +4,9 @@
 //! the link-type handling, lenient record decoding and the tapwire-specific metadata (one
 //! interface per source, direction flags, comments on gaps and truncation).
 
+pub mod pcapng;
 mod reader;
+pub mod walk;
 mod writer;
 
 pub use reader::{
