@@ -173,6 +173,37 @@ pub struct SessionStats {
     /// The session's monitor interface, if it has one.
     #[serde(default)]
     pub tap: Option<TapStats>,
+    /// Its live streams (`GET /api/v1/sessions/{name}/stream`).
+    #[serde(default)]
+    pub streams: StreamStats,
+}
+
+/// A session's live streams. Their drops are their own: files are unaffected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// Packets queued for subscribers since the collector started, each subscriber counted.
+    pub delivered: u64,
+    /// Packets dropped for subscribers that read too slowly, each subscriber counted.
+    pub dropped: u64,
+    /// The subscribers now.
+    pub subscribers: Vec<StreamSubscriber>,
+}
+
+/// One live stream of a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSubscriber {
+    /// The client's address.
+    pub peer: String,
+    /// Its capture filter.
+    pub filter: Option<String>,
+    /// When it started (RFC 3339).
+    pub since: String,
+    /// Packets queued for it (before its filter).
+    pub delivered: u64,
+    /// Packets dropped because it read too slowly.
+    pub dropped: u64,
+    /// What it has queued and not yet read.
+    pub queued_bytes: u64,
 }
 
 /// A session's TAP output. Its drops are its own: files are unaffected.

@@ -101,6 +101,10 @@ struct CollectArgs {
     /// Stats API address, or "off".
     #[arg(long, value_name = "ADDR|off", default_value = tapwire_api_types::DEFAULT_ADDR)]
     api: String,
+    /// Live streams (`GET /api/v1/sessions/NAME/stream`, `tapwire stream`, the Wireshark
+    /// extcap) served at once, across sessions; past it a new one gets 503. 0: none.
+    #[arg(long, value_name = "N", default_value_t = tapwire_collector::live::stream::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -451,6 +455,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         file_flags: flags,
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
         allow_from_config: a.allow.is_empty(),
+        max_streams: a.max_streams,
     };
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;

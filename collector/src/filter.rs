@@ -12,6 +12,13 @@ pub struct InnerFilter {
     raw: Option<BpfProgram>,
 }
 
+// SAFETY: the compiled programs are heap memory libpcap allocated for this value alone (freed
+// by pcap_freecode when it drops) and `pcap_offline_filter` only reads them: nothing ties them
+// to the thread that compiled them. A live stream's filter is compiled on the API's blocking
+// pool and run by the task serving the stream. (Not `Sync`: never shared.)
+#[allow(unsafe_code)]
+unsafe impl Send for InnerFilter {}
+
 impl std::fmt::Debug for InnerFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("InnerFilter").field(&self.expr).finish()
