@@ -6,7 +6,9 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod control;
+mod extcap;
 mod lab;
+mod stream;
 mod top;
 
 use std::io::{IsTerminal, Write};
@@ -60,6 +62,12 @@ enum Command {
     Audit(control::Audit),
     /// API tokens: create, list, revoke (through the API, or --db on the database).
     Token(control::Tokens),
+    /// A session's packets, live from the collector, as pcapng into a file or a pipe
+    /// (`tapwire stream web -w - | wireshark -k -i -`).
+    Stream(stream::StreamArgs),
+    /// Wireshark's extcap: every session of the collector a capture interface
+    /// (`tapwire extcap install` links it into Wireshark's extcap folder).
+    Extcap(extcap::ExtcapArgs),
 }
 
 #[derive(Args)]
@@ -229,7 +237,12 @@ enum TimestampsArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started by Wireshark through the link `tapwire extcap install` made.
+    if args.first().is_some_and(|a| extcap::started_as_extcap(a)) {
+        args.insert(1, "extcap".into());
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
@@ -240,6 +253,8 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => control::probe(cmd),
         Command::Audit(args) => control::audit(args),
         Command::Token(cmd) => control::token(cmd),
+        Command::Stream(args) => stream::run(args),
+        Command::Extcap(args) => extcap::run(args),
     }
 }
 
