@@ -128,7 +128,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating) the database at `path` and brings its schema up to date. The file and
-    /// its -wal and -shm files are its owner's alone ([`restrict_files`]).
+    /// its -wal and -shm files are its owner's alone (see `restrict_files`).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let open = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
