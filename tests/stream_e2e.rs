@@ -281,7 +281,10 @@ fn tshark_lists_sessions_and_records_what_the_files_hold() {
     assert_eq!(live, files, "the live capture differs from the files");
     // The metadata compared above is really there.
     assert!(live.iter().any(|p| p.comment.contains("sequence gap")));
-    assert!(live.iter().any(|p| p.direction == "1") && live.iter().any(|p| p.direction == "2"));
+    assert!(
+        live.iter().any(|p| p.direction == "0x00000001")
+            && live.iter().any(|p| p.direction == "0x00000002")
+    );
     let ifaces: std::collections::BTreeSet<&str> =
         live.iter().map(|p| p.interface.as_str()).collect();
     assert_eq!(ifaces.len(), 4, "{ifaces:?}");
@@ -535,6 +538,23 @@ sources = [{ src = "10.77.0.0/24", kind = "erspan-ii" }]
         let s = session(&api, "bulk")["streams"]["subscribers"][0].clone();
         (s["queued_bytes"] == 0).then_some(())
     });
+    // Traffic again: the first packet the reader gets after the gap tells it what it lost.
+    let after = MirrorSend { count: 5, ..opts };
+    let more = senders::send_mirror(&lab, &snd, &after, &lab.dir().join("more.pcap"), false);
+    let total = total + more.total();
+    wait_until(
+        Duration::from_secs(20),
+        "the reader to get the last burst",
+        || {
+            let api = c.sessions();
+            let s = session(&api, "bulk");
+            let sub = &s["streams"]["subscribers"][0];
+            (s["written"] == total
+                && sub["delivered"].as_u64()? + dropped == total
+                && sub["queued_bytes"] == 0)
+                .then_some(())
+        },
+    );
     c.stop("TERM", STOP_WITHIN);
     reader.wait_ok(Duration::from_secs(10));
 
