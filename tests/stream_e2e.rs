@@ -815,8 +815,10 @@ fn tapwire_stream_ends_cleanly_when_the_session_goes_or_the_collector_stops() {
         .wait_timeout(Duration::from_secs(10))
         .expect("stream ends");
     assert_eq!(status.code(), Some(1), "{}", s1.stderr());
+    // The reason comes in the stream (its last statistics blocks), not from asking the API.
     assert!(
-        s1.stderr().contains("session api1 was deleted"),
+        s1.stderr()
+            .contains("the collector ended the stream of api1: the session was deleted"),
         "{}",
         s1.stderr()
     );
@@ -829,7 +831,8 @@ fn tapwire_stream_ends_cleanly_when_the_session_goes_or_the_collector_stops() {
         .expect("stream ends");
     assert_eq!(status.code(), Some(1), "{}", s2.stderr());
     assert!(
-        s2.stderr().contains("the collector stopped"),
+        s2.stderr()
+            .contains("the collector ended the stream of web: the collector is stopping"),
         "{}",
         s2.stderr()
     );
@@ -848,4 +851,15 @@ fn tapwire_stream_ends_cleanly_when_the_session_goes_or_the_collector_stops() {
         "pcapng.block.type",
     ]));
     assert!(blocks.trim_end().ends_with("0x00000005"), "{blocks}");
+    let text = run_ok(Command::new("tshark").arg("-r").arg(&stopped).args([
+        "-X",
+        "read_format:MIME Files Format",
+        "-V",
+    ]));
+    let last = text.rsplit("Block: ").next().unwrap();
+    assert!(
+        last.starts_with("Interface Statistics Block")
+            && last.contains("tapwire: the stream ended: the collector is stopping"),
+        "{last}"
+    );
 }

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9750";
 pub const SESSIONS_PATH: &str = "/api/v1/sessions";
+/// How the `opt_comment` of a live stream's last statistics blocks starts; the rest says why
+/// the collector ended it ("the session was deleted", "the collector is stopping").
+pub const STREAM_END_COMMENT: &str = "tapwire: the stream ended: ";
 
 /// Packets and bits per second over the last 1 and 10 seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

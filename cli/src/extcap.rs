@@ -12,9 +12,8 @@
 //! filter, a collector gone mid-capture) go to stderr with exit status 1: Wireshark shows
 //! them.
 //!
-//! In a fleet, the sessions listed are what the collector's `GET /api/v1/sessions` answers,
-//! and the stream of a session another collector runs is that collector's answer (the stream
-//! route may redirect to it: the client follows).
+//! The sessions listed are what the collector's `GET /api/v1/sessions` answers: one
+//! collector's (a fleet's shared listing is not built yet).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -308,10 +307,7 @@ fn capture(p: &Protocol) -> ExitCode {
     let fd = fd.as_ref().ok().map(std::os::fd::AsFd::as_fd);
     match pump(stream, &mut out, fd, None, &stop) {
         Ended::Stopped | Ended::OutputClosed | Ended::Counted => ExitCode::SUCCESS,
-        Ended::ByCollector => fail(format!(
-            "capture of {session} ended: {}",
-            why_it_ended(&client, session)
-        )),
+        Ended::ByCollector(why) => fail(why_it_ended(&client, session, why)),
         Ended::Broken(e) => fail(format!(
             "capture of {session} stopped: the connection to the collector at {} broke ({e})",
             client.base()

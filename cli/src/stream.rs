@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
-use tapwire_client::stream::{ENHANCED_PACKET, PacketStream, StreamError};
+use tapwire_client::stream::{
+    ENHANCED_PACKET, INTERFACE_STATISTICS, PacketStream, StreamError, end_reason,
+};
 use tapwire_client::{Client, segment};
 
 use crate::control::ClientArgs;
@@ -45,8 +47,9 @@ pub enum Ended {
     Counted,
     /// The reader closed its end (a pipe, Wireshark's fifo).
     OutputClosed,
-    /// The collector ended the stream (its session was deleted or it is stopping).
-    ByCollector,
+    /// The collector ended the stream (its session was deleted or it is stopping), with the
+    /// reason its last blocks gave.
+    ByCollector(Option<String>),
     /// The connection broke, or what came was not pcapng.
     Broken(StreamError),
     /// The output could not be written.
@@ -94,6 +97,7 @@ pub fn pump(
         }
     });
     let mut packets = 0u64;
+    let mut reason = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return flushed(out, Ended::Stopped);
@@ -113,16 +117,23 @@ pub fn pump(
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        return flushed(out, Ended::ByCollector);
+                        return flushed(out, Ended::ByCollector(reason));
                     }
                 }
             }
-            Err(mpsc::TryRecvError::Disconnected) => return flushed(out, Ended::ByCollector),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return flushed(out, Ended::ByCollector(reason));
+            }
         };
         match next {
             Ok(Some((block_type, bytes))) => {
                 if let Err(e) = out.write_all(&bytes) {
                     return output_error(e);
+                }
+                if block_type == INTERFACE_STATISTICS
+                    && let Some(why) = end_reason(&bytes)
+                {
+                    reason = Some(why);
                 }
                 if block_type == ENHANCED_PACKET {
                     packets += 1;
@@ -131,7 +142,7 @@ pub fn pump(
                     }
                 }
             }
-            Ok(None) => return flushed(out, Ended::ByCollector),
+            Ok(None) => return flushed(out, Ended::ByCollector(reason)),
             Err(e) => return flushed(out, Ended::Broken(e)),
         }
     }
@@ -152,9 +163,12 @@ fn output_error(e: io::Error) -> Ended {
     }
 }
 
-/// Why the collector ended a stream, as far as its API tells: the session is gone, or the
-/// collector no longer answers.
-pub fn why_it_ended(client: &Client, session: &str) -> String {
+/// Why the collector ended a stream: the reason its last blocks gave, else what its API
+/// tells (the session is gone, or the collector no longer answers).
+pub fn why_it_ended(client: &Client, session: &str, reason: Option<String>) -> String {
+    if let Some(why) = reason {
+        return format!("the collector ended the stream of {session}: {why}");
+    }
     match client.send::<()>(
         "GET",
         &format!("/api/v1/sessions/{}", segment(session)),
@@ -209,7 +223,7 @@ pub fn run(args: StreamArgs) -> ExitCode {
     };
     match ended {
         Ended::Stopped | Ended::Counted | Ended::OutputClosed => ExitCode::SUCCESS,
-        Ended::ByCollector => fail(why_it_ended(&client, &args.session), 1),
+        Ended::ByCollector(why) => fail(why_it_ended(&client, &args.session, why), 1),
         Ended::Broken(e) => fail(format!("the stream from {} broke: {e}", client.base()), 1),
         Ended::Output(e) => fail(format!("-w {}: {e}", args.write.display()), 1),
     }

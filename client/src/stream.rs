@@ -15,6 +15,57 @@ pub const MAX_BLOCK_BYTES: usize = 1 << 20;
 pub const SECTION_HEADER: u32 = 0x0A0D_0D0A;
 pub const ENHANCED_PACKET: u32 = 6;
 
+pub const INTERFACE_STATISTICS: u32 = 5;
+
+/// Why the collector ended a stream, from one of its last blocks: the `opt_comment` of an
+/// Interface Statistics Block that starts with [`tapwire_api_types::STREAM_END_COMMENT`]
+/// (what follows it). `block` is a whole block as [`PacketStream::next_block`] gives it.
+pub fn end_reason(block: &[u8]) -> Option<String> {
+    let word = |at: usize, big: bool| -> Option<u32> {
+        let w: [u8; 4] = block.get(at..at + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    let big = match word(0, false)? {
+        INTERFACE_STATISTICS => false,
+        t if t.swap_bytes() == INTERFACE_STATISTICS => true,
+        _ => return None,
+    };
+    let half = |at: usize| -> Option<usize> {
+        let h: [u8; 2] = block.get(at..at + 2)?.try_into().ok()?;
+        Some(usize::from(if big {
+            u16::from_be_bytes(h)
+        } else {
+            u16::from_le_bytes(h)
+        }))
+    };
+    let end = (word(4, big)? as usize).min(block.len()).checked_sub(4)?;
+    // Options follow the interface id and the two timestamp words.
+    let mut at = 20;
+    while at + 4 <= end {
+        let (code, len) = (half(at)?, half(at + 2)?);
+        if at + 4 + len > end {
+            return None;
+        }
+        let value = block.get(at + 4..at + 4 + len)?;
+        match code {
+            0 => return None,
+            1 => {
+                let text = std::str::from_utf8(value).ok()?;
+                if let Some(why) = text.strip_prefix(tapwire_api_types::STREAM_END_COMMENT) {
+                    return Some(why.to_string());
+                }
+            }
+            _ => {}
+        }
+        at += 4 + len.next_multiple_of(4);
+    }
+    None
+}
+
 /// Why a stream could not be read on.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -263,6 +314,43 @@ mod tests {
                 vec![(SECTION_HEADER, 28), (1, 20), (ENHANCED_PACKET, 36)]
             );
             assert_eq!(f.pending(), 0);
+        }
+    }
+
+    /// The reason is read from an ISB's comment in either byte order; other blocks, other
+    /// comments and cut blocks give none.
+    #[test]
+    fn the_end_reason_is_read_from_a_statistics_comment() {
+        let text = format!(
+            "{}the session was deleted",
+            tapwire_api_types::STREAM_END_COMMENT
+        );
+        for big in [false, true] {
+            let h = |v: u16| {
+                if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let opt = |code: u16, value: &[u8]| {
+                let mut o = [h(code), h(value.len() as u16)].concat();
+                o.extend_from_slice(value);
+                o.resize(4 + value.len().next_multiple_of(4), 0);
+                o
+            };
+            // Interface id and timestamp, then isb_ifrecv, the comment, the end.
+            let mut body = vec![0; 12];
+            body.extend(opt(4, &[0; 8]));
+            body.extend(opt(1, text.as_bytes()));
+            body.extend(opt(0, &[]));
+            let isb = block(INTERFACE_STATISTICS, &body, big);
+            assert_eq!(end_reason(&isb).as_deref(), Some("the session was deleted"));
+            assert_eq!(end_reason(&isb[..isb.len() - 20]), None);
+            let mut other = vec![0; 12];
+            other.extend(opt(1, b"a comment"));
+            assert_eq!(end_reason(&block(INTERFACE_STATISTICS, &other, big)), None);
+            assert_eq!(end_reason(&block(ENHANCED_PACKET, &body, big)), None);
         }
     }
 

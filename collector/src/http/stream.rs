@@ -159,9 +159,17 @@ impl Stream for PcapngBody {
                         taken += 1;
                     }
                     Poll::Ready(None) => {
-                        // The engine ended the stream (and shared its last drop counts).
-                        this.writer
-                            .statistics(&this.sub.shared, now_ns(), &mut this.out);
+                        // The engine ended the stream (and shared its last drop counts and
+                        // why): the last statistics blocks say why.
+                        let why = this.sub.shared.end.get().map(|e| {
+                            format!("{}{}", tapwire_api_types::STREAM_END_COMMENT, e.message())
+                        });
+                        this.writer.statistics(
+                            &this.sub.shared,
+                            now_ns(),
+                            why.as_deref(),
+                            &mut this.out,
+                        );
                         this.done = true;
                         break;
                     }
@@ -171,7 +179,7 @@ impl Stream for PcapngBody {
             while this.timer.poll_tick(cx).is_ready() {
                 if !this.done {
                     this.writer
-                        .statistics(&this.sub.shared, now_ns(), &mut this.out);
+                        .statistics(&this.sub.shared, now_ns(), None, &mut this.out);
                 }
             }
             if this.out.is_empty() && !this.done {
@@ -374,7 +382,8 @@ impl Writer {
 
     /// A statistics block per interface: its source's packets and sequence loss since the
     /// stream started, what was dropped for this reader and what it was given.
-    fn statistics(&mut self, shared: &Shared, now_ns: u64, out: &mut Out) {
+    /// `comment`: the stream's end, on its last blocks.
+    fn statistics(&mut self, shared: &Shared, now_ns: u64, comment: Option<&str>, out: &mut Out) {
         let drops = shared.drops.lock().map(|d| d.clone()).unwrap_or_default();
         // A source's drops go to its first interface (a second one is another link type).
         let mut told = rustc_hash::FxHashSet::default();
@@ -401,7 +410,11 @@ impl Writer {
                 os_dropped: Some(os_dropped),
                 delivered: Some(s.delivered),
             };
-            if self.enc.statistics(i as u32, &stats).is_ok() {
+            if self
+                .enc
+                .statistics_with_comment(i as u32, &stats, comment)
+                .is_ok()
+            {
                 out.extend(self.enc.buffer());
             }
             self.enc.buffer().clear();
@@ -413,7 +426,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::live::output::Counted;
-    use crate::live::stream::{Streams, Totals};
+    use crate::live::stream::{End, Streams, Totals};
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
     use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as O;
     use pcap_file::pcapng::blocks::opt_common::CommonOption;
@@ -545,7 +558,7 @@ mod tests {
         push(&mut st, &mut totals, 0, 4);
         st.seal(&mut totals);
         take(&mut sub, &mut w, &mut out);
-        w.statistics(&sub.shared, 20, &mut out);
+        w.statistics(&sub.shared, 20, None, &mut out);
         let (packets, stats) = read(&bytes(&mut out));
         let ports: Vec<u16> = packets.iter().map(|p| p.1).collect();
         assert_eq!(ports, vec![53, 80, 53, 80]);
@@ -575,7 +588,7 @@ mod tests {
         push(&mut st, &mut totals, 0, 6);
         st.seal(&mut totals);
         take(&mut sub, &mut w, &mut out);
-        w.statistics(&sub.shared, 20, &mut out);
+        w.statistics(&sub.shared, 20, None, &mut out);
         let (packets, stats) = read(&bytes(&mut out));
         assert_eq!(
             packets.iter().map(|p| p.1).collect::<Vec<_>>(),
@@ -583,6 +596,40 @@ mod tests {
         );
         assert!(stats[0].contains(&O::IsbFilterAccept(3)));
         assert!(stats[0].contains(&O::IsbIfRecv(6)));
+    }
+
+    /// A stream the engine ends: what was queued, then statistics blocks whose comment says
+    /// why, then the end of the body.
+    #[test]
+    fn an_ended_stream_says_why_in_its_last_statistics() {
+        let mut st = Streams::new();
+        let mut totals = Totals::default();
+        let sub = subscribe(&mut st, &mut totals);
+        push(&mut st, &mut totals, 0, 3);
+        st.close(End::CollectorStopping, &mut totals);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut all = Vec::new();
+        rt.block_on(async {
+            // Its statistics timer needs the runtime.
+            let mut body = PcapngBody::new(sub, None);
+            while let Some(Ok(b)) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await
+            {
+                all.extend_from_slice(&b);
+            }
+        });
+        let (packets, stats) = read(&all);
+        assert_eq!(packets.len(), 3);
+        let last = stats.last().expect("statistics at the end");
+        assert!(
+            last.contains(&O::Common(CommonOption::Comment(
+                "tapwire: the stream ended: the collector is stopping".into()
+            ))),
+            "{last:?}"
+        );
     }
 
     /// Chunks the engine dropped for this reader: the next packet written says how many, in
@@ -608,7 +655,7 @@ mod tests {
         push(&mut st, &mut totals, pushed, 2);
         st.seal(&mut totals);
         take(&mut sub, &mut w, &mut out);
-        w.statistics(&sub.shared, 20, &mut out);
+        w.statistics(&sub.shared, 20, None, &mut out);
         let (packets, stats) = read(&bytes(&mut out));
         assert_eq!(packets.len() as u64, pushed + 2 - dropped);
         let told: Vec<_> = packets.iter().filter(|p| p.2.is_some()).collect();

@@ -295,11 +295,27 @@ impl Encoder {
     /// Appends an Interface Statistics Block for `interface` (pcapng; classic pcap has no
     /// place for statistics and writes nothing). Like every block it is appended whole.
     pub fn statistics(&mut self, interface: u32, s: &InterfaceStats) -> Result<(), EncodeError> {
+        self.statistics_with_comment(interface, s, None)
+    }
+
+    /// [`Encoder::statistics`] with an `opt_comment` (a live stream's last blocks say why it
+    /// ended).
+    pub fn statistics_with_comment(
+        &mut self,
+        interface: u32,
+        s: &InterfaceStats,
+        comment: Option<&str>,
+    ) -> Result<(), EncodeError> {
         if interface as usize >= self.links.len() {
             return Err(EncodeError::NoInterface(interface));
         }
+        if comment.is_some_and(|c| c.len() > usize::from(u16::MAX)) {
+            return Err(EncodeError::Encode(
+                "comment longer than a pcapng option (65535 bytes)".into(),
+            ));
+        }
         if let Kind::Pcapng(w) = &mut self.kind {
-            write_isb(w.get_mut(), interface, s);
+            write_isb(w.get_mut(), interface, s, comment.map(str::as_bytes));
         }
         Ok(())
     }
@@ -350,7 +366,7 @@ fn put_opt_header(buf: &mut Vec<u8>, code: u16, len: u16) {
 
 /// Appends an Interface Statistics Block in native byte order; times are in the interface's
 /// resolution, nanoseconds (`if_tsresol` 9), as two 32-bit words, high first.
-fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats) {
+fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats, comment: Option<&[u8]>) {
     const ISB: u32 = 5;
     let options = [
         (2u16, s.start_ns),
@@ -362,7 +378,12 @@ fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats) {
         (8, s.delivered),
     ];
     let n = options.iter().filter(|o| o.1.is_some()).count();
-    let options_len = if n > 0 { 12 * n + 4 } else { 0 };
+    let comment_len = comment.map_or(0, |c| 4 + c.len().next_multiple_of(4));
+    let options_len = if n > 0 || comment.is_some() {
+        12 * n + comment_len + 4
+    } else {
+        0
+    };
     let block_len = 8 + 12 + options_len + 4;
     buf.reserve(block_len);
     for v in [
@@ -373,6 +394,11 @@ fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats) {
         s.ts_ns as u32,
     ] {
         put32(buf, v);
+    }
+    if let Some(c) = comment {
+        put_opt_header(buf, OPT_COMMENT, c.len() as u16);
+        buf.extend_from_slice(c);
+        buf.extend_from_slice(&[0; 3][..c.len().next_multiple_of(4) - c.len()]);
     }
     for (code, value) in options {
         let Some(v) = value else { continue };
@@ -385,7 +411,7 @@ fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats) {
             buf.extend_from_slice(&v.to_ne_bytes());
         }
     }
-    if n > 0 {
+    if options_len > 0 {
         put_opt_header(buf, OPT_END, 0);
     }
     put32(buf, block_len as u32);
@@ -644,6 +670,8 @@ mod tests {
             },
         )
         .unwrap();
+        enc.statistics_with_comment(0, &full, Some("ended: why"))
+            .unwrap();
         assert!(matches!(
             enc.statistics(2, &full),
             Err(EncodeError::NoInterface(2))
@@ -656,7 +684,15 @@ mod tests {
                 isbs.push(isb.into_owned());
             }
         }
-        assert_eq!(isbs.len(), 2);
+        assert_eq!(isbs.len(), 3);
+        assert_eq!(
+            isbs[2].options[..2],
+            [
+                O::Common(CommonOption::Comment("ended: why".into())),
+                O::IsbStartTime(Duration::from_nanos(ts - 5_000_000_001)),
+            ]
+        );
+        assert_eq!(isbs[2].options.len(), 8);
         assert_eq!(isbs[0].interface_id, 1);
         assert_eq!(isbs[0].timestamp.as_nanos(), u128::from(ts));
         assert_eq!(
