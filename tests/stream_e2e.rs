@@ -233,6 +233,44 @@ fn tshark_lists_sessions_and_records_what_the_files_hold() {
             .any(|l| l.contains(". tapwire-web (tapwire session web: ")),
         "tshark -D:\n{listed}"
     );
+    // tshark asks the extcap for the interface's link types (--extcap-dlts).
+    let dlts = exec_with_home(&lab, &home, &[], &["tshark", "-i", "tapwire-web", "-L"]);
+    let dlts = String::from_utf8_lossy(&dlts.stdout).into_owned();
+    assert!(dlts.contains("EN10MB"), "tshark -L:\n{dlts}");
+    // The interface's options as Wireshark asks for them, and a filter checked as typed.
+    let extcap = |args: &[&str]| {
+        let mut cmd = vec![
+            bin("tapwire").to_str().unwrap().to_string(),
+            "extcap".into(),
+        ];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        lab.exec(lab.ns("col"), &cmd)
+    };
+    let config = extcap(&["--extcap-interface", "tapwire-web", "--extcap-config"]);
+    let config = String::from_utf8_lossy(&config.stdout).into_owned();
+    assert!(
+        config.contains("{call=--controller}")
+            && config.contains("{call=--token}{display=API token}{type=password}"),
+        "{config}"
+    );
+    let ok = extcap(&[
+        "--extcap-interface",
+        "tapwire-web",
+        "--extcap-capture-filter",
+        "udp port 53",
+    ]);
+    assert!(ok.status.success() && ok.stdout.is_empty(), "{ok:?}");
+    let bad = extcap(&[
+        "--extcap-interface",
+        "tapwire-web",
+        "--extcap-capture-filter",
+        "tcp port",
+    ]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stdout).contains("syntax error"),
+        "{bad:?}"
+    );
 
     // Two bursts with a gap of 5 in every source's sequence between them: 4 sources
     // (ERSPAN II from two switches, ERSPAN III with and without sub-header), 10 packets each.
@@ -471,6 +509,41 @@ fn a_capture_filter_is_honoured_and_sigint_stops_cleanly() {
         .expect("the extcap stops on a closed fifo while quiet");
     assert!(status.success(), "extcap: {}", extcap.stderr());
     wait_streams(&c, "web", 0);
+
+    // SIGTERM (what Wireshark sends to stop a capture): the extcap ends at once, cleanly,
+    // its output a valid capture.
+    let fifo3 = lab.dir().join("fifo3");
+    run_ok(Command::new("mkfifo").arg(&fifo3));
+    let termed = lab.dir().join("termed.pcapng");
+    let mut reader = lab.spawn(
+        lab.ns("col"),
+        &[
+            "sh",
+            "-c",
+            &format!("cat '{}' > '{}'", fifo3.display(), termed.display()),
+        ],
+    );
+    let mut extcap = lab.spawn(
+        lab.ns("col"),
+        &[
+            bin("tapwire").to_str().unwrap(),
+            "extcap",
+            "--capture",
+            "--extcap-interface",
+            "tapwire-web",
+            "--fifo",
+            fifo3.to_str().unwrap(),
+        ],
+    );
+    wait_streams(&c, "web", 1);
+    extcap.signal("TERM");
+    let status = extcap
+        .wait_timeout(Duration::from_secs(2))
+        .expect("the extcap stops on SIGTERM");
+    assert!(status.success(), "extcap: {}", extcap.stderr());
+    reader.wait_ok(Duration::from_secs(5));
+    assert_eq!(validate_capture(&termed), 0);
+    wait_streams(&c, "web", 0);
     c.stop("TERM", STOP_WITHIN);
 }
 
@@ -595,7 +668,14 @@ fn bad_input_gives_errors_wireshark_shows() {
     let mut c = start_collector(
         &lab,
         &cfg,
-        &["--db", db.to_str().unwrap(), "--listen", &listen],
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--max-streams",
+            "1",
+        ],
     );
     let home = install_extcap(&lab);
     let tapwire = bin("tapwire");
@@ -719,6 +799,29 @@ fn bad_input_gives_errors_wireshark_shows() {
         &["tshark", "-i", "tapwire-web", "-w", out.to_str().unwrap()],
     );
     wait_streams(&c, "web", 1);
+    // One stream is the most this collector serves: a second is refused, and says why.
+    let o = lab.exec(
+        lab.ns("col"),
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{API}/api/v1/sessions/web/stream"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "503");
+    let o = extcap(&["--extcap-interface", "tapwire-web"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("503: 1 live streams already, the most this collector serves"),
+        "{err}"
+    );
     let snd = lab.ns("snd").to_string();
     let sent = senders::send_mirror(
         &lab,
