@@ -151,7 +151,7 @@ pub fn run(args: ExtcapArgs) -> ExitCode {
     if let Some(f) = &p.extcap_capture_filter {
         // Wireshark checks a filter as it is typed: exit 0 when libpcap takes it, else its
         // message on stdout.
-        return match tapwire_collector::filter::InnerFilter::compile(f) {
+        return match tapwire_collector::filter::Filter::new(f) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 outln!("{e}");

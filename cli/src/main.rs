@@ -116,6 +116,10 @@ struct CollectArgs {
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Serve --api on an address other hosts reach without --db or --api-token: anyone who
+    /// reaches it reads the stats (actions stay localhost-only). Without it, that is refused.
+    #[arg(long, conflicts_with = "db")]
+    allow_unauthenticated_api: bool,
     /// Run as a service: no terminal UI, logs only. Without it, a terminal on stdout gets the
     /// `tapwire top` UI inline.
     #[arg(long)]
@@ -480,6 +484,16 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         return Err(
             "--api-token: with --db, tokens come from the database (tapwire token create)".into(),
         );
+    }
+    if let Some(addr) = api
+        && !addr.ip().to_canonical().is_loopback()
+        && controller.is_none()
+        && a.api_token.is_none()
+        && !a.allow_unauthenticated_api
+    {
+        return Err(format!(
+            "--api {addr}: other hosts can reach it and nothing authenticates them (anyone could read the stats): give --api-token TOKEN or --db, or --allow-unauthenticated-api to serve it so"
+        ));
     }
     Ok(CollectOptions {
         controller,

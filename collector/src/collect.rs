@@ -147,6 +147,9 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
+    let config_path = opts.settings.config_path.clone();
+    let file_flags = opts.settings.file_flags.clone();
+    let ctl_tx_reload = ctl_tx.clone();
     let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
     let engine = Engine::new(
         pipeline,
@@ -201,19 +204,42 @@ where
                 .join(" and ")
         );
         let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
-        let local = http::spawn(
+        if let Some(api) = opts.api
+            && !api.ip().to_canonical().is_loopback()
+            && controller.is_none()
+        {
+            // The flags allowed it: say what it means.
+            if opts.api_token.is_some() {
+                tracing::warn!(%api, "API reachable from other hosts: reads are open to anyone who reaches it; actions need the API token");
+            } else {
+                tracing::warn!(%api, "API reachable from other hosts without authentication (--allow-unauthenticated-api): anyone who reaches it reads the stats; actions only from localhost");
+            }
+        }
+        let nofile = crate::fds::limit();
+        let limits = http::serve::Limits::for_descriptor_limit(nofile);
+        let (local, _) = http::spawn(
             opts.api,
             opts.listen,
             snapshot.clone(),
             ctl_tx,
-            opts.api_token.clone(),
+            opts.api_token.as_deref().map(http::ApiToken::new),
             controller,
+            limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;
-        tracing::info!(?local, tls, "API listening");
+        tracing::info!(
+            ?local,
+            tls,
+            max_connections = limits.max_connections,
+            per_client = limits.max_per_client,
+            nofile,
+            "API listening"
+        );
     }
     let live_streams = engine.live_streams();
-    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
+    let reloader = reloader(config_path, file_flags, reload, stop.clone(), ctl_tx_reload)?;
+    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
+    let _ = reloader.join();
 
     let deadline = Instant::now() + Duration::from_millis(1800);
     let _ = io_tx.send(io::Cmd::Shutdown { deadline });
@@ -252,6 +278,41 @@ where
     }
     tracing::info!("stopped; files closed");
     Ok(())
+}
+
+/// The thread that reads the configuration file again on SIGHUP and hands it to the engine:
+/// reading it compiles its filters, which must not stall the engine. The command line's file
+/// flags are laid over `[defaults.files]` again.
+fn reloader(
+    path: Option<std::path::PathBuf>,
+    file_flags: crate::config::FileFlags,
+    reload: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    control: Sender<engine::Control>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tapwire-reload".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if !reload.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(path) = &path else {
+                    tracing::info!("SIGHUP: no configuration file to reload");
+                    continue;
+                };
+                match Config::load_with(path, &file_flags) {
+                    Ok(file) => {
+                        let file = Box::new(file);
+                        let _ = control.send(engine::Control::Reload { file });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration refused; keeping the running one")
+                    }
+                }
+            }
+        })
 }
 
 /// Stops the collector when its UI thread ends, however it ends.

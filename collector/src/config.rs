@@ -32,6 +32,8 @@ use serde::Deserialize;
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap::{Kind, SourceKey};
 
+use crate::filter::{self, Filter};
+
 /// A configuration problem, phrased for the operator: it names the session and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -64,7 +66,8 @@ pub struct SessionConfig {
     pub name: String,
     pub enabled: bool,
     pub sources: Vec<SourceMatch>,
-    pub filter: Option<String>,
+    /// Compiled when the definition was checked: the engine never compiles.
+    pub filter: Option<Filter>,
     /// `None`: this session writes no files.
     pub files: Option<FilesConfig>,
     pub tap: Option<TapConfig>,
@@ -81,7 +84,7 @@ pub struct TapConfig {
     /// Put the ERSPAN header's VLAN back into frames that lost their tag.
     pub restore_vlan: bool,
     /// Only frames matching this tcpdump expression go to the TAP.
-    pub filter: Option<String>,
+    pub filter: Option<Filter>,
     pub mtu: u16,
     /// Frames queued for the device before new ones are dropped (counted as `tap_dropped`).
     pub queue_frames: usize,
@@ -477,9 +480,9 @@ fn build_session(
     default_files: &FilesConfig,
     at: &str,
 ) -> Result<SessionConfig, ConfigError> {
-    if let Some(f) = &filter {
-        compile_check(f).map_err(|e| err(format!("{at}: filter {f:?}: {e}")))?;
-    }
+    let filter = filter
+        .map(|f| compiled(&f, &format!("{at}: filter")))
+        .transpose()?;
     let files = match &files {
         None | Some(RawFilesOrOff::Off(true)) => Some(default_files.clone()),
         Some(RawFilesOrOff::Off(false)) => None,
@@ -489,15 +492,16 @@ fn build_session(
         None => None,
         Some(RawTap::Name(n)) => Some(TapConfig::named(&n)),
         Some(RawTap::Full(t)) => {
-            if let Some(f) = &t.filter {
-                compile_check(f).map_err(|e| err(format!("{at}: tap.filter {f:?}: {e}")))?;
-            }
+            let filter = t
+                .filter
+                .map(|f| compiled(&f, &format!("{at}: tap.filter")))
+                .transpose()?;
             Some(TapConfig {
                 name: t.name,
                 netns: t.netns,
                 persistent: t.persistent,
                 restore_vlan: t.restore_vlan,
-                filter: t.filter,
+                filter,
                 mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
                 queue_frames: t.queue.unwrap_or(DEFAULT_TAP_QUEUE).clamp(1, 1 << 20),
             })
@@ -740,9 +744,15 @@ pub fn duration(t: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Compiles `expr` as libpcap would for an Ethernet capture, to refuse bad filters up front.
+/// Compiles `expr` as the sessions' filters are (within their limits), to refuse bad filters
+/// up front.
 pub fn compile_check(expr: &str) -> Result<(), String> {
-    crate::filter::InnerFilter::compile(expr).map(|_| ())
+    Filter::new(expr).map(drop).map_err(|e| e.to_string())
+}
+
+/// `expr` compiled; the error names the field (`at`) and the filter.
+fn compiled(expr: &str, at: &str) -> Result<Filter, ConfigError> {
+    Filter::new(expr).map_err(|e| err(format!("{at} {}: {e}", filter::shown(expr))))
 }
 
 #[cfg(test)]
@@ -809,7 +819,7 @@ mod tests {
         let c: Config = include_str!("../../dist/collector.toml").parse().unwrap();
         assert_eq!(c.sessions.len(), 4);
         assert_eq!(
-            c.sessions[0].filter.as_deref(),
+            c.sessions[0].filter.as_ref().map(Filter::expr),
             Some("tcp port 80 or tcp port 443")
         );
         let ids = &c.sessions[1];
@@ -819,7 +829,10 @@ mod tests {
             (tap.name.as_str(), tap.netns.as_deref()),
             ("ids0", Some("ids"))
         );
-        assert_eq!(tap.filter.as_deref(), Some("not tcp port 22"));
+        assert_eq!(
+            tap.filter.as_ref().map(Filter::expr),
+            Some("not tcp port 22")
+        );
     }
 
     #[test]

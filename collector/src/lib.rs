@@ -12,6 +12,7 @@ pub mod check;
 pub mod collect;
 pub mod config;
 pub mod demux;
+pub mod fds;
 pub mod filter;
 pub mod http;
 pub mod live;

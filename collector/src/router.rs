@@ -13,7 +13,7 @@ use tapwire_formats::decap::SourceKey;
 
 use crate::config::{Config, SessionConfig};
 use crate::demux::SourceId;
-use crate::filter::InnerFilter;
+use crate::filter::Filter;
 use crate::pipeline::Delivery;
 
 /// What decides a session's frames: its switch and its inner filter.
@@ -23,7 +23,7 @@ pub struct Gate {
     /// Made for a source no configured session took.
     pub auto: bool,
     pub enabled: bool,
-    pub filter: Option<InnerFilter>,
+    pub filter: Option<Filter>,
     /// Its sources, in the order they were routed to it.
     pub sources: Vec<SourceId>,
 }
@@ -35,11 +35,8 @@ impl Gate {
             name: c.name.clone(),
             auto: false,
             enabled: c.enabled,
-            // Filters were compiled once when the definition was validated; this cannot fail.
-            filter: c
-                .filter
-                .as_deref()
-                .and_then(|f| InnerFilter::compile(f).ok()),
+            // Compiled when the definition was checked: shared, not compiled again.
+            filter: c.filter.clone(),
             sources: Vec::new(),
         }
     }
@@ -387,7 +384,7 @@ mod tests {
     #[test]
     fn a_disabled_session_or_its_filter_skips_the_frame_with_the_reason() {
         let mut web = session("web", Kind::ErspanII, 10..=19);
-        web.filter = Some("tcp port 443".into());
+        web.filter = Some(Filter::new("tcp port 443").unwrap());
         let cfg = config(vec![web]);
         let mut r = router(&cfg, true);
         let k = key("10.0.0.5", Kind::ErspanII, 10);

@@ -516,6 +516,15 @@ impl<E: Engine> Controller<E> {
                 FIELDS.join(", ")
             )));
         }
+        // New filters are compiled now, before the database is locked: the collector keeps
+        // each result, so the check inside the change finds it (errors too, with their
+        // message) and a slow filter holds up no one else's change.
+        let tap_filter = patch.get("tap").and_then(|t| t.get("filter"));
+        for f in [patch.get("filter"), tap_filter].into_iter().flatten() {
+            if let Some(f) = f.as_str() {
+                let _ = self.engine.check_filter(f);
+            }
+        }
         self.change(|tx| {
             let old = tx.session(name)?.ok_or_else(|| self.no_session(name))?;
             let mut s = old.clone();

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -26,6 +27,7 @@ use tapwire_control::Refused;
 use tapwire_control::auth::{Caller, Need};
 
 use super::auth::{Admin, Authed, Change, Probe, Read, authenticate};
+use super::serve::ThisConnection;
 use super::{ApiState, Ctl, Peer, Routes, refused, reply};
 
 /// The OpenAPI 3.1 document, hand-written.
@@ -336,16 +338,23 @@ async fn probe_stats(
 
 /// `?after=VERSION&wait=SECONDS`: answers at once when the flow set's version differs from
 /// `after` (or without `after`), else when it changes, else after `wait` with the same set.
-/// The token is checked again on every wake-up: revoking it ends the poll with a 401.
+/// The caller first, then the query; the token is checked again on every wake-up: revoking
+/// it ends the poll with a 401. A poll that waits takes one of the long-polls' places (503
+/// when none is free) and its connection gets the long-poll time budget.
 async fn probe_flows(
     State(s): State<ApiState>,
     ConnectInfo(p): ConnectInfo<Peer>,
+    this: Option<Extension<ThisConnection>>,
     h: HeaderMap,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
     let Some(ctl) = s.controller.clone() else {
         return reply(StatusCode::NOT_FOUND, "the control plane is off".into());
+    };
+    let mut who = match authenticate(&s, p, &h, Need::Probe).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let (mut after, mut wait_s) = (None, DEFAULT_WAIT_S);
     for pair in q
@@ -376,17 +385,12 @@ async fn probe_flows(
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
-    let mut guard = None;
+    let mut waiting = None;
     loop {
         // Subscribed before looking, so that a change in between is not missed.
         let mut changes = ctl.changes();
-        // The token again at every wake-up: a revoked one ends the poll.
-        let who = match authenticate(&s, p, &h, Need::Probe).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let (c, n) = (Arc::clone(&ctl), name.clone());
-        let set = tokio::task::spawn_blocking(move || c.flowset(&who, &n)).await;
+        let (c, n, caller) = (Arc::clone(&ctl), name.clone(), who.clone());
+        let set = tokio::task::spawn_blocking(move || c.flowset(&caller, &n)).await;
         let set = match set {
             Ok(Ok(set)) => set,
             Ok(Err(r)) => return refused(r),
@@ -395,13 +399,28 @@ async fn probe_flows(
         if after != Some(set.version) || tokio::time::Instant::now() >= deadline {
             return axum::Json(set).into_response();
         }
-        if guard.is_none() {
-            guard = Some(ctl.polling(&name));
+        if waiting.is_none() {
+            let Ok(place) = Arc::clone(&s.long_polls).try_acquire_owned() else {
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many probes are waiting for their flows: try again shortly".into(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                return r;
+            };
+            let mark = this.as_ref().map(|Extension(c)| c.long_poll());
+            waiting = Some((place, mark, ctl.polling(&name)));
         }
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        // The token again at every wake-up: a revoked one ends the poll.
+        who = match authenticate(&s, p, &h, Need::Probe).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
     }
 }
 
@@ -441,8 +460,7 @@ async fn revoke_token(
 
 async fn audit(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Read>,
     RawQuery(q): RawQuery,
 ) -> Response {
     let (mut after, mut limit) = (0i64, 1000u32);
@@ -473,10 +491,6 @@ async fn audit(
             other => return refused(Refused::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    let who = match authenticate(&s, p, &h, Need::Read).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     run(s, who, StatusCode::OK, move |c, _| c.audit(after, limit)).await
 }
 

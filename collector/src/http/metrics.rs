@@ -8,10 +8,52 @@ use tapwire_api_types::{InputStats, SessionStats, Snapshot};
 
 use super::ApiState;
 use super::auth::{Authed, Read};
+use super::serve::{Closed, Gate};
 
 pub(super) async fn metrics(State(s): State<ApiState>, _: Authed<Read>) -> Response {
-    let body = prometheus(&s.snapshot.load());
+    let mut body = prometheus(&s.snapshot.load());
+    if let Some(g) = &s.gate {
+        body.push_str(&api_connections(g));
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// The API's own connections: held, the cap, accepted, and closed or refused by reason.
+fn api_connections(g: &Gate) -> String {
+    use tapwire_api_types::metrics::Kind::{Counter, Gauge};
+    let mut t = Text::new();
+    t.family(
+        "tapwire_api_connections",
+        Gauge,
+        "Connections the API holds now.",
+    )
+    .sample("tapwire_api_connections", &[], g.connections() as u64);
+    t.family(
+        "tapwire_api_connections_max",
+        Gauge,
+        "Connections the API may hold (a share of the descriptor limit).",
+    )
+    .sample(
+        "tapwire_api_connections_max",
+        &[],
+        g.limits().max_connections as u64,
+    );
+    t.family(
+        "tapwire_api_connections_accepted_total",
+        Counter,
+        "Connections the API accepted.",
+    )
+    .sample("tapwire_api_connections_accepted_total", &[], g.accepted());
+    let name = "tapwire_api_connections_closed_total";
+    t.family(
+        name,
+        Counter,
+        "Connections the API refused or closed, by reason.",
+    );
+    for why in Closed::ALL {
+        t.sample(name, &[("reason", why.name())], g.closed(why));
+    }
+    t.into_string()
 }
 
 /// A counter series: name, help, and how to read it.

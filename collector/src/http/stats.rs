@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tapwire_api_types::Action;
-use tapwire_control::auth::Need;
 
-use super::auth::{Authed, Read, authenticate};
-use super::{ApiState, Peer, control, reply};
+use super::auth::{Authed, Change, Read};
+use super::{ApiState, control, reply};
 use crate::live::engine::Control;
 
 pub(super) async fn sessions(State(s): State<ApiState>, _: Authed<Read>) -> Response {
@@ -33,13 +32,12 @@ pub(super) async fn session(
     }
 }
 
-/// `POST /api/v1/sessions/{name}/{action}`: the action is checked before the caller. With a
+/// `POST /api/v1/sessions/{name}/{action}`: the caller first, then the action. With a
 /// controller, enable and disable of an API session are stored; other sessions' actions, and
 /// rotations, go to the engine; both need an operator and are audited.
 pub(super) async fn action(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    Authed(caller, ..): Authed<Change>,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
     let Some(parsed) = Action::parse(&action) else {
@@ -47,10 +45,6 @@ pub(super) async fn action(
             StatusCode::BAD_REQUEST,
             format!("unknown action {action:?}: enable, disable or rotate"),
         );
-    };
-    let caller = match authenticate(&s, peer, &headers, Need::Change).await {
-        Ok(c) => c,
-        Err(r) => return r,
     };
     if s.controller.is_some() {
         return control::session_action(s, caller, name, parsed).await;

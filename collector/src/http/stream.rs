@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -32,9 +33,10 @@ use tapwire_formats::capture::{Encoder, Format, InterfaceInfo, InterfaceStats, P
 use tokio::sync::oneshot;
 
 use super::auth::{Authed, Read};
+use super::serve::{LiveStreamMark, ThisConnection};
 use super::{ApiState, Peer, reply};
 use crate::demux::SourceId;
-use crate::filter::InnerFilter;
+use crate::filter::{Filter, FilterError};
 use crate::live::engine::{Control, now_ns};
 use crate::live::output::SourceCounts;
 use crate::live::stream::{Chunk, Head, Refusal, Request, Shared, Subscription};
@@ -58,12 +60,18 @@ pub(super) async fn stream(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
+    this: Option<Extension<ThisConnection>>,
 ) -> Response {
     let expr = q.filter.filter(|f| !f.trim().is_empty());
     let filter = match expr.clone() {
         None => None,
-        Some(e) => match tokio::task::spawn_blocking(move || InnerFilter::compile(&e)).await {
+        // Compiled (or taken from the cache) within the filter limits, off the engine thread
+        // and off the API's own thread (a compilation may wait for a worker).
+        Some(e) => match tokio::task::spawn_blocking(move || Filter::new(&e)).await {
             Ok(Ok(f)) => Some(f),
+            Ok(Err(e @ FilterError::Busy)) => {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, format!("filter: {e}"));
+            }
             Ok(Err(e)) => return reply(StatusCode::BAD_REQUEST, format!("filter: {e}")),
             Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
@@ -96,7 +104,10 @@ pub(super) async fn stream(
             );
         }
     };
-    let body = PcapngBody::new(sub, filter);
+    let mut body = PcapngBody::new(sub, filter);
+    // The connection is the stream's while the body lives: the API's idle and request
+    // timeouts do not apply (a stalled reader loses packets, not its stream).
+    body.mark = this.map(|Extension(c)| c.live_stream());
     (
         [
             (header::CONTENT_TYPE, "application/x-pcapng"),
@@ -114,10 +125,11 @@ struct PcapngBody {
     out: Out,
     timer: tokio::time::Interval,
     done: bool,
+    mark: Option<LiveStreamMark>,
 }
 
 impl PcapngBody {
-    fn new(sub: Subscription, filter: Option<InnerFilter>) -> PcapngBody {
+    fn new(sub: Subscription, filter: Option<Filter>) -> PcapngBody {
         let mut out = Out::default();
         let writer = Writer::new(&sub, filter, now_ns(), &mut out);
         let mut timer = tokio::time::interval_at(
@@ -131,6 +143,7 @@ impl PcapngBody {
             out,
             timer,
             done: false,
+            mark: None,
         }
     }
 }
@@ -252,7 +265,7 @@ struct Seen {
 
 /// One subscriber's stream, pure: chunks in, pcapng bytes out.
 struct Writer {
-    filter: Option<InnerFilter>,
+    filter: Option<Filter>,
     /// Re-encodes the packet after a gap with this subscriber's drop count; knows every
     /// interface declared so far (their link types).
     enc: Encoder,
@@ -268,12 +281,7 @@ struct Writer {
 
 impl Writer {
     /// Starts the stream: its section header and the session's interfaces so far.
-    fn new(
-        sub: &Subscription,
-        filter: Option<InnerFilter>,
-        started_ns: u64,
-        out: &mut Out,
-    ) -> Writer {
+    fn new(sub: &Subscription, filter: Option<Filter>, started_ns: u64, out: &mut Out) -> Writer {
         let mut enc = Encoder::new(Format::Pcapng);
         enc.buffer().clear();
         let mut w = Writer {
@@ -583,7 +591,7 @@ mod tests {
         let mut totals = Totals::default();
         let mut sub = subscribe(&mut st, &mut totals);
         let mut out = Out::default();
-        let filter = InnerFilter::compile("udp port 80").unwrap();
+        let filter = Filter::new("udp port 80").unwrap();
         let mut w = Writer::new(&sub, Some(filter), 10, &mut out);
         push(&mut st, &mut totals, 0, 6);
         st.seal(&mut totals);

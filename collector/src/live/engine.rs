@@ -90,6 +90,10 @@ pub enum Control {
     },
     /// A live stream of a session's packets, from now on.
     Subscribe(stream::Request),
+    /// The configuration file, read again (SIGHUP) and checked, its filters compiled, on
+    /// another thread: merged with the control plane's sessions and applied. A clash is
+    /// refused and the running configuration stays.
+    Reload { file: Box<Config> },
 }
 
 pub struct Engine {
@@ -299,7 +303,7 @@ impl Engine {
         Arc::clone(&self.core.live_streams)
     }
 
-    /// Runs until `stop` is set; `reload` asks for the configuration file to be read again.
+    /// Runs until `stop` is set.
     pub fn run(
         mut self,
         batches: &Receiver<Batch>,
@@ -307,7 +311,6 @@ impl Engine {
         buffers: &Receiver<Vec<u8>>,
         control: &Receiver<Control>,
         stop: &AtomicBool,
-        reload: &AtomicBool,
     ) {
         // What was asked before the engine ran (the control plane's sessions) comes before the
         // first packet, so that no packet of theirs is routed to an auto-discovered session.
@@ -355,9 +358,6 @@ impl Engine {
             if now >= next_trim {
                 next_trim = now + TRIM_NS;
                 tapwire_netio::release_free_heap();
-            }
-            if reload.swap(false, Ordering::Relaxed) {
-                self.reload(now);
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -463,31 +463,24 @@ impl Engine {
                 }
             }
             Control::Subscribe(req) => self.core.subscribe(req, now),
+            Control::Reload { file } => self.reload(*file, now),
             c => self.core.control(c, now),
         }
     }
 
-    /// Reads the configuration file again. A bad file is refused and the running configuration
-    /// stays; sessions whose definition did not change keep their state and open files.
-    fn reload(&mut self, now: u64) {
-        let Some(path) = self.core.settings.config_path.clone() else {
-            tracing::info!("SIGHUP: no configuration file to reload");
-            return;
-        };
-        let config =
-            match Config::load_with(&path, &self.core.settings.file_flags).and_then(|file| {
-                crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
-            }) {
-                Ok((file, merged)) => {
-                    self.core.file.store(Arc::new(file));
-                    merged
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration refused; keeping the running one");
-                    return;
-                }
-            };
-        self.apply(config, now);
+    /// The configuration file read again. One that clashes with the control plane's sessions
+    /// is refused and the running configuration stays; sessions whose definition did not
+    /// change keep their state and open files.
+    fn reload(&mut self, file: Config, now: u64) {
+        match crate::config::merged(&file, &self.core.api_sessions) {
+            Ok(merged) => {
+                self.core.file.store(Arc::new(file));
+                self.apply(merged, now);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; keeping the running one");
+            }
+        }
     }
 
     /// Runs `config`: sessions whose definition did not change keep their state and open

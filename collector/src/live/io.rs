@@ -673,12 +673,9 @@ impl DiskThread {
 }
 
 /// How many capture files the disk thread keeps open: the descriptor limit less room for
-/// sockets, rings, TAPs, the API's connections and on-finish commands.
+/// sockets, rings, TAPs, on-finish commands and the API's share ([`crate::fds`]).
 fn max_open_files() -> usize {
-    const RESERVED: u64 = 256;
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    (soft.saturating_sub(RESERVED) as usize).clamp(16, 16_384)
+    crate::fds::capture_files(crate::fds::limit())
 }
 
 /// Raises the soft descriptor limit to the hard one: a collector with many sessions needs

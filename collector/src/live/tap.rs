@@ -14,7 +14,7 @@ use tapwire_formats::capture::LinkType;
 use tapwire_formats::wire::ethernet::{self, EtherType};
 
 pub use crate::config::{TapConfig, validate_tap_name as validate_name};
-use crate::filter::InnerFilter;
+use crate::filter::Filter;
 
 /// Counters of one TAP output.
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ pub struct TapCounters {
 pub struct TapOutput {
     pub config: TapConfig,
     pub counters: Arc<TapCounters>,
-    filter: Option<InnerFilter>,
+    filter: Option<Filter>,
     /// `None` once dropping: the writer sees the queue close, finishes, and closes the device.
     queue: Option<Sender<Vec<u8>>>,
     free: Receiver<Vec<u8>>,
@@ -57,12 +57,8 @@ impl TapOutput {
     /// interface that is not a TAP is refused: tapwire never takes over a foreign interface.
     pub fn start(config: TapConfig) -> Result<TapOutput, String> {
         validate_name(&config.name)?;
-        let filter = config
-            .filter
-            .as_deref()
-            .map(InnerFilter::compile)
-            .transpose()
-            .map_err(|e| format!("filter: {e}"))?;
+        // Compiled when the definition was checked.
+        let filter = config.filter.clone();
         let (device, created) = open_in(config.netns.as_deref(), &config)?;
         let counters = Arc::new(TapCounters::default());
         let (queue, rx) = bounded::<Vec<u8>>(config.queue_frames);
