@@ -547,7 +547,8 @@ fn a_capture_filter_is_honoured_and_sigint_stops_cleanly() {
     c.stop("TERM", STOP_WITHIN);
 }
 
-/// A reader that stops reading for 10 s loses stream packets, counted (by the API, in the
+/// A reader that stops reading for 15 s (longer than the API's idle timeout, which a live
+/// stream is exempt from) loses stream packets, counted (by the API, in the
 /// packet after the gap and in the stream's statistics), while the session's files lose none.
 #[test]
 fn a_stalled_reader_loses_stream_packets_and_the_files_none() {
@@ -582,7 +583,7 @@ sources = [{ src = "10.77.0.0/24", kind = "erspan-ii" }]
         &[
             "sh",
             "-c",
-            &format!("curl -sSN '{url}' | (sleep 10; cat) > '{}'", out.display()),
+            &format!("curl -sSN '{url}' | (sleep 15; cat) > '{}'", out.display()),
         ],
     );
     wait_streams(&c, "bulk", 1);
@@ -590,7 +591,7 @@ sources = [{ src = "10.77.0.0/24", kind = "erspan-ii" }]
     let mut replay = senders::tcpreplay_loop(&lab, &snd, "snd0", &pcap, 5000, loops as u32);
     replay.wait_ok(Duration::from_secs(60));
     assert!(
-        t0.elapsed() < Duration::from_secs(10),
+        t0.elapsed() < Duration::from_secs(15),
         "the traffic took {:?}, longer than the reader's pause",
         t0.elapsed()
     );
@@ -605,7 +606,7 @@ sources = [{ src = "10.77.0.0/24", kind = "erspan-ii" }]
     assert!(dropped > 0, "the stalled reader lost nothing: {bulk}");
     assert_eq!(bulk["streams"]["dropped"], dropped);
     // The reader reads again; the collector stops: the stream ends cleanly.
-    std::thread::sleep(Duration::from_secs(11).saturating_sub(t0.elapsed()));
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(t0.elapsed()));
     wait_until(Duration::from_secs(20), "the reader to catch up", || {
         let api = c.sessions();
         let s = session(&api, "bulk")["streams"]["subscribers"][0].clone();
