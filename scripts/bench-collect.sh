@@ -60,6 +60,8 @@ RSS_SECONDS=${RSS_SECONDS:-60}
 PROFILE=${PROFILE:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 GEN_CPU=0 RX_CPU=1
+# Extra flags for tapwire collect (the memory runs lift the session and source caps).
+TAPWIRE_ARGS=()
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 [[ $(id -u) == 0 ]] || { echo "bench-collect: run as root (network namespaces)" >&2; exit 2; }
@@ -116,7 +118,7 @@ start_capturer() {
         [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
         ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --out "$out" \
             "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
-            --api 127.0.0.1:9750 2>"$WORK/capturer.err" &
+            --api 127.0.0.1:9750 "${TAPWIRE_ARGS[@]}" 2>"$WORK/capturer.err" &
         CAP_PID=$!
         for _ in $(seq 100); do api >/dev/null 2>&1 && break; sleep 0.1; done
         ;;
@@ -266,6 +268,8 @@ done
 # --- memory with many sessions -----------------------------------------------------------------
 RSS_ROWS=()
 for n in $RSS_SESSIONS; do
+    # Every session auto-discovered: lift the defaults' caps to the point measured.
+    TAPWIRE_ARGS=(--max-auto-sessions "$n" --max-sources "$n")
     ids=$((n < 1024 ? n : 1024))
     sources=$(((n + 1023) / 1024))
     trafgen_config 1414 "$sources" "$ids" >"$WORK/rss.cfg"

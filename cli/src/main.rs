@@ -20,7 +20,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::collect::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::config::{self, Config};
-use tapwire_collector::live::engine::Settings;
+use tapwire_collector::live::engine::{Limits, Settings};
 use tapwire_collector::live::input::InputKind;
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
@@ -85,6 +85,19 @@ struct CollectArgs {
     /// Accept mirror traffic only from these outer source CIDRs (repeatable).
     #[arg(long, value_name = "CIDR")]
     allow: Vec<String>,
+    /// Sources (outer address, kind, id) held at once; past it a new source takes the place of
+    /// an idle one that no configured session takes, or is refused (source_table_full)
+    /// [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sources: Option<u32>,
+    /// Auto-discovered sessions held at once; past it a source that would need one is
+    /// refused (auto_session_cap) [default: 256].
+    #[arg(long, value_name = "N")]
+    max_auto_sessions: Option<u32>,
+    /// Remove sources and auto-discovered sessions after this long without a packet: the
+    /// session's file is closed, its counters stay in the totals [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
     /// Raw GRE over IPv4 (ERSPAN I/II/III, GRE-TEB): local address, or "off".
     #[arg(long, value_name = "ADDR|off", default_value = "0.0.0.0")]
     gre_v4: String,
@@ -374,8 +387,10 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
                 min_free_disk_bytes: None,
                 default_files: flags.over(&config::FilesConfig::default()),
                 tap_prefix: None,
+                limits: Default::default(),
             },
             sessions: Vec::new(),
+            hooks: Default::default(),
         },
     };
     let files = config.collector.default_files.clone();
@@ -475,6 +490,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
         allow_from_config: a.allow.is_empty(),
         max_streams: a.max_streams,
+        limits: limits(a, &config.collector.limits)?,
     };
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
@@ -509,6 +525,30 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         api,
         api_token: a.api_token.clone(),
         min_free_disk_bytes,
+    })
+}
+
+/// The flags over the configuration file's `[collector]` keys over the defaults.
+fn limits(a: &CollectArgs, file: &config::LimitsConfig) -> Result<Limits, String> {
+    let d = Limits::default();
+    let idle = match &a.idle_timeout {
+        Some(v) => Some(config::duration(v).map_err(|e| format!("--idle-timeout: {e}"))?),
+        None => file.idle_timeout,
+    };
+    Ok(Limits {
+        max_sources: a
+            .max_sources
+            .map(|n| n as usize)
+            .or(file.max_sources)
+            .unwrap_or(d.max_sources),
+        max_auto_sessions: a
+            .max_auto_sessions
+            .map(|n| n as usize)
+            .or(file.max_auto_sessions)
+            .unwrap_or(d.max_auto_sessions),
+        idle_timeout_ns: idle.map_or(d.idle_timeout_ns, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+        }),
     })
 }
 

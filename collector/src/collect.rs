@@ -23,10 +23,11 @@ use tapwire_control::store::sqlite::SqliteStore;
 use crate::config::Config;
 use crate::http;
 use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::coverage::{Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
 use crate::live::input::{Input, InputKind};
 use crate::live::io;
-use crate::pipeline::{MAX_SOURCES, Pipeline};
+use crate::pipeline::Pipeline;
 
 pub struct CollectOptions {
     pub settings: Settings,
@@ -106,11 +107,21 @@ where
     }
     signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
 
+    // What an input reads below the IP stack, the socket inputs leave unread (one packet,
+    // one copy); known before any socket opens, so that none reads a copy meanwhile.
+    let covered = Arc::new(Covered::new(coverages(&opts.inputs, |name| {
+        tapwire_netio::ifindex(name).ok()
+    })));
     let mut opened = Vec::new();
     for kind in &opts.inputs {
-        let input = Input::open(kind.clone())
+        let input = Input::open(kind.clone(), Arc::clone(&covered))
             .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
         opened.push(input);
+    }
+    if opened.iter().any(|i| i.kind.covers().is_none()) {
+        for c in covered.list() {
+            tracing::info!(interface = c.interface, "{}", describe(&c));
+        }
     }
     if opened.is_empty() {
         return Err(StartError("no inputs: every input is turned off".into()).into());
@@ -150,7 +161,7 @@ where
     let config_path = opts.settings.config_path.clone();
     let file_flags = opts.settings.file_flags.clone();
     let ctl_tx_reload = ctl_tx.clone();
-    let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
+    let pipeline = Pipeline::new(opts.decap, opts.settings.limits.max_sources);
     let engine = Engine::new(
         pipeline,
         opts.settings,
@@ -332,5 +343,6 @@ fn empty_snapshot() -> tapwire_api_types::Snapshot {
         totals: tapwire_api_types::Totals::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }
 }

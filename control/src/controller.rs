@@ -14,14 +14,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tapwire_api_types::control::{
-    FlowCreate, FlowInfo, FlowSet, FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register,
-    Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch,
-    validate_name,
+    AuditEntry, FlowCreate, FlowInfo, FlowSet, FlowStatus, MAX_INTERFACES, ProbeInfo, ProbeLimits,
+    ProbeReport, Register, Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
+    merge_patch, validate_name,
 };
 use tapwire_api_types::flow::FlowFields;
 use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
@@ -56,6 +57,44 @@ pub enum Refused {
     Unavailable(String),
 }
 
+/// Why a probe's request (or a name for a new probe) was refused, each counted
+/// ([`Controller::probe_refusals`]): what a misbehaving probe or an attacker sends is dropped,
+/// never kept, and shows up here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRefusal {
+    /// A registration or report over the body limit (413).
+    BodyTooLarge,
+    /// A probe token speaking for a probe it is not bound to (403).
+    OtherProbe,
+    /// A new probe name past `--max-probes` (409), from a probe or a flow.
+    TooManyProbes,
+    /// A report of more flows or refusals than the probe may have (400).
+    TooManyFlows,
+    /// A name, version or interface list out of bounds (400).
+    Invalid,
+}
+
+impl ProbeRefusal {
+    pub const ALL: [ProbeRefusal; 5] = [
+        ProbeRefusal::BodyTooLarge,
+        ProbeRefusal::OtherProbe,
+        ProbeRefusal::TooManyProbes,
+        ProbeRefusal::TooManyFlows,
+        ProbeRefusal::Invalid,
+    ];
+
+    /// Its name as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeRefusal::BodyTooLarge => "body_too_large",
+            ProbeRefusal::OtherProbe => "other_probe",
+            ProbeRefusal::TooManyProbes => "too_many_probes",
+            ProbeRefusal::TooManyFlows => "too_many_flows",
+            ProbeRefusal::Invalid => "invalid",
+        }
+    }
+}
+
 impl From<StoreError> for Refused {
     fn from(e: StoreError) -> Refused {
         Refused::Internal(format!("database: {e}"))
@@ -67,6 +106,9 @@ pub struct ControllerOptions {
     pub db: PathBuf,
     /// The collector's address as probes should send to it.
     pub advertise: Option<IpAddr>,
+    /// Probes the controller knows at most (registered, or named by a flow): a name past it
+    /// is refused, so that invented names cannot grow the database and the reports kept.
+    pub max_probes: u32,
     /// Limits of a probe first seen (each probe's own can be changed).
     pub max_flows_per_probe: u32,
     pub max_pps_per_probe: Option<u64>,
@@ -95,10 +137,19 @@ pub struct Controller<E: Engine> {
     /// look again, and re-check their token.
     changes: tokio::sync::watch::Sender<u64>,
     live: Mutex<HashMap<String, Live>>,
+    /// Probe requests refused, by [`ProbeRefusal`] (indexed as [`ProbeRefusal::ALL`]).
+    probe_refusals: [AtomicU64; 5],
 }
 
 /// Probe names that would clash with a route.
 const RESERVED_PROBE_NAMES: &[&str] = &["register"];
+
+/// The default of [`ControllerOptions::max_probes`]: more hypervisors than one collector
+/// serves, few enough that their reports (at most [`MAX_PROBE_BODY_BYTES`] each) stay
+/// within 128 MiB.
+///
+/// [`MAX_PROBE_BODY_BYTES`]: tapwire_api_types::control::MAX_PROBE_BODY_BYTES
+pub const DEFAULT_MAX_PROBES: u32 = 1024;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -135,6 +186,7 @@ impl<E: Engine> Controller<E> {
             applied: Mutex::new(Vec::new()),
             changes,
             live: Mutex::new(HashMap::new()),
+            probe_refusals: Default::default(),
         });
         ctl.bootstrap().map_err(|e| e.to_string())?;
         let sessions = {
@@ -213,8 +265,11 @@ impl<E: Engine> Controller<E> {
         tokens::insert(
             &mut *tx,
             &Caller::system("bootstrap"),
-            &name,
-            Role::Admin,
+            &TokenCreate {
+                name: name.clone(),
+                role: Role::Admin,
+                probe: None,
+            },
             &auth::hash(&token),
             &self.now(),
         )?;
@@ -775,11 +830,7 @@ impl<E: Engine> Controller<E> {
             })?;
             // Every field checked by the probe's own rules, with the values it will get.
             let spec = self.render(&flow, &session)?;
-            tx.ensure_probe(
-                &flow.probe,
-                self.opts.max_flows_per_probe,
-                self.opts.max_pps_per_probe,
-            )?;
+            self.ensure_probe(tx, &flow.probe)?;
             let existing: Vec<StoredFlow> = tx.flows()?
                 .into_iter()
                 .filter(|f| f.probe == flow.probe)
@@ -1044,32 +1095,66 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
-    /// A probe-role token acts only for the probe of its own name.
-    fn check_acts_for(caller: &Caller, probe: &str) -> Result<(), Refused> {
-        if caller.role == Role::Probe && caller.name != probe {
+    /// Counts a refused probe request (the 413s the API answers itself, for one).
+    pub fn count_probe_refusal(&self, why: ProbeRefusal) {
+        self.probe_refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Probe requests refused since start, by reason, every reason listed.
+    pub fn probe_refusals(&self) -> Vec<(ProbeRefusal, u64)> {
+        ProbeRefusal::ALL
+            .iter()
+            .map(|&r| (r, self.probe_refusals[r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// `r`, counted as `why`.
+    fn refuse(&self, why: ProbeRefusal, r: Refused) -> Refused {
+        self.count_probe_refusal(why);
+        r
+    }
+
+    /// A probe token acts only as the probe it is bound to.
+    fn check_acts_for(&self, caller: &Caller, probe: &str) -> Result<(), Refused> {
+        if caller.role == Role::Probe && caller.probe.as_deref() != Some(probe) {
+            self.count_probe_refusal(ProbeRefusal::OtherProbe);
             return Err(Refused::Forbidden(format!(
-                "token {:?} is a probe token: it may act only as probe {:?}",
-                caller.name, caller.name
+                "token {:?} is bound to probe {:?}: it may not act as probe {probe:?}",
+                caller.name,
+                caller.probe.as_deref().unwrap_or("")
             )));
         }
         Ok(())
     }
 
-    pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
-        check_probe_name(&req.name)?;
-        Self::check_acts_for(caller, &req.name)?;
-        if req.version.len() > 100 || req.interfaces.len() > 4096 {
-            return Err(Refused::BadRequest(
-                "version or interfaces: too long".into(),
-            ));
+    /// Makes sure the controller knows probe `name`; a new name past `max_probes` is refused.
+    fn ensure_probe(&self, tx: &mut dyn Transaction, name: &str) -> Result<(), Refused> {
+        if tx.probe(name)?.is_some() {
+            return Ok(());
         }
+        let known = tx.probes()?.len();
+        if known >= self.opts.max_probes as usize {
+            self.count_probe_refusal(ProbeRefusal::TooManyProbes);
+            return Err(Refused::Conflict(format!(
+                "probe {name:?} is new and the controller knows {known} probes, its limit (--max-probes {}): delete one that is gone (tapwire probe delete NAME) or raise the limit",
+                self.opts.max_probes
+            )));
+        }
+        tx.ensure_probe(
+            name,
+            self.opts.max_flows_per_probe,
+            self.opts.max_pps_per_probe,
+        )?;
+        Ok(())
+    }
+
+    pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
+        check_probe_name(&req.name).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
+        self.check_acts_for(caller, &req.name)?;
+        check_registration(&req).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
         self.change(|tx| {
             let before = tx.probe(&req.name)?;
-            tx.ensure_probe(
-                &req.name,
-                self.opts.max_flows_per_probe,
-                self.opts.max_pps_per_probe,
-            )?;
+            self.ensure_probe(tx, &req.name)?;
             tx.register_probe(&req.name, &req.version, &req.interfaces, &self.now())?;
             let first = before.as_ref().is_none_or(|p| p.registered.is_none());
             let changed = before
@@ -1099,7 +1184,7 @@ impl<E: Engine> Controller<E> {
 
     /// The probe's flow set now.
     pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
-        Self::check_acts_for(caller, name)?;
+        self.check_acts_for(caller, name)?;
         let p = self
             .read(|tx| tx.probe(name))?
             .filter(|p| p.registered.is_some())
@@ -1150,18 +1235,25 @@ impl<E: Engine> Controller<E> {
         }
     }
 
+    /// Keeps the probe's last report (one per probe, replaced by the next), of at most as many
+    /// flows as the probe may have.
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
-        Self::check_acts_for(caller, name)?;
-        if self
+        self.check_acts_for(caller, name)?;
+        let p = self
             .read(|tx| tx.probe(name))?
-            .is_none_or(|p| p.registered.is_none())
-        {
-            return Err(Refused::NotFound(format!(
-                "probe {name:?} is not registered"
-            )));
-        }
-        if report.stats.flows.len() > 10_000 || report.refused.len() > 10_000 {
-            return Err(Refused::BadRequest("stats: too many flows".into()));
+            .filter(|p| p.registered.is_some())
+            .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
+        let max = p.max_flows as usize;
+        for (field, n) in [
+            ("stats.flows", report.stats.flows.len()),
+            ("refused", report.refused.len()),
+        ] {
+            if n > max {
+                self.count_probe_refusal(ProbeRefusal::TooManyFlows);
+                return Err(Refused::BadRequest(format!(
+                    "{field}: {n} flows, more than probe {name:?} may have (max_flows {max})"
+                )));
+            }
         }
         self.seen(name, |l| l.report = Some(report));
         Ok(())
@@ -1176,16 +1268,8 @@ impl<E: Engine> Controller<E> {
 
     pub fn create_token(&self, caller: &Caller, req: TokenCreate) -> Result<TokenInfo, Refused> {
         let token = auth::generate().map_err(Refused::Internal)?;
-        let mut info = self.change(|tx| {
-            tokens::insert(
-                tx,
-                caller,
-                &req.name,
-                req.role,
-                &auth::hash(&token),
-                &self.now(),
-            )
-        })?;
+        let mut info =
+            self.change(|tx| tokens::insert(tx, caller, &req, &auth::hash(&token), &self.now()))?;
         info.token = Some(token);
         Ok(info)
     }
@@ -1194,12 +1278,21 @@ impl<E: Engine> Controller<E> {
         self.change(|tx| tokens::revoke(tx, caller, name, &self.now()))
     }
 
+    /// Audit entries after `after`. Only an admin sees the on-finish commands that entries
+    /// made before the API refused them may hold; everyone else sees them hidden.
     pub fn audit(
         &self,
+        caller: &Caller,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<tapwire_api_types::control::AuditEntry>, Refused> {
-        self.read(|tx| tx.list_audit(after, limit))
+    ) -> Result<Vec<AuditEntry>, Refused> {
+        let mut entries = self.read(|tx| tx.list_audit(after, limit))?;
+        if caller.role != Role::Admin {
+            for e in &mut entries {
+                hide_commands(&mut e.detail);
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -1221,7 +1314,47 @@ impl<E: Engine> Drop for PollGuard<E> {
     }
 }
 
-fn check_probe_name(name: &str) -> Result<(), Refused> {
+/// What an audit entry shows in place of a command.
+pub const HIDDEN: &str = "(hidden: admins only)";
+
+/// Replaces every `on_finish` value in `v` (a command, in entries written before the API
+/// refused them) with [`HIDDEN`].
+fn hide_commands(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "on_finish" && !x.is_null() {
+                    *x = Value::String(HIDDEN.into());
+                } else {
+                    hide_commands(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(hide_commands),
+        _ => {}
+    }
+}
+
+/// A registration's version and interfaces, within their bounds.
+fn check_registration(req: &Register) -> Result<(), Refused> {
+    if req.version.len() > 100 {
+        return Err(Refused::BadRequest("version: longer than 100 bytes".into()));
+    }
+    if req.interfaces.len() > MAX_INTERFACES {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {} of them, more than {MAX_INTERFACES}",
+            req.interfaces.len()
+        )));
+    }
+    if let Some(i) = req.interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {i:?} is not an interface name (1 to 15 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_probe_name(name: &str) -> Result<(), Refused> {
     validate_name(name).map_err(|e| Refused::BadRequest(format!("probe: {e}")))?;
     if RESERVED_PROBE_NAMES.contains(&name) {
         return Err(Refused::BadRequest(format!("probe: {name:?} is reserved")));

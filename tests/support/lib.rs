@@ -9,6 +9,7 @@ pub mod oracle;
 #[path = "../senders/ovs.rs"]
 pub mod ovs;
 pub mod senders;
+pub mod spoof;
 pub mod tmux;
 pub mod tshark;
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
@@ -19,12 +20,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tapwire_api_types::Action;
 use tapwire_api_types::control::{
-    DEFAULT_WAIT_S, FlowCreate, MAX_WAIT_S, ProbeLimits, ProbeReport, Register, SessionCreate,
-    TokenCreate,
+    DEFAULT_WAIT_S, FlowCreate, MAX_PROBE_BODY_BYTES, MAX_WAIT_S, ProbeLimits, ProbeReport,
+    Register, SessionCreate, TokenCreate,
 };
 
-use tapwire_control::Refused;
 use tapwire_control::auth::{Caller, Need};
+use tapwire_control::{ProbeRefusal, Refused};
 
 use super::auth::{Admin, Authed, Change, Probe, Read, authenticate};
 use super::serve::ThisConnection;
@@ -49,12 +50,20 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add("DELETE", "/api/v1/flows/{id}", delete(delete_flow))
         .add("POST", "/api/v1/flows/{id}/{action}", post(flow_action))
         .add("GET", "/api/v1/probes", get(probes))
-        .add("POST", "/api/v1/probes/register", post(register))
+        .add(
+            "POST",
+            "/api/v1/probes/register",
+            post(register).layer(DefaultBodyLimit::max(MAX_PROBE_BODY_BYTES)),
+        )
         .add("GET", "/api/v1/probes/{name}", get(probe))
         .add("PATCH", "/api/v1/probes/{name}", patch(probe_limits))
         .add("DELETE", "/api/v1/probes/{name}", delete(delete_probe))
         .add("GET", "/api/v1/probes/{name}/flows", get(probe_flows))
-        .add("POST", "/api/v1/probes/{name}/stats", post(probe_stats))
+        .add(
+            "POST",
+            "/api/v1/probes/{name}/stats",
+            post(probe_stats).layer(DefaultBodyLimit::max(MAX_PROBE_BODY_BYTES)),
+        )
         .add("GET", "/api/v1/tokens", get(tokens))
         .add("POST", "/api/v1/tokens", post(create_token))
         .add("DELETE", "/api/v1/tokens/{name}", delete(revoke_token))
@@ -303,11 +312,32 @@ async fn delete_probe(
     .await
 }
 
+/// The answer to a probe's body that could not be read: over [`MAX_PROBE_BODY_BYTES`] (413,
+/// counted), or cut off.
+fn unread(s: &ApiState, e: &BytesRejection) -> Response {
+    let code = e.status();
+    let message = if code == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(c) = &s.controller {
+            c.count_probe_refusal(ProbeRefusal::BodyTooLarge);
+        }
+        format!(
+            "body: larger than {MAX_PROBE_BODY_BYTES} bytes, the most a probe may send (its stats for fewer flows, or fewer interfaces)"
+        )
+    } else {
+        format!("body: {}", e.body_text())
+    };
+    reply(code, message)
+}
+
 async fn register(
     State(s): State<ApiState>,
     Authed(who, ..): Authed<Probe>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&s, &e),
+    };
     with_body(s, who, StatusCode::OK, body, |c, who, req: Register| {
         c.register(who, req)
     })
@@ -318,8 +348,12 @@ async fn probe_stats(
     State(s): State<ApiState>,
     Authed(who, ..): Authed<Probe>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&s, &e),
+    };
     with_body(
         s,
         who,
@@ -491,7 +525,10 @@ async fn audit(
             other => return refused(Refused::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    run(s, who, StatusCode::OK, move |c, _| c.audit(after, limit)).await
+    run(s, who, StatusCode::OK, move |c, who| {
+        c.audit(who, after, limit)
+    })
+    .await
 }
 
 pub(super) async fn openapi() -> Response {

@@ -5,6 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tapwire_api_types::metrics::{self, Text};
 use tapwire_api_types::{InputStats, SessionStats, Snapshot};
+use tapwire_control::ProbeRefusal;
 
 use super::ApiState;
 use super::auth::{Authed, Read};
@@ -12,10 +13,28 @@ use super::serve::{Closed, Gate};
 
 pub(super) async fn metrics(State(s): State<ApiState>, _: Authed<Read>) -> Response {
     let mut body = prometheus(&s.snapshot.load());
+    if let Some(c) = &s.controller {
+        body.push_str(&probe_refusals(&c.probe_refusals()));
+    }
     if let Some(g) = &s.gate {
         body.push_str(&api_connections(g));
     }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// The control plane's refused probe requests, by reason (never by probe name: names are
+/// what an attacker invents).
+fn probe_refusals(counts: &[(ProbeRefusal, u64)]) -> String {
+    let mut t = Text::new();
+    t.family(
+        "tapwire_probe_refused_total",
+        metrics::Kind::Counter,
+        "Probe requests refused (and names for new probes), by reason.",
+    );
+    for (why, n) in counts {
+        t.sample("tapwire_probe_refused_total", &[("reason", why.name())], n);
+    }
+    t.into_string()
 }
 
 /// The API's own connections: held, the cap, accepted, and closed or refused by reason.
@@ -70,8 +89,31 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Seconds since the collector started.",
     )
     .sample("tapwire_uptime_seconds", &[], s.uptime_s);
-    t.family("tapwire_sources", Gauge, "Distinct mirrored sources seen.")
-        .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sources",
+        Gauge,
+        "Mirrored sources in the table now.",
+    )
+    .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sessions",
+        Gauge,
+        "Sessions now, configured and auto-discovered.",
+    )
+    .sample("tapwire_sessions", &[], s.totals.sessions);
+    let e = &s.totals.expired;
+    t.family(
+        "tapwire_expired_total",
+        Counter,
+        "Sources and auto-discovered sessions removed: idle, or evicted from a full table.",
+    );
+    for (what, n) in [
+        ("source_idle", e.sources),
+        ("source_evicted", e.sources_evicted),
+        ("auto_session_idle", e.auto_sessions),
+    ] {
+        t.sample("tapwire_expired_total", &[("what", what)], n);
+    }
 
     let inputs: [Series<InputStats>; 3] = [
         ("input_packets_total", "Packets read per input.", |i| {
@@ -89,6 +131,20 @@ pub fn prometheus(s: &Snapshot) -> String {
         t.family(&name, Counter, help);
         for i in &s.inputs {
             t.sample(&name, &[("input", &i.name)], get(i));
+        }
+    }
+    t.family(
+        "tapwire_input_refused_packets_total",
+        Counter,
+        "Mirrored packets refused before a source was made, per input and reason.",
+    );
+    for i in &s.inputs {
+        for (reason, n) in i.refusals.by_reason() {
+            t.sample(
+                "tapwire_input_refused_packets_total",
+                &[("input", &i.name), ("reason", reason)],
+                n,
+            );
         }
     }
     t.family(

@@ -252,7 +252,7 @@ impl AsRef<[u8]> for ChunkBytes {
 }
 
 /// What one interface of a stream has seen.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Seen {
     source: SourceId,
     /// Its source's counts when the stream started (or before its first packet here).
@@ -317,7 +317,9 @@ impl Writer {
             self.seen.push(Seen {
                 source,
                 base: self.baseline.get(&source).copied(),
-                ..Seen::default()
+                last: None,
+                offered: 0,
+                delivered: 0,
             });
         }
         self.enc.buffer().clear();
@@ -454,7 +456,7 @@ mod tests {
         let live = Arc::new(AtomicUsize::new(0));
         let mut baseline = FxHashMap::default();
         baseline.insert(
-            1,
+            SourceId::new(1, 0),
             SourceCounts {
                 packets: 5,
                 lost: 1,
@@ -504,7 +506,14 @@ mod tests {
                     lost,
                 },
             };
-            st.push(1, &key, LinkType::Ethernet, &p, counted, totals);
+            st.push(
+                SourceId::new(1, 0),
+                &key,
+                LinkType::Ethernet,
+                &p,
+                counted,
+                totals,
+            );
         }
     }
 

@@ -39,6 +39,7 @@ fn start(
         ControllerOptions {
             db: db.to_path_buf(),
             advertise: Some(advertise),
+            max_probes: 3,
             max_flows_per_probe: 2,
             max_pps_per_probe: max_pps,
             report_interval: Duration::from_secs(1),
@@ -85,6 +86,7 @@ fn file_config() -> Config {
             min_free_disk_bytes: None,
             default_files: FilesConfig::default(),
             tap_prefix: None,
+            limits: Default::default(),
         },
         sessions: vec![SessionConfig {
             name: "from-file".into(),
@@ -99,6 +101,7 @@ fn file_config() -> Config {
             files: None,
             tap: Some(tap),
         }],
+        hooks: [("compress".to_string(), "gzip -9 \"$1\"".to_string())].into(),
     }
 }
 
@@ -169,6 +172,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     let state = ApiState::new(snapshot, tx, None, Some(Arc::clone(&ctl)));
     Harness {
@@ -240,7 +244,7 @@ impl Harness {
 
     fn audit_actions(&self) -> Vec<(String, String, String)> {
         self.ctl
-            .audit(0, 1000)
+            .audit(&Caller::system("test"), 0, 1000)
             .unwrap()
             .into_iter()
             .map(|e| (e.token, e.action, e.target))
@@ -938,6 +942,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     let (bound, _) = spawn(
         None,
@@ -1064,6 +1069,222 @@ async fn flow_errors_name_what_the_caller_can_change() {
         );
     }
     assert!(h.ctl.flows().unwrap().is_empty());
+}
+
+/// The issue's attack: an operator token tried to run a command as the collector (on_finish),
+/// to write anywhere (absolute, `..`), and to open any namespace file (a path). Each is a 400
+/// that says what to do instead; nothing is stored, audited or given to the engine. A hook is
+/// chosen by name, and viewers (and localhost) read its name, never a command.
+#[tokio::test]
+async fn an_operator_token_runs_no_command_and_names_no_path() {
+    let h = harness("attack", None);
+    let operator = h.token("ops", "operator").await;
+    let viewer = h.token("ro", "viewer").await;
+    let before = (h.audit_actions().len(), h.applied.lock().unwrap().len());
+    let post = |body: Value| {
+        let (h, operator) = (&h, &operator);
+        async move {
+            h.call(
+                "POST",
+                "/api/v1/sessions",
+                REMOTE,
+                Some(operator),
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+    for (body, needle) in [
+        (
+            json!({ "name": "x", "files": { "on_finish": "touch /tmp/tapwire-pwned" } }),
+            "session \"x\": files: on_finish: commands cannot be set through the API (they would run as the collector, root); choose a hook by name with files.hook: the collector's configuration file defines compress",
+        ),
+        (
+            json!({ "name": "x", "files": { "hook": "touch" } }),
+            "files: hook: no hook named \"touch\"; the collector's configuration file defines compress",
+        ),
+        (
+            json!({ "name": "x", "files": { "dir": "/tmp/elsewhere" } }),
+            "files: dir: \"/tmp/elsewhere\" is absolute: sessions made through the API write beneath the collector's --out",
+        ),
+        (
+            json!({ "name": "x", "files": { "dir": "../elsewhere" } }),
+            "files: dir: \"../elsewhere\" climbs out of the collector's --out",
+        ),
+        (
+            json!({ "name": "x", "tap": { "name": "t0", "netns": "/proc/1/ns/net" } }),
+            "tap.netns: \"/proc/1/ns/net\" is a path: give the name of a network namespace",
+        ),
+    ] {
+        let (s, v) = post(body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        let m = v["message"].as_str().unwrap_or_default();
+        assert!(m.contains(needle), "{body}: {m}");
+    }
+    // Patches are checked alike.
+    let (s, v) =
+        post(json!({ "name": "web", "files": { "hook": "compress", "dir": "web" } })).await;
+    assert_eq!(s, 201, "{v}");
+    for patch in [
+        json!({ "files": { "on_finish": "touch /tmp/tapwire-pwned" } }),
+        json!({ "files": { "dir": "/etc" } }),
+        json!({ "tap": { "name": "t0", "netns": "../../proc/1/ns/net" } }),
+    ] {
+        let (s, v) = h
+            .call(
+                "PATCH",
+                "/api/v1/sessions/web",
+                REMOTE,
+                Some(&operator),
+                Some(&patch.to_string()),
+            )
+            .await;
+        assert_eq!(s, 400, "{patch}: {v}");
+    }
+    let audit = h.audit_actions();
+    assert_eq!(
+        audit.len(),
+        before.0 + 1,
+        "only the good session: {audit:?}"
+    );
+    assert_eq!(h.applied.lock().unwrap().len(), before.1 + 1);
+    // Every reader sees the hook's name, no command; the audit keeps the name.
+    for (peer, token) in [(LOCAL, None), (REMOTE, Some(viewer.as_str()))] {
+        for path in [
+            "/api/v1/definitions",
+            "/api/v1/sessions/web/definition",
+            "/api/v1/audit",
+        ] {
+            let (s, v) = h.call("GET", path, peer, token, None).await;
+            assert_eq!(s, 200, "{path}: {v}");
+            let text = v.to_string();
+            assert!(text.contains("compress"), "{path}: {text}");
+            assert!(
+                !text.contains("gzip") && !text.contains("touch"),
+                "{path} shows a command: {text}"
+            );
+        }
+    }
+}
+
+/// A probe token is bound to the probe it was made for (`probe` in the request, else its
+/// name); a probe's body is bounded (413 with a message), and so is the number of probes the
+/// controller knows (409), whoever invents the names.
+#[tokio::test]
+async fn probe_tokens_are_bound_and_what_probes_send_is_bounded() {
+    let h = harness("probe-bounds", None);
+    let (s, v) = h
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(r#"{"name":"key-1","role":"probe","probe":"host1"}"#),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["probe"], "host1");
+    let key = v["token"].as_str().unwrap().to_string();
+    let (s, v) = h
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(r#"{"name":"ro","role":"viewer","probe":"host1"}"#),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let reg =
+        |name: &str| json!({ "name": name, "version": "1", "interfaces": ["eth0"] }).to_string();
+    let register = |token: String, name: &'static str| {
+        let h = &h;
+        let body = reg(name);
+        async move {
+            h.call(
+                "POST",
+                "/api/v1/probes/register",
+                REMOTE,
+                Some(&token),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    assert_eq!(register(key.clone(), "host1").await.0, 200);
+    for other in ["key-1", "host2"] {
+        let (s, v) = register(key.clone(), other).await;
+        assert_eq!(s, 403, "{other}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("bound to probe \"host1\""),
+            "{v}"
+        );
+    }
+    // A report past the body limit: 413, with what the limit is.
+    let flows: Vec<Value> = (0..4000)
+        .map(|i| {
+            json!({ "name": format!("vm{i}"), "interface": format!("tap{i}"),
+                "collector": "10.0.0.1", "encap": "erspan-ii", "session": 2, "state": "running",
+                "error": null, "max_payload_bytes": 1450, "counters": {
+                "captured": 0, "captured_bytes": 0, "filtered_out": 0, "sampled_out": 0,
+                "rate_limited": 0, "kernel_drops": 0, "sent": 0, "sent_bytes": 0,
+                "send_errors": 0, "truncated": 0, "reopened": 0 } })
+        })
+        .collect();
+    let big = json!({ "applied_version": 0, "stats": { "version": "1", "started": "",
+        "uptime_s": 1.0, "flows": flows }, "refused": [] })
+    .to_string();
+    assert!(big.len() > 1 << 20, "{}", big.len());
+    let (s, v) = h
+        .call(
+            "POST",
+            "/api/v1/probes/host1/stats",
+            REMOTE,
+            Some(&key),
+            Some(&big),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("body: larger than 131072 bytes, the most a probe may send"),
+        "{v}"
+    );
+    // Invented names: the harness's controller knows 3 probes at most.
+    let (s, _) = h
+        .admin("POST", "/api/v1/probes/register", Some(&reg("a")))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = h
+        .admin("POST", "/api/v1/probes/register", Some(&reg("b")))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = h
+        .admin("POST", "/api/v1/probes/register", Some(&reg("invented")))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("--max-probes 3"),
+        "{v}"
+    );
+    let (s, v) = h.admin("GET", "/api/v1/probes", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    // Each refusal counted by its reason.
+    let (s, v) = h.admin("GET", "/metrics", None).await;
+    assert_eq!(s, 200);
+    let text = v.as_str().unwrap();
+    for (reason, n) in [
+        ("other_probe", 2),
+        ("body_too_large", 1),
+        ("too_many_probes", 1),
+        ("too_many_flows", 0),
+        ("invalid", 0),
+    ] {
+        let line = format!("tapwire_probe_refused_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&line), "{line:?} in:\n{text}");
+    }
 }
 
 /// `n` port ranges joined by `or` from `first` on: the costliest primitive to compile.
@@ -1225,6 +1446,7 @@ fn plain_state(token: Option<&str>) -> ApiState {
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        page: None,
     }));
     ApiState::new(snapshot, tx, token.map(ApiToken::new), None)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select};
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tapwire_api_types as api;
 use tapwire_formats::capture::{LinkType, PacketInfo};
 use tapwire_formats::decap::Kind;
@@ -30,11 +30,12 @@ use super::stream::{self, End, Streams};
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
 use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
-use crate::demux::{SeqEvent, SequenceMode};
+use crate::demux::{Retired, SeqEvent, SequenceMode, SourceId};
 use crate::offline::Timestamps;
-use crate::pipeline::{Delivery, Pipeline};
-use crate::router::{Gate, Router, Skip, Verdict};
+use crate::pipeline::{self, Admission, Delivery, Fed, Pipeline};
+use crate::router::{Gate, MAX_AUTO_SESSIONS, Router, Skip, Verdict};
 use tapwire_api_types::time::rfc3339_ns;
+use tapwire_formats::decap::SourceKey;
 
 /// Memory for buffered output across all open files; each file's flush threshold is this
 /// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).
@@ -45,6 +46,39 @@ const MAX_REFUSED_ADDRS: usize = 1024;
 const TRIM_NS: u64 = 1_000_000_000;
 /// A session with no packet for this long is idle.
 const IDLE_NS: u64 = 5_000_000_000;
+/// How often idle sources and auto-discovered sessions are looked for.
+const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
+
+/// Default bound on the source table of `tapwire collect`: far beyond a real fleet (a sender
+/// is one source per session it feeds), small enough that spoofed sources cost little.
+pub const MAX_SOURCES: usize = 4096;
+/// Default time without a packet after which a source, or an auto-discovered session, is
+/// removed.
+pub const IDLE_TIMEOUT_NS: u64 = 600_000_000_000;
+
+/// What traffic may make the collector hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sources in the table at once; past it a new source takes the place of an idle one that
+    /// no configured session takes, or is refused (`source_table_full`).
+    pub max_sources: usize,
+    /// Auto-discovered sessions at once; past it a source that would need one is refused
+    /// (`auto_session_cap`).
+    pub max_auto_sessions: usize,
+    /// Sources, and auto-discovered sessions, with no packet for this long are removed: the
+    /// session's file is closed, every counter stays in the totals.
+    pub idle_timeout_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sources: MAX_SOURCES,
+            max_auto_sessions: MAX_AUTO_SESSIONS,
+            idle_timeout_ns: IDLE_TIMEOUT_NS,
+        }
+    }
+}
 
 /// The smallest flush threshold: past 4096 open files the budget is exceeded rather than
 /// writes made smaller than this.
@@ -72,6 +106,7 @@ pub struct Settings {
     pub allow_from_config: bool,
     /// Live streams served at once, across sessions.
     pub max_streams: usize,
+    pub limits: Limits,
 }
 
 /// Requests from the API.
@@ -125,8 +160,15 @@ struct Core {
     sources: Vec<SourceState>,
     inputs: Vec<(InputKind, Arc<InputCounters>)>,
     input_history: Vec<History>,
+    /// Per input: what it read that was refused before a source was made.
+    input_refusals: Vec<api::Refusals>,
+    /// Frames of sources no session takes (refused, or known and routed nowhere).
+    no_session: u64,
     refused: BTreeMap<IpAddr, u64>,
     refused_other: u64,
+    expired: api::Expired,
+    /// What sessions removed since (expired, or dropped by a reload) had counted.
+    gone: Gone,
     totals_history: History,
     io: Sender<io::Cmd>,
     shared: Arc<Shared>,
@@ -136,12 +178,35 @@ struct Core {
     started_ns: u64,
     comment: String,
     snapshot: Arc<ArcSwap<api::Snapshot>>,
-    /// Monitor interfaces created for auto-discovered sessions so far (names their next one).
-    n_auto_taps: u32,
     /// Streams being served (their bodies not yet dropped), for the stop.
     live_streams: Arc<AtomicUsize>,
     /// Sessions whose open stream chunk is sealed at the end of the batch.
     streaming: Vec<usize>,
+}
+
+/// The counters of sessions that no longer exist, kept for the totals.
+#[derive(Debug, Default)]
+struct Gone {
+    written: u64,
+    lost: u64,
+    drops: api::Drops,
+}
+
+impl Gone {
+    /// Keeps what `s` counted, for the totals, before it goes.
+    fn add(&mut self, s: &Session) {
+        self.written += s.written;
+        self.lost += s.retirees.lost;
+        add_drops(&mut self.drops, &s.drops);
+    }
+}
+
+/// Counters of a session's sources that left the table, kept for the session's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Retirees {
+    lost: u64,
+    truncated: u64,
+    gre_checksum_bad: u64,
 }
 
 /// A session's outputs and counters (its routing is the [`Router`]'s [`Gate`]).
@@ -166,12 +231,17 @@ struct Session {
     /// Its live streams, while it has subscribers.
     streams: Option<Streams>,
     stream_totals: stream::Totals,
+    /// Of its sources that left the table.
+    retirees: Retirees,
 }
 
+/// What the engine keeps per source beside the table, by slot; `id` says which source of the
+/// slot it belongs to.
 #[derive(Default)]
 struct SourceState {
     /// Its packets and sequence loss so far, for the statistics blocks.
     counts: SourceCounts,
+    id: Option<SourceId>,
     drops: api::Drops,
     history: History,
     last_seen_ns: u64,
@@ -226,7 +296,25 @@ impl Session {
             talkers: Talkers::default(),
             streams: None,
             stream_totals: stream::Totals::default(),
+            retirees: Retirees::default(),
         }
+    }
+}
+
+/// The engine's answer to the pipeline: the allow-list and the router's admission.
+struct Gatekeeper<'a> {
+    router: &'a Router,
+    config: &'a Config,
+}
+
+impl Admission for Gatekeeper<'_> {
+    #[inline]
+    fn allows(&self, src: IpAddr) -> bool {
+        self.router.allows(normalize(src))
+    }
+
+    fn admit(&mut self, key: &SourceKey) -> Result<bool, pipeline::Refusal> {
+        self.router.admit(key, self.config)
     }
 }
 
@@ -248,7 +336,8 @@ impl Engine {
     ) -> Result<Engine, String> {
         let n_inputs = inputs.len();
         let now = now_ns();
-        let router = Router::new(settings.allow.clone(), settings.auto_discover);
+        let router = Router::new(settings.allow.clone(), settings.auto_discover)
+            .with_max_auto_sessions(settings.limits.max_auto_sessions);
         let mut core = Core {
             settings,
             file: Arc::new(ArcSwap::from_pointee(config.clone())),
@@ -259,8 +348,12 @@ impl Engine {
             sources: Vec::new(),
             inputs,
             input_history: (0..n_inputs).map(|_| History::default()).collect(),
+            input_refusals: vec![api::Refusals::default(); n_inputs],
+            no_session: 0,
             refused: BTreeMap::new(),
             refused_other: 0,
+            expired: api::Expired::default(),
+            gone: Gone::default(),
             totals_history: History::default(),
             io,
             shared,
@@ -270,7 +363,6 @@ impl Engine {
             started_ns: now,
             comment: String::new(),
             snapshot,
-            n_auto_taps: 0,
             live_streams: Arc::new(AtomicUsize::new(0)),
             streaming: Vec::new(),
         };
@@ -323,6 +415,7 @@ impl Engine {
         let mut next_tick = start;
         let mut next_snapshot = start + 1_000_000_000;
         let mut next_trim = start + TRIM_NS;
+        let mut next_expire = start + EXPIRE_EVERY_NS;
         loop {
             let got = select! {
                 recv(batches) -> b => b.map(Got::Batch).ok(),
@@ -354,6 +447,10 @@ impl Engine {
             if now >= next_snapshot {
                 next_snapshot = now + 1_000_000_000;
                 self.publish(now);
+            }
+            if now >= next_expire {
+                next_expire = now + EXPIRE_EVERY_NS;
+                self.expire(now);
             }
             if now >= next_trim {
                 next_trim = now + TRIM_NS;
@@ -404,23 +501,21 @@ impl Engine {
                 for m in batch.messages() {
                     let src = m.source.map(|s| normalize(s.ip()));
                     let ts = m.ts_ns.unwrap_or(now);
-                    if let Some(src) = src
-                        && !core.router.allows(src)
-                    {
-                        core.refuse(src);
-                        continue;
-                    }
-                    let d = match (&kind, src) {
-                        (InputKind::GreV4(_), _) => pipeline.ip(m.data, ts),
-                        (InputKind::GreV6(_), Some(src)) => pipeline.gre(src, m.data, ts),
-                        (InputKind::Udp(addr), Some(src)) => {
-                            pipeline.udp(src, addr.port(), m.data, ts)
-                        }
-                        _ => None,
+                    let mut gate = Gatekeeper {
+                        router: &core.router,
+                        config: &core.config,
                     };
-                    if let Some(d) = d {
-                        core.deliver(&d, ts, now);
-                    }
+                    let fed = match (&kind, src) {
+                        (InputKind::GreV4(_), _) => pipeline.ip(&mut gate, m.data, ts),
+                        (InputKind::GreV6(_), Some(src)) => {
+                            pipeline.gre(&mut gate, src, m.data, ts)
+                        }
+                        (InputKind::Udp(addr), Some(src)) => {
+                            pipeline.udp(&mut gate, src, addr.port(), m.data, ts)
+                        }
+                        _ => Fed::Other,
+                    };
+                    core.fed(input, fed, ts, now);
                 }
             }
             Payload::Frames(frames) => {
@@ -428,13 +523,12 @@ impl Engine {
                     let Some(frame) = frames.data.get(off as usize..(off + len) as usize) else {
                         continue;
                     };
-                    if let Some(d) = pipeline.link(LinkType::Ethernet, frame, ts) {
-                        if !core.router.allows(normalize(d.key.src)) {
-                            core.refuse(normalize(d.key.src));
-                            continue;
-                        }
-                        core.deliver(&d, ts, now);
-                    }
+                    let mut gate = Gatekeeper {
+                        router: &core.router,
+                        config: &core.config,
+                    };
+                    let fed = pipeline.link(&mut gate, LinkType::Ethernet, frame, ts);
+                    core.fed(input, fed, ts, now);
                 }
             }
         }
@@ -445,6 +539,19 @@ impl Engine {
     fn publish(&mut self, now: u64) {
         let snap = self.core.snapshot(&self.pipeline, now);
         self.core.snapshot.store(Arc::new(snap));
+    }
+
+    /// Removes the sources, then the auto-discovered sessions, that had no packet for the idle
+    /// timeout; their counters stay in their session's and in the totals.
+    fn expire(&mut self, now: u64) {
+        let idle = self.core.settings.limits.idle_timeout_ns;
+        let gone = self.pipeline.expire_sources(now, idle);
+        if !gone.is_empty() {
+            tracing::debug!(n = gone.len(), "idle sources removed");
+        }
+        self.core.expired.sources += gone.len() as u64;
+        self.core.retire(&gone);
+        self.core.expire_sessions(now, idle);
     }
 
     fn control(&mut self, c: Control, now: u64) {
@@ -486,7 +593,7 @@ impl Engine {
     /// Runs `config`: sessions whose definition did not change keep their state and open
     /// files; changed ones keep their counters and start a new file.
     fn apply(&mut self, config: Config, now: u64) {
-        let core = &mut self.core;
+        let (core, pipeline) = (&mut self.core, &mut self.pipeline);
         let mut old: FxHashMap<String, Session> = std::mem::take(&mut core.sessions)
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -556,14 +663,18 @@ impl Engine {
                 g.auto
                     && g.sources
                         .first()
-                        .is_some_and(|&id| config.session_for(&self.pipeline.key(id)).is_none())
+                        .and_then(|&id| pipeline.key(id))
+                        .is_some_and(|k| config.session_for(&k).is_none())
             });
             match gate {
                 Some(g) if keep => {
                     gates.push(g);
                     core.sessions.push(s);
                 }
-                _ => core.finish(&mut s, now),
+                _ => {
+                    core.finish(&mut s, now);
+                    core.gone.add(&s);
+                }
             }
         }
         if core.settings.allow_from_config {
@@ -571,11 +682,12 @@ impl Engine {
             core.router.set_allow(config.collector.allow.clone());
         }
         core.config = config;
-        let pipeline = &self.pipeline;
-        for i in core
-            .router
-            .reset(gates, &core.config, |id| pipeline.key(id))
-        {
+        let known = pipeline.demux().iter().map(|(id, s)| (id, s.key));
+        let (discovered, pins) = core.router.reset(gates, &core.config, known);
+        for (id, pinned) in pins {
+            pipeline.set_pinned(id, pinned);
+        }
+        for i in discovered {
             core.discovered(i);
         }
         tracing::info!(sessions = core.sessions.len(), "configuration reloaded");
@@ -620,6 +732,84 @@ impl Core {
         }
     }
 
+    /// What the pipeline made of one packet read by input `input`.
+    #[inline]
+    fn fed(&mut self, input: usize, fed: Fed<'_>, ts: u64, now: u64) {
+        match fed {
+            Fed::Delivered(d) => self.deliver(&d, ts, now),
+            Fed::Refused(r, src) => {
+                r.count_in(&mut self.input_refusals[input]);
+                match r {
+                    pipeline::Refusal::NotAllowed => self.refuse(normalize(src)),
+                    pipeline::Refusal::NoSession => self.no_session += 1,
+                    pipeline::Refusal::AutoSessionCap | pipeline::Refusal::SourceTableFull => {}
+                }
+            }
+            Fed::Other => {}
+        }
+    }
+
+    /// Sources that left the table: their counters go to their session's, their id is
+    /// forgotten.
+    fn retire(&mut self, gone: &[Retired]) {
+        if gone.is_empty() {
+            return;
+        }
+        for r in gone {
+            if let Some(&Some(i)) = self.router.routes().get(r.id.slot()) {
+                let t = &mut self.sessions[i].retirees;
+                t.lost += r.sequence.lost;
+                t.truncated += r.truncated;
+                t.gre_checksum_bad += r.gre_checksum_bad;
+            }
+            if let Some(st) = self.sources.get_mut(r.id.slot())
+                && st.id == Some(r.id)
+            {
+                *st = SourceState::default();
+            }
+        }
+        let ids: Vec<SourceId> = gone.iter().map(|r| r.id).collect();
+        self.router.forget(&ids);
+    }
+
+    /// Auto-discovered sessions with no source left and no packet for `idle_ns`: the file is
+    /// finished and the TAP closed; the session goes once the disk thread has reported every
+    /// packet it was handed, so that none of its counts is lost (a packet for it meanwhile
+    /// keeps it).
+    fn expire_sessions(&mut self, now: u64, idle_ns: u64) {
+        let mut remove = FxHashSet::default();
+        for i in 0..self.sessions.len() {
+            let g = self.router.session(i);
+            if !g.auto
+                || !g.sources.is_empty()
+                || now.saturating_sub(self.sessions[i].last_seen_ns) < idle_ns
+            {
+                continue;
+            }
+            self.with_output(i, |out, ctx| out.finish(ctx, RotateReason::Idle, now));
+            let s = &mut self.sessions[i];
+            s.tap = None;
+            if s.pending == 0 && !s.output.as_ref().is_some_and(FileOutput::is_open) {
+                remove.insert(i);
+            }
+        }
+        if remove.is_empty() {
+            return;
+        }
+        for &i in &remove {
+            let s = &self.sessions[i];
+            tracing::info!(session = s.name, "auto-discovered session expired");
+            self.gone.add(s);
+        }
+        self.expired.auto_sessions += remove.len() as u64;
+        self.router.retain_sessions(|i| !remove.contains(&i));
+        let mut i = 0;
+        self.sessions.retain(|_| {
+            i += 1;
+            !remove.contains(&(i - 1))
+        });
+    }
+
     fn refuse(&mut self, src: IpAddr) {
         if let Some(n) = self.refused.get_mut(&src) {
             *n += 1;
@@ -641,8 +831,20 @@ impl Core {
         );
         tracing::info!(session = name, "new source: auto-discovered session");
         let tap = self.settings.tap_prefix.as_ref().map(|p| {
-            self.n_auto_taps += 1;
-            TapConfig::named(&format!("{p}{}", self.n_auto_taps - 1))
+            // The lowest number free: names stay short however many sessions came and went.
+            let taken: FxHashSet<&str> = self
+                .sessions
+                .iter()
+                .filter_map(|s| {
+                    let t = s.tap.as_ref().map(|t| &t.config);
+                    t.or(s.tap_error.as_ref().map(|(c, _)| c))
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            let n = (0..)
+                .find(|n| !taken.contains(format!("{p}{n}").as_str()))
+                .unwrap_or(0);
+            TapConfig::named(&format!("{p}{n}"))
         });
         self.sessions
             .push(Session::new(name, None, tap, &self.settings, &self.shared));
@@ -654,9 +856,20 @@ impl Core {
     /// Routes one delivered frame to its session (the router's verdict), counts it and
     /// writes it.
     fn deliver(&mut self, d: &Delivery<'_>, ts: u64, now: u64) {
-        let id = d.source as usize;
+        if let Some(gone) = &d.evicted {
+            tracing::debug!(source = %gone.key, new = %d.key, "idle source evicted from a full table");
+            self.expired.sources_evicted += 1;
+            self.retire(&[**gone]);
+        }
+        let id = d.source.slot();
         if self.sources.len() <= id {
             self.sources.resize_with(id + 1, SourceState::default);
+        }
+        if self.sources[id].id != Some(d.source) {
+            self.sources[id] = SourceState {
+                id: Some(d.source),
+                ..SourceState::default()
+            };
         }
         if d.new_source {
             tracing::info!(source = %d.key, "new source");
@@ -684,6 +897,7 @@ impl Core {
         let (si, skip) = match routed.verdict {
             Verdict::NoSession => {
                 st.drops.no_session += 1;
+                self.no_session += 1;
                 return;
             }
             Verdict::Skip(i, why) => (i, Some(why)),
@@ -801,14 +1015,18 @@ impl Core {
                 file,
                 tally,
             } => {
-                if let Some(i) = self.router.index(&session) {
-                    let s = &mut self.sessions[i];
-                    let n = packets(&tally);
-                    s.written += n;
-                    s.pending = s.pending.saturating_sub(n);
-                    if let Some(out) = s.output.as_mut() {
-                        out.written(file);
+                let n = packets(&tally);
+                match self.router.index(&session) {
+                    Some(i) => {
+                        let s = &mut self.sessions[i];
+                        s.written += n;
+                        s.pending = s.pending.saturating_sub(n);
+                        if let Some(out) = s.output.as_mut() {
+                            out.written(file);
+                        }
                     }
+                    // A reload dropped the session: its last packets still count.
+                    None => self.gone.written += n,
                 }
             }
             Event::WriteFailed {
@@ -821,6 +1039,9 @@ impl Core {
                 let i = self.router.index(&session);
                 if let Some(out) = i.and_then(|i| self.sessions[i].output.as_mut()) {
                     out.write_failed(file, loss, error, now);
+                }
+                if i.is_none() {
+                    count_loss(&mut self.gone.drops, loss, packets(&tally));
                 }
                 self.lost(i, &tally, loss);
             }
@@ -842,7 +1063,9 @@ impl Core {
     /// `si` (if it still exists).
     fn lost(&mut self, si: Option<usize>, tally: &Tally, loss: Loss) {
         for &(src, n) in tally {
-            if let Some(st) = self.sources.get_mut(src as usize) {
+            if let Some(st) = self.sources.get_mut(src.slot())
+                && st.id == Some(src)
+            {
                 count_loss(&mut st.drops, loss, n);
             }
         }
@@ -911,7 +1134,8 @@ impl Core {
             .map(|&id| {
                 let counts = self
                     .sources
-                    .get(id as usize)
+                    .get(id.slot())
+                    .filter(|st| st.id == Some(id))
                     .map(|st| st.counts)
                     .unwrap_or_default();
                 (id, counts)
@@ -975,10 +1199,14 @@ impl Core {
         let mut drops = api::Drops::default();
         for (s, g) in self.sessions.iter_mut().zip(self.router.sessions()) {
             let mut sources = Vec::with_capacity(g.sources.len());
-            let (mut lost, mut truncated, mut gre_checksum_bad) = (0, 0, 0);
+            let r = s.retirees;
+            let (mut lost, mut truncated, mut gre_checksum_bad) =
+                (r.lost, r.truncated, r.gre_checksum_bad);
             for &id in &g.sources {
-                let src = demux.source(id);
-                let st = &mut self.sources[id as usize];
+                let (Some(src), Some(st)) = (demux.source(id), self.sources.get_mut(id.slot()))
+                else {
+                    continue;
+                };
                 let seq = demux.sequence(id);
                 lost += seq.lost;
                 truncated += src.truncated;
@@ -1007,6 +1235,8 @@ impl Core {
                     erspan: st.erspan.clone(),
                 });
             }
+            // The order pages are cut in (`after` is a cursor into it).
+            sources.sort_by_cached_key(api::source_cursor);
             total_lost += lost;
             total_written += s.written;
             total_pending += s.pending;
@@ -1041,6 +1271,8 @@ impl Core {
                 drops: s.drops,
                 rates: s.history.push(now, s.packets, s.bytes),
                 last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
+                n_sources: sources.len() as u64,
+                sources_page: None,
                 files: s.output.as_ref().map(|o| api::FileStats {
                     dir: o.dir().display().to_string(),
                     format: format_name(o.cfg.format).to_string(),
@@ -1060,11 +1292,11 @@ impl Core {
                 },
             });
         }
-        for (id, r) in self.router.routes().iter().enumerate() {
-            if r.is_none() {
-                drops.no_session += self.sources[id].drops.no_session;
-            }
-        }
+        sessions.sort_by(|a, b| a.name.cmp(&b.name));
+        total_written += self.gone.written;
+        total_lost += self.gone.lost;
+        add_drops(&mut drops, &self.gone.drops);
+        drops.no_session = self.no_session;
 
         let mut inputs = Vec::with_capacity(self.inputs.len());
         let (mut kernel_drops, mut packets, mut bytes) = (0, 0, 0);
@@ -1080,7 +1312,7 @@ impl Core {
                 packets: p,
                 bytes: b,
                 kernel_drops: k,
-                queue_drops: 0,
+                refusals: self.input_refusals[i],
                 error: c.error(),
                 rates: self.input_history[i].push(now, p, b),
             });
@@ -1094,14 +1326,11 @@ impl Core {
         if self.refused_other > 0 {
             refused.insert("other".into(), self.refused_other);
         }
-        let mut malformed: BTreeMap<String, u64> = t
+        let malformed: BTreeMap<String, u64> = t
             .malformed
             .iter()
             .map(|(r, n)| (r.to_string(), *n))
             .collect();
-        if t.source_table_full > 0 {
-            malformed.insert("source_table_full".into(), t.source_table_full);
-        }
         let d = pipeline.defrag_stats();
         api::Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1114,8 +1343,9 @@ impl Core {
                 pending: total_pending,
                 lost: total_lost,
                 kernel_drops,
-                queue_drops: 0,
                 drops,
+                refusals: t.refused,
+                expired: self.expired,
                 not_mirror: t
                     .not_mirror
                     .iter()
@@ -1124,6 +1354,7 @@ impl Core {
                 malformed,
                 refused,
                 sources: demux.len() as u64,
+                sessions: sessions.len() as u64,
                 rates: self.totals_history.push(now, packets, bytes),
                 defrag: api::Defrag {
                     fragments: d.fragments,
@@ -1137,6 +1368,7 @@ impl Core {
             },
             inputs,
             sessions,
+            page: None,
         }
     }
 }

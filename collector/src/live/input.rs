@@ -14,6 +14,8 @@ use tapwire_netio::batch::{self, RecvBatch};
 use tapwire_netio::ring::{Fanout, FanoutMode, Ring, RingConfig};
 use tapwire_netio::socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::coverage::{Covered, socket_program};
+
 /// Batches in flight per input: enough to absorb a burst while the engine works on one.
 const POOL: usize = 8;
 /// Datagrams per recvmmsg call.
@@ -103,6 +105,8 @@ pub struct Input {
     pub kind: InputKind,
     pub counters: Arc<InputCounters>,
     opened: Opened,
+    /// What the other inputs read below the IP stack (see [`super::coverage`]).
+    covered: Arc<Covered>,
 }
 
 enum Opened {
@@ -112,12 +116,13 @@ enum Opened {
 
 impl Input {
     /// Opens the socket or ring now, so that a bad address or a missing interface is refused
-    /// at start with a clear error.
-    pub fn open(kind: InputKind) -> std::io::Result<Input> {
+    /// at start with a clear error. A socket gets the filter that leaves to the other inputs
+    /// what `covered` says they read, before it is bound.
+    pub fn open(kind: InputKind, covered: Arc<Covered>) -> std::io::Result<Input> {
         let opened = match &kind {
-            InputKind::GreV4(a) => Opened::Socket(gre_socket(IpAddr::V4(*a))?),
-            InputKind::GreV6(a) => Opened::Socket(gre_socket(IpAddr::V6(*a))?),
-            InputKind::Udp(a) => Opened::Socket(udp_socket(*a)?),
+            InputKind::GreV4(a) => Opened::Socket(gre_socket(&kind, IpAddr::V4(*a), &covered)?),
+            InputKind::GreV6(a) => Opened::Socket(gre_socket(&kind, IpAddr::V6(*a), &covered)?),
+            InputKind::Udp(a) => Opened::Socket(udp_socket(&kind, *a, &covered)?),
             InputKind::Interface { name, workers, .. } => {
                 let config = RingConfig {
                     // By outer source, so that each sender's packets stay on one worker, in order.
@@ -135,6 +140,7 @@ impl Input {
             kind,
             counters: Arc::new(InputCounters::default()),
             opened,
+            covered,
         })
     }
 
@@ -148,7 +154,9 @@ impl Input {
                 }
                 socket_loop(
                     index,
+                    &self.kind,
                     &sock,
+                    &self.covered,
                     &self.counters,
                     &to_engine,
                     &back_tx,
@@ -164,6 +172,7 @@ impl Input {
                     index,
                     *ring,
                     &config,
+                    &self.covered,
                     &self.counters,
                     &to_engine,
                     &back_tx,
@@ -200,11 +209,21 @@ fn tune(sock: &Socket) {
     let _ = sock.set_read_timeout(Some(POLL));
 }
 
-fn gre_socket(addr: IpAddr) -> std::io::Result<Socket> {
+/// Attaches to socket input `kind` the filter `covered` calls for, or takes its filter off when
+/// it calls for none.
+fn leave_covered(sock: &Socket, kind: &InputKind, covered: &Covered) -> std::io::Result<()> {
+    match socket_program(kind, &covered.list()) {
+        Some(p) => tapwire_netio::bpf::attach_filter(sock, &p),
+        None => tapwire_netio::bpf::detach_filter(sock),
+    }
+}
+
+fn gre_socket(kind: &InputKind, addr: IpAddr, covered: &Covered) -> std::io::Result<Socket> {
     let sock = match addr {
         IpAddr::V4(_) => batch::gre_socket_v4()?,
         IpAddr::V6(_) => batch::gre_socket_v6()?,
     };
+    leave_covered(&sock, kind, covered)?;
     if !addr.is_unspecified() {
         sock.bind(&SockAddr::from(SocketAddr::new(addr, 0)))
             .map_err(|e| ctx(e, &format!("bind GRE to {addr}")))?;
@@ -213,13 +232,14 @@ fn gre_socket(addr: IpAddr) -> std::io::Result<Socket> {
     Ok(sock)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+fn udp_socket(kind: &InputKind, addr: SocketAddr, covered: &Covered) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    leave_covered(&sock, kind, covered)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // [::]:port also takes IPv4, as IPv4-mapped addresses.
         sock.set_only_v6(false)?;
@@ -234,16 +254,28 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(sock)
 }
 
+/// Reads `sock` (input `kind`); its filter follows `covered` when a ring reopens its interface
+/// under a new index.
+#[allow(clippy::too_many_arguments)]
 fn socket_loop(
     index: usize,
+    kind: &InputKind,
     sock: &Socket,
+    covered: &Covered,
     counters: &InputCounters,
     to_engine: &Sender<Batch>,
     back_tx: &Sender<Payload>,
     back_rx: &Receiver<Payload>,
     stop: &AtomicBool,
 ) {
+    let mut generation = covered.generation();
     while !stop.load(Ordering::Relaxed) {
+        if covered.generation() != generation {
+            generation = covered.generation();
+            if let Err(e) = leave_covered(sock, kind, covered) {
+                tracing::warn!(input = kind.name(), error = %e, "cannot update the socket filter");
+            }
+        }
         let mut b = match back_rx.recv_timeout(POLL) {
             Ok(Payload::Socket(b)) => b,
             Ok(Payload::Frames(_)) => continue,
@@ -298,11 +330,13 @@ fn socket_loop(
     }
 }
 
+/// Reads `ring`; tells `covered` the interface's new index when it reopens it.
 #[allow(clippy::too_many_arguments)]
 fn ring_loop(
     index: usize,
     mut ring: Ring,
     config: &RingConfig,
+    covered: &Covered,
     counters: &InputCounters,
     to_engine: &Sender<Batch>,
     back_tx: &Sender<Payload>,
@@ -357,6 +391,7 @@ fn ring_loop(
                 }
             };
             counters.set_error(None);
+            covered.set_ifindex(&name, ring.ifindex());
             tracing::info!(interface = name, "capture resumed");
             continue;
         }

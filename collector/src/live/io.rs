@@ -5,11 +5,17 @@
 //! header and interface blocks that did not make it), reports per buffer which packets were
 //! written and which were lost, watches free space for the disk guard, notices files whose
 //! directory vanished, prunes old files and runs the on-finish command.
+//!
+//! A session's directory is an [`OutDir`]: a root trusted as given (`--out`, or an absolute
+//! directory of the configuration file) and a relative path beneath it, which every open,
+//! create and remove resolves again with openat2 `RESOLVE_BENEATH`, so that neither `..` nor
+//! a symlink (planted before the session was defined or after) leads a write out of the root.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -123,6 +129,112 @@ impl Shared {
     }
 }
 
+/// Where a session's files go: `root` as given (created if missing: it is `--out` or the
+/// configuration file's choice), then `beneath` it, resolved by the kernel so that it never
+/// leaves `root` (openat2 `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`), whatever symlinks or
+/// `..` it meets, on every open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutDir {
+    pub root: PathBuf,
+    /// Relative; empty for `root` itself.
+    pub beneath: PathBuf,
+}
+
+impl OutDir {
+    /// A session's directory from its `dir` setting: none is `out`; an absolute one (only the
+    /// configuration file can give one) is its own root; a relative one is beneath `out`.
+    pub fn of(dir: Option<&Path>, out: &Path) -> OutDir {
+        match dir {
+            None => OutDir {
+                root: out.to_path_buf(),
+                beneath: PathBuf::new(),
+            },
+            Some(d) if d.is_absolute() => OutDir {
+                root: d.to_path_buf(),
+                beneath: PathBuf::new(),
+            },
+            Some(rel) => OutDir {
+                root: out.to_path_buf(),
+                beneath: rel.to_path_buf(),
+            },
+        }
+    }
+
+    /// The directory as a path, for messages, statvfs and on-finish commands.
+    pub fn path(&self) -> PathBuf {
+        if self.beneath.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(&self.beneath)
+        }
+    }
+
+    /// Opens the directory (creating what is missing when `create`), never outside `root`.
+    pub fn open(&self, create: bool) -> io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, open};
+        use nix::sys::stat::Mode;
+        if create {
+            std::fs::create_dir_all(&self.root)?;
+        }
+        let root = open(
+            &self.root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        if self.beneath.as_os_str().is_empty() {
+            return Ok(root);
+        }
+        match self.beneath_of(&root, &self.beneath) {
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => return r,
+        }
+        // Each missing directory is made in its parent, itself opened beneath the root: a
+        // symlink put in the way is resolved (and refused if it leads out) by the next open.
+        let parts: Vec<&std::ffi::OsStr> = self.beneath.iter().collect();
+        for i in 0..parts.len() {
+            let prefix: PathBuf = parts[..=i].iter().collect();
+            match self.beneath_of(&root, &prefix) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            let parent: PathBuf = parts[..i].iter().collect();
+            let parent = if parent.as_os_str().is_empty() {
+                root.try_clone()?
+            } else {
+                self.beneath_of(&root, &parent)?
+            };
+            match nix::sys::stat::mkdirat(&parent, parts[i], Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.beneath_of(&root, &self.beneath)
+    }
+
+    /// `rel` opened as a directory beneath `root`; a path that would leave it is refused.
+    fn beneath_of(&self, root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(root, rel, how).map_err(|e| match e {
+            nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} leads out of {} (a symlink or '..'): refused",
+                    rel.display(),
+                    self.root.display()
+                ),
+            ),
+            nix::errno::Errno::ENOSYS => io::Error::other(
+                "openat2 is not available: a directory beneath the output root needs Linux 5.6 or later",
+            ),
+            e => e.into(),
+        })
+    }
+}
+
 /// Keep at most `max_files` of a session's files, counting the one about to be opened.
 #[derive(Debug, Clone)]
 pub struct Prune {
@@ -136,7 +248,7 @@ pub enum Cmd {
     Open {
         file: FileId,
         session: Arc<str>,
-        dir: PathBuf,
+        dir: OutDir,
         stem: String,
         ext: &'static str,
         prune: Option<Prune>,
@@ -278,6 +390,9 @@ struct Failure {
 
 struct OpenFile {
     path: PathBuf,
+    /// Where it is, to reopen or remove it beneath the same root.
+    dir: OutDir,
+    name: String,
     session: Arc<str>,
     /// `None` while closed to stay under the open-files bound; reopened when written again.
     file: Option<File>,
@@ -376,18 +491,24 @@ impl DiskThread {
                 ext,
                 prune,
             } => {
-                if let Some(p) = &prune {
-                    prune_old(&dir, p);
-                }
                 self.make_room();
-                match create_unique(&dir, &stem, ext) {
-                    Ok((f, path)) => {
+                let created = dir.open(true).and_then(|handle| {
+                    if let Some(p) = &prune {
+                        prune_old(&handle, &dir.path(), p);
+                    }
+                    create_unique(&handle, &stem, ext)
+                });
+                match created {
+                    Ok((f, name)) => {
+                        let path = dir.path().join(&name);
                         self.n_open += 1;
                         self.tick += 1;
                         self.files.insert(
                             file,
                             OpenFile {
                                 path: path.clone(),
+                                dir: dir.clone(),
+                                name,
                                 session: session.clone(),
                                 file: Some(f),
                                 pos: Some(0),
@@ -404,11 +525,12 @@ impl DiskThread {
                         });
                     }
                     Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot open capture file");
+                        let shown = dir.path();
+                        tracing::warn!(dir = %shown.display(), error = %e, "cannot open capture file");
                         let _ = self.events.send(Event::OpenFailed {
                             session,
                             file,
-                            error: format!("{}: {e}", dir.display()),
+                            error: format!("{}: {e}", shown.display()),
                         });
                     }
                 }
@@ -471,7 +593,15 @@ impl DiskThread {
                 let _ = f.extent.append(&mut s, &[], &[]);
             }
             if f.extent.len_bytes() == 0 {
-                match std::fs::remove_file(&f.path) {
+                let removed = f.dir.open(false).and_then(|d| {
+                    nix::unistd::unlinkat(
+                        &d,
+                        f.name.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match removed {
                     Ok(()) => {
                         tracing::info!(path = %f.path.display(), "removed: nothing could be written to it")
                     }
@@ -598,8 +728,16 @@ impl DiskThread {
         let Some(f) = self.files.get_mut(&id) else {
             return Ok(());
         };
-        let h = OpenOptions::new().write(true).open(&f.path)?;
-        f.file = Some(h);
+        let dir = f.dir.open(false)?;
+        let h = nix::fcntl::openat(
+            &dir,
+            f.name.as_str(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        f.file = Some(File::from(h));
         f.pos = None;
         self.n_open += 1;
         Ok(())
@@ -770,10 +908,10 @@ fn whole_pages_len(pos: u64, len: usize, page: u64) -> usize {
     boundary.saturating_sub(pos) as usize
 }
 
-/// Creates `dir/stem.ext`, or `stem_001.ext`, `stem_002.ext`... if taken. Creates `dir` if
-/// needed.
-fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
+/// Creates `stem.ext`, or `stem_001.ext`, `stem_002.ext`... if taken, in the directory `dir`;
+/// returns the file and its name. Never follows a symlink of that name (`O_EXCL`).
+fn create_unique(dir: &OwnedFd, stem: &str, ext: &str) -> io::Result<(File, String)> {
+    use nix::fcntl::{OFlag, openat};
     for n in 0..1000 {
         // Zero-padded so that names still sort in the order written.
         let name = if n == 0 {
@@ -781,11 +919,16 @@ fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf
         } else {
             format!("{stem}_{n:03}.{ext}")
         };
-        let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((f, path)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+        match openat(
+            dir,
+            name.as_str(),
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), name)),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Err(io::Error::new(
@@ -828,28 +971,40 @@ pub fn is_session_file(name: &str, session: &str) -> bool {
             .is_some_and(|t| t.split(|c| *c == b'_').all(digits))
 }
 
-/// Deletes the oldest of a session's files so that, with the one about to be opened, at most
-/// `max_files` remain. Names sort in time order.
-fn prune_old(dir: &Path, p: &Prune) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+/// Deletes the oldest of a session's files in the directory `dir` (shown as `shown`) so that,
+/// with the one about to be opened, at most `max_files` remain. Names sort in time order.
+fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
+    use nix::fcntl::OFlag;
+    let Ok(mut listing) = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
         return;
     };
-    let mut names: Vec<String> = rd
+    let mut names: Vec<String> = listing
+        .iter()
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
         .filter(|n| is_session_file(n, &p.session))
         .collect();
     names.sort();
     let keep = p.max_files.saturating_sub(1) as usize;
     if names.len() > keep {
         for n in &names[..names.len() - keep] {
-            match std::fs::remove_file(dir.join(n)) {
+            let removed =
+                nix::unistd::unlinkat(dir, n.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            match removed {
                 Ok(()) => tracing::info!(
                     file = n,
+                    dir = %shown.display(),
                     session = p.session,
                     "removed: more than max_files"
                 ),
-                Err(e) => tracing::warn!(file = n, error = %e, "cannot remove old file"),
+                Err(e) => {
+                    tracing::warn!(file = n, dir = %shown.display(), error = %e, "cannot remove old file")
+                }
             }
         }
     }
@@ -1085,7 +1240,7 @@ mod tests {
         let open = |file| Cmd::Open {
             file,
             session: session.clone(),
-            dir: dir.clone(),
+            dir: OutDir::of(Some(&dir), Path::new("/nonexistent")),
             stem: format!("s_2026010{file}T000000Z"),
             ext: "pcap",
             prune: None,
@@ -1094,7 +1249,7 @@ mod tests {
             file,
             session: session.clone(),
             buf: buf.to_vec(),
-            tally: vec![(3, 2)],
+            tally: vec![(SourceId::new(3, 0), 2)],
             blocks,
         };
         disk.handle(open(1));
@@ -1104,7 +1259,7 @@ mod tests {
         disk.handle(write(1, b"HHHHr1r2", vec![0..4]));
         assert!(matches!(
             ev_rx.try_recv(),
-            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(3, 2)]
+            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"HHHHr1r2");
         // Removed while open: the records would be on no reader's disk.
@@ -1127,7 +1282,7 @@ mod tests {
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::WriteFailed { file: 7, loss: Loss::WriteError, ref tally, .. })
-                if *tally == vec![(3, 2)]
+                if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         // Closed with nothing on disk and nothing to write: not left behind as an empty file.
         disk.handle(open(2));
@@ -1253,16 +1408,17 @@ mod tests {
     fn unique_names_and_pruning() {
         let dir = std::env::temp_dir().join(format!("tapwire-io-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (_, a) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
-        let (_, b) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
-        assert_ne!(a, b);
-        assert!(
-            b.to_string_lossy()
-                .ends_with("s_20260101T000000Z_001.pcapng")
-        );
-        create_unique(&dir, "s_20260101T000001Z", "pcapng").unwrap();
-        create_unique(&dir, "other_20260101T000000Z", "pcapng").unwrap();
+        let h = OutDir::of(Some(&dir), Path::new("/nonexistent"))
+            .open(true)
+            .unwrap();
+        let (_, a) = create_unique(&h, "s_20260101T000000Z", "pcapng").unwrap();
+        let (_, b) = create_unique(&h, "s_20260101T000000Z", "pcapng").unwrap();
+        assert_eq!(a, "s_20260101T000000Z.pcapng");
+        assert_eq!(b, "s_20260101T000000Z_001.pcapng");
+        create_unique(&h, "s_20260101T000001Z", "pcapng").unwrap();
+        create_unique(&h, "other_20260101T000000Z", "pcapng").unwrap();
         prune_old(
+            &h,
             &dir,
             &Prune {
                 session: "s".into(),
@@ -1290,5 +1446,104 @@ mod tests {
         names.sort();
         assert_eq!(names, sorted);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory beneath the output root stays beneath it: `..` and symlinks that lead out
+    /// are refused when the directory is made and on every later open, also a symlink put in
+    /// place of a directory after files were written there; one that stays inside is fine.
+    #[test]
+    fn files_are_created_beneath_the_root_whatever_symlinks_appear() {
+        use std::os::unix::fs::symlink;
+        let tmp = std::env::temp_dir().join(format!("tapwire-io-beneath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (out, outside) = (tmp.join("out"), tmp.join("outside"));
+        std::fs::create_dir_all(&outside).unwrap();
+        let at = |rel: &str| OutDir::of(Some(Path::new(rel)), &out);
+        // Relative means beneath the root, never the working directory.
+        assert_eq!(at("web/in").path(), out.join("web/in"));
+        assert_eq!(OutDir::of(Some(&outside), &out).path(), outside);
+        assert_eq!(OutDir::of(None, &out).path(), out);
+        at("web/in").open(true).unwrap();
+        assert!(out.join("web/in").is_dir());
+        symlink(&outside, out.join("abs")).unwrap();
+        symlink("../outside", out.join("rel")).unwrap();
+        symlink("web", out.join("alias")).unwrap();
+        for rel in ["abs", "rel", "abs/x", "rel/x/y", "web/../../outside"] {
+            let e = at(rel).open(true).unwrap_err();
+            assert!(e.to_string().contains("leads out of"), "{rel}: {e}");
+        }
+        at("alias/in").open(true).unwrap();
+
+        // The disk thread: a file is made in `late`, which is then replaced by a symlink out,
+        // with a file of the next name waiting there.
+        let (_cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let mut disk = DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::default()));
+        disk.max_open = 1;
+        let session: Arc<str> = "s".into();
+        let open = |file: FileId, rel: &str| Cmd::Open {
+            file,
+            session: session.clone(),
+            dir: at(rel),
+            stem: format!("s_2026010{file}T000000Z"),
+            ext: "pcap",
+            prune: Some(Prune {
+                session: "s".into(),
+                max_files: 1,
+            }),
+        };
+        disk.handle(open(1, "late"));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Opened { file: 1, .. })
+        ));
+        // A second file in the root closes the first's handle (max_open 1): it is reopened by
+        // name when written again.
+        disk.handle(open(2, ""));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Opened { file: 2, .. })
+        ));
+        std::fs::rename(out.join("late"), tmp.join("late-moved")).unwrap();
+        symlink(&outside, out.join("late")).unwrap();
+        std::fs::write(outside.join("s_20260101T000000Z.pcap"), b"").unwrap();
+        std::fs::write(outside.join("s_20260109T000000Z.pcap"), b"keep").unwrap();
+        disk.handle(Cmd::Write {
+            file: 1,
+            session: session.clone(),
+            buf: b"HHHH".to_vec(),
+            tally: vec![(SourceId::new(0, 0), 1)],
+            blocks: vec![0..4],
+        });
+        match ev_rx.try_recv() {
+            Ok(Event::WriteFailed { file: 1, error, .. }) => {
+                assert!(error.contains("leads out of"), "{error}")
+            }
+            other => panic!("write through the symlink: {other:?}"),
+        }
+        disk.handle(open(3, "late"));
+        match ev_rx.try_recv() {
+            Ok(Event::OpenFailed { file: 3, error, .. }) => {
+                assert!(error.contains("leads out of"), "{error}")
+            }
+            other => panic!("open through the symlink: {other:?}"),
+        }
+        // Nothing was written, created or pruned outside.
+        let mut names: Vec<String> = std::fs::read_dir(&outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["s_20260101T000000Z.pcap", "s_20260109T000000Z.pcap"]
+        );
+        assert_eq!(
+            std::fs::read(outside.join("s_20260101T000000Z.pcap")).unwrap(),
+            b""
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

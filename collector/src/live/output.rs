@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 use tapwire_formats::capture::{Encoder, Format, InterfaceStats, LinkType, PacketInfo};
 use tapwire_formats::decap::SourceKey;
 
-use super::io::{Cmd, DirState, FileId, Loss, Prune, Shared, Tally};
+use super::io::{Cmd, DirState, FileId, Loss, OutDir, Prune, Shared, Tally};
 use crate::config::{FilesConfig, RotateReason};
 use crate::demux::SourceId;
 use crate::offline::interface_info;
@@ -170,7 +170,7 @@ impl Current {
 pub struct FileOutput {
     session: Arc<str>,
     pub cfg: FilesConfig,
-    dir: PathBuf,
+    dir: OutDir,
     dir_state: Arc<DirState>,
     current: Option<Current>,
     pub files_finished: u64,
@@ -191,10 +191,10 @@ impl FileOutput {
         default_dir: &std::path::Path,
         shared: &Shared,
     ) -> Self {
-        let dir = cfg.dir.clone().unwrap_or_else(|| default_dir.to_path_buf());
+        let dir = OutDir::of(cfg.dir.as_deref(), default_dir);
         FileOutput {
             session: session.into(),
-            dir_state: shared.dir(&dir),
+            dir_state: shared.dir(&dir.path()),
             dir,
             cfg,
             current: None,
@@ -206,8 +206,9 @@ impl FileOutput {
         }
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
+    /// The directory, for display.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path()
     }
 
     pub fn current_path(&self) -> Option<&std::path::Path> {
@@ -337,7 +338,7 @@ impl FileOutput {
         }
         self.current = Some(Current {
             id,
-            path: self.dir.join(format!("{stem}.{ext}")),
+            path: self.dir.path().join(format!("{stem}.{ext}")),
             bytes: header as u64,
             enc,
             interfaces: FxHashMap::default(),
@@ -475,7 +476,7 @@ impl FileOutput {
     /// without waiting for a retry (the error shows until it opens).
     pub fn vanished(&mut self, ctx: &mut Ctx<'_>, id: FileId, now_ns: u64) {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
-            tracing::warn!(session = &*self.session, dir = %self.dir.display(), "capture file vanished; starting a new one");
+            tracing::warn!(session = &*self.session, dir = %self.dir.path().display(), "capture file vanished; starting a new one");
             self.finish(ctx, RotateReason::Requested, now_ns);
             self.backoff.reset();
         }
@@ -600,7 +601,7 @@ mod tests {
             for &source in sources {
                 out.write(
                     ctx,
-                    source,
+                    SourceId::new(source, 0),
                     &key(source),
                     LinkType::Ethernet,
                     &packet,
@@ -630,15 +631,16 @@ mod tests {
         };
         // Section header, then the interfaces of sources 7 and 9.
         let (buf, tally, blocks) = &writes[0];
-        assert_eq!(tally, &vec![(7, 3), (9, 1)]);
+        let id = |slot| SourceId::new(slot, 0);
+        assert_eq!(tally, &vec![(id(7), 3), (id(9), 1)]);
         assert_eq!(blocks.len(), 3);
         assert_eq!(blocks[0].start, 0);
         assert_eq!(block_type(buf, &blocks[0]), 0x0A0D_0D0A);
         assert!(blocks[1..].iter().all(|b| block_type(buf, b) == 1));
         // No new interface in the second buffer.
-        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(9, 2)], 0));
+        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(id(9), 2)], 0));
         // The file cannot be created: the packet still buffered is returned as lost.
-        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(11, 1)]);
+        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(id(11), 1)]);
         assert!(!out.is_open());
         assert_eq!(out.error.as_deref(), Some("no"));
         // Held (packets refused) until the backoff passes, then a new file is tried.
@@ -693,7 +695,7 @@ mod tests {
         ] {
             out.write(
                 &mut ctx,
-                source,
+                SourceId::new(source, 0),
                 &key(source),
                 LinkType::Ethernet,
                 &packet,

@@ -524,7 +524,7 @@ mod tests {
         )
     }
 
-    fn push(st: &mut Streams, source: SourceId, n: usize, totals: &mut Totals) {
+    fn push(st: &mut Streams, source: u32, n: usize, totals: &mut Totals) {
         let frame = vec![0xab; 1000];
         for _ in 0..n {
             let p = PacketInfo {
@@ -535,7 +535,7 @@ mod tests {
                 comment: Some("c"),
             };
             st.push(
-                source,
+                SourceId::new(source, 0),
                 &key(source),
                 LinkType::Ethernet,
                 &p,
@@ -619,14 +619,20 @@ mod tests {
         st.seal(&mut totals);
         let first = a.chunks.try_recv().unwrap();
         assert_eq!(first.first_seq, 0);
-        assert_eq!(first.head.sources, vec![7, 9]);
+        assert_eq!(
+            first.head.sources,
+            vec![SourceId::new(7, 0), SourceId::new(9, 0)]
+        );
         let ifaces: Vec<u32> = first.packets.iter().map(|p| p.iface).collect();
         assert_eq!(ifaces, vec![0, 0, 1]);
         let p = &first.packets[1];
         assert_eq!(first.data(p), &[0xab; 1000][..]);
         assert_eq!(first.comment(p), Some("c"));
         assert_eq!(b.first_seq, 3);
-        assert_eq!(b.head.sources, vec![7, 9]);
+        assert_eq!(
+            b.head.sources,
+            vec![SourceId::new(7, 0), SourceId::new(9, 0)]
+        );
         let second = b.chunks.try_recv().unwrap();
         assert_eq!((second.first_seq, second.n_packets()), (3, 1));
         assert!(a.chunks.try_recv().is_ok());

@@ -14,7 +14,8 @@ use tapwire_api_types::control::{AuditEntry, Role, TokenInfo};
 use tapwire_api_types::probe::Encapsulation;
 
 use super::{
-    AuditRow, NewToken, Store, StoreError, StoredFlow, StoredProbe, StoredSession, Transaction,
+    ActiveToken, AuditRow, NewToken, Store, StoreError, StoredFlow, StoredProbe, StoredSession,
+    Transaction,
 };
 
 /// The schema, one step per entry; never edit a released step, add one.
@@ -71,6 +72,38 @@ pub const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
+    // 2: a probe token is bound to one probe (those made before were usable only as the probe
+    // of their own name, which is what they are bound to); and what the API may no longer
+    // define is taken out of the stored sessions, each with an audit row that names the
+    // fields and not their values: on-finish commands (they ran as the collector), directories
+    // that are absolute or climb with '..', namespace paths.
+    "ALTER TABLE tokens ADD COLUMN probe TEXT;
+    UPDATE tokens SET probe = name WHERE role = 'probe';
+    CREATE TEMP TABLE legacy AS SELECT name,
+        coalesce(json_valid(files) AND json_type(files, '$.on_finish') IS NOT NULL, 0) AS command,
+        coalesce(json_valid(files) AND json_type(files, '$.dir') = 'text' AND (
+            json_extract(files, '$.dir') LIKE '/%'
+            OR json_extract(files, '$.dir') = ''
+            OR '/' || json_extract(files, '$.dir') || '/' LIKE '%/../%'), 0) AS dir,
+        coalesce(json_valid(tap) AND json_type(tap, '$.netns') = 'text'
+            AND instr(json_extract(tap, '$.netns'), '/') > 0, 0) AS netns
+        FROM sessions;
+    DELETE FROM legacy WHERE NOT (command OR dir OR netns);
+    INSERT INTO audit (at, token, role, action, target, detail)
+        SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'upgrade', 'admin', 'session.update', name,
+            json_object('removed', rtrim(
+                CASE WHEN command THEN 'files.on_finish ' ELSE '' END
+                || CASE WHEN dir THEN 'files.dir ' ELSE '' END
+                || CASE WHEN netns THEN 'tap.netns' ELSE '' END),
+              'why', 'the API may no longer run commands or name paths: name a hook of the configuration file, a directory beneath --out, a namespace of ip netns')
+        FROM legacy ORDER BY name;
+    UPDATE sessions SET files = json_remove(files, '$.on_finish')
+        WHERE name IN (SELECT name FROM legacy WHERE command);
+    UPDATE sessions SET files = json_remove(files, '$.dir')
+        WHERE name IN (SELECT name FROM legacy WHERE dir);
+    UPDATE sessions SET tap = json_remove(tap, '$.netns')
+        WHERE name IN (SELECT name FROM legacy WHERE netns);
+    DROP TABLE legacy;",
 ];
 
 /// The database's mode: it holds token hashes, which no other local user may read.
@@ -313,19 +346,24 @@ impl Transaction for SqliteTx<'_> {
     // -----------------------------------------------------------------------------------------
     // Tokens
 
-    fn active_tokens(&mut self) -> Result<Vec<(String, Role, Vec<u8>)>, StoreError> {
+    fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError> {
         let mut st = self
             .0
-            .prepare("SELECT name, role, hash FROM tokens WHERE revoked_at IS NULL")?;
+            .prepare("SELECT name, role, hash, probe FROM tokens WHERE revoked_at IS NULL")?;
         let rows = st.query_map([], |r| {
             let role: String = r.get(1)?;
-            Ok((r.get(0)?, role, r.get(2)?))
+            Ok((r.get(0)?, role, r.get(2)?, r.get(3)?))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, hash): (String, String, Vec<u8>) = row?;
+            let (name, role, hash, probe): (String, String, Vec<u8>, Option<String>) = row?;
             if let Some(role) = Role::parse(&role) {
-                out.push((name, role, hash));
+                out.push(ActiveToken {
+                    name,
+                    role,
+                    probe,
+                    hash,
+                });
             }
         }
         Ok(out)
@@ -333,13 +371,14 @@ impl Transaction for SqliteTx<'_> {
 
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError> {
         let mut st = self.0.prepare(
-            "SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id",
+            "SELECT name, role, created_at, created_by, revoked_at, probe FROM tokens ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             let role: String = r.get(1)?;
             Ok(TokenInfo {
                 name: r.get(0)?,
                 role: Role::parse(&role).unwrap_or(Role::Viewer),
+                probe: r.get(5)?,
                 created: r.get(2)?,
                 created_by: r.get(3)?,
                 revoked: r.get(4)?,
@@ -371,8 +410,8 @@ impl Transaction for SqliteTx<'_> {
 
     fn insert_token(&mut self, t: &NewToken<'_>) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![t.name, t.role.name(), t.hash, t.created, t.created_by],
+            "INSERT INTO tokens (name, role, hash, created_at, created_by, probe) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.name, t.role.name(), t.hash, t.created, t.created_by, t.probe],
         )?;
         Ok(())
     }
