@@ -32,7 +32,7 @@ use serde_json::Value;
 use tapwire_tests::collector::{self, Collector};
 use tapwire_tests::netns::{Lab, poll_until, wait_until};
 use tapwire_tests::oracle::{self, Frames, Key, assert_same_frames};
-use tapwire_tests::senders::{self, MirrorSend, Sent, Tcpdump};
+use tapwire_tests::senders::{self, MirrorSend, Tcpdump};
 use tapwire_tests::tshark;
 use tapwire_tests::{
     TempDir, bin, capture_files, captures_dir, require, run, run_ok, validate_capture,
@@ -70,18 +70,6 @@ fn counts(frames: &Frames) -> BTreeMap<Key, u64> {
         .collect()
 }
 
-/// The scapy sender's own count per source must be what tshark decodes from its pcap.
-fn oracle_of(sent: &Sent) -> Frames {
-    let expected = oracle::mirrored_frames(&sent.pcap);
-    assert_eq!(
-        counts(&expected),
-        sent.sources,
-        "send_mirror.py's summary disagrees with tshark's decode of {}",
-        sent.pcap.display()
-    );
-    expected
-}
-
 // ---------------------------------------------------------------------------------------------
 // Scapy: every encapsulation, IPv4 and IPv6 outer headers.
 
@@ -103,7 +91,7 @@ fn scapy_senders_reach_the_collector_namespace_intact() {
     let (_, dropped) = dump.stop();
     assert_eq!(dropped, 0, "tcpdump dropped packets");
 
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
     assert_eq!(
         expected.len(),
         18,
@@ -159,13 +147,7 @@ fn rotated_file_names_sort_in_write_order() {
     let col = lab.ns("col").to_string();
     let out = lab.dir().join("out");
     let mut c = Collector::start(&lab, &col, &out, &["--rotate-packets", "2"]);
-    let opts = MirrorSend {
-        families: "4".into(),
-        kinds: "erspan-ii".into(),
-        sources: 1,
-        count: 25,
-        ..MirrorSend::default()
-    };
+    let opts = MirrorSend::erspan_ii(25);
     let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     c.stop("TERM", STOP_WITHIN);
@@ -203,7 +185,7 @@ fn vxlan_and_geneve_over_ipv6_with_zero_udp_checksum_are_collected() {
         ..MirrorSend::default()
     };
     let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(5));
     assert_eq!(
         collector::source_packets(&api),
@@ -238,7 +220,7 @@ fn stale_gre_checksums_are_kept_and_counted_unless_strict() {
     };
     let mut c = Collector::start(&lab, &col, &lab.dir().join("kept"), &[]);
     let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
     let bad = oracle::gre_checksum_bad(&tshark::packets(&sent.pcap));
     assert_eq!(bad.len(), 2, "one GRE source per family: {:?}", bad.keys());
     for (k, v) in &bad {
@@ -524,15 +506,9 @@ fn max_files_keeps_the_newest_files() {
         &out,
         &["--rotate-packets", "2", "--max-files", "3"],
     );
-    let opts = MirrorSend {
-        families: "4".into(),
-        kinds: "erspan-ii".into(),
-        sources: 1,
-        count: 25,
-        ..MirrorSend::default()
-    };
+    let opts = MirrorSend::erspan_ii(25);
     let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
     let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     c.stop("TERM", STOP_WITHIN);
     let (key, files) = c.session_files(&api).pop_first().unwrap();
@@ -750,7 +726,7 @@ fn scapy_collect(tag: &str, args: &[&str], stop_signal: &str) {
         &lab.dir().join("sent.pcap"),
         false,
     );
-    let expected = oracle_of(&sent);
+    let expected = sent.oracle();
 
     c.wait_for_packets(&sent.sources, Duration::from_secs(10));
     let t_end = now_ns();
@@ -1278,12 +1254,8 @@ fn full_disk_is_counted_and_writing_resumes_after_space_is_freed() {
     let out = lab.mount_tmpfs("20m");
     // One source, 1400-byte frames: 30,000 of them are ~42 MiB, twice the disk.
     let fill = MirrorSend {
-        families: "4".into(),
-        kinds: "erspan-ii".into(),
-        count: 3000,
-        sources: 1,
         size: 1400,
-        ..MirrorSend::default()
+        ..MirrorSend::erspan_ii(3000)
     };
     let fill_pcap = lab.dir().join("fill.pcap");
     senders::send_mirror(&lab, &snd, &fill, &fill_pcap, true);
@@ -1408,13 +1380,7 @@ fn malformed_flood_and_disallowed_sources_do_not_disturb_a_valid_session() {
     let foreign_src = "10.77.0.16";
     let mut c = Collector::start(&lab, &col, &out, &["--allow", "10.77.0.11/32"]);
 
-    let valid = MirrorSend {
-        families: "4".into(),
-        kinds: "erspan-ii".into(),
-        count: 300,
-        sources: 1,
-        ..MirrorSend::default()
-    };
+    let valid = MirrorSend::erspan_ii(300);
     let valid_pcap = lab.dir().join("valid.pcap");
     let sent = senders::send_mirror(&lab, &snd, &valid, &valid_pcap, true);
     let key: Key = ("10.77.0.11".into(), "erspan-ii".into(), 100);

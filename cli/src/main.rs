@@ -116,6 +116,11 @@ struct CollectArgs {
     /// Capture on a SPAN/monitor NIC with AF_PACKET (repeatable).
     #[arg(long, value_name = "IF")]
     interface: Vec<String>,
+    /// Read the mirror traffic that arrives on this interface for the GRE and UDP inputs above
+    /// with AF_XDP, before the IP stack (repeatable). Falls back to those inputs, with a log
+    /// line, where the driver refuses XDP; refused at start by a build made without clang.
+    #[arg(long, value_name = "IF")]
+    xdp: Vec<String>,
     /// Capture threads per interface (PACKET_FANOUT).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -444,6 +449,24 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         .collect();
     if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
         return Err("--vxlan, --geneve and --tzsp must use different ports".into());
+    }
+    let dests = tapwire_collector::live::input::xdp_dests(&inputs);
+    for name in &a.xdp {
+        if dests.is_empty() {
+            return Err(
+                "--xdp: every GRE and UDP input is off, so there is nothing to steer".into(),
+            );
+        }
+        if a.xdp.iter().filter(|n| *n == name).count() > 1 {
+            return Err(format!("--xdp {name}: given twice"));
+        }
+        if !tapwire_netio::xdp::available() {
+            return Err(format!("--xdp {name}: {}", tapwire_netio::xdp::UNAVAILABLE));
+        }
+        inputs.push(InputKind::Xdp {
+            name: name.clone(),
+            dests: dests.clone(),
+        });
     }
     for name in &a.interface {
         for worker in 0..a.workers {

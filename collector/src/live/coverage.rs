@@ -51,6 +51,10 @@ impl InputKind {
         match self {
             InputKind::Interface { name, .. } => Some((name, Dests::All)),
             InputKind::GreV4(_) | InputKind::GreV6(_) | InputKind::Udp(_) => None,
+            // What the XDP program steers never reaches the stack, and what it passes (too
+            // long, no socket on the queue, a datagram left to the kernel) only the sockets
+            // read: nothing for them to leave.
+            InputKind::Xdp { .. } => None,
         }
     }
 }

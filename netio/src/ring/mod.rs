@@ -19,7 +19,6 @@ use std::cell::Cell;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use parse::{BLOCK_DESC_LEN, BLOCK_STATUS_OFFSET, BlockHeader, PACKET_HEADER_LEN}
 pub use parse::{Direction, Packet, Packets, VlanTag};
 
 use crate::error::context;
-use crate::sys::{self, cvt};
+use crate::sys::{self, Mmap, cvt};
 use crate::{bpf, ifindex};
 
 /// The largest ring [`RingConfig::validate`] accepts: 4 GiB keeps every kernel count in 32 bits.
@@ -234,49 +233,6 @@ pub struct RingStats {
     pub n_queue_freezes: u64,
     /// Blocks whose headers did not fit in the block; their remaining packets were skipped.
     pub n_corrupt_blocks: u64,
-}
-
-/// The mapped ring; unmapped on drop.
-#[derive(Debug)]
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; nothing about it is tied to a thread.
-unsafe impl Send for Mmap {}
-
-impl Mmap {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
-        // SAFETY: a fresh shared mapping of the packet socket's ring; no existing memory is
-        // affected. MAP_POPULATE faults the pages in now rather than on the first packets.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, and no slice into it
-        // outlives the `Ring` (blocks borrow the ring mutably).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
 }
 
 /// A TPACKET_V3 receive ring bound to one interface.
