@@ -434,6 +434,7 @@ fn flow_stats(n: usize) -> Vec<FlowStats> {
             error: None,
             max_payload_bytes: 1450,
             counters: FlowCounters::default(),
+            send: Default::default(),
         })
         .collect()
 }

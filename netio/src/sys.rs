@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::mem::{self, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use crate::error::{context, context_kind};
@@ -31,6 +31,8 @@ unsafe impl Pod for libc::xdp_mmap_offsets {}
 unsafe impl Pod for libc::xdp_statistics {}
 // SAFETY: as above.
 unsafe impl Pod for libc::xdp_options {}
+// SAFETY: as above.
+unsafe impl Pod for libc::tpacket_req {}
 
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -150,6 +152,35 @@ impl Drop for Mmap {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// A new `AF_PACKET`, `SOCK_RAW` socket with protocol 0: the kernel hooks it into nothing, so
+/// nothing is queued to it, until [`bind_packet`] names a protocol.
+pub(crate) fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    let raw = cvt(raw)?;
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Binds a packet socket to interface `ifindex` and `protocol` (an `ETH_P_*` in host order; 0:
+/// send only, receive nothing).
+pub(crate) fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    cvt(ret).map(drop)
 }
 
 /// Takes and clears the socket's pending error (`SO_ERROR`).
