@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9750";
 pub const SESSIONS_PATH: &str = "/api/v1/sessions";
+/// How the `opt_comment` of a live stream's last statistics blocks starts; the rest says why
+/// the collector ended it ("the session was deleted", "the collector is stopping").
+pub const STREAM_END_COMMENT: &str = "tapwire: the stream ended: ";
 /// Sessions in a page of `GET /api/v1/sessions` when the request names no `limit`.
 pub const DEFAULT_PAGE_SESSIONS: usize = 100;
 /// Sources listed per session when the request names no `sources` (`GET /api/v1/sessions`)
@@ -237,6 +240,37 @@ pub struct SessionStats {
     /// The session's monitor interface, if it has one.
     #[serde(default)]
     pub tap: Option<TapStats>,
+    /// Its live streams (`GET /api/v1/sessions/{name}/stream`).
+    #[serde(default)]
+    pub streams: StreamStats,
+}
+
+/// A session's live streams. Their drops are their own: files are unaffected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// Packets queued for subscribers since the collector started, each subscriber counted.
+    pub delivered: u64,
+    /// Packets dropped for subscribers that read too slowly, each subscriber counted.
+    pub dropped: u64,
+    /// The subscribers now.
+    pub subscribers: Vec<StreamSubscriber>,
+}
+
+/// One live stream of a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSubscriber {
+    /// The client's address.
+    pub peer: String,
+    /// Its capture filter.
+    pub filter: Option<String>,
+    /// When it started (RFC 3339).
+    pub since: String,
+    /// Packets queued for it (before its filter).
+    pub delivered: u64,
+    /// Packets dropped because it read too slowly.
+    pub dropped: u64,
+    /// What it has queued and not yet read.
+    pub queued_bytes: u64,
 }
 
 impl SessionStats {

@@ -6,8 +6,10 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod control;
+mod extcap;
 mod lab;
 mod query;
+mod stream;
 mod top;
 
 use std::io::{IsTerminal, Write};
@@ -64,6 +66,12 @@ enum Command {
     Audit(control::Audit),
     /// API tokens: create, list, revoke (through the API, or --db on the database).
     Token(control::Tokens),
+    /// A session's packets, live from the collector, as pcapng into a file or a pipe
+    /// (`tapwire stream web -w - | wireshark -k -i -`).
+    Stream(stream::StreamArgs),
+    /// Wireshark's extcap: every session of the collector a capture interface
+    /// (`tapwire extcap install` links it into Wireshark's extcap folder).
+    Extcap(extcap::ExtcapArgs),
 }
 
 #[derive(Args)]
@@ -123,6 +131,10 @@ struct CollectArgs {
     /// Stats API address, or "off".
     #[arg(long, value_name = "ADDR|off", default_value = tapwire_api_types::DEFAULT_ADDR)]
     api: String,
+    /// Live streams (`GET /api/v1/sessions/NAME/stream`, `tapwire stream`, the Wireshark
+    /// extcap) served at once, across sessions; past it a new one gets 503. 0: none.
+    #[arg(long, value_name = "N", default_value_t = tapwire_collector::live::stream::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -259,7 +271,12 @@ enum TimestampsArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started by Wireshark through the link `tapwire extcap install` made.
+    if args.first().is_some_and(|a| extcap::started_as_extcap(a)) {
+        args.insert(1, "extcap".into());
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
@@ -271,6 +288,8 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => control::probe(cmd),
         Command::Audit(args) => control::audit(args),
         Command::Token(cmd) => control::token(cmd),
+        Command::Stream(args) => stream::run(args),
+        Command::Extcap(args) => extcap::run(args),
     }
 }
 
@@ -506,6 +525,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         file_flags: flags,
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
         allow_from_config: a.allow.is_empty(),
+        max_streams: a.max_streams,
         limits: limits(a, &config.collector.limits)?,
     };
     if let Some(p) = &settings.tap_prefix {

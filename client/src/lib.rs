@@ -6,7 +6,10 @@
 //! [`Client::call`] is the typed request (a 2xx answer parsed as `T`, anything else an
 //! [`HttpError`]); [`Client::send`] is the plain exchange for callers that word failures
 //! themselves (the UI's header). [`Client::register`], [`Client::flows`] (the long-poll) and
-//! [`Client::report`] are the probe protocol.
+//! [`Client::report`] are the probe protocol. [`Client::stream`] reads a session's live pcapng
+//! stream as whole blocks ([`stream`]).
+
+pub mod stream;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -258,6 +258,7 @@ where
             "API listening"
         );
     }
+    let live_streams = engine.live_streams();
     let reloader = reloader(config_path, file_flags, reload, stop.clone(), ctl_tx_reload)?;
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
     let _ = reloader.join();
@@ -265,6 +266,17 @@ where
     let deadline = Instant::now() + Duration::from_millis(1800);
     let _ = io_tx.send(io::Cmd::Shutdown { deadline });
     let _ = disk.join();
+    // The engine ended every live stream; their last statistics and the end of each response
+    // are written before the process exits (a reader that stopped reading is not waited for
+    // past the deadline).
+    let streamed = live_streams.load(Ordering::Relaxed) > 0;
+    while live_streams.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if streamed {
+        // The body is dropped just before its response's last bytes are flushed.
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Input threads notice `stop` within their poll interval; the process may exit before.
     for t in threads {
         if Instant::now() >= deadline {

@@ -7,7 +7,8 @@
 //!   each frame with [`crate::router`].
 //! - [`output`], [`rates`], [`traffic`]: a session's file output, rates and traffic mix, as
 //!   the engine keeps them.
-//! - [`io`]: the disk thread; [`tap`]: a session's monitor TAP.
+//! - [`io`]: the disk thread; [`tap`]: a session's monitor TAP; [`stream`]: a session's live
+//!   streams (the engine's half).
 //! - [`control_plane`]: the engine as the control plane sees it.
 
 pub mod control_plane;
@@ -17,5 +18,6 @@ pub mod input;
 pub mod io;
 pub mod output;
 pub mod rates;
+pub mod stream;
 pub mod tap;
 pub mod traffic;

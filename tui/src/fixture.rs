@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use tapwire_api_types::{
     Drops, ErspanSeen, FileStats, InputStats, ProtocolMix, Rates, Sequence, SessionState,
-    SessionStats, Snapshot, SourceStats, Talker, Totals,
+    SessionStats, Snapshot, SourceStats, StreamStats, StreamSubscriber, Talker, Totals,
 };
 
 /// 2026-11-21T05:00:00Z, when the fixture collector started.
@@ -217,6 +217,28 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
         ],
         tap: None,
+        streams: StreamStats {
+            delivered: 2 * edge_packets,
+            dropped: 4_096 + 64 * t,
+            subscribers: vec![
+                StreamSubscriber {
+                    peer: "192.0.2.50:51234".into(),
+                    filter: Some("tcp port 443".into()),
+                    since: now.clone(),
+                    delivered: edge_packets,
+                    dropped: 4_096 + 64 * t,
+                    queued_bytes: 8 << 20,
+                },
+                StreamSubscriber {
+                    peer: "127.0.0.1:40022".into(),
+                    filter: None,
+                    since: now.clone(),
+                    delivered: edge_packets,
+                    dropped: 0,
+                    queued_bytes: 0,
+                },
+            ],
+        },
     };
 
     let v = source(
@@ -259,6 +281,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let idle_seen = rfc3339(STARTED_S + UPTIME0_S - 42, 400);
@@ -312,6 +335,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let mut l = source(
@@ -356,6 +380,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let mut c = source(
@@ -399,6 +424,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let sessions = vec![edge, vxlan, dc2, lab, core];

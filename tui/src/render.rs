@@ -671,6 +671,7 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         }
         lines.push(Line::from(spans));
     }
+    lines.extend(stream_lines(&s.streams));
     let d = &s.drops;
     let mut drops = vec![
         Span::styled("written ", BOLD),
@@ -792,6 +793,58 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
         area,
     );
+}
+
+/// Subscribers shown one per line in the detail; the rest are counted.
+const MAX_STREAM_LINES: usize = 3;
+
+/// The session's live streams (Wireshark, `tapwire stream`): how many, and what readers too
+/// slow to keep up lost (their own loss: the files are unaffected). Nothing when it never
+/// had one.
+fn stream_lines(st: &tapwire_api_types::StreamStats) -> Vec<Line<'static>> {
+    let n = st.subscribers.len();
+    if n == 0 && st.delivered == 0 {
+        return Vec::new();
+    }
+    let mut head = vec![
+        Span::styled("live ", BOLD),
+        Span::raw(format!(
+            "{n} stream{} · sent {} · ",
+            if n == 1 { "" } else { "s" },
+            count(st.delivered)
+        )),
+    ];
+    head.push(if st.dropped > 0 {
+        Span::styled(
+            format!("dropped {} (slow readers)", count(st.dropped)),
+            WARN,
+        )
+    } else {
+        Span::styled("dropped none", DIM)
+    });
+    let mut lines = vec![Line::from(head)];
+    for sub in st.subscribers.iter().take(MAX_STREAM_LINES) {
+        let mut spans = vec![Span::raw(format!(
+            "     {} {} · sent {}",
+            sub.peer,
+            sub.filter.as_deref().unwrap_or("(no filter)"),
+            count(sub.delivered)
+        ))];
+        if sub.dropped > 0 {
+            spans.push(Span::styled(
+                format!(" · dropped {}", count(sub.dropped)),
+                WARN,
+            ));
+        }
+        lines.push(Line::from(spans));
+    }
+    if n > MAX_STREAM_LINES {
+        lines.push(Line::styled(
+            format!("     … {} more", n - MAX_STREAM_LINES),
+            DIM,
+        ));
+    }
+    lines
 }
 
 /// What the ERSPAN headers of the session's sources said: versions, VLANs, direction split

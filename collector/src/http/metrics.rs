@@ -222,7 +222,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         s.totals.refused.values().sum::<u64>(),
     );
 
-    let sessions: [Series<SessionStats>; 5] = [
+    let sessions: [Series<SessionStats>; 7] = [
         (
             "session_packets_total",
             "Mirrored packets received per session.",
@@ -247,6 +247,16 @@ pub fn prometheus(s: &Snapshot) -> String {
             "session_gre_checksum_bad_packets_total",
             "Packets kept although their GRE checksum did not verify.",
             |x| x.gre_checksum_bad,
+        ),
+        (
+            "session_stream_delivered_packets_total",
+            "Packets queued for live streams, each subscriber counted.",
+            |x| x.streams.delivered,
+        ),
+        (
+            "session_stream_dropped_packets_total",
+            "Packets dropped for live streams that read too slowly, each subscriber counted.",
+            |x| x.streams.dropped,
         ),
     ];
     for (name, help, get) in sessions {
@@ -289,6 +299,18 @@ pub fn prometheus(s: &Snapshot) -> String {
                 n,
             );
         }
+    }
+    t.family(
+        "tapwire_session_stream_subscribers",
+        Gauge,
+        "Live streams of a session now.",
+    );
+    for x in &s.sessions {
+        t.sample(
+            "tapwire_session_stream_subscribers",
+            &[("session", &x.name)],
+            x.streams.subscribers.len() as u64,
+        );
     }
     t.family(
         "tapwire_session_file_bytes",

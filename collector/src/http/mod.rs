@@ -4,6 +4,8 @@
 //!
 //! - `stats`: `GET /api/v1/sessions` (the [`tapwire_api_types::Snapshot`] as JSON),
 //!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
+//! - `stream`: `GET /api/v1/sessions/{name}/stream`, a session's packets as a live pcapng
+//!   stream (the engine's half is [`crate::live::stream`]).
 //! - `metrics`: `GET /metrics`, Prometheus text ([`prometheus`]), labels limited to session
 //!   names, reasons and inputs.
 //! - [`packets`]: `GET /api/v1/packets`, a query's pcapng streamed ([`crate::query`]).
@@ -22,6 +24,7 @@ mod metrics;
 pub mod packets;
 pub mod serve;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -211,6 +214,7 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         post(stats::action),
     )
     .add("GET", "/api/v1/packets", get(packets::packets))
+    .add("GET", "/api/v1/sessions/{name}/stream", get(stream::stream))
     .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
     .add("GET", "/metrics", get(metrics::metrics))
     .add("GET", "/api/v1/openapi.json", get(control::openapi));

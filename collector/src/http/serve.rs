@@ -146,6 +146,10 @@ pub(crate) struct Conn {
     in_flight: AtomicU32,
     request_since_ms: AtomicU64,
     long_poll: AtomicBool,
+    /// Serving a live session stream: no request or idle timeout (a reader may stall; the
+    /// stream drops for it), never closed to make room (streams have their own cap,
+    /// `collect --max-streams`).
+    live_stream: AtomicBool,
     /// Told to stop: the task drops the connection.
     close: Notify,
 }
@@ -159,6 +163,23 @@ impl ThisConnection {
     pub(crate) fn long_poll(&self) -> LongPollMark {
         self.0.long_poll.store(true, Ordering::Relaxed);
         LongPollMark(Arc::clone(&self.0))
+    }
+
+    /// Marks the connection as serving a live stream until the guard (held by the response
+    /// body) is dropped: busy all along, with no timeout.
+    pub(crate) fn live_stream(&self) -> LiveStreamMark {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.live_stream.store(true, Ordering::Relaxed);
+        LiveStreamMark(Arc::clone(&self.0))
+    }
+}
+
+pub(crate) struct LiveStreamMark(Arc<Conn>);
+
+impl Drop for LiveStreamMark {
+    fn drop(&mut self) {
+        self.0.live_stream.store(false, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -255,6 +276,8 @@ impl Table {
                 let since = |t: &AtomicU64| now_ms.saturating_sub(t.load(Ordering::Relaxed));
                 if c.in_flight.load(Ordering::Relaxed) == 0 {
                     (since(&c.last_io_ms) >= ms(limits.idle)).then_some((*id, Closed::Idle))
+                } else if c.live_stream.load(Ordering::Relaxed) {
+                    None
                 } else {
                     let budget = if c.long_poll.load(Ordering::Relaxed) {
                         limits.long_poll
@@ -330,6 +353,7 @@ impl Gate {
             in_flight: AtomicU32::new(0),
             request_since_ms: AtomicU64::new(now),
             long_poll: AtomicBool::new(false),
+            live_stream: AtomicBool::new(false),
             close: Notify::new(),
         });
         let admitted = lock(&self.table).admit(Arc::clone(&conn), &self.limits);
@@ -624,6 +648,7 @@ mod tests {
             in_flight: AtomicU32::new(0),
             request_since_ms: AtomicU64::new(last_io_ms),
             long_poll: AtomicBool::new(false),
+            live_stream: AtomicBool::new(false),
             close: Notify::new(),
         })
     }
@@ -710,5 +735,26 @@ mod tests {
             t.expired(5000, &l)
                 .contains(&(poll, Closed::RequestTimeout))
         );
+    }
+
+    /// A connection serving a live stream is busy while its body lives: no idle or request
+    /// timeout however long its reader stalls, never evicted; then the idle rule again.
+    #[test]
+    fn a_live_stream_has_no_timeout_and_is_never_evicted() {
+        let l = Limits {
+            idle: Duration::from_millis(100),
+            request: Duration::from_millis(1000),
+            ..limits(2, 2)
+        };
+        let mut t = Table::default();
+        let (id, _) = t.admit(conn("192.0.2.1", 0), &l).unwrap();
+        let mark = ThisConnection(Arc::clone(&t.conns[&id])).live_stream();
+        assert!(t.expired(1_000_000, &l).is_empty());
+        t.admit(conn("192.0.2.1", 5), &l).unwrap();
+        let (_, evicted) = t.admit(conn("192.0.2.1", 9), &l).unwrap();
+        assert_eq!(evicted[0].last_io_ms.load(Ordering::Relaxed), 5);
+        assert!(t.conns.contains_key(&id));
+        drop(mark);
+        assert!(t.expired(1_000_000, &l).contains(&(id, Closed::Idle)));
     }
 }

@@ -164,6 +164,7 @@ pub(crate) fn page_sources(s: &SessionStats, after: Option<&str>, limit: usize) 
         protocols: s.protocols,
         top_talkers: s.top_talkers.clone(),
         tap: s.tap.clone(),
+        streams: s.streams.clone(),
     }
 }
 

@@ -138,6 +138,11 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
                         Err(format!("no session named {session:?}"))
                     });
                 }
+                Control::Subscribe(req) => {
+                    let _ = req
+                        .reply
+                        .send(Err(crate::live::stream::Refusal::NoSession(req.session)));
+                }
                 Control::Reload { .. } => {}
             }
         }
@@ -289,6 +294,57 @@ async fn openapi_documents_exactly_the_routes_the_router_has() {
             "{method} {concrete} fell through: {body}"
         );
     }
+}
+
+/// A live stream is a read: no token from another host is a 401; then a filter libpcap
+/// refuses is a 400 with libpcap's message (before the engine is asked), then a session the
+/// engine does not run is a 404.
+#[tokio::test]
+async fn the_stream_route_checks_the_caller_the_filter_then_the_session() {
+    let h = harness("stream", None);
+    let viewer = h.token("ro", "viewer").await;
+    let path = "/api/v1/sessions/web/stream";
+    let (s, v) = h.call("GET", path, REMOTE, None, None).await;
+    assert_eq!(s, 401, "{v}");
+    let (s, v) = h
+        .call(
+            "GET",
+            "/api/v1/sessions/web/stream?filter=tcp%20port",
+            REMOTE,
+            Some("tw_0000"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401, "a wrong token before a bad filter: {v}");
+    let (s, v) = h
+        .call(
+            "GET",
+            "/api/v1/sessions/web/stream?filter=tcp%20port",
+            REMOTE,
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("syntax error"),
+        "{v}"
+    );
+    let (s, v) = h
+        .call(
+            "GET",
+            "/api/v1/sessions/web/stream?fliter=udp",
+            REMOTE,
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "an unknown parameter: {v}");
+    let (s, v) = h.call("GET", path, REMOTE, Some(&viewer), None).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["message"], "no session named \"web\"");
+    let (s, _) = h.call("GET", path, LOCAL, None, None).await;
+    assert_eq!(s, 404, "localhost reads without a token");
 }
 
 #[tokio::test]

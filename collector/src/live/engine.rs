@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,12 +23,15 @@ use tapwire_formats::index::Inner;
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Loss, Shared, Tally};
-use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_name};
+use super::output::{
+    Counted, Ctx, FLUSH_BYTES, FileOutput, Refusal, SourceCounts, buffer_fits, format_name,
+};
 use super::rates::History;
+use super::stream::{self, End, Streams};
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
 use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
-use crate::demux::{Retired, SequenceMode, SourceId};
+use crate::demux::{Retired, SeqEvent, SequenceMode, SourceId};
 use crate::offline::Timestamps;
 use crate::pipeline::{self, Admission, Delivery, Fed, Pipeline};
 use crate::router::{Gate, MAX_AUTO_SESSIONS, Router, Skip, Verdict};
@@ -102,6 +105,8 @@ pub struct Settings {
     pub tap_prefix: Option<String>,
     /// The allow-list came from the configuration file, so a reload replaces it.
     pub allow_from_config: bool,
+    /// Live streams served at once, across sessions.
+    pub max_streams: usize,
     pub limits: Limits,
 }
 
@@ -119,6 +124,8 @@ pub enum Control {
         sessions: Vec<SessionConfig>,
         reply: Sender<Result<(), String>>,
     },
+    /// A live stream of a session's packets, from now on.
+    Subscribe(stream::Request),
     /// The configuration file, read again (SIGHUP) and checked, its filters compiled, on
     /// another thread: merged with the control plane's sessions and applied. A clash is
     /// refused and the running configuration stays.
@@ -172,6 +179,10 @@ struct Core {
     started_ns: u64,
     comment: String,
     snapshot: Arc<ArcSwap<api::Snapshot>>,
+    /// Streams being served (their bodies not yet dropped), for the stop.
+    live_streams: Arc<AtomicUsize>,
+    /// Sessions whose open stream chunk is sealed at the end of the batch.
+    streaming: Vec<usize>,
 }
 
 /// The counters of sessions that no longer exist, kept for the totals.
@@ -218,6 +229,9 @@ struct Session {
     tap_error: Option<(TapConfig, String)>,
     protocols: api::ProtocolMix,
     talkers: Talkers,
+    /// Its live streams, while it has subscribers.
+    streams: Option<Streams>,
+    stream_totals: stream::Totals,
     /// Of its sources that left the table.
     retirees: Retirees,
 }
@@ -226,6 +240,8 @@ struct Session {
 /// slot it belongs to.
 #[derive(Default)]
 struct SourceState {
+    /// Its packets and sequence loss so far, for the statistics blocks.
+    counts: SourceCounts,
     id: Option<SourceId>,
     drops: api::Drops,
     history: History,
@@ -279,6 +295,8 @@ impl Session {
             tap_error,
             protocols: api::ProtocolMix::default(),
             talkers: Talkers::default(),
+            streams: None,
+            stream_totals: stream::Totals::default(),
             retirees: Retirees::default(),
         }
     }
@@ -346,6 +364,8 @@ impl Engine {
             started_ns: now,
             comment: String::new(),
             snapshot,
+            live_streams: Arc::new(AtomicUsize::new(0)),
+            streaming: Vec::new(),
         };
         for c in core.config.sessions.clone() {
             let s = Session::new(
@@ -369,6 +389,11 @@ impl Engine {
     /// The configuration file as the engine last loaded it (replaced on each reload).
     pub fn file_config(&self) -> Arc<ArcSwap<Config>> {
         Arc::clone(&self.core.file)
+    }
+
+    /// How many live streams are being served: a stopping collector lets them end first.
+    pub fn live_streams(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.core.live_streams)
     }
 
     /// Runs until `stop` is set.
@@ -436,10 +461,16 @@ impl Engine {
                 break;
             }
         }
-        // What the inputs already handed over is written, then every file is closed.
+        // What the inputs already handed over is written, then every file is closed and every
+        // stream ended.
         let now = now_ns();
         while let Ok(b) = batches.try_recv() {
             self.batch(b, now);
+        }
+        for s in &mut self.core.sessions {
+            if let Some(mut st) = s.streams.take() {
+                st.close(End::CollectorStopping, &mut s.stream_totals);
+            }
         }
         for i in 0..self.core.sessions.len() {
             self.core
@@ -503,6 +534,7 @@ impl Engine {
             }
         }
         let _ = back.send(payload);
+        core.seal_streams();
     }
 
     fn publish(&mut self, now: u64) {
@@ -538,6 +570,7 @@ impl Engine {
                     }
                 }
             }
+            Control::Subscribe(req) => self.core.subscribe(req, now),
             Control::Reload { file } => self.reload(*file, now),
             c => self.core.control(c, now),
         }
@@ -604,6 +637,8 @@ impl Engine {
                     n.history = s.history;
                     n.protocols = s.protocols;
                     n.talkers = s.talkers;
+                    n.streams = s.streams.take();
+                    n.stream_totals = s.stream_totals;
                     (n, Gate::configured(c))
                 }
                 (None, _) => (
@@ -846,6 +881,17 @@ impl Core {
         }
         let st = &mut self.sources[id];
         st.last_seen_ns = ts;
+        let gap = match d.seq_event {
+            Some(SeqEvent::Gap { lost, .. }) => u64::from(lost),
+            _ => 0,
+        };
+        let before = st.counts;
+        st.counts.packets += 1;
+        st.counts.lost += gap;
+        let counted = Counted {
+            before,
+            after: st.counts,
+        };
         if matches!(d.key.kind, Kind::ErspanII | Kind::ErspanIII) {
             seen(st.erspan.get_or_insert_with(api::ErspanSeen::default), d);
         }
@@ -883,7 +929,9 @@ impl Core {
         if let Some(tap) = &s.tap {
             tap.send(d.link, d.frame, d.meta.vlan, d.meta.cos);
         }
-        let Some(out) = s.output.as_mut() else { return };
+        if s.output.is_none() && s.streams.is_none() {
+            return;
+        }
         self.comment.clear();
         d.comment(&mut self.comment);
         let packet = PacketInfo {
@@ -896,6 +944,19 @@ impl Core {
             direction: d.meta.direction,
             comment: (!self.comment.is_empty()).then_some(self.comment.as_str()),
         };
+        if let Some(streams) = s.streams.as_mut()
+            && streams.push(
+                d.source,
+                &d.key,
+                d.link,
+                &packet,
+                counted,
+                &mut s.stream_totals,
+            )
+        {
+            self.streaming.push(si);
+        }
+        let Some(out) = s.output.as_mut() else { return };
         let mut ctx = Ctx {
             io: &self.io,
             shared: &self.shared,
@@ -910,6 +971,7 @@ impl Core {
             d.link,
             &packet,
             &inner.keys,
+            counted,
             now,
         ) {
             Ok(()) => s.pending += 1,
@@ -1037,6 +1099,71 @@ impl Core {
         for i in 0..self.sessions.len() {
             self.with_output(i, |out, ctx| out.tick(ctx, now));
         }
+        for s in &mut self.sessions {
+            if let Some(st) = s.streams.as_mut() {
+                st.tick();
+                if st.is_empty() {
+                    s.streams = None;
+                }
+            }
+        }
+    }
+
+    /// Hands each session's packets of this batch to its streams.
+    fn seal_streams(&mut self) {
+        for i in self.streaming.drain(..) {
+            if let Some(s) = self.sessions.get_mut(i)
+                && let Some(st) = s.streams.as_mut()
+            {
+                st.seal(&mut s.stream_totals);
+            }
+        }
+    }
+
+    /// A new live stream of a session, if the session exists and the cap allows.
+    fn subscribe(&mut self, req: stream::Request, now: u64) {
+        let Some(i) = self.router.index(&req.session) else {
+            let _ = req.reply.send(Err(stream::Refusal::NoSession(req.session)));
+            return;
+        };
+        let n: usize = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.streams.as_ref())
+            .map(Streams::len)
+            .sum();
+        if n >= self.settings.max_streams {
+            let _ = req
+                .reply
+                .send(Err(stream::Refusal::Full(self.settings.max_streams)));
+            return;
+        }
+        let baseline = self
+            .router
+            .session(i)
+            .sources
+            .iter()
+            .map(|&id| {
+                let counts = self
+                    .sources
+                    .get(id.slot())
+                    .filter(|st| st.id == Some(id))
+                    .map(|st| st.counts)
+                    .unwrap_or_default();
+                (id, counts)
+            })
+            .collect();
+        let s = &mut self.sessions[i];
+        let streams = s.streams.get_or_insert_with(Streams::new);
+        let sub = streams.subscribe(
+            &req,
+            baseline,
+            &self.live_streams,
+            now,
+            &mut s.stream_totals,
+        );
+        tracing::info!(session = req.session, peer = req.peer, filter = ?req.filter, "live stream started");
+        let _ = req.reply.send(Ok(sub));
     }
 
     fn control(&mut self, c: Control, now: u64) {
@@ -1170,6 +1297,11 @@ impl Core {
                 protocols: s.protocols,
                 top_talkers: s.talkers.top(),
                 tap: tap_stats(s),
+                streams: api::StreamStats {
+                    delivered: s.stream_totals.delivered,
+                    dropped: s.stream_totals.dropped,
+                    subscribers: s.streams.as_ref().map(Streams::stats).unwrap_or_default(),
+                },
             });
         }
         sessions.sort_by(|a, b| a.name.cmp(&b.name));

@@ -13,7 +13,9 @@ pub use reader::{
     CaptureReader, PcapFraming, PcapParse, PcapSlice, ReadError, Record, RecordHeader, SkipReason,
     is_pcap,
 };
-pub use writer::{EncodeError, Encoder, Format, InterfaceInfo, PacketInfo, SNAPLEN};
+pub use writer::{
+    EncodeError, Encoder, Format, InterfaceInfo, InterfaceStats, PacketInfo, SNAPLEN,
+};
 
 use core::fmt;
 
