@@ -278,14 +278,7 @@ impl<'l> Collector<'l> {
 
 /// Every file in `dir` but the packet indexes (`.twidx`), sorted by name.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_none_or(|x| x != "twidx"))
-        .collect();
-    files.sort();
-    files
+    captures(dir, "").unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 /// The packets in each pcapng file of `files`, as capinfos counts them; captype first (every
@@ -388,22 +381,24 @@ pub fn epoch_ns(t: &str) -> u64 {
 }
 
 /// Files in `dir` whose names start with `prefix`, sorted by name; packet indexes
-/// (`.twidx`, beside each capture) are not capture files and are left out.
+/// (`.twidx`, beside each capture) are not capture files and are left out. None when `dir`
+/// cannot be read.
 pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(prefix) && !n.ends_with(".twidx"))
-                })
-                .collect()
+    captures(dir, prefix).unwrap_or_default()
+}
+
+fn captures(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && !n.ends_with(".twidx"))
         })
-        .unwrap_or_default();
+        .collect();
     v.sort();
-    v
+    Ok(v)
 }
 
 /// A source object of the API as an oracle key.
