@@ -306,8 +306,26 @@ pub struct Talker {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputStats {
-    /// `gre-v4 0.0.0.0`, `udp 4789 [::]`, `af_packet eth1 #0`.
+    /// `gre-v4 0.0.0.0`, `udp 4789 [::]`, `af_packet eth1 #0`, `xdp eth1`.
     pub name: String,
+    /// `gre-v4`, `gre-v6`, `udp`, `af_packet` or `xdp`.
+    #[serde(default)]
+    pub kind: String,
+    /// The interface an `af_packet` or `xdp` input reads.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// How it runs: for `xdp`, `native` or `generic` with `zero-copy` or `copy` sockets
+    /// (absent while detached).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Why this input reads what it reads: `collect --input`'s choice for its interface, and
+    /// why the faster inputs were not chosen.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `xdp`: frames its program left to the kernel (not mirror traffic for this host, or too
+    /// long for a chunk); the sockets or the host take them.
+    #[serde(default)]
+    pub passed_to_kernel: u64,
     pub packets: u64,
     pub bytes: u64,
     /// Dropped by the kernel before tapwire read them (SO_RXQ_OVFL, PACKET_STATISTICS).

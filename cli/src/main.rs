@@ -23,6 +23,7 @@ use tapwire_collector::collect::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::config::{self, Config};
 use tapwire_collector::live::engine::{Limits, Settings};
 use tapwire_collector::live::input::InputKind;
+use tapwire_collector::live::select::InputMode;
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap;
@@ -125,6 +126,13 @@ struct CollectArgs {
     /// line, where the driver refuses XDP; refused at start by a build made without clang.
     #[arg(long, value_name = "IF")]
     xdp: Vec<String>,
+    /// What reads the mirror traffic on each interface holding an address the GRE and UDP
+    /// inputs listen on (loopback excepted), other than those --xdp and --interface name:
+    /// auto tries AF_XDP, then an AF_PACKET ring, then leaves it to the sockets; xdp and ring
+    /// try only that one; sockets leaves every interface to the sockets. The choice is logged
+    /// at start and shown in the API and the UI.
+    #[arg(long, value_enum, default_value_t = InputArg::Auto)]
+    input: InputArg,
     /// Capture threads per interface (PACKET_FANOUT).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -260,6 +268,18 @@ enum FormatArg {
     Pcap,
     /// Classic pcap, nanosecond timestamps.
     PcapNs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InputArg {
+    /// AF_XDP, else an AF_PACKET ring, else the sockets.
+    Auto,
+    /// AF_XDP, else the sockets.
+    Xdp,
+    /// An AF_PACKET ring, else the sockets.
+    Ring,
+    /// The raw GRE and UDP sockets only.
+    Sockets,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -481,6 +501,30 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
             dests: dests.clone(),
         });
     }
+    let input_mode = match a.input {
+        InputArg::Auto => InputMode::Auto,
+        InputArg::Xdp => InputMode::Xdp,
+        InputArg::Ring => InputMode::Ring,
+        InputArg::Sockets => InputMode::Sockets,
+    };
+    if matches!(input_mode, InputMode::Xdp | InputMode::Ring) && dests.is_empty() {
+        return Err(format!(
+            "--input {input_mode}: every GRE and UDP input is off, so no interface holds a listen address"
+        ));
+    }
+    if input_mode == InputMode::Xdp && !tapwire_netio::xdp::available() {
+        return Err(format!("--input xdp: {}", tapwire_netio::xdp::UNAVAILABLE));
+    }
+    for name in &a.interface {
+        if a.xdp.contains(name) {
+            return Err(format!(
+                "--interface {name} and --xdp {name}: one input per interface; give one of them"
+            ));
+        }
+        if a.interface.iter().filter(|n| *n == name).count() > 1 {
+            return Err(format!("--interface {name}: given twice"));
+        }
+    }
     for name in &a.interface {
         for worker in 0..a.workers {
             inputs.push(InputKind::Interface {
@@ -553,6 +597,8 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         settings,
         config,
         inputs,
+        input_mode,
+        workers: a.workers,
         decap: decap::Config {
             ports,
             strict_gre_checksum: a.strict_gre_checksum,

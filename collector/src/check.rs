@@ -9,6 +9,7 @@ use tapwire_formats::capture::Format;
 
 use crate::collect::CollectOptions;
 use crate::config::{FilesConfig, RotatePolicy, SessionConfig, SourceMatch};
+use crate::live::select::InputMode;
 use crate::offline::Timestamps;
 
 /// The whole report: inputs, collector settings, the files of auto-discovered sessions, then
@@ -18,6 +19,18 @@ pub fn describe(o: &CollectOptions) -> String {
     let mut t = String::new();
     let inputs: Vec<String> = o.inputs.iter().map(|i| i.name()).collect();
     let _ = writeln!(t, "inputs: {}", list_or(&inputs, "none"));
+    let _ = writeln!(
+        t,
+        "--input {}: {}",
+        o.input_mode,
+        match o.input_mode {
+            InputMode::Auto =>
+                "AF_XDP, else a ring, tried at start on each interface holding a listen address",
+            InputMode::Xdp => "AF_XDP tried at start on each interface holding a listen address",
+            InputMode::Ring => "a ring on each interface holding a listen address",
+            InputMode::Sockets => "the sockets only",
+        }
+    );
     let _ = writeln!(t, "out: {}", s.out.display());
     let allow: Vec<String> = s.allow.iter().map(ToString::to_string).collect();
     let _ = writeln!(t, "allow: {}", list_or(&allow, "every source"));

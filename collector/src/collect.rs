@@ -25,14 +25,20 @@ use crate::http;
 use crate::live::control_plane::{EngineLink, SystemClock};
 use crate::live::coverage::{Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
-use crate::live::input::{Input, InputKind};
+use crate::live::input::{Input, InputKind, xdp_dests};
 use crate::live::io;
+use crate::live::select::{self, Host, InputMode, Outcome, Pick, Request};
 use crate::pipeline::Pipeline;
 
 pub struct CollectOptions {
     pub settings: Settings,
     pub config: Config,
+    /// The socket inputs and the interfaces the command line names (`--xdp`, `--interface`).
     pub inputs: Vec<InputKind>,
+    /// What reads the other interfaces holding a listen address (`--input`).
+    pub input_mode: InputMode,
+    /// AF_PACKET capture threads per interface (`--workers`), for the rings `--input` picks.
+    pub workers: u16,
     pub decap: tapwire_formats::decap::Config,
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
@@ -111,17 +117,32 @@ where
     }
     signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
 
-    // What an input reads below the IP stack, the socket inputs leave unread (one packet,
-    // one copy); known before any socket opens, so that none reads a copy meanwhile.
-    let covered = Arc::new(Covered::new(coverages(&opts.inputs, |name| {
-        tapwire_netio::ifindex(name).ok()
-    })));
+    // The faster inputs `--input` picks, tried first; then what an input reads below the IP
+    // stack, the socket inputs leave unread (one packet, one copy), known before any socket
+    // opens so that none reads a copy meanwhile.
+    let covered = Arc::new(Covered::new(Vec::new()));
+    let (picked, outcomes) = pick_inputs(&opts, &covered);
+    let kinds: Vec<InputKind> = opts
+        .inputs
+        .iter()
+        .chain(picked.iter().map(|i| &i.kind))
+        .cloned()
+        .collect();
+    covered.replace(coverages(&kinds, |name| tapwire_netio::ifindex(name).ok()));
     let mut opened = Vec::new();
     for kind in &opts.inputs {
         let input = Input::open(kind.clone(), Arc::clone(&covered))
             .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
+        input.counters.set_reason(match kind {
+            InputKind::Xdp { name, .. } => format!("named on the command line (--xdp {name})"),
+            InputKind::Interface { name, .. } => {
+                format!("named on the command line (--interface {name})")
+            }
+            _ => sockets_reason(opts.input_mode, &outcomes),
+        });
         opened.push(input);
     }
+    opened.extend(picked);
     if opened.iter().any(|i| i.kind.covers().is_none()) {
         for c in covered.list() {
             tracing::info!(interface = c.interface, "{}", describe(&c));
@@ -300,6 +321,104 @@ where
     }
     tracing::info!("stopped; files closed");
     Ok(())
+}
+
+/// Tries, on each interface holding a listen address that the command line does not name,
+/// the inputs `--input` calls for, fastest first, and keeps the first that opens; logs the
+/// outcome in one line and gives each input (the socket inputs too) its reason.
+fn pick_inputs(opts: &CollectOptions, covered: &Arc<Covered>) -> (Vec<Input>, Vec<Outcome>) {
+    let dests = xdp_dests(&opts.inputs);
+    if dests.is_empty() {
+        // Every GRE and UDP input is off: nothing to read faster.
+        return (Vec::new(), Vec::new());
+    }
+    let interfaces = tapwire_netio::xdp::interfaces().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list the interfaces; the sockets receive everything");
+        Vec::new()
+    });
+    let host = Host {
+        interfaces,
+        xdp_program: tapwire_netio::xdp::available(),
+        caps: select::own_caps(),
+    };
+    let named = opts
+        .inputs
+        .iter()
+        .filter_map(|k| k.interface().map(str::to_string))
+        .collect();
+    let plan = select::plan(
+        &host,
+        &Request {
+            mode: opts.input_mode,
+            dests: dests.clone(),
+            named,
+        },
+    );
+    let mut picked = Vec::new();
+    let mut outcomes = Vec::new();
+    for choice in plan {
+        let name = &choice.interface;
+        let mut not = choice.skipped.clone();
+        for pick in &choice.tries {
+            let got = match pick {
+                Pick::Xdp => Input::try_xdp(name, &dests, Arc::clone(covered)).map(|i| vec![i]),
+                Pick::Ring => (0..opts.workers)
+                    .map(|worker| {
+                        let kind = InputKind::Interface {
+                            name: name.clone(),
+                            worker,
+                            workers: opts.workers,
+                        };
+                        Input::open(kind, Arc::clone(covered)).map_err(|e| e.to_string())
+                    })
+                    .collect(),
+                Pick::Sockets => Ok(Vec::new()),
+            };
+            match got {
+                Ok(inputs) => {
+                    let outcome = Outcome {
+                        interface: name.clone(),
+                        pick: *pick,
+                        mode: inputs.first().and_then(|i| i.counters.mode()),
+                        not: not.clone(),
+                    };
+                    for i in &inputs {
+                        i.counters.set_reason(outcome.reason(opts.input_mode));
+                    }
+                    picked.extend(inputs);
+                    outcomes.push(outcome);
+                    break;
+                }
+                Err(e) => not.push((Some(*pick), e)),
+            }
+        }
+    }
+    let line = select::start_line(opts.input_mode, &outcomes);
+    if outcomes
+        .iter()
+        .any(|o| o.not.iter().any(|(p, _)| p.is_some()))
+    {
+        tracing::warn!(mode = %opts.input_mode, "{line}");
+    } else {
+        tracing::info!(mode = %opts.input_mode, "{line}");
+    }
+    (picked, outcomes)
+}
+
+/// Why the socket inputs read what they read: the rest, and the interfaces left to them.
+fn sockets_reason(mode: InputMode, outcomes: &[Outcome]) -> String {
+    let left: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.pick == Pick::Sockets)
+        .map(|o| format!("{} {}", o.interface, o.describe()))
+        .collect();
+    let mut s = format!(
+        "--input {mode}: what no other input reads (loopback, interfaces that appear later, what a faster input passes on)"
+    );
+    if !left.is_empty() {
+        s.push_str(&format!("; {}", left.join(", ")));
+    }
+    s
 }
 
 /// The thread that reads the configuration file again on SIGHUP and hands it to the engine:

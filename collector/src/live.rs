@@ -2,7 +2,8 @@
 //! batches and buffers over by ownership.
 //!
 //! - [`input`]: one thread per input, filling receive batches; [`coverage`]: what the socket
-//!   inputs leave to an input that reads the same packets below the IP stack.
+//!   inputs leave to an input that reads the same packets below the IP stack; [`select`]:
+//!   which input reads each interface holding a listen address (`--input`).
 //! - [`engine`]: the one thread that owns the pipeline, the sessions and their outputs; routes
 //!   each frame with [`crate::router`].
 //! - [`output`], [`rates`], [`traffic`]: a session's file output, rates and traffic mix, as
@@ -18,6 +19,7 @@ pub mod input;
 pub mod io;
 pub mod output;
 pub mod rates;
+pub mod select;
 pub mod stream;
 pub mod tap;
 pub mod traffic;

@@ -351,43 +351,97 @@ impl XdpProgram {
 /// The addresses of this network namespace's interfaces (`getifaddrs`), loopback excluded:
 /// where a socket bound to the unspecified address receives what arrives on a NIC.
 pub fn local_addrs() -> io::Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = interfaces()?
+        .into_iter()
+        .flat_map(|i| i.addrs)
+        .filter(|a| !a.is_loopback())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// One interface of this network namespace as `getifaddrs` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalInterface {
+    /// Its name.
+    pub name: String,
+    /// `IFF_LOOPBACK`.
+    pub loopback: bool,
+    /// Its link type is Ethernet (`ARPHRD_ETHER`), the only one the XDP program and the
+    /// collector's AF_PACKET input parse.
+    pub ethernet: bool,
+    /// Its IPv4 and IPv6 addresses, sorted.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Every interface of this network namespace with its link type and addresses (`getifaddrs`),
+/// sorted by name.
+pub fn interfaces() -> io::Result<Vec<LocalInterface>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list that we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(context(io::Error::last_os_error(), "getifaddrs"));
     }
-    let mut out = Vec::new();
+    let mut out: Vec<LocalInterface> = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: `ifa_addr` points to a sockaddr whose family says its real type and size.
-            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-            let addr = match family {
-                // SAFETY: an AF_INET address is a sockaddr_in.
-                libc::AF_INET => Some(IpAddr::from(unsafe {
-                    (*ifa.ifa_addr.cast::<libc::sockaddr_in>())
-                        .sin_addr
-                        .s_addr
-                        .to_ne_bytes()
-                })),
-                // SAFETY: an AF_INET6 address is a sockaddr_in6.
-                libc::AF_INET6 => Some(IpAddr::from(unsafe {
-                    (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
-                        .sin6_addr
-                        .s6_addr
-                })),
-                _ => None,
-            };
-            out.extend(addr.filter(|a| !a.is_loopback()));
-        }
         cur = ifa.ifa_next;
+        if ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        let i = match out.iter().position(|i| i.name == name) {
+            Some(i) => i,
+            None => {
+                out.push(LocalInterface {
+                    name,
+                    ..LocalInterface::default()
+                });
+                out.len() - 1
+            }
+        };
+        let entry = &mut out[i];
+        entry.loopback |= ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_addr` points to a sockaddr whose family says its real type and size.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        match family {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            libc::AF_INET => entry.addrs.push(IpAddr::from(unsafe {
+                (*ifa.ifa_addr.cast::<libc::sockaddr_in>())
+                    .sin_addr
+                    .s_addr
+                    .to_ne_bytes()
+            })),
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            libc::AF_INET6 => entry.addrs.push(IpAddr::from(unsafe {
+                (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                    .sin6_addr
+                    .s6_addr
+            })),
+            libc::AF_PACKET => {
+                // SAFETY: an AF_PACKET entry's address is a sockaddr_ll.
+                let hatype = unsafe { (*ifa.ifa_addr.cast::<libc::sockaddr_ll>()).sll_hatype };
+                entry.ethernet = hatype == libc::ARPHRD_ETHER;
+            }
+            _ => {}
+        }
     }
     // SAFETY: `head` came from getifaddrs and no reference into the list outlives this call.
     unsafe { libc::freeifaddrs(head) };
-    out.sort();
-    out.dedup();
+    for i in &mut out {
+        i.addrs.sort();
+        i.addrs.dedup();
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 

@@ -13,6 +13,7 @@ pub mod senders;
 pub mod spoof;
 pub mod tmux;
 pub mod tshark;
+pub mod xdp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -468,6 +468,11 @@ pub fn snapshot(t: u64) -> Snapshot {
         inputs: vec![
             InputStats {
                 name: "gre-v4 0.0.0.0".into(),
+                kind: "gre-v4".into(),
+                interface: None,
+                mode: None,
+                reason: Some("--input auto: what no other input reads".into()),
+                passed_to_kernel: 0,
                 packets: packets - n[2],
                 bytes: bytes - n[2] * 1100,
                 kernel_drops: 12,
@@ -480,6 +485,11 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
             InputStats {
                 name: "udp 4789 [::]".into(),
+                kind: "udp".into(),
+                interface: None,
+                mode: None,
+                reason: Some("--input auto: what no other input reads".into()),
+                passed_to_kernel: 0,
                 packets: n[2],
                 bytes: n[2] * 1100,
                 kernel_drops: 0,

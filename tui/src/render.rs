@@ -166,11 +166,12 @@ fn inputs_line(s: &Snapshot) -> Line<'static> {
         if i > 0 {
             spans.push(Span::styled(" · ", DIM));
         }
-        spans.push(Span::raw(format!(
-            "{} {}/s",
-            input.name,
-            format::pps(input.rates.pps_1s)
-        )));
+        spans.push(Span::raw(input.name.clone()));
+        // How a faster input runs (AF_XDP: native or generic, zero-copy or copy).
+        if let Some(m) = &input.mode {
+            spans.push(Span::styled(format!(" ({m})"), DIM));
+        }
+        spans.push(Span::raw(format!(" {}/s", format::pps(input.rates.pps_1s))));
         if input.kernel_drops > 0 {
             let n = count(input.kernel_drops);
             spans.push(Span::styled(format!(" kernel drops {n}"), BAD));

@@ -145,6 +145,31 @@ fn main_view() {
 }
 
 #[test]
+fn inputs_line_names_the_input_collect_picked_and_how_it_runs() {
+    let mut snap = fixture::snapshot(0);
+    let mut xdp = snap.inputs[0].clone();
+    xdp.name = "xdp col0".into();
+    xdp.kind = "xdp".into();
+    xdp.interface = Some("col0".into());
+    xdp.mode = Some("native, copy".into());
+    xdp.reason = Some("--input auto: AF_XDP".into());
+    xdp.kernel_drops = 0;
+    snap.inputs.insert(0, xdp);
+    let fake = Rc::new(RefCell::new(Fake {
+        frozen: Some(Arc::new(snap)),
+        ..Fake::default()
+    }));
+    let (t, _) = run(&fake, 120, 40, |s| s.idle(1).key(KeyCode::Char('q')));
+    let sc = screen(&t);
+    let line = line_with(&sc, " inputs ");
+    assert!(
+        line.contains("xdp col0 (native, copy)"),
+        "the AF_XDP input and its mode: {line}"
+    );
+    insta::assert_snapshot!(t.backend());
+}
+
+#[test]
 fn narrow_80x24() {
     let fake = Rc::default();
     let (t, _) = run(&fake, 80, 24, |s| s.idle(30).key(KeyCode::Char('q')));

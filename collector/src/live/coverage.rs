@@ -113,6 +113,12 @@ impl Covered {
         self.list.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Sets the whole list, before any socket input opens.
+    pub fn replace(&self, list: Vec<Coverage>) {
+        *self.list.lock().unwrap_or_else(|p| p.into_inner()) = list;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Interface `name` has index `ifindex` now.
     pub fn set_ifindex(&self, name: &str, ifindex: u32) {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());

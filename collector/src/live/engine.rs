@@ -1321,6 +1321,11 @@ impl Core {
             kernel_drops += k;
             inputs.push(api::InputStats {
                 name: kind.name(),
+                kind: kind.kind().to_string(),
+                interface: kind.interface().map(str::to_string),
+                mode: c.mode(),
+                reason: c.reason(),
+                passed_to_kernel: c.passed.load(Ordering::Relaxed),
                 packets: p,
                 bytes: b,
                 kernel_drops: k,

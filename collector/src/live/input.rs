@@ -84,6 +84,25 @@ impl InputKind {
             InputKind::Xdp { name, .. } => format!("xdp {name}"),
         }
     }
+
+    /// The kind alone, as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputKind::GreV4(_) => "gre-v4",
+            InputKind::GreV6(_) => "gre-v6",
+            InputKind::Udp(_) => "udp",
+            InputKind::Interface { .. } => "af_packet",
+            InputKind::Xdp { .. } => "xdp",
+        }
+    }
+
+    /// The interface it reads, for the inputs that read one.
+    pub fn interface(&self) -> Option<&str> {
+        match self {
+            InputKind::Interface { name, .. } | InputKind::Xdp { name, .. } => Some(name),
+            InputKind::GreV4(_) | InputKind::GreV6(_) | InputKind::Udp(_) => None,
+        }
+    }
 }
 
 /// What an AF_XDP input steers: what the socket inputs among `inputs` receive.
@@ -135,15 +154,42 @@ pub struct InputCounters {
     pub bytes: AtomicU64,
     pub kernel_drops: AtomicU64,
     pub error: Mutex<Option<String>>,
+    /// Frames an AF_XDP input's program left to the kernel (not mirror traffic for this host,
+    /// or too long for a chunk), read once a second.
+    pub passed: AtomicU64,
+    /// How the input runs (`native, copy` for AF_XDP), as the API shows it.
+    pub mode: Mutex<Option<String>>,
+    /// Why this input reads what it reads (`--input`'s choice), as the API shows it.
+    pub reason: Mutex<Option<String>>,
+}
+
+fn get(m: &Mutex<Option<String>>) -> Option<String> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set(m: &Mutex<Option<String>>, v: Option<String>) {
+    *m.lock().unwrap_or_else(|p| p.into_inner()) = v;
 }
 
 impl InputCounters {
     fn set_error(&self, e: Option<String>) {
-        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+        set(&self.error, e);
     }
 
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        get(&self.error)
+    }
+
+    pub fn mode(&self) -> Option<String> {
+        get(&self.mode)
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        get(&self.reason)
+    }
+
+    pub fn set_reason(&self, why: String) {
+        set(&self.reason, Some(why));
     }
 }
 
@@ -200,6 +246,9 @@ impl Input {
                         group_id: fanout_group(name),
                         mode: FanoutMode::OuterSource,
                     }),
+                    // What this host sends is never mirror traffic for it (and on loopback
+                    // every packet would be read twice).
+                    ignore_outgoing: true,
                     ..RingConfig::default()
                 };
                 let ring = Ring::open(name, &config).map_err(|e| ctx(e, name))?;
@@ -214,12 +263,29 @@ impl Input {
         };
         let counters = Arc::new(InputCounters::default());
         if let Opened::Xdp(x) = &mut opened {
-            x.attach(&counters);
+            let _ = x.attach(&counters, true);
         }
         Ok(Input {
             kind,
             counters,
             opened,
+            covered,
+        })
+    }
+
+    /// The AF_XDP input of interface `name` if its program attaches now, else why not (not
+    /// logged: the caller tries the next input).
+    pub fn try_xdp(name: &str, dests: &[Dest], covered: Arc<Covered>) -> Result<Input, String> {
+        let mut x = XdpInput::new(name, dests);
+        let counters = Arc::new(InputCounters::default());
+        x.attach(&counters, false)?;
+        Ok(Input {
+            kind: InputKind::Xdp {
+                name: name.to_string(),
+                dests: dests.to_vec(),
+            },
+            counters,
+            opened: Opened::Xdp(Box::new(x)),
             covered,
         })
     }
@@ -535,6 +601,13 @@ struct XdpInput {
     drops_before: u64,
     /// Drops when the last warning was logged, and when.
     warned: (u64, Option<Instant>),
+    /// Frames passed to the kernel by programs detached since.
+    passed_before: u64,
+}
+
+/// What the program left to the kernel.
+fn passed(c: &xdp::XdpCounters) -> u64 {
+    c.passed + c.no_socket + c.too_big
 }
 
 struct Attached {
@@ -596,10 +669,13 @@ impl XdpInput {
             tried_ifindex: None,
             drops_before: 0,
             warned: (0, None),
+            passed_before: 0,
         }
     }
 
-    fn attach(&mut self, counters: &InputCounters) {
+    /// Attaches the program and opens the sockets; on refusal, logs it (`log_refusal`) and
+    /// says why.
+    fn attach(&mut self, counters: &InputCounters, log_refusal: bool) -> Result<(), String> {
         let name = &self.name;
         self.tried_ifindex = tapwire_netio::ifindex(name).ok();
         match open_xdp(name, &self.dests) {
@@ -622,18 +698,27 @@ impl XdpInput {
                     a.prog.mode(),
                     if zero_copy { "zero-copy" } else { "copy" },
                 );
+                let sockets = if zero_copy { "zero-copy" } else { "copy" };
+                set(
+                    &counters.mode,
+                    Some(format!("{}, {sockets}", a.prog.mode())),
+                );
                 counters.set_error(None);
                 self.attached = Some(a);
+                Ok(())
             }
             Err(e) => {
-                tracing::warn!(
-                    interface = name,
-                    error = %e,
-                    "XDP refused on {name}: the raw GRE and UDP sockets receive its mirror traffic instead"
-                );
+                if log_refusal {
+                    tracing::warn!(
+                        interface = name,
+                        error = %e,
+                        "XDP refused on {name}: the raw GRE and UDP sockets receive its mirror traffic instead"
+                    );
+                }
                 counters.set_error(Some(format!(
                     "XDP refused ({e}); the socket inputs receive instead"
                 )));
+                Err(e.to_string())
             }
         }
     }
@@ -643,8 +728,10 @@ impl XdpInput {
             self.drops_before += a.stats().drops();
             if let Ok(c) = a.prog.counters() {
                 tracing::info!(interface = self.name, ?c, "XDP program counters");
+                self.passed_before += passed(&c);
             }
         }
+        set(&counters.mode, None);
         tracing::warn!(
             interface = self.name,
             "XDP input stopped ({why}); the socket inputs receive instead until it is back"
@@ -659,7 +746,7 @@ impl XdpInput {
             if let Ok(i) = tapwire_netio::ifindex(&self.name)
                 && Some(i) != self.tried_ifindex
             {
-                self.attach(counters);
+                let _ = self.attach(counters, true);
             }
             return;
         };
@@ -674,6 +761,11 @@ impl XdpInput {
                 Ok(()) => a.local = local,
                 Err(e) => tracing::warn!(interface = self.name, error = %e, "XDP destinations"),
             }
+        }
+        if let Ok(c) = a.prog.counters() {
+            counters
+                .passed
+                .store(self.passed_before + passed(&c), Ordering::Relaxed);
         }
         let s = a.stats();
         let drops = self.drops_before + s.drops();
