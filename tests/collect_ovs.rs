@@ -4,8 +4,9 @@
 //! ERSPAN II and III over IPv4 (three sessions on one shared sequence counter), ERSPAN II and
 //! III over IPv6 (`ip6erspan`, two sessions on another shared counter) and GRE-TEB with its own
 //! sequence. Real traffic (ping, iperf3 TCP) flows through all of them at once. The oracles:
-//! tcpdump on each mirrored host port ("what was on the wire") and tcpdump on the collector's
-//! link (what OVS sent), both read with tshark.
+//! tcpdump on each mirrored host port ("what was on the wire") and tcpdump on OVS's end of the
+//! collector's link (what OVS sent: on the collector's end, an AF_XDP input takes the mirror
+//! traffic before any tap sees it), both read with tshark.
 //!
 //! The facts about what OVS emits (tests/senders/OVS.md) are asserted here from the capture of
 //! the collector's link, so a different OVS shows up as a failing test, not a stale note.
@@ -162,7 +163,13 @@ fn ovs_mirror_sessions_are_collected_exactly_without_phantom_loss() {
     let mut c = Collector::start(lab, &col, &out, &[]);
 
     let wire_pcap = lab.dir().join("col0.pcap");
-    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47 or ip6 proto 47");
+    let wire = Tcpdump::start(
+        lab,
+        ovs.ns(),
+        "up0",
+        &wire_pcap,
+        "ip proto 47 or ip6 proto 47",
+    );
     let hosts: Vec<Tcpdump> = (1..=3)
         .map(|i| {
             Tcpdump::start(
@@ -461,7 +468,7 @@ fn ovs_vxlan_and_geneve_mirrors_are_collected_exactly() {
     let out = lab.dir().join("out");
     let mut c = Collector::start(lab, &col, &out, &[]);
     let wire_pcap = lab.dir().join("col0.pcap");
-    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "udp");
+    let wire = Tcpdump::start(lab, ovs.ns(), "up0", &wire_pcap, "udp");
     let h: Vec<Tcpdump> = (1..=2)
         .map(|i| {
             Tcpdump::start(
@@ -565,7 +572,7 @@ fn ovs_gre_checksum_with_sequence_is_kept_and_counted() {
     let col = ovs.col().to_string();
     let mut c = Collector::start(lab, &col, &lab.dir().join("out"), &[]);
     let wire_pcap = lab.dir().join("col0.pcap");
-    let wire = Tcpdump::start(lab, &col, "col0", &wire_pcap, "ip proto 47");
+    let wire = Tcpdump::start(lab, ovs.ns(), "up0", &wire_pcap, "ip proto 47");
     let h1_pcap = lab.dir().join("h1.pcap");
     let h1 = Tcpdump::start(lab, ovs.host(1), "eth0", &h1_pcap, "");
     traffic(&ovs);

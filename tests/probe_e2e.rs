@@ -124,12 +124,17 @@ impl Topo {
         }
     }
 
+    /// The collector, on its sockets: tcpdump on `col0` is the oracle of what the probe sent,
+    /// and an AF_XDP input (`collect`'s own pick there) would take the mirror traffic before
+    /// any tap sees it.
     fn collector(&self, out: &Path) -> Collector<'_> {
         Collector::start(
             &self.lab,
             &self.col,
             out,
-            &["--vxlan", "off", "--geneve", "off", "--tzsp", "off"],
+            &[
+                "--vxlan", "off", "--geneve", "off", "--tzsp", "off", "--input", "sockets",
+            ],
         )
     }
 

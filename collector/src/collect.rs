@@ -23,7 +23,7 @@ use tapwire_control::store::sqlite::SqliteStore;
 use crate::config::Config;
 use crate::http;
 use crate::live::control_plane::{EngineLink, SystemClock};
-use crate::live::coverage::{Covered, coverages, describe};
+use crate::live::coverage::{self, Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
 use crate::live::input::{Input, InputKind, xdp_dests};
 use crate::live::io;
@@ -354,6 +354,18 @@ fn pick_inputs(opts: &CollectOptions, covered: &Arc<Covered>) -> (Vec<Input>, Ve
             named,
         },
     );
+    // What the sockets would receive there and leave to the ring, and nothing else.
+    let udp_ports: Vec<u16> = dests
+        .iter()
+        .filter_map(|d| match d {
+            tapwire_netio::xdp::Dest::Udp(_, p) => Some(*p),
+            tapwire_netio::xdp::Dest::Gre(_) => None,
+        })
+        .collect();
+    let Some(ring_filter) = coverage::ring_program(&udp_ports) else {
+        tracing::error!("the rings' filter does not assemble; the sockets receive everything");
+        return (Vec::new(), Vec::new());
+    };
     let mut picked = Vec::new();
     let mut outcomes = Vec::new();
     for choice in plan {
@@ -369,7 +381,8 @@ fn pick_inputs(opts: &CollectOptions, covered: &Arc<Covered>) -> (Vec<Input>, Ve
                             worker,
                             workers: opts.workers,
                         };
-                        Input::open(kind, Arc::clone(covered)).map_err(|e| e.to_string())
+                        Input::open_filtered(kind, Some(ring_filter.clone()), Arc::clone(covered))
+                            .map_err(|e| e.to_string())
                     })
                     .collect(),
                 Pick::Sockets => Ok(Vec::new()),

@@ -172,8 +172,15 @@ fn addrs_for(socket: &InputKind, dests: &Dests) -> Option<Vec<IpAddr>> {
 
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+const LD_H_IND: u16 = 0x48; // BPF_LD | BPF_H | BPF_IND
+const LDX_B_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (byte & 0xf)
 const ALU_AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+/// `SKF_AD_OFF + SKF_AD_PKTTYPE`: how the packet reached this host.
+const AD_PKTTYPE: u32 = 0xffff_f000 + 4;
+const PACKET_OTHERHOST: u32 = 3;
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 /// `SKF_AD_OFF + SKF_AD_IFINDEX`: the index of the interface the packet arrived on.
 const AD_IFINDEX: u32 = 0xffff_f000 + 8;
@@ -187,6 +194,8 @@ enum Asm {
     Insn(u16, u32),
     /// `jeq #k`: go on when equal, else to the label.
     JeqElse(u32, usize),
+    /// `jset #k`: go on when a bit of `k` is set, else to the label.
+    JsetElse(u32, usize),
     Label(usize),
 }
 
@@ -241,6 +250,73 @@ pub fn socket_program(socket: &InputKind, covers: &[Coverage]) -> Option<Vec<lib
     assemble(&asm)
 }
 
+/// The filter of a ring that `--input` put on an interface holding the listen addresses: it
+/// reads what the socket inputs would have received there (and leave to it) and leaves the
+/// host's other traffic to the kernel alone, so that a flood of it costs no copy to tapwire.
+/// Kept: GRE over IPv4 and IPv6; UDP to one of `udp_ports`; every IPv4 fragment after the
+/// first of a UDP datagram (it has no port: the pipeline reassembles and judges); IPv6 whose
+/// first header is an extension header (hop-by-hop, routing, fragment, destination options);
+/// frames whose VLAN tag the driver left inline. Dropped: frames for other hosts (another
+/// program's promiscuous mode) and everything else.
+pub fn ring_program(udp_ports: &[u16]) -> Option<Vec<libc::sock_filter>> {
+    const KEEP: u32 = u32::MAX;
+    const DROP: usize = 0;
+    let mut asm = Vec::new();
+    let mut label = DROP + 1;
+    let mut next = || {
+        label += 1;
+        label - 1
+    };
+    // Go on when the accumulator equals `k`, keep the frame; else on with the next test.
+    let keep_if = |asm: &mut Vec<Asm>, k: u32, l: usize| {
+        asm.extend([Asm::JeqElse(k, l), Asm::Insn(RET_K, KEEP), Asm::Label(l)]);
+    };
+    let ports = |asm: &mut Vec<Asm>, next: &mut dyn FnMut() -> usize| {
+        for p in udp_ports {
+            keep_if(asm, u32::from(*p), next());
+        }
+        asm.push(Asm::Insn(RET_K, 0));
+    };
+    let here = next();
+    asm.push(Asm::Insn(LD_W_ABS, AD_PKTTYPE));
+    asm.extend([
+        Asm::JeqElse(PACKET_OTHERHOST, here),
+        Asm::Insn(RET_K, 0),
+        Asm::Label(here),
+    ]);
+    asm.push(Asm::Insn(LD_H_ABS, 12));
+    for vlan in [0x8100, 0x88a8] {
+        keep_if(&mut asm, vlan, next());
+    }
+    let v6 = next();
+    asm.push(Asm::JeqElse(0x0800, v6));
+    asm.push(Asm::Insn(LD_B_ABS, 14 + 9));
+    keep_if(&mut asm, 47, next());
+    asm.push(Asm::JeqElse(17, DROP));
+    let first = next();
+    asm.push(Asm::Insn(LD_H_ABS, 14 + 6));
+    asm.extend([
+        Asm::JsetElse(0x1fff, first),
+        Asm::Insn(RET_K, KEEP),
+        Asm::Label(first),
+    ]);
+    asm.push(Asm::Insn(LDX_B_MSH, 14));
+    asm.push(Asm::Insn(LD_H_IND, 14 + 2));
+    ports(&mut asm, &mut next);
+    asm.push(Asm::Label(v6));
+    asm.push(Asm::JeqElse(0x86dd, DROP));
+    asm.push(Asm::Insn(LD_B_ABS, 14 + 6));
+    for header in [47, 0, 43, 44, 60] {
+        keep_if(&mut asm, header, next());
+    }
+    asm.push(Asm::JeqElse(17, DROP));
+    asm.push(Asm::Insn(LD_H_ABS, 14 + 40 + 2));
+    ports(&mut asm, &mut next);
+    asm.push(Asm::Label(DROP));
+    asm.push(Asm::Insn(RET_K, 0));
+    assemble(&asm)
+}
+
 /// Resolves labels to relative jumps; `None` when one is beyond 255 instructions.
 fn assemble(asm: &[Asm]) -> Option<Vec<libc::sock_filter>> {
     let mut at = Vec::new();
@@ -264,6 +340,10 @@ fn assemble(asm: &[Asm]) -> Option<Vec<libc::sock_filter>> {
             Asm::JeqElse(k, l) => {
                 let jf = u8::try_from(at[l] - out.len() - 1).ok()?;
                 out.push(insn(JEQ_K, jf, k));
+            }
+            Asm::JsetElse(k, l) => {
+                let jf = u8::try_from(at[l] - out.len() - 1).ok()?;
+                out.push(insn(JSET_K, jf, k));
             }
             Asm::Label(_) => {}
         }
@@ -408,5 +488,109 @@ mod tests {
         let p = socket_program(&GRE4, &covered.list()).unwrap();
         assert_eq!(run(&p, 12, &v4_header([10, 0, 0, 2])), 0);
         assert_eq!(run(&p, 7, &v4_header([10, 0, 0, 2])), u32::MAX);
+    }
+
+    /// Runs a [`ring_program`] on an Ethernet `frame` that reached the host as `pkttype`: the
+    /// bytes kept (0: dropped).
+    fn run_ring(program: &[libc::sock_filter], pkttype: u32, frame: &[u8]) -> u32 {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let load = |off: usize, n: usize| {
+            frame
+                .get(off..off + n)
+                .map(|b| b.iter().fold(0, |acc, v| acc << 8 | u32::from(*v)))
+        };
+        loop {
+            let i = program[pc];
+            pc += 1;
+            let value = match i.code {
+                LD_W_ABS if i.k == AD_PKTTYPE => Some(pkttype),
+                LD_H_ABS => load(i.k as usize, 2),
+                LD_B_ABS => load(i.k as usize, 1),
+                LD_H_IND => load((x + i.k) as usize, 2),
+                LDX_B_MSH => {
+                    x = 4 * (load(i.k as usize, 1).unwrap_or(0) & 0xf);
+                    continue;
+                }
+                JEQ_K => {
+                    pc += usize::from(if a == i.k { i.jt } else { i.jf });
+                    continue;
+                }
+                JSET_K => {
+                    pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf });
+                    continue;
+                }
+                RET_K => return i.k,
+                c => panic!("instruction {c:#x}"),
+            };
+            // A load beyond the frame ends the program, dropping it, as in the kernel.
+            let Some(v) = value else { return 0 };
+            a = v;
+        }
+    }
+
+    /// An Ethernet frame: IPv4 (header of `ihl` words) or IPv6 carrying `proto`, then `l4`.
+    fn frame(ethertype: u16, proto: u8, ihl: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend(ethertype.to_be_bytes());
+        if ethertype == 0x0800 {
+            let mut ip = vec![0u8; usize::from(ihl) * 4];
+            ip[0] = 0x40 | ihl;
+            ip[6..8].copy_from_slice(&frag.to_be_bytes());
+            ip[9] = proto;
+            f.extend(ip);
+        } else {
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[6] = proto;
+            f.extend(ip);
+        }
+        f.extend(l4);
+        f
+    }
+
+    #[test]
+    fn a_ring_reads_mirror_traffic_and_leaves_the_rest_to_the_kernel() {
+        let p = ring_program(&[4789, 6081]).unwrap();
+        let udp = |port: u16| {
+            let mut h = vec![0x30, 0x39];
+            h.extend(port.to_be_bytes());
+            h.extend([0, 8, 0, 0]);
+            h
+        };
+        const HOST: u32 = 0;
+        let keep = |f: &[u8]| run_ring(&p, HOST, f) == u32::MAX;
+        assert!(keep(&frame(0x0800, 47, 5, 0, &[0; 8])), "GRE");
+        assert!(keep(&frame(0x0800, 17, 5, 0, &udp(4789))), "VXLAN");
+        assert!(
+            keep(&frame(0x0800, 17, 6, 0, &udp(6081))),
+            "with IP options"
+        );
+        assert!(!keep(&frame(0x0800, 17, 5, 0, &udp(9999))), "another port");
+        assert!(!keep(&frame(0x0800, 1, 5, 0, &[8, 0, 0, 0])), "ICMP");
+        assert!(!keep(&frame(0x0800, 6, 5, 0, &[0; 20])), "TCP");
+        // A UDP datagram's first fragment has the port; the later ones are all kept.
+        assert!(keep(&frame(0x0800, 17, 5, 0x2000, &udp(4789))));
+        assert!(!keep(&frame(0x0800, 17, 5, 0x2000, &udp(9999))));
+        assert!(keep(&frame(0x0800, 17, 5, 0x00b9, &[0; 8])));
+        assert!(keep(&frame(0x86dd, 47, 0, 0, &[0; 8])), "GRE over IPv6");
+        assert!(
+            keep(&frame(0x86dd, 17, 0, 0, &udp(6081))),
+            "GENEVE over IPv6"
+        );
+        assert!(!keep(&frame(0x86dd, 17, 0, 0, &udp(53))));
+        assert!(!keep(&frame(0x86dd, 58, 0, 0, &[0; 8])), "ICMPv6");
+        for header in [0, 43, 44, 60] {
+            assert!(keep(&frame(0x86dd, header, 0, 0, &[0; 8])), "{header}");
+        }
+        assert!(keep(&frame(0x8100, 0, 0, 0, &[0; 40])), "a tag left inline");
+        assert!(!keep(&frame(0x0806, 0, 0, 0, &[0; 28])), "ARP");
+        // Another host's GRE, seen in someone else's promiscuous mode.
+        assert_eq!(run_ring(&p, 3, &frame(0x0800, 47, 5, 0, &[0; 8])), 0);
+        // No UDP input: GRE only.
+        let gre_only = ring_program(&[]).unwrap();
+        assert_eq!(
+            run_ring(&gre_only, HOST, &frame(0x0800, 17, 5, 0, &udp(4789))),
+            0
+        );
     }
 }

@@ -226,7 +226,8 @@ pub struct Input {
 
 enum Opened {
     Socket(Socket),
-    Ring(Box<Ring>, RingConfig),
+    /// A ring, with the kernel filter it was opened with (kept for reopening).
+    Ring(Box<Ring>, RingConfig, Option<Vec<libc::sock_filter>>),
     Xdp(Box<XdpInput>),
 }
 
@@ -235,6 +236,15 @@ impl Input {
     /// at start with a clear error. A socket gets the filter that leaves to the other inputs
     /// what `covered` says they read, before it is bound.
     pub fn open(kind: InputKind, covered: Arc<Covered>) -> std::io::Result<Input> {
+        Input::open_filtered(kind, None, covered)
+    }
+
+    /// [`Input::open`]; a ring gets kernel filter `filter` from its first packet on.
+    pub fn open_filtered(
+        kind: InputKind,
+        filter: Option<Vec<libc::sock_filter>>,
+        covered: Arc<Covered>,
+    ) -> std::io::Result<Input> {
         let mut opened = match &kind {
             InputKind::GreV4(a) => Opened::Socket(gre_socket(&kind, IpAddr::V4(*a), &covered)?),
             InputKind::GreV6(a) => Opened::Socket(gre_socket(&kind, IpAddr::V6(*a), &covered)?),
@@ -251,8 +261,8 @@ impl Input {
                     ignore_outgoing: true,
                     ..RingConfig::default()
                 };
-                let ring = Ring::open(name, &config).map_err(|e| ctx(e, name))?;
-                Opened::Ring(Box::new(ring), config)
+                let ring = open_ring(name, &config, filter.as_deref()).map_err(|e| ctx(e, name))?;
+                Opened::Ring(Box::new(ring), config, filter)
             }
             InputKind::Xdp { name, dests } => {
                 // A missing interface is a bad flag (exit 2), as for --interface; a driver
@@ -310,14 +320,14 @@ impl Input {
                     &stop,
                 );
             }
-            Opened::Ring(ring, config) => {
+            Opened::Ring(ring, config, filter) => {
                 for _ in 0..POOL {
                     let _ = back_tx.send(Payload::Frames(Frames::default()));
                 }
                 ring_loop(
                     index,
                     *ring,
-                    &config,
+                    (&config, filter.as_deref()),
                     &self.covered,
                     &self.counters,
                     &to_engine,
@@ -333,6 +343,17 @@ impl Input {
                 x.run(index, &self.counters, &to_engine, &back_tx, &back_rx, &stop);
             }
         }
+    }
+}
+
+fn open_ring(
+    name: &str,
+    config: &RingConfig,
+    filter: Option<&[libc::sock_filter]>,
+) -> std::io::Result<Ring> {
+    match filter {
+        Some(f) => Ring::open_with_filter(name, config, f),
+        None => Ring::open(name, config),
     }
 }
 
@@ -480,7 +501,7 @@ fn socket_loop(
 fn ring_loop(
     index: usize,
     mut ring: Ring,
-    config: &RingConfig,
+    (config, filter): (&RingConfig, Option<&[libc::sock_filter]>),
     covered: &Covered,
     counters: &InputCounters,
     to_engine: &Sender<Batch>,
@@ -527,7 +548,7 @@ fn ring_loop(
                     return;
                 }
                 std::thread::sleep(Duration::from_secs(1));
-                match Ring::open(&name, config) {
+                match open_ring(&name, config, filter) {
                     Ok(r) => break r,
                     Err(e) => counters.set_error(Some(e.to_string())),
                 }
