@@ -227,6 +227,7 @@ files = { rotate = { packets = 5 }, max_files = 3 }
         "limits: 4096 sources, 256 auto-discovered sessions, idle after 10m, 64 live streams",
         "packet index: on; queries refused above",
         "hooks (by name): none",
+        "--input auto: AF_XDP, else a ring, tried at start on each interface holding a listen address",
     ] {
         assert!(out.contains(want), "{want:?} not in\n{out}");
     }
