@@ -12,7 +12,10 @@ use std::time::Duration;
 use tapwire_tests::collector::{API, Collector, read_captures};
 use tapwire_tests::netns::{COL_V4, Lab};
 use tapwire_tests::senders::{self, MirrorSend};
-use tapwire_tests::{TempDir, bin, require, run_ok, validate_capture};
+use tapwire_tests::{
+    TempDir, bin, capture_files as public_files, captures_dir, require, run, run_ok,
+    validate_capture,
+};
 
 /// Packets per file: 60 per session leave 4 in the file still being written.
 const ROTATE: usize = 7;
@@ -396,4 +399,139 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         ],
     );
     assert_same("tapwire query --api", &expected, &packets(&w));
+}
+
+/// The public captures (`../shared/captures`: pcap and pcapng, Ethernet and raw IP, from
+/// tcpdump, Zeek, Suricata, Arkime and a Cisco lab), put in one folder as an analyst would and
+/// read with `tapwire query --dir`: each filter's answer is, frame for frame and in the same
+/// order, `tcpdump -r` over every file and then `mergecap` of the parts. A file whose link
+/// type cannot take the filter (tcpdump refuses it: `vlan` on raw IP) gives nothing.
+#[test]
+fn query_over_the_public_captures_equals_tcpdump_and_mergecap() {
+    let Some(src) = captures_dir() else { return };
+    for tool in ["tcpdump", "tshark", "mergecap", "capinfos", "captype"] {
+        require(tool);
+    }
+    let tmp = TempDir::new("query-public");
+    let dir = tmp.join("captures");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Copies in a temporary folder (the query writes indexes beside them), named by origin:
+    // two origins have a vxlan.pcap.
+    let mut files = Vec::new();
+    for f in public_files(&src) {
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "-");
+        let to = dir.join(rel);
+        std::fs::copy(&f, &to).unwrap();
+        files.push(to);
+    }
+    files.sort();
+    assert!(files.len() >= 30, "{} public captures", files.len());
+    let links: std::collections::BTreeSet<String> = run_ok(
+        Command::new("capinfos")
+            .args(["-T", "-E", "-r"])
+            .args(&files),
+    )
+    .lines()
+    .filter_map(|l| l.rsplit('\t').next().map(str::to_string))
+    .collect();
+    assert!(
+        links.contains("ether") && links.contains("rawip"),
+        "link types: {links:?}"
+    );
+    let (from, to) = ("0", "4102444800");
+    for (i, filter) in [
+        "",
+        "udp",
+        "vlan",
+        "ip6 or icmp",
+        "ip proto 47 and len > 200",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let parts_dir = tmp.join(format!("parts{i}"));
+        std::fs::create_dir_all(&parts_dir).unwrap();
+        let mut parts = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            let part = parts_dir.join(format!("{k:02}.pcap"));
+            let mut cmd = Command::new("tcpdump");
+            cmd.args(["-Z", "root", "--time-stamp-precision=nano", "-r"])
+                .arg(f)
+                .arg("-w")
+                .arg(&part);
+            if !filter.is_empty() {
+                cmd.arg(filter);
+            }
+            let o = run(&mut cmd);
+            if o.status.success() {
+                parts.push(part);
+            } else {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    err.contains("no VLAN support"),
+                    "tcpdump -r {} {filter:?}: {err}",
+                    f.display()
+                );
+            }
+        }
+        let merged = parts_dir.join("merged.pcapng");
+        run_ok(
+            Command::new("mergecap")
+                .args(["-F", "pcapng", "-w"])
+                .arg(&merged)
+                .args(&parts),
+        );
+        let expected = packets(&merged);
+        assert!(!expected.is_empty(), "{filter:?}: tcpdump found nothing");
+        let w = tmp.join(format!("q{i}.pcapng"));
+        query_dir(&dir, &["--from", from, "--to", to], filter, &w);
+        // Some files are not in time order themselves: mergecap keeps each file's order, and so
+        // must the query.
+        let got = packets(&w);
+        if got != expected {
+            let at = got
+                .iter()
+                .zip(&expected)
+                .take_while(|(g, e)| g == e)
+                .count();
+            panic!(
+                "public captures {filter:?}: {} packets expected (tcpdump -r + mergecap), {} returned; the first difference at packet {at}: expected {:?}, got {:?}",
+                expected.len(),
+                got.len(),
+                expected.get(at).map(|p| p.0),
+                got.get(at).map(|p| p.0)
+            );
+        }
+    }
+    // Every file was indexed after the fact (none is a session's file still being written),
+    // and the second pass, from the indexes, gives the same.
+    for f in &files {
+        assert!(
+            Path::new(&format!("{}.twidx", f.display())).exists(),
+            "no index written for {}",
+            f.display()
+        );
+    }
+    let w = tmp.join("again.pcapng");
+    query_dir(&dir, &["--from", from, "--to", to], "udp", &w);
+    assert_eq!(packets(&w), packets(&tmp.join("q1.pcapng")));
+    // Over the limit: refused before anything is written, with the index's estimate.
+    let o = run(Command::new(bin("tapwire"))
+        .arg("query")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--from", from, "--to", to, "--max-bytes", "1000"])
+        .arg("-w")
+        .arg(tmp.join("refused.pcapng")));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("would read up to") && err.contains("more than the limit of 1000 bytes"),
+        "{err}"
+    );
+    assert!(!tmp.join("refused.pcapng").exists(), "nothing written");
 }

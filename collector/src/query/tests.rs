@@ -466,7 +466,7 @@ fn read_out(b: &[u8]) -> (Vec<Got>, Vec<String>) {
 }
 
 /// What mergecap does with what `tcpdump -r FILTER` leaves of each file: the earliest head
-/// first, equal times by file order.
+/// first; of equal times, the later file's (Wireshark's merge takes the last of the earliest).
 fn reference(files: &[Vec<Pkt>], filter: Option<&str>, from: u64, to: u64) -> Vec<Got> {
     let bpf = filter.map(|f| Filter::new(f).unwrap());
     let kept: Vec<Vec<&Pkt>> = files
@@ -486,7 +486,7 @@ fn reference(files: &[Vec<Pkt>], filter: Option<&str>, from: u64, to: u64) -> Ve
         let mut best: Option<usize> = None;
         for (i, k) in kept.iter().enumerate() {
             if let Some(p) = k.get(at[i])
-                && best.is_none_or(|b| p.0 < kept[b][at[b]].0)
+                && best.is_none_or(|b| p.0 <= kept[b][at[b]].0)
             {
                 best = Some(i);
             }
