@@ -252,6 +252,14 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         query_dir(&out, &range, filter, &w);
         let got = packets(&w);
         assert_same(&format!("--dir {filter:?}"), &expected, &got);
+        // tcpdump's meaning: `host X` does not look inside an 802.1Q tag, `vlan and host X`
+        // looks only inside one (the sender tags the frames of one direction).
+        let tagged = |p: &Packet| p.1.get(12..14) == Some(&[0x81, 0x00][..]);
+        match filter {
+            "host 192.0.2.1" => assert!(!got.iter().any(tagged), "host X matched a tagged frame"),
+            "vlan and host 192.0.2.1" => assert!(got.iter().all(tagged), "an untagged frame"),
+            _ => {}
+        }
         if filter.is_empty() {
             for t in &open {
                 assert!(got.iter().any(|p| p.0 == *t), "the open files' packets");
@@ -534,4 +542,159 @@ fn query_over_the_public_captures_equals_tcpdump_and_mergecap() {
         "{err}"
     );
     assert!(!tmp.join("refused.pcapng").exists(), "nothing written");
+}
+
+/// After `kill -9`, with an on-finish command that compresses each finished file: the
+/// compressed files (read by a full scan of their decompressed stream) and the file the kill
+/// cut are answered as `tcpdump -r` + `mergecap` answers them (the compressed ones
+/// decompressed first with `gzip -dc`); once the restarted collector has written newer files,
+/// the cut file is no session's newest any more and gets a whole index after the fact.
+#[test]
+fn after_kill_9_compressed_and_cut_files_are_answered_and_indexed() {
+    for tool in [
+        "tcpdump", "tshark", "mergecap", "capinfos", "captype", "gzip",
+    ] {
+        require(tool);
+    }
+    let lab = Lab::new("query-kill9");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let gzip = r#"gzip "$1""#;
+    let args = ["--rotate-packets", &ROTATE.to_string(), "--on-finish", gzip];
+    let mut c = Collector::start(&lab, &col, &out, &args);
+    let opts = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-ii".into(),
+        sources: 2,
+        count: PER_SESSION,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    c.wait_for_packets(&sent.sources, Duration::from_secs(15));
+    c.wait_written(Duration::from_secs(10));
+    // Every finished file compressed (the hook ran), the newest of each session still open.
+    let finished = 2 * (PER_SESSION as usize / ROTATE);
+    let names = |dir: &Path| -> Vec<PathBuf> { tapwire_tests::collector::files_in(dir) };
+    let mut waited = 0;
+    while names(&out)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+        .count()
+        < finished
+        || names(&out).len() != finished + 2
+    {
+        assert!(
+            waited < 100,
+            "the on-finish gzip did not run: {:?}",
+            names(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    c.proc.signal("KILL");
+    c.proc.wait_timeout(Duration::from_secs(5)).expect("killed");
+    let files = names(&out);
+    let cut: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .cloned()
+        .collect();
+    assert_eq!(cut.len(), 2, "{files:?}");
+    // The kill may come between a buffer of the capture and its index records: the first
+    // file's index is cut here to half (the second keeps what the kill left).
+    let ix0 = PathBuf::from(format!("{}.twidx", cut[0].display()));
+    let b = std::fs::read(&ix0).unwrap();
+    std::fs::write(&ix0, &b[..b.len() / 2]).unwrap();
+
+    let tmp = TempDir::new("query-kill9");
+    // The oracle reads plain captures: the compressed ones decompressed by gzip.
+    let plain: Vec<PathBuf> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.extension().is_some_and(|e| e == "gz") {
+                let to = tmp.join(format!("{i:02}.pcapng"));
+                let o = run(Command::new("gzip").arg("-dc").arg(f));
+                assert!(o.status.success(), "gzip -dc {}", f.display());
+                std::fs::write(&to, o.stdout).unwrap();
+                to
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    let (from_ns, to_ns) = (0, u64::MAX / 2);
+    let range = ["--from", "0", "--to", "4102444800"];
+    for (i, filter) in ["", "host 192.0.2.1", "vlan and host 192.0.2.1"]
+        .into_iter()
+        .enumerate()
+    {
+        let oracle = tmp.join(format!("oracle{i}"));
+        std::fs::create_dir_all(&oracle).unwrap();
+        let expected = tcpdump_mergecap(&plain, filter, from_ns, to_ns, &oracle);
+        if filter.is_empty() {
+            assert_eq!(expected.len(), 2 * PER_SESSION as usize);
+        }
+        let w = tmp.join(format!("q{i}.pcapng"));
+        query_dir(&out, &range, filter, &w);
+        assert_same(
+            &format!("after kill -9 {filter:?}"),
+            &expected,
+            &packets(&w),
+        );
+    }
+    // The compressed files' indexes were written whole by the collector before the hook ran:
+    // the query rewrote none of them.
+    for f in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+    {
+        let name = f.file_name().unwrap().to_string_lossy();
+        let ix = out.join(format!("{}.twidx", name.strip_suffix(".gz").unwrap()));
+        let parsed = tapwire_formats::index::parse(&std::fs::read(&ix).unwrap());
+        assert!(
+            parsed.stop.is_none()
+                && matches!(
+                    parsed.records.last(),
+                    Some(tapwire_formats::index::Record::End { .. })
+                ),
+            "{}: not a whole index",
+            ix.display()
+        );
+    }
+
+    // Restarted, with newer files: the cut files are finished now and get whole indexes.
+    let c2 = Collector::start(&lab, &col, &out, &args);
+    let again = MirrorSend {
+        start: PER_SESSION,
+        count: 3,
+        ..opts
+    };
+    let sent = senders::send_mirror(&lab, &snd, &again, &lab.dir().join("again.pcap"), false);
+    c2.wait_for_packets(&sent.sources, Duration::from_secs(15));
+    c2.wait_written(Duration::from_secs(10));
+    let w = tmp.join("after-restart.pcapng");
+    let summary = query_dir(&out, &range, "", &w);
+    assert_eq!(
+        packets(&w).len(),
+        2 * (PER_SESSION + 3) as usize,
+        "{summary}"
+    );
+    for f in &cut {
+        let ix = tapwire_formats::index::parse(
+            &std::fs::read(format!("{}.twidx", f.display())).unwrap(),
+        );
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(
+            matches!(
+                ix.records.last(),
+                Some(tapwire_formats::index::Record::End { capture_len }) if *capture_len == len
+            ),
+            "{}: no whole index after the fact ({} records, stop {:?})",
+            f.display(),
+            ix.records.len(),
+            ix.stop
+        );
+    }
 }
