@@ -193,16 +193,35 @@ impl futures_core::Stream for Chunks {
     }
 }
 
-/// Takes one of the [`MAX_QUERIES`] slots, or says why not.
-fn take_slot(qs: &Arc<QueryState>) -> Result<Slot, Response> {
+/// Takes one of the [`MAX_QUERIES`] slots, if one is free.
+fn take_slot(qs: &Arc<QueryState>) -> Option<Slot> {
     if qs.running.fetch_add(1, Ordering::AcqRel) >= MAX_QUERIES {
         qs.running.fetch_sub(1, Ordering::AcqRel);
-        return Err(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_QUERIES} queries are running: try again when one is done"),
-        ));
+        return None;
     }
-    Ok(Slot(Arc::clone(qs)))
+    Some(Slot(Arc::clone(qs)))
+}
+
+fn busy() -> Response {
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{MAX_QUERIES} queries are running: try again when one is done"),
+    )
+}
+
+/// Why a save failed.
+enum SaveFailed {
+    Refused(QueryError),
+    Status(StatusCode, String),
+}
+
+impl SaveFailed {
+    fn answer(self) -> Response {
+        match self {
+            SaveFailed::Refused(e) => refusal(e),
+            SaveFailed::Status(code, m) => reply(code, m),
+        }
+    }
 }
 
 /// The refusal of a query as its HTTP answer.
@@ -307,8 +326,8 @@ fn save_to(
     req: &Request,
     max_bytes: u64,
     path: &std::path::Path,
-) -> Result<query::Summary, Response> {
-    let prepared = query::prepare(local, req, Some(max_bytes)).map_err(refusal)?;
+) -> Result<query::Summary, SaveFailed> {
+    let prepared = query::prepare(local, req, Some(max_bytes)).map_err(SaveFailed::Refused)?;
     let tmp = path.with_file_name(format!(
         ".{}.part",
         path.file_name().unwrap_or_default().to_string_lossy()
@@ -322,7 +341,7 @@ fn save_to(
     });
     written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        reply(
+        SaveFailed::Status(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{}: {e}", path.display()),
         )
@@ -349,9 +368,8 @@ pub(super) async fn save(
     if !s.snapshot.load().sessions.iter().any(|x| x.name == session) {
         return reply(StatusCode::NOT_FOUND, format!("no session {session:?}"));
     }
-    let slot = match take_slot(&qs) {
-        Ok(slot) => slot,
-        Err(r) => return r,
+    let Some(slot) = take_slot(&qs) else {
+        return busy();
     };
     let local = catalog(&s, &qs);
     let dir = qs.out.join(SAVED_DIR);
@@ -359,8 +377,8 @@ pub(super) async fn save(
     let by = caller.name.clone();
     let done = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let path =
-            save_path(&dir, &session, minutes, now).map_err(|e| reply(StatusCode::CONFLICT, e))?;
+        let path = save_path(&dir, &session, minutes, now)
+            .map_err(|e| SaveFailed::Status(StatusCode::CONFLICT, e))?;
         let sum = save_to(&local, &req, max_bytes, &path)?;
         tracing::info!(
             session,
@@ -376,7 +394,7 @@ pub(super) async fn save(
             sum.packets,
             path.display()
         );
-        Ok::<_, Response>(axum::Json(json!({
+        Ok::<_, SaveFailed>(axum::Json(json!({
             "ok": true,
             "message": message,
             "path": path.display().to_string(),
@@ -388,7 +406,7 @@ pub(super) async fn save(
     .await;
     match done {
         Ok(Ok(answer)) => answer.into_response(),
-        Ok(Err(r)) => r,
+        Ok(Err(e)) => e.answer(),
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -405,9 +423,8 @@ pub(super) async fn packets(
         Ok(r) => r,
         Err(e) => return reply(StatusCode::BAD_REQUEST, e),
     };
-    let slot = match take_slot(&qs) {
-        Ok(slot) => slot,
-        Err(r) => return r,
+    let Some(slot) = take_slot(&qs) else {
+        return busy();
     };
     let local = catalog(&s, &qs);
     let (planned_tx, planned) = oneshot::channel();
