@@ -966,7 +966,7 @@ proptest! {
             ..Request::default()
         };
         let (got, comments, _) = run(&dir, &req);
-        let want = reference(&[pk.clone()], filter, 0, u64::MAX);
+        let want = reference(std::slice::from_ref(&pk), filter, 0, u64::MAX);
         if in_capture {
             // Never more packets than the file holds (the output is checked whole by read_out).
             prop_assert!(got.len() <= n as usize, "{} of {}", got.len(), n);
