@@ -407,6 +407,24 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         ],
     );
     assert_same("tapwire query --api", &expected, &packets(&w));
+
+    // With no --api: the local collector's API (on the collector's host, no token needed).
+    let w = lab.dir().join("cli-local.pcapng");
+    lab.exec_ok(
+        &col,
+        &[
+            tapwire.to_str().unwrap(),
+            "query",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "-w",
+            w.to_str().unwrap(),
+            filter,
+        ],
+    );
+    assert_same("tapwire query (local API)", &expected, &packets(&w));
 }
 
 /// The public captures (`../shared/captures`: pcap and pcapng, Ethernet and raw IP, from
