@@ -263,6 +263,18 @@ pub struct Snapshot {
     pub totals: Totals,
     pub inputs: Vec<InputStats>,
     pub sessions: Vec<SessionStats>,
+    /// The control plane (`collect --db`): this collector's name in its fleet and whether its
+    /// database answers. Absent without `--db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlInfo>,
+}
+
+/// The control plane as a snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlInfo {
+    pub state: control::ControlState,
+    /// This collector's `--name`.
+    pub collector: String,
 }
 
 /// What `POST /api/v1/sessions/{name}/{action}` may ask.

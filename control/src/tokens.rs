@@ -9,10 +9,12 @@ use crate::Refused;
 use crate::auth::{self, Caller};
 use crate::store::{AuditRow, NewToken, Store, Transaction};
 
-/// Writes one audit row (in the caller's transaction).
+/// Writes one audit row (in the caller's transaction); `collector`: the one that served it
+/// (`None` offline).
 pub fn audit(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     at: &str,
     action: &str,
     target: &str,
@@ -25,6 +27,7 @@ pub fn audit(
         action,
         target,
         detail,
+        collector,
     })?;
     Ok(())
 }
@@ -33,6 +36,7 @@ pub fn audit(
 pub fn insert(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     name: &str,
     role: Role,
     hash: &[u8],
@@ -54,6 +58,7 @@ pub fn insert(
     audit(
         tx,
         caller,
+        collector,
         at,
         "token.create",
         name,
@@ -72,13 +77,22 @@ pub fn insert(
 pub fn revoke(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     name: &str,
     at: &str,
 ) -> Result<(), Refused> {
     if !tx.revoke_token(name, at)? {
         return Err(Refused::NotFound(format!("no active token named {name:?}")));
     }
-    audit(tx, caller, at, "token.revoke", name, &Value::Null)
+    audit(
+        tx,
+        caller,
+        collector,
+        at,
+        "token.revoke",
+        name,
+        &Value::Null,
+    )
 }
 
 /// `tapwire token create --db`: a new token, its secret in the answer (shown once).
@@ -94,11 +108,14 @@ pub fn create_offline(
     let mut info = insert(
         &mut *tx,
         caller,
+        None,
         name,
         role,
         &auth::hash(&secret),
         &rfc3339_ns(now_ns),
     )?;
+    // Collectors that run take the new token at their next look (the fleet's counter).
+    tx.bump_fleet_version()?;
     tx.commit()?;
     info.token = Some(secret);
     Ok(info)
@@ -117,6 +134,7 @@ pub fn revoke_offline(
     now_ns: u64,
 ) -> Result<(), Refused> {
     let mut tx = store.begin()?;
-    revoke(&mut *tx, caller, name, &rfc3339_ns(now_ns))?;
+    revoke(&mut *tx, caller, None, name, &rfc3339_ns(now_ns))?;
+    tx.bump_fleet_version()?;
     Ok(tx.commit()?)
 }

@@ -454,6 +454,7 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
         ],
         sessions,
+        control: None,
     }
 }
 

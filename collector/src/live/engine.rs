@@ -98,6 +98,9 @@ enum Got {
     Control(Control),
 }
 
+/// The control plane's state as a snapshot shows it.
+pub type ControlInfoFn = Arc<dyn Fn() -> api::ControlInfo + Send + Sync>;
+
 /// Everything but the pipeline, so that a delivered frame (which borrows the pipeline) can be
 /// handed to it.
 struct Core {
@@ -127,6 +130,7 @@ struct Core {
     snapshot: Arc<ArcSwap<api::Snapshot>>,
     /// Monitor interfaces created for auto-discovered sessions so far (names their next one).
     n_auto_taps: u32,
+    control: Option<ControlInfoFn>,
 }
 
 /// A session's outputs and counters (its routing is the [`Router`]'s [`Gate`]).
@@ -249,6 +253,7 @@ impl Engine {
             comment: String::new(),
             snapshot,
             n_auto_taps: 0,
+            control: None,
         };
         for c in core.config.sessions.clone() {
             let s = Session::new(
@@ -267,6 +272,11 @@ impl Engine {
         let mut e = Engine { pipeline, core };
         e.publish(now);
         Ok(e)
+    }
+
+    /// What each snapshot says of the control plane (read from memory once a second).
+    pub fn set_control(&mut self, info: ControlInfoFn) {
+        self.core.control = Some(info);
     }
 
     /// The configuration file as the engine last loaded it (replaced on each reload).
@@ -1014,6 +1024,7 @@ impl Core {
             },
             inputs,
             sessions,
+            control: self.control.as_ref().map(|f| f()),
         }
     }
 }
