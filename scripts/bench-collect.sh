@@ -5,6 +5,14 @@
 #   scripts/bench-collect.sh                              # everything, as the README reports it
 #   RUNS=1 SIZES=60 RSS_SESSIONS= scripts/bench-collect.sh    # one quick point
 #   RATE=200000 CAPTURERS="tapwire tcpdump" scripts/bench-collect.sh
+#   GENERATOR=tcpreplay RUNS=5 CAPTURERS="tapwire tapwire-xdp tcpdump" RSS_SESSIONS= \
+#       scripts/bench-collect.sh                          # the same file replayed to each
+#
+# GENERATOR=tcpreplay: instead of trafgen running for SECONDS_RUN, every run replays the same
+# file of COUNT (1,000,000) packets, made once per frame size from the same sessions as the
+# trafgen configuration (8 sessions, contiguous GRE sequences), with `tcpreplay --topspeed`
+# pinned to CPU 0. Frames the receiving side cannot take are lost (no retry): "loss" is then
+# what the whole path, kernel included, failed to keep of an identical input.
 #
 # Lab (namespaces made here, removed on exit, also on failure): `gen` --veth--> `col`. trafgen
 # (netsniff-ng) runs in `gen` on CPU 0 and sends ERSPAN II to col's address: GRE with the S bit
@@ -22,6 +30,8 @@
 #
 #   tapwire        tapwire collect --no-tui --out DIR (release build): the raw GRE socket input
 #   tapwire-ring   the same with --gre-v4 off --interface col0 (AF_PACKET TPACKET_V3 ring)
+#   tapwire-xdp    the same with --xdp col0 (AF_XDP; the raw GRE socket stays open for what the
+#                  XDP program passes). INPUT=xdp (or ring, raw) runs that tapwire column alone.
 #   tcpdump        tcpdump -i col0 -w FILE (libpcap's default 2 MiB buffer)
 #   tcpdump-B      tcpdump -i col0 -B 65536 -w FILE (a 64 MiB buffer)
 #
@@ -34,9 +44,20 @@
 #
 # Softirq: the kernel's receive work runs on CPU 1 and, with tick-based accounting, is charged
 # to whichever task it interrupts: to the capturer when it is running, to other work or to no
-# one when it sleeps. With PROFILE=1 (default, needs perf) `perf record -e cpu-clock -C 1`
-# samples CPU 1 during the run and the samples whose stack holds the softirq handler tell how
-# much of the capturer's time was softirq: "own" is the rest, the capturer's own work.
+# one when it sleeps. With PROFILE=1 (default, needs perf) `perf record -e cpu-clock -C 0,1`
+# samples both CPUs during the run and the samples whose stack holds the softirq handler tell
+# how much of the capturer's time was softirq: "own" is the rest, the capturer's own work.
+# Veth runs an XDP program in its NAPI poll on the CPU that sent the frame (CPU 0 here, in
+# trafgen's sendto), ahead of RPS; so for tapwire-xdp the kernel's receive work is softirq on
+# CPU 0, not CPU 1 (on a NIC it runs on the CPU of the queue's interrupt). The fair figure for
+# every column is therefore "receive": the capturer's samples plus every softirq sample on
+# either CPU outside it, per packet sent. "CPU-1 busy" is CPU 1's non-idle time from
+# /proc/stat, from just before the traffic to 0.2 s after it, per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
+# "CPU-1 other" is that, from the samples of other tasks outside softirq). With
+# GENERATOR=tcpreplay and PROFILE=1 perf wraps the replay, so that window also holds perf's own
+# start and exit (measured: about 0.2 s of CPU and 1.2 s of wall time in which other work runs):
+# over 1,000,000 packets up to a few hundred ns per packet, over 100,000 most of the figure.
+# Take CPU-1 busy from a PROFILE=0 run.
 #
 # Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
 # outer sources) of 1414-byte frames at trafgen's maximum rate for RSS_SECONDS (60); VmRSS and
@@ -54,12 +75,21 @@ SESSIONS=${SESSIONS:-8}
 SECONDS_RUN=${SECONDS_RUN:-10}
 RUNS=${RUNS:-3}
 RATE=${RATE:-max}
-CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tcpdump tcpdump-B}
+GENERATOR=${GENERATOR:-trafgen}
+COUNT=${COUNT:-1000000}
+case ${INPUT:-} in
+xdp) CAPTURERS=${CAPTURERS:-tapwire-xdp} ;;
+ring) CAPTURERS=${CAPTURERS:-tapwire-ring} ;;
+raw) CAPTURERS=${CAPTURERS:-tapwire} ;;
+esac
+CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tapwire-xdp tcpdump tcpdump-B}
 RSS_SESSIONS=${RSS_SESSIONS-1024 4096}
 RSS_SECONDS=${RSS_SECONDS:-60}
 PROFILE=${PROFILE:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 GEN_CPU=0 RX_CPU=1
+# Extra flags for tapwire collect (the memory runs lift the session and source caps).
+TAPWIRE_ARGS=()
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 [[ $(id -u) == 0 ]] || { echo "bench-collect: run as root (network namespaces)" >&2; exit 2; }
@@ -67,7 +97,11 @@ source "$ROOT/scripts/bench-lib.sh"
 profiler=()
 [[ $PROFILE == 1 ]] && profiler=(perf:linux-perf)
 install_missing trafgen:netsniff-ng tcpdump:tcpdump capinfos:tshark jq:jq curl:curl bc:bc \
-    ethtool:ethtool "${profiler[@]}"
+    ethtool:ethtool tcpreplay:tcpreplay "${profiler[@]}"
+case $GENERATOR in
+trafgen | tcpreplay) ;;
+*) echo "bench-collect: GENERATOR is trafgen or tcpreplay, not $GENERATOR" >&2; exit 2 ;;
+esac
 build_tapwire
 
 ID=twbc-$$
@@ -90,33 +124,98 @@ CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 link_stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
 
-# profile_split PERF_DATA COMM_REGEX: "samples softirq_samples all_softirq_samples": samples of
-# the matching threads, those of them in softirq context, and all softirq samples on the CPU.
+# replay_file LEN: COUNT ERSPAN II packets with LEN-byte inner frames, the sessions of
+# trafgen_config LEN SESSIONS 1 taking turns (session N from 10.98.1.N, id N, its own
+# contiguous GRE sequence from 0), as a pcap file; prints its path.
+replay_file() {
+    local len=$1 f=$WORK/r-$1.pcap
+    [[ -f $f ]] || /usr/bin/python3 - "$f" "$len" "$SESSIONS" "$COUNT" "$GEN_MAC" "$COL_MAC" <<'EOF'
+import struct, sys
+path, inner, sessions, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+mac = lambda m: bytes.fromhex(m.replace(":", ""))
+eth = mac(sys.argv[6]) + mac(sys.argv[5]) + b"\x08\x00"
+def csum(h):
+    s = sum(struct.unpack("!10H", h))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+heads, tails = [], []
+for src in range(1, sessions + 1):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 16 + inner, 0, 0x4000, 64, 47, 0,
+                     bytes([10, 98, 1, src]), bytes([10, 98, 0, 2]))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    heads.append(eth + ip + struct.pack("!HH", 0x1000, 0x88BE))
+    erspan = struct.pack("!II", (1 << 28) | src, 0)
+    iip = struct.pack("!HHHHBBH4s4s", 0x4500, inner - 14, 0, 0x4000, 64, 17, 0,
+                      bytes([10, src, 0, 0]), bytes([10, 2, 0, 1]))
+    frame = (bytes.fromhex("020000000001" "020000000002" "0800") + iip
+             + struct.pack("!HHHH", 1000 + src, 9, inner - 34, 0) + b"A" * (inner - 42))
+    tails.append(erspan + frame)
+size = len(heads[0]) + 4 + len(tails[0])
+rec = struct.pack("<IIII", 0, 0, size, size)
+with open(path, "wb") as out:
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    buf = []
+    for i in range(count):
+        s = i % sessions
+        buf.append(rec + heads[s] + struct.pack("!I", i // sessions) + tails[s])
+        if len(buf) == 65536:
+            out.write(b"".join(buf))
+            buf = []
+    out.write(b"".join(buf))
+EOF
+    echo "$f"
+}
+
+# replay_run FILE: tcpreplay --topspeed of FILE from GEN on GEN_CPU, under `perf record` of
+# both CPUs when PROFILE=1; prints "packets seconds" (its own count of frames sent, and time).
+replay_run() {
+    local cmd=(ip netns exec "$GEN" taskset -c "$GEN_CPU" tcpreplay --topspeed -i gen0 "$1")
+    if [[ $PROFILE == 1 ]]; then
+        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" -- \
+            "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
+    else
+        "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
+    fi
+    awk '/Successful packets:/ {p = $3}
+        /^Actual:/ {for (i = 1; i <= NF; i++) if ($i == "seconds") s = $(i - 1)}
+        END {print p + 0, s + 0}' "$WORK/replay.out"
+}
+
+# profile_split PERF_DATA COMM_REGEX: "n s soft_rx soft_gen other_rx": samples of the matching
+# threads, those of them in softirq context, softirq samples on RX_CPU and on GEN_CPU, and
+# samples on RX_CPU of other tasks (not idle, not perf) outside softirq.
 profile_split() {
-    perf script -i "$1" -F comm,ip,sym 2>/dev/null | awk -v re="$2" '
+    perf script -i "$1" -F comm,cpu,ip,sym 2>/dev/null | awk -v re="$2" -v rx="$RX_CPU" -v gen="$GEN_CPU" '
         function flush() {
+            if (comm == "") return
             if (comm ~ re) { n++; if (soft) s++ }
-            if (soft) all++
+            if (soft && cpu == rx) srx++
+            if (soft && cpu == gen) sgen++
+            if (!soft && cpu == rx && comm !~ re && comm != "swapper" && comm != "perf") other++
             comm = ""; soft = 0
         }
-        /^[^ \t]/ { flush(); comm = $1; next }
+        /^[^ \t]/ { flush(); comm = $1; cpu = $2; gsub(/[^0-9]/, "", cpu); cpu += 0; next }
         /handle_softirqs|__do_softirq|net_rx_action/ { soft = 1 }
-        END { flush(); print n + 0, s + 0, all + 0 }'
+        END { flush(); print n + 0, s + 0, srx + 0, sgen + 0, other + 0 }'
 }
+
+# cpu_busy CPU: ticks (USER_HZ) CPU has not been idle: user nice system irq softirq steal.
+cpu_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 start_capturer() {
     local who=$1 out=$2
     rm -rf "$out"
     mkdir -p "$out"
     SINK_PID=
-    [[ $who != tapwire ]] && start_sink "$COL"
+    [[ $who != tapwire && $who != tapwire-xdp ]] && start_sink "$COL"
     case $who in
-    tapwire | tapwire-ring)
+    tapwire | tapwire-ring | tapwire-xdp)
         local inputs=(--gre-v4 0.0.0.0)
         [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
+        [[ $who == tapwire-xdp ]] && inputs=(--gre-v4 0.0.0.0 --xdp col0)
         ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --out "$out" \
             "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
-            --api 127.0.0.1:9750 2>"$WORK/capturer.err" &
+            --api 127.0.0.1:9750 "${TAPWIRE_ARGS[@]}" 2>"$WORK/capturer.err" &
         CAP_PID=$!
         for _ in $(seq 100); do api >/dev/null 2>&1 && break; sleep 0.1; done
         ;;
@@ -177,19 +276,29 @@ measure() {
     local load
     load=$(cut -d' ' -f1 /proc/loadavg)
     start_capturer "$who" "$out"
-    local rx0 bp0 cpu0 threads0
+    local rx0 bp0 cpu0 threads0 busy0
     rx0=$(link_stat "$COL" col0 rx_packets)
     bp0=$(link_stat "$GEN" gen0 tx_dropped)
     cpu0=$(cpu_ticks "$CAP_PID")
     threads0=$(thread_ticks "$CAP_PID")
+    busy0=$(cpu_busy "$RX_CPU")
     PERF_PID=
-    if [[ $PROFILE == 1 ]]; then
-        perf record -q -e cpu-clock -F 999 -C "$RX_CPU" -g -o "$WORK/perf.data" \
+    if [[ $PROFILE == 1 && $GENERATOR == trafgen ]]; then
+        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" \
             -- sleep "$SECONDS_RUN" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
     local sent secs
-    read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
+    if [[ $GENERATOR == tcpreplay ]]; then
+        read -r sent secs <<<"$(replay_run "$(replay_file "$len")")"
+    else
+        read -r sent secs <<<"$(trafgen_run "$cfg" "$RATE" "$SECONDS_RUN")"
+    fi
+    # CPU 1's busy time over the traffic and a short drain only: the settling below is idle
+    # time that other work on a shared machine would fill.
+    sleep 0.2
+    local busy1
+    busy1=$(cpu_busy "$RX_CPU")
     [[ -n $PERF_PID ]] && { wait "$PERF_PID" || true; PERF_PID=; }
     local got kdrops written lost snap=""
     if [[ $who == tapwire* ]]; then
@@ -225,15 +334,21 @@ measure() {
         echo "bench-collect: col0 received $delivered of the $sent frames trafgen counted" >&2
     ((in_files == written)) ||
         echo "bench-collect: $who: the files hold $in_files packets, it reported $written" >&2
-    local cpu_ns own_ns="-" softirq_ns="-" n s all
+    local cpu_ns own_ns="-" softirq_ns="-" gen_softirq_ns="-" receive_ns="-" other_ns="-" n s srx sgen other
     cpu_ns=$(echo "($cpu1 - $cpu0) * 1000000000 / $CLK_TCK / ($written + 0.000001)" | bc -l)
+    local busy_ns
+    busy_ns=$(echo "($busy1 - $busy0) * 1000000000 / $CLK_TCK / $sent" | bc -l)
     if [[ $PROFILE == 1 && -f $WORK/perf.data ]]; then
         local re='^tcpdump$'
         [[ $who == tapwire* ]] && re='^tapwire'
-        read -r n s all <<<"$(profile_split "$WORK/perf.data" "$re")"
+        read -r n s srx sgen other <<<"$(profile_split "$WORK/perf.data" "$re")"
         ((n > 0)) && own_ns=$(echo "$cpu_ns * ($n - $s) / $n" | bc -l)
-        # perf samples CPU 1 at 999 Hz for SECONDS_RUN: each sample stands for ~1 ms.
-        softirq_ns=$(echo "$all * 1000000000 / 999 / $sent" | bc -l)
+        # perf samples each CPU at 999 Hz for SECONDS_RUN: each sample stands for ~1 ms.
+        local per='1000000000 / 999 / '"$sent"
+        softirq_ns=$(echo "$srx * $per" | bc -l)
+        gen_softirq_ns=$(echo "$sgen * $per" | bc -l)
+        receive_ns=$(echo "($n - $s + $srx + $sgen) * $per" | bc -l)
+        other_ns=$(echo "$other * $per" | bc -l)
         rm -f "$WORK/perf.data"
     fi
     local per_thread="-"
@@ -243,13 +358,14 @@ measure() {
     fi
     local loss
     loss=$(echo "100 * ($sent - $written) / $sent" | bc -l)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
         "$written" "$kdrops" "$lost" "$loss" "$cpu_ns" "$own_ns" "$softirq_ns" "$((bp1 - bp0))" \
-        "$load" "$per_thread" >>"$RESULTS"
-    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s)  backpressure %s  load %s  %s\n' \
+        "$load" "$per_thread" "$gen_softirq_ns" "$receive_ns" "$busy_ns" "$other_ns" >>"$RESULTS"
+    fmt_ns() { [[ $1 == - ]] && echo - || printf "%.0f" "$1"; }
+    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s, CPU-0 softirq %s; receive %s)  CPU-1 busy %s (other %s)  backpressure %s  load %s  %s\n' \
         "$who" "$len" "$sent" "$secs" "$(echo "$sent / $secs" | bc -l)" "$written" "$kdrops" "$lost" \
-        "$loss" "$cpu_ns" "$( [[ $own_ns == - ]] && echo - || printf '%.0f' "$own_ns")" \
-        "$( [[ $softirq_ns == - ]] && echo - || printf '%.0f' "$softirq_ns")" \
+        "$loss" "$cpu_ns" "$(fmt_ns "$own_ns")" "$(fmt_ns "$softirq_ns")" "$(fmt_ns "$gen_softirq_ns")" \
+        "$(fmt_ns "$receive_ns")" "$(fmt_ns "$busy_ns")" "$(fmt_ns "$other_ns")" \
         "$((bp1 - bp0))" "$load" "$per_thread" >&2
 }
 
@@ -266,6 +382,8 @@ done
 # --- memory with many sessions -----------------------------------------------------------------
 RSS_ROWS=()
 for n in $RSS_SESSIONS; do
+    # Every session auto-discovered: lift the defaults' caps to the point measured.
+    TAPWIRE_ARGS=(--max-auto-sessions "$n" --max-sources "$n")
     ids=$((n < 1024 ? n : 1024))
     sources=$(((n + 1023) / 1024))
     trafgen_config 1414 "$sources" "$ids" >"$WORK/rss.cfg"
@@ -306,8 +424,8 @@ echo
 echo "Load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg); $RUNS run(s) of"
 echo "${SECONDS_RUN} s per point, trafgen rate: $RATE. Medians, with the range over the runs in brackets."
 echo
-echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | backpressure | load |"
-echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | CPU-0 softirq ns/packet | receive ns/packet | CPU-1 busy ns/packet | CPU-1 other ns/packet | backpressure | load |"
+echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for len in $SIZES; do
     for who in $CAPTURERS; do
         awk -F'\t' -v who="$who" -v len="$len" '
@@ -324,14 +442,17 @@ for len in $SIZES; do
             }
             $1 == who && $2 == len {
                 n++; pps[n] = $3 / $4; loss[n] = $8; kd[n] = $6; cpu[n] = $9; bp[n] = $12; ld[n] = $13
+                busy[n] = $17
                 if ($7 != "-") { haslost = 1; lostsum += $7 }
-                if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11 }
+                if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11; gsirq[m] = $15; recv[m] = $16; oth[m] = $18 }
             }
             END {
                 if (n == 0) exit
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who, cell(pps, n, "%.0f"),
-                    cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-", cell(cpu, n, "%.0f"),
-                    cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(bp, n, "%.0f"), cell(ld, n, "%.1f")
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who,
+                    cell(pps, n, "%.0f"), cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-",
+                    cell(cpu, n, "%.0f"), cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(gsirq, m, "%.0f"),
+                    cell(recv, m, "%.0f"), cell(busy, n, "%.0f"), cell(oth, m, "%.0f"), cell(bp, n, "%.0f"),
+                    cell(ld, n, "%.1f")
             }' "$RESULTS"
     done
 done

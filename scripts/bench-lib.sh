@@ -110,5 +110,14 @@ thread_ticks() {
     for t in /proc/"$1"/task/*; do awk '{print substr($2, 2, length($2) - 2), $14 + $15}' "$t/stat"; done
 }
 
-# api: the collector's sessions as JSON, from inside COL.
-api() { ip netns exec "$COL" curl -sf --max-time 2 http://127.0.0.1:9750/api/v1/sessions; }
+# api: the collector's sessions as JSON, from inside COL: every page of them in one snapshot.
+api() {
+    local url=http://127.0.0.1:9750/api/v1/sessions?limit=1000\&sources=1000 page all after
+    page=$(ip netns exec "$COL" curl -sf --max-time 2 "$url") || return 1
+    all=$page
+    while after=$(jq -r '.page.next // empty' <<<"$page") && [[ -n $after ]]; do
+        page=$(ip netns exec "$COL" curl -sf --max-time 2 "$url&after=$after") || return 1
+        all=$(jq -s '.[0].sessions += .[1].sessions | .[0]' <(echo "$all") <(echo "$page"))
+    done
+    echo "$all"
+}

@@ -23,6 +23,9 @@ declare -A need=(
   [sysctl]=procps
   [ethtool]=ethtool
   [pkg-config]=pkg-config
+  # netio/build.rs compiles the XDP steering program; bpftool inspects it.
+  [clang]=clang
+  [bpftool]=bpftool
   # libfuzzer-sys compiles libFuzzer (C++) when test.sh checks the fuzz targets.
   [g++]=g++
 )

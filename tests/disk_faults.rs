@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -443,7 +443,7 @@ fn read_session_files(c: &Collector<'_>, api: &Value) -> BTreeMap<String, Vec<Ve
         out.insert(name.to_string(), frames);
     }
     // Nothing else was left behind (an empty file is not a capture).
-    for f in capture_files_in(&c.out) {
+    for f in collector::files_with_prefix(&c.out, "") {
         assert!(seen.contains(&f), "{} belongs to no session", f.display());
     }
     out
@@ -476,12 +476,6 @@ fn tshark_read(file: &Path) -> Vec<Vec<u8>> {
         .flatten()
         .map(|p| tshark::frame_bytes(&p["_source"]["layers"]))
         .collect()
-}
-
-fn capture_files_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
 
 /// (total, available) bytes of the file system holding `dir`, as statvfs reports them.

@@ -299,17 +299,8 @@ fn frames(path: &Path) -> Vec<Frame> {
 
 /// Every frame of session `name`'s files (checked with captype and capinfos), in file order.
 fn session_frames(out: &Path, name: &str) -> Vec<Frame> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{name}_")))
-        })
-        .collect();
-    files.sort();
+    // Capture files only: the packet indexes (`.twidx`) beside them are not captures.
+    let files = tapwire_tests::collector::files_with_prefix(out, &format!("{name}_"));
     assert!(
         !files.is_empty(),
         "session {name} wrote no file in {}",

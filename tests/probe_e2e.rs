@@ -10,18 +10,23 @@
 //! sent (ERSPAN/GRE fields, sequence numbers, direction), and tshark reads the collector's
 //! session files. IPv6 is off on `vm0` and `tap1`, so nothing but the test's own traffic
 //! crosses the VM NIC.
+//!
+//! Every test that mirrors runs twice ([`both_paths`]): on the fast path (the default, `auto`:
+//! complete frames through a transmit ring on `up0`), and with the raw socket forced
+//! (`--send-path raw`); `Probe::stop` checks that each used the path it was meant to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tapwire_tests::collector::{self, Collector};
-use tapwire_tests::netns::{Lab, Proc, poll_until, wait_until};
+use tapwire_tests::netns::{Lab, wait_until};
 use tapwire_tests::oracle::{self, Key, assert_same_frames};
+use tapwire_tests::probe::{PROBE_API, Probe, STOP_WITHIN, SendPath};
 use tapwire_tests::senders::Tcpdump;
 use tapwire_tests::tshark::{self, num};
 use tapwire_tests::{TempDir, bin, require, run};
@@ -32,9 +37,36 @@ const UP_V4: &str = "10.79.2.1";
 const COL_V4: &str = "10.79.2.2";
 const UP_V6: &str = "fd79:2::1";
 const COL_V6: &str = "fd79:2::2";
-const PROBE_API: &str = "127.0.0.1:9751";
-/// SIGTERM must end the probe cleanly; it notices within 100 ms and joins its threads.
-const STOP_WITHIN: Duration = Duration::from_millis(2500);
+
+/// `#[test]`s `NAME::fast` and `NAME::raw` for each function `NAME(SendPath)`.
+macro_rules! both_paths {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn fast() {
+                super::$name(super::SendPath::Fast)
+            }
+
+            #[test]
+            fn raw() {
+                super::$name(super::SendPath::Raw)
+            }
+        }
+    )*};
+}
+
+both_paths!(
+    erspan_ii_mirrors_the_vm_nic_byte_identical,
+    erspan_iii_mirrors_the_vm_nic_byte_identical,
+    gre_teb_over_ipv6_mirrors_the_vm_nic_byte_identical,
+    filter_tcp_443_is_applied_in_the_kernel,
+    snaplen_and_path_mtu_cut_frames_and_set_the_t_bit,
+    one_in_ten_sampling_within_1_percent,
+    rate_limits_within_1_percent,
+    mirroring_the_uplink_does_not_loop,
+    interface_down_and_gone_is_reported_and_retried,
+    runs_unprivileged_with_only_cap_net_raw,
+);
 
 /// The namespaces of one test.
 struct Topo {
@@ -75,6 +107,11 @@ impl Topo {
         lab.addr(&host, "up0", &format!("{UP_V6}/64"));
         lab.addr(&col, "col0", &format!("{COL_V4}/24"));
         lab.addr(&col, "col0", &format!("{COL_V6}/64"));
+        // The host knows the collector's MAC before the probe starts, as a host that talks to
+        // it does: the fast path is taken from the first packet (resolving the next hop while
+        // mirroring is `probe_fastpath`'s subject).
+        lab.exec_ok(&host, &["ping", "-c", "1", "-W", "2", COL_V4]);
+        lab.exec_ok(&host, &["ping", "-6", "-c", "1", "-W", "2", COL_V6]);
         let vm_mac = lab.mac(&vm, "vm0");
         let tap_mac = lab.mac(&host, "tap1");
         Topo {
@@ -181,128 +218,6 @@ impl Topo {
         );
         // Let the last block time out (10 ms) and reach the collector.
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A running `tapwire-probe` with its stats API on the namespace's loopback.
-struct Probe<'l> {
-    lab: &'l Lab,
-    ns: String,
-    proc: Proc,
-}
-
-impl<'l> Probe<'l> {
-    /// Starts the probe and waits until every flow is running.
-    fn start(lab: &'l Lab, ns: &str, args: &[&str]) -> Probe<'l> {
-        require("curl");
-        let exe = bin("tapwire-probe");
-        let mut cmd = vec![
-            exe.to_str().unwrap(),
-            "--stats",
-            PROBE_API,
-            "--stats-interval",
-            "1s",
-        ];
-        cmd.extend_from_slice(args);
-        Probe::spawned(lab, ns, lab.spawn(ns, &cmd))
-    }
-
-    fn spawned(lab: &'l Lab, ns: &str, proc: Proc) -> Probe<'l> {
-        let mut p = Probe {
-            lab,
-            ns: ns.to_string(),
-            proc,
-        };
-        let running = poll_until(Duration::from_secs(15), || {
-            if let Some(status) = p.proc.try_wait() {
-                panic!(
-                    "tapwire-probe exited at start ({status}):\n{}",
-                    p.proc.stderr()
-                );
-            }
-            let flows = p.try_flows()?;
-            let all = flows["flows"].as_array()?;
-            (!all.is_empty() && all.iter().all(|f| f["state"] == "running")).then_some(())
-        });
-        assert!(
-            running.is_some(),
-            "tapwire-probe's flows are not running after 15 s:\n{}",
-            p.proc.stderr()
-        );
-        p
-    }
-
-    fn try_flows(&self) -> Option<Value> {
-        let out = self.lab.exec(
-            &self.ns,
-            &[
-                "curl",
-                "-sSf",
-                "--max-time",
-                "3",
-                &format!("http://{PROBE_API}/api/v1/flows"),
-            ],
-        );
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// The one flow's stats object.
-    fn flow(&self) -> Value {
-        let flows = self
-            .try_flows()
-            .unwrap_or_else(|| panic!("probe API does not answer:\n{}", self.proc.stderr()));
-        flows["flows"][0].clone()
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.flow()["counters"][name].as_u64().unwrap()
-    }
-
-    /// Waits until the flow's counter `name` holds still at a value for 300 ms.
-    fn settled(&self, name: &str) -> u64 {
-        let mut last = (u64::MAX, Instant::now());
-        wait_until(
-            Duration::from_secs(10),
-            &format!("{name} to settle"),
-            || {
-                let v = self.counter(name);
-                if v != last.0 {
-                    last = (v, Instant::now());
-                    None
-                } else {
-                    (last.1.elapsed() >= Duration::from_millis(300)).then_some(v)
-                }
-            },
-        )
-    }
-
-    fn metrics(&self) -> String {
-        let out = self.lab.exec(
-            &self.ns,
-            &["curl", "-sSf", &format!("http://{PROBE_API}/metrics")],
-        );
-        assert!(out.status.success(), "GET /metrics");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// SIGTERM; it must exit successfully within [`STOP_WITHIN`]. Returns its stderr.
-    fn stop(mut self) -> String {
-        self.proc.signal("TERM");
-        let status = self.proc.wait_timeout(STOP_WITHIN).unwrap_or_else(|| {
-            panic!(
-                "tapwire-probe still running {STOP_WITHIN:?} after SIGTERM:\n{}",
-                self.proc.stderr()
-            )
-        });
-        assert!(
-            status.success(),
-            "tapwire-probe exited with {status}:\n{}",
-            self.proc.stderr()
-        );
-        self.proc.stderr()
     }
 }
 
@@ -419,7 +334,7 @@ enum Encap {
 /// The whole chain for one encapsulation: what tcpdump saw on the VM NIC is what the
 /// collector wrote, byte for byte, in order; tshark decodes every probe packet with the
 /// configured session, the right direction and contiguous sequence numbers.
-fn mirror_the_vm_nic(encap: Encap, v6: bool) {
+fn mirror_the_vm_nic(encap: Encap, v6: bool, path: SendPath) {
     let t = Topo::new(match encap {
         Encap::ErspanII => "e2",
         Encap::ErspanIII => "e3",
@@ -454,7 +369,7 @@ fn mirror_the_vm_nic(encap: Encap, v6: bool) {
     if encap == Encap::ErspanIII {
         args.extend(["--hardware-id", "5"]);
     }
-    let probe = Probe::start(&t.lab, &t.host, &args);
+    let probe = Probe::start(&t.lab, &t.host, path, &args);
     let nic = Tcpdump::start(&t.lab, &t.host, "tap1", &t.lab.dir().join("nic.pcap"), "");
 
     t.traffic();
@@ -480,6 +395,14 @@ fn mirror_the_vm_nic(encap: Encap, v6: bool) {
         assert_eq!(counters[zero], 0, "{zero}: {flow}");
     }
 
+    if path == SendPath::Fast {
+        // Out of the uplink, from the address the raw socket would use: one source to the
+        // collector whichever path a datagram took.
+        let send = &flow["send"];
+        assert_eq!(send["interface"], "up0", "{flow}");
+        assert_eq!(send["source"], source, "{flow}");
+        assert_eq!(send["next_hop"], collector_addr, "{flow}");
+    }
     let key: Key = (source.to_string(), kind.to_string(), session);
     let got = collected(c, &key, n);
     assert_same_frames(
@@ -505,6 +428,12 @@ fn mirror_the_vm_nic(encap: Encap, v6: bool) {
     );
     let packets = decode_wire(&wire_path);
     assert_eq!(packets.len() as u64, n);
+    let bad = tshark::bad_checksums(&wire_path);
+    assert!(
+        bad.is_empty(),
+        "tshark finds bad checksums:\n{}",
+        bad.join("\n")
+    );
     let tap_ifindex = t.ifindex(&t.host, "tap1");
     let first = packets[0].seq;
     let (mut ingress, mut egress) = (0, 0);
@@ -552,31 +481,28 @@ fn mirror_the_vm_nic(encap: Encap, v6: bool) {
     );
 }
 
-#[test]
-fn erspan_ii_mirrors_the_vm_nic_byte_identical() {
-    mirror_the_vm_nic(Encap::ErspanII, false);
+fn erspan_ii_mirrors_the_vm_nic_byte_identical(path: SendPath) {
+    mirror_the_vm_nic(Encap::ErspanII, false, path);
 }
 
-#[test]
-fn erspan_iii_mirrors_the_vm_nic_byte_identical() {
-    mirror_the_vm_nic(Encap::ErspanIII, false);
+fn erspan_iii_mirrors_the_vm_nic_byte_identical(path: SendPath) {
+    mirror_the_vm_nic(Encap::ErspanIII, false, path);
 }
 
-#[test]
-fn gre_teb_over_ipv6_mirrors_the_vm_nic_byte_identical() {
-    mirror_the_vm_nic(Encap::Gre, true);
+fn gre_teb_over_ipv6_mirrors_the_vm_nic_byte_identical(path: SendPath) {
+    mirror_the_vm_nic(Encap::Gre, true, path);
 }
 
 /// Only `tcp port 443` reaches the collector, and the kernel filter keeps the rest from the
 /// probe entirely (`captured` counts only port 443).
-#[test]
-fn filter_tcp_443_is_applied_in_the_kernel() {
+fn filter_tcp_443_is_applied_in_the_kernel(path: SendPath) {
     let t = Topo::new("filter");
     let out = t.lab.dir().join("out");
     let c = t.collector(&out);
     let probe = Probe::start(
         &t.lab,
         &t.host,
+        path,
         &[
             "--iface",
             "tap1",
@@ -623,8 +549,7 @@ fn filter_tcp_443_is_applied_in_the_kernel() {
 
 /// Snaplen cuts frames (ERSPAN T bit set, length = snaplen); a path MTU smaller than the
 /// frames (learnt from the route, then overridden lower with --mtu) cuts them to fit.
-#[test]
-fn snaplen_and_path_mtu_cut_frames_and_set_the_t_bit() {
+fn snaplen_and_path_mtu_cut_frames_and_set_the_t_bit(path: SendPath) {
     let t = Topo::new("snap");
     // A 1200-byte uplink: the probe must learn it from the route.
     for (ns, ifname) in [(&t.host, "up0"), (&t.col, "col0")] {
@@ -659,7 +584,7 @@ fn snaplen_and_path_mtu_cut_frames_and_set_the_t_bit() {
             "udp",
         ];
         args.extend(extra);
-        let probe = Probe::start(&t.lab, &t.host, &args);
+        let probe = Probe::start(&t.lab, &t.host, path, &args);
         for len in sizes {
             t.trafgen(&t.vm, "vm0", &t.udp_in(9, len), 10, 1000);
         }
@@ -729,7 +654,13 @@ fn snaplen_and_path_mtu_cut_frames_and_set_the_t_bit() {
 /// A run of trafgen frames into the VM NIC through a flow with `args`: the flow's stats, the
 /// count it sent, and the capture times of the frames as tcpdump recorded them (trafgen
 /// sometimes sends one frame more than asked, so tcpdump's count is the truth).
-fn counted_run(tag: &str, args: &[&str], count: u32, pace: &[&str]) -> (Value, u64, Vec<u128>) {
+fn counted_run(
+    tag: &str,
+    path: SendPath,
+    args: &[&str],
+    count: u32,
+    pace: &[&str],
+) -> (Value, u64, Vec<u128>) {
     let t = Topo::new(tag);
     let out = t.lab.dir().join("out");
     let c = t.collector(&out);
@@ -746,7 +677,7 @@ fn counted_run(tag: &str, args: &[&str], count: u32, pace: &[&str]) -> (Value, u
         "udp port 9",
     ];
     all.extend_from_slice(args);
-    let probe = Probe::start(&t.lab, &t.host, &all);
+    let probe = Probe::start(&t.lab, &t.host, path, &all);
     let nic_path = t.lab.dir().join("nic.pcap");
     // Not `inbound`: libpcap 1.10 loses packets with it on this kernel. The host sends no UDP
     // to port 9, so the filter is the same.
@@ -793,9 +724,14 @@ fn within_1_percent(got: u64, want: f64, what: &str) {
     );
 }
 
-#[test]
-fn one_in_ten_sampling_within_1_percent() {
-    let (flow, sent, times) = counted_run("sample", &["--sample", "10"], 5000, &["-b", "10000pps"]);
+fn one_in_ten_sampling_within_1_percent(path: SendPath) {
+    let (flow, sent, times) = counted_run(
+        "sample",
+        path,
+        &["--sample", "10"],
+        5000,
+        &["-b", "10000pps"],
+    );
     let seen = times.len() as u64;
     within_1_percent(sent, seen as f64 / 10.0, "sampled 1 in 10");
     assert_eq!(
@@ -807,8 +743,7 @@ fn one_in_ten_sampling_within_1_percent() {
 
 /// The token bucket admits its depth plus the rate times the traffic's duration (by the
 /// packets' capture times, which tcpdump also records): both the packet and the bit limit.
-#[test]
-fn rate_limits_within_1_percent() {
+fn rate_limits_within_1_percent(path: SendPath) {
     // 3000 packets 1 ms apart (trafgen -t 1ms: an even gap, about 970 pps) against 200 pps.
     // The offered rate is above the limit throughout, so the bucket admits its depth plus 200
     // per second of the capture times' span.
@@ -822,7 +757,7 @@ fn rate_limits_within_1_percent() {
         // packets.
         (["--rate-bps", "153600", "--burst", "500ms"], 100.0),
     ] {
-        let (flow, sent, times) = counted_run("rate", &args, 3000, &pace);
+        let (flow, sent, times) = counted_run("rate", path, &args, 3000, &pace);
         let span_s = (times[times.len() - 1] - times[0]) as f64 / 1e9;
         assert!(span_s > 2.5, "trafgen paced 3000 frames over {span_s} s");
         within_1_percent(sent, depth_packets + 200.0 * span_s, &args.join(" "));
@@ -837,14 +772,14 @@ fn rate_limits_within_1_percent() {
 
 /// Mirroring the uplink the tunnel leaves by: the probe never captures its own GRE, so the
 /// collector gets exactly the uplink's other traffic, once.
-#[test]
-fn mirroring_the_uplink_does_not_loop() {
+fn mirroring_the_uplink_does_not_loop(path: SendPath) {
     let t = Topo::new("uplink");
     let out = t.lab.dir().join("out");
     let c = t.collector(&out);
     let probe = Probe::start(
         &t.lab,
         &t.host,
+        path,
         &[
             "--iface",
             "up0",
@@ -886,14 +821,14 @@ fn mirroring_the_uplink_does_not_loop() {
 
 /// The interface goes down and up, then disappears and comes back: reported, retried, and
 /// mirrored again; the probe never exits.
-#[test]
-fn interface_down_and_gone_is_reported_and_retried() {
+fn interface_down_and_gone_is_reported_and_retried(path: SendPath) {
     let t = Topo::new("ifgone");
     let out = t.lab.dir().join("out");
     let c = t.collector(&out);
     let mut probe = Probe::start(
         &t.lab,
         &t.host,
+        path,
         &[
             "--iface",
             "tap1",
@@ -983,8 +918,7 @@ fn interface_down_and_gone_is_reported_and_retried() {
 
 /// Non-root with file capabilities (cap_net_raw,cap_net_admin+ep), and root with --user:
 /// either way the running probe holds CAP_NET_RAW only, and a promiscuous flow works.
-#[test]
-fn runs_unprivileged_with_only_cap_net_raw() {
+fn runs_unprivileged_with_only_cap_net_raw(path: SendPath) {
     require("setcap");
     let t = Topo::new("caps");
     let out = t.lab.dir().join("out");
@@ -1033,8 +967,9 @@ fn runs_unprivileged_with_only_cap_net_raw() {
         "--stats-interval",
         "off",
     ];
+    cmd.extend_from_slice(path.args());
     cmd.extend(flow);
-    let probe = Probe::spawned(&t.lab, &t.host, t.lab.spawn(&t.host, &cmd));
+    let probe = Probe::spawned(&t.lab, &t.host, path, t.lab.spawn(&t.host, &cmd));
     let status = proc_status(probe.proc.pid());
     assert_eq!(
         status["Uid"].split_whitespace().next(),
@@ -1071,7 +1006,7 @@ fn runs_unprivileged_with_only_cap_net_raw() {
     // Root with --user: the same end state; the API and the mirror work after the switch.
     let mut args: Vec<&str> = vec!["--user", "nobody"];
     args.extend(flow);
-    let probe = Probe::start(&t.lab, &t.host, &args);
+    let probe = Probe::start(&t.lab, &t.host, path, &args);
     let status = proc_status(probe.proc.pid());
     assert_eq!(status["Uid"], "65534\t65534\t65534\t65534", "{status:?}");
     assert_eq!(status["Groups"], "", "{status:?}");
@@ -1129,6 +1064,11 @@ fn bad_filter_and_bad_config_exit_2_with_one_line() {
     let err = usage_error(&[&flow[..], &["--filter", "tcp port"]].concat(), None);
     assert!(
         err.contains("syntax error") && err.contains("\"tcp port\""),
+        "{err}"
+    );
+    let err = usage_error(&[&flow[..], &["--send-path", "quick"]].concat(), None);
+    assert!(
+        err.contains("--send-path: \"quick\" is not a send path: auto, fast or raw"),
         "{err}"
     );
 

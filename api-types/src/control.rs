@@ -14,6 +14,12 @@ pub const REGISTER_PATH: &str = "/api/v1/probes/register";
 pub const MAX_WAIT_S: u64 = 60;
 /// The default wait of a long-poll.
 pub const DEFAULT_WAIT_S: u64 = 25;
+/// The largest body of a probe's registration or stats report: a flow's stats take about
+/// 330 bytes (64 flows, the default limit of a probe, about 21 KB), so this holds some 390
+/// flows; what the controller keeps per probe is bounded by it.
+pub const MAX_PROBE_BODY_BYTES: usize = 128 << 10;
+/// Interfaces a probe names when it registers (a hypervisor's VM taps); it sends no more.
+pub const MAX_INTERFACES: usize = 4096;
 
 /// What a token may do. Each role includes the ones before it, except `probe`, which may only
 /// speak the probe protocol (register, fetch its flows, report stats).
@@ -281,12 +287,19 @@ pub struct ProbeLimits {
 pub struct TokenCreate {
     pub name: String,
     pub role: Role,
+    /// The probe a `probe` token is bound to [default: the token's name]; it may register,
+    /// fetch flows and report as that probe only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
+    /// A probe token's probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
     pub created: String,
     pub created_by: String,
     pub revoked: Option<String>,
@@ -464,6 +477,7 @@ mod tests {
             filter: None,
             files: Some(serde_json::Value::Bool(false)),
             tap: None,
+            collector: None,
         };
         assert_eq!(
             serde_json::to_value(&req).expect("json"),

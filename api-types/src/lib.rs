@@ -3,8 +3,9 @@
 //! pure rules both ends apply: a flow's fields ([`flow`]), names ([`control::validate_name`]),
 //! merge patches, timestamps ([`time`]) and the Prometheus text ([`metrics`]).
 //!
-//! `GET /api/v1/sessions` returns a [`Snapshot`]; counters are totals since the collector
-//! started, `rates` are measured over the last 1 and 10 seconds.
+//! `GET /api/v1/sessions` returns a [`Snapshot`], one [`Page`] of its sessions at a time;
+//! counters are totals since the collector started, `rates` are measured over the last 1 and
+//! 10 seconds.
 
 pub mod control;
 pub mod flow;
@@ -18,6 +19,16 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9750";
 pub const SESSIONS_PATH: &str = "/api/v1/sessions";
+/// How the `opt_comment` of a live stream's last statistics blocks starts; the rest says why
+/// the collector ended it ("the session was deleted", "the collector is stopping").
+pub const STREAM_END_COMMENT: &str = "tapwire: the stream ended: ";
+/// Sessions in a page of `GET /api/v1/sessions` when the request names no `limit`.
+pub const DEFAULT_PAGE_SESSIONS: usize = 100;
+/// Sources listed per session when the request names no `sources` (`GET /api/v1/sessions`)
+/// or no `limit` (`GET /api/v1/sessions/{name}`).
+pub const DEFAULT_PAGE_SOURCES: usize = 100;
+/// The largest `limit` and `sources` a request may ask for; larger values are cut to it.
+pub const MAX_PAGE: usize = 1000;
 
 /// Packets and bits per second over the last 1 and 10 seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +69,55 @@ impl Drops {
             + self.backlog
             + self.no_session
     }
+}
+
+/// Packets refused before a source was made for them, by reason: nothing of them is kept, and
+/// no session, file or table entry exists for them. Per input and in the totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    /// The outer source is outside the allow-list (`--allow`); by address in
+    /// [`Totals::refused`].
+    pub not_allowed: u64,
+    /// No session takes the source and auto-discovery is off (also in [`Drops::no_session`]
+    /// of the totals).
+    pub no_session: u64,
+    /// Auto-discovery would have made a session past `--max-auto-sessions`.
+    pub auto_session_cap: u64,
+    /// The source table was full (`--max-sources`) with no entry that could give way.
+    pub source_table_full: u64,
+}
+
+impl Refusals {
+    pub fn total(&self) -> u64 {
+        self.not_allowed + self.no_session + self.auto_session_cap + self.source_table_full
+    }
+
+    /// Each counter with its reason's name, as `/metrics` labels it.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("not_allowed", self.not_allowed),
+            ("no_session", self.no_session),
+            ("auto_session_cap", self.auto_session_cap),
+            ("source_table_full", self.source_table_full),
+        ]
+    }
+
+    pub fn add(&mut self, o: &Refusals) {
+        self.not_allowed += o.not_allowed;
+        self.no_session += o.no_session;
+        self.auto_session_cap += o.auto_session_cap;
+        self.source_table_full += o.source_table_full;
+    }
+}
+
+/// Sources and auto-discovered sessions removed after `--idle-timeout` without a packet (or,
+/// for sources, to make room in a full table). Their counters stay in the totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expired {
+    pub sources: u64,
+    /// Sources removed from a full table to make room for a new one.
+    pub sources_evicted: u64,
+    pub auto_sessions: u64,
 }
 
 /// How a source's sequence numbers are read.
@@ -164,7 +224,14 @@ pub struct SessionStats {
     pub rates: Rates,
     pub last_seen: Option<String>,
     pub files: Option<FileStats>,
+    /// Its sources, ordered by `<src>_<kind>_<id>`; a page of them (see [`Page`]).
     pub sources: Vec<SourceStats>,
+    /// How many sources the session has, listed or not.
+    #[serde(default)]
+    pub n_sources: u64,
+    /// Over HTTP: where the page of `sources` stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources_page: Option<Page>,
     #[serde(default)]
     pub protocols: ProtocolMix,
     /// Inner IP addresses with the most bytes, largest first.
@@ -173,6 +240,45 @@ pub struct SessionStats {
     /// The session's monitor interface, if it has one.
     #[serde(default)]
     pub tap: Option<TapStats>,
+    /// Its live streams (`GET /api/v1/sessions/{name}/stream`).
+    #[serde(default)]
+    pub streams: StreamStats,
+}
+
+/// A session's live streams. Their drops are their own: files are unaffected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// Packets queued for subscribers since the collector started, each subscriber counted.
+    pub delivered: u64,
+    /// Packets dropped for subscribers that read too slowly, each subscriber counted.
+    pub dropped: u64,
+    /// The subscribers now.
+    pub subscribers: Vec<StreamSubscriber>,
+}
+
+/// One live stream of a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSubscriber {
+    /// The client's address.
+    pub peer: String,
+    /// Its capture filter.
+    pub filter: Option<String>,
+    /// When it started (RFC 3339).
+    pub since: String,
+    /// Packets queued for it (before its filter).
+    pub delivered: u64,
+    /// Packets dropped because it read too slowly.
+    pub dropped: u64,
+    /// What it has queued and not yet read.
+    pub queued_bytes: u64,
+}
+
+impl SessionStats {
+    /// How many sources the session has: `n_sources`, or the list's length from a collector
+    /// that does not say.
+    pub fn source_count(&self) -> u64 {
+        self.n_sources.max(self.sources.len() as u64)
+    }
 }
 
 /// A session's TAP output. Its drops are its own: files are unaffected.
@@ -205,9 +311,12 @@ pub struct InputStats {
     pub packets: u64,
     pub bytes: u64,
     /// Dropped by the kernel before tapwire read them (SO_RXQ_OVFL, PACKET_STATISTICS).
+    /// tapwire itself never drops what an input read: a thread whose batches the engine has
+    /// not returned stops reading, and the kernel's queue takes the overflow.
     pub kernel_drops: u64,
-    /// Dropped because the engine's queue was full.
-    pub queue_drops: u64,
+    /// What this input read that was refused before a source was made.
+    #[serde(default)]
+    pub refusals: Refusals,
     pub error: Option<String>,
     pub rates: Rates,
 }
@@ -221,14 +330,23 @@ pub struct Totals {
     pub pending: u64,
     pub lost: u64,
     pub kernel_drops: u64,
-    pub queue_drops: u64,
     pub drops: Drops,
+    /// Over all inputs: packets refused before a source was made, by reason.
+    #[serde(default)]
+    pub refusals: Refusals,
+    /// Sources and auto-discovered sessions removed so far.
+    #[serde(default)]
+    pub expired: Expired,
     pub not_mirror: BTreeMap<String, u64>,
     pub malformed: BTreeMap<String, u64>,
     /// Packets refused by the source allow-list, by outer address (bounded; the rest under
     /// `other`).
     pub refused: BTreeMap<String, u64>,
+    /// Sources in the table now.
     pub sources: u64,
+    /// Sessions now: configured and auto-discovered (all of them, whatever the page holds).
+    #[serde(default)]
+    pub sessions: u64,
     pub rates: Rates,
     /// Outer IP fragment reassembly (AF_PACKET inputs; raw sockets get datagrams whole).
     #[serde(default)]
@@ -262,11 +380,15 @@ pub struct Snapshot {
     pub uptime_s: f64,
     pub totals: Totals,
     pub inputs: Vec<InputStats>,
+    /// Ordered by name; over HTTP, one page of them.
     pub sessions: Vec<SessionStats>,
     /// The control plane (`collect --db`): this collector's name in its fleet and whether its
     /// database answers. Absent without `--db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlInfo>,
+    /// Over HTTP: where this page of sessions stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
 }
 
 /// The control plane as a snapshot shows it.
@@ -275,6 +397,21 @@ pub struct ControlInfo {
     pub state: control::ControlState,
     /// This collector's `--name`.
     pub collector: String,
+}
+
+/// A page of a list: `next` is the cursor to pass as `after` for the following page (the last
+/// name or source on this one), `None` on the last page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Entries in the whole list.
+    pub total: u64,
+    pub limit: u64,
+    pub next: Option<String>,
+}
+
+/// The cursor of a source in its session's list (its file stem): `<src>_<kind>_<id>`.
+pub fn source_cursor(s: &SourceStats) -> String {
+    format!("{}_{}_{}", s.src, s.kind, s.id)
 }
 
 /// What `POST /api/v1/sessions/{name}/{action}` may ask.

@@ -149,6 +149,35 @@ pub struct FlowCounters {
     pub truncated: u64,
     /// Times the capture ring was opened again after the interface disappeared.
     pub reopened: u64,
+    /// Of `sent`: datagrams sent as complete frames through the transmit ring (the fast path);
+    /// the rest went through the raw socket.
+    #[serde(default)]
+    pub sent_fast: u64,
+    /// Times the way to the collector changed (path, interface, next hop or its MAC, source).
+    #[serde(default)]
+    pub path_changes: u64,
+}
+
+/// How a flow's datagrams leave the host now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendPathStats {
+    /// As configured: `auto`, `fast` or `raw`.
+    pub mode: String,
+    /// In use: `fast` (complete frames through an AF_PACKET transmit ring) or `raw` (the raw
+    /// GRE socket, the kernel's IP output).
+    pub path: String,
+    /// Why the raw socket is used, as a stable code (`next_hop_unresolved`, `link_down`,
+    /// `forced`, ...), when it is.
+    pub reason_code: Option<String>,
+    /// The same in words.
+    pub reason: Option<String>,
+    /// The egress interface, next hop and its MAC, outer source address and path MTU, when
+    /// the fast path is in use.
+    pub interface: Option<String>,
+    pub next_hop: Option<String>,
+    pub next_hop_mac: Option<String>,
+    pub source: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +193,8 @@ pub struct FlowStats {
     /// The largest GRE payload sent: path MTU less the outer IP header.
     pub max_payload_bytes: u32,
     pub counters: FlowCounters,
+    #[serde(default)]
+    pub send: SendPathStats,
 }
 
 /// `GET /api/v1/flows`.

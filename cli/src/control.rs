@@ -61,6 +61,10 @@ pub struct ControlArgs {
     /// Flows a probe may have, unless changed per probe (`tapwire probe set`).
     #[arg(long, value_name = "N", default_value_t = 64, requires = "db")]
     pub probe_max_flows: u32,
+    /// Probes the controller knows at most (registered, or named by a flow); a new name past
+    /// it is refused (409) until one is deleted.
+    #[arg(long, value_name = "N", default_value_t = tapwire_control::controller::DEFAULT_MAX_PROBES, requires = "db")]
+    pub max_probes: u32,
     /// Packets per second a probe may mirror in all (its enabled flows' rate_pps added up),
     /// unless changed per probe; without it, no limit.
     #[arg(long, value_name = "RATE", requires = "db")]
@@ -136,6 +140,9 @@ pub fn collect_options(
     if a.probe_max_flows == 0 {
         return Err("--probe-max-flows: must be at least 1".into());
     }
+    if a.max_probes == 0 {
+        return Err("--max-probes: must be at least 1".into());
+    }
     let report_interval = tapwire_collector::config::duration(&a.probe_report_interval)
         .map_err(|e| format!("--probe-report-interval: {e}"))?;
     Ok((
@@ -144,6 +151,7 @@ pub fn collect_options(
             name,
             advertise,
             api_url: api_url(a.listen, tls.is_some(), advertise, api),
+            max_probes: a.max_probes,
             max_flows_per_probe: a.probe_max_flows,
             max_pps_per_probe: max_pps,
             report_interval,
@@ -256,9 +264,13 @@ pub struct SessionCreateArgs {
     /// tcpdump-syntax filter on the inner frames.
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
-    /// Directory of the session's files [default: the collector's --out].
+    /// Directory of the session's files, relative to the collector's --out (and beneath it)
+    /// [default: --out itself].
     #[arg(long, value_name = "DIR")]
     pub files_dir: Option<String>,
+    /// Run this hook of the collector's configuration file ([hooks]) on each finished file.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_files")]
+    pub hook: Option<String>,
     /// Write no files (with --tap: a monitor interface only).
     #[arg(long, conflicts_with = "files_dir")]
     pub no_files: bool,
@@ -407,6 +419,9 @@ pub enum TokenCmd {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// With --role probe: the probe it may act as [default: the token's name].
+        #[arg(long, value_name = "NAME")]
+        probe: Option<String>,
         /// Work on the database directly (no collector needed): how the first admin token can
         /// be made too (an SQLite path, or a fleet's postgres:// URL).
         #[arg(long, value_name = "PATH|URL")]
@@ -432,7 +447,7 @@ pub enum RoleArg {
     Operator,
     /// Everything, and tokens.
     Admin,
-    /// Only the probe protocol, only as the probe of the token's name.
+    /// Only the probe protocol, only as its probe (--probe, or the token's name).
     Probe,
 }
 
@@ -541,10 +556,17 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                     mirror_id: a.mirror_id,
                     enabled: a.disabled.then_some(false),
                     filter: a.filter.clone(),
-                    files: match (&a.files_dir, a.no_files) {
-                        (_, true) => Some(Value::Bool(false)),
-                        (Some(d), false) => Some(json!({ "dir": d })),
-                        (None, false) => None,
+                    files: if a.no_files {
+                        Some(Value::Bool(false))
+                    } else {
+                        let mut f = serde_json::Map::new();
+                        if let Some(d) = &a.files_dir {
+                            f.insert("dir".into(), json!(d));
+                        }
+                        if let Some(h) = &a.hook {
+                            f.insert("hook".into(), json!(h));
+                        }
+                        (!f.is_empty()).then_some(Value::Object(f))
                     },
                     tap: a.tap.clone().map(Value::String),
                     collector: a.collector.clone(),
@@ -1066,13 +1088,16 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
     };
     done((|| {
         Ok(match cmd {
-            TokenCmd::Create { name, role, .. } => {
+            TokenCmd::Create {
+                name, role, probe, ..
+            } => {
                 let t: TokenInfo = cx.call(
                     "POST",
                     "/api/v1/tokens",
                     Some(&TokenCreate {
                         name,
                         role: role.role(),
+                        probe,
                     }),
                 )?;
                 cx.show(&t, print_new_token)
@@ -1094,8 +1119,13 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
 }
 
 fn print_new_token(t: &TokenInfo) {
+    let of = t
+        .probe
+        .as_deref()
+        .map(|p| format!(", probe {p}"))
+        .unwrap_or_default();
     outln!(
-        "token {} ({}) created; its secret, shown this once:",
+        "token {} ({}{of}) created; its secret, shown this once:",
         t.name,
         t.role.name()
     );
@@ -1104,11 +1134,12 @@ fn print_new_token(t: &TokenInfo) {
 
 fn token_table(t: &[TokenInfo]) {
     table(
-        &["NAME", "ROLE", "CREATED", "BY", "REVOKED"],
+        &["NAME", "ROLE", "PROBE", "CREATED", "BY", "REVOKED"],
         t.iter().map(|t| {
             vec![
                 t.name.clone(),
                 t.role.name().into(),
+                t.probe.clone().unwrap_or_default(),
                 t.created.clone(),
                 t.created_by.clone(),
                 t.revoked.clone().unwrap_or_default(),
@@ -1144,8 +1175,15 @@ fn token_offline(cmd: TokenCmd, db: &str, json: bool) -> ExitCode {
     let who = Caller::system("offline (--db)");
     let now_ns = SystemClock.now_ns();
     let result: Result<Value, Refused> = match cmd {
-        TokenCmd::Create { name, role, .. } => {
-            tokens::create_offline(&mut *store, &who, &name, role.role(), now_ns).map(|t| json!(t))
+        TokenCmd::Create {
+            name, role, probe, ..
+        } => {
+            let req = TokenCreate {
+                name,
+                role: role.role(),
+                probe,
+            };
+            tokens::create_offline(&mut *store, &who, &req, now_ns).map(|t| json!(t))
         }
         TokenCmd::List { .. } => tokens::list_offline(&mut *store).map(|t| json!(t)),
         TokenCmd::Revoke { name, .. } => tokens::revoke_offline(&mut *store, &who, &name, now_ns)
@@ -1208,6 +1246,7 @@ mod tests {
             advertise: Some(advertise.parse().expect("address")),
             probe_report_interval: "5s".into(),
             probe_max_flows: 64,
+            max_probes: 1024,
             ..ControlArgs::default()
         };
         for bad in ["0.0.0.0", "::", "239.1.2.3", "ff02::1"] {

@@ -6,7 +6,10 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod control;
+mod extcap;
 mod lab;
+mod query;
+mod stream;
 mod top;
 
 use std::io::{IsTerminal, Write};
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tapwire_collector::collect::{self, CollectOptions, Handles, StartError};
 use tapwire_collector::config::{self, Config};
-use tapwire_collector::live::engine::Settings;
+use tapwire_collector::live::engine::{Limits, Settings};
 use tapwire_collector::live::input::InputKind;
 use tapwire_collector::offline::{self, DecapOptions, Report, Timestamps};
 use tapwire_formats::capture::Format;
@@ -46,6 +49,9 @@ enum Command {
     /// Watch a running collector: sessions, rates, loss, files (a terminal UI; --raw or
     /// --json for scripts).
     Top(top::TopArgs),
+    /// The packets of a time range (a session, a source, a tcpdump filter) across rotated
+    /// files, as one pcapng: from the local collector, or --dir a folder of captures.
+    Query(query::QueryArgs),
     /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
     /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
     Lab(lab::LabArgs),
@@ -63,6 +69,12 @@ enum Command {
     /// The collectors of a fleet sharing one PostgreSQL (collect --db postgres://...): live or
     /// dead, lease, the sessions each runs, load.
     Collectors(control::Collectors),
+    /// A session's packets, live from the collector, as pcapng into a file or a pipe
+    /// (`tapwire stream web -w - | wireshark -k -i -`).
+    Stream(stream::StreamArgs),
+    /// Wireshark's extcap: every session of the collector a capture interface
+    /// (`tapwire extcap install` links it into Wireshark's extcap folder).
+    Extcap(extcap::ExtcapArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +92,19 @@ struct CollectArgs {
     /// Accept mirror traffic only from these outer source CIDRs (repeatable).
     #[arg(long, value_name = "CIDR")]
     allow: Vec<String>,
+    /// Sources (outer address, kind, id) held at once; past it a new source takes the place of
+    /// an idle one that no configured session takes, or is refused (source_table_full)
+    /// [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sources: Option<u32>,
+    /// Auto-discovered sessions held at once; past it a source that would need one is
+    /// refused (auto_session_cap) [default: 256].
+    #[arg(long, value_name = "N")]
+    max_auto_sessions: Option<u32>,
+    /// Remove sources and auto-discovered sessions after this long without a packet: the
+    /// session's file is closed, its counters stay in the totals [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
     /// Raw GRE over IPv4 (ERSPAN I/II/III, GRE-TEB): local address, or "off".
     #[arg(long, value_name = "ADDR|off", default_value = "0.0.0.0")]
     gre_v4: String,
@@ -98,15 +123,28 @@ struct CollectArgs {
     /// Capture on a SPAN/monitor NIC with AF_PACKET (repeatable).
     #[arg(long, value_name = "IF")]
     interface: Vec<String>,
+    /// Read the mirror traffic that arrives on this interface for the GRE and UDP inputs above
+    /// with AF_XDP, before the IP stack (repeatable). Falls back to those inputs, with a log
+    /// line, where the driver refuses XDP; refused at start by a build made without clang.
+    #[arg(long, value_name = "IF")]
+    xdp: Vec<String>,
     /// Capture threads per interface (PACKET_FANOUT).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     /// Stats API address, or "off".
     #[arg(long, value_name = "ADDR|off", default_value = tapwire_api_types::DEFAULT_ADDR)]
     api: String,
+    /// Live streams (`GET /api/v1/sessions/NAME/stream`, `tapwire stream`, the Wireshark
+    /// extcap) served at once, across sessions; past it a new one gets 503. 0: none.
+    #[arg(long, value_name = "N", default_value_t = tapwire_collector::live::stream::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
     /// Token that lets API clients other than localhost act on sessions.
     #[arg(long, env = "TAPWIRE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Serve --api on an address other hosts reach without --db or --api-token: anyone who
+    /// reaches it reads the stats (actions stay localhost-only). Without it, that is refused.
+    #[arg(long, conflicts_with = "db")]
+    allow_unauthenticated_api: bool,
     /// Run as a service: no terminal UI, logs only. Without it, a terminal on stdout gets the
     /// `tapwire top` UI inline.
     #[arg(long)]
@@ -139,6 +177,14 @@ struct CollectArgs {
     /// Stop writing (and count drops) below this much free disk [default: min(256MiB, 5% of the disk)].
     #[arg(long, value_name = "SIZE")]
     min_free_disk: Option<String>,
+    /// Write no packet index (`<file>.twidx`) beside the capture files; `tapwire query` then
+    /// scans them.
+    #[arg(long)]
+    no_index: bool,
+    /// Refuse a query of the API (`tapwire query`, /api/v1/packets) that would read more than
+    /// this much capture, by the index's estimate ("0": no limit).
+    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
+    query_max_bytes: String,
     /// Which time each packet is written with.
     #[arg(long, value_enum, default_value_t = TimestampsArg::Input)]
     timestamps: TimestampsArg,
@@ -228,11 +274,17 @@ enum TimestampsArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started by Wireshark through the link `tapwire extcap install` made.
+    if args.first().is_some_and(|a| extcap::started_as_extcap(a)) {
+        args.insert(1, "extcap".into());
+    }
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Decap(args) => decap(args),
         Command::Collect(args) => collect(*args),
         Command::Top(args) => top::top(args),
+        Command::Query(args) => query::query(args),
         Command::Lab(args) => lab::run(args),
         Command::Session(cmd) => control::session(cmd),
         Command::Flow(cmd) => control::flow(cmd),
@@ -240,6 +292,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => control::audit(args),
         Command::Token(cmd) => control::token(cmd),
         Command::Collectors(cmd) => control::collectors(cmd),
+        Command::Stream(args) => stream::run(args),
+        Command::Extcap(args) => extcap::run(args),
     }
 }
 
@@ -355,8 +409,10 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
                 min_free_disk_bytes: None,
                 default_files: flags.over(&config::FilesConfig::default()),
                 tap_prefix: None,
+                limits: Default::default(),
             },
             sessions: Vec::new(),
+            hooks: Default::default(),
         },
     };
     let files = config.collector.default_files.clone();
@@ -411,6 +467,24 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
         return Err("--vxlan, --geneve and --tzsp must use different ports".into());
     }
+    let dests = tapwire_collector::live::input::xdp_dests(&inputs);
+    for name in &a.xdp {
+        if dests.is_empty() {
+            return Err(
+                "--xdp: every GRE and UDP input is off, so there is nothing to steer".into(),
+            );
+        }
+        if a.xdp.iter().filter(|n| *n == name).count() > 1 {
+            return Err(format!("--xdp {name}: given twice"));
+        }
+        if !tapwire_netio::xdp::available() {
+            return Err(format!("--xdp {name}: {}", tapwire_netio::xdp::UNAVAILABLE));
+        }
+        inputs.push(InputKind::Xdp {
+            name: name.clone(),
+            dests: dests.clone(),
+        });
+    }
     for name in &a.interface {
         for worker in 0..a.workers {
             inputs.push(InputKind::Interface {
@@ -455,6 +529,8 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         file_flags: flags,
         tap_prefix: a.tap_prefix.clone().or(config.collector.tap_prefix.clone()),
         allow_from_config: a.allow.is_empty(),
+        max_streams: a.max_streams,
+        limits: limits(a, &config.collector.limits)?,
     };
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
@@ -464,6 +540,16 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         return Err(
             "--api-token: with --db, tokens come from the database (tapwire token create)".into(),
         );
+    }
+    if let Some(addr) = api
+        && !addr.ip().to_canonical().is_loopback()
+        && controller.is_none()
+        && a.api_token.is_none()
+        && !a.allow_unauthenticated_api
+    {
+        return Err(format!(
+            "--api {addr}: other hosts can reach it and nothing authenticates them (anyone could read the stats): give --api-token TOKEN or --db, or --allow-unauthenticated-api to serve it so"
+        ));
     }
     Ok(CollectOptions {
         controller,
@@ -479,6 +565,35 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         api,
         api_token: a.api_token.clone(),
         min_free_disk_bytes,
+        index: !a.no_index,
+        query_max_bytes: match size_flag("query-max-bytes", &a.query_max_bytes)? {
+            0 => None,
+            n => Some(n),
+        },
+    })
+}
+
+/// The flags over the configuration file's `[collector]` keys over the defaults.
+fn limits(a: &CollectArgs, file: &config::LimitsConfig) -> Result<Limits, String> {
+    let d = Limits::default();
+    let idle = match &a.idle_timeout {
+        Some(v) => Some(config::duration(v).map_err(|e| format!("--idle-timeout: {e}"))?),
+        None => file.idle_timeout,
+    };
+    Ok(Limits {
+        max_sources: a
+            .max_sources
+            .map(|n| n as usize)
+            .or(file.max_sources)
+            .unwrap_or(d.max_sources),
+        max_auto_sessions: a
+            .max_auto_sessions
+            .map(|n| n as usize)
+            .or(file.max_auto_sessions)
+            .unwrap_or(d.max_auto_sessions),
+        idle_timeout_ns: idle.map_or(d.idle_timeout_ns, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+        }),
     })
 }
 
@@ -507,7 +622,7 @@ fn file_flags(a: &CollectArgs) -> Result<config::FileFlags, String> {
     })
 }
 
-fn size_flag(flag: &str, v: &str) -> Result<u64, String> {
+pub(crate) fn size_flag(flag: &str, v: &str) -> Result<u64, String> {
     v.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|_| format!("--{flag}: {v:?} is not a size like 100MiB"))

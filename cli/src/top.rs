@@ -178,7 +178,7 @@ fn raw_line(s: &SessionStats) -> String {
          file_bytes={}",
         quote(&s.name),
         state_name(s.state),
-        s.sources.len(),
+        s.source_count(),
         s.rates.pps_1s,
         s.rates.bps_1s,
         s.rates.pps_10s,

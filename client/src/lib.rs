@@ -6,7 +6,10 @@
 //! [`Client::call`] is the typed request (a 2xx answer parsed as `T`, anything else an
 //! [`HttpError`]); [`Client::send`] is the plain exchange for callers that word failures
 //! themselves (the UI's header). [`Client::register`], [`Client::flows`] (the long-poll) and
-//! [`Client::report`] are the probe protocol.
+//! [`Client::report`] are the probe protocol. [`Client::stream`] reads a session's live pcapng
+//! stream as whole blocks ([`stream`]).
+
+pub mod stream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,6 +69,36 @@ pub struct Failed {
     pub message: String,
     /// What an operator needs to see in a status line: `connection refused`, `timed out`.
     pub reason: String,
+}
+
+/// A streamed answer: its headers (lower-case names) and its body.
+pub struct Streamed {
+    pub headers: Vec<(String, String)>,
+    pub body: Box<dyn std::io::Read + Send>,
+}
+
+impl Streamed {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `?a=1&b=x%20y`: the pairs whose value is given, each value percent-encoded.
+pub fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    let mut s = String::new();
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            s.push(if s.is_empty() { '?' } else { '&' });
+            s.push_str(k);
+            s.push('=');
+            s.push_str(&segment(v));
+        }
+    }
+    s
 }
 
 #[derive(Clone)]
@@ -265,6 +298,50 @@ impl Client {
         Ok(Answer { status, body })
     }
 
+    /// A GET whose answer is read as a stream (a query's pcapng): a 2xx answer's headers and
+    /// body reader, anything else an error with the server's message. The body has no size
+    /// limit; the client's timeout covers the whole transfer, so give streaming clients a long one.
+    pub fn get_stream(&self, path: &str) -> Result<Streamed, HttpError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(()).map_err(|e| HttpError {
+            status: 0,
+            message: e.to_string(),
+        })?;
+        let mut resp = self.agent.run(req).map_err(|e| HttpError {
+            status: 0,
+            message: format!("GET {url}: {e}"),
+        })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(self.max_body_bytes)
+                .read_to_string()
+                .unwrap_or_default();
+            let message = serde_json::from_str::<Message>(&text)
+                .map(|m| m.message)
+                .unwrap_or_else(|_| text.trim().chars().take(300).collect());
+            return Err(HttpError {
+                status,
+                message: format!("{status}: {message}"),
+            });
+        }
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        Ok(Streamed {
+            headers,
+            body: Box::new(resp.into_body().into_reader()),
+        })
+    }
+
     /// `POST /api/v1/probes/register`.
     pub fn register(&self, req: &Register) -> Result<Registered, HttpError> {
         self.call("POST", REGISTER_PATH, Some(req))
@@ -355,6 +432,19 @@ mod tests {
             "fd77%3A%3A11_erspan-ii_100"
         );
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn query_strings() {
+        assert_eq!(
+            query_string(&[
+                ("session", Some("web")),
+                ("source", None),
+                ("filter", Some("host 10.0.0.5 && port 80"))
+            ]),
+            "?session=web&filter=host%2010.0.0.5%20%26%26%20port%2080"
+        );
+        assert_eq!(query_string(&[("a", None)]), "");
     }
 
     #[test]

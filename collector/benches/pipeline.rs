@@ -24,8 +24,9 @@ use std::time::Instant;
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tapwire_collector::demux::SourceId;
 use tapwire_collector::offline::interface_info;
-use tapwire_collector::pipeline::{MAX_SOURCES, Pipeline};
+use tapwire_collector::pipeline::{AdmitAll, MAX_SOURCES, Pipeline};
 use tapwire_formats::capture::{Encoder, Format, LinkType, PacketInfo};
 use tapwire_formats::decap::{Config, Decapsulator, Outcome};
 use tapwire_formats::wire::erspan::{Cos, Encap, Index, PacketII, ReprII, SessionId, VlanId};
@@ -237,12 +238,12 @@ fn benches(c: &mut Criterion<ThreadTime>) {
         b.iter(|| {
             let ts = traffic.next_round();
             for (i, f) in traffic.frames.iter().enumerate() {
-                black_box(pipeline.link(LinkType::Ethernet, f, ts + i as u64));
+                black_box(pipeline.link(&mut AdmitAll, LinkType::Ethernet, f, ts + i as u64));
             }
         });
     });
     assert_eq!(pipeline.demux().len(), SESSIONS as usize);
-    assert!((0..SESSIONS).all(|id| pipeline.demux().sequence(id).lost == 0));
+    assert!((0..SESSIONS).all(|slot| pipeline.demux().sequence(SourceId::new(slot, 0)).lost == 0));
 
     let mut traffic = Traffic::new();
     let mut pipeline = Pipeline::new(Config::default(), MAX_SOURCES);
@@ -253,10 +254,13 @@ fn benches(c: &mut Criterion<ThreadTime>) {
             let ts = traffic.next_round();
             for (i, f) in traffic.frames.iter().enumerate() {
                 let ts_ns = ts + i as u64;
-                let Some(d) = pipeline.link(LinkType::Ethernet, f, ts_ns) else {
+                let Some(d) = pipeline
+                    .link(&mut AdmitAll, LinkType::Ethernet, f, ts_ns)
+                    .delivered()
+                else {
                     continue;
                 };
-                let id = d.source as usize;
+                let id = d.source.slot();
                 if interfaces.len() <= id {
                     interfaces.resize(id + 1, None);
                 }

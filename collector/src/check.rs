@@ -68,7 +68,7 @@ fn session(t: &mut String, c: &SessionConfig, out: &Path) {
     let rules: Vec<String> = c.sources.iter().map(rule).collect();
     let _ = writeln!(t, "  sources: {}", rules.join(" or "));
     if let Some(f) = &c.filter {
-        let _ = writeln!(t, "  filter: {f}");
+        let _ = writeln!(t, "  filter: {}", f.expr());
     }
     files(t, c.files.as_ref(), out);
     if let Some(tap) = &c.tap {

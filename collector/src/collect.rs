@@ -22,10 +22,11 @@ use tapwire_control::auth::Caller;
 use crate::config::Config;
 use crate::http;
 use crate::live::control_plane::{EngineLink, SystemClock};
+use crate::live::coverage::{Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
 use crate::live::input::{Input, InputKind};
 use crate::live::io;
-use crate::pipeline::{MAX_SOURCES, Pipeline};
+use crate::pipeline::Pipeline;
 
 pub struct CollectOptions {
     pub settings: Settings,
@@ -39,6 +40,10 @@ pub struct CollectOptions {
     /// A second API listener for probes and remote clients (TLS when configured).
     pub listen: Option<http::Listen>,
     pub min_free_disk_bytes: Option<u64>,
+    /// Write a packet index beside each capture file.
+    pub index: bool,
+    /// `GET /api/v1/packets` refuses a query whose estimate exceeds this.
+    pub query_max_bytes: Option<u64>,
 }
 
 /// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
@@ -105,18 +110,28 @@ where
     }
     signal_hook::flag::register(SIGHUP, reload.clone()).context("signal handler")?;
 
+    // What an input reads below the IP stack, the socket inputs leave unread (one packet,
+    // one copy); known before any socket opens, so that none reads a copy meanwhile.
+    let covered = Arc::new(Covered::new(coverages(&opts.inputs, |name| {
+        tapwire_netio::ifindex(name).ok()
+    })));
     let mut opened = Vec::new();
     for kind in &opts.inputs {
-        let input = Input::open(kind.clone())
+        let input = Input::open(kind.clone(), Arc::clone(&covered))
             .map_err(|e| StartError(format!("input {}: {e}", kind.name())))?;
         opened.push(input);
+    }
+    if opened.iter().any(|i| i.kind.covers().is_none()) {
+        for c in covered.list() {
+            tracing::info!(interface = c.interface, "{}", describe(&c));
+        }
     }
     if opened.is_empty() {
         return Err(StartError("no inputs: every input is turned off".into()).into());
     }
 
     io::raise_fd_limit();
-    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes));
+    let shared = Arc::new(io::Shared::new(opts.min_free_disk_bytes, opts.index));
     let (io_tx, io_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
     let (buf_tx, buf_rx) = unbounded();
@@ -146,7 +161,11 @@ where
     drop(batch_tx);
 
     let default_files = opts.settings.default_files.clone();
-    let pipeline = Pipeline::new(opts.decap, MAX_SOURCES);
+    let out_dir = opts.settings.out.clone();
+    let config_path = opts.settings.config_path.clone();
+    let file_flags = opts.settings.file_flags.clone();
+    let ctl_tx_reload = ctl_tx.clone();
+    let pipeline = Pipeline::new(opts.decap, opts.settings.limits.max_sources);
     let mut engine = Engine::new(
         pipeline,
         opts.settings,
@@ -209,25 +228,66 @@ where
                 .join(" and ")
         );
         let tls = opts.listen.as_ref().is_some_and(|l| l.tls.is_some());
-        let local = http::spawn(
+        if let Some(api) = opts.api
+            && !api.ip().to_canonical().is_loopback()
+            && controller.is_none()
+        {
+            // The flags allowed it: say what it means.
+            if opts.api_token.is_some() {
+                tracing::warn!(%api, "API reachable from other hosts: reads are open to anyone who reaches it; actions need the API token");
+            } else {
+                tracing::warn!(%api, "API reachable from other hosts without authentication (--allow-unauthenticated-api): anyone who reaches it reads the stats; actions only from localhost");
+            }
+        }
+        let nofile = crate::fds::limit();
+        let limits = http::serve::Limits::for_descriptor_limit(nofile);
+        let (local, _) = http::spawn(
             opts.api,
             opts.listen,
-            snapshot.clone(),
-            ctl_tx,
-            opts.api_token.clone(),
-            controller,
+            http::ApiState::new(
+                snapshot.clone(),
+                ctl_tx,
+                opts.api_token.as_deref().map(http::ApiToken::new),
+                controller,
+            )
+            .with_query(Arc::new(http::packets::QueryState::new(
+                out_dir,
+                opts.query_max_bytes,
+            ))),
+            limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;
-        tracing::info!(?local, tls, "API listening");
+        tracing::info!(
+            ?local,
+            tls,
+            max_connections = limits.max_connections,
+            per_client = limits.max_per_client,
+            nofile,
+            "API listening"
+        );
     }
-    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop, &reload);
+    let live_streams = engine.live_streams();
+    let reloader = reloader(config_path, file_flags, reload, stop.clone(), ctl_tx_reload)?;
+    engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
     if let Some(c) = leave {
         c.leave();
     }
+    let _ = reloader.join();
 
     let deadline = Instant::now() + Duration::from_millis(1800);
     let _ = io_tx.send(io::Cmd::Shutdown { deadline });
     let _ = disk.join();
+    // The engine ended every live stream; their last statistics and the end of each response
+    // are written before the process exits (a reader that stopped reading is not waited for
+    // past the deadline).
+    let streamed = live_streams.load(Ordering::Relaxed) > 0;
+    while live_streams.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if streamed {
+        // The body is dropped just before its response's last bytes are flushed.
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Input threads notice `stop` within their poll interval; the process may exit before.
     for t in threads {
         if Instant::now() >= deadline {
@@ -253,6 +313,41 @@ where
     Ok(())
 }
 
+/// The thread that reads the configuration file again on SIGHUP and hands it to the engine:
+/// reading it compiles its filters, which must not stall the engine. The command line's file
+/// flags are laid over `[defaults.files]` again.
+fn reloader(
+    path: Option<std::path::PathBuf>,
+    file_flags: crate::config::FileFlags,
+    reload: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    control: Sender<engine::Control>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tapwire-reload".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if !reload.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(path) = &path else {
+                    tracing::info!("SIGHUP: no configuration file to reload");
+                    continue;
+                };
+                match Config::load_with(path, &file_flags) {
+                    Ok(file) => {
+                        let file = Box::new(file);
+                        let _ = control.send(engine::Control::Reload { file });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration refused; keeping the running one")
+                    }
+                }
+            }
+        })
+}
+
 /// Stops the collector when its UI thread ends, however it ends.
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -271,5 +366,6 @@ fn empty_snapshot() -> tapwire_api_types::Snapshot {
         inputs: Vec::new(),
         sessions: Vec::new(),
         control: None,
+        page: None,
     }
 }

@@ -18,12 +18,21 @@
 //! name = "web"
 //! filter = "tcp port 443"
 //! sources = [{ src = "10.1.0.0/16", kind = "erspan-ii", id = "10-19" }]
-//! files = { dir = "/var/lib/tapwire/web", rotate = { size = "100MiB" }, on_finish = "gzip -9 \"$1\"" }
+//! files = { dir = "/var/lib/tapwire/web", rotate = { size = "100MiB" }, hook = "compress" }
+//!
+//! [hooks]                           # commands run on finished files, chosen by name
+//! compress = "gzip -9 \"$1\""
 //! ```
+//!
+//! Sessions from this file (root's) may name any directory and run a literal `on_finish`
+//! command. Sessions from the control API ([`api_session`]) may not: their directory is
+//! relative to `out` and stays beneath it, their hook is a name from `[hooks]`, their TAP's
+//! namespace a name from `/var/run/netns`.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,6 +40,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tapwire_formats::capture::Format;
 use tapwire_formats::decap::{Kind, SourceKey};
+
+use crate::filter::{self, Filter};
 
 /// A configuration problem, phrased for the operator: it names the session and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,13 +52,15 @@ fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub collector: CollectorConfig,
     pub sessions: Vec<SessionConfig>,
+    /// `[hooks]`: on-finish commands by name, the only ones an API session can choose.
+    pub hooks: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CollectorConfig {
     pub out: Option<PathBuf>,
     pub auto_discover: Option<bool>,
@@ -57,6 +70,19 @@ pub struct CollectorConfig {
     pub default_files: FilesConfig,
     /// Auto-discovered sessions get a TAP named `<prefix><n>`.
     pub tap_prefix: Option<String>,
+    pub limits: LimitsConfig,
+}
+
+/// What traffic may make the collector hold, as `[collector]` sets it (flags override each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `max_sources`: sources in the table at once.
+    pub max_sources: Option<usize>,
+    /// `max_auto_sessions`: auto-discovered sessions at once.
+    pub max_auto_sessions: Option<usize>,
+    /// `idle_timeout`: sources and auto-discovered sessions with no packet for this long are
+    /// removed.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +90,8 @@ pub struct SessionConfig {
     pub name: String,
     pub enabled: bool,
     pub sources: Vec<SourceMatch>,
-    pub filter: Option<String>,
+    /// Compiled when the definition was checked: the engine never compiles.
+    pub filter: Option<Filter>,
     /// `None`: this session writes no files.
     pub files: Option<FilesConfig>,
     pub tap: Option<TapConfig>,
@@ -74,14 +101,15 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapConfig {
     pub name: String,
-    /// Create the device inside this network namespace (`ip netns` name or a path).
+    /// Create the device inside this network namespace: an `ip netns` name (looked up in
+    /// [`NETNS_DIR`]), or, in the configuration file only, a path.
     pub netns: Option<String>,
     /// Keep the device after the collector exits.
     pub persistent: bool,
     /// Put the ERSPAN header's VLAN back into frames that lost their tag.
     pub restore_vlan: bool,
     /// Only frames matching this tcpdump expression go to the TAP.
-    pub filter: Option<String>,
+    pub filter: Option<Filter>,
     pub mtu: u16,
     /// Frames queued for the device before new ones are dropped (counted as `tap_dropped`).
     pub queue_frames: usize,
@@ -105,6 +133,24 @@ impl TapConfig {
             queue_frames: DEFAULT_TAP_QUEUE,
         }
     }
+}
+
+/// Where `ip netns add` keeps named network namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// A network namespace name as `ip netns` gives it: a file name in [`NETNS_DIR`], never a path.
+pub fn validate_netns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 || name == "." || name == ".." {
+        return Err(format!(
+            "{name:?}: a network namespace name is 1 to 255 characters"
+        ));
+    }
+    if name.contains('/') || name.contains('\0') {
+        return Err(format!(
+            "{name:?} is a path: give the name of a network namespace (`ip netns list`), which is looked up in {NETNS_DIR}"
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a TAP device name as the kernel will: at most 15 bytes, no '/', ':' or spaces.
@@ -151,14 +197,19 @@ pub fn normalize(addr: IpAddr) -> IpAddr {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilesConfig {
-    /// Directory for this session's files; the collector's `out` when absent.
+    /// Directory for this session's files; the collector's `out` when absent. A relative one
+    /// is beneath `out` (and stays there, symlinks included); an absolute one comes only from
+    /// the configuration file.
     pub dir: Option<PathBuf>,
     pub format: Format,
     pub rotate: RotatePolicy,
     /// Files kept per session; the oldest are removed beyond it.
     pub max_files: Option<u32>,
-    /// Shell command run on each finished file, with the path as `$1`.
+    /// Shell command run on each finished file, with the path as `$1`: the configuration
+    /// file's own `on_finish`, or the command of the hook named in [`FilesConfig::hook`].
     pub on_finish: Option<String>,
+    /// The `[hooks]` entry `on_finish` comes from, when it was chosen by name.
+    pub hook: Option<String>,
 }
 
 impl Default for FilesConfig {
@@ -169,8 +220,18 @@ impl Default for FilesConfig {
             rotate: RotatePolicy::default(),
             max_files: None,
             on_finish: None,
+            hook: None,
         }
     }
+}
+
+/// Where a session definition comes from: the rules differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration file, root's: any directory, literal commands, namespace paths.
+    File,
+    /// The control API: a directory beneath `out`, hooks by name, namespace names.
+    Api,
 }
 
 /// When a session's current file is finished and the next begun. Any condition met rotates.
@@ -195,6 +256,8 @@ pub enum RotateReason {
     Requested,
     Reconfigured,
     Shutdown,
+    /// An auto-discovered session expired after `idle_timeout` without a packet.
+    Idle,
 }
 
 impl RotatePolicy {
@@ -257,7 +320,11 @@ impl FileFlags {
         r.packets = self.rotate_packets.or(r.packets);
         f.format = self.format.unwrap_or(f.format);
         f.max_files = self.max_files.or(f.max_files);
-        f.on_finish = self.on_finish.clone().or(f.on_finish);
+        if self.on_finish.is_some() {
+            // The flag's command replaces a hook the defaults name.
+            f.on_finish = self.on_finish.clone();
+            f.hook = None;
+        }
         f
     }
 }
@@ -280,6 +347,8 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     session: Vec<RawSession>,
+    #[serde(default)]
+    hooks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -291,6 +360,9 @@ struct RawCollector {
     allow: Vec<String>,
     min_free_disk: Option<SizeValue>,
     tap_prefix: Option<String>,
+    max_sources: Option<usize>,
+    max_auto_sessions: Option<usize>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -352,6 +424,7 @@ struct RawFiles {
     rotate: Option<RawRotate>,
     max_files: Option<u32>,
     on_finish: Option<String>,
+    hook: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -399,8 +472,21 @@ impl Config {
     pub fn parse_with(text: &str, flags: &FileFlags) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+        for (name, command) in &raw.hooks {
+            validate_name(name).map_err(|e| err(format!("[hooks] {name:?}: {e}")))?;
+            if command.trim().is_empty() {
+                return Err(err(format!("[hooks] {name:?}: the command is empty")));
+            }
+        }
+        let hooks = raw.hooks;
         let default_files = flags.over(&match &raw.defaults.files {
-            Some(f) => files(f, &FilesConfig::default(), "[defaults.files]")?,
+            Some(f) => files(
+                f,
+                &FilesConfig::default(),
+                Origin::File,
+                &hooks,
+                "[defaults.files]",
+            )?,
             None => FilesConfig::default(),
         });
         let collector = CollectorConfig {
@@ -420,6 +506,22 @@ impl Config {
                 .transpose()?,
             default_files,
             tap_prefix: raw.collector.tap_prefix.clone(),
+            limits: LimitsConfig {
+                max_sources: raw
+                    .collector
+                    .max_sources
+                    .map(|n| {
+                        at_least_one(n).map_err(|e| err(format!("[collector] max_sources: {e}")))
+                    })
+                    .transpose()?,
+                max_auto_sessions: raw.collector.max_auto_sessions,
+                idle_timeout: raw
+                    .collector
+                    .idle_timeout
+                    .as_deref()
+                    .map(|v| duration(v).map_err(|e| err(format!("[collector] idle_timeout: {e}"))))
+                    .transpose()?,
+            },
         };
         if let Some(p) = &collector.tap_prefix {
             // Room for a number after it.
@@ -451,7 +553,11 @@ impl Config {
                 s.filter,
                 s.files,
                 s.tap,
-                &collector.default_files,
+                &Defaults {
+                    files: &collector.default_files,
+                    hooks: &hooks,
+                    origin: Origin::File,
+                },
                 &at,
             )?;
             check_tap_unique(&session, &sessions, &at)?;
@@ -460,8 +566,18 @@ impl Config {
         Ok(Config {
             collector,
             sessions,
+            hooks,
         })
     }
+}
+
+/// What a session starts from, and by whose rules it is checked.
+#[derive(Clone, Copy)]
+pub struct Defaults<'a> {
+    pub files: &'a FilesConfig,
+    /// The configuration file's `[hooks]`.
+    pub hooks: &'a BTreeMap<String, String>,
+    pub origin: Origin,
 }
 
 /// Checks one session's filter, files and TAP (the shared part of a `[[session]]` table and
@@ -474,30 +590,37 @@ fn build_session(
     filter: Option<String>,
     files: Option<RawFilesOrOff>,
     tap: Option<RawTap>,
-    default_files: &FilesConfig,
+    defaults: &Defaults<'_>,
     at: &str,
 ) -> Result<SessionConfig, ConfigError> {
-    if let Some(f) = &filter {
-        compile_check(f).map_err(|e| err(format!("{at}: filter {f:?}: {e}")))?;
-    }
+    let filter = filter
+        .map(|f| compiled(&f, &format!("{at}: filter")))
+        .transpose()?;
     let files = match &files {
-        None | Some(RawFilesOrOff::Off(true)) => Some(default_files.clone()),
+        None | Some(RawFilesOrOff::Off(true)) => Some(defaults.files.clone()),
         Some(RawFilesOrOff::Off(false)) => None,
-        Some(RawFilesOrOff::On(f)) => Some(self::files(f, default_files, &format!("{at}: files"))?),
+        Some(RawFilesOrOff::On(f)) => Some(self::files(
+            f,
+            defaults.files,
+            defaults.origin,
+            defaults.hooks,
+            &format!("{at}: files"),
+        )?),
     };
     let tap = match tap {
         None => None,
         Some(RawTap::Name(n)) => Some(TapConfig::named(&n)),
         Some(RawTap::Full(t)) => {
-            if let Some(f) = &t.filter {
-                compile_check(f).map_err(|e| err(format!("{at}: tap.filter {f:?}: {e}")))?;
-            }
+            let filter = t
+                .filter
+                .map(|f| compiled(&f, &format!("{at}: tap.filter")))
+                .transpose()?;
             Some(TapConfig {
                 name: t.name,
                 netns: t.netns,
                 persistent: t.persistent,
                 restore_vlan: t.restore_vlan,
-                filter: t.filter,
+                filter,
                 mtu: t.mtu.unwrap_or(DEFAULT_TAP_MTU),
                 queue_frames: t.queue.unwrap_or(DEFAULT_TAP_QUEUE).clamp(1, 1 << 20),
             })
@@ -505,6 +628,11 @@ fn build_session(
     };
     if let Some(t) = &tap {
         validate_tap_name(&t.name).map_err(|e| err(format!("{at}: tap: {e}")))?;
+        if let Some(ns) = &t.netns
+            && (defaults.origin == Origin::Api || !ns.contains('/'))
+        {
+            validate_netns_name(ns).map_err(|e| err(format!("{at}: tap.netns: {e}")))?;
+        }
     }
     Ok(SessionConfig {
         name,
@@ -535,8 +663,8 @@ fn check_tap_unique(
 }
 
 /// A session defined through the control API: `files` and `tap` have the shape of a
-/// `[[session]]` table's (as JSON) and are checked by the same code; the sources are the
-/// caller's. Errors name the field.
+/// `[[session]]` table's (as JSON) and are checked by the same code, by the API's rules
+/// whatever `defaults.origin` says; the sources are the caller's. Errors name the field.
 pub fn api_session(
     name: &str,
     enabled: bool,
@@ -544,7 +672,7 @@ pub fn api_session(
     filter: Option<String>,
     files: Option<&serde_json::Value>,
     tap: Option<&serde_json::Value>,
-    default_files: &FilesConfig,
+    defaults: &Defaults<'_>,
 ) -> Result<SessionConfig, ConfigError> {
     validate_name(name).map_err(|e| err(format!("name: {e}")))?;
     let at = format!("session {name:?}");
@@ -570,16 +698,22 @@ pub fn api_session(
         filter.filter(|f| !f.trim().is_empty()),
         files,
         tap,
-        default_files,
+        &Defaults {
+            origin: Origin::Api,
+            ..*defaults
+        },
         &at,
     )
 }
 
 /// The configuration the engine runs: the API's sessions first (their rules are exact: one
-/// kind and one id), then the file's. Names and TAPs must be unique across both.
+/// kind and one id), then the file's. Names and TAPs must be unique across both. The API's
+/// hooks are looked up again in `file`'s `[hooks]`: a reloaded file changes their commands, and
+/// one that no longer has a hook an API session names is refused.
 pub fn merged(file: &Config, api: &[SessionConfig]) -> Result<Config, ConfigError> {
     let mut sessions: Vec<SessionConfig> = Vec::with_capacity(api.len() + file.sessions.len());
-    for s in api.iter().chain(&file.sessions) {
+    let api = api.iter().map(|s| (s, Origin::Api));
+    for (s, origin) in api.chain(file.sessions.iter().map(|s| (s, Origin::File))) {
         let at = format!("session {:?}", s.name);
         if sessions.iter().any(|o| o.name == s.name) {
             return Err(err(format!(
@@ -587,12 +721,68 @@ pub fn merged(file: &Config, api: &[SessionConfig]) -> Result<Config, ConfigErro
             )));
         }
         check_tap_unique(s, &sessions, &at)?;
-        sessions.push(s.clone());
+        let mut s = s.clone();
+        if origin == Origin::Api
+            && let Some(f) = s.files.as_mut()
+            && let Some(h) = &f.hook
+        {
+            f.on_finish = Some(
+                hook_command(h, &file.hooks).map_err(|e| err(format!("{at}: files.hook: {e}")))?,
+            );
+        }
+        sessions.push(s);
     }
     Ok(Config {
         collector: file.collector.clone(),
         sessions,
+        hooks: file.hooks.clone(),
     })
+}
+
+/// The command of hook `name`; the error lists the hooks there are.
+fn hook_command(name: &str, hooks: &BTreeMap<String, String>) -> Result<String, String> {
+    hooks
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("no hook named {name:?}; {}", known_hooks(hooks)))
+}
+
+fn known_hooks(hooks: &BTreeMap<String, String>) -> String {
+    if hooks.is_empty() {
+        "the collector's configuration file defines none ([hooks])".into()
+    } else {
+        let names: Vec<&str> = hooks.keys().map(String::as_str).collect();
+        format!(
+            "the collector's configuration file defines {}",
+            names.join(", ")
+        )
+    }
+}
+
+/// A session's own directory: the configuration file may name any absolute one; a relative
+/// one (the only kind the API may give) is beneath `out` and may not climb out of it.
+fn check_dir(dir: &Path, origin: Origin) -> Result<(), String> {
+    let shown = dir.display();
+    if dir.as_os_str().is_empty() {
+        return Err("an empty directory: leave dir out for the collector's --out".into());
+    }
+    if dir.is_absolute() {
+        return match origin {
+            Origin::File => Ok(()),
+            Origin::Api => Err(format!(
+                "{shown:?} is absolute: sessions made through the API write beneath the collector's --out; give a relative directory like \"web\""
+            )),
+        };
+    }
+    if dir.as_os_str().len() > 1024 {
+        return Err("longer than 1024 bytes".into());
+    }
+    if dir.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "{shown:?} climbs out of the collector's --out ('..'): a relative directory stays beneath it"
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -620,9 +810,16 @@ impl Config {
 /// Session names become file names: keep them to a safe alphabet.
 pub use tapwire_api_types::control::validate_name;
 
-fn files(f: &RawFiles, base: &FilesConfig, at: &str) -> Result<FilesConfig, ConfigError> {
+fn files(
+    f: &RawFiles,
+    base: &FilesConfig,
+    origin: Origin,
+    hooks: &BTreeMap<String, String>,
+    at: &str,
+) -> Result<FilesConfig, ConfigError> {
     let mut out = base.clone();
     if let Some(d) = &f.dir {
+        check_dir(d, origin).map_err(|e| err(format!("{at}: dir: {e}")))?;
         out.dir = Some(d.clone());
     }
     if let Some(fmt) = &f.format {
@@ -671,8 +868,28 @@ fn files(f: &RawFiles, base: &FilesConfig, at: &str) -> Result<FilesConfig, Conf
         }
         out.max_files = Some(m);
     }
-    if let Some(c) = &f.on_finish {
-        out.on_finish = Some(c.clone());
+    match (&f.on_finish, &f.hook, origin) {
+        (Some(_), Some(_), _) => {
+            return Err(err(format!(
+                "{at}: on_finish and hook: give one (hook names a command of [hooks])"
+            )));
+        }
+        (Some(_), None, Origin::Api) => {
+            return Err(err(format!(
+                "{at}: on_finish: commands cannot be set through the API (they would run as the collector, root); choose a hook by name with files.hook: {}",
+                known_hooks(hooks)
+            )));
+        }
+        (Some(c), None, Origin::File) => {
+            out.on_finish = Some(c.clone());
+            out.hook = None;
+        }
+        (None, Some(h), _) => {
+            out.on_finish =
+                Some(hook_command(h, hooks).map_err(|e| err(format!("{at}: hook: {e}")))?);
+            out.hook = Some(h.clone());
+        }
+        (None, None, _) => {}
     }
     Ok(out)
 }
@@ -740,9 +957,23 @@ pub fn duration(t: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Compiles `expr` as libpcap would for an Ethernet capture, to refuse bad filters up front.
+/// A count that must be above 0.
+pub fn at_least_one(n: usize) -> Result<usize, String> {
+    if n == 0 {
+        return Err("must be above 0".into());
+    }
+    Ok(n)
+}
+
+/// Compiles `expr` as the sessions' filters are (within their limits), to refuse bad filters
+/// up front.
 pub fn compile_check(expr: &str) -> Result<(), String> {
-    crate::filter::InnerFilter::compile(expr).map(|_| ())
+    Filter::new(expr).map(drop).map_err(|e| e.to_string())
+}
+
+/// `expr` compiled; the error names the field (`at`) and the filter.
+fn compiled(expr: &str, at: &str) -> Result<Filter, ConfigError> {
+    Filter::new(expr).map_err(|e| err(format!("{at} {}: {e}", filter::shown(expr))))
 }
 
 #[cfg(test)]
@@ -805,11 +1036,46 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_and_checked() {
+        let c: Config =
+            "[collector]\nmax_sources = 1000\nmax_auto_sessions = 0\nidle_timeout = \"90s\"\n"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            c.collector.limits,
+            LimitsConfig {
+                max_sources: Some(1000),
+                max_auto_sessions: Some(0),
+                idle_timeout: Some(Duration::from_secs(90)),
+            }
+        );
+        let none: Config = "".parse().unwrap();
+        assert_eq!(none.collector.limits, LimitsConfig::default());
+        for (text, want) in [
+            (
+                "max_sources = 0",
+                "[collector] max_sources: must be above 0",
+            ),
+            (
+                "idle_timeout = \"soon\"",
+                "[collector] idle_timeout: \"soon\" is not a duration",
+            ),
+            ("max_auto_sessions = -1", "max_auto_sessions"),
+        ] {
+            let e = format!("[collector]\n{text}\n")
+                .parse::<Config>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let c: Config = include_str!("../../dist/collector.toml").parse().unwrap();
         assert_eq!(c.sessions.len(), 4);
         assert_eq!(
-            c.sessions[0].filter.as_deref(),
+            c.sessions[0].filter.as_ref().map(Filter::expr),
             Some("tcp port 80 or tcp port 443")
         );
         let ids = &c.sessions[1];
@@ -819,7 +1085,10 @@ mod tests {
             (tap.name.as_str(), tap.netns.as_deref()),
             ("ids0", Some("ids"))
         );
-        assert_eq!(tap.filter.as_deref(), Some("not tcp port 22"));
+        assert_eq!(
+            tap.filter.as_ref().map(Filter::expr),
+            Some("not tcp port 22")
+        );
     }
 
     #[test]
@@ -960,6 +1229,7 @@ mod tests {
             },
             max_files: Some(2),
             on_finish: Some("echo \"$1\"".into()),
+            hook: None,
         };
         assert_eq!(c.collector.default_files, defaults);
         assert_eq!(files("inherits").as_ref(), Some(&defaults));
@@ -984,6 +1254,7 @@ mod tests {
                 },
                 max_files: Some(3),
                 on_finish: Some("gzip \"$1\"".into()),
+                hook: None,
             })
         );
 
@@ -1037,6 +1308,168 @@ mod tests {
         assert_eq!(
             d.due(t0, 0, 0, t0 + 60_000_000_000),
             Some(RotateReason::Duration)
+        );
+    }
+
+    /// Hooks are commands the configuration file names; sessions of the file may run a
+    /// literal command or name a hook, `[defaults.files]` too.
+    #[test]
+    fn the_file_names_hooks_and_keeps_its_literal_commands() {
+        let c: Config = r#"
+            [defaults.files]
+            hook = "compress"
+            [hooks]
+            compress = "gzip -9 \"$1\""
+            upload = "upload.sh"
+            [[session]]
+            name = "a"
+            sources = [{ id = 1 }]
+            [[session]]
+            name = "b"
+            sources = [{ id = 2 }]
+            files = { on_finish = "xz \"$1\"" }
+            [[session]]
+            name = "c"
+            sources = [{ id = 3 }]
+            files = { hook = "upload", dir = "/srv/c" }
+        "#
+        .parse()
+        .unwrap();
+        let f = |i: usize| c.sessions[i].files.clone().unwrap();
+        assert_eq!(
+            (f(0).on_finish.as_deref(), f(0).hook.as_deref()),
+            (Some("gzip -9 \"$1\""), Some("compress"))
+        );
+        assert_eq!(
+            (f(1).on_finish.as_deref(), f(1).hook.as_deref()),
+            (Some("xz \"$1\""), None)
+        );
+        assert_eq!(
+            (f(2).on_finish.as_deref(), f(2).dir.as_deref()),
+            (Some("upload.sh"), Some(Path::new("/srv/c")))
+        );
+        for (text, needle) in [
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { hook = \"zip\" }\n[hooks]\nx = \"y\"",
+                "files: hook: no hook named \"zip\"; the collector's configuration file defines x",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { hook = \"x\", on_finish = \"y\" }\n[hooks]\nx = \"y\"",
+                "give one",
+            ),
+            ("[hooks]\n\"a b\" = \"true\"", "[hooks] \"a b\""),
+            ("[hooks]\nx = \" \"", "empty"),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\nfiles = { dir = \"../elsewhere\" }",
+                "session \"a\": files: dir: \"../elsewhere\" climbs out",
+            ),
+            (
+                "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\ntap = { name = \"t\", netns = \"..\" }",
+                "tap.netns",
+            ),
+        ] {
+            let e = text.parse::<Config>().unwrap_err();
+            assert!(e.0.contains(needle), "{text:?} gave {e}");
+        }
+        // The file may name a namespace by path (root's choice).
+        let c: Config = "[[session]]\nname = \"a\"\nsources = [{ id = 1 }]\ntap = { name = \"t\", netns = \"/run/netns/x\" }"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            c.sessions[0].tap.as_ref().unwrap().netns.as_deref(),
+            Some("/run/netns/x")
+        );
+    }
+
+    fn api(
+        files: serde_json::Value,
+        tap: Option<serde_json::Value>,
+    ) -> Result<SessionConfig, ConfigError> {
+        let hooks: BTreeMap<String, String> = [
+            ("compress".to_string(), "gzip -9 \"$1\"".to_string()),
+            ("upload".to_string(), "upload.sh".to_string()),
+        ]
+        .into();
+        api_session(
+            "web",
+            true,
+            vec![],
+            None,
+            Some(&files),
+            tap.as_ref(),
+            &Defaults {
+                files: &FilesConfig::default(),
+                hooks: &hooks,
+                origin: Origin::Api,
+            },
+        )
+    }
+
+    /// A session from the API chooses a hook by name, never a command, and a directory beneath
+    /// `out`, never a path of its own; its TAP's namespace is a name.
+    #[test]
+    fn api_sessions_run_no_command_and_name_no_path() {
+        use serde_json::json;
+        let s = api(json!({ "hook": "compress", "dir": "web/in" }), None).unwrap();
+        let f = s.files.unwrap();
+        assert_eq!(f.on_finish.as_deref(), Some("gzip -9 \"$1\""));
+        assert_eq!(f.hook.as_deref(), Some("compress"));
+        assert_eq!(f.dir.as_deref(), Some(Path::new("web/in")));
+        for (files, needle) in [
+            (
+                json!({ "on_finish": "touch /tmp/pwned" }),
+                "files: on_finish: commands cannot be set through the API (they would run as the collector, root); choose a hook by name with files.hook: the collector's configuration file defines compress, upload",
+            ),
+            (
+                json!({ "on_finish": "compress" }),
+                "commands cannot be set through the API",
+            ),
+            (
+                json!({ "hook": "zip" }),
+                "files: hook: no hook named \"zip\"; the collector's configuration file defines compress, upload",
+            ),
+            (json!({ "dir": "/etc" }), "files: dir: \"/etc\" is absolute"),
+            (json!({ "dir": "../x" }), "files: dir: \"../x\" climbs out"),
+            (json!({ "dir": "a/../../x" }), "climbs out"),
+            (json!({ "dir": "" }), "empty"),
+        ] {
+            let e = api(files.clone(), None).unwrap_err();
+            assert!(e.0.contains(needle), "{files}: {e}");
+        }
+        let ok = api(json!({}), Some(json!({ "name": "t0", "netns": "ids" }))).unwrap();
+        assert_eq!(ok.tap.unwrap().netns.as_deref(), Some("ids"));
+        for netns in ["/proc/1/ns/net", "../../proc/1/ns/net", "a/b", "..", ""] {
+            let e = api(json!({}), Some(json!({ "name": "t0", "netns": netns }))).unwrap_err();
+            assert!(e.0.contains("tap.netns:"), "{netns}: {e}");
+        }
+        let e = api(
+            json!({}),
+            Some(json!({ "name": "t0", "netns": "/proc/1/ns/net" })),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("is a path: give the name of a network namespace"),
+            "{e}"
+        );
+    }
+
+    /// The API's hooks are looked up in the file being merged: a reload changes their command,
+    /// and one that drops a hook in use is refused.
+    #[test]
+    fn merging_looks_the_apis_hooks_up_again() {
+        use serde_json::json;
+        let s = api(json!({ "hook": "compress" }), None).unwrap();
+        let mut file = Config::default();
+        file.hooks.insert("compress".into(), "xz \"$1\"".into());
+        let m = merged(&file, std::slice::from_ref(&s)).unwrap();
+        assert_eq!(
+            m.sessions[0].files.as_ref().unwrap().on_finish.as_deref(),
+            Some("xz \"$1\"")
+        );
+        let e = merged(&Config::default(), &[s]).unwrap_err();
+        assert!(
+            e.0.contains("session \"web\": files.hook: no hook named \"compress\"; the collector's configuration file defines none"),
+            "{e}"
         );
     }
 }

@@ -14,7 +14,27 @@ use tapwire_formats::decap::{Kind, Meta, SourceKey};
 
 use crate::seq::{Observation, SeqTracker};
 
-pub type SourceId = u32;
+/// A source's handle: its slot in the table and the slot's generation. A slot is reused after
+/// its source was removed (idle, or evicted from a full table); the generation tells a handle
+/// kept somewhere (a file's interface list, a buffer's tally) from the source that took the
+/// slot since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId {
+    slot: u32,
+    generation: u32,
+}
+
+impl SourceId {
+    pub const fn new(slot: u32, generation: u32) -> SourceId {
+        SourceId { slot, generation }
+    }
+
+    /// The slot: an index for tables kept beside the source table.
+    #[inline]
+    pub fn slot(self) -> usize {
+        self.slot as usize
+    }
+}
 
 /// Sources whose sequence numbers may come from one counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,8 +49,9 @@ struct SenderKey {
     family: Family,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sender {
+    key: SenderKey,
     /// The merged model. While a single source of the sender has sent sequence numbers it would
     /// see exactly what that source's own tracker sees, so it is not fed then (one tracker per
     /// packet instead of two, the common case of one session per sender): it is cloned from
@@ -39,6 +60,8 @@ struct Sender {
     solo: Solo,
     own_anomalies: u64,
     n_numbered: u32,
+    /// Sources in the table that belong to it: the sender goes when the last one does.
+    n_sources: u32,
 }
 
 /// Which sources of a sender have fed it sequence numbers.
@@ -134,6 +157,8 @@ pub struct Source {
     pub gre_checksum_bad: u64,
     pub first_ts_ns: Option<u64>,
     pub last_ts_ns: u64,
+    /// Kept when the table is full: its session is a configured one (see [`Demux::insert`]).
+    pub pinned: bool,
     own: SeqTracker,
     sender: Option<u32>,
     shared_lost: i64,
@@ -142,7 +167,7 @@ pub struct Source {
 }
 
 impl Source {
-    fn new(key: SourceKey, sender: Option<u32>) -> Self {
+    fn new(key: SourceKey, sender: Option<u32>, pinned: bool, now_ns: u64) -> Self {
         Source {
             key,
             packets: 0,
@@ -150,7 +175,8 @@ impl Source {
             truncated: 0,
             gre_checksum_bad: 0,
             first_ts_ns: None,
-            last_ts_ns: 0,
+            last_ts_ns: now_ns,
+            pinned,
             own: SeqTracker::default(),
             sender,
             shared_lost: 0,
@@ -174,58 +200,203 @@ fn recent_slot(key: &SourceKey) -> usize {
     (key.id as usize ^ usize::from(last_byte).rotate_left(3)) & (RECENT - 1)
 }
 
-/// The table full: new sources are refused (and counted by the caller), known ones go on.
+/// The table full, and no entry may give way: the new source is refused (and counted by the
+/// caller); known ones go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
+
+/// A source taken out of the table, with its final counters, so that whoever kept state for it
+/// (its session's totals) can fold them in and forget its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    pub id: SourceId,
+    pub key: SourceKey,
+    pub packets: u64,
+    pub bytes: u64,
+    pub truncated: u64,
+    pub gre_checksum_bad: u64,
+    pub sequence: SeqReport,
+}
+
+/// A source with no packet for this long may give way to a new one when the table is full;
+/// a sender of one packet a second keeps its place.
+pub const EVICT_IDLE_NS: u64 = 5_000_000_000;
+/// Entries looked at, at most, for one that may give way (a clock hand goes round the table),
+/// so that a full table costs a bounded amount per refused packet whatever its size.
+const EVICT_PROBES: usize = 256;
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    source: Option<Source>,
+}
 
 #[derive(Debug)]
 pub struct Demux {
     index: FxHashMap<SourceKey, SourceId>,
-    sources: Vec<Source>,
+    slots: Vec<Slot>,
+    /// Slots whose source was removed, to be reused.
+    free: Vec<u32>,
+    n_live: usize,
     sender_index: FxHashMap<SenderKey, u32>,
-    senders: Vec<Sender>,
+    senders: Vec<Option<Sender>>,
+    free_senders: Vec<u32>,
     /// Sources seen recently, direct-mapped by id and outer address ([`recent_slot`]): a run of
     /// one source and sessions interleaved round-robin both hit here and skip the hash lookup.
     recent: [Option<(SourceKey, SourceId)>; RECENT],
     max_sources: usize,
+    /// Where the search for an entry that may give way goes on from.
+    hand: usize,
 }
 
 impl Demux {
     pub fn new(max_sources: usize) -> Self {
         Demux {
             index: FxHashMap::default(),
-            sources: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            n_live: 0,
             sender_index: FxHashMap::default(),
             senders: Vec::new(),
+            free_senders: Vec::new(),
             recent: [None; RECENT],
             max_sources,
+            hand: 0,
         }
     }
 
-    /// The id of `key`'s source, and whether it was just created.
+    pub fn max_sources(&self) -> usize {
+        self.max_sources
+    }
+
+    /// The id of `key`'s source if it is in the table.
     #[inline]
-    pub fn source_id(&mut self, key: &SourceKey) -> Result<(SourceId, bool), TableFull> {
+    pub fn lookup(&mut self, key: &SourceKey) -> Option<SourceId> {
         let slot = recent_slot(key);
         if let Some((k, id)) = self.recent[slot]
             && k == *key
         {
-            return Ok((id, false));
+            return Some(id);
         }
-        let (id, new) = match self.index.get(key) {
-            Some(&id) => (id, false),
+        let id = *self.index.get(key)?;
+        self.recent[slot] = Some((*key, id));
+        Some(id)
+    }
+
+    /// Makes a source for `key` (not in the table). When the table is full, the least recently
+    /// seen source that is not pinned and has been idle for [`EVICT_IDLE_NS`] gives way and
+    /// is returned; with none, the new source is refused.
+    pub fn insert(
+        &mut self,
+        key: &SourceKey,
+        pinned: bool,
+        now_ns: u64,
+    ) -> Result<(SourceId, Option<Retired>), TableFull> {
+        debug_assert!(!self.index.contains_key(key));
+        let evicted = if self.n_live >= self.max_sources {
+            let victim = self.victim(now_ns).ok_or(TableFull)?;
+            self.remove(victim)
+        } else {
+            None
+        };
+        let sender = self.sender_for(key);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
             None => {
-                if self.sources.len() >= self.max_sources {
-                    return Err(TableFull);
-                }
-                let id = self.sources.len() as SourceId;
-                let sender = self.sender_for(key);
-                self.sources.push(Source::new(*key, sender));
-                self.index.insert(*key, id);
-                (id, true)
+                self.slots.push(Slot {
+                    generation: 0,
+                    source: None,
+                });
+                (self.slots.len() - 1) as u32
             }
         };
-        self.recent[slot] = Some((*key, id));
-        Ok((id, new))
+        let entry = &mut self.slots[slot as usize];
+        entry.source = Some(Source::new(*key, sender, pinned, now_ns));
+        let id = SourceId::new(slot, entry.generation);
+        self.n_live += 1;
+        self.index.insert(*key, id);
+        self.recent[recent_slot(key)] = Some((*key, id));
+        Ok((id, evicted))
+    }
+
+    /// The id of `key`'s source, made if it is new (unpinned), and whether it was just made.
+    pub fn source_id(&mut self, key: &SourceKey) -> Result<(SourceId, bool), TableFull> {
+        match self.lookup(key) {
+            Some(id) => Ok((id, false)),
+            None => self.insert(key, false, 0).map(|(id, _)| (id, true)),
+        }
+    }
+
+    /// An unpinned source idle for [`EVICT_IDLE_NS`], the least recently seen of those the
+    /// clock hand passes in [`EVICT_PROBES`] steps.
+    fn victim(&mut self, now_ns: u64) -> Option<SourceId> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let mut best: Option<(u64, SourceId)> = None;
+        for _ in 0..EVICT_PROBES.min(n) {
+            self.hand = (self.hand + 1) % n;
+            let entry = &self.slots[self.hand];
+            let Some(src) = &entry.source else { continue };
+            if src.pinned || now_ns.saturating_sub(src.last_ts_ns) < EVICT_IDLE_NS {
+                continue;
+            }
+            if best.is_none_or(|(seen, _)| src.last_ts_ns < seen) {
+                best = Some((
+                    src.last_ts_ns,
+                    SourceId::new(self.hand as u32, entry.generation),
+                ));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Takes source `id` out of the table; its slot is reused under a new generation.
+    pub fn remove(&mut self, id: SourceId) -> Option<Retired> {
+        let sequence = self.sequence(id);
+        let entry = self.slots.get_mut(id.slot())?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        let src = entry.source.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(id.slot);
+        self.n_live -= 1;
+        self.index.remove(&src.key);
+        let r = recent_slot(&src.key);
+        if self.recent[r].is_some_and(|(_, rid)| rid == id) {
+            self.recent[r] = None;
+        }
+        if let Some(si) = src.sender {
+            self.leave_sender(si, id, src.own.numbered());
+        }
+        Some(Retired {
+            id,
+            key: src.key,
+            packets: src.packets,
+            bytes: src.bytes,
+            truncated: src.truncated,
+            gre_checksum_bad: src.gre_checksum_bad,
+            sequence,
+        })
+    }
+
+    /// Removes every source with no packet since `now_ns - idle_ns`.
+    pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> Vec<Retired> {
+        let idle: Vec<SourceId> = self
+            .iter()
+            .filter(|(_, s)| now_ns.saturating_sub(s.last_ts_ns) >= idle_ns)
+            .map(|(id, _)| id)
+            .collect();
+        idle.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    /// Whether source `id` is kept when the table is full.
+    pub fn set_pinned(&mut self, id: SourceId, pinned: bool) {
+        if let Some(src) = self.get_mut(id) {
+            src.pinned = pinned;
+        }
     }
 
     fn sender_for(&mut self, key: &SourceKey) -> Option<u32> {
@@ -238,12 +409,63 @@ impl Demux {
             src: key.src,
             family,
         };
-        let n = self.senders.len() as u32;
-        let idx = *self.sender_index.entry(sk).or_insert(n);
-        if idx == n {
-            self.senders.push(Sender::default());
+        if let Some(&i) = self.sender_index.get(&sk) {
+            if let Some(s) = self.senders[i as usize].as_mut() {
+                s.n_sources += 1;
+            }
+            return Some(i);
         }
-        Some(idx)
+        let sender = Sender {
+            key: sk,
+            union: SeqTracker::default(),
+            solo: Solo::None,
+            own_anomalies: 0,
+            n_numbered: 0,
+            n_sources: 1,
+        };
+        let i = match self.free_senders.pop() {
+            Some(i) => {
+                self.senders[i as usize] = Some(sender);
+                i
+            }
+            None => {
+                self.senders.push(Some(sender));
+                (self.senders.len() - 1) as u32
+            }
+        };
+        self.sender_index.insert(sk, i);
+        Some(i)
+    }
+
+    /// Source `id` of sender `si` is gone: the sender goes with its last source; a merged
+    /// model that stood for `id` alone starts again with the next numbered source.
+    fn leave_sender(&mut self, si: u32, id: SourceId, numbered: bool) {
+        let Some(s) = self.senders.get_mut(si as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        s.n_sources -= 1;
+        if numbered {
+            s.n_numbered = s.n_numbered.saturating_sub(1);
+        }
+        if s.solo == Solo::One(id) {
+            s.solo = Solo::None;
+            s.union = SeqTracker::default();
+        }
+        if s.n_sources == 0 {
+            let key = s.key;
+            self.senders[si as usize] = None;
+            self.sender_index.remove(&key);
+            self.free_senders.push(si);
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: SourceId) -> Option<&mut Source> {
+        let entry = self.slots.get_mut(id.slot())?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        entry.source.as_mut()
     }
 
     /// Counts one packet of `frame_len` bytes for source `id`; returns what its sequence number
@@ -255,7 +477,7 @@ impl Demux {
         meta: &Meta,
         ts_ns: u64,
     ) -> Option<SeqEvent> {
-        let src = &mut self.sources[id as usize];
+        let src = self.get_mut(id)?;
         src.packets += 1;
         src.bytes += frame_len as u64;
         src.truncated += u64::from(meta.truncated);
@@ -268,7 +490,8 @@ impl Demux {
         let (seq, sender) = (meta.seq?, src.sender?);
         let was_numbered = src.own.numbered();
         let own = src.own.observe(seq);
-        let s = &mut self.senders[sender as usize];
+        let now_numbered = src.own.numbered();
+        let s = self.senders.get_mut(sender as usize)?.as_mut()?;
         let union = match s.solo {
             Solo::One(only) if only == id => own,
             Solo::None => {
@@ -277,17 +500,19 @@ impl Demux {
             }
             Solo::One(only) => {
                 // A second source: the merged model so far is the first one's own tracker.
-                s.union = self.sources[only as usize].own.clone();
+                let first = self.slots[only.slot()].source.as_ref();
+                s.union = first.map(|f| f.own.clone()).unwrap_or_default();
                 s.solo = Solo::Many;
                 s.union.observe(seq)
             }
             Solo::Many => s.union.observe(seq),
         };
-        let src = &mut self.sources[id as usize];
         s.own_anomalies += u64::from(own.is_anomaly());
-        if !was_numbered && src.own.numbered() {
+        if !was_numbered && now_numbered {
             s.n_numbered += 1;
         }
+        let shared = s.shared();
+        let src = self.slots[id.slot()].source.as_mut()?;
         match union {
             Observation::Gap { lost, .. } => src.shared_lost += i64::from(lost),
             Observation::Late => {
@@ -297,7 +522,6 @@ impl Demux {
             Observation::Duplicate => src.shared_duplicates += 1,
             _ => {}
         }
-        let shared = s.shared();
         match if shared { union } else { own } {
             Observation::Gap { lost, from, to } => Some(SeqEvent::Gap {
                 lost,
@@ -310,35 +534,52 @@ impl Demux {
         }
     }
 
-    pub fn source(&self, id: SourceId) -> &Source {
-        &self.sources[id as usize]
+    /// Source `id`, if it is still in the table.
+    #[inline]
+    pub fn source(&self, id: SourceId) -> Option<&Source> {
+        let entry = self.slots.get(id.slot())?;
+        if entry.generation != id.generation {
+            return None;
+        }
+        entry.source.as_ref()
     }
 
-    pub fn sources(&self) -> &[Source] {
-        &self.sources
+    /// The sources in the table, by slot.
+    pub fn iter(&self) -> impl Iterator<Item = (SourceId, &Source)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, e)| {
+            e.source
+                .as_ref()
+                .map(|s| (SourceId::new(i as u32, e.generation), s))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.sources.len()
+        self.n_live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.n_live == 0
     }
 
     pub fn sequence(&self, id: SourceId) -> SeqReport {
-        let src = &self.sources[id as usize];
+        let none = SeqReport {
+            mode: SequenceMode::None,
+            lost: 0,
+            duplicates: 0,
+            reordered: 0,
+            resets: 0,
+        };
+        let Some(src) = self.source(id) else {
+            return none;
+        };
         let own = src.own.stats();
         if !src.own.numbered() {
-            return SeqReport {
-                mode: SequenceMode::None,
-                lost: 0,
-                duplicates: 0,
-                reordered: 0,
-                resets: 0,
-            };
+            return none;
         }
-        match src.sender.map(|s| &self.senders[s as usize]) {
+        let sender = src
+            .sender
+            .and_then(|s| self.senders.get(s as usize)?.as_ref());
+        match sender {
             Some(s) if s.shared() => SeqReport {
                 mode: SequenceMode::SharedBySender,
                 lost: src.shared_lost.max(0) as u64,
@@ -470,6 +711,121 @@ mod tests {
             Err(TableFull)
         );
         assert!(d.source_id(&key([1, 1, 1, 1], Kind::Vxlan, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_gives_way_to_idle_unpinned_sources_only() {
+        const S: u64 = 1_000_000_000;
+        let mut d = Demux::new(3);
+        let pinned = d
+            .insert(&key([10, 0, 0, 1], Kind::ErspanII, 1), true, 0)
+            .unwrap()
+            .0;
+        let quiet = d
+            .insert(&key([10, 0, 0, 2], Kind::ErspanII, 1), false, 0)
+            .unwrap()
+            .0;
+        let busy = d
+            .insert(&key([10, 0, 0, 3], Kind::ErspanII, 1), false, 0)
+            .unwrap()
+            .0;
+        d.account(busy, 60, &meta(1), 9 * S);
+        // At 4 s nobody has been idle long enough: refused.
+        let new = key([10, 0, 0, 4], Kind::ErspanII, 1);
+        assert_eq!(d.insert(&new, false, 4 * S), Err(TableFull));
+        // At 10 s the quiet one (idle 10 s) gives way; the pinned one, idle as long, stays,
+        // and so does the one seen at 9 s.
+        let (id, evicted) = d.insert(&new, false, 10 * S).unwrap();
+        let evicted = evicted.expect("one gave way");
+        assert_eq!(
+            (evicted.id, evicted.key.src),
+            (quiet, "10.0.0.2".parse().unwrap())
+        );
+        // Its slot is reused under a new generation: the old handle names nothing.
+        assert_eq!(id.slot(), quiet.slot());
+        assert_ne!(id, quiet);
+        assert!(d.source(quiet).is_none());
+        assert_eq!(d.account(quiet, 60, &meta(2), 10 * S), None);
+        assert_eq!(d.source(id).unwrap().packets, 0);
+        assert!(d.source(pinned).is_some() && d.source(busy).is_some());
+        assert_eq!(d.len(), 3);
+        // Nothing else may give way now.
+        let last = key([10, 0, 0, 5], Kind::ErspanII, 1);
+        assert_eq!(d.insert(&last, false, 10 * S), Err(TableFull));
+    }
+
+    #[test]
+    fn idle_sources_expire_with_their_counters() {
+        const S: u64 = 1_000_000_000;
+        let mut d = Demux::new(16);
+        let a = d
+            .insert(&key([10, 0, 0, 1], Kind::ErspanII, 1), true, 0)
+            .unwrap()
+            .0;
+        let b = d
+            .insert(&key([10, 0, 0, 2], Kind::Vxlan, 1), false, 0)
+            .unwrap()
+            .0;
+        for (i, seq) in [1u32, 2, 5].into_iter().enumerate() {
+            d.account(a, 60, &meta(seq), i as u64 * S);
+        }
+        d.account(b, 100, &Meta::default(), 20 * S);
+        let gone = d.expire(25 * S, 10 * S);
+        assert_eq!(gone.len(), 1);
+        let r = gone[0];
+        assert_eq!((r.id, r.packets, r.bytes, r.sequence.lost), (a, 3, 180, 2));
+        assert_eq!(d.len(), 1);
+        assert!(d.lookup(&key([10, 0, 0, 1], Kind::ErspanII, 1)).is_none());
+        // The same key comes back as a new source with fresh counters.
+        let (again, _) = d
+            .insert(&key([10, 0, 0, 1], Kind::ErspanII, 1), false, 26 * S)
+            .unwrap();
+        assert_ne!(again, a);
+        assert_eq!(d.source(again).unwrap().packets, 0);
+        assert_eq!(d.sequence(again).mode, SequenceMode::None);
+    }
+
+    #[test]
+    fn churn_leaves_no_senders_or_slots_behind() {
+        const S: u64 = 1_000_000_000;
+        let mut d = Demux::new(8);
+        // 10,000 spoofed numbered sources, each removed when idle: the table and the sender
+        // models stay at the table's size.
+        for i in 0..10_000u32 {
+            let now = u64::from(i) * 10 * S;
+            d.expire(now, 10 * S);
+            let k = key(i.to_be_bytes(), Kind::ErspanII, 7);
+            let (id, _) = d.insert(&k, false, now).unwrap();
+            d.account(id, 60, &meta(i), now);
+        }
+        assert!(d.len() <= 8);
+        assert!(d.slots.len() <= 8, "{} slots", d.slots.len());
+        assert!(d.senders.len() <= 8, "{} sender models", d.senders.len());
+        assert!(d.sender_index.len() <= 8);
+        assert_eq!(d.index.len(), d.len());
+    }
+
+    #[test]
+    fn a_sender_whose_first_source_went_starts_its_merged_model_again() {
+        let mut d = Demux::new(16);
+        let a = d
+            .source_id(&key([10, 0, 0, 1], Kind::ErspanII, 1))
+            .unwrap()
+            .0;
+        for seq in 0..5 {
+            d.account(a, 60, &meta(seq), 0);
+        }
+        d.remove(a).expect("removed");
+        let b = d
+            .source_id(&key([10, 0, 0, 1], Kind::ErspanII, 2))
+            .unwrap()
+            .0;
+        // b numbers from 100: not a gap after a's 4, and nothing read from a's old slot.
+        for seq in 100..105 {
+            assert_eq!(d.account(b, 60, &meta(seq), 0), None);
+        }
+        assert_eq!(d.sequence(b).mode, SequenceMode::PerSource);
+        assert_eq!(d.sequence(b).lost, 0);
     }
 
     /// The two-model rule restated plainly: the merged tracker fed every number from the first.

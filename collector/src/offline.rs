@@ -17,7 +17,7 @@ use tapwire_formats::defrag;
 use crate::capfile::CaptureFile;
 use crate::demux::{SequenceMode, SourceId};
 use crate::mapfile::MappedFile;
-use crate::pipeline::{Delivery, MAX_SOURCES, Pipeline};
+use crate::pipeline::{AdmitAll, Delivery, MAX_SOURCES, Pipeline};
 use tapwire_api_types::time::rfc3339_ns;
 
 /// Which timestamp each written packet gets.
@@ -198,7 +198,10 @@ fn read_mapped(
 #[inline]
 fn feed(pipeline: &mut Pipeline, out: &mut Outputs, timestamps: Timestamps, rec: Record<'_>) {
     let cut = rec.orig_len.saturating_sub(rec.data.len() as u32);
-    if let Some(d) = pipeline.link(rec.link, rec.data, rec.ts_ns) {
+    if let Some(d) = pipeline
+        .link(&mut AdmitAll, rec.link, rec.data, rec.ts_ns)
+        .delivered()
+    {
         let ts_ns = match timestamps {
             Timestamps::Erspan => d.meta.erspan_time_ns.unwrap_or(rec.ts_ns),
             Timestamps::Input => rec.ts_ns,
@@ -218,11 +221,9 @@ fn capture_reason(r: SkipReason) -> &'static str {
 fn report(pipeline: &Pipeline, out: &Outputs, damage: BTreeMap<&'static str, u64>) -> Report {
     let demux = pipeline.demux();
     let mut sources: Vec<(SourceKey, SourceReport)> = demux
-        .sources()
         .iter()
-        .enumerate()
         .map(|(i, s)| {
-            let seq = demux.sequence(i as SourceId);
+            let seq = demux.sequence(i);
             let report = SourceReport {
                 src: s.key.src.to_string(),
                 kind: s.key.kind,
@@ -237,7 +238,7 @@ fn report(pipeline: &Pipeline, out: &Outputs, damage: BTreeMap<&'static str, u64
                 truncated: s.truncated,
                 gre_checksum_bad: s.gre_checksum_bad,
                 sequence: seq.mode,
-                file: out.file_of(i as SourceId).map(|p| p.display().to_string()),
+                file: out.file_of(i).map(|p| p.display().to_string()),
             };
             (s.key, report)
         })
@@ -253,8 +254,8 @@ fn report(pipeline: &Pipeline, out: &Outputs, damage: BTreeMap<&'static str, u64
     for (k, n) in damage {
         malformed.insert(k.to_string(), n);
     }
-    if t.source_table_full > 0 {
-        malformed.insert("source_table_full".into(), t.source_table_full);
+    if t.refused.source_table_full > 0 {
+        malformed.insert("source_table_full".into(), t.refused.source_table_full);
     }
     let d: defrag::Stats = pipeline.defrag_stats();
     Report {
@@ -376,14 +377,14 @@ impl Outputs {
             Target::Single(p) => Some(p),
             Target::PerSource(_) => self
                 .per_source
-                .get(id as usize)?
+                .get(id.slot())?
                 .as_ref()
                 .map(CaptureFile::path),
         }
     }
 
     fn deliver(&mut self, d: &Delivery<'_>, ts_ns: u64, orig_len: u32) {
-        let id = d.source as usize;
+        let id = d.source.slot();
         if self.per_source.len() <= id {
             self.per_source.resize_with(id + 1, || None);
             self.failed.resize(id + 1, false);
@@ -415,7 +416,7 @@ impl Outputs {
     }
 
     fn write(&mut self, d: &Delivery<'_>, packet: &PacketInfo<'_>) {
-        let id = d.source as usize;
+        let id = d.source.slot();
         self.tick += 1;
         self.last_used[id] = self.tick;
         let key = d.key;

@@ -8,13 +8,17 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tapwire_formats::decap::SourceKey;
 
 use crate::config::{Config, SessionConfig};
 use crate::demux::SourceId;
-use crate::filter::InnerFilter;
-use crate::pipeline::Delivery;
+use crate::filter::Filter;
+use crate::pipeline::{Delivery, Refusal};
+
+/// Default bound on auto-discovered sessions: far beyond what a real fleet sends unannounced,
+/// small enough that spoofed sources cannot make a file each without end.
+pub const MAX_AUTO_SESSIONS: usize = 256;
 
 /// What decides a session's frames: its switch and its inner filter.
 #[derive(Debug)]
@@ -23,7 +27,7 @@ pub struct Gate {
     /// Made for a source no configured session took.
     pub auto: bool,
     pub enabled: bool,
-    pub filter: Option<InnerFilter>,
+    pub filter: Option<Filter>,
     /// Its sources, in the order they were routed to it.
     pub sources: Vec<SourceId>,
 }
@@ -35,11 +39,8 @@ impl Gate {
             name: c.name.clone(),
             auto: false,
             enabled: c.enabled,
-            // Filters were compiled once when the definition was validated; this cannot fail.
-            filter: c
-                .filter
-                .as_deref()
-                .and_then(|f| InnerFilter::compile(f).ok()),
+            // Compiled when the definition was checked: shared, not compiled again.
+            filter: c.filter.clone(),
             sources: Vec::new(),
         }
     }
@@ -89,9 +90,12 @@ pub struct Router {
     /// Outer source CIDRs allowed to send; empty: every address.
     allow: Vec<IpNet>,
     auto_discover: bool,
+    max_auto_sessions: usize,
+    /// Auto-discovered sessions now.
+    n_auto: usize,
     sessions: Vec<Gate>,
     by_name: FxHashMap<String, usize>,
-    /// Session of each source, by source id.
+    /// Session of each source, by the slot of its id.
     routes: Vec<Option<usize>>,
 }
 
@@ -100,10 +104,39 @@ impl Router {
         Router {
             allow,
             auto_discover,
+            max_auto_sessions: MAX_AUTO_SESSIONS,
+            n_auto: 0,
             sessions: Vec::new(),
             by_name: FxHashMap::default(),
             routes: Vec::new(),
         }
+    }
+
+    /// At most `n` auto-discovered sessions at a time.
+    pub fn with_max_auto_sessions(mut self, n: usize) -> Router {
+        self.max_auto_sessions = n;
+        self
+    }
+
+    /// Whether a source may be made for `key` (not known yet), and whether it is pinned (a
+    /// configured session takes it): asked by the pipeline before the source exists, so that
+    /// what would only be refused later takes no room. The allow-list is [`Router::allows`].
+    pub fn admit(&self, key: &SourceKey, config: &Config) -> Result<bool, Refusal> {
+        if config.session_for(key).is_some() {
+            return Ok(true);
+        }
+        if !self.auto_discover {
+            return Err(Refusal::NoSession);
+        }
+        if self.n_auto >= self.max_auto_sessions && self.index(&key.file_stem()).is_none() {
+            return Err(Refusal::AutoSessionCap);
+        }
+        Ok(false)
+    }
+
+    /// Auto-discovered sessions now.
+    pub fn n_auto(&self) -> usize {
+        self.n_auto
     }
 
     /// Whether `src` (an outer source address, normalised) may send at all.
@@ -140,52 +173,101 @@ impl Router {
     /// Adds a session at the end; returns its index.
     pub fn push(&mut self, gate: Gate) -> usize {
         let i = self.sessions.len();
+        self.n_auto += usize::from(gate.auto);
         self.by_name.insert(gate.name.clone(), i);
         self.sessions.push(gate);
         i
     }
 
+    /// Sources that left the table: they no longer route anywhere, nor count in their
+    /// session's list.
+    pub fn forget(&mut self, ids: &[SourceId]) {
+        let gone: FxHashSet<SourceId> = ids.iter().copied().collect();
+        let mut sessions = FxHashSet::default();
+        for id in ids {
+            if let Some(route) = self.routes.get_mut(id.slot()) {
+                sessions.extend(route.take());
+            }
+        }
+        for i in sessions {
+            self.sessions[i].sources.retain(|id| !gone.contains(id));
+        }
+    }
+
+    /// Keeps the sessions for which `keep(i)` holds (in order) and removes the others, which
+    /// must have no sources left. The engine removes the same ones from its list.
+    pub fn retain_sessions(&mut self, keep: impl Fn(usize) -> bool) {
+        let mut new_index = Vec::with_capacity(self.sessions.len());
+        let mut kept = Vec::with_capacity(self.sessions.len());
+        for (i, g) in std::mem::take(&mut self.sessions).into_iter().enumerate() {
+            if keep(i) {
+                new_index.push(Some(kept.len()));
+                kept.push(g);
+            } else {
+                debug_assert!(g.sources.is_empty(), "session {} has sources", g.name);
+                new_index.push(None);
+            }
+        }
+        self.by_name.clear();
+        self.n_auto = 0;
+        for g in kept {
+            self.push(g);
+        }
+        for r in &mut self.routes {
+            *r = r.and_then(|i| new_index[i]);
+        }
+    }
+
     /// Takes every session out, by name (for a reload to pick from).
     pub fn take_sessions(&mut self) -> FxHashMap<String, Gate> {
         self.by_name.clear();
+        self.n_auto = 0;
         std::mem::take(&mut self.sessions)
             .into_iter()
             .map(|g| (g.name.clone(), g))
             .collect()
     }
 
-    /// After a reload: `gates` are the sessions, in the engine's order, and every source known
-    /// is routed again under `config` (`key` gives a source id's key). Returns the sessions
-    /// auto-discovery made for sources no session takes any more, in order.
+    /// After a reload: `gates` are the sessions, in the engine's order, and every source in
+    /// the table (`sources`, with their keys) is routed again under `config`. Returns the
+    /// sessions auto-discovery made for sources no session takes any more, in order, and the
+    /// sources that are pinned now (a configured session takes them).
     pub fn reset(
         &mut self,
         gates: Vec<Gate>,
         config: &Config,
-        key: impl Fn(SourceId) -> SourceKey,
-    ) -> Vec<usize> {
+        sources: impl IntoIterator<Item = (SourceId, SourceKey)>,
+    ) -> (Vec<usize>, Vec<(SourceId, bool)>) {
         self.by_name.clear();
         self.sessions.clear();
+        self.n_auto = 0;
         for mut g in gates {
             g.sources.clear();
             self.push(g);
         }
+        self.routes.iter_mut().for_each(|r| *r = None);
         let mut discovered = Vec::new();
-        for id in 0..self.routes.len() {
-            let (route, made) = self.route(&key(id as SourceId), config);
-            self.routes[id] = route;
-            if let Some(i) = route {
-                self.sessions[i].sources.push(id as SourceId);
+        let mut pins = Vec::new();
+        for (id, key) in sources {
+            let (route, made) = self.route(&key, config);
+            if self.routes.len() <= id.slot() {
+                self.routes.resize(id.slot() + 1, None);
             }
+            self.routes[id.slot()] = route;
+            if let Some(i) = route {
+                self.sessions[i].sources.push(id);
+            }
+            pins.push((id, config.session_for(&key).is_some()));
             discovered.extend(made);
         }
-        discovered
+        (discovered, pins)
     }
 
     /// Where a delivered frame goes. A source seen for the first time is routed first: to the
     /// first configured session whose rules match, else (auto-discovery) to a session of its
     /// own, made here, else nowhere.
     pub fn deliver(&mut self, d: &Delivery<'_>, config: &Config) -> Routed {
-        let id = d.source as usize;
+        let id = d.source.slot();
         if self.routes.len() <= id {
             self.routes.resize(id + 1, None);
         }
@@ -233,6 +315,9 @@ impl Router {
         if let Some(i) = self.index(&name) {
             return (Some(i), None);
         }
+        if self.n_auto >= self.max_auto_sessions {
+            return (None, None);
+        }
         let i = self.push(Gate::auto(name));
         (Some(i), Some(i))
     }
@@ -270,15 +355,20 @@ mod tests {
         }
     }
 
-    fn delivery(source: SourceId, key: SourceKey, new_source: bool, frame: &[u8]) -> Delivery<'_> {
+    fn id(slot: u32) -> SourceId {
+        SourceId::new(slot, 0)
+    }
+
+    fn delivery(slot: u32, key: SourceKey, new_source: bool, frame: &[u8]) -> Delivery<'_> {
         Delivery {
-            source,
+            source: id(slot),
             key,
             new_source,
             frame,
             link: LinkType::Ethernet,
             meta: Meta::default(),
             seq_event: None,
+            evicted: None,
         }
     }
 
@@ -306,8 +396,10 @@ mod tests {
                 min_free_disk_bytes: None,
                 default_files: FilesConfig::default(),
                 tap_prefix: None,
+                limits: Default::default(),
             },
             sessions,
+            hooks: Default::default(),
         }
     }
 
@@ -353,8 +445,8 @@ mod tests {
             r.deliver(&delivery(1, k2, true, &frame), &cfg).verdict,
             Verdict::Write(1)
         );
-        assert_eq!(r.session(0).sources, vec![0]);
-        assert_eq!(r.session(1).sources, vec![1]);
+        assert_eq!(r.session(0).sources, vec![id(0)]);
+        assert_eq!(r.session(1).sources, vec![id(1)]);
         assert_eq!(r.routes(), &[Some(0), Some(1)]);
     }
 
@@ -387,7 +479,7 @@ mod tests {
     #[test]
     fn a_disabled_session_or_its_filter_skips_the_frame_with_the_reason() {
         let mut web = session("web", Kind::ErspanII, 10..=19);
-        web.filter = Some("tcp port 443".into());
+        web.filter = Some(Filter::new("tcp port 443").unwrap());
         let cfg = config(vec![web]);
         let mut r = router(&cfg, true);
         let k = key("10.0.0.5", Kind::ErspanII, 10);
@@ -422,8 +514,8 @@ mod tests {
             key("10.0.0.5", Kind::ErspanII, 10),
             key("10.0.0.6", Kind::Gre, 7),
         ];
-        for (id, k) in keys.iter().enumerate() {
-            r.deliver(&delivery(id as SourceId, *k, true, &frame), &old);
+        for (slot, k) in keys.iter().enumerate() {
+            r.deliver(&delivery(slot as u32, *k, true, &frame), &old);
         }
         assert_eq!(r.routes(), &[Some(0), Some(1)]);
         r.set_enabled(0, false);
@@ -437,13 +529,73 @@ mod tests {
             Gate::configured(&new.sessions[0]),
             kept.remove("10.0.0.6_gre_7").expect("auto session"),
         ];
-        let discovered = r.reset(gates, &new, |id| keys[id as usize]);
+        let known = keys.iter().enumerate().map(|(i, k)| (id(i as u32), *k));
+        let (discovered, pins) = r.reset(gates, &new, known);
         assert_eq!(discovered, vec![2]);
+        assert_eq!(pins, vec![(id(0), false), (id(1), true)]);
         assert_eq!(r.session(2).name, "10.0.0.5_erspan-ii_10");
         assert_eq!(r.routes(), &[Some(2), Some(0)]);
-        assert_eq!(r.session(0).sources, vec![1]);
+        assert_eq!(r.session(0).sources, vec![id(1)]);
         assert!(r.session(1).sources.is_empty());
         assert_eq!(r.index("gre"), Some(0));
         assert_eq!(r.index("web"), None);
+    }
+
+    #[test]
+    fn admission_asks_before_a_source_exists() {
+        let cfg = config(vec![session("web", Kind::ErspanII, 10..=19)]);
+        let mut r = router(&cfg, true).with_max_auto_sessions(1);
+        let configured = key("10.0.0.5", Kind::ErspanII, 12);
+        let stranger = key("10.0.0.6", Kind::Vxlan, 1);
+        let another = key("10.0.0.7", Kind::Vxlan, 1);
+        // A configured session's source is pinned; an auto-discovered one is not.
+        assert_eq!(r.admit(&configured, &cfg), Ok(true));
+        assert_eq!(r.admit(&stranger, &cfg), Ok(false));
+        let frame = tcp_443();
+        r.deliver(&delivery(0, stranger, true, &frame), &cfg);
+        assert_eq!(r.n_auto(), 1);
+        // The cap reached: a new stem is refused, the existing session's stem is not, and a
+        // configured session's source never is.
+        assert_eq!(r.admit(&another, &cfg), Err(Refusal::AutoSessionCap));
+        assert_eq!(r.admit(&stranger, &cfg), Ok(false));
+        assert_eq!(r.admit(&configured, &cfg), Ok(true));
+        // Without auto-discovery, a source no session takes is refused outright.
+        let off = router(&cfg, false);
+        assert_eq!(off.admit(&stranger, &cfg), Err(Refusal::NoSession));
+        assert_eq!(off.admit(&configured, &cfg), Ok(true));
+    }
+
+    #[test]
+    fn forgotten_sources_and_removed_sessions_leave_the_routes_consistent() {
+        let cfg = config(vec![session("web", Kind::ErspanII, 10..=19)]);
+        let mut r = router(&cfg, true);
+        let frame = tcp_443();
+        let keys = [
+            key("10.0.0.5", Kind::ErspanII, 10),
+            key("10.0.0.6", Kind::Vxlan, 1),
+            key("10.0.0.7", Kind::Vxlan, 1),
+            key("10.0.0.5", Kind::ErspanII, 11),
+        ];
+        for (slot, k) in keys.iter().enumerate() {
+            r.deliver(&delivery(slot as u32, *k, true, &frame), &cfg);
+        }
+        assert_eq!(r.routes(), &[Some(0), Some(1), Some(2), Some(0)]);
+        assert_eq!(r.n_auto(), 2);
+        // The first auto session's source goes, then the session.
+        r.forget(&[id(1), id(3)]);
+        assert_eq!(r.session(0).sources, vec![id(0)]);
+        assert!(r.session(1).sources.is_empty());
+        r.retain_sessions(|i| i != 1);
+        assert_eq!(r.sessions().len(), 2);
+        assert_eq!(r.n_auto(), 1);
+        assert_eq!(r.index("10.0.0.7_vxlan_1"), Some(1));
+        assert_eq!(r.index("10.0.0.6_vxlan_1"), None);
+        assert_eq!(r.routes(), &[Some(0), None, Some(1), None]);
+        // The slot of a forgotten source routes anew when a new source takes it.
+        let back = r.deliver(&delivery(1, keys[1], true, &frame), &cfg);
+        assert_eq!(
+            (back.verdict, back.discovered),
+            (Verdict::Write(2), Some(2))
+        );
     }
 }

@@ -7,11 +7,15 @@
 use sha2::{Digest, Sha256};
 use tapwire_api_types::control::Role;
 
+use crate::store::ActiveToken;
+
 /// Who is asking: a token's name and role, or `localhost` (a viewer) without a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// A probe token's probe: the only one it may act as.
+    pub probe: Option<String>,
 }
 
 impl Caller {
@@ -19,6 +23,7 @@ impl Caller {
         Caller {
             name: "localhost".into(),
             role: Role::Viewer,
+            probe: None,
         }
     }
 
@@ -27,6 +32,7 @@ impl Caller {
         Caller {
             name: name.into(),
             role: Role::Admin,
+            probe: None,
         }
     }
 }
@@ -80,14 +86,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The active token whose hash matches `token`'s: every entry is compared, whichever matches.
-pub fn find(token: &str, active: &[(String, Role, Vec<u8>)]) -> Option<Caller> {
+pub fn find(token: &str, active: &[ActiveToken]) -> Option<Caller> {
     let h = hash(token);
     let mut found = None;
-    for (name, role, stored) in active {
-        if constant_time_eq(&h, stored) && found.is_none() {
+    for t in active {
+        if constant_time_eq(&h, &t.hash) && found.is_none() {
             found = Some(Caller {
-                name: name.clone(),
-                role: *role,
+                name: t.name.clone(),
+                role: t.role,
+                probe: t.probe.clone(),
             });
         }
     }
@@ -104,9 +111,15 @@ mod tests {
         let b = generate().expect("token");
         assert_ne!(a, b);
         assert_eq!(a.len(), 3 + 64);
+        let token = |name: &str, role, secret: &str| ActiveToken {
+            name: name.into(),
+            role,
+            probe: None,
+            hash: hash(secret),
+        };
         let active = vec![
-            ("ops".to_string(), Role::Operator, hash(&a)),
-            ("ro".to_string(), Role::Viewer, hash(&b)),
+            token("ops", Role::Operator, &a),
+            token("ro", Role::Viewer, &b),
         ];
         assert_eq!(find(&b, &active).map(|c| c.name), Some("ro".into()));
         assert_eq!(find(&a, &active).map(|c| c.role), Some(Role::Operator));

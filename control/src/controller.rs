@@ -22,15 +22,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tapwire_api_types::control::{
-    AUTO, CollectorState, ControlState, Fleet, FleetMember, FlowCreate, FlowInfo, FlowSet,
-    FlowStatus, ProbeInfo, ProbeLimits, ProbeReport, Register, Registered, Role, SdTarget,
-    SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch, validate_name,
+    AUTO, AuditEntry, CollectorState, ControlState, Fleet, FleetMember, FlowCreate, FlowInfo,
+    FlowSet, FlowStatus, MAX_INTERFACES, ProbeInfo, ProbeLimits, ProbeReport, Register, Registered,
+    Role, SdTarget, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch, validate_name,
 };
 use tapwire_api_types::flow::FlowFields;
 use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
@@ -40,8 +40,8 @@ use crate::auth::{self, Caller, Need};
 use crate::engine::{Clock, Engine, EngineError};
 use crate::fleet::{self, Move};
 use crate::store::{
-    Heartbeat, Listener, Location, Store, StoreError, StoredCollector, StoredFlow, StoredProbe,
-    StoredSession, Transaction,
+    ActiveToken, Heartbeat, Listener, Location, Store, StoreError, StoredCollector, StoredFlow,
+    StoredProbe, StoredSession, Transaction,
 };
 use crate::tokens;
 
@@ -69,6 +69,44 @@ pub enum Refused {
     Unavailable(String),
 }
 
+/// Why a probe's request (or a name for a new probe) was refused, each counted
+/// ([`Controller::probe_refusals`]): what a misbehaving probe or an attacker sends is dropped,
+/// never kept, and shows up here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRefusal {
+    /// A registration or report over the body limit (413).
+    BodyTooLarge,
+    /// A probe token speaking for a probe it is not bound to (403).
+    OtherProbe,
+    /// A new probe name past `--max-probes` (409), from a probe or a flow.
+    TooManyProbes,
+    /// A report of more flows or refusals than the probe may have (400).
+    TooManyFlows,
+    /// A name, version or interface list out of bounds (400).
+    Invalid,
+}
+
+impl ProbeRefusal {
+    pub const ALL: [ProbeRefusal; 5] = [
+        ProbeRefusal::BodyTooLarge,
+        ProbeRefusal::OtherProbe,
+        ProbeRefusal::TooManyProbes,
+        ProbeRefusal::TooManyFlows,
+        ProbeRefusal::Invalid,
+    ];
+
+    /// Its name as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeRefusal::BodyTooLarge => "body_too_large",
+            ProbeRefusal::OtherProbe => "other_probe",
+            ProbeRefusal::TooManyProbes => "too_many_probes",
+            ProbeRefusal::TooManyFlows => "too_many_flows",
+            ProbeRefusal::Invalid => "invalid",
+        }
+    }
+}
+
 impl From<StoreError> for Refused {
     fn from(e: StoreError) -> Refused {
         match e {
@@ -89,6 +127,9 @@ pub struct ControllerOptions {
     pub advertise: Option<IpAddr>,
     /// Where other collectors, clients and Prometheus reach its API.
     pub api_url: Option<String>,
+    /// Probes the controller knows at most (registered, or named by a flow): a name past it
+    /// is refused, so that invented names cannot grow the database and the reports kept.
+    pub max_probes: u32,
     /// Limits of a probe first seen (each probe's own can be changed).
     pub max_flows_per_probe: u32,
     pub max_pps_per_probe: Option<u64>,
@@ -114,7 +155,7 @@ struct Live {
 pub struct View {
     /// The fleet's change counter when it was read.
     pub version: i64,
-    tokens: Vec<(String, Role, Vec<u8>)>,
+    tokens: Vec<ActiveToken>,
     probes: HashMap<String, StoredProbe>,
     sessions: Vec<StoredSession>,
     collectors: Vec<StoredCollector>,
@@ -158,10 +199,19 @@ pub struct Controller<E: Engine> {
     /// and re-check their token.
     changes: tokio::sync::watch::Sender<u64>,
     live: Mutex<HashMap<String, Live>>,
+    /// Probe requests refused, by [`ProbeRefusal`] (indexed as [`ProbeRefusal::ALL`]).
+    probe_refusals: [AtomicU64; 5],
 }
 
 /// Probe names that would clash with a route.
 const RESERVED_PROBE_NAMES: &[&str] = &["register"];
+
+/// The default of [`ControllerOptions::max_probes`]: more hypervisors than one collector
+/// serves, few enough that their reports (at most [`MAX_PROBE_BODY_BYTES`] each) stay
+/// within 128 MiB.
+///
+/// [`MAX_PROBE_BODY_BYTES`]: tapwire_api_types::control::MAX_PROBE_BODY_BYTES
+pub const DEFAULT_MAX_PROBES: u32 = 1024;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -216,6 +266,7 @@ impl<E: Engine> Controller<E> {
             connected_since: Mutex::new(None),
             changes,
             live: Mutex::new(HashMap::new()),
+            probe_refusals: Default::default(),
         });
         ctl.bootstrap().map_err(|e| e.to_string())?;
         ctl.join().map_err(|e| e.to_string())?;
@@ -283,9 +334,17 @@ impl<E: Engine> Controller<E> {
         &self,
         f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
     ) -> Result<T, Refused> {
+        Ok(self.read_store(f)?)
+    }
+
+    /// [`Controller::read`] with the store's error, which tells an absent database apart.
+    fn read_store<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut store = lock(&self.store);
         let r = store.begin().and_then(|mut tx| f(&mut *tx));
-        Ok(self.note(r)?)
+        self.note(r)
     }
 
     /// `f` in a transaction that is committed: a write that needs no checks.
@@ -340,8 +399,11 @@ impl<E: Engine> Controller<E> {
             &mut *tx,
             &Caller::system("bootstrap"),
             Some(&self.opts.name),
-            &name,
-            Role::Admin,
+            &TokenCreate {
+                name: name.clone(),
+                role: Role::Admin,
+                probe: None,
+            },
             &auth::hash(&token),
             &self.now(),
         )?;
@@ -639,9 +701,9 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Who is asking, and may they: a bearer token, else `localhost` (a viewer) for a
-    /// connection from the loopback. Tokens are looked up in the [`View`] (so probes are
-    /// served while the database is away); one not there is looked up in the database, which
-    /// a token just made offline (`tapwire token create --db`) may be in.
+    /// connection from the loopback. Tokens are looked up in the database, so that a
+    /// revocation anywhere in the fleet holds at once; only while the database is away are
+    /// they looked up in the [`View`] (probes and viewers are served with the last state).
     pub fn authenticate(
         &self,
         bearer: Option<&str>,
@@ -650,16 +712,14 @@ impl<E: Engine> Controller<E> {
     ) -> Result<Caller, Refused> {
         let caller = match bearer {
             Some(t) => {
-                let known = auth::find(t, &lock(&self.view).tokens);
-                match known {
-                    Some(c) => c,
-                    None => {
-                        let active = self.read(|tx| tx.active_tokens()).unwrap_or_default();
-                        auth::find(t, &active).ok_or_else(|| {
-                            Refused::Unauthorized("the token is unknown or revoked".into())
-                        })?
-                    }
-                }
+                let found = match self.read_store(|tx| tx.active_tokens()) {
+                    Ok(active) => auth::find(t, &active),
+                    Err(e) if e.is_unavailable() => auth::find(t, &lock(&self.view).tokens),
+                    Err(e) => return Err(e.into()),
+                };
+                found.ok_or_else(|| {
+                    Refused::Unauthorized("the token is unknown or revoked".into())
+                })?
             }
             None if loopback => Caller::localhost(),
             None => {
@@ -1019,6 +1079,15 @@ impl<E: Engine> Controller<E> {
                 FIELDS.join(", ")
             )));
         }
+        // New filters are compiled now, before the database is locked: the collector keeps
+        // each result, so the check inside the change finds it (errors too, with their
+        // message) and a slow filter holds up no one else's change.
+        let tap_filter = patch.get("tap").and_then(|t| t.get("filter"));
+        for f in [patch.get("filter"), tap_filter].into_iter().flatten() {
+            if let Some(f) = f.as_str() {
+                let _ = self.engine.check_filter(f);
+            }
+        }
         self.change(|tx| {
             let old = tx.session(name)?.ok_or_else(|| self.no_session(name))?;
             let mut s = old.clone();
@@ -1278,11 +1347,7 @@ impl<E: Engine> Controller<E> {
             // Every field checked by the probe's own rules, with the values it will get.
             let dest = Self::destinations(tx)?;
             let spec = self.render(&flow, &session, &dest)?;
-            tx.ensure_probe(
-                &flow.probe,
-                self.opts.max_flows_per_probe,
-                self.opts.max_pps_per_probe,
-            )?;
+            self.ensure_probe(tx, &flow.probe)?;
             let existing: Vec<StoredFlow> = tx.flows()?
                 .into_iter()
                 .filter(|f| f.probe == flow.probe)
@@ -1549,32 +1614,66 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
-    /// A probe-role token acts only for the probe of its own name.
-    fn check_acts_for(caller: &Caller, probe: &str) -> Result<(), Refused> {
-        if caller.role == Role::Probe && caller.name != probe {
+    /// Counts a refused probe request (the 413s the API answers itself, for one).
+    pub fn count_probe_refusal(&self, why: ProbeRefusal) {
+        self.probe_refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Probe requests refused since start, by reason, every reason listed.
+    pub fn probe_refusals(&self) -> Vec<(ProbeRefusal, u64)> {
+        ProbeRefusal::ALL
+            .iter()
+            .map(|&r| (r, self.probe_refusals[r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// `r`, counted as `why`.
+    fn refuse(&self, why: ProbeRefusal, r: Refused) -> Refused {
+        self.count_probe_refusal(why);
+        r
+    }
+
+    /// A probe token acts only as the probe it is bound to.
+    fn check_acts_for(&self, caller: &Caller, probe: &str) -> Result<(), Refused> {
+        if caller.role == Role::Probe && caller.probe.as_deref() != Some(probe) {
+            self.count_probe_refusal(ProbeRefusal::OtherProbe);
             return Err(Refused::Forbidden(format!(
-                "token {:?} is a probe token: it may act only as probe {:?}",
-                caller.name, caller.name
+                "token {:?} is bound to probe {:?}: it may not act as probe {probe:?}",
+                caller.name,
+                caller.probe.as_deref().unwrap_or("")
             )));
         }
         Ok(())
     }
 
-    pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
-        check_probe_name(&req.name)?;
-        Self::check_acts_for(caller, &req.name)?;
-        if req.version.len() > 100 || req.interfaces.len() > 4096 {
-            return Err(Refused::BadRequest(
-                "version or interfaces: too long".into(),
-            ));
+    /// Makes sure the controller knows probe `name`; a new name past `max_probes` is refused.
+    fn ensure_probe(&self, tx: &mut dyn Transaction, name: &str) -> Result<(), Refused> {
+        if tx.probe(name)?.is_some() {
+            return Ok(());
         }
+        let known = tx.probes()?.len();
+        if known >= self.opts.max_probes as usize {
+            self.count_probe_refusal(ProbeRefusal::TooManyProbes);
+            return Err(Refused::Conflict(format!(
+                "probe {name:?} is new and the controller knows {known} probes, its limit (--max-probes {}): delete one that is gone (tapwire probe delete NAME) or raise the limit",
+                self.opts.max_probes
+            )));
+        }
+        tx.ensure_probe(
+            name,
+            self.opts.max_flows_per_probe,
+            self.opts.max_pps_per_probe,
+        )?;
+        Ok(())
+    }
+
+    pub fn register(&self, caller: &Caller, req: Register) -> Result<Registered, Refused> {
+        check_probe_name(&req.name).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
+        self.check_acts_for(caller, &req.name)?;
+        check_registration(&req).map_err(|r| self.refuse(ProbeRefusal::Invalid, r))?;
         self.change(|tx| {
             let before = tx.probe(&req.name)?;
-            tx.ensure_probe(
-                &req.name,
-                self.opts.max_flows_per_probe,
-                self.opts.max_pps_per_probe,
-            )?;
+            self.ensure_probe(tx, &req.name)?;
             tx.register_probe(&req.name, &req.version, &req.interfaces, &self.now())?;
             let first = before.as_ref().is_none_or(|p| p.registered.is_none());
             let changed = before
@@ -1605,7 +1704,7 @@ impl<E: Engine> Controller<E> {
     /// The probe's flow set now.
     /// From the [`View`]: answered while the database is away.
     pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
-        Self::check_acts_for(caller, name)?;
+        self.check_acts_for(caller, name)?;
         let p = lock(&self.view)
             .probes
             .get(name)
@@ -1658,18 +1757,25 @@ impl<E: Engine> Controller<E> {
         }
     }
 
+    /// Keeps the probe's last report (one per probe, replaced by the next), of at most as many
+    /// flows as the probe may have.
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
-        Self::check_acts_for(caller, name)?;
-        if self
+        self.check_acts_for(caller, name)?;
+        let p = self
             .read(|tx| tx.probe(name))?
-            .is_none_or(|p| p.registered.is_none())
-        {
-            return Err(Refused::NotFound(format!(
-                "probe {name:?} is not registered"
-            )));
-        }
-        if report.stats.flows.len() > 10_000 || report.refused.len() > 10_000 {
-            return Err(Refused::BadRequest("stats: too many flows".into()));
+            .filter(|p| p.registered.is_some())
+            .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
+        let max = p.max_flows as usize;
+        for (field, n) in [
+            ("stats.flows", report.stats.flows.len()),
+            ("refused", report.refused.len()),
+        ] {
+            if n > max {
+                self.count_probe_refusal(ProbeRefusal::TooManyFlows);
+                return Err(Refused::BadRequest(format!(
+                    "{field}: {n} flows, more than probe {name:?} may have (max_flows {max})"
+                )));
+            }
         }
         self.seen(name, |l| l.report = Some(report));
         Ok(())
@@ -1689,8 +1795,7 @@ impl<E: Engine> Controller<E> {
                 tx,
                 caller,
                 Some(&self.opts.name),
-                &req.name,
-                req.role,
+                &req,
                 &auth::hash(&token),
                 &self.now(),
             )
@@ -1703,12 +1808,21 @@ impl<E: Engine> Controller<E> {
         self.change(|tx| tokens::revoke(tx, caller, Some(&self.opts.name), name, &self.now()))
     }
 
+    /// Audit entries after `after`. Only an admin sees the on-finish commands that entries
+    /// made before the API refused them may hold; everyone else sees them hidden.
     pub fn audit(
         &self,
+        caller: &Caller,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<tapwire_api_types::control::AuditEntry>, Refused> {
-        self.read(|tx| tx.list_audit(after, limit))
+    ) -> Result<Vec<AuditEntry>, Refused> {
+        let mut entries = self.read(|tx| tx.list_audit(after, limit))?;
+        if caller.role != Role::Admin {
+            for e in &mut entries {
+                hide_commands(&mut e.detail);
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -1730,7 +1844,47 @@ impl<E: Engine> Drop for PollGuard<E> {
     }
 }
 
-fn check_probe_name(name: &str) -> Result<(), Refused> {
+/// What an audit entry shows in place of a command.
+pub const HIDDEN: &str = "(hidden: admins only)";
+
+/// Replaces every `on_finish` value in `v` (a command, in entries written before the API
+/// refused them) with [`HIDDEN`].
+fn hide_commands(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "on_finish" && !x.is_null() {
+                    *x = Value::String(HIDDEN.into());
+                } else {
+                    hide_commands(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(hide_commands),
+        _ => {}
+    }
+}
+
+/// A registration's version and interfaces, within their bounds.
+fn check_registration(req: &Register) -> Result<(), Refused> {
+    if req.version.len() > 100 {
+        return Err(Refused::BadRequest("version: longer than 100 bytes".into()));
+    }
+    if req.interfaces.len() > MAX_INTERFACES {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {} of them, more than {MAX_INTERFACES}",
+            req.interfaces.len()
+        )));
+    }
+    if let Some(i) = req.interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
+        return Err(Refused::BadRequest(format!(
+            "interfaces: {i:?} is not an interface name (1 to 15 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_probe_name(name: &str) -> Result<(), Refused> {
     validate_name(name).map_err(|e| Refused::BadRequest(format!("probe: {e}")))?;
     if RESERVED_PROBE_NAMES.contains(&name) {
         return Err(Refused::BadRequest(format!("probe: {name:?} is reserved")));

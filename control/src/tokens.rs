@@ -2,11 +2,12 @@
 //! and `tapwire token --db` (the same operations on the database, without a collector) share.
 
 use serde_json::Value;
-use tapwire_api_types::control::{Role, TokenInfo, validate_name};
+use tapwire_api_types::control::{Role, TokenCreate, TokenInfo, validate_name};
 use tapwire_api_types::time::rfc3339_ns;
 
 use crate::Refused;
 use crate::auth::{self, Caller};
+use crate::controller::check_probe_name;
 use crate::store::{AuditRow, NewToken, Store, Transaction};
 
 /// Writes one audit row (in the caller's transaction); `collector`: the one that served it
@@ -32,17 +33,32 @@ pub fn audit(
     Ok(())
 }
 
-/// Stores a new token's hash; the secret is returned once by the caller and never stored.
+/// Stores a new token's hash; the secret is returned once by the caller and never stored. A
+/// probe token is bound to `probe`, or to the probe of its own name.
 pub fn insert(
     tx: &mut dyn Transaction,
     caller: &Caller,
     collector: Option<&str>,
-    name: &str,
-    role: Role,
+    req: &TokenCreate,
     hash: &[u8],
     at: &str,
 ) -> Result<TokenInfo, Refused> {
+    let (name, role) = (req.name.as_str(), req.role);
     validate_name(name).map_err(|e| Refused::BadRequest(format!("name: {e}")))?;
+    let probe = match (role, &req.probe) {
+        (Role::Probe, p) => {
+            let p = p.as_deref().unwrap_or(name);
+            check_probe_name(p)?;
+            Some(p)
+        }
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(Refused::BadRequest(format!(
+                "probe: only probe tokens are bound to a probe, not {} tokens",
+                role.name()
+            )));
+        }
+    };
     if tx.token_exists(name)? {
         return Err(Refused::Conflict(format!(
             "a token named {name:?} exists (names are never reused, also after revocation)"
@@ -51,22 +67,20 @@ pub fn insert(
     tx.insert_token(&NewToken {
         name,
         role,
+        probe,
         hash,
         created: at,
         created_by: &caller.name,
     })?;
-    audit(
-        tx,
-        caller,
-        collector,
-        at,
-        "token.create",
-        name,
-        &serde_json::json!({ "role": role.name() }),
-    )?;
+    let detail = match probe {
+        Some(p) => serde_json::json!({ "role": role.name(), "probe": p }),
+        None => serde_json::json!({ "role": role.name() }),
+    };
+    audit(tx, caller, collector, at, "token.create", name, &detail)?;
     Ok(TokenInfo {
         name: name.to_string(),
         role,
+        probe: probe.map(str::to_string),
         created: at.to_string(),
         created_by: caller.name.clone(),
         revoked: None,
@@ -99,8 +113,7 @@ pub fn revoke(
 pub fn create_offline(
     store: &mut dyn Store,
     caller: &Caller,
-    name: &str,
-    role: Role,
+    req: &TokenCreate,
     now_ns: u64,
 ) -> Result<TokenInfo, Refused> {
     let secret = auth::generate().map_err(Refused::Internal)?;
@@ -109,8 +122,7 @@ pub fn create_offline(
         &mut *tx,
         caller,
         None,
-        name,
-        role,
+        req,
         &auth::hash(&secret),
         &rfc3339_ns(now_ns),
     )?;

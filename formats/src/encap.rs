@@ -8,6 +8,10 @@
 //!   collector to restore absolute time: 100 ns granularity with the upper 32 bits in platform
 //!   sub-header 3, or IEEE 1588 (nanoseconds in the header, seconds in sub-header 5).
 //! - GRE-TEB: key = session id, and a sequence number.
+//!
+//! Any of them may carry a GRE checksum ([`Encapsulator::with_gre_checksum`]): the header then
+//! has the C bit and 4 more bytes, and [`fill_gre_checksum`] computes the sum once the frame's
+//! bytes are known (over the header and the frame's parts, wherever they lie).
 
 use crate::wire::erspan::{
     Bso, Cos, Direction, Encap as En, FrameType, Granularity, HardwareId, Index, PacketII,
@@ -15,9 +19,11 @@ use crate::wire::erspan::{
 };
 use crate::wire::gre;
 
-/// The longest header [`Encapsulator::header`] writes: GRE with key and sequence (12) or with
-/// sequence (8) plus ERSPAN III with its platform sub-header (20).
-pub const MAX_HEADER_LEN: usize = 28;
+/// The longest header [`Encapsulator::header`] writes: GRE with checksum and sequence (12)
+/// plus ERSPAN III with its platform sub-header (20).
+pub const MAX_HEADER_LEN: usize = 32;
+/// Where the GRE checksum lies in a header with the C bit.
+const GRE_CHECKSUM_AT: usize = 4;
 
 /// Which time format ERSPAN Type III carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +51,8 @@ pub enum Encap {
 }
 
 impl Encap {
-    /// The length of the headers written before each frame (GRE and ERSPAN).
+    /// The length of the headers written before each frame (GRE and ERSPAN), without a GRE
+    /// checksum.
     pub const fn header_len(self) -> usize {
         match self {
             Encap::ErspanII => 8 + 8,
@@ -90,6 +97,7 @@ pub struct Encapsulator {
     session: SessionId,
     /// The largest GRE payload the path carries: path MTU minus the outer IP header.
     max_payload_bytes: usize,
+    gre_checksum: bool,
 }
 
 impl Encapsulator {
@@ -99,12 +107,31 @@ impl Encapsulator {
             encap,
             session,
             max_payload_bytes: max_payload_bytes.max(encap.header_len() + 14),
+            gre_checksum: false,
         }
+    }
+
+    /// With `on`, every header carries a GRE checksum (C bit): fill it with
+    /// [`fill_gre_checksum`] once the frame is known.
+    pub fn with_gre_checksum(mut self, on: bool) -> Self {
+        self.gre_checksum = on;
+        self.max_payload_bytes = self.max_payload_bytes.max(self.header_len() + 14);
+        self
     }
 
     /// The encapsulation it writes.
     pub fn encap(&self) -> Encap {
         self.encap
+    }
+
+    /// Whether every header carries a GRE checksum.
+    pub fn gre_checksum(&self) -> bool {
+        self.gre_checksum
+    }
+
+    /// The length of every header this writes.
+    pub fn header_len(&self) -> usize {
+        self.encap.header_len() + if self.gre_checksum { 4 } else { 0 }
     }
 
     /// Writes the header for a frame of `frame_len` bytes with sequence number `seq`.
@@ -115,20 +142,14 @@ impl Encapsulator {
         meta: &FrameMeta,
         out: &mut [u8; MAX_HEADER_LEN],
     ) -> Encapsulated {
-        let header_len = self.encap.header_len();
+        let header_len = self.header_len();
         let room = self.max_payload_bytes - header_len;
         let cut_here = frame_len > room;
         let truncated = cut_here || meta.cut;
         let frame_len = frame_len.min(room);
         match self.encap {
             Encap::ErspanII => {
-                let g = gre::Repr {
-                    protocol: gre::Protocol::Erspan,
-                    checksum: false,
-                    key: None,
-                    sequence: Some(seq),
-                };
-                g.emit(&mut gre::Packet::new_unchecked(&mut out[..8]));
+                let at = self.gre(gre::Protocol::Erspan, None, seq, out);
                 let index = ((meta.ifindex & 0x7_ffff) << 1)
                     | u32::from(meta.direction == Direction::Egress);
                 ReprII {
@@ -143,16 +164,10 @@ impl Encapsulator {
                     session_id: self.session,
                     index: Index::from_bits(index),
                 }
-                .emit(&mut PacketII::new_unchecked(&mut out[8..16]));
+                .emit(&mut PacketII::new_unchecked(&mut out[at..at + 8]));
             }
             Encap::ErspanIII { hardware_id, time } => {
-                let g = gre::Repr {
-                    protocol: gre::Protocol::ErspanIII,
-                    checksum: false,
-                    key: None,
-                    sequence: Some(seq),
-                };
-                g.emit(&mut gre::Packet::new_unchecked(&mut out[..8]));
+                let at = self.gre(gre::Protocol::ErspanIII, None, seq, out);
                 let port = meta.ifindex;
                 let (granularity, timestamp, platform) = match time {
                     TimeFormat::Nanos100 => {
@@ -192,16 +207,11 @@ impl Encapsulator {
                     granularity,
                     platform: Some(platform),
                 }
-                .emit(&mut PacketIII::new_unchecked(&mut out[8..28]));
+                .emit(&mut PacketIII::new_unchecked(&mut out[at..at + 20]));
             }
             Encap::Gre => {
-                let g = gre::Repr {
-                    protocol: gre::Protocol::TransparentEthernet,
-                    checksum: false,
-                    key: Some(u32::from(self.session.value())),
-                    sequence: Some(seq),
-                };
-                g.emit(&mut gre::Packet::new_unchecked(&mut out[..12]));
+                let key = Some(u32::from(self.session.value()));
+                self.gre(gre::Protocol::TransparentEthernet, key, seq, out);
             }
         }
         Encapsulated {
@@ -209,6 +219,65 @@ impl Encapsulator {
             frame_len,
             truncated,
         }
+    }
+
+    /// Writes the GRE header (checksum left 0); returns its length.
+    fn gre(&self, protocol: gre::Protocol, key: Option<u32>, seq: u32, out: &mut [u8]) -> usize {
+        let g = gre::Repr {
+            protocol,
+            checksum: self.gre_checksum,
+            key,
+            sequence: Some(seq),
+        };
+        let len = g.buffer_len();
+        g.emit(&mut gre::Packet::new_unchecked(&mut out[..len]));
+        len
+    }
+}
+
+/// Fills the GRE checksum of `header` (written with the C bit, checksum 0) over the header and
+/// the frame that follows it, given as consecutive `parts` of any lengths.
+pub fn fill_gre_checksum<'a>(header: &mut [u8], parts: impl IntoIterator<Item = &'a [u8]>) {
+    let mut sum = Sum::default();
+    sum.add(header);
+    for p in parts {
+        sum.add(p);
+    }
+    let c = sum.finish();
+    header[GRE_CHECKSUM_AT..GRE_CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The internet checksum of data given in pieces: a piece may end in the middle of a 16-bit
+/// word.
+#[derive(Debug, Default)]
+struct Sum {
+    sum: u64,
+    /// The odd byte a previous piece ended with, waiting for its partner.
+    odd: Option<u8>,
+}
+
+impl Sum {
+    fn add(&mut self, mut data: &[u8]) {
+        if let (Some(hi), Some((&lo, rest))) = (self.odd, data.split_first()) {
+            self.sum += u64::from(u16::from_be_bytes([hi, lo]));
+            self.odd = None;
+            data = rest;
+        }
+        let mut words = data.chunks_exact(2);
+        for w in &mut words {
+            self.sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        if let [last] = words.remainder() {
+            self.odd = Some(*last);
+        }
+    }
+
+    fn finish(self) -> u16 {
+        let mut sum = self.sum + self.odd.map_or(0, |b| u64::from(b) << 8);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
     }
 }
 
@@ -332,5 +401,45 @@ mod tests {
             panic!()
         };
         assert!(d.meta.truncated);
+    }
+
+    #[test]
+    fn gre_checksum_over_a_frame_in_odd_pieces() {
+        let odd_frame: Vec<u8> = (0..61u8).collect();
+        for encap in [
+            Encap::ErspanII,
+            Encap::ErspanIII {
+                hardware_id: HardwareId::try_new(1).unwrap(),
+                time: TimeFormat::Nanos100,
+            },
+            Encap::Gre,
+        ] {
+            let e = Encapsulator::new(encap, SessionId::try_new(9).unwrap(), 1480)
+                .with_gre_checksum(true);
+            assert_eq!(e.header_len(), encap.header_len() + 4);
+            let mut h = [0u8; MAX_HEADER_LEN];
+            let r = e.header(5, odd_frame.len(), &meta(Direction::Ingress), &mut h);
+            assert_eq!(r.header_len, e.header_len());
+            // The frame in pieces that split 16-bit words.
+            let (a, rest) = odd_frame.split_at(13);
+            let (b, c) = rest.split_at(1);
+            fill_gre_checksum(&mut h[..r.header_len], [a, b, c]);
+            let mut pkt = h[..r.header_len].to_vec();
+            pkt.extend_from_slice(&odd_frame);
+            let p = gre::Packet::new_checked(&pkt[..]).unwrap();
+            assert!(p.checksum_present() && p.verify_checksum(), "{encap:?}");
+            let Outcome::Mirrored(m) = decap_gre([10, 0, 0, 1].into(), &pkt) else {
+                panic!("{encap:?}")
+            };
+            assert_eq!((m.key.id, m.meta.seq), (9, Some(5)));
+            assert_eq!(m.frame, &odd_frame[..]);
+            assert!(!m.meta.gre_checksum_bad, "{encap:?}");
+            // One bit off: the collector keeps the frame and flags the checksum bad.
+            pkt[r.header_len + 7] ^= 1;
+            let Outcome::Mirrored(m) = decap_gre([10, 0, 0, 1].into(), &pkt) else {
+                panic!("{encap:?}")
+            };
+            assert!(m.meta.gre_checksum_bad, "{encap:?}");
+        }
     }
 }

@@ -10,4 +10,5 @@ pub mod capture;
 pub mod decap;
 pub mod defrag;
 pub mod encap;
+pub mod index;
 pub mod wire;

@@ -1,6 +1,7 @@
-//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, classic BPF attach,
-//! batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and UDP sockets, and command output
-//! that ends quietly on a closed pipe ([`stdout`], [`outln!`]).
+//! tapwire's Linux IO shells: the AF_PACKET TPACKET_V3 capture ring, the TPACKET_V2 transmit
+//! ring ([`tx`]), classic BPF attach, batched datagram IO (`recvmmsg`/`sendmmsg`) for raw GRE and
+//! UDP sockets, the XDP steering program ([`xdp`]) with its AF_XDP sockets ([`xsk`]), and command
+//! output that ends quietly on a closed pipe ([`stdout`], [`outln!`]).
 //!
 //! Everything here is a thin layer over `libc`; the parsing of kernel-shared memory and socket
 //! metadata is plain safe code over byte slices so that it is tested without a kernel.
@@ -46,6 +47,9 @@ mod error;
 pub mod ring;
 pub mod stdout;
 mod sys;
+pub mod tx;
+pub mod xdp;
+pub mod xsk;
 
 pub use error::{is_interface_gone, raw_os_error};
 pub use ring::page_size_bytes;

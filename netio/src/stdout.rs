@@ -15,7 +15,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     exit_on_error(r.and_then(|()| out.flush()));
 }
 
-/// `text` as it is (no newline added), ended as [`line`] ends.
+/// `text` as it is (no newline added), ended as [`line()`] ends.
 pub fn write_all(text: &str) {
     let mut out = io::stdout().lock();
     exit_on_error(out.write_all(text.as_bytes()).and_then(|()| out.flush()));
@@ -46,7 +46,7 @@ fn exit_on_error(r: io::Result<()>) {
     }
 }
 
-/// `println!` for command output: see [`line`].
+/// `println!` for command output: see [`line()`].
 #[macro_export]
 macro_rules! outln {
     () => {

@@ -4,7 +4,8 @@
 use std::ffi::CString;
 use std::io;
 use std::mem::{self, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
 
 use crate::error::{context, context_kind};
 
@@ -22,6 +23,16 @@ unsafe impl Pod for libc::tpacket_stats_v3 {}
 unsafe impl Pod for libc::tpacket_req3 {}
 // SAFETY: as above.
 unsafe impl Pod for libc::packet_mreq {}
+// SAFETY: as above.
+unsafe impl Pod for libc::xdp_umem_reg {}
+// SAFETY: as above.
+unsafe impl Pod for libc::xdp_mmap_offsets {}
+// SAFETY: as above.
+unsafe impl Pod for libc::xdp_statistics {}
+// SAFETY: as above.
+unsafe impl Pod for libc::xdp_options {}
+// SAFETY: as above.
+unsafe impl Pod for libc::tpacket_req {}
 
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -76,6 +87,102 @@ pub(crate) fn getsockopt<T: Pod>(
     Ok(unsafe { value.assume_init() })
 }
 
+/// A memory mapping, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mmap {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; nothing about it is tied to a thread.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// Maps `len` bytes of what `fd` shares with the kernel (a packet or XDP socket's ring),
+    /// from its offset 0.
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
+        Mmap::shared(fd, len, 0)
+    }
+
+    /// Maps `len` bytes of what `fd` shares with the kernel at `offset` (AF_XDP selects the
+    /// ring by the offset).
+    pub(crate) fn shared(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Mmap> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mmap offset"))?;
+        Mmap::map(len, libc::MAP_SHARED, fd.as_raw_fd(), offset)
+    }
+
+    /// `len` bytes of zeroed private memory (an AF_XDP UMEM).
+    pub(crate) fn anonymous(len: usize) -> io::Result<Mmap> {
+        Mmap::map(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    }
+
+    fn map(
+        len: usize,
+        flags: libc::c_int,
+        fd: libc::c_int,
+        offset: libc::off_t,
+    ) -> io::Result<Mmap> {
+        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
+        // MAP_POPULATE faults the pages in now rather than on the first packets.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_POPULATE,
+                fd,
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Mmap { ptr, len })
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and its owners never let a
+        // slice into it outlive them.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// A new `AF_PACKET`, `SOCK_RAW` socket with protocol 0: the kernel hooks it into nothing, so
+/// nothing is queued to it, until [`bind_packet`] names a protocol.
+pub(crate) fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    let raw = cvt(raw)?;
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Binds a packet socket to interface `ifindex` and `protocol` (an `ETH_P_*` in host order; 0:
+/// send only, receive nothing).
+pub(crate) fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32, protocol: u16) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
 /// Takes and clears the socket's pending error (`SO_ERROR`).
 pub(crate) fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     let errno: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
@@ -114,6 +221,83 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
         });
     }
     Ok(index)
+}
+
+/// (CLOCK_REALTIME now, CLOCK_REALTIME - CLOCK_MONOTONIC), both in ns: the second turns a
+/// monotonic kernel time (`bpf_ktime_get_ns`) into wall-clock time.
+pub(crate) fn clocks_ns() -> (u64, u64) {
+    let read = |clock| {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the kernel (vDSO) to fill.
+        unsafe { libc::clock_gettime(clock, &mut t) };
+        (t.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(t.tv_nsec as u64)
+    };
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let real = read(libc::CLOCK_REALTIME);
+    (real, real.wrapping_sub(mono))
+}
+
+/// `struct ethtool_channels` (linux/ethtool.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// (rx-only, combined) channel counts of `interface` (ETHTOOL_GCHANNELS), `None` when the
+/// driver does not report channels.
+pub(crate) fn ethtool_channels(interface: &str) -> io::Result<Option<(u32, u32)>> {
+    let name = CString::new(interface)
+        .ok()
+        .filter(|n| n.as_bytes().len() < libc::IFNAMSIZ)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("interface name {interface:?}"),
+            )
+        })?;
+    // SAFETY: plain socket(2); closed below.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+        .map_err(|e| context(e, "socket for SIOCETHTOOL"))?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..EthtoolChannels::default()
+    };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
+    // SAFETY: `ifr` names the interface and points at `channels`, which the kernel fills and
+    // which lives for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(context(e, format!("ETHTOOL_GCHANNELS on {interface}"))),
+        };
+    }
+    Ok(Some((channels.rx_count, channels.combined_count)))
 }
 
 /// Writes `buf` at the file's current offset (appending on an `O_APPEND` file) as one

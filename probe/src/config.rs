@@ -7,6 +7,8 @@
 //! stats = "127.0.0.1:9751"      # or "off"
 //! stats_interval = "10s"        # a line per flow this often on stderr; "off": never
 //! user = "tapwire"              # when started as root: switch to this user after start
+//! send_path = "auto"            # auto, fast (transmit ring) or raw (raw socket)
+//! gre_checksum = false          # a GRE checksum in every datagram
 //!
 //! [defaults]                    # every flow starts from these
 //! collector = "192.0.2.10"
@@ -48,6 +50,10 @@ pub struct Settings {
     pub stats_interval: Option<Duration>,
     /// Switch to this user after start (when started as root).
     pub user: Option<String>,
+    /// How datagrams leave: `auto` (the transmit ring where it can), `fast`, `raw`.
+    pub send_path: crate::path::SendMode,
+    /// A GRE checksum in every datagram.
+    pub gre_checksum: bool,
 }
 
 impl Default for Settings {
@@ -60,6 +66,8 @@ impl Default for Settings {
             ),
             stats_interval: Some(DEFAULT_STATS_INTERVAL),
             user: None,
+            send_path: crate::path::SendMode::Auto,
+            gre_checksum: false,
         }
     }
 }
@@ -133,6 +141,8 @@ struct ProbeSection {
     stats: Option<String>,
     stats_interval: Option<String>,
     user: Option<String>,
+    send_path: Option<String>,
+    gre_checksum: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +169,12 @@ pub fn parse(text: &str) -> Result<ProbeConfig, ConfigError> {
             Some(v) => interval(v).map_err(|e| err(format!("[probe] stats_interval: {e}")))?,
         },
         user: file.probe.user,
+        send_path: match file.probe.send_path.as_deref() {
+            None => Settings::default().send_path,
+            Some(v) => crate::path::SendMode::parse(v)
+                .map_err(|e| err(format!("[probe] send_path: {e}")))?,
+        },
+        gre_checksum: file.probe.gre_checksum.unwrap_or(false),
     };
     if file.flow.is_empty() {
         return Err(err("no [[flow]] in the file"));
@@ -222,6 +238,8 @@ mod tests {
             stats = "off"
             stats_interval = "2s"
             user = "tapwire"
+            send_path = "raw"
+            gre_checksum = true
 
             [defaults]
             collector = "2001:db8::9"
@@ -256,6 +274,8 @@ mod tests {
         assert_eq!(c.settings.stats, None);
         assert_eq!(c.settings.stats_interval, Some(Duration::from_secs(2)));
         assert_eq!(c.settings.user.as_deref(), Some("tapwire"));
+        assert_eq!(c.settings.send_path, crate::path::SendMode::Raw);
+        assert!(c.settings.gre_checksum);
         let (a, b) = (&c.flows[0], &c.flows[1]);
         assert_eq!(a.encap, Encapsulation::ErspanIii);
         assert_eq!(a.erspan_time, ErspanTime::Ieee1588);
@@ -305,6 +325,10 @@ mod tests {
                 "unknown field `sesion`",
             ),
             ("[probe]\nstats = \"nowhere\"\n", "stats"),
+            (
+                "[probe]\nsend_path = \"quick\"\n",
+                "send_path: \"quick\" is not a send path",
+            ),
             ("", "no [[flow]]"),
             (
                 "[defaults]\nsession = 1\ncollector = \"192.0.2.1\"\n[[flow]]\ninterface = \"a\"\n[[flow]]\ninterface = \"a\"\n",

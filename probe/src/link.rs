@@ -215,6 +215,8 @@ fn interfaces() -> Vec<String> {
         })
         .unwrap_or_default();
     v.sort();
+    // The controller takes no more (a hypervisor with more VM taps names the first ones).
+    v.truncate(tapwire_api_types::control::MAX_INTERFACES);
     v
 }
 

@@ -16,6 +16,8 @@ use tapwire_netio::outln;
 use tapwire_probe::config::{self, FlowFields, NumOrText, ProbeConfig, Settings};
 use tapwire_probe::link::{self, LinkOptions};
 use tapwire_probe::manager::{FlowManager, Prepared};
+use tapwire_probe::path::SendMode;
+use tapwire_probe::send_path::SendOptions;
 use tapwire_probe::{api, privs, stats};
 
 #[derive(Parser)]
@@ -134,6 +136,15 @@ struct Cli {
     /// When started as root: run as this user (keeping CAP_NET_RAW).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// How datagrams leave: "auto" sends complete frames through an AF_PACKET transmit ring
+    /// where the route allows (and through the raw socket otherwise); "raw" always through the
+    /// raw socket; "fast" as auto, with every fallback reported as the flow's error
+    /// [default: auto].
+    #[arg(long, value_name = "auto|fast|raw")]
+    send_path: Option<String>,
+    /// Put a GRE checksum in every datagram.
+    #[arg(long)]
+    gre_checksum: bool,
     /// Check the flows (and compile their filters), print them, and exit.
     #[arg(long)]
     check: bool,
@@ -230,6 +241,7 @@ fn controlled(cli: &Cli) -> ExitCode {
                 config::interval(v).map_err(|e| format!("--stats-interval: {e}"))?;
         }
         settings.user = cli.user.clone();
+        send_flags(cli, &mut settings)?;
         if let Some(u) = &settings.user {
             privs::lookup_user(u).map_err(|e| format!("--user {u}: {e}"))?;
         }
@@ -352,6 +364,7 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
     if cli.user.is_some() {
         config.settings.user = cli.user.clone();
     }
+    send_flags(cli, &mut config.settings)?;
     if let Some(u) = &config.settings.user {
         let flag = match (&cli.user, &cli.config) {
             (None, Some(path)) => format!("{}: [probe] user", path.display()),
@@ -369,6 +382,15 @@ fn setup(cli: &Cli) -> Result<(ProbeConfig, Vec<Prepared>, FlowManager), String>
         .map(|f| manager.prepare(f.clone()).map_err(|e| e.0))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((config, prepared, manager))
+}
+
+/// `--send-path` and `--gre-checksum` over the file's settings.
+fn send_flags(cli: &Cli, settings: &mut Settings) -> Result<(), String> {
+    if let Some(v) = &cli.send_path {
+        settings.send_path = SendMode::parse(v).map_err(|e| format!("--send-path: {e}"))?;
+    }
+    settings.gre_checksum |= cli.gre_checksum;
+    Ok(())
 }
 
 fn flow_from_flags(cli: &Cli) -> Result<FlowFields, String> {
@@ -440,6 +462,10 @@ fn run(
         "privileges reduced"
     );
 
+    manager.set_send_options(SendOptions {
+        mode: config.settings.send_path,
+        gre_checksum: config.settings.gre_checksum,
+    });
     let started = SystemTime::now();
     let t0 = Instant::now();
     let snapshot = Arc::new(ArcSwap::from_pointee(ProbeStats {

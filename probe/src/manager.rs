@@ -16,6 +16,9 @@ use tapwire_api_types::probe::{FlowSpec, FlowStats};
 
 use crate::config;
 use crate::filter::{self, Program};
+use crate::path::SendMode;
+use crate::route::Tracker;
+use crate::send_path::SendOptions;
 use crate::seq::{SeqCounters, SeqKey};
 use crate::stats::{self, SharedCounters, Status};
 use crate::worker::Worker;
@@ -64,6 +67,9 @@ pub struct FlowManager {
     flows: BTreeMap<String, Running>,
     next_fanout_group: u16,
     starts: u64,
+    send: SendOptions,
+    /// Route and neighbour tracking, started with the first flow that may use the fast path.
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl FlowManager {
@@ -78,7 +84,26 @@ impl FlowManager {
             // so that two probes on one host are unlikely to collide.
             next_fanout_group: (std::process::id() & 0x7fff) as u16,
             starts: 0,
+            send: SendOptions::default(),
+            tracker: None,
         }
+    }
+
+    /// How flows started from now on send (`--send-path`, `--gre-checksum`).
+    pub fn set_send_options(&mut self, send: SendOptions) {
+        self.send = send;
+    }
+
+    fn tracker(&mut self) -> Option<Arc<Tracker>> {
+        if self.tracker.is_none() {
+            match Tracker::start() {
+                Ok(t) => self.tracker = Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::warn!("route tracking thread: {e}; sending through the raw socket")
+                }
+            }
+        }
+        self.tracker.clone()
     }
 
     /// Checks `spec` and compiles its filter (the error is libpcap's message).
@@ -117,6 +142,10 @@ impl FlowManager {
             self.next_fanout_group = self.next_fanout_group.wrapping_add(1);
             self.next_fanout_group
         });
+        let watch = match self.send.mode {
+            SendMode::Raw => None,
+            SendMode::Auto | SendMode::Fast => self.tracker().map(|t| t.watch(spec.collector)),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let shared_spec = Arc::new(spec.clone());
         let program = Arc::new(program);
@@ -133,6 +162,8 @@ impl FlowManager {
                 counters: Arc::clone(&counters),
                 status: Arc::clone(&status),
                 stop: Arc::clone(&stop),
+                send: self.send,
+                watch: watch.clone(),
             };
             let join = std::thread::Builder::new()
                 .name(format!("probe-{}-{index}", spec.name))
@@ -239,6 +270,12 @@ fn flow_stats(f: &Running) -> FlowStats {
         error: statuses.iter().find_map(|s| s.1.clone()),
         max_payload_bytes: statuses.iter().map(|s| s.2).max().unwrap_or(0),
         counters,
+        // The threads of a flow share the collector, so they share the path; the first shows it.
+        send: f
+            .threads
+            .first()
+            .map(|t| t.status.send())
+            .unwrap_or_default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::IoSlice;
 
 use tapwire_api_types::probe::{Encapsulation, ErspanTime, FlowCounters, FlowSpec};
 use tapwire_formats::encap::{
-    Encap, Encapsulated, Encapsulator, FrameMeta, MAX_HEADER_LEN, TimeFormat,
+    Encap, Encapsulated, Encapsulator, FrameMeta, MAX_HEADER_LEN, TimeFormat, fill_gre_checksum,
 };
 use tapwire_formats::wire::erspan::{Direction as ErspanDirection, HardwareId, SessionId};
 use tapwire_netio::ring::{Direction as RingDirection, Packet};
@@ -40,20 +40,38 @@ impl<'p> Kept<'p> {
     where
         'p: 'a,
     {
-        out.push(IoSlice::new(&self.header[..self.enc.header_len]));
+        out.push(IoSlice::new(self.header()));
+        out.extend(self.frame_parts().into_iter().flatten().map(IoSlice::new));
+    }
+
+    /// The GRE (and ERSPAN) header.
+    pub fn header(&self) -> &[u8] {
+        &self.header[..self.enc.header_len]
+    }
+
+    /// The frame as sent, in up to three pieces: the MAC addresses, the re-inserted tag and
+    /// the rest (or the frame in one piece when no tag goes back).
+    fn frame_parts(&self) -> [Option<&[u8]>; 3] {
         let len = self.enc.frame_len;
         match &self.tag {
-            Some(tag) if self.data.len() >= MAC_ADDRS_LEN => {
-                out.push(IoSlice::new(&self.data[..MAC_ADDRS_LEN.min(len)]));
-                if len > MAC_ADDRS_LEN {
-                    out.push(IoSlice::new(&tag[..(len - MAC_ADDRS_LEN).min(4)]));
-                }
-                if len > MAC_ADDRS_LEN + 4 {
-                    out.push(IoSlice::new(&self.data[MAC_ADDRS_LEN..len - 4]));
-                }
-            }
-            _ => out.push(IoSlice::new(&self.data[..len.min(self.data.len())])),
+            Some(tag) if self.data.len() >= MAC_ADDRS_LEN => [
+                Some(&self.data[..MAC_ADDRS_LEN.min(len)]),
+                (len > MAC_ADDRS_LEN).then(|| &tag[..(len - MAC_ADDRS_LEN).min(4)]),
+                (len > MAC_ADDRS_LEN + 4).then(|| &self.data[MAC_ADDRS_LEN..len - 4]),
+            ],
+            _ => [Some(&self.data[..len.min(self.data.len())]), None, None],
         }
+    }
+
+    /// Copies the GRE datagram (header, then the frame) to the start of `out`, which holds at
+    /// least [`Kept::len`] bytes; returns the length.
+    pub fn write_gre(&self, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        for part in std::iter::once(self.header()).chain(self.frame_parts().into_iter().flatten()) {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        at
     }
 
     /// Bytes of the GRE datagram (header and frame).
@@ -81,6 +99,7 @@ pub struct Pipeline {
     max_payload: usize,
     ip_header_len: usize,
     snaplen: usize,
+    gre_checksum: bool,
     /// Counted since the last [`Pipeline::take_counters`].
     counters: FlowCounters,
 }
@@ -122,6 +141,7 @@ impl Pipeline {
             max_payload,
             ip_header_len,
             snaplen: spec.snaplen.map_or(usize::MAX, |s| s as usize),
+            gre_checksum: false,
             counters: FlowCounters::default(),
         }
     }
@@ -133,7 +153,20 @@ impl Pipeline {
     /// After the path MTU changed.
     pub fn set_max_payload(&mut self, max_payload: usize) {
         self.max_payload = max_payload;
-        self.encapsulator = Encapsulator::new(self.encap, self.session, max_payload);
+        self.encapsulator = Encapsulator::new(self.encap, self.session, max_payload)
+            .with_gre_checksum(self.gre_checksum);
+    }
+
+    /// Every datagram carries a GRE checksum from now on.
+    pub fn set_gre_checksum(&mut self, on: bool) {
+        self.gre_checksum = on;
+        self.set_max_payload(self.max_payload);
+    }
+
+    /// The outer IP header's length (20 or 40): what the rate limit counts besides the
+    /// datagram.
+    pub fn set_ip_header_len(&mut self, len: usize) {
+        self.ip_header_len = len;
     }
 
     /// Selects from `packets`, numbers the kept ones from `seq` (one reservation for all of
@@ -143,7 +176,7 @@ impl Pipeline {
         packets: impl IntoIterator<Item = Packet<'p>>,
         seq: &Sequence,
     ) -> Vec<Kept<'p>> {
-        let header_len = self.encap.header_len();
+        let header_len = self.encapsulator.header_len();
         let room = self.max_payload.saturating_sub(header_len);
         let mut kept: Vec<(Packet<'p>, Option<[u8; 4]>, usize, FrameMeta)> = Vec::new();
         for pkt in packets {
@@ -209,12 +242,18 @@ impl Pipeline {
                     &meta,
                     &mut header,
                 );
-                Kept {
+                let mut k = Kept {
                     data: pkt.data,
                     tag,
                     header,
                     enc,
+                };
+                if self.gre_checksum {
+                    let parts = k.frame_parts();
+                    fill_gre_checksum(&mut header[..enc.header_len], parts.into_iter().flatten());
+                    k.header = header;
                 }
+                k
             })
             .collect()
     }

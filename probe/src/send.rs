@@ -91,6 +91,20 @@ impl Sender {
         self.mtu
     }
 
+    pub fn collector(&self) -> IpAddr {
+        self.collector
+    }
+
+    /// The source address the kernel chose when the socket was connected: every datagram of
+    /// this socket carries it.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.ip())
+    }
+
     pub fn ip_header_len(&self) -> usize {
         if self.collector.is_ipv6() {
             IPV6_HEADER_LEN

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tapwire_api_types::metrics::{Kind, Text};
-use tapwire_api_types::probe::{FlowCounters, FlowState, FlowStats, ProbeStats};
+use tapwire_api_types::probe::{FlowCounters, FlowState, FlowStats, ProbeStats, SendPathStats};
 
 #[derive(Debug, Default)]
 pub struct SharedCounters {
@@ -24,6 +24,8 @@ pub struct SharedCounters {
     send_errors: AtomicU64,
     truncated: AtomicU64,
     reopened: AtomicU64,
+    sent_fast: AtomicU64,
+    path_changes: AtomicU64,
 }
 
 macro_rules! each_counter {
@@ -39,7 +41,9 @@ macro_rules! each_counter {
             sent_bytes,
             send_errors,
             truncated,
-            reopened
+            reopened,
+            sent_fast,
+            path_changes
         )
     };
 }
@@ -73,12 +77,14 @@ pub fn sum(a: &FlowCounters, b: &FlowCounters) -> FlowCounters {
 #[derive(Debug)]
 pub struct Status {
     inner: Mutex<(FlowState, Option<String>, u32)>,
+    send: Mutex<SendPathStats>,
 }
 
 impl Default for Status {
     fn default() -> Self {
         Status {
             inner: Mutex::new((FlowState::Starting, None, 0)),
+            send: Mutex::new(SendPathStats::default()),
         }
     }
 }
@@ -99,6 +105,29 @@ impl Status {
 
     pub fn get(&self) -> (FlowState, Option<String>, u32) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How the thread's datagrams leave now.
+    pub fn set_send(&self, send: SendPathStats) {
+        *self.send.lock().unwrap_or_else(|p| p.into_inner()) = send;
+    }
+
+    pub fn send(&self) -> SendPathStats {
+        self.send.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The send path in a few words: `fast via up0 to 10.0.0.1 (02:..)`, `raw (reason)`.
+pub fn send_path_text(s: &SendPathStats) -> String {
+    match s.path.as_str() {
+        "fast" => format!(
+            "fast via {} to {} ({})",
+            s.interface.as_deref().unwrap_or("?"),
+            s.next_hop.as_deref().unwrap_or("?"),
+            s.next_hop_mac.as_deref().unwrap_or("?")
+        ),
+        "raw" => format!("raw ({})", s.reason.as_deref().unwrap_or("no reason given")),
+        _ => "not sending yet".into(),
     }
 }
 
@@ -143,6 +172,12 @@ pub fn line(f: &FlowStats, prev: Option<&FlowCounters>, secs: f64) -> String {
         "; filtered {} sampled-out {} rate-limited {} kernel-drops {} send-errors {} truncated {}",
         c.filtered_out, c.sampled_out, c.rate_limited, c.kernel_drops, c.send_errors, c.truncated
     );
+    let _ = write!(
+        s,
+        "; path {}, {} of the sent fast",
+        send_path_text(&f.send),
+        c.sent_fast
+    );
     if let Some(e) = &f.error {
         let _ = write!(s, "; last error: {e}");
     }
@@ -180,7 +215,25 @@ pub fn prometheus(p: &ProbeStats) -> String {
             u8::from(f.state == FlowState::Running),
         );
     }
-    let series: [Series; 11] = [
+    t.family(
+        "tapwire_probe_send_path_info",
+        Kind::Gauge,
+        "How a flow's datagrams leave: path fast (transmit ring) or raw (raw socket), and why raw.",
+    );
+    for f in &p.flows {
+        t.sample(
+            "tapwire_probe_send_path_info",
+            &[
+                ("flow", &f.name),
+                ("mode", &f.send.mode),
+                ("path", &f.send.path),
+                ("reason", f.send.reason_code.as_deref().unwrap_or("")),
+                ("interface", f.send.interface.as_deref().unwrap_or("")),
+            ],
+            1,
+        );
+    }
+    let series: [Series; 13] = [
         (
             "captured_packets_total",
             "Packets that passed the kernel filter.",
@@ -234,6 +287,16 @@ pub fn prometheus(p: &ProbeStats) -> String {
             "Capture rings opened again after the interface disappeared.",
             |c| c.reopened,
         ),
+        (
+            "sent_fast_packets_total",
+            "Of the datagrams sent, those sent as complete frames through the transmit ring.",
+            |c| c.sent_fast,
+        ),
+        (
+            "path_changes_total",
+            "Times the way to the collector changed (path, interface, next hop, MAC, source).",
+            |c| c.path_changes,
+        ),
     ];
     for (name, help, get) in series {
         let name = format!("tapwire_probe_{name}");
@@ -264,7 +327,15 @@ mod tests {
                 captured,
                 sent: captured,
                 sent_bytes: captured * 100,
+                sent_fast: captured / 2,
                 ..FlowCounters::default()
+            },
+            send: SendPathStats {
+                mode: "auto".into(),
+                path: "raw".into(),
+                reason_code: Some("next_hop_unresolved".into()),
+                reason: Some("next hop 192.0.2.1 unresolved (INCOMPLETE)".into()),
+                ..SendPathStats::default()
             },
         }
     }
@@ -307,6 +378,12 @@ mod tests {
             "{l}"
         );
         assert!(!l.contains('\n'));
+        assert!(
+            l.contains(
+                "path raw (next hop 192.0.2.1 unresolved (INCOMPLETE)), 500 of the sent fast"
+            ),
+            "{l}"
+        );
         let p = ProbeStats {
             version: "0".into(),
             started: "now".into(),
@@ -320,6 +397,11 @@ mod tests {
         );
         assert!(m.contains("tapwire_probe_captured_packets_total{flow=\"b\"} 2"));
         assert!(m.contains("encap=\"erspan-iii\""));
+        assert!(
+            m.contains("tapwire_probe_send_path_info{flow=\"b\",mode=\"auto\",path=\"raw\",reason=\"next_hop_unresolved\",interface=\"\"} 1"),
+            "{m}"
+        );
+        assert!(m.contains("tapwire_probe_sent_fast_packets_total{flow=\"b\"} 1"));
         // Every sample line is `name{labels} value` or `name value`.
         for l in m.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().expect("value");

@@ -11,16 +11,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tapwire_api_types::probe::{FlowSpec, FlowState};
-use tapwire_netio::batch::Datagram;
+use tapwire_api_types::probe::{FlowCounters, FlowSpec, FlowState};
 use tapwire_netio::ring::{Block, Fanout, FanoutMode, Ring, RingConfig};
 use tapwire_netio::{ifindex, is_interface_gone, raw_os_error};
 
 use crate::filter::Program;
+use crate::path::SendMode;
 use crate::pipeline::Pipeline;
-use crate::send::{SendEvent, Sender};
+use crate::route::PathWatch;
+use crate::send::Sender;
+use crate::send_path::{Output, SendOptions, Sent};
 use crate::seq::Sequence;
-use crate::stats::{SharedCounters, Status};
+use crate::stats::{SharedCounters, Status, send_path_text};
 
 /// How long one wait for a block lasts: the bound on noticing a stop.
 const POLL: Duration = Duration::from_millis(100);
@@ -39,6 +41,9 @@ pub struct Worker {
     pub counters: Arc<SharedCounters>,
     pub status: Arc<Status>,
     pub stop: Arc<AtomicBool>,
+    pub send: SendOptions,
+    /// The tracker's path to the collector; none with the raw socket forced.
+    pub watch: Option<Arc<PathWatch>>,
 }
 
 impl Worker {
@@ -88,7 +93,7 @@ impl Worker {
 
     pub fn run(self) {
         let spec = Arc::clone(&self.spec);
-        let mut sender = loop {
+        let raw = loop {
             match Sender::open(spec.collector, spec.mtu) {
                 Ok(s) => break s,
                 Err(e) => {
@@ -100,8 +105,19 @@ impl Worker {
                 }
             }
         };
-        let mut pipeline = Pipeline::new(&spec, sender.max_payload(), sender.ip_header_len());
-        self.status.set_max_payload(sender.max_payload() as u32);
+        let mut out = Output::new(
+            self.send.mode,
+            self.watch.clone(),
+            raw,
+            spec.session,
+            spec.mtu,
+            first_ident(self.index),
+        );
+        let mut pipeline = Pipeline::new(&spec, out.max_payload(), out.ip_header_len());
+        pipeline.set_gre_checksum(self.send.gre_checksum);
+        self.status.set_max_payload(out.max_payload() as u32);
+        self.publish_send(&out);
+        let mut seen_changes = out.changes();
         let config = self.ring_config();
         let mut opened_before = false;
 
@@ -134,7 +150,8 @@ impl Worker {
                 interface = %spec.interface,
                 ifindex = ring.ifindex(),
                 collector = %spec.collector,
-                mtu = sender.mtu(),
+                mtu = out.mtu(),
+                path = %send_path_text(&out.stats()),
                 "capturing"
             );
             let mut last_check = Instant::now();
@@ -144,8 +161,14 @@ impl Worker {
                 }
                 match ring.next_block(POLL) {
                     Ok(Some(block)) => {
-                        self.forward(&block, &mut pipeline, &mut sender);
+                        // Before every batch: a path the tracker replaced is not used again.
+                        out.refresh();
+                        self.forward(&block, &mut pipeline, &mut out);
                         drop(block);
+                        if out.changes() != seen_changes {
+                            seen_changes = out.changes();
+                            self.way_out_changed(&out, &mut pipeline);
+                        }
                         if self.status.get().0 != FlowState::Running {
                             tracing::info!(flow = %spec.name, thread = self.index, "capturing again");
                             self.status.set(FlowState::Running, None);
@@ -189,8 +212,13 @@ impl Worker {
                             break;
                         }
                     }
-                    if sender.refresh_mtu() {
-                        self.path_mtu_changed(&sender, &mut pipeline);
+                    out.raw_mut().refresh_mtu();
+                    out.refresh();
+                    if out.changes() != seen_changes {
+                        seen_changes = out.changes();
+                        self.way_out_changed(&out, &mut pipeline);
+                    } else if out.max_payload() != pipeline.max_payload() {
+                        self.path_mtu_changed(&out, &mut pipeline);
                     }
                 }
             }
@@ -212,39 +240,65 @@ impl Worker {
         });
     }
 
-    fn path_mtu_changed(&self, sender: &Sender, pipeline: &mut Pipeline) {
+    fn path_mtu_changed(&self, out: &Output, pipeline: &mut Pipeline) {
         tracing::info!(
             flow = %self.spec.name,
-            mtu = sender.mtu(),
+            mtu = out.mtu(),
             "path MTU to the collector changed"
         );
-        pipeline.set_max_payload(sender.max_payload());
-        self.status.set_max_payload(sender.max_payload() as u32);
+        pipeline.set_max_payload(out.max_payload());
+        self.status.set_max_payload(out.max_payload() as u32);
+    }
+
+    /// The path, the interface, the next hop or the fast path's health changed: counted,
+    /// shown in the stats, and the MTU taken.
+    fn way_out_changed(&self, out: &Output, pipeline: &mut Pipeline) {
+        self.counters.add(&FlowCounters {
+            path_changes: 1,
+            ..Default::default()
+        });
+        self.publish_send(out);
+        if out.max_payload() != pipeline.max_payload() {
+            self.path_mtu_changed(out, pipeline);
+        }
+    }
+
+    fn publish_send(&self, out: &Output) {
+        let send = out.stats();
+        tracing::info!(
+            flow = %self.spec.name,
+            thread = self.index,
+            "sending {}",
+            send_path_text(&send)
+        );
+        if self.send.mode == SendMode::Fast && send.path != "fast" {
+            // `--send-path fast`: still delivered (through the raw socket), but an error.
+            let (state, _, _) = self.status.get();
+            self.status.set(
+                state,
+                Some(format!(
+                    "fast path required but unavailable: {}",
+                    send_path_text(&send)
+                )),
+            );
+        }
+        self.status.set_send(send);
     }
 
     /// Encapsulates and sends one block's worth of packets, then publishes the counts.
-    fn forward(&self, block: &Block<'_>, pipeline: &mut Pipeline, sender: &mut Sender) {
+    fn forward(&self, block: &Block<'_>, pipeline: &mut Pipeline, out: &mut Output) {
         let kept = pipeline.select(block.packets(), &self.seq);
+        let mut n_fast = 0;
         if !kept.is_empty() {
-            let mut iov = Vec::with_capacity(kept.len() * 4);
-            let mut spans = Vec::with_capacity(kept.len());
-            for k in &kept {
-                let start = iov.len();
-                k.push_parts(&mut iov);
-                spans.push(start..iov.len());
-            }
-            let datagrams: Vec<Datagram<'_>> = spans
-                .iter()
-                .map(|r| Datagram {
-                    destination: None,
-                    parts: &iov[r.clone()],
-                })
-                .collect();
             let mut too_big = false;
             let mut last_error: Option<io::Error> = None;
-            sender.send(&datagrams, |event| match event {
-                SendEvent::Sent(r) => pipeline.count_sent(&kept[r]),
-                SendEvent::Refused(_, e) => {
+            out.send(&kept, |event| match event {
+                Sent::Fast(r) => {
+                    n_fast += r.len() as u64;
+                    pipeline.count_sent(&kept[r]);
+                }
+                Sent::Raw(r) => pipeline.count_sent(&kept[r]),
+                Sent::Refused(_, e) => {
                     pipeline.count_send_error();
                     too_big |= raw_os_error(&e) == Some(libc::EMSGSIZE);
                     last_error = Some(e);
@@ -258,12 +312,23 @@ impl Worker {
                     self.status.set(state, Some(msg));
                 }
             }
-            if too_big && sender.refresh_mtu() {
-                self.path_mtu_changed(sender, pipeline);
+            if too_big && out.raw_mut().refresh_mtu() && out.max_payload() != pipeline.max_payload()
+            {
+                self.path_mtu_changed(out, pipeline);
             }
         }
-        self.counters.add(&pipeline.take_counters());
+        let mut c = pipeline.take_counters();
+        c.sent_fast = n_fast;
+        self.counters.add(&c);
     }
+}
+
+/// Where a thread's IPv4 identification starts: apart from other threads and other runs.
+fn first_ident(index: u16) -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16) ^ (u32::from(index) << 11)) as u16
 }
 
 fn pipeline_count_reopen(counters: &SharedCounters) {

@@ -122,16 +122,42 @@ impl<'l> Collector<'l> {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `GET /api/v1/sessions` as JSON.
+    /// `GET /api/v1/sessions` as JSON, every page of it: the first page's snapshot with the
+    /// sessions of the pages that follow (each with up to 1000 sources).
     pub fn sessions(&self) -> Value {
-        let body = self.try_get("/api/v1/sessions").unwrap_or_else(|| {
+        let mut all = self.sessions_page(None);
+        let mut next = all["page"]["next"].as_str().map(String::from);
+        while let Some(after) = next {
+            let more = self.sessions_page(Some(&after));
+            next = more["page"]["next"].as_str().map(String::from);
+            let listed = more["sessions"].as_array().cloned().unwrap_or_default();
+            all["sessions"]
+                .as_array_mut()
+                .expect("sessions is a list")
+                .extend(listed);
+        }
+        all
+    }
+
+    /// One page of `GET /api/v1/sessions`: 1000 sessions after `after`.
+    pub fn sessions_page(&self, after: Option<&str>) -> Value {
+        let mut path = "/api/v1/sessions?limit=1000&sources=1000".to_string();
+        if let Some(a) = after {
+            path.push_str("&after=");
+            path.push_str(a);
+        }
+        self.get_json(&path)
+    }
+
+    /// GET `path` as JSON; panics with the collector's stderr when it fails.
+    pub fn get_json(&self, path: &str) -> Value {
+        let body = self.try_get(path).unwrap_or_else(|| {
             panic!(
-                "GET /api/v1/sessions failed; collector stderr:\n{}",
+                "GET {path} failed; collector stderr:\n{}",
                 self.proc.stderr()
             )
         });
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("/api/v1/sessions is not JSON ({e}): {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
     }
 
     /// `GET /metrics` (Prometheus text).
@@ -250,6 +276,37 @@ impl<'l> Collector<'l> {
     }
 }
 
+/// Every file in `dir` but the packet indexes (`.twidx`), sorted by name.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    captures(dir, "").unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// The packets in each pcapng file of `files`, as capinfos counts them; captype first (every
+/// one must be pcapng). One run of each for all of them: per file would take minutes.
+pub fn pcapng_packets(files: &[PathBuf]) -> Vec<u64> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let types = run_ok(Command::new("captype").args(files));
+    assert_eq!(
+        types.lines().filter(|l| l.ends_with(": pcapng")).count(),
+        files.len(),
+        "captype: {types}"
+    );
+    let counts = run_ok(
+        Command::new("capinfos")
+            .args(["-M", "-c", "-T", "-r"])
+            .args(files),
+    );
+    counts
+        .lines()
+        .map(|l| {
+            let n = l.rsplit_once('\t').map_or(l, |(_, n)| n);
+            n.trim().parse().unwrap_or_else(|_| panic!("capinfos: {l}"))
+        })
+        .collect()
+}
+
 /// The frames and record times (ns) of capture files, each checked with captype and capinfos
 /// first, and read with tshark. One captype, one capinfos and one tshark for all of them (over
 /// `mergecap -a` of the files, cut back apart by capinfos' counts): tshark's start-up per file
@@ -323,22 +380,25 @@ pub fn epoch_ns(t: &str) -> u64 {
     sec.parse::<u64>().unwrap_or(0) * 1_000_000_000 + frac.parse::<u64>().unwrap_or(0)
 }
 
-/// Files in `dir` whose names start with `prefix`, sorted by name.
+/// Files in `dir` whose names start with `prefix`, sorted by name; packet indexes
+/// (`.twidx`, beside each capture) are not capture files and are left out. None when `dir`
+/// cannot be read.
 pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(prefix))
-                })
-                .collect()
+    captures(dir, prefix).unwrap_or_default()
+}
+
+fn captures(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && !n.ends_with(".twidx"))
         })
-        .unwrap_or_default();
+        .collect();
     v.sort();
-    v
+    Ok(v)
 }
 
 /// A source object of the API as an oracle key.

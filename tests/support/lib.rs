@@ -9,7 +9,9 @@ pub mod oracle;
 #[path = "../senders/ovs.rs"]
 pub mod ovs;
 pub mod pg;
+pub mod probe;
 pub mod senders;
+pub mod spoof;
 pub mod tmux;
 pub mod tshark;
 

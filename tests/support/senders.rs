@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::netns::{COL_MAC, COL_V4, COL_V6, Lab, Proc, SND_MAC, wait_until};
-use crate::oracle::Key;
+use crate::oracle::{self, Frames, Key};
 use crate::{require, run_ok, workspace_root};
 
 /// What the scapy sender sent: the pcap of every frame (the oracle's input) and its count of
@@ -25,6 +25,23 @@ pub struct Sent {
 impl Sent {
     pub fn total(&self) -> u64 {
         self.sources.values().sum()
+    }
+
+    /// tshark's decode of what was sent, each source's frames in order; checked against the
+    /// sender's own count per source first.
+    pub fn oracle(&self) -> Frames {
+        let expected = oracle::mirrored_frames(&self.pcap);
+        let counts: BTreeMap<Key, u64> = expected
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len() as u64))
+            .collect();
+        assert_eq!(
+            counts,
+            self.sources,
+            "send_mirror.py's summary disagrees with tshark's decode of {}",
+            self.pcap.display()
+        );
+        expected
     }
 }
 
@@ -82,6 +99,19 @@ impl Default for MirrorSend {
             dst6: COL_V6.into(),
             dst_mac: COL_MAC.into(),
             iface: "snd0".into(),
+        }
+    }
+}
+
+impl MirrorSend {
+    /// `count` ERSPAN II packets from one IPv4 source.
+    pub fn erspan_ii(count: u32) -> MirrorSend {
+        MirrorSend {
+            families: "4".into(),
+            kinds: "erspan-ii".into(),
+            count,
+            sources: 1,
+            ..MirrorSend::default()
         }
     }
 }

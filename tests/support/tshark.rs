@@ -24,6 +24,22 @@ pub fn packets(path: &Path) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Packets of `path` in which tshark, with IPv4 checksum checking on, finds a bad IPv4 header
+/// checksum, a bad GRE checksum, or anything malformed: one summary line each, none when all
+/// are good.
+pub fn bad_checksums(path: &Path) -> Vec<String> {
+    require("tshark");
+    run_ok(Command::new("tshark").arg("-r").arg(path).args([
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-Y",
+        "ip.checksum.status == 0 || gre.checksum.status == 0 || _ws.malformed",
+    ]))
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
 /// `-T fields` of every packet of `path`: one row per packet, one column per field.
 pub fn fields(path: &Path, fields: &[&str]) -> Vec<Vec<String>> {
     require("tshark");

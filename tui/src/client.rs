@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapwire_api_types::{Action, Message, SESSIONS_PATH, Snapshot};
+use tapwire_api_types::{Action, MAX_PAGE, Message, SESSIONS_PATH, Snapshot};
 pub use tapwire_client::base_url;
 use tapwire_client::{Answer, Client, segment};
 
@@ -33,8 +33,13 @@ impl<F: FnMut(&str, Action) -> Result<String, String>> Actions for F {
     }
 }
 
-/// The largest snapshot accepted (a collector with 65 536 sources answers a few tens of MiB).
+/// The largest page accepted: 1000 sessions with [`SOURCES_PER_SESSION`] sources each.
 const MAX_BODY_BYTES: u64 = 256 << 20;
+/// Sources asked for per session: more than a terminal shows; the count says how many more.
+const SOURCES_PER_SESSION: usize = 256;
+/// Pages read per refresh at most (of [`MAX_PAGE`] sessions): past that the UI shows the
+/// sessions read and the totals, which count them all.
+const MAX_PAGES: usize = 16;
 
 fn client(base: &str, token: Option<String>, timeout: Duration, max_body_bytes: u64) -> Client {
     match Client::builder(base)
@@ -50,8 +55,8 @@ fn client(base: &str, token: Option<String>, timeout: Duration, max_body_bytes: 
     }
 }
 
-/// Polls `GET /api/v1/sessions`, with the bearer token when one is given (a collector with a
-/// control plane wants a viewer's from other hosts).
+/// Polls `GET /api/v1/sessions`, following its pages, with the bearer token when one is given
+/// (a collector with a control plane wants a viewer's from other hosts).
 pub struct HttpSource {
     client: Client,
 }
@@ -72,11 +77,16 @@ impl HttpSource {
     }
 }
 
-impl Source for HttpSource {
-    fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
+impl HttpSource {
+    fn page(&self, after: Option<&str>) -> Result<Snapshot, String> {
+        let mut path = format!("{SESSIONS_PATH}?limit={MAX_PAGE}&sources={SOURCES_PER_SESSION}");
+        if let Some(a) = after {
+            path.push_str("&after=");
+            path.push_str(&segment(a));
+        }
         let answer = self
             .client
-            .send("GET", SESSIONS_PATH, None::<&()>)
+            .send("GET", &path, None::<&()>)
             .map_err(|f| f.reason)?;
         if !answer.is_success() {
             return Err(format!(
@@ -85,9 +95,26 @@ impl Source for HttpSource {
                 answer.status_line()
             ));
         }
-        serde_json::from_str(&answer.body)
-            .map(Arc::new)
-            .map_err(|e| format!("not a tapwire snapshot: {e}"))
+        serde_json::from_str(&answer.body).map_err(|e| format!("not a tapwire snapshot: {e}"))
+    }
+}
+
+impl Source for HttpSource {
+    /// The first page's snapshot with the sessions of the pages that follow it; its `page`
+    /// says where reading stopped (`next` is `None` when every page was read).
+    fn fetch(&mut self) -> Result<Arc<Snapshot>, String> {
+        let mut snap = self.page(None)?;
+        let mut next = snap.page.as_ref().and_then(|p| p.next.clone());
+        for _ in 1..MAX_PAGES {
+            let Some(after) = next.take() else { break };
+            let more = self.page(Some(&after))?;
+            next = more.page.and_then(|p| p.next);
+            snap.sessions.extend(more.sessions);
+        }
+        if let Some(p) = snap.page.as_mut() {
+            p.next = next;
+        }
+        Ok(Arc::new(snap))
     }
 }
 
@@ -139,27 +166,40 @@ mod tests {
     /// A one-shot HTTP server on localhost: answers one request with `status` and `body`
     /// and hands back the request it got.
     fn serve_once(status: &str, body: String) -> (String, std::thread::JoinHandle<String>) {
+        let (base, t) = serve(vec![(status.to_string(), body)]);
+        (
+            base,
+            std::thread::spawn(move || t.join().unwrap().remove(0)),
+        )
+    }
+
+    /// An HTTP server on localhost that answers one request per answer, in order, each on
+    /// its own connection, and hands back the requests it got.
+    fn serve(answers: Vec<(String, String)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let status = status.to_string();
         let t = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = conn.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
+            let mut requests = Vec::new();
+            for (status, body) in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
                 }
-                req.extend_from_slice(&buf[..n]);
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(reply.as_bytes()).unwrap();
+                requests.push(String::from_utf8_lossy(&req).into_owned());
             }
-            let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            conn.write_all(reply.as_bytes()).unwrap();
-            String::from_utf8_lossy(&req).into_owned()
+            requests
         });
         (base, t)
     }
@@ -170,12 +210,39 @@ mod tests {
         let (base, server) = serve_once("200 OK", serde_json::to_string(&snap).unwrap());
         let got = HttpSource::new(&base).fetch().unwrap();
         assert_eq!(*got, snap);
+        let req = server.join().unwrap();
         assert!(
-            server
-                .join()
-                .unwrap()
-                .starts_with("GET /api/v1/sessions HTTP/1.1\r\n")
+            req.starts_with("GET /api/v1/sessions?limit=1000&sources=256 HTTP/1.1\r\n"),
+            "{req}"
         );
+    }
+
+    #[test]
+    fn every_page_of_sessions_is_read() {
+        let snap = crate::fixture::snapshot(3);
+        let n = snap.sessions.len();
+        assert!(n >= 3);
+        // Three pages: the first two sessions, the next, the rest; each with its cursor.
+        let page = |from: usize, to: usize| {
+            let mut p = snap.clone();
+            p.sessions = snap.sessions[from..to].to_vec();
+            p.page = Some(tapwire_api_types::Page {
+                total: n as u64,
+                limit: 2,
+                next: (to < n).then(|| snap.sessions[to - 1].name.clone()),
+            });
+            ("200 OK".to_string(), serde_json::to_string(&p).unwrap())
+        };
+        let (base, server) = serve(vec![page(0, 2), page(2, 3), page(3, n)]);
+        let got = HttpSource::new(&base).fetch().unwrap();
+        assert_eq!(got.sessions, snap.sessions);
+        assert_eq!(
+            got.page.as_ref().map(|p| (p.total, p.next.clone())),
+            Some((n as u64, None))
+        );
+        let reqs = server.join().unwrap();
+        let after = format!("&after={} ", segment(&snap.sessions[2].name));
+        assert!(reqs[2].contains(&after), "{}", reqs[2]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use tapwire_api_types::{
     Drops, ErspanSeen, FileStats, InputStats, ProtocolMix, Rates, Sequence, SessionState,
-    SessionStats, Snapshot, SourceStats, Talker, Totals,
+    SessionStats, Snapshot, SourceStats, StreamStats, StreamSubscriber, Talker, Totals,
 };
 
 /// 2026-11-21T05:00:00Z, when the fixture collector started.
@@ -188,6 +188,8 @@ pub fn snapshot(t: u64) -> Snapshot {
             error: None,
         }),
         sources: vec![a, b],
+        n_sources: 2,
+        sources_page: None,
         protocols: ProtocolMix {
             ipv4: edge_packets * 7 / 10,
             ipv6: edge_packets / 5,
@@ -215,6 +217,28 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
         ],
         tap: None,
+        streams: StreamStats {
+            delivered: 2 * edge_packets,
+            dropped: 4_096 + 64 * t,
+            subscribers: vec![
+                StreamSubscriber {
+                    peer: "192.0.2.50:51234".into(),
+                    filter: Some("tcp port 443".into()),
+                    since: now.clone(),
+                    delivered: edge_packets,
+                    dropped: 4_096 + 64 * t,
+                    queued_bytes: 8 << 20,
+                },
+                StreamSubscriber {
+                    peer: "127.0.0.1:40022".into(),
+                    filter: None,
+                    since: now.clone(),
+                    delivered: edge_packets,
+                    dropped: 0,
+                    queued_bytes: 0,
+                },
+            ],
+        },
     };
 
     let v = source(
@@ -252,9 +276,12 @@ pub fn snapshot(t: u64) -> Snapshot {
             error: None,
         }),
         sources: vec![v],
+        n_sources: 1,
+        sources_page: None,
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let idle_seen = rfc3339(STARTED_S + UPTIME0_S - 42, 400);
@@ -303,9 +330,12 @@ pub fn snapshot(t: u64) -> Snapshot {
             error: None,
         }),
         sources: vec![d],
+        n_sources: 1,
+        sources_page: None,
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let mut l = source(
@@ -345,9 +375,12 @@ pub fn snapshot(t: u64) -> Snapshot {
             error: None,
         }),
         sources: vec![l],
+        n_sources: 1,
+        sources_page: None,
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let mut c = source(
@@ -386,9 +419,12 @@ pub fn snapshot(t: u64) -> Snapshot {
             error: Some("open /mnt/gone: No such file or directory".into()),
         }),
         sources: vec![c],
+        n_sources: 1,
+        sources_page: None,
         protocols: ProtocolMix::default(),
         top_talkers: Vec::new(),
         tap: None,
+        streams: StreamStats::default(),
     };
 
     let sessions = vec![edge, vxlan, dc2, lab, core];
@@ -413,12 +449,14 @@ pub fn snapshot(t: u64) -> Snapshot {
             pending: 0,
             lost: 17,
             kernel_drops: 12,
-            queue_drops: 0,
             drops,
+            refusals: Default::default(),
+            expired: Default::default(),
             not_mirror: BTreeMap::from([("icmp".into(), 4)]),
             malformed: BTreeMap::new(),
             refused: BTreeMap::new(),
             sources: 6,
+            sessions: 5,
             rates: Rates {
                 pps_1s: pps,
                 bps_1s: bps,
@@ -433,7 +471,7 @@ pub fn snapshot(t: u64) -> Snapshot {
                 packets: packets - n[2],
                 bytes: bytes - n[2] * 1100,
                 kernel_drops: 12,
-                queue_drops: 0,
+                refusals: Default::default(),
                 error: None,
                 rates: Rates {
                     pps_1s: pps - p[2] as f64,
@@ -445,7 +483,7 @@ pub fn snapshot(t: u64) -> Snapshot {
                 packets: n[2],
                 bytes: n[2] * 1100,
                 kernel_drops: 0,
-                queue_drops: 0,
+                refusals: Default::default(),
                 error: None,
                 rates: Rates {
                     pps_1s: p[2] as f64,
@@ -455,6 +493,7 @@ pub fn snapshot(t: u64) -> Snapshot {
         ],
         sessions,
         control: None,
+        page: None,
     }
 }
 

@@ -124,7 +124,7 @@ fn totals_line(s: &Snapshot) -> Line<'static> {
         .count();
     let sep = || Span::styled(" │ ", DIM);
     let loss_drops = loss_drops(&t.drops);
-    Line::from(vec![
+    let mut spans = vec![
         Span::raw(format!(
             " in {} pkt/s {} bit/s",
             format::pps(t.rates.pps_1s),
@@ -134,8 +134,8 @@ fn totals_line(s: &Snapshot) -> Line<'static> {
         Span::styled(format!("lost {}", count(t.lost)), flag(t.lost, BAD)),
         sep(),
         Span::styled(
-            format!("kernel drops {}", count(t.kernel_drops + t.queue_drops)),
-            flag(t.kernel_drops + t.queue_drops, BAD),
+            format!("kernel drops {}", count(t.kernel_drops)),
+            flag(t.kernel_drops, BAD),
         ),
         sep(),
         Span::styled(
@@ -147,10 +147,17 @@ fn totals_line(s: &Snapshot) -> Line<'static> {
         sep(),
         Span::raw(format!(
             "{} sessions ({n_receiving} receiving) {} sources",
-            s.sessions.len(),
+            (t.sessions as usize).max(s.sessions.len()),
             t.sources
         )),
-    ])
+    ];
+    // Only when something was refused: a collector under a flood says so at once.
+    let refused = t.refusals.total();
+    if refused > 0 {
+        spans.push(sep());
+        spans.push(Span::styled(format!("refused {}", count(refused)), BAD));
+    }
+    Line::from(spans)
 }
 
 fn inputs_line(s: &Snapshot) -> Line<'static> {
@@ -164,9 +171,13 @@ fn inputs_line(s: &Snapshot) -> Line<'static> {
             input.name,
             format::pps(input.rates.pps_1s)
         )));
-        let lost = input.kernel_drops + input.queue_drops;
-        if lost > 0 {
-            spans.push(Span::styled(format!(" kernel drops {}", count(lost)), BAD));
+        if input.kernel_drops > 0 {
+            let n = count(input.kernel_drops);
+            spans.push(Span::styled(format!(" kernel drops {n}"), BAD));
+        }
+        let refused = input.refusals.total();
+        if refused > 0 {
+            spans.push(Span::styled(format!(" refused {}", count(refused)), BAD));
         }
         if let Some(e) = &input.error {
             spans.push(Span::styled(format!(" error: {e}"), BAD));
@@ -392,7 +403,7 @@ fn cell(app: &App, r: &Row<'_>, c: Column, w: u16) -> Cell<'static> {
         (Column::Name, _) => Cell::new(truncate_middle(&name_text(app, r), w)),
         (Column::State, None) => Cell::new(state_name(s.state)).style(state_style(s.state)),
         (Column::State, Some(_)) => Cell::new(""),
-        (Column::Sources, None) => Cell::new(right(s.sources.len().to_string())),
+        (Column::Sources, None) => Cell::new(right(s.source_count().to_string())),
         (Column::Pps1, _) => Cell::new(right(format::pps(rates(r).pps_1s))),
         (Column::Pps10, _) => Cell::new(right(format::pps(rates(r).pps_10s))),
         (Column::Bps1, _) => Cell::new(right(format::bps(rates(r).bps_1s))),
@@ -516,8 +527,8 @@ fn draw_detail(f: &mut Frame<'_>, app: &App, area: Rect) {
         Span::styled(state_name(s.state), state_style(s.state)),
         Span::raw(format!(
             " · {} source{}{}{} ",
-            s.sources.len(),
-            if s.sources.len() == 1 { "" } else { "s" },
+            s.source_count(),
+            if s.source_count() == 1 { "" } else { "s" },
             if s.auto { " · auto" } else { "" },
             s.filter
                 .as_ref()
@@ -660,6 +671,7 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         }
         lines.push(Line::from(spans));
     }
+    lines.extend(stream_lines(&s.streams));
     let d = &s.drops;
     let mut drops = vec![
         Span::styled("written ", BOLD),
@@ -753,11 +765,11 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
             ));
         }
     }
-    if s.sources.len() > max_sources {
+    if s.source_count() > max_sources as u64 {
         lines.push(Line::styled(
             format!(
                 "… {} more (Enter lists them in the table)",
-                s.sources.len() - max_sources
+                s.source_count() - max_sources as u64
             ),
             DIM,
         ));
@@ -781,6 +793,58 @@ fn draw_facts(f: &mut Frame<'_>, app: &App, s: &SessionStats, area: Rect) {
         Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
         area,
     );
+}
+
+/// Subscribers shown one per line in the detail; the rest are counted.
+const MAX_STREAM_LINES: usize = 3;
+
+/// The session's live streams (Wireshark, `tapwire stream`): how many, and what readers too
+/// slow to keep up lost (their own loss: the files are unaffected). Nothing when it never
+/// had one.
+fn stream_lines(st: &tapwire_api_types::StreamStats) -> Vec<Line<'static>> {
+    let n = st.subscribers.len();
+    if n == 0 && st.delivered == 0 {
+        return Vec::new();
+    }
+    let mut head = vec![
+        Span::styled("live ", BOLD),
+        Span::raw(format!(
+            "{n} stream{} · sent {} · ",
+            if n == 1 { "" } else { "s" },
+            count(st.delivered)
+        )),
+    ];
+    head.push(if st.dropped > 0 {
+        Span::styled(
+            format!("dropped {} (slow readers)", count(st.dropped)),
+            WARN,
+        )
+    } else {
+        Span::styled("dropped none", DIM)
+    });
+    let mut lines = vec![Line::from(head)];
+    for sub in st.subscribers.iter().take(MAX_STREAM_LINES) {
+        let mut spans = vec![Span::raw(format!(
+            "     {} {} · sent {}",
+            sub.peer,
+            sub.filter.as_deref().unwrap_or("(no filter)"),
+            count(sub.delivered)
+        ))];
+        if sub.dropped > 0 {
+            spans.push(Span::styled(
+                format!(" · dropped {}", count(sub.dropped)),
+                WARN,
+            ));
+        }
+        lines.push(Line::from(spans));
+    }
+    if n > MAX_STREAM_LINES {
+        lines.push(Line::styled(
+            format!("     … {} more", n - MAX_STREAM_LINES),
+            DIM,
+        ));
+    }
+    lines
 }
 
 /// What the ERSPAN headers of the session's sources said: versions, VLANs, direction split

@@ -608,7 +608,7 @@ fn compare_sessions(c: Column, a: &SessionStats, b: &SessionStats) -> Ordering {
     match c {
         Column::Name => a.name.cmp(&b.name),
         Column::State => state_rank(a.state).cmp(&state_rank(b.state)),
-        Column::Sources => a.sources.len().cmp(&b.sources.len()),
+        Column::Sources => a.source_count().cmp(&b.source_count()),
         Column::Pps1 => a.rates.pps_1s.total_cmp(&b.rates.pps_1s),
         Column::Pps10 => a.rates.pps_10s.total_cmp(&b.rates.pps_10s),
         Column::Bps1 => a.rates.bps_1s.total_cmp(&b.rates.bps_1s),

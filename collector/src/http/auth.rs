@@ -1,11 +1,15 @@
 //! Who is calling, and may they: every route asks here, through the [`Authed`] extractor (or
-//! [`authenticate`], for the few routes that check their request before the caller).
+//! [`authenticate`], for the long-poll, which asks again at each wake-up).
 //!
 //! With the control plane (`--db`) a caller is a bearer token's (its role decides), or
 //! `localhost`, a viewer, for a connection from the loopback without one; the token is looked
 //! up on the blocking pool, since the database may be held by a change for a moment. Without
 //! it, reads are open and actions need the loopback or the `--api-token`. Secrets are compared
-//! in constant time ([`tapwire_control::auth::constant_time_eq`], the one comparison).
+//! as SHA-256 digests in constant time ([`tapwire_control::auth::constant_time_eq`], the one
+//! comparison): equal lengths, so the time tells nothing of the secret's length either.
+//!
+//! Every route authenticates its caller before it looks at its request: an anonymous client
+//! gets 401 or 403, never a 400 that tells what the route would accept.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -14,9 +18,30 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use tapwire_control::auth::{Caller, Need, constant_time_eq};
+use tapwire_control::auth::{Caller, Need, constant_time_eq, hash};
 
 use super::{ApiState, Peer, refused, reply};
+
+/// The `--api-token`, kept as its SHA-256 only.
+#[derive(Clone)]
+pub struct ApiToken(Arc<[u8]>);
+
+impl ApiToken {
+    pub fn new(token: &str) -> ApiToken {
+        ApiToken(Arc::from(hash(token)))
+    }
+
+    /// Whether `presented` is the token: digests of equal length compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(&self.0, &hash(presented))
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
 
 /// What a route needs, as a type: `Authed<Read>`, `Authed<Change>`, ...
 pub(crate) trait Needs: Send + Sync + 'static {
@@ -46,7 +71,7 @@ impl Needs for Admin {
 }
 
 /// The caller of a route that needs `N`; extracting it refuses everyone else with the answer
-/// they get.
+/// they get. Routes that read a query or an action name take it first.
 pub(crate) struct Authed<N>(pub Caller, pub PhantomData<N>);
 
 impl<N: Needs> FromRequestParts<ApiState> for Authed<N> {
@@ -105,7 +130,7 @@ fn without_controller(
         Need::Read => Ok(Caller::localhost()),
         Need::Change => {
             let authorised = match (&s.token, bearer(headers).ok().flatten()) {
-                (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
+                (Some(t), Some(b)) => t.matches(b),
                 (_, Some(_)) => false,
                 (_, None) => loopback,
             };

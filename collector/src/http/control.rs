@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
@@ -18,14 +20,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tapwire_api_types::Action;
 use tapwire_api_types::control::{
-    DEFAULT_WAIT_S, FlowCreate, MAX_WAIT_S, ProbeLimits, ProbeReport, Register, SessionCreate,
-    TokenCreate,
+    DEFAULT_WAIT_S, FlowCreate, MAX_PROBE_BODY_BYTES, MAX_WAIT_S, ProbeLimits, ProbeReport,
+    Register, SessionCreate, TokenCreate,
 };
 
-use tapwire_control::Refused;
 use tapwire_control::auth::{Caller, Need};
+use tapwire_control::{ProbeRefusal, Refused};
 
 use super::auth::{Admin, Authed, Change, Probe, Read, authenticate};
+use super::serve::ThisConnection;
 use super::{ApiState, Ctl, Peer, Routes, refused, reply};
 
 /// The OpenAPI 3.1 document, hand-written.
@@ -47,12 +50,20 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add("DELETE", "/api/v1/flows/{id}", delete(delete_flow))
         .add("POST", "/api/v1/flows/{id}/{action}", post(flow_action))
         .add("GET", "/api/v1/probes", get(probes))
-        .add("POST", "/api/v1/probes/register", post(register))
+        .add(
+            "POST",
+            "/api/v1/probes/register",
+            post(register).layer(DefaultBodyLimit::max(MAX_PROBE_BODY_BYTES)),
+        )
         .add("GET", "/api/v1/probes/{name}", get(probe))
         .add("PATCH", "/api/v1/probes/{name}", patch(probe_limits))
         .add("DELETE", "/api/v1/probes/{name}", delete(delete_probe))
         .add("GET", "/api/v1/probes/{name}/flows", get(probe_flows))
-        .add("POST", "/api/v1/probes/{name}/stats", post(probe_stats))
+        .add(
+            "POST",
+            "/api/v1/probes/{name}/stats",
+            post(probe_stats).layer(DefaultBodyLimit::max(MAX_PROBE_BODY_BYTES)),
+        )
         .add("GET", "/api/v1/tokens", get(tokens))
         .add("POST", "/api/v1/tokens", post(create_token))
         .add("DELETE", "/api/v1/tokens/{name}", delete(revoke_token))
@@ -303,11 +314,32 @@ async fn delete_probe(
     .await
 }
 
+/// The answer to a probe's body that could not be read: over [`MAX_PROBE_BODY_BYTES`] (413,
+/// counted), or cut off.
+fn unread(s: &ApiState, e: &BytesRejection) -> Response {
+    let code = e.status();
+    let message = if code == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(c) = &s.controller {
+            c.count_probe_refusal(ProbeRefusal::BodyTooLarge);
+        }
+        format!(
+            "body: larger than {MAX_PROBE_BODY_BYTES} bytes, the most a probe may send (its stats for fewer flows, or fewer interfaces)"
+        )
+    } else {
+        format!("body: {}", e.body_text())
+    };
+    reply(code, message)
+}
+
 async fn register(
     State(s): State<ApiState>,
     Authed(who, ..): Authed<Probe>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&s, &e),
+    };
     with_body(s, who, StatusCode::OK, body, |c, who, req: Register| {
         c.register(who, req)
     })
@@ -318,8 +350,12 @@ async fn probe_stats(
     State(s): State<ApiState>,
     Authed(who, ..): Authed<Probe>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&s, &e),
+    };
     with_body(
         s,
         who,
@@ -338,16 +374,23 @@ async fn probe_stats(
 
 /// `?after=VERSION&wait=SECONDS`: answers at once when the flow set's version differs from
 /// `after` (or without `after`), else when it changes, else after `wait` with the same set.
-/// The token is checked again on every wake-up: revoking it ends the poll with a 401.
+/// The caller first, then the query; the token is checked again on every wake-up: revoking
+/// it ends the poll with a 401. A poll that waits takes one of the long-polls' places (503
+/// when none is free) and its connection gets the long-poll time budget.
 async fn probe_flows(
     State(s): State<ApiState>,
     ConnectInfo(p): ConnectInfo<Peer>,
+    this: Option<Extension<ThisConnection>>,
     h: HeaderMap,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
     let Some(ctl) = s.controller.clone() else {
         return reply(StatusCode::NOT_FOUND, "the control plane is off".into());
+    };
+    let mut who = match authenticate(&s, p, &h, Need::Probe).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let (mut after, mut wait_s) = (None, DEFAULT_WAIT_S);
     for pair in q
@@ -378,17 +421,12 @@ async fn probe_flows(
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
-    let mut guard = None;
+    let mut waiting = None;
     loop {
         // Subscribed before looking, so that a change in between is not missed.
         let mut changes = ctl.changes();
-        // The token again at every wake-up: a revoked one ends the poll.
-        let who = match authenticate(&s, p, &h, Need::Probe).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let (c, n) = (Arc::clone(&ctl), name.clone());
-        let set = tokio::task::spawn_blocking(move || c.flowset(&who, &n)).await;
+        let (c, n, caller) = (Arc::clone(&ctl), name.clone(), who.clone());
+        let set = tokio::task::spawn_blocking(move || c.flowset(&caller, &n)).await;
         let set = match set {
             Ok(Ok(set)) => set,
             Ok(Err(r)) => return refused(r),
@@ -397,13 +435,28 @@ async fn probe_flows(
         if after != Some(set.version) || tokio::time::Instant::now() >= deadline {
             return axum::Json(set).into_response();
         }
-        if guard.is_none() {
-            guard = Some(ctl.polling(&name));
+        if waiting.is_none() {
+            let Ok(place) = Arc::clone(&s.long_polls).try_acquire_owned() else {
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many probes are waiting for their flows: try again shortly".into(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                return r;
+            };
+            let mark = this.as_ref().map(|Extension(c)| c.long_poll());
+            waiting = Some((place, mark, ctl.polling(&name)));
         }
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        // The token again at every wake-up: a revoked one ends the poll.
+        who = match authenticate(&s, p, &h, Need::Probe).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
     }
 }
 
@@ -443,8 +496,7 @@ async fn revoke_token(
 
 async fn audit(
     State(s): State<ApiState>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    h: HeaderMap,
+    Authed(who, ..): Authed<Read>,
     RawQuery(q): RawQuery,
 ) -> Response {
     let (mut after, mut limit) = (0i64, 1000u32);
@@ -475,11 +527,10 @@ async fn audit(
             other => return refused(Refused::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
-    let who = match authenticate(&s, p, &h, Need::Read).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    run(s, who, StatusCode::OK, move |c, _| c.audit(after, limit)).await
+    run(s, who, StatusCode::OK, move |c, who| {
+        c.audit(who, after, limit)
+    })
+    .await
 }
 
 /// Every collector of the fleet: state, lease age, sessions, load. Answered from the last

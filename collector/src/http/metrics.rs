@@ -5,13 +5,74 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tapwire_api_types::metrics::{self, Text};
 use tapwire_api_types::{InputStats, SessionStats, Snapshot};
+use tapwire_control::ProbeRefusal;
 
 use super::ApiState;
 use super::auth::{Authed, Read};
+use super::serve::{Closed, Gate};
 
 pub(super) async fn metrics(State(s): State<ApiState>, _: Authed<Read>) -> Response {
-    let body = prometheus(&s.snapshot.load());
+    let mut body = prometheus(&s.snapshot.load());
+    if let Some(c) = &s.controller {
+        body.push_str(&probe_refusals(&c.probe_refusals()));
+    }
+    if let Some(g) = &s.gate {
+        body.push_str(&api_connections(g));
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// The control plane's refused probe requests, by reason (never by probe name: names are
+/// what an attacker invents).
+fn probe_refusals(counts: &[(ProbeRefusal, u64)]) -> String {
+    let mut t = Text::new();
+    t.family(
+        "tapwire_probe_refused_total",
+        metrics::Kind::Counter,
+        "Probe requests refused (and names for new probes), by reason.",
+    );
+    for (why, n) in counts {
+        t.sample("tapwire_probe_refused_total", &[("reason", why.name())], n);
+    }
+    t.into_string()
+}
+
+/// The API's own connections: held, the cap, accepted, and closed or refused by reason.
+fn api_connections(g: &Gate) -> String {
+    use tapwire_api_types::metrics::Kind::{Counter, Gauge};
+    let mut t = Text::new();
+    t.family(
+        "tapwire_api_connections",
+        Gauge,
+        "Connections the API holds now.",
+    )
+    .sample("tapwire_api_connections", &[], g.connections() as u64);
+    t.family(
+        "tapwire_api_connections_max",
+        Gauge,
+        "Connections the API may hold (a share of the descriptor limit).",
+    )
+    .sample(
+        "tapwire_api_connections_max",
+        &[],
+        g.limits().max_connections as u64,
+    );
+    t.family(
+        "tapwire_api_connections_accepted_total",
+        Counter,
+        "Connections the API accepted.",
+    )
+    .sample("tapwire_api_connections_accepted_total", &[], g.accepted());
+    let name = "tapwire_api_connections_closed_total";
+    t.family(
+        name,
+        Counter,
+        "Connections the API refused or closed, by reason.",
+    );
+    for why in Closed::ALL {
+        t.sample(name, &[("reason", why.name())], g.closed(why));
+    }
+    t.into_string()
 }
 
 /// A counter series: name, help, and how to read it.
@@ -28,8 +89,31 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Seconds since the collector started.",
     )
     .sample("tapwire_uptime_seconds", &[], s.uptime_s);
-    t.family("tapwire_sources", Gauge, "Distinct mirrored sources seen.")
-        .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sources",
+        Gauge,
+        "Mirrored sources in the table now.",
+    )
+    .sample("tapwire_sources", &[], s.totals.sources);
+    t.family(
+        "tapwire_sessions",
+        Gauge,
+        "Sessions now, configured and auto-discovered.",
+    )
+    .sample("tapwire_sessions", &[], s.totals.sessions);
+    let e = &s.totals.expired;
+    t.family(
+        "tapwire_expired_total",
+        Counter,
+        "Sources and auto-discovered sessions removed: idle, or evicted from a full table.",
+    );
+    for (what, n) in [
+        ("source_idle", e.sources),
+        ("source_evicted", e.sources_evicted),
+        ("auto_session_idle", e.auto_sessions),
+    ] {
+        t.sample("tapwire_expired_total", &[("what", what)], n);
+    }
 
     let inputs: [Series<InputStats>; 3] = [
         ("input_packets_total", "Packets read per input.", |i| {
@@ -47,6 +131,20 @@ pub fn prometheus(s: &Snapshot) -> String {
         t.family(&name, Counter, help);
         for i in &s.inputs {
             t.sample(&name, &[("input", &i.name)], get(i));
+        }
+    }
+    t.family(
+        "tapwire_input_refused_packets_total",
+        Counter,
+        "Mirrored packets refused before a source was made, per input and reason.",
+    );
+    for i in &s.inputs {
+        for (reason, n) in i.refusals.by_reason() {
+            t.sample(
+                "tapwire_input_refused_packets_total",
+                &[("input", &i.name), ("reason", reason)],
+                n,
+            );
         }
     }
     t.family(
@@ -124,7 +222,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         s.totals.refused.values().sum::<u64>(),
     );
 
-    let sessions: [Series<SessionStats>; 5] = [
+    let sessions: [Series<SessionStats>; 7] = [
         (
             "session_packets_total",
             "Mirrored packets received per session.",
@@ -149,6 +247,16 @@ pub fn prometheus(s: &Snapshot) -> String {
             "session_gre_checksum_bad_packets_total",
             "Packets kept although their GRE checksum did not verify.",
             |x| x.gre_checksum_bad,
+        ),
+        (
+            "session_stream_delivered_packets_total",
+            "Packets queued for live streams, each subscriber counted.",
+            |x| x.streams.delivered,
+        ),
+        (
+            "session_stream_dropped_packets_total",
+            "Packets dropped for live streams that read too slowly, each subscriber counted.",
+            |x| x.streams.dropped,
         ),
     ];
     for (name, help, get) in sessions {
@@ -191,6 +299,18 @@ pub fn prometheus(s: &Snapshot) -> String {
                 n,
             );
         }
+    }
+    t.family(
+        "tapwire_session_stream_subscribers",
+        Gauge,
+        "Live streams of a session now.",
+    );
+    for x in &s.sessions {
+        t.sample(
+            "tapwire_session_stream_subscribers",
+            &[("session", &x.name)],
+            x.streams.subscribers.len() as u64,
+        );
     }
     t.family(
         "tapwire_session_file_bytes",

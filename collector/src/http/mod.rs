@@ -4,19 +4,27 @@
 //!
 //! - `stats`: `GET /api/v1/sessions` (the [`tapwire_api_types::Snapshot`] as JSON),
 //!   `GET /api/v1/sessions/{name}`, `POST /api/v1/sessions/{name}/{enable|disable|rotate}`.
+//! - `stream`: `GET /api/v1/sessions/{name}/stream`, a session's packets as a live pcapng
+//!   stream (the engine's half is [`crate::live::stream`]).
 //! - `metrics`: `GET /metrics`, Prometheus text ([`prometheus`]), labels limited to session
 //!   names, reasons and inputs.
+//! - [`packets`]: `GET /api/v1/packets`, a query's pcapng streamed ([`crate::query`]).
 //! - `control`: the control plane's routes, each a [`tapwire_control::Controller`] operation.
 //! - `auth`: who is calling and whether they may: the `Authed` extractor, over one
 //!   `authenticate` function.
-//! - [`tls`]: the `--listen` listener with rustls.
+//! - [`tls`]: the rustls configuration of `--listen`.
+//! - [`serve`]: the accept loop both listeners share, with its caps and timeouts: the API
+//!   keeps answering under a flood and never takes the descriptors capture needs.
 //!
 //! `GET /api/v1/openapi.json` documents every route; a test checks the router against it.
 
 mod auth;
 mod control;
 mod metrics;
+pub mod packets;
+pub mod serve;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -26,19 +34,20 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::connect_info::Connected;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use axum::serve::IncomingStream;
 use crossbeam_channel::Sender;
 use tapwire_api_types::{Message, Snapshot};
 use tapwire_control::{Controller, Refused};
+use tokio::sync::Semaphore;
 
 use crate::live::control_plane::EngineLink;
 use crate::live::engine::Control;
+pub use auth::ApiToken;
 pub use metrics::prometheus;
-use tls::TlsListener;
+use serve::{Gate, Limits};
 
 /// The control plane as the collector runs it.
 pub type Ctl = Controller<EngineLink>;
@@ -47,27 +56,48 @@ pub type Ctl = Controller<EngineLink>;
 pub(crate) struct ApiState {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) control: Sender<Control>,
-    pub(crate) token: Option<Arc<str>>,
+    pub(crate) token: Option<ApiToken>,
     /// The control plane, when the collector runs with `--db`: every route then needs a token
     /// (a viewer's for reads; none for reads from localhost).
     pub(crate) controller: Option<Arc<Ctl>>,
+    /// Packet queries (`/api/v1/packets`), when served.
+    pub(crate) query: Option<Arc<packets::QueryState>>,
+    /// Long-polls waiting now, at most [`Limits::max_long_polls`].
+    pub(crate) long_polls: Arc<Semaphore>,
+    /// The connections' gate, for `/metrics` (`None` for a router served by a test).
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
-/// The client's address, from a plain or a TLS listener.
+impl ApiState {
+    pub(crate) fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        control: Sender<Control>,
+        token: Option<ApiToken>,
+        controller: Option<Arc<Ctl>>,
+    ) -> ApiState {
+        // Served, the gate's limits replace this ([`serve_on`]).
+        let limits = Limits::for_descriptor_limit(crate::fds::limit());
+        ApiState {
+            snapshot,
+            control,
+            token,
+            controller,
+            query: None,
+            long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
+            gate: None,
+        }
+    }
+
+    /// Answers packet queries (`/api/v1/packets`) with `query`.
+    pub(crate) fn with_query(mut self, query: Arc<packets::QueryState>) -> ApiState {
+        self.query = Some(query);
+        self
+    }
+}
+
+/// The client's address (a request extension, as axum's `ConnectInfo`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
 
 /// A second listener for the control plane (probes and remote clients), TLS when configured.
 pub struct Listen {
@@ -76,32 +106,43 @@ pub struct Listen {
 }
 
 /// Binds `addr` (and `listen`) now, so that a taken port is an error at start, and serves
-/// on a new thread.
-pub fn spawn(
+/// `state` on both on a new thread through one [`Gate`] with `limits`.
+pub(crate) fn spawn(
     addr: Option<SocketAddr>,
     listen: Option<Listen>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    control: Sender<Control>,
-    token: Option<String>,
-    controller: Option<Arc<Ctl>>,
-) -> std::io::Result<Vec<SocketAddr>> {
+    state: ApiState,
+    limits: Limits,
+) -> std::io::Result<(Vec<SocketAddr>, Arc<Gate>)> {
     let mut bound = Vec::new();
-    for a in addr.iter().chain(listen.as_ref().map(|l| &l.addr)) {
+    let tls = listen.as_ref().and_then(|l| l.tls.clone());
+    for (a, tls) in addr
+        .iter()
+        .map(|a| (a, None))
+        .chain(listen.as_ref().map(|l| (&l.addr, tls)))
+    {
         let listener = TcpListener::bind(a)?;
         listener.set_nonblocking(true)?;
-        bound.push(listener);
+        bound.push((listener, tls.map(tokio_rustls::TlsAcceptor::from)));
     }
     let locals = bound
         .iter()
-        .map(TcpListener::local_addr)
+        .map(|(l, _)| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
-    let tls = listen.and_then(|l| l.tls);
-    let state = ApiState {
-        snapshot,
-        control,
-        token: token.map(Arc::from),
-        controller,
-    };
+    let gate = serve_on(bound, state, limits)?;
+    Ok((locals, gate))
+}
+
+/// Serves `state`'s router on `listeners` (TLS where an acceptor is given) on a new thread,
+/// through one [`Gate`] with `limits`.
+pub(crate) fn serve_on(
+    listeners: Vec<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    mut state: ApiState,
+    limits: Limits,
+) -> std::io::Result<Arc<Gate>> {
+    let gate = Gate::new(limits);
+    state.gate = Some(Arc::clone(&gate));
+    state.long_polls = Arc::new(Semaphore::new(limits.max_long_polls));
+    let served = Arc::clone(&gate);
     std::thread::Builder::new()
         .name("tapwire-api".into())
         .spawn(move || {
@@ -117,9 +158,9 @@ pub fn spawn(
             };
             rt.block_on(async move {
                 let app = router(state);
-                let n = bound.len();
                 let mut tasks = tokio::task::JoinSet::new();
-                for (i, listener) in bound.into_iter().enumerate() {
+                tasks.spawn(serve::reaper(Arc::clone(&served)));
+                for (listener, tls) in listeners {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
@@ -127,38 +168,17 @@ pub fn spawn(
                             return;
                         }
                     };
-                    let app = app.clone();
-                    // The last listener is `listen`'s when one was given with TLS.
-                    let tls = if i + 1 == n { tls.clone() } else { None };
-                    tasks.spawn(async move {
-                        let served = match tls {
-                            Some(config) => match TlsListener::new(listener, config) {
-                                Ok(l) => {
-                                    axum::serve(
-                                        l,
-                                        app.into_make_service_with_connect_info::<Peer>(),
-                                    )
-                                    .await
-                                }
-                                Err(e) => Err(e),
-                            },
-                            None => {
-                                axum::serve(
-                                    listener,
-                                    app.into_make_service_with_connect_info::<Peer>(),
-                                )
-                                .await
-                            }
-                        };
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "API server stopped");
-                        }
-                    });
+                    tasks.spawn(serve::accept_loop(
+                        listener,
+                        tls,
+                        Arc::clone(&served),
+                        app.clone(),
+                    ));
                 }
                 while tasks.join_next().await.is_some() {}
             });
         })?;
-    Ok(locals)
+    Ok(gate)
 }
 
 /// The router and the (method, path) of every route it has, for the OpenAPI test.
@@ -193,6 +213,8 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         "/api/v1/sessions/{name}/{action}",
         post(stats::action),
     )
+    .add("GET", "/api/v1/packets", get(packets::packets))
+    .add("GET", "/api/v1/sessions/{name}/stream", get(stream::stream))
     .add("GET", "/api/v1/health", get(health))
     .add("GET", "/metrics", get(metrics::metrics))
     .add("GET", "/api/v1/openapi.json", get(control::openapi));
@@ -228,6 +250,7 @@ pub(crate) fn router(state: ApiState) -> Router {
                 "no such route (see /api/v1/openapi.json)".into(),
             )
         })
+        .layer(DefaultBodyLimit::max(serve::MAX_BODY_BYTES))
         .with_state(state)
 }
 

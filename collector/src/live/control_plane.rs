@@ -95,7 +95,11 @@ impl Engine for EngineLink {
             s.filter.clone(),
             s.files.as_ref(),
             s.tap.as_ref(),
-            &self.default_files,
+            &config::Defaults {
+                files: &self.default_files,
+                hooks: &self.file.load().hooks,
+                origin: config::Origin::Api,
+            },
         )
         .map_err(|e| e.0)
     }

@@ -9,29 +9,34 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select};
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tapwire_api_types as api;
 use tapwire_formats::capture::{LinkType, PacketInfo};
 use tapwire_formats::decap::Kind;
+use tapwire_formats::index::Inner;
 
 use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Loss, Shared, Tally};
-use super::output::{Ctx, FLUSH_BYTES, FileOutput, Refusal, buffer_fits, format_name};
+use super::output::{
+    Counted, Ctx, FLUSH_BYTES, FileOutput, Refusal, SourceCounts, buffer_fits, format_name,
+};
 use super::rates::History;
+use super::stream::{self, End, Streams};
 use super::tap::{TapConfig, TapOutput};
 use super::traffic::{Talkers, classify};
 use crate::config::{Config, FileFlags, FilesConfig, RotateReason, SessionConfig, normalize};
-use crate::demux::SequenceMode;
+use crate::demux::{Retired, SeqEvent, SequenceMode, SourceId};
 use crate::offline::Timestamps;
-use crate::pipeline::{Delivery, Pipeline};
-use crate::router::{Gate, Router, Skip, Verdict};
+use crate::pipeline::{self, Admission, Delivery, Fed, Pipeline};
+use crate::router::{Gate, MAX_AUTO_SESSIONS, Router, Skip, Verdict};
 use tapwire_api_types::time::rfc3339_ns;
+use tapwire_formats::decap::SourceKey;
 
 /// Memory for buffered output across all open files; each file's flush threshold is this
 /// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).
@@ -42,6 +47,39 @@ const MAX_REFUSED_ADDRS: usize = 1024;
 const TRIM_NS: u64 = 1_000_000_000;
 /// A session with no packet for this long is idle.
 const IDLE_NS: u64 = 5_000_000_000;
+/// How often idle sources and auto-discovered sessions are looked for.
+const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
+
+/// Default bound on the source table of `tapwire collect`: far beyond a real fleet (a sender
+/// is one source per session it feeds), small enough that spoofed sources cost little.
+pub const MAX_SOURCES: usize = 4096;
+/// Default time without a packet after which a source, or an auto-discovered session, is
+/// removed.
+pub const IDLE_TIMEOUT_NS: u64 = 600_000_000_000;
+
+/// What traffic may make the collector hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sources in the table at once; past it a new source takes the place of an idle one that
+    /// no configured session takes, or is refused (`source_table_full`).
+    pub max_sources: usize,
+    /// Auto-discovered sessions at once; past it a source that would need one is refused
+    /// (`auto_session_cap`).
+    pub max_auto_sessions: usize,
+    /// Sources, and auto-discovered sessions, with no packet for this long are removed: the
+    /// session's file is closed, every counter stays in the totals.
+    pub idle_timeout_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sources: MAX_SOURCES,
+            max_auto_sessions: MAX_AUTO_SESSIONS,
+            idle_timeout_ns: IDLE_TIMEOUT_NS,
+        }
+    }
+}
 
 /// The smallest flush threshold: past 4096 open files the budget is exceeded rather than
 /// writes made smaller than this.
@@ -67,6 +105,9 @@ pub struct Settings {
     pub tap_prefix: Option<String>,
     /// The allow-list came from the configuration file, so a reload replaces it.
     pub allow_from_config: bool,
+    /// Live streams served at once, across sessions.
+    pub max_streams: usize,
+    pub limits: Limits,
 }
 
 /// Requests from the API.
@@ -83,6 +124,12 @@ pub enum Control {
         sessions: Vec<SessionConfig>,
         reply: Sender<Result<(), String>>,
     },
+    /// A live stream of a session's packets, from now on.
+    Subscribe(stream::Request),
+    /// The configuration file, read again (SIGHUP) and checked, its filters compiled, on
+    /// another thread: merged with the control plane's sessions and applied. A clash is
+    /// refused and the running configuration stays.
+    Reload { file: Box<Config> },
 }
 
 pub struct Engine {
@@ -117,8 +164,15 @@ struct Core {
     sources: Vec<SourceState>,
     inputs: Vec<(InputKind, Arc<InputCounters>)>,
     input_history: Vec<History>,
+    /// Per input: what it read that was refused before a source was made.
+    input_refusals: Vec<api::Refusals>,
+    /// Frames of sources no session takes (refused, or known and routed nowhere).
+    no_session: u64,
     refused: BTreeMap<IpAddr, u64>,
     refused_other: u64,
+    expired: api::Expired,
+    /// What sessions removed since (expired, or dropped by a reload) had counted.
+    gone: Gone,
     totals_history: History,
     io: Sender<io::Cmd>,
     shared: Arc<Shared>,
@@ -128,9 +182,36 @@ struct Core {
     started_ns: u64,
     comment: String,
     snapshot: Arc<ArcSwap<api::Snapshot>>,
-    /// Monitor interfaces created for auto-discovered sessions so far (names their next one).
-    n_auto_taps: u32,
     control: Option<ControlInfoFn>,
+    /// Streams being served (their bodies not yet dropped), for the stop.
+    live_streams: Arc<AtomicUsize>,
+    /// Sessions whose open stream chunk is sealed at the end of the batch.
+    streaming: Vec<usize>,
+}
+
+/// The counters of sessions that no longer exist, kept for the totals.
+#[derive(Debug, Default)]
+struct Gone {
+    written: u64,
+    lost: u64,
+    drops: api::Drops,
+}
+
+impl Gone {
+    /// Keeps what `s` counted, for the totals, before it goes.
+    fn add(&mut self, s: &Session) {
+        self.written += s.written;
+        self.lost += s.retirees.lost;
+        add_drops(&mut self.drops, &s.drops);
+    }
+}
+
+/// Counters of a session's sources that left the table, kept for the session's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Retirees {
+    lost: u64,
+    truncated: u64,
+    gre_checksum_bad: u64,
 }
 
 /// A session's outputs and counters (its routing is the [`Router`]'s [`Gate`]).
@@ -152,10 +233,20 @@ struct Session {
     tap_error: Option<(TapConfig, String)>,
     protocols: api::ProtocolMix,
     talkers: Talkers,
+    /// Its live streams, while it has subscribers.
+    streams: Option<Streams>,
+    stream_totals: stream::Totals,
+    /// Of its sources that left the table.
+    retirees: Retirees,
 }
 
+/// What the engine keeps per source beside the table, by slot; `id` says which source of the
+/// slot it belongs to.
 #[derive(Default)]
 struct SourceState {
+    /// Its packets and sequence loss so far, for the statistics blocks.
+    counts: SourceCounts,
+    id: Option<SourceId>,
     drops: api::Drops,
     history: History,
     last_seen_ns: u64,
@@ -208,7 +299,27 @@ impl Session {
             tap_error,
             protocols: api::ProtocolMix::default(),
             talkers: Talkers::default(),
+            streams: None,
+            stream_totals: stream::Totals::default(),
+            retirees: Retirees::default(),
         }
+    }
+}
+
+/// The engine's answer to the pipeline: the allow-list and the router's admission.
+struct Gatekeeper<'a> {
+    router: &'a Router,
+    config: &'a Config,
+}
+
+impl Admission for Gatekeeper<'_> {
+    #[inline]
+    fn allows(&self, src: IpAddr) -> bool {
+        self.router.allows(normalize(src))
+    }
+
+    fn admit(&mut self, key: &SourceKey) -> Result<bool, pipeline::Refusal> {
+        self.router.admit(key, self.config)
     }
 }
 
@@ -230,7 +341,8 @@ impl Engine {
     ) -> Result<Engine, String> {
         let n_inputs = inputs.len();
         let now = now_ns();
-        let router = Router::new(settings.allow.clone(), settings.auto_discover);
+        let router = Router::new(settings.allow.clone(), settings.auto_discover)
+            .with_max_auto_sessions(settings.limits.max_auto_sessions);
         let mut core = Core {
             settings,
             file: Arc::new(ArcSwap::from_pointee(config.clone())),
@@ -241,8 +353,12 @@ impl Engine {
             sources: Vec::new(),
             inputs,
             input_history: (0..n_inputs).map(|_| History::default()).collect(),
+            input_refusals: vec![api::Refusals::default(); n_inputs],
+            no_session: 0,
             refused: BTreeMap::new(),
             refused_other: 0,
+            expired: api::Expired::default(),
+            gone: Gone::default(),
             totals_history: History::default(),
             io,
             shared,
@@ -252,8 +368,9 @@ impl Engine {
             started_ns: now,
             comment: String::new(),
             snapshot,
-            n_auto_taps: 0,
             control: None,
+            live_streams: Arc::new(AtomicUsize::new(0)),
+            streaming: Vec::new(),
         };
         for c in core.config.sessions.clone() {
             let s = Session::new(
@@ -284,7 +401,12 @@ impl Engine {
         Arc::clone(&self.core.file)
     }
 
-    /// Runs until `stop` is set; `reload` asks for the configuration file to be read again.
+    /// How many live streams are being served: a stopping collector lets them end first.
+    pub fn live_streams(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.core.live_streams)
+    }
+
+    /// Runs until `stop` is set.
     pub fn run(
         mut self,
         batches: &Receiver<Batch>,
@@ -292,7 +414,6 @@ impl Engine {
         buffers: &Receiver<Vec<u8>>,
         control: &Receiver<Control>,
         stop: &AtomicBool,
-        reload: &AtomicBool,
     ) {
         // What was asked before the engine ran (the control plane's sessions) comes before the
         // first packet, so that no packet of theirs is routed to an auto-discovered session.
@@ -305,6 +426,7 @@ impl Engine {
         let mut next_tick = start;
         let mut next_snapshot = start + 1_000_000_000;
         let mut next_trim = start + TRIM_NS;
+        let mut next_expire = start + EXPIRE_EVERY_NS;
         loop {
             let got = select! {
                 recv(batches) -> b => b.map(Got::Batch).ok(),
@@ -337,21 +459,28 @@ impl Engine {
                 next_snapshot = now + 1_000_000_000;
                 self.publish(now);
             }
+            if now >= next_expire {
+                next_expire = now + EXPIRE_EVERY_NS;
+                self.expire(now);
+            }
             if now >= next_trim {
                 next_trim = now + TRIM_NS;
                 tapwire_netio::release_free_heap();
-            }
-            if reload.swap(false, Ordering::Relaxed) {
-                self.reload(now);
             }
             if stop.load(Ordering::Relaxed) {
                 break;
             }
         }
-        // What the inputs already handed over is written, then every file is closed.
+        // What the inputs already handed over is written, then every file is closed and every
+        // stream ended.
         let now = now_ns();
         while let Ok(b) = batches.try_recv() {
             self.batch(b, now);
+        }
+        for s in &mut self.core.sessions {
+            if let Some(mut st) = s.streams.take() {
+                st.close(End::CollectorStopping, &mut s.stream_totals);
+            }
         }
         for i in 0..self.core.sessions.len() {
             self.core
@@ -383,23 +512,21 @@ impl Engine {
                 for m in batch.messages() {
                     let src = m.source.map(|s| normalize(s.ip()));
                     let ts = m.ts_ns.unwrap_or(now);
-                    if let Some(src) = src
-                        && !core.router.allows(src)
-                    {
-                        core.refuse(src);
-                        continue;
-                    }
-                    let d = match (&kind, src) {
-                        (InputKind::GreV4(_), _) => pipeline.ip(m.data, ts),
-                        (InputKind::GreV6(_), Some(src)) => pipeline.gre(src, m.data, ts),
-                        (InputKind::Udp(addr), Some(src)) => {
-                            pipeline.udp(src, addr.port(), m.data, ts)
-                        }
-                        _ => None,
+                    let mut gate = Gatekeeper {
+                        router: &core.router,
+                        config: &core.config,
                     };
-                    if let Some(d) = d {
-                        core.deliver(&d, ts, now);
-                    }
+                    let fed = match (&kind, src) {
+                        (InputKind::GreV4(_), _) => pipeline.ip(&mut gate, m.data, ts),
+                        (InputKind::GreV6(_), Some(src)) => {
+                            pipeline.gre(&mut gate, src, m.data, ts)
+                        }
+                        (InputKind::Udp(addr), Some(src)) => {
+                            pipeline.udp(&mut gate, src, addr.port(), m.data, ts)
+                        }
+                        _ => Fed::Other,
+                    };
+                    core.fed(input, fed, ts, now);
                 }
             }
             Payload::Frames(frames) => {
@@ -407,22 +534,35 @@ impl Engine {
                     let Some(frame) = frames.data.get(off as usize..(off + len) as usize) else {
                         continue;
                     };
-                    if let Some(d) = pipeline.link(LinkType::Ethernet, frame, ts) {
-                        if !core.router.allows(normalize(d.key.src)) {
-                            core.refuse(normalize(d.key.src));
-                            continue;
-                        }
-                        core.deliver(&d, ts, now);
-                    }
+                    let mut gate = Gatekeeper {
+                        router: &core.router,
+                        config: &core.config,
+                    };
+                    let fed = pipeline.link(&mut gate, LinkType::Ethernet, frame, ts);
+                    core.fed(input, fed, ts, now);
                 }
             }
         }
         let _ = back.send(payload);
+        core.seal_streams();
     }
 
     fn publish(&mut self, now: u64) {
         let snap = self.core.snapshot(&self.pipeline, now);
         self.core.snapshot.store(Arc::new(snap));
+    }
+
+    /// Removes the sources, then the auto-discovered sessions, that had no packet for the idle
+    /// timeout; their counters stay in their session's and in the totals.
+    fn expire(&mut self, now: u64) {
+        let idle = self.core.settings.limits.idle_timeout_ns;
+        let gone = self.pipeline.expire_sources(now, idle);
+        if !gone.is_empty() {
+            tracing::debug!(n = gone.len(), "idle sources removed");
+        }
+        self.core.expired.sources += gone.len() as u64;
+        self.core.retire(&gone);
+        self.core.expire_sessions(now, idle);
     }
 
     fn control(&mut self, c: Control, now: u64) {
@@ -440,37 +580,31 @@ impl Engine {
                     }
                 }
             }
+            Control::Subscribe(req) => self.core.subscribe(req, now),
+            Control::Reload { file } => self.reload(*file, now),
             c => self.core.control(c, now),
         }
     }
 
-    /// Reads the configuration file again. A bad file is refused and the running configuration
-    /// stays; sessions whose definition did not change keep their state and open files.
-    fn reload(&mut self, now: u64) {
-        let Some(path) = self.core.settings.config_path.clone() else {
-            tracing::info!("SIGHUP: no configuration file to reload");
-            return;
-        };
-        let config =
-            match Config::load_with(&path, &self.core.settings.file_flags).and_then(|file| {
-                crate::config::merged(&file, &self.core.api_sessions).map(|m| (file, m))
-            }) {
-                Ok((file, merged)) => {
-                    self.core.file.store(Arc::new(file));
-                    merged
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration refused; keeping the running one");
-                    return;
-                }
-            };
-        self.apply(config, now);
+    /// The configuration file read again. One that clashes with the control plane's sessions
+    /// is refused and the running configuration stays; sessions whose definition did not
+    /// change keep their state and open files.
+    fn reload(&mut self, file: Config, now: u64) {
+        match crate::config::merged(&file, &self.core.api_sessions) {
+            Ok(merged) => {
+                self.core.file.store(Arc::new(file));
+                self.apply(merged, now);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; keeping the running one");
+            }
+        }
     }
 
     /// Runs `config`: sessions whose definition did not change keep their state and open
     /// files; changed ones keep their counters and start a new file.
     fn apply(&mut self, config: Config, now: u64) {
-        let core = &mut self.core;
+        let (core, pipeline) = (&mut self.core, &mut self.pipeline);
         let mut old: FxHashMap<String, Session> = std::mem::take(&mut core.sessions)
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -513,6 +647,8 @@ impl Engine {
                     n.history = s.history;
                     n.protocols = s.protocols;
                     n.talkers = s.talkers;
+                    n.streams = s.streams.take();
+                    n.stream_totals = s.stream_totals;
                     (n, Gate::configured(c))
                 }
                 (None, _) => (
@@ -538,14 +674,18 @@ impl Engine {
                 g.auto
                     && g.sources
                         .first()
-                        .is_some_and(|&id| config.session_for(&self.pipeline.key(id)).is_none())
+                        .and_then(|&id| pipeline.key(id))
+                        .is_some_and(|k| config.session_for(&k).is_none())
             });
             match gate {
                 Some(g) if keep => {
                     gates.push(g);
                     core.sessions.push(s);
                 }
-                _ => core.finish(&mut s, now),
+                _ => {
+                    core.finish(&mut s, now);
+                    core.gone.add(&s);
+                }
             }
         }
         if core.settings.allow_from_config {
@@ -553,11 +693,12 @@ impl Engine {
             core.router.set_allow(config.collector.allow.clone());
         }
         core.config = config;
-        let pipeline = &self.pipeline;
-        for i in core
-            .router
-            .reset(gates, &core.config, |id| pipeline.key(id))
-        {
+        let known = pipeline.demux().iter().map(|(id, s)| (id, s.key));
+        let (discovered, pins) = core.router.reset(gates, &core.config, known);
+        for (id, pinned) in pins {
+            pipeline.set_pinned(id, pinned);
+        }
+        for i in discovered {
             core.discovered(i);
         }
         tracing::info!(sessions = core.sessions.len(), "configuration reloaded");
@@ -602,6 +743,84 @@ impl Core {
         }
     }
 
+    /// What the pipeline made of one packet read by input `input`.
+    #[inline]
+    fn fed(&mut self, input: usize, fed: Fed<'_>, ts: u64, now: u64) {
+        match fed {
+            Fed::Delivered(d) => self.deliver(&d, ts, now),
+            Fed::Refused(r, src) => {
+                r.count_in(&mut self.input_refusals[input]);
+                match r {
+                    pipeline::Refusal::NotAllowed => self.refuse(normalize(src)),
+                    pipeline::Refusal::NoSession => self.no_session += 1,
+                    pipeline::Refusal::AutoSessionCap | pipeline::Refusal::SourceTableFull => {}
+                }
+            }
+            Fed::Other => {}
+        }
+    }
+
+    /// Sources that left the table: their counters go to their session's, their id is
+    /// forgotten.
+    fn retire(&mut self, gone: &[Retired]) {
+        if gone.is_empty() {
+            return;
+        }
+        for r in gone {
+            if let Some(&Some(i)) = self.router.routes().get(r.id.slot()) {
+                let t = &mut self.sessions[i].retirees;
+                t.lost += r.sequence.lost;
+                t.truncated += r.truncated;
+                t.gre_checksum_bad += r.gre_checksum_bad;
+            }
+            if let Some(st) = self.sources.get_mut(r.id.slot())
+                && st.id == Some(r.id)
+            {
+                *st = SourceState::default();
+            }
+        }
+        let ids: Vec<SourceId> = gone.iter().map(|r| r.id).collect();
+        self.router.forget(&ids);
+    }
+
+    /// Auto-discovered sessions with no source left and no packet for `idle_ns`: the file is
+    /// finished and the TAP closed; the session goes once the disk thread has reported every
+    /// packet it was handed, so that none of its counts is lost (a packet for it meanwhile
+    /// keeps it).
+    fn expire_sessions(&mut self, now: u64, idle_ns: u64) {
+        let mut remove = FxHashSet::default();
+        for i in 0..self.sessions.len() {
+            let g = self.router.session(i);
+            if !g.auto
+                || !g.sources.is_empty()
+                || now.saturating_sub(self.sessions[i].last_seen_ns) < idle_ns
+            {
+                continue;
+            }
+            self.with_output(i, |out, ctx| out.finish(ctx, RotateReason::Idle, now));
+            let s = &mut self.sessions[i];
+            s.tap = None;
+            if s.pending == 0 && !s.output.as_ref().is_some_and(FileOutput::is_open) {
+                remove.insert(i);
+            }
+        }
+        if remove.is_empty() {
+            return;
+        }
+        for &i in &remove {
+            let s = &self.sessions[i];
+            tracing::info!(session = s.name, "auto-discovered session expired");
+            self.gone.add(s);
+        }
+        self.expired.auto_sessions += remove.len() as u64;
+        self.router.retain_sessions(|i| !remove.contains(&i));
+        let mut i = 0;
+        self.sessions.retain(|_| {
+            i += 1;
+            !remove.contains(&(i - 1))
+        });
+    }
+
     fn refuse(&mut self, src: IpAddr) {
         if let Some(n) = self.refused.get_mut(&src) {
             *n += 1;
@@ -623,8 +842,20 @@ impl Core {
         );
         tracing::info!(session = name, "new source: auto-discovered session");
         let tap = self.settings.tap_prefix.as_ref().map(|p| {
-            self.n_auto_taps += 1;
-            TapConfig::named(&format!("{p}{}", self.n_auto_taps - 1))
+            // The lowest number free: names stay short however many sessions came and went.
+            let taken: FxHashSet<&str> = self
+                .sessions
+                .iter()
+                .filter_map(|s| {
+                    let t = s.tap.as_ref().map(|t| &t.config);
+                    t.or(s.tap_error.as_ref().map(|(c, _)| c))
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            let n = (0..)
+                .find(|n| !taken.contains(format!("{p}{n}").as_str()))
+                .unwrap_or(0);
+            TapConfig::named(&format!("{p}{n}"))
         });
         self.sessions
             .push(Session::new(name, None, tap, &self.settings, &self.shared));
@@ -636,9 +867,20 @@ impl Core {
     /// Routes one delivered frame to its session (the router's verdict), counts it and
     /// writes it.
     fn deliver(&mut self, d: &Delivery<'_>, ts: u64, now: u64) {
-        let id = d.source as usize;
+        if let Some(gone) = &d.evicted {
+            tracing::debug!(source = %gone.key, new = %d.key, "idle source evicted from a full table");
+            self.expired.sources_evicted += 1;
+            self.retire(&[**gone]);
+        }
+        let id = d.source.slot();
         if self.sources.len() <= id {
             self.sources.resize_with(id + 1, SourceState::default);
+        }
+        if self.sources[id].id != Some(d.source) {
+            self.sources[id] = SourceState {
+                id: Some(d.source),
+                ..SourceState::default()
+            };
         }
         if d.new_source {
             tracing::info!(source = %d.key, "new source");
@@ -649,12 +891,24 @@ impl Core {
         }
         let st = &mut self.sources[id];
         st.last_seen_ns = ts;
+        let gap = match d.seq_event {
+            Some(SeqEvent::Gap { lost, .. }) => u64::from(lost),
+            _ => 0,
+        };
+        let before = st.counts;
+        st.counts.packets += 1;
+        st.counts.lost += gap;
+        let counted = Counted {
+            before,
+            after: st.counts,
+        };
         if matches!(d.key.kind, Kind::ErspanII | Kind::ErspanIII) {
             seen(st.erspan.get_or_insert_with(api::ErspanSeen::default), d);
         }
         let (si, skip) = match routed.verdict {
             Verdict::NoSession => {
                 st.drops.no_session += 1;
+                self.no_session += 1;
                 return;
             }
             Verdict::Skip(i, why) => (i, Some(why)),
@@ -664,7 +918,9 @@ impl Core {
         s.packets += 1;
         s.bytes += d.frame.len() as u64;
         s.last_seen_ns = ts;
-        if let Some(addr) = classify(&mut s.protocols, d.link, d.frame) {
+        // One parse of the inner headers serves the traffic mix and the file's index.
+        let inner = Inner::parse(d.link, d.frame);
+        if let Some(addr) = classify(&mut s.protocols, &inner.class) {
             s.talkers.add(addr, d.frame.len() as u64);
         }
         match skip {
@@ -683,7 +939,9 @@ impl Core {
         if let Some(tap) = &s.tap {
             tap.send(d.link, d.frame, d.meta.vlan, d.meta.cos);
         }
-        let Some(out) = s.output.as_mut() else { return };
+        if s.output.is_none() && s.streams.is_none() {
+            return;
+        }
         self.comment.clear();
         d.comment(&mut self.comment);
         let packet = PacketInfo {
@@ -696,6 +954,19 @@ impl Core {
             direction: d.meta.direction,
             comment: (!self.comment.is_empty()).then_some(self.comment.as_str()),
         };
+        if let Some(streams) = s.streams.as_mut()
+            && streams.push(
+                d.source,
+                &d.key,
+                d.link,
+                &packet,
+                counted,
+                &mut s.stream_totals,
+            )
+        {
+            self.streaming.push(si);
+        }
+        let Some(out) = s.output.as_mut() else { return };
         let mut ctx = Ctx {
             io: &self.io,
             shared: &self.shared,
@@ -703,7 +974,16 @@ impl Core {
             next_file_id: &mut self.next_file_id,
             flush_bytes: self.flush_bytes,
         };
-        match out.write(&mut ctx, d.source, &d.key, d.link, &packet, now) {
+        match out.write(
+            &mut ctx,
+            d.source,
+            &d.key,
+            d.link,
+            &packet,
+            &inner.keys,
+            counted,
+            now,
+        ) {
             Ok(()) => s.pending += 1,
             Err(Refusal::DiskGuard) => {
                 s.drops.disk_guard += 1;
@@ -757,14 +1037,18 @@ impl Core {
                 file,
                 tally,
             } => {
-                if let Some(i) = self.router.index(&session) {
-                    let s = &mut self.sessions[i];
-                    let n = packets(&tally);
-                    s.written += n;
-                    s.pending = s.pending.saturating_sub(n);
-                    if let Some(out) = s.output.as_mut() {
-                        out.written(file);
+                let n = packets(&tally);
+                match self.router.index(&session) {
+                    Some(i) => {
+                        let s = &mut self.sessions[i];
+                        s.written += n;
+                        s.pending = s.pending.saturating_sub(n);
+                        if let Some(out) = s.output.as_mut() {
+                            out.written(file);
+                        }
                     }
+                    // A reload dropped the session: its last packets still count.
+                    None => self.gone.written += n,
                 }
             }
             Event::WriteFailed {
@@ -777,6 +1061,9 @@ impl Core {
                 let i = self.router.index(&session);
                 if let Some(out) = i.and_then(|i| self.sessions[i].output.as_mut()) {
                     out.write_failed(file, loss, error, now);
+                }
+                if i.is_none() {
+                    count_loss(&mut self.gone.drops, loss, packets(&tally));
                 }
                 self.lost(i, &tally, loss);
             }
@@ -798,7 +1085,9 @@ impl Core {
     /// `si` (if it still exists).
     fn lost(&mut self, si: Option<usize>, tally: &Tally, loss: Loss) {
         for &(src, n) in tally {
-            if let Some(st) = self.sources.get_mut(src as usize) {
+            if let Some(st) = self.sources.get_mut(src.slot())
+                && st.id == Some(src)
+            {
                 count_loss(&mut st.drops, loss, n);
             }
         }
@@ -820,6 +1109,71 @@ impl Core {
         for i in 0..self.sessions.len() {
             self.with_output(i, |out, ctx| out.tick(ctx, now));
         }
+        for s in &mut self.sessions {
+            if let Some(st) = s.streams.as_mut() {
+                st.tick();
+                if st.is_empty() {
+                    s.streams = None;
+                }
+            }
+        }
+    }
+
+    /// Hands each session's packets of this batch to its streams.
+    fn seal_streams(&mut self) {
+        for i in self.streaming.drain(..) {
+            if let Some(s) = self.sessions.get_mut(i)
+                && let Some(st) = s.streams.as_mut()
+            {
+                st.seal(&mut s.stream_totals);
+            }
+        }
+    }
+
+    /// A new live stream of a session, if the session exists and the cap allows.
+    fn subscribe(&mut self, req: stream::Request, now: u64) {
+        let Some(i) = self.router.index(&req.session) else {
+            let _ = req.reply.send(Err(stream::Refusal::NoSession(req.session)));
+            return;
+        };
+        let n: usize = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.streams.as_ref())
+            .map(Streams::len)
+            .sum();
+        if n >= self.settings.max_streams {
+            let _ = req
+                .reply
+                .send(Err(stream::Refusal::Full(self.settings.max_streams)));
+            return;
+        }
+        let baseline = self
+            .router
+            .session(i)
+            .sources
+            .iter()
+            .map(|&id| {
+                let counts = self
+                    .sources
+                    .get(id.slot())
+                    .filter(|st| st.id == Some(id))
+                    .map(|st| st.counts)
+                    .unwrap_or_default();
+                (id, counts)
+            })
+            .collect();
+        let s = &mut self.sessions[i];
+        let streams = s.streams.get_or_insert_with(Streams::new);
+        let sub = streams.subscribe(
+            &req,
+            baseline,
+            &self.live_streams,
+            now,
+            &mut s.stream_totals,
+        );
+        tracing::info!(session = req.session, peer = req.peer, filter = ?req.filter, "live stream started");
+        let _ = req.reply.send(Ok(sub));
     }
 
     fn control(&mut self, c: Control, now: u64) {
@@ -867,10 +1221,14 @@ impl Core {
         let mut drops = api::Drops::default();
         for (s, g) in self.sessions.iter_mut().zip(self.router.sessions()) {
             let mut sources = Vec::with_capacity(g.sources.len());
-            let (mut lost, mut truncated, mut gre_checksum_bad) = (0, 0, 0);
+            let r = s.retirees;
+            let (mut lost, mut truncated, mut gre_checksum_bad) =
+                (r.lost, r.truncated, r.gre_checksum_bad);
             for &id in &g.sources {
-                let src = demux.source(id);
-                let st = &mut self.sources[id as usize];
+                let (Some(src), Some(st)) = (demux.source(id), self.sources.get_mut(id.slot()))
+                else {
+                    continue;
+                };
                 let seq = demux.sequence(id);
                 lost += seq.lost;
                 truncated += src.truncated;
@@ -899,6 +1257,8 @@ impl Core {
                     erspan: st.erspan.clone(),
                 });
             }
+            // The order pages are cut in (`after` is a cursor into it).
+            sources.sort_by_cached_key(api::source_cursor);
             total_lost += lost;
             total_written += s.written;
             total_pending += s.pending;
@@ -933,6 +1293,8 @@ impl Core {
                 drops: s.drops,
                 rates: s.history.push(now, s.packets, s.bytes),
                 last_seen: (s.last_seen_ns > 0).then(|| rfc3339_ns(s.last_seen_ns)),
+                n_sources: sources.len() as u64,
+                sources_page: None,
                 files: s.output.as_ref().map(|o| api::FileStats {
                     dir: o.dir().display().to_string(),
                     format: format_name(o.cfg.format).to_string(),
@@ -945,13 +1307,18 @@ impl Core {
                 protocols: s.protocols,
                 top_talkers: s.talkers.top(),
                 tap: tap_stats(s),
+                streams: api::StreamStats {
+                    delivered: s.stream_totals.delivered,
+                    dropped: s.stream_totals.dropped,
+                    subscribers: s.streams.as_ref().map(Streams::stats).unwrap_or_default(),
+                },
             });
         }
-        for (id, r) in self.router.routes().iter().enumerate() {
-            if r.is_none() {
-                drops.no_session += self.sources[id].drops.no_session;
-            }
-        }
+        sessions.sort_by(|a, b| a.name.cmp(&b.name));
+        total_written += self.gone.written;
+        total_lost += self.gone.lost;
+        add_drops(&mut drops, &self.gone.drops);
+        drops.no_session = self.no_session;
 
         let mut inputs = Vec::with_capacity(self.inputs.len());
         let (mut kernel_drops, mut packets, mut bytes) = (0, 0, 0);
@@ -967,7 +1334,7 @@ impl Core {
                 packets: p,
                 bytes: b,
                 kernel_drops: k,
-                queue_drops: 0,
+                refusals: self.input_refusals[i],
                 error: c.error(),
                 rates: self.input_history[i].push(now, p, b),
             });
@@ -981,14 +1348,11 @@ impl Core {
         if self.refused_other > 0 {
             refused.insert("other".into(), self.refused_other);
         }
-        let mut malformed: BTreeMap<String, u64> = t
+        let malformed: BTreeMap<String, u64> = t
             .malformed
             .iter()
             .map(|(r, n)| (r.to_string(), *n))
             .collect();
-        if t.source_table_full > 0 {
-            malformed.insert("source_table_full".into(), t.source_table_full);
-        }
         let d = pipeline.defrag_stats();
         api::Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1001,8 +1365,9 @@ impl Core {
                 pending: total_pending,
                 lost: total_lost,
                 kernel_drops,
-                queue_drops: 0,
                 drops,
+                refusals: t.refused,
+                expired: self.expired,
                 not_mirror: t
                     .not_mirror
                     .iter()
@@ -1011,6 +1376,7 @@ impl Core {
                 malformed,
                 refused,
                 sources: demux.len() as u64,
+                sessions: sessions.len() as u64,
                 rates: self.totals_history.push(now, packets, bytes),
                 defrag: api::Defrag {
                     fragments: d.fragments,
@@ -1025,6 +1391,7 @@ impl Core {
             inputs,
             sessions,
             control: self.control.as_ref().map(|f| f()),
+            page: None,
         }
     }
 }

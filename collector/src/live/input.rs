@@ -1,8 +1,22 @@
 //! Receive threads: one per socket input (raw GRE over IPv4 and IPv6, UDP for VXLAN, GENEVE and
-//! TZSP) and one per AF_PACKET ring. Each fills batches from a small pool and hands them whole
-//! to the engine, which hands them back. When the engine falls behind the pool runs dry, the
-//! thread stops reading, and the kernel's queue overflows: those drops are counted by the
-//! kernel (SO_RXQ_OVFL, PACKET_STATISTICS) and reported per input.
+//! TZSP), one per AF_PACKET ring, and one per AF_XDP interface (all its queues' sockets). Each
+//! fills batches from a small pool and hands them whole to the engine, which hands them back.
+//! When the engine falls behind the pool runs dry, the thread stops reading, and the kernel's
+//! queue overflows: those drops are counted by the kernel (SO_RXQ_OVFL, PACKET_STATISTICS,
+//! XDP_STATISTICS) and reported per input.
+//!
+//! The AF_XDP input (`--xdp IF`) takes, before the IP stack, exactly what the socket inputs
+//! would have received through IF: GRE to the raw GRE inputs' addresses, UDP to the UDP inputs'
+//! addresses and ports (an unspecified address stands for every local address, looked up again
+//! each second). Those packets never reach the stack, so the sockets, which stay open, cannot
+//! read them a second time, and the kernel answers no sender with ICMP for them. Outer
+//! fragments are steered too and reassembled by the pipeline (`formats::defrag`), so a
+//! sender's packets stay on one input, in order: all GRE fragments to a steered address, and
+//! each UDP datagram's fragments as its first fragment to arrive decides (steered when that is
+//! the one with the port and the port is a mirror port; otherwise the whole datagram is passed,
+//! and the kernel reassembles it for the UDP socket). What the XDP program passes (those
+//! datagrams, frames longer than a UMEM chunk, traffic on other interfaces) the sockets read as
+//! before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +27,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use tapwire_netio::batch::{self, RecvBatch};
 use tapwire_netio::ring::{Fanout, FanoutMode, Ring, RingConfig};
 use tapwire_netio::socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tapwire_netio::xdp::{self, Dest, XdpProgram};
+use tapwire_netio::xsk::{self, Xsk, XskConfig};
+
+use super::coverage::{Covered, socket_program};
 
 /// Batches in flight per input: enough to absorb a burst while the engine works on one.
 const POOL: usize = 8;
@@ -23,6 +41,13 @@ const SLOT_BYTES: usize = 65_536;
 const SOCKET_BUFFER_BYTES: usize = 32 << 20;
 /// How often a thread wakes up to notice shutdown.
 const POLL: Duration = Duration::from_millis(100);
+/// Frames per AF_XDP batch, over all of an interface's sockets: one rx ring's worth.
+const XDP_BATCH: u32 = 4096;
+/// How often the AF_XDP input reads its counters, looks up the local addresses again and
+/// checks that its interface is still the one it attached to.
+const XDP_TICK: Duration = Duration::from_secs(1);
+/// At most one warning about kernel drops on an AF_XDP input this often.
+const XDP_DROP_WARNING: Duration = Duration::from_secs(10);
 
 /// What an input is, and so how the engine decapsulates what it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +64,9 @@ pub enum InputKind {
         worker: u16,
         workers: u16,
     },
+    /// AF_XDP on an interface, one socket per receive queue, steering `dests` (an unspecified
+    /// address stands for every local address); see [`xdp_dests`].
+    Xdp { name: String, dests: Vec<Dest> },
 }
 
 impl InputKind {
@@ -53,8 +81,51 @@ impl InputKind {
                 workers,
             } if *workers > 1 => format!("af_packet {name} #{worker}"),
             InputKind::Interface { name, .. } => format!("af_packet {name}"),
+            InputKind::Xdp { name, .. } => format!("xdp {name}"),
         }
     }
+}
+
+/// What an AF_XDP input steers: what the socket inputs among `inputs` receive.
+pub fn xdp_dests(inputs: &[InputKind]) -> Vec<Dest> {
+    inputs
+        .iter()
+        .filter_map(|k| match k {
+            InputKind::GreV4(a) => Some(Dest::Gre(IpAddr::V4(*a))),
+            InputKind::GreV6(a) => Some(Dest::Gre(IpAddr::V6(*a))),
+            InputKind::Udp(sa) => Some(Dest::Udp(sa.ip(), sa.port())),
+            InputKind::Interface { .. } | InputKind::Xdp { .. } => None,
+        })
+        .collect()
+}
+
+/// `dests` with each unspecified address replaced by the `local` addresses a socket bound to it
+/// receives for: 0.0.0.0 the IPv4 ones; `::` the IPv6 ones, and for UDP the IPv4 ones too (the
+/// UDP inputs bind `[::]` dual-stack).
+pub fn expand_dests(dests: &[Dest], local: &[IpAddr]) -> Vec<Dest> {
+    let mut out = Vec::new();
+    for d in dests {
+        let (addr, make): (IpAddr, &dyn Fn(IpAddr) -> Dest) = match d {
+            Dest::Gre(a) => (*a, &Dest::Gre),
+            Dest::Udp(a, p) => (*a, &move |x| Dest::Udp(x, *p)),
+        };
+        if !addr.is_unspecified() {
+            out.push(*d);
+            continue;
+        }
+        let takes = |l: &IpAddr| {
+            matches!(
+                (addr, l, d),
+                (IpAddr::V4(_), IpAddr::V4(_), _)
+                    | (IpAddr::V6(_), IpAddr::V6(_), _)
+                    | (IpAddr::V6(_), IpAddr::V4(_), Dest::Udp(..))
+            )
+        };
+        out.extend(local.iter().filter(|l| takes(l)).map(|l| make(*l)));
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Counters one input thread updates and the engine reads.
@@ -103,21 +174,25 @@ pub struct Input {
     pub kind: InputKind,
     pub counters: Arc<InputCounters>,
     opened: Opened,
+    /// What the other inputs read below the IP stack (see [`super::coverage`]).
+    covered: Arc<Covered>,
 }
 
 enum Opened {
     Socket(Socket),
     Ring(Box<Ring>, RingConfig),
+    Xdp(Box<XdpInput>),
 }
 
 impl Input {
     /// Opens the socket or ring now, so that a bad address or a missing interface is refused
-    /// at start with a clear error.
-    pub fn open(kind: InputKind) -> std::io::Result<Input> {
-        let opened = match &kind {
-            InputKind::GreV4(a) => Opened::Socket(gre_socket(IpAddr::V4(*a))?),
-            InputKind::GreV6(a) => Opened::Socket(gre_socket(IpAddr::V6(*a))?),
-            InputKind::Udp(a) => Opened::Socket(udp_socket(*a)?),
+    /// at start with a clear error. A socket gets the filter that leaves to the other inputs
+    /// what `covered` says they read, before it is bound.
+    pub fn open(kind: InputKind, covered: Arc<Covered>) -> std::io::Result<Input> {
+        let mut opened = match &kind {
+            InputKind::GreV4(a) => Opened::Socket(gre_socket(&kind, IpAddr::V4(*a), &covered)?),
+            InputKind::GreV6(a) => Opened::Socket(gre_socket(&kind, IpAddr::V6(*a), &covered)?),
+            InputKind::Udp(a) => Opened::Socket(udp_socket(&kind, *a, &covered)?),
             InputKind::Interface { name, workers, .. } => {
                 let config = RingConfig {
                     // By outer source, so that each sender's packets stay on one worker, in order.
@@ -130,11 +205,22 @@ impl Input {
                 let ring = Ring::open(name, &config).map_err(|e| ctx(e, name))?;
                 Opened::Ring(Box::new(ring), config)
             }
+            InputKind::Xdp { name, dests } => {
+                // A missing interface is a bad flag (exit 2), as for --interface; a driver
+                // that refuses XDP is not: its traffic still reaches the sockets.
+                tapwire_netio::ifindex(name).map_err(|e| ctx(e, name))?;
+                Opened::Xdp(Box::new(XdpInput::new(name, dests)))
+            }
         };
+        let counters = Arc::new(InputCounters::default());
+        if let Opened::Xdp(x) = &mut opened {
+            x.attach(&counters);
+        }
         Ok(Input {
             kind,
-            counters: Arc::new(InputCounters::default()),
+            counters,
             opened,
+            covered,
         })
     }
 
@@ -148,7 +234,9 @@ impl Input {
                 }
                 socket_loop(
                     index,
+                    &self.kind,
                     &sock,
+                    &self.covered,
                     &self.counters,
                     &to_engine,
                     &back_tx,
@@ -164,12 +252,19 @@ impl Input {
                     index,
                     *ring,
                     &config,
+                    &self.covered,
                     &self.counters,
                     &to_engine,
                     &back_tx,
                     &back_rx,
                     &stop,
                 );
+            }
+            Opened::Xdp(x) => {
+                for _ in 0..POOL {
+                    let _ = back_tx.send(Payload::Frames(Frames::default()));
+                }
+                x.run(index, &self.counters, &to_engine, &back_tx, &back_rx, &stop);
             }
         }
     }
@@ -200,11 +295,21 @@ fn tune(sock: &Socket) {
     let _ = sock.set_read_timeout(Some(POLL));
 }
 
-fn gre_socket(addr: IpAddr) -> std::io::Result<Socket> {
+/// Attaches to socket input `kind` the filter `covered` calls for, or takes its filter off when
+/// it calls for none.
+fn leave_covered(sock: &Socket, kind: &InputKind, covered: &Covered) -> std::io::Result<()> {
+    match socket_program(kind, &covered.list()) {
+        Some(p) => tapwire_netio::bpf::attach_filter(sock, &p),
+        None => tapwire_netio::bpf::detach_filter(sock),
+    }
+}
+
+fn gre_socket(kind: &InputKind, addr: IpAddr, covered: &Covered) -> std::io::Result<Socket> {
     let sock = match addr {
         IpAddr::V4(_) => batch::gre_socket_v4()?,
         IpAddr::V6(_) => batch::gre_socket_v6()?,
     };
+    leave_covered(&sock, kind, covered)?;
     if !addr.is_unspecified() {
         sock.bind(&SockAddr::from(SocketAddr::new(addr, 0)))
             .map_err(|e| ctx(e, &format!("bind GRE to {addr}")))?;
@@ -213,13 +318,14 @@ fn gre_socket(addr: IpAddr) -> std::io::Result<Socket> {
     Ok(sock)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+fn udp_socket(kind: &InputKind, addr: SocketAddr, covered: &Covered) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    leave_covered(&sock, kind, covered)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // [::]:port also takes IPv4, as IPv4-mapped addresses.
         sock.set_only_v6(false)?;
@@ -234,16 +340,28 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(sock)
 }
 
+/// Reads `sock` (input `kind`); its filter follows `covered` when a ring reopens its interface
+/// under a new index.
+#[allow(clippy::too_many_arguments)]
 fn socket_loop(
     index: usize,
+    kind: &InputKind,
     sock: &Socket,
+    covered: &Covered,
     counters: &InputCounters,
     to_engine: &Sender<Batch>,
     back_tx: &Sender<Payload>,
     back_rx: &Receiver<Payload>,
     stop: &AtomicBool,
 ) {
+    let mut generation = covered.generation();
     while !stop.load(Ordering::Relaxed) {
+        if covered.generation() != generation {
+            generation = covered.generation();
+            if let Err(e) = leave_covered(sock, kind, covered) {
+                tracing::warn!(input = kind.name(), error = %e, "cannot update the socket filter");
+            }
+        }
         let mut b = match back_rx.recv_timeout(POLL) {
             Ok(Payload::Socket(b)) => b,
             Ok(Payload::Frames(_)) => continue,
@@ -266,14 +384,7 @@ fn socket_loop(
                         .kernel_drops
                         .fetch_max(u64::from(d), Ordering::Relaxed);
                 }
-                if to_engine
-                    .send(Batch {
-                        input: index,
-                        payload: Payload::Socket(b),
-                        back: back_tx.clone(),
-                    })
-                    .is_err()
-                {
+                if !hand_over(index, Payload::Socket(b), to_engine, back_tx) {
                     return;
                 }
             }
@@ -298,11 +409,13 @@ fn socket_loop(
     }
 }
 
+/// Reads `ring`; tells `covered` the interface's new index when it reopens it.
 #[allow(clippy::too_many_arguments)]
 fn ring_loop(
     index: usize,
     mut ring: Ring,
     config: &RingConfig,
+    covered: &Covered,
     counters: &InputCounters,
     to_engine: &Sender<Batch>,
     back_tx: &Sender<Payload>,
@@ -314,14 +427,11 @@ fn ring_loop(
     // Drops of rings closed after an error, so the counter stays monotonic across reopens.
     let mut drops_before = 0;
     while !stop.load(Ordering::Relaxed) {
-        let mut frames = match back_rx.recv_timeout(POLL) {
-            Ok(Payload::Frames(f)) => f,
-            Ok(Payload::Socket(_)) => continue,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let mut frames = match empty_frames(back_rx) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(EngineGone) => return,
         };
-        frames.data.clear();
-        frames.frames.clear();
         let failure = match ring.next_block(POLL) {
             Ok(Some(block)) => {
                 let mut bytes = 0u64;
@@ -357,6 +467,7 @@ fn ring_loop(
                 }
             };
             counters.set_error(None);
+            covered.set_ifindex(&name, ring.ifindex());
             tracing::info!(interface = name, "capture resumed");
             continue;
         }
@@ -369,18 +480,346 @@ fn ring_loop(
             }
         }
         if !frames.frames.is_empty() {
-            if to_engine
-                .send(Batch {
-                    input: index,
-                    payload: Payload::Frames(frames),
-                    back: back_tx.clone(),
-                })
-                .is_err()
-            {
+            if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
         } else {
             let _ = back_tx.send(Payload::Frames(frames));
+        }
+    }
+}
+
+/// The engine dropped its end of the batch channels: the input thread ends.
+struct EngineGone;
+
+/// A frame batch back from the engine, emptied; `None` when none came within `POLL`.
+fn empty_frames(back_rx: &Receiver<Payload>) -> Result<Option<Frames>, EngineGone> {
+    match back_rx.recv_timeout(POLL) {
+        Ok(Payload::Frames(mut f)) => {
+            f.data.clear();
+            f.frames.clear();
+            Ok(Some(f))
+        }
+        Ok(Payload::Socket(_)) | Err(RecvTimeoutError::Timeout) => Ok(None),
+        Err(RecvTimeoutError::Disconnected) => Err(EngineGone),
+    }
+}
+
+/// Sends a filled batch of input `index` to the engine, which returns it through `back_tx`;
+/// `false` when the engine has gone.
+fn hand_over(
+    index: usize,
+    payload: Payload,
+    to_engine: &Sender<Batch>,
+    back_tx: &Sender<Payload>,
+) -> bool {
+    to_engine
+        .send(Batch {
+            input: index,
+            payload,
+            back: back_tx.clone(),
+        })
+        .is_ok()
+}
+
+/// The AF_XDP input of one interface: while attached, the XDP program and one socket per
+/// receive queue; when the driver refused or the interface vanished, nothing (the socket inputs
+/// then get its traffic), until an interface of that name appears again.
+struct XdpInput {
+    name: String,
+    dests: Vec<Dest>,
+    attached: Option<Attached>,
+    /// The interface index of the last attach attempt: another is made only for a new one.
+    tried_ifindex: Option<u32>,
+    /// Kernel drops of sockets closed since, so that the counter stays monotonic.
+    drops_before: u64,
+    /// Drops when the last warning was logged, and when.
+    warned: (u64, Option<Instant>),
+}
+
+struct Attached {
+    prog: XdpProgram,
+    xsks: Vec<Xsk>,
+    /// The local addresses the destinations were expanded with.
+    local: Vec<IpAddr>,
+}
+
+impl Attached {
+    fn stats(&self) -> xsk::XskStats {
+        let mut t = xsk::XskStats::default();
+        for x in &self.xsks {
+            if let Ok(s) = x.stats() {
+                t.rx_dropped += s.rx_dropped;
+                t.rx_ring_full += s.rx_ring_full;
+                t.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+                t.n_bad_descs += s.n_bad_descs;
+            }
+        }
+        t
+    }
+}
+
+/// UMEM chunks per socket: 8192 (32 MiB) for up to four queues, less beyond so that an
+/// interface's UMEMs stay near 128 MiB, never below 1024.
+fn xsk_config(queues: u32) -> XskConfig {
+    let chunks = (32_768 / queues.max(1)).clamp(1024, 8192);
+    let chunks = 1 << (31 - chunks.leading_zeros());
+    XskConfig {
+        chunk_count: chunks,
+        fill_ring_size: chunks,
+        rx_ring_size: chunks / 2,
+        ..XskConfig::default()
+    }
+}
+
+fn open_xdp(name: &str, dests: &[Dest]) -> std::io::Result<Attached> {
+    let mut prog = XdpProgram::attach(name)?;
+    let queues = xsk::rx_queues(name)?.min(xdp::MAX_QUEUES);
+    let config = xsk_config(queues);
+    let mut xsks = Vec::new();
+    for q in 0..queues {
+        let x = Xsk::open(name, q, &config)?;
+        prog.register(&x)?;
+        xsks.push(x);
+    }
+    let local = xdp::local_addrs()?;
+    prog.set_dests(&expand_dests(dests, &local))?;
+    Ok(Attached { prog, xsks, local })
+}
+
+impl XdpInput {
+    fn new(name: &str, dests: &[Dest]) -> XdpInput {
+        XdpInput {
+            name: name.to_string(),
+            dests: dests.to_vec(),
+            attached: None,
+            tried_ifindex: None,
+            drops_before: 0,
+            warned: (0, None),
+        }
+    }
+
+    fn attach(&mut self, counters: &InputCounters) {
+        let name = &self.name;
+        self.tried_ifindex = tapwire_netio::ifindex(name).ok();
+        match open_xdp(name, &self.dests) {
+            Ok(a) => {
+                let zero_copy = a.xsks.iter().all(Xsk::zero_copy);
+                let steering: Vec<String> = expand_dests(&self.dests, &a.local)
+                    .iter()
+                    .map(|d| match d {
+                        Dest::Gre(a) => format!("gre {a}"),
+                        Dest::Udp(a, p) => format!("udp {}", SocketAddr::new(*a, *p)),
+                    })
+                    .collect();
+                tracing::info!(
+                    interface = name,
+                    mode = %a.prog.mode(),
+                    sockets = if zero_copy { "zero-copy" } else { "copy" },
+                    queues = a.xsks.len(),
+                    steering = steering.join(", "),
+                    "XDP input: mirror traffic on {name} is read before the IP stack ({} mode, {} sockets)",
+                    a.prog.mode(),
+                    if zero_copy { "zero-copy" } else { "copy" },
+                );
+                counters.set_error(None);
+                self.attached = Some(a);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    interface = name,
+                    error = %e,
+                    "XDP refused on {name}: the raw GRE and UDP sockets receive its mirror traffic instead"
+                );
+                counters.set_error(Some(format!(
+                    "XDP refused ({e}); the socket inputs receive instead"
+                )));
+            }
+        }
+    }
+
+    fn detach(&mut self, why: &str, counters: &InputCounters) {
+        if let Some(a) = self.attached.take() {
+            self.drops_before += a.stats().drops();
+            if let Ok(c) = a.prog.counters() {
+                tracing::info!(interface = self.name, ?c, "XDP program counters");
+            }
+        }
+        tracing::warn!(
+            interface = self.name,
+            "XDP input stopped ({why}); the socket inputs receive instead until it is back"
+        );
+        counters.set_error(Some(format!("{why}; the socket inputs receive instead")));
+    }
+
+    /// Once a second: counters, local addresses, the interface still being the same one; or,
+    /// detached, whether an interface of that name came (back).
+    fn tick(&mut self, counters: &InputCounters) {
+        let Some(a) = &mut self.attached else {
+            if let Ok(i) = tapwire_netio::ifindex(&self.name)
+                && Some(i) != self.tried_ifindex
+            {
+                self.attach(counters);
+            }
+            return;
+        };
+        match tapwire_netio::ifindex(&self.name) {
+            Ok(i) if i == a.prog.ifindex() => {}
+            _ => return self.detach(&format!("interface {} is gone", self.name), counters),
+        }
+        if let Ok(local) = xdp::local_addrs()
+            && local != a.local
+        {
+            match a.prog.set_dests(&expand_dests(&self.dests, &local)) {
+                Ok(()) => a.local = local,
+                Err(e) => tracing::warn!(interface = self.name, error = %e, "XDP destinations"),
+            }
+        }
+        let s = a.stats();
+        let drops = self.drops_before + s.drops();
+        counters.kernel_drops.store(drops, Ordering::Relaxed);
+        if drops > self.warned.0
+            && self
+                .warned
+                .1
+                .is_none_or(|t| t.elapsed() >= XDP_DROP_WARNING)
+        {
+            tracing::warn!(
+                interface = self.name,
+                dropped = drops - self.warned.0,
+                rx_ring_full = s.rx_ring_full,
+                rx_dropped = s.rx_dropped,
+                rx_fill_ring_empty_descs = s.rx_fill_ring_empty_descs,
+                "the kernel dropped frames for the XDP input (tapwire reads too slowly)"
+            );
+            self.warned = (drops, Some(Instant::now()));
+        }
+    }
+
+    fn run(
+        mut self,
+        index: usize,
+        counters: &InputCounters,
+        to_engine: &Sender<Batch>,
+        back_tx: &Sender<Payload>,
+        back_rx: &Receiver<Payload>,
+        stop: &AtomicBool,
+    ) {
+        let mut last_tick = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if last_tick.elapsed() >= XDP_TICK {
+                last_tick = Instant::now();
+                self.tick(counters);
+            }
+            let Some(a) = &mut self.attached else {
+                std::thread::sleep(POLL);
+                continue;
+            };
+            let mut frames = match empty_frames(back_rx) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(EngineGone) => return,
+            };
+            let mut failure = xsk::wait_any(&mut a.xsks, POLL).err();
+            let mut bytes = 0u64;
+            for x in &mut a.xsks {
+                if failure.is_some() {
+                    break;
+                }
+                let room = XDP_BATCH.saturating_sub(frames.frames.len() as u32);
+                let got = x.receive(room, |f| {
+                    let off = frames.data.len() as u32;
+                    frames.data.extend_from_slice(f.data);
+                    let len = f.data.len() as u32;
+                    frames.frames.push((off, len, len, f.ts_ns));
+                    bytes += u64::from(len);
+                });
+                failure = got.err();
+            }
+            if let Some(e) = failure {
+                let _ = back_tx.send(Payload::Frames(frames));
+                let why = if tapwire_netio::is_interface_gone(&e) {
+                    format!("interface {} is gone ({e})", self.name)
+                } else {
+                    e.to_string()
+                };
+                self.detach(&why, counters);
+                continue;
+            }
+            if frames.frames.is_empty() {
+                let _ = back_tx.send(Payload::Frames(frames));
+                continue;
+            }
+            counters
+                .packets
+                .fetch_add(frames.frames.len() as u64, Ordering::Relaxed);
+            counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
+                return;
+            }
+        }
+        if let Some(a) = &self.attached
+            && let Ok(c) = a.prog.counters()
+        {
+            tracing::info!(interface = self.name, ?c, "XDP program counters at exit");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_steers_what_the_socket_inputs_receive() {
+        let inputs = [
+            InputKind::GreV4(Ipv4Addr::UNSPECIFIED),
+            InputKind::GreV6("fd77::2".parse().unwrap()),
+            InputKind::Udp("[::]:4789".parse().unwrap()),
+            InputKind::Udp("10.77.0.2:6081".parse().unwrap()),
+            InputKind::Interface {
+                name: "eth1".into(),
+                worker: 0,
+                workers: 1,
+            },
+        ];
+        let dests = xdp_dests(&inputs);
+        assert_eq!(dests.len(), 4);
+        let local: Vec<IpAddr> = ["10.77.0.2", "192.0.2.7", "fd77::2", "fe80::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let got = expand_dests(&dests, &local);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let want = vec![
+            // 0.0.0.0: every IPv4 address.
+            Dest::Gre(ip("10.77.0.2")),
+            Dest::Gre(ip("192.0.2.7")),
+            // A specific IPv6 address: just it.
+            Dest::Gre(ip("fd77::2")),
+            // [::]:4789 is dual-stack: every address.
+            Dest::Udp(ip("10.77.0.2"), 4789),
+            Dest::Udp(ip("10.77.0.2"), 6081),
+            Dest::Udp(ip("192.0.2.7"), 4789),
+            Dest::Udp(ip("fd77::2"), 4789),
+            Dest::Udp(ip("fe80::1"), 4789),
+        ];
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want);
+        // GRE over IPv6 on :: takes only IPv6 addresses.
+        assert_eq!(
+            expand_dests(&[Dest::Gre(ip("::"))], &local),
+            vec![Dest::Gre(ip("fd77::2")), Dest::Gre(ip("fe80::1"))]
+        );
+    }
+
+    #[test]
+    fn umem_per_socket_shrinks_with_many_queues() {
+        for (queues, chunks) in [(1, 8192), (4, 8192), (8, 4096), (12, 2048), (64, 1024)] {
+            let c = xsk_config(queues);
+            assert_eq!(c.chunk_count, chunks, "{queues} queues");
+            c.validate().expect("valid");
         }
     }
 }

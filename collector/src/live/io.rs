@@ -5,11 +5,17 @@
 //! header and interface blocks that did not make it), reports per buffer which packets were
 //! written and which were lost, watches free space for the disk guard, notices files whose
 //! directory vanished, prunes old files and runs the on-finish command.
+//!
+//! A session's directory is an [`OutDir`]: a root trusted as given (`--out`, or an absolute
+//! directory of the configuration file) and a relative path beneath it, which every open,
+//! create and remove resolves again with openat2 `RESOLVE_BENEATH`, so that neither `..` nor
+//! a symlink (planted before the session was defined or after) leads a write out of the root.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tapwire_formats::index::{self, KeyLog};
 
 use crate::demux::SourceId;
 
@@ -86,12 +93,15 @@ pub struct Shared {
     dirs: Mutex<HashMap<PathBuf, Arc<DirState>>>,
     /// The guard when none is configured: min(256 MiB, 5 % of the file system).
     pub min_free_bytes: Option<u64>,
+    /// Capture files get an index beside them (`<file>.twidx`).
+    pub index: bool,
 }
 
 impl Shared {
-    pub fn new(min_free_bytes: Option<u64>) -> Self {
+    pub fn new(min_free_bytes: Option<u64>, index: bool) -> Self {
         Shared {
             min_free_bytes,
+            index,
             ..Shared::default()
         }
     }
@@ -123,6 +133,112 @@ impl Shared {
     }
 }
 
+/// Where a session's files go: `root` as given (created if missing: it is `--out` or the
+/// configuration file's choice), then `beneath` it, resolved by the kernel so that it never
+/// leaves `root` (openat2 `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`), whatever symlinks or
+/// `..` it meets, on every open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutDir {
+    pub root: PathBuf,
+    /// Relative; empty for `root` itself.
+    pub beneath: PathBuf,
+}
+
+impl OutDir {
+    /// A session's directory from its `dir` setting: none is `out`; an absolute one (only the
+    /// configuration file can give one) is its own root; a relative one is beneath `out`.
+    pub fn of(dir: Option<&Path>, out: &Path) -> OutDir {
+        match dir {
+            None => OutDir {
+                root: out.to_path_buf(),
+                beneath: PathBuf::new(),
+            },
+            Some(d) if d.is_absolute() => OutDir {
+                root: d.to_path_buf(),
+                beneath: PathBuf::new(),
+            },
+            Some(rel) => OutDir {
+                root: out.to_path_buf(),
+                beneath: rel.to_path_buf(),
+            },
+        }
+    }
+
+    /// The directory as a path, for messages, statvfs and on-finish commands.
+    pub fn path(&self) -> PathBuf {
+        if self.beneath.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(&self.beneath)
+        }
+    }
+
+    /// Opens the directory (creating what is missing when `create`), never outside `root`.
+    pub fn open(&self, create: bool) -> io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, open};
+        use nix::sys::stat::Mode;
+        if create {
+            std::fs::create_dir_all(&self.root)?;
+        }
+        let root = open(
+            &self.root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        if self.beneath.as_os_str().is_empty() {
+            return Ok(root);
+        }
+        match self.beneath_of(&root, &self.beneath) {
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => return r,
+        }
+        // Each missing directory is made in its parent, itself opened beneath the root: a
+        // symlink put in the way is resolved (and refused if it leads out) by the next open.
+        let parts: Vec<&std::ffi::OsStr> = self.beneath.iter().collect();
+        for i in 0..parts.len() {
+            let prefix: PathBuf = parts[..=i].iter().collect();
+            match self.beneath_of(&root, &prefix) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            let parent: PathBuf = parts[..i].iter().collect();
+            let parent = if parent.as_os_str().is_empty() {
+                root.try_clone()?
+            } else {
+                self.beneath_of(&root, &parent)?
+            };
+            match nix::sys::stat::mkdirat(&parent, parts[i], Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.beneath_of(&root, &self.beneath)
+    }
+
+    /// `rel` opened as a directory beneath `root`; a path that would leave it is refused.
+    fn beneath_of(&self, root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(root, rel, how).map_err(|e| match e {
+            nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} leads out of {} (a symlink or '..'): refused",
+                    rel.display(),
+                    self.root.display()
+                ),
+            ),
+            nix::errno::Errno::ENOSYS => io::Error::other(
+                "openat2 is not available: a directory beneath the output root needs Linux 5.6 or later",
+            ),
+            e => e.into(),
+        })
+    }
+}
+
 /// Keep at most `max_files` of a session's files, counting the one about to be opened.
 #[derive(Debug, Clone)]
 pub struct Prune {
@@ -136,7 +252,7 @@ pub enum Cmd {
     Open {
         file: FileId,
         session: Arc<str>,
-        dir: PathBuf,
+        dir: OutDir,
         stem: String,
         ext: &'static str,
         prune: Option<Prune>,
@@ -151,6 +267,8 @@ pub enum Cmd {
         /// The file header and interface blocks in `buf`: later records may need them, so
         /// they are kept until written.
         blocks: Vec<Range<usize>>,
+        /// The keys of `buf`'s packets by range, for the file's index.
+        index: Option<Box<KeyLog>>,
     },
     Close {
         file: FileId,
@@ -226,6 +344,12 @@ impl Extent {
         self.len
     }
 
+    /// Header and interface blocks handed over in buffers that were not written: they go
+    /// before the next buffer.
+    pub fn missing(&self) -> &[u8] {
+        &self.missing
+    }
+
     /// Writes the missing blocks and `buf` at the end of the good part. On failure the file is
     /// cut back to it (or will be before the next write) and `buf`'s `blocks` are kept.
     pub fn append(
@@ -278,6 +402,9 @@ struct Failure {
 
 struct OpenFile {
     path: PathBuf,
+    /// Where it is, to reopen or remove it beneath the same root.
+    dir: OutDir,
+    name: String,
     session: Arc<str>,
     /// `None` while closed to stay under the open-files bound; reopened when written again.
     file: Option<File>,
@@ -288,6 +415,105 @@ struct OpenFile {
     last_use: u64,
     /// Writes go out with RWF_DONTCACHE until the kernel or the file system refuses it.
     dontcache: bool,
+    /// The index beside it.
+    index: Option<Sidecar>,
+}
+
+/// A capture file's index (`<file>.twidx`), appended after each buffer of the capture is on
+/// disk, in whole records, so it never describes bytes a reader cannot find.
+struct Sidecar {
+    path: PathBuf,
+    /// Closed with the capture's handle, to stay under the open-files bound.
+    file: Option<File>,
+    /// Bytes of header and whole records on disk.
+    len: u64,
+    /// A write failed: nothing more is appended. Readers scan what it does not cover.
+    failed: bool,
+}
+
+impl Sidecar {
+    /// Creates the index of `capture` with its header.
+    fn create(capture: &Path) -> Option<Sidecar> {
+        let path = sidecar_path(capture);
+        let header = index::file::header();
+        let made = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&header).map(|()| f));
+        match made {
+            Ok(f) => Some(Sidecar {
+                path,
+                file: Some(f),
+                len: header.len() as u64,
+                failed: false,
+            }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the capture's index; queries will scan it");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Appends whole records; on failure the file is cut back to its last whole record and
+    /// left as it is.
+    fn append(&mut self, records: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        if self.failed || records.is_empty() {
+            return;
+        }
+        if self.file.is_none() {
+            match OpenOptions::new().write(true).open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => return self.fail(&e),
+            }
+        }
+        let Some(f) = self.file.as_ref() else { return };
+        match f.write_all_at(records, self.len) {
+            Ok(()) => self.len += records.len() as u64,
+            Err(e) => {
+                let _ = f.set_len(self.len);
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "index write failed; it stops here and queries scan the rest of the capture");
+        self.failed = true;
+        self.file = None;
+    }
+}
+
+/// `dir/x.pcapng` -> `dir/x.pcapng.twidx`.
+pub fn sidecar_path(capture: &Path) -> PathBuf {
+    let name = capture
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    capture.with_file_name(index::sidecar_name(&name))
+}
+
+/// The header and interface blocks in `b` (a run of them, as [`Extent::missing`] holds).
+fn meta_blocks(b: &[u8]) -> Vec<Range<usize>> {
+    use tapwire_formats::capture::pcapng::{self, Endian, Framed};
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let len = if tapwire_formats::capture::is_pcap(&b[at..]) {
+            tapwire_formats::capture::PcapFraming::FILE_HEADER
+        } else {
+            match pcapng::frame(&b[at..], Endian::native()) {
+                Framed::Block { len, .. } => len,
+                _ => break,
+            }
+        };
+        v.push(at..(at + len).min(b.len()));
+        at += len;
+    }
+    v
 }
 
 /// The real file as [`Storage`]: sequential writes from the known offset (an `lseek` only
@@ -376,18 +602,29 @@ impl DiskThread {
                 ext,
                 prune,
             } => {
-                if let Some(p) = &prune {
-                    prune_old(&dir, p);
-                }
                 self.make_room();
-                match create_unique(&dir, &stem, ext) {
-                    Ok((f, path)) => {
+                let created = dir.open(true).and_then(|handle| {
+                    if let Some(p) = &prune {
+                        prune_old(&handle, &dir.path(), p);
+                    }
+                    create_unique(&handle, &stem, ext)
+                });
+                match created {
+                    Ok((f, name)) => {
+                        let path = dir.path().join(&name);
                         self.n_open += 1;
                         self.tick += 1;
+                        let index = if self.shared.index {
+                            Sidecar::create(&path)
+                        } else {
+                            None
+                        };
                         self.files.insert(
                             file,
                             OpenFile {
                                 path: path.clone(),
+                                dir: dir.clone(),
+                                name,
                                 session: session.clone(),
                                 file: Some(f),
                                 pos: Some(0),
@@ -395,6 +632,7 @@ impl DiskThread {
                                 failed: false,
                                 last_use: self.tick,
                                 dontcache: true,
+                                index,
                             },
                         );
                         let _ = self.events.send(Event::Opened {
@@ -404,11 +642,12 @@ impl DiskThread {
                         });
                     }
                     Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot open capture file");
+                        let shown = dir.path();
+                        tracing::warn!(dir = %shown.display(), error = %e, "cannot open capture file");
                         let _ = self.events.send(Event::OpenFailed {
                             session,
                             file,
-                            error: format!("{}: {e}", dir.display()),
+                            error: format!("{}: {e}", shown.display()),
                         });
                     }
                 }
@@ -419,9 +658,10 @@ impl DiskThread {
                 buf,
                 tally,
                 blocks,
+                index,
             } => {
                 let n = buf.len() as u64;
-                match self.write(file, &buf, &blocks) {
+                match self.write(file, &buf, &blocks, index) {
                     Ok(()) => {
                         let _ = self.events.send(Event::Written {
                             session,
@@ -471,7 +711,18 @@ impl DiskThread {
                 let _ = f.extent.append(&mut s, &[], &[]);
             }
             if f.extent.len_bytes() == 0 {
-                match std::fs::remove_file(&f.path) {
+                if let Some(ix) = f.index.take() {
+                    let _ = std::fs::remove_file(&ix.path);
+                }
+                let removed = f.dir.open(false).and_then(|d| {
+                    nix::unistd::unlinkat(
+                        &d,
+                        f.name.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match removed {
                     Ok(()) => {
                         tracing::info!(path = %f.path.display(), "removed: nothing could be written to it")
                     }
@@ -481,13 +732,24 @@ impl DiskThread {
                 }
             }
         }
+        if let Some(ix) = f.index.as_mut() {
+            let mut end = Vec::new();
+            index::file::put_end(&mut end, f.extent.len_bytes());
+            ix.append(&end);
+            ix.file = None;
+        }
         if f.file.take().is_some() {
             self.n_open -= 1;
         }
         if let Some(cmd) = on_finish
             && f.extent.len_bytes() > 0
         {
-            self.spawn_on_finish(cmd, session, &f.path);
+            let index = f
+                .index
+                .as_ref()
+                .filter(|ix| !ix.failed)
+                .map(|ix| ix.path.as_path());
+            self.spawn_on_finish(cmd, session, &f.path, index);
         }
         let _ = self.events.send(Event::Closed {
             session: f.session,
@@ -500,7 +762,13 @@ impl DiskThread {
     /// Writes `buf` to file `id` right after its last good byte; on failure, why and what
     /// happened. A disk found full holds writing in that directory until the guard sees space
     /// again.
-    fn write(&mut self, id: FileId, buf: &[u8], blocks: &[Range<usize>]) -> Result<(), Failure> {
+    fn write(
+        &mut self,
+        id: FileId,
+        buf: &[u8],
+        blocks: &[Range<usize>],
+        keys: Option<Box<KeyLog>>,
+    ) -> Result<(), Failure> {
         let never = || Failure {
             loss: Loss::WriteError,
             error: "the file could not be created".into(),
@@ -524,10 +792,24 @@ impl DiskThread {
                     pos: &mut of.pos,
                     dontcache: &mut of.dontcache,
                 };
+                let before = of.extent.len_bytes();
+                let missing = of.extent.missing().to_vec();
                 let r = of.extent.append(&mut s, buf, blocks);
                 // Records written to a file removed meanwhile (its directory was deleted) are
                 // on no reader's disk: lost, not written.
                 unlinked = r.is_ok() && file.metadata().is_ok_and(|m| m.nlink() == 0);
+                if r.is_ok()
+                    && !unlinked
+                    && let Some(ix) = of.index.as_mut()
+                {
+                    match keys {
+                        Some(keys) => {
+                            ix.append(&index_records(before, &missing, buf, blocks, keys))
+                        }
+                        // A buffer without keys cannot be described: the index stops here.
+                        None => ix.fail(&io::Error::other("a buffer came without its keys")),
+                    }
+                }
                 if unlinked {
                     Err(io::Error::new(
                         io::ErrorKind::NotFound,
@@ -587,6 +869,9 @@ impl DiskThread {
                 break;
             };
             f.file = None;
+            if let Some(ix) = f.index.as_mut() {
+                ix.file = None;
+            }
             self.n_open -= 1;
         }
     }
@@ -598,8 +883,16 @@ impl DiskThread {
         let Some(f) = self.files.get_mut(&id) else {
             return Ok(());
         };
-        let h = OpenOptions::new().write(true).open(&f.path)?;
-        f.file = Some(h);
+        let dir = f.dir.open(false)?;
+        let h = nix::fcntl::openat(
+            &dir,
+            f.name.as_str(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        f.file = Some(File::from(h));
         f.pos = None;
         self.n_open += 1;
         Ok(())
@@ -623,6 +916,7 @@ impl DiskThread {
                 if !status.success() {
                     tracing::warn!(file = %path.display(), %status, "on-finish command failed");
                 }
+                drop_orphan_index(path);
                 false
             }
             Ok(None) => true,
@@ -630,16 +924,20 @@ impl DiskThread {
         });
     }
 
-    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path) {
-        let child = Command::new("sh")
+    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path, index: Option<&Path>) {
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(cmd)
             .arg("tapwire-on-finish")
             .arg(path)
             .env("TAPWIRE_FILE", path)
             .env("TAPWIRE_SESSION", session)
-            .stdin(Stdio::null())
-            .spawn();
+            .stdin(Stdio::null());
+        if let Some(ix) = index {
+            command.env("TAPWIRE_INDEX", ix);
+        }
+        let child = command.spawn();
         match child {
             Ok(c) => self.children.push((c, path.to_path_buf())),
             Err(e) => {
@@ -673,12 +971,9 @@ impl DiskThread {
 }
 
 /// How many capture files the disk thread keeps open: the descriptor limit less room for
-/// sockets, rings, TAPs, the API's connections and on-finish commands.
+/// sockets, rings, TAPs, on-finish commands and the API's share ([`crate::fds`]).
 fn max_open_files() -> usize {
-    const RESERVED: u64 = 256;
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    (soft.saturating_sub(RESERVED) as usize).clamp(16, 16_384)
+    crate::fds::capture_files(crate::fds::limit())
 }
 
 /// Raises the soft descriptor limit to the hard one: a collector with many sessions needs
@@ -773,10 +1068,10 @@ fn whole_pages_len(pos: u64, len: usize, page: u64) -> usize {
     boundary.saturating_sub(pos) as usize
 }
 
-/// Creates `dir/stem.ext`, or `stem_001.ext`, `stem_002.ext`... if taken. Creates `dir` if
-/// needed.
-fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
+/// Creates `stem.ext`, or `stem_001.ext`, `stem_002.ext`... if taken, in the directory `dir`;
+/// returns the file and its name. Never follows a symlink of that name (`O_EXCL`).
+fn create_unique(dir: &OwnedFd, stem: &str, ext: &str) -> io::Result<(File, String)> {
+    use nix::fcntl::{OFlag, openat};
     for n in 0..1000 {
         // Zero-padded so that names still sort in the order written.
         let name = if n == 0 {
@@ -784,11 +1079,16 @@ fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf
         } else {
             format!("{stem}_{n:03}.{ext}")
         };
-        let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((f, path)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+        match openat(
+            dir,
+            name.as_str(),
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), name)),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Err(io::Error::new(
@@ -798,11 +1098,13 @@ fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(File, PathBuf
 }
 
 /// Whether `name` is one of `session`'s files:
-/// `<session>_<YYYYmmddTHHMMSS>[.mmm]Z[_NNN].pcap[ng]`.
+/// `<session>_<YYYYmmddTHHMMSS>[.mmm]Z[_NNN].pcap[ng][.gz]`.
 pub fn is_session_file(name: &str, session: &str) -> bool {
     let Some(rest) = name.strip_prefix(session).and_then(|r| r.strip_prefix('_')) else {
         return false;
     };
+    // An on-finish command may have compressed it.
+    let rest = rest.strip_suffix(".gz").unwrap_or(rest);
     let Some(rest) = rest
         .strip_suffix(".pcapng")
         .or_else(|| rest.strip_suffix(".pcap"))
@@ -831,31 +1133,104 @@ pub fn is_session_file(name: &str, session: &str) -> bool {
             .is_some_and(|t| t.split(|c| *c == b'_').all(digits))
 }
 
-/// Deletes the oldest of a session's files so that, with the one about to be opened, at most
-/// `max_files` remain. Names sort in time order.
-fn prune_old(dir: &Path, p: &Prune) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+/// Deletes the oldest of a session's files in the directory `dir` (shown as `shown`) so that,
+/// with the one about to be opened, at most `max_files` remain. Names sort in time order. A
+/// capture, its compressed copy (an on-finish hook at work) and its index are one file; indexes
+/// left without their capture go too.
+fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
+    use nix::fcntl::OFlag;
+    let Ok(mut listing) = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
         return;
     };
-    let mut names: Vec<String> = rd
+    let mut present: std::collections::HashSet<String> = listing
+        .iter()
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| is_session_file(n, &p.session))
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
         .collect();
-    names.sort();
+    let mut stems: Vec<String> = present
+        .iter()
+        .filter(|n| is_session_file(n, &p.session))
+        .map(|n| n.strip_suffix(".gz").unwrap_or(n).to_string())
+        .collect();
+    stems.sort_unstable();
+    stems.dedup();
+    let unlink =
+        |name: &str| nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
     let keep = p.max_files.saturating_sub(1) as usize;
-    if names.len() > keep {
-        for n in &names[..names.len() - keep] {
-            match std::fs::remove_file(dir.join(n)) {
-                Ok(()) => tracing::info!(
-                    file = n,
-                    session = p.session,
-                    "removed: more than max_files"
-                ),
-                Err(e) => tracing::warn!(file = n, error = %e, "cannot remove old file"),
+    if stems.len() > keep {
+        for stem in &stems[..stems.len() - keep] {
+            for name in [stem.clone(), format!("{stem}.gz")] {
+                if !present.contains(&name) {
+                    continue;
+                }
+                match unlink(&name) {
+                    Ok(()) => {
+                        present.remove(&name);
+                        tracing::info!(
+                            file = name,
+                            dir = %shown.display(),
+                            session = p.session,
+                            "removed: more than max_files"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = name, dir = %shown.display(), error = %e, "cannot remove old file")
+                    }
+                }
             }
         }
     }
+    for name in present.iter() {
+        if let Some(stem) = name.strip_suffix(".twidx")
+            && is_session_file(stem, &p.session)
+            && !present.contains(stem)
+            && !present.contains(&format!("{stem}.gz"))
+            && unlink(name).is_ok()
+        {
+            tracing::debug!(index = name, dir = %shown.display(), "removed the index of a capture that is gone");
+        }
+    }
+}
+
+/// Removes the index of `capture` when neither the capture nor its compressed copy exists
+/// (max_files removed it, or an on-finish command moved or deleted it).
+fn drop_orphan_index(capture: &Path) {
+    let gz = capture.with_file_name(format!(
+        "{}.gz",
+        capture.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let index = sidecar_path(capture);
+    if !capture.exists() && !gz.exists() && std::fs::remove_file(&index).is_ok() {
+        tracing::debug!(index = %index.display(), "removed the index of a capture that is gone");
+    }
+}
+
+/// The index records of a buffer written at `before` (after the `missing` header and interface
+/// blocks of buffers that failed): their metadata blocks, then `keys`' ranges.
+fn index_records(
+    before: u64,
+    missing: &[u8],
+    buf: &[u8],
+    blocks: &[Range<usize>],
+    mut keys: Box<KeyLog>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let base = before + missing.len() as u64;
+    for r in meta_blocks(missing) {
+        index::file::put_meta(&mut out, before + r.start as u64, &missing[r]);
+    }
+    for r in blocks {
+        if let Some(b) = buf.get(r.clone()) {
+            index::file::put_meta(&mut out, base + r.start as u64, b);
+        }
+    }
+    keys.encode(base, (!missing.is_empty()).then_some(before), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -1088,7 +1463,7 @@ mod tests {
         let open = |file| Cmd::Open {
             file,
             session: session.clone(),
-            dir: dir.clone(),
+            dir: OutDir::of(Some(&dir), Path::new("/nonexistent")),
             stem: format!("s_2026010{file}T000000Z"),
             ext: "pcap",
             prune: None,
@@ -1097,8 +1472,9 @@ mod tests {
             file,
             session: session.clone(),
             buf: buf.to_vec(),
-            tally: vec![(3, 2)],
+            tally: vec![(SourceId::new(3, 0), 2)],
             blocks,
+            index: None,
         };
         disk.handle(open(1));
         let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
@@ -1107,7 +1483,7 @@ mod tests {
         disk.handle(write(1, b"HHHHr1r2", vec![0..4]));
         assert!(matches!(
             ev_rx.try_recv(),
-            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(3, 2)]
+            Ok(Event::Written { file: 1, ref tally, .. }) if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"HHHHr1r2");
         // Removed while open: the records would be on no reader's disk.
@@ -1130,7 +1506,7 @@ mod tests {
         assert!(matches!(
             ev_rx.try_recv(),
             Ok(Event::WriteFailed { file: 7, loss: Loss::WriteError, ref tally, .. })
-                if *tally == vec![(3, 2)]
+                if *tally == vec![(SourceId::new(3, 0), 2)]
         ));
         // Closed with nothing on disk and nothing to write: not left behind as an empty file.
         disk.handle(open(2));
@@ -1147,6 +1523,207 @@ mod tests {
             Ok(Event::Closed { bytes: 0, .. })
         ));
         assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Encodes `n` packets (and, first, `ifaces` new interfaces) into `enc`, logging their
+    /// keys as the engine does; returns the buffer, its metadata blocks and its keys.
+    fn indexed_buffer(
+        enc: &mut tapwire_formats::capture::Encoder,
+        ifaces: u32,
+        n: u8,
+    ) -> (Vec<u8>, Vec<Range<usize>>, Box<KeyLog>) {
+        use tapwire_formats::capture::{InterfaceInfo, LinkType, PacketInfo};
+        use tapwire_formats::index::FrameKeys;
+        let mut blocks = Vec::new();
+        if enc.pending_len() > 0 {
+            blocks.push(0..enc.pending_len());
+        }
+        let mut log = Box::new(KeyLog::new(0));
+        for _ in 0..ifaces {
+            let start = enc.pending_len();
+            enc.add_interface(&InterfaceInfo {
+                link: LinkType::Ethernet,
+                name: "i".into(),
+                description: String::new(),
+                snaplen: 65535,
+            })
+            .unwrap();
+            blocks.push(start..enc.pending_len());
+        }
+        for i in 0..n {
+            let mut frame = vec![0u8; 60];
+            frame[12..14].copy_from_slice(&[8, 0]);
+            frame[26..30].copy_from_slice(&[10, 0, 0, i]);
+            enc.packet(
+                0,
+                &PacketInfo {
+                    ts_ns: 1_000 + u64::from(i),
+                    orig_len: 60,
+                    data: &frame,
+                    direction: None,
+                    comment: None,
+                },
+            )
+            .unwrap();
+            let keys = FrameKeys::of(LinkType::Ethernet, &frame);
+            log.packet(enc.pending_len(), 1_000 + u64::from(i), 0, &keys, None);
+        }
+        let buf = std::mem::take(enc.buffer());
+        log.finish(buf.len());
+        (buf, blocks, log)
+    }
+
+    /// The disk thread writes each buffer's index records once the buffer is on disk: they
+    /// cover the file from its first byte to its last, name each header and interface block
+    /// where it is, and end with the capture's length when it is closed.
+    #[test]
+    fn the_index_follows_the_capture_written() {
+        use tapwire_formats::capture::{Encoder, Format};
+        use tapwire_formats::index::{Record, parse};
+        let dir = std::env::temp_dir().join(format!("tapwire-io-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let mut disk = DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::new(None, true)));
+        drop(cmd_tx);
+        let session: Arc<str> = "s".into();
+        disk.handle(Cmd::Open {
+            file: 1,
+            session: session.clone(),
+            dir: OutDir::of(Some(&dir), Path::new("/nonexistent")),
+            stem: "s_20260101T000000Z".into(),
+            ext: "pcapng",
+            prune: None,
+        });
+        let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
+            panic!("not opened");
+        };
+        let mut enc = Encoder::new(Format::Pcapng);
+        for (ifaces, n) in [(1, 3), (0, 200), (1, 2)] {
+            let (buf, blocks, log) = indexed_buffer(&mut enc, ifaces, n);
+            disk.handle(Cmd::Write {
+                file: 1,
+                session: session.clone(),
+                buf,
+                tally: vec![(SourceId::new(0, 0), u64::from(n))],
+                blocks,
+                index: Some(log),
+            });
+        }
+        disk.handle(Cmd::Close {
+            file: 1,
+            session: "s".into(),
+            on_finish: None,
+        });
+        let capture = std::fs::read(&path).unwrap();
+        let parsed = parse(&std::fs::read(sidecar_path(&path)).unwrap());
+        assert_eq!(parsed.stop, None);
+        let mut covered = 0;
+        let (mut metas, mut packets) = (0, 0);
+        for r in &parsed.records {
+            match r {
+                Record::Meta { offset, bytes } => {
+                    let at = *offset as usize;
+                    assert_eq!(&capture[at..at + bytes.len()], &bytes[..]);
+                    metas += 1;
+                }
+                Record::Block(b) => {
+                    assert_eq!(b.offset, covered, "ranges follow each other");
+                    covered = b.end();
+                    packets += b.n_packets;
+                }
+                Record::End { capture_len } => assert_eq!(*capture_len, capture.len() as u64),
+            }
+        }
+        assert_eq!(covered, capture.len() as u64);
+        assert_eq!((metas, packets), (3, 205));
+        assert!(matches!(parsed.records.last(), Some(Record::End { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Header and interface blocks of a buffer that failed go before the next one: its index
+    /// records name them where they landed, and its first range starts there.
+    #[test]
+    fn index_records_cover_the_blocks_of_a_failed_buffer() {
+        use tapwire_formats::capture::{Encoder, Format};
+        use tapwire_formats::index::{Record, parse};
+        let mut enc = Encoder::new(Format::Pcapng);
+        let (first, first_blocks, _) = indexed_buffer(&mut enc, 1, 2);
+        let mut x = Extent::default();
+        x.lost(&first, &first_blocks);
+        let (buf, blocks, log) = indexed_buffer(&mut enc, 1, 4);
+        let mut out = index::file::header().to_vec();
+        out.extend(index_records(0, x.missing(), &buf, &blocks, log));
+        let file = [x.missing(), &buf[..]].concat();
+        let parsed = parse(&out);
+        let metas: Vec<u64> = parsed
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Meta { offset, bytes } => {
+                    let at = *offset as usize;
+                    assert_eq!(&file[at..at + bytes.len()], &bytes[..]);
+                    Some(*offset)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(metas.len(), 3, "section header and the two interfaces");
+        let Some(Record::Block(b)) = parsed
+            .records
+            .iter()
+            .find(|r| matches!(r, Record::Block(_)))
+        else {
+            panic!("no range");
+        };
+        assert_eq!((b.offset, b.end(), b.n_packets), (0, file.len() as u64, 4));
+    }
+
+    #[test]
+    fn pruning_removes_indexes_with_their_captures() {
+        let dir = std::env::temp_dir().join(format!("tapwire-io-prune-ix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "s_20260101T000000Z.pcapng.gz",
+            "s_20260101T000000Z.pcapng.twidx",
+            "s_20260101T000001Z.pcapng",
+            "s_20260101T000001Z.pcapng.gz",
+            "s_20260101T000001Z.pcapng.twidx",
+            "s_20260101T000002Z.pcapng",
+            "s_20260101T000002Z.pcapng.twidx",
+            // An index whose capture an on-finish command moved away.
+            "s_20251231T000000Z.pcapng.twidx",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let h = OutDir::of(Some(&dir), Path::new("/nonexistent"))
+            .open(true)
+            .unwrap();
+        prune_old(
+            &h,
+            &dir,
+            &Prune {
+                session: "s".into(),
+                max_files: 2,
+            },
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // A capture and its compressed copy are one file: two files are removed, not three.
+        assert_eq!(
+            left,
+            [
+                "s_20260101T000002Z.pcapng",
+                "s_20260101T000002Z.pcapng.twidx"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1245,6 +1822,8 @@ mod tests {
         assert!(!is_session_file("web_2_20261121T054100Z.pcapng", "web"));
         assert!(is_session_file("web_2_20261121T054100Z.pcapng", "web_2"));
         assert!(!is_session_file("web_20261121T054100Z.txt", "web"));
+        assert!(is_session_file("web_20261121T054100Z.pcapng.gz", "web"));
+        assert!(!is_session_file("web_20261121T054100Z.pcapng.twidx", "web"));
         assert!(!is_session_file("webx_20261121T054100Z.pcapng", "web"));
         assert!(is_session_file(
             "10.0.0.5_erspan-ii_42_20261121T054100Z.pcapng",
@@ -1256,16 +1835,17 @@ mod tests {
     fn unique_names_and_pruning() {
         let dir = std::env::temp_dir().join(format!("tapwire-io-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (_, a) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
-        let (_, b) = create_unique(&dir, "s_20260101T000000Z", "pcapng").unwrap();
-        assert_ne!(a, b);
-        assert!(
-            b.to_string_lossy()
-                .ends_with("s_20260101T000000Z_001.pcapng")
-        );
-        create_unique(&dir, "s_20260101T000001Z", "pcapng").unwrap();
-        create_unique(&dir, "other_20260101T000000Z", "pcapng").unwrap();
+        let h = OutDir::of(Some(&dir), Path::new("/nonexistent"))
+            .open(true)
+            .unwrap();
+        let (_, a) = create_unique(&h, "s_20260101T000000Z", "pcapng").unwrap();
+        let (_, b) = create_unique(&h, "s_20260101T000000Z", "pcapng").unwrap();
+        assert_eq!(a, "s_20260101T000000Z.pcapng");
+        assert_eq!(b, "s_20260101T000000Z_001.pcapng");
+        create_unique(&h, "s_20260101T000001Z", "pcapng").unwrap();
+        create_unique(&h, "other_20260101T000000Z", "pcapng").unwrap();
         prune_old(
+            &h,
             &dir,
             &Prune {
                 session: "s".into(),
@@ -1293,5 +1873,105 @@ mod tests {
         names.sort();
         assert_eq!(names, sorted);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory beneath the output root stays beneath it: `..` and symlinks that lead out
+    /// are refused when the directory is made and on every later open, also a symlink put in
+    /// place of a directory after files were written there; one that stays inside is fine.
+    #[test]
+    fn files_are_created_beneath_the_root_whatever_symlinks_appear() {
+        use std::os::unix::fs::symlink;
+        let tmp = std::env::temp_dir().join(format!("tapwire-io-beneath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (out, outside) = (tmp.join("out"), tmp.join("outside"));
+        std::fs::create_dir_all(&outside).unwrap();
+        let at = |rel: &str| OutDir::of(Some(Path::new(rel)), &out);
+        // Relative means beneath the root, never the working directory.
+        assert_eq!(at("web/in").path(), out.join("web/in"));
+        assert_eq!(OutDir::of(Some(&outside), &out).path(), outside);
+        assert_eq!(OutDir::of(None, &out).path(), out);
+        at("web/in").open(true).unwrap();
+        assert!(out.join("web/in").is_dir());
+        symlink(&outside, out.join("abs")).unwrap();
+        symlink("../outside", out.join("rel")).unwrap();
+        symlink("web", out.join("alias")).unwrap();
+        for rel in ["abs", "rel", "abs/x", "rel/x/y", "web/../../outside"] {
+            let e = at(rel).open(true).unwrap_err();
+            assert!(e.to_string().contains("leads out of"), "{rel}: {e}");
+        }
+        at("alias/in").open(true).unwrap();
+
+        // The disk thread: a file is made in `late`, which is then replaced by a symlink out,
+        // with a file of the next name waiting there.
+        let (_cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let mut disk = DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::default()));
+        disk.max_open = 1;
+        let session: Arc<str> = "s".into();
+        let open = |file: FileId, rel: &str| Cmd::Open {
+            file,
+            session: session.clone(),
+            dir: at(rel),
+            stem: format!("s_2026010{file}T000000Z"),
+            ext: "pcap",
+            prune: Some(Prune {
+                session: "s".into(),
+                max_files: 1,
+            }),
+        };
+        disk.handle(open(1, "late"));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Opened { file: 1, .. })
+        ));
+        // A second file in the root closes the first's handle (max_open 1): it is reopened by
+        // name when written again.
+        disk.handle(open(2, ""));
+        assert!(matches!(
+            ev_rx.try_recv(),
+            Ok(Event::Opened { file: 2, .. })
+        ));
+        std::fs::rename(out.join("late"), tmp.join("late-moved")).unwrap();
+        symlink(&outside, out.join("late")).unwrap();
+        std::fs::write(outside.join("s_20260101T000000Z.pcap"), b"").unwrap();
+        std::fs::write(outside.join("s_20260109T000000Z.pcap"), b"keep").unwrap();
+        disk.handle(Cmd::Write {
+            file: 1,
+            session: session.clone(),
+            buf: b"HHHH".to_vec(),
+            tally: vec![(SourceId::new(0, 0), 1)],
+            blocks: vec![0..4],
+            index: None,
+        });
+        match ev_rx.try_recv() {
+            Ok(Event::WriteFailed { file: 1, error, .. }) => {
+                assert!(error.contains("leads out of"), "{error}")
+            }
+            other => panic!("write through the symlink: {other:?}"),
+        }
+        disk.handle(open(3, "late"));
+        match ev_rx.try_recv() {
+            Ok(Event::OpenFailed { file: 3, error, .. }) => {
+                assert!(error.contains("leads out of"), "{error}")
+            }
+            other => panic!("open through the symlink: {other:?}"),
+        }
+        // Nothing was written, created or pruned outside.
+        let mut names: Vec<String> = std::fs::read_dir(&outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["s_20260101T000000Z.pcap", "s_20260109T000000Z.pcap"]
+        );
+        assert_eq!(
+            std::fs::read(outside.join("s_20260101T000000Z.pcap")).unwrap(),
+            b""
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

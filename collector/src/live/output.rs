@@ -11,10 +11,11 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Sender;
 use rustc_hash::FxHashMap;
-use tapwire_formats::capture::{Encoder, Format, LinkType, PacketInfo};
+use tapwire_formats::capture::{Encoder, Format, InterfaceStats, LinkType, PacketInfo};
 use tapwire_formats::decap::SourceKey;
+use tapwire_formats::index::{FrameKeys, KeyLog, is_gap_comment};
 
-use super::io::{Cmd, DirState, FileId, Loss, Prune, Shared, Tally};
+use super::io::{Cmd, DirState, FileId, Loss, OutDir, Prune, Shared, Tally};
 use crate::config::{FilesConfig, RotateReason};
 use crate::demux::SourceId;
 use crate::offline::interface_info;
@@ -101,6 +102,43 @@ impl Ctx<'_> {
     }
 }
 
+/// A source's packets and sequence loss (what its gaps said was lost) as the engine has
+/// counted them so far, whatever their session did with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub packets: u64,
+    pub lost: u64,
+}
+
+/// A packet's source's counts before and after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub before: SourceCounts,
+    pub after: SourceCounts,
+}
+
+/// What one interface of a file saw: the statistics block written when the file ends.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    iface: u32,
+    start_ns: u64,
+    first: SourceCounts,
+    last: SourceCounts,
+}
+
+impl Span {
+    fn stats(&self, now_ns: u64) -> InterfaceStats {
+        InterfaceStats {
+            ts_ns: now_ns,
+            start_ns: Some(self.start_ns),
+            end_ns: Some(now_ns),
+            received: Some(self.last.packets.saturating_sub(self.first.packets)),
+            dropped: Some(self.last.lost.saturating_sub(self.first.lost)),
+            ..InterfaceStats::default()
+        }
+    }
+}
+
 struct Current {
     id: FileId,
     path: PathBuf,
@@ -109,12 +147,16 @@ struct Current {
     interfaces: FxHashMap<(SourceId, LinkType), (u32, usize)>,
     /// Per slot: the source, and its packets in the buffer not yet handed to the disk thread.
     slots: Vec<(SourceId, u64)>,
+    /// Per slot: what its interface saw, for the statistics block at the end.
+    spans: Vec<Span>,
     /// The file header and interface blocks in the buffer not yet handed over.
     blocks: Vec<Range<usize>>,
     opened_ns: u64,
     last_flush_ns: u64,
     bytes: u64,
     packets: u64,
+    /// The keys of the packets in the buffer, for the file's index (`None`: not indexed).
+    keys: Option<Box<KeyLog>>,
 }
 
 impl Current {
@@ -131,7 +173,7 @@ impl Current {
 pub struct FileOutput {
     session: Arc<str>,
     pub cfg: FilesConfig,
-    dir: PathBuf,
+    dir: OutDir,
     dir_state: Arc<DirState>,
     current: Option<Current>,
     pub files_finished: u64,
@@ -152,10 +194,10 @@ impl FileOutput {
         default_dir: &std::path::Path,
         shared: &Shared,
     ) -> Self {
-        let dir = cfg.dir.clone().unwrap_or_else(|| default_dir.to_path_buf());
+        let dir = OutDir::of(cfg.dir.as_deref(), default_dir);
         FileOutput {
             session: session.into(),
-            dir_state: shared.dir(&dir),
+            dir_state: shared.dir(&dir.path()),
             dir,
             cfg,
             current: None,
@@ -167,8 +209,9 @@ impl FileOutput {
         }
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
+    /// The directory, for display.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path()
     }
 
     pub fn current_path(&self) -> Option<&std::path::Path> {
@@ -189,6 +232,8 @@ impl FileOutput {
 
     /// Encodes one packet into the current file's buffer (opening a file first if none is
     /// open); it is pending until the disk thread reports its buffer written or lost.
+    /// `keys`: what the file's index records of the frame; `counted`: its source's counts, for
+    /// the statistics block at the file's end.
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
@@ -197,6 +242,8 @@ impl FileOutput {
         key: &SourceKey,
         link: LinkType,
         packet: &PacketInfo<'_>,
+        keys: &FrameKeys,
+        counted: Counted,
         now_ns: u64,
     ) -> Result<(), Refusal> {
         if self.dir_state.low.load(Ordering::Relaxed) {
@@ -227,6 +274,12 @@ impl FileOutput {
                     cur.bytes += (end - start) as u64;
                 }
                 cur.slots.push((source, 0));
+                cur.spans.push(Span {
+                    iface,
+                    start_ns: now_ns,
+                    first: counted.before,
+                    last: counted.before,
+                });
                 let known = (iface, cur.slots.len() - 1);
                 cur.interfaces.insert((source, link), known);
                 known
@@ -236,9 +289,15 @@ impl FileOutput {
         if cur.enc.packet(iface, packet).is_err() {
             return Err(Refusal::WriteError);
         }
-        cur.bytes += (cur.enc.pending_len() - before) as u64;
+        let end = cur.enc.pending_len();
+        cur.bytes += (end - before) as u64;
+        if let Some(log) = cur.keys.as_mut() {
+            let gap = packet.comment.filter(|c| is_gap_comment(c));
+            log.packet(end, packet.ts_ns, iface, keys, gap);
+        }
         cur.packets += 1;
         cur.slots[slot].1 += 1;
+        cur.spans[slot].last = counted.after;
         if cur.enc.pending_len() >= ctx.flush_bytes {
             self.flush(ctx, now_ns);
         }
@@ -289,15 +348,17 @@ impl FileOutput {
         }
         self.current = Some(Current {
             id,
-            path: self.dir.join(format!("{stem}.{ext}")),
+            path: self.dir.path().join(format!("{stem}.{ext}")),
             bytes: header as u64,
             enc,
             interfaces: FxHashMap::default(),
             slots: Vec::new(),
+            spans: Vec::new(),
             blocks,
             opened_ns: now_ns,
             last_flush_ns: now_ns,
             packets: 0,
+            keys: ctx.shared.index.then(|| Box::new(KeyLog::new(0))),
         });
     }
 
@@ -312,6 +373,11 @@ impl FileOutput {
         }
         let fresh = ctx.take_buffer();
         let buf = std::mem::replace(cur.enc.buffer(), fresh);
+        // The index ranges of this buffer; the next buffer's start at its offset 0.
+        let index = cur.keys.as_mut().map(|log| {
+            log.finish(buf.len());
+            std::mem::replace(log, Box::new(KeyLog::new(0)))
+        });
         ctx.shared
             .backlog_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -321,14 +387,23 @@ impl FileOutput {
             buf,
             tally: cur.take_tally(),
             blocks: std::mem::take(&mut cur.blocks),
+            index,
         });
     }
 
-    /// Flushes, closes the current file and lets the next packet open a new one.
+    /// Ends the current file with a statistics block per interface (what its source sent and
+    /// lost while the file was open), flushes, closes it and lets the next packet open a new
+    /// one.
     pub fn finish(&mut self, ctx: &mut Ctx<'_>, reason: RotateReason, now_ns: u64) {
-        if self.current.is_none() {
+        let Some(cur) = self.current.as_mut() else {
             return;
+        };
+        let before = cur.enc.pending_len();
+        for span in &cur.spans {
+            // The interface exists: it was added before its span.
+            let _ = cur.enc.statistics(span.iface, &span.stats(now_ns));
         }
+        cur.bytes += (cur.enc.pending_len() - before) as u64;
         self.flush(ctx, now_ns);
         if let Some(cur) = self.current.take() {
             tracing::debug!(session = &*self.session, path = %cur.path.display(), ?reason, "file finished");
@@ -418,7 +493,7 @@ impl FileOutput {
     /// without waiting for a retry (the error shows until it opens).
     pub fn vanished(&mut self, ctx: &mut Ctx<'_>, id: FileId, now_ns: u64) {
         if self.current.as_ref().is_some_and(|c| c.id == id) {
-            tracing::warn!(session = &*self.session, dir = %self.dir.display(), "capture file vanished; starting a new one");
+            tracing::warn!(session = &*self.session, dir = %self.dir.path().display(), "capture file vanished; starting a new one");
             self.finish(ctx, RotateReason::Requested, now_ns);
             self.backoff.reset();
         }
@@ -543,10 +618,12 @@ mod tests {
             for &source in sources {
                 out.write(
                     ctx,
-                    source,
+                    SourceId::new(source, 0),
                     &key(source),
                     LinkType::Ethernet,
                     &packet,
+                    &FrameKeys::default(),
+                    Counted::default(),
                     now_ns,
                 )?;
             }
@@ -572,15 +649,16 @@ mod tests {
         };
         // Section header, then the interfaces of sources 7 and 9.
         let (buf, tally, blocks) = &writes[0];
-        assert_eq!(tally, &vec![(7, 3), (9, 1)]);
+        let id = |slot| SourceId::new(slot, 0);
+        assert_eq!(tally, &vec![(id(7), 3), (id(9), 1)]);
         assert_eq!(blocks.len(), 3);
         assert_eq!(blocks[0].start, 0);
         assert_eq!(block_type(buf, &blocks[0]), 0x0A0D_0D0A);
         assert!(blocks[1..].iter().all(|b| block_type(buf, b) == 1));
         // No new interface in the second buffer.
-        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(9, 2)], 0));
+        assert_eq!((&writes[1].1, writes[1].2.len()), (&vec![(id(9), 2)], 0));
         // The file cannot be created: the packet still buffered is returned as lost.
-        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(11, 1)]);
+        assert_eq!(out.open_failed(1, "no".into(), 0), vec![(id(11), 1)]);
         assert!(!out.is_open());
         assert_eq!(out.error.as_deref(), Some("no"));
         // Held (packets refused) until the backoff passes, then a new file is tried.
@@ -590,6 +668,105 @@ mod tests {
         );
         write(&mut out, &mut ctx, &[11], RETRY_NS).unwrap();
         assert!(matches!(rx.try_recv(), Ok(Cmd::Open { file: 2, .. })));
+    }
+
+    /// A finished pcapng file ends with one statistics block per interface: its source's
+    /// packets and sequence loss between the file's first and last packet of it.
+    #[test]
+    fn finished_files_end_with_statistics_per_interface() {
+        use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as O;
+        use pcap_file::pcapng::{Block, PcapNgReader};
+        use tapwire_formats::decap::Kind;
+        let (io, rx) = crossbeam_channel::unbounded();
+        let shared = Shared::default();
+        let dir = std::env::temp_dir().join("tapwire-output-unit-never-created");
+        let mut out = FileOutput::new("s", FilesConfig::default(), &dir, &shared);
+        let (mut pool, mut next) = (Vec::new(), 1);
+        let mut ctx = Ctx {
+            io: &io,
+            shared: &shared,
+            pool: &mut pool,
+            next_file_id: &mut next,
+            flush_bytes: FLUSH_BYTES,
+        };
+        let frame = [0u8; 60];
+        let packet = PacketInfo {
+            ts_ns: 1,
+            orig_len: 60,
+            data: &frame,
+            direction: None,
+            comment: None,
+        };
+        let key = |id| SourceKey {
+            src: "10.0.0.5".parse().unwrap(),
+            kind: Kind::ErspanII,
+            id,
+        };
+        let counts = |packets, lost| SourceCounts { packets, lost };
+        // Source 7: packets 11-13 of it, the 12th after a gap of 4. Source 9: one packet, its
+        // 101st, after 100 the session did not write.
+        for (source, before, after, now) in [
+            (7, counts(10, 2), counts(11, 2), 5),
+            (9, counts(100, 0), counts(101, 0), 6),
+            (7, counts(11, 2), counts(12, 6), 7),
+            (7, counts(12, 6), counts(13, 6), 8),
+        ] {
+            out.write(
+                &mut ctx,
+                SourceId::new(source, 0),
+                &key(source),
+                LinkType::Ethernet,
+                &packet,
+                &FrameKeys::default(),
+                Counted { before, after },
+                now,
+            )
+            .unwrap();
+        }
+        out.finish(&mut ctx, RotateReason::Shutdown, 20);
+        let bytes: Vec<u8> = rx
+            .try_iter()
+            .filter_map(|c| match c {
+                Cmd::Write { buf, .. } => Some(buf),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut isbs = Vec::new();
+        let mut last_is_isb = false;
+        while let Some(block) = r.next_block() {
+            let (block, _) = block.unwrap();
+            last_is_isb = matches!(block, Block::InterfaceStatistics(_));
+            if let Block::InterfaceStatistics(isb) = block {
+                isbs.push((isb.interface_id, isb.into_owned().options));
+            }
+        }
+        assert!(last_is_isb, "the statistics end the file");
+        let ns = std::time::Duration::from_nanos;
+        assert_eq!(
+            isbs,
+            vec![
+                (
+                    0,
+                    vec![
+                        O::IsbStartTime(ns(5)),
+                        O::IsbEndTime(ns(20)),
+                        O::IsbIfRecv(3),
+                        O::IsbIfDrop(4)
+                    ]
+                ),
+                (
+                    1,
+                    vec![
+                        O::IsbStartTime(ns(6)),
+                        O::IsbEndTime(ns(20)),
+                        O::IsbIfRecv(1),
+                        O::IsbIfDrop(0)
+                    ]
+                ),
+            ]
+        );
     }
 
     #[test]

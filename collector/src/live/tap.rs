@@ -5,7 +5,8 @@
 //! thread drains into the device. When the queue is full the frame is dropped for this TAP only
 //! and counted (`tap_dropped`); files and other outputs are unaffected.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,8 +14,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tapwire_formats::capture::LinkType;
 use tapwire_formats::wire::ethernet::{self, EtherType};
 
+use crate::config::{NETNS_DIR, validate_netns_name};
 pub use crate::config::{TapConfig, validate_tap_name as validate_name};
-use crate::filter::InnerFilter;
+use crate::filter::Filter;
 
 /// Counters of one TAP output.
 #[derive(Debug, Default)]
@@ -32,7 +34,7 @@ pub struct TapCounters {
 pub struct TapOutput {
     pub config: TapConfig,
     pub counters: Arc<TapCounters>,
-    filter: Option<InnerFilter>,
+    filter: Option<Filter>,
     /// `None` once dropping: the writer sees the queue close, finishes, and closes the device.
     queue: Option<Sender<Vec<u8>>>,
     free: Receiver<Vec<u8>>,
@@ -57,12 +59,8 @@ impl TapOutput {
     /// interface that is not a TAP is refused: tapwire never takes over a foreign interface.
     pub fn start(config: TapConfig) -> Result<TapOutput, String> {
         validate_name(&config.name)?;
-        let filter = config
-            .filter
-            .as_deref()
-            .map(InnerFilter::compile)
-            .transpose()
-            .map_err(|e| format!("filter: {e}"))?;
+        // Compiled when the definition was checked.
+        let filter = config.filter.clone();
         let (device, created) = open_in(config.netns.as_deref(), &config)?;
         let counters = Arc::new(TapCounters::default());
         let (queue, rx) = bounded::<Vec<u8>>(config.queue_frames);
@@ -161,14 +159,15 @@ fn writer(
 /// descriptor keeps working from any namespace afterwards.
 fn open_in(netns: Option<&str>, config: &TapConfig) -> Result<(tun_rs::SyncDevice, bool), String> {
     let Some(ns) = netns else { return open(config) };
-    let path = netns_path(ns);
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("network namespace {}: {e}", path.display()))?;
+    let file = open_netns(ns)?;
     let config = config.clone();
+    let ns = ns.to_string();
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("enter network namespace {}: {e}", path.display()))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                tracing::debug!(netns = ns, error = %e, "setns refused");
+                unavailable(&ns)
+            })?;
             open(&config)
         })
         .join()
@@ -176,12 +175,39 @@ fn open_in(netns: Option<&str>, config: &TapConfig) -> Result<(tun_rs::SyncDevic
     })
 }
 
-fn netns_path(ns: &str) -> PathBuf {
+/// The namespace file of `ns`: a name is looked up in [`NETNS_DIR`] only (no symlink
+/// followed), and whatever is wrong with it gets one message, so that no one learns which
+/// files exist; a path (the configuration file's own) is opened as given.
+fn open_netns(ns: &str) -> Result<OwnedFd, String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::Mode;
     if ns.contains('/') {
-        PathBuf::from(ns)
-    } else {
-        Path::new("/var/run/netns").join(ns)
+        return open(
+            Path::new(ns),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("network namespace {ns}: {e}"));
     }
+    validate_netns_name(ns)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    open(
+        Path::new(NETNS_DIR),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|dir| openat2(&dir, ns, how))
+    .map_err(|e| {
+        tracing::debug!(netns = ns, error = %e, "network namespace not opened");
+        unavailable(ns)
+    })
+}
+
+/// The one answer for a namespace name that cannot be entered, whatever the reason.
+fn unavailable(ns: &str) -> String {
+    format!("network namespace {ns:?} is not available (see `ip netns list`)")
 }
 
 fn open(config: &TapConfig) -> Result<(tun_rs::SyncDevice, bool), String> {
@@ -225,6 +251,22 @@ mod tests {
         assert!(validate_name("this-name-is-too-long").is_err());
         assert!(validate_name("a/b").is_err());
         assert!(validate_name("").is_err());
+    }
+
+    /// A namespace name is only ever looked up in the namespace directory, and what is wrong
+    /// with it is not told: a missing one reads as any other that cannot be entered.
+    #[test]
+    fn a_namespace_name_that_cannot_be_entered_tells_nothing_more() {
+        let missing = "tapwire-unit-no-such-namespace";
+        assert_eq!(
+            open_netns(missing).unwrap_err(),
+            format!("network namespace {missing:?} is not available (see `ip netns list`)")
+        );
+        assert!(
+            open_netns("..")
+                .unwrap_err()
+                .contains("1 to 255 characters")
+        );
     }
 
     #[test]

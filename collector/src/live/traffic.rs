@@ -4,51 +4,31 @@
 use std::net::IpAddr;
 
 use tapwire_api_types::{ProtocolMix, Talker};
-use tapwire_formats::capture::LinkType;
-use tapwire_formats::wire::ethernet::{EtherType, Frame};
+use tapwire_formats::index::keys::{Class, L3};
 
-/// Counts one inner frame in `mix`; returns its source address when it is IP.
-pub fn classify(mix: &mut ProtocolMix, link: LinkType, frame: &[u8]) -> Option<IpAddr> {
-    let ip = match link {
-        LinkType::Raw => frame,
-        _ => {
-            let u = Frame::new_checked(frame).ok()?.untag().ok();
-            match u.map(|u| (u.ethertype, u.offset)) {
-                Some((EtherType::Ipv4 | EtherType::Ipv6, off)) => frame.get(off..)?,
-                Some((EtherType::Arp, _)) => {
-                    mix.arp += 1;
-                    return None;
-                }
-                _ => {
-                    mix.other += 1;
-                    return None;
-                }
-            }
+/// Counts one inner frame, as [`tapwire_formats::index::Inner::parse`] classified it, in
+/// `mix`; returns its source address when it is IP.
+pub fn classify(mix: &mut ProtocolMix, class: &Class) -> Option<IpAddr> {
+    match class.l3 {
+        L3::Ipv4 => mix.ipv4 += 1,
+        L3::Ipv6 => mix.ipv6 += 1,
+        L3::Arp => {
+            mix.arp += 1;
+            return None;
         }
-    };
-    let (proto, src) = match ip.first().map(|b| b >> 4) {
-        Some(4) if ip.len() >= 20 => {
-            mix.ipv4 += 1;
-            (ip[9], IpAddr::from([ip[12], ip[13], ip[14], ip[15]]))
-        }
-        Some(6) if ip.len() >= 40 => {
-            mix.ipv6 += 1;
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&ip[8..24]);
-            (ip[6], IpAddr::from(a))
-        }
-        _ => {
+        L3::Other => {
             mix.other += 1;
             return None;
         }
-    };
-    match proto {
-        6 => mix.tcp += 1,
-        17 => mix.udp += 1,
-        1 | 58 => mix.icmp += 1,
+        L3::Uncounted => return None,
+    }
+    match class.proto {
+        Some(6) => mix.tcp += 1,
+        Some(17) => mix.udp += 1,
+        Some(1 | 58) => mix.icmp += 1,
         _ => {}
     }
-    Some(src)
+    class.src
 }
 
 /// The heaviest inner sources by bytes, kept with the space-saving algorithm: a bounded table
@@ -96,6 +76,12 @@ impl Talkers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tapwire_formats::capture::LinkType;
+    use tapwire_formats::index::Inner;
+
+    fn count(m: &mut ProtocolMix, link: LinkType, frame: &[u8]) -> Option<IpAddr> {
+        classify(m, &Inner::parse(link, frame).class)
+    }
 
     fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 12];
@@ -111,19 +97,19 @@ mod tests {
             0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
         ];
         assert_eq!(
-            classify(&mut m, LinkType::Ethernet, &eth(0x0800, &v4)),
+            count(&mut m, LinkType::Ethernet, &eth(0x0800, &v4)),
             Some(IpAddr::from([10, 0, 0, 1]))
         );
         v4[9] = 17;
-        classify(&mut m, LinkType::Raw, &v4);
+        count(&mut m, LinkType::Raw, &v4);
         let mut tagged = vec![0x00, 0x64, 0x08, 0x00];
         tagged.extend_from_slice(&v4);
-        classify(&mut m, LinkType::Ethernet, &eth(0x8100, &tagged));
-        classify(&mut m, LinkType::Ethernet, &eth(0x0806, &[0; 28]));
-        classify(&mut m, LinkType::Ethernet, &eth(0x88cc, &[0; 28]));
+        count(&mut m, LinkType::Ethernet, &eth(0x8100, &tagged));
+        count(&mut m, LinkType::Ethernet, &eth(0x0806, &[0; 28]));
+        count(&mut m, LinkType::Ethernet, &eth(0x88cc, &[0; 28]));
         let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 58, 64];
         v6.extend_from_slice(&[0; 32]);
-        classify(&mut m, LinkType::Ethernet, &eth(0x86dd, &v6));
+        count(&mut m, LinkType::Ethernet, &eth(0x86dd, &v6));
         assert_eq!(
             m,
             ProtocolMix {

@@ -158,8 +158,8 @@ pub trait Transaction {
     /// Audit rows with an id above `after`, oldest first.
     fn list_audit(&mut self, after: i64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 
-    /// Every token not revoked: (name, role, SHA-256 of the secret).
-    fn active_tokens(&mut self) -> Result<Vec<(String, Role, Vec<u8>)>, StoreError>;
+    /// Every token not revoked.
+    fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError>;
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError>;
     fn has_admin(&mut self) -> Result<bool, StoreError>;
     /// Whether a token of this name exists, revoked or not (names are never reused).
@@ -252,11 +252,24 @@ pub struct AuditRow<'a> {
     pub collector: Option<&'a str>,
 }
 
+/// A token that is not revoked, as authentication needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveToken {
+    pub name: String,
+    pub role: Role,
+    /// The probe a probe token is bound to.
+    pub probe: Option<String>,
+    /// SHA-256 of the secret.
+    pub hash: Vec<u8>,
+}
+
 /// A token to store: only the hash of its secret.
 #[derive(Debug, Clone, Copy)]
 pub struct NewToken<'a> {
     pub name: &'a str,
     pub role: Role,
+    /// The probe a probe token is bound to (it may act as no other).
+    pub probe: Option<&'a str>,
     pub hash: &'a [u8],
     pub created: &'a str,
     pub created_by: &'a str,

@@ -27,8 +27,8 @@ use tokio_postgres::config::SslMode;
 
 use super::sqlite::{encap_name, parse_encap};
 use super::{
-    AuditRow, CatalogFile, FileState, Heartbeat, Listener, Load, NewToken, Store, StoreError,
-    StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
+    ActiveToken, AuditRow, CatalogFile, FileState, Heartbeat, Listener, Load, NewToken, Store,
+    StoreError, StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
 };
 
 /// The schema, one step per entry, in the same order as [`super::sqlite::MIGRATIONS`]; never
@@ -86,7 +86,10 @@ pub const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
-    // 2: the fleet.
+    // 2: a probe token is bound to one probe. (SQLite's step 2 also takes commands and paths
+    // out of stored sessions; no PostgreSQL database held sessions before this step.)
+    "ALTER TABLE tokens ADD COLUMN probe TEXT;",
+    // 3: the fleet.
     "ALTER TABLE sessions ADD COLUMN pin TEXT;
     ALTER TABLE sessions ADD COLUMN owner TEXT;
     ALTER TABLE audit ADD COLUMN collector TEXT;
@@ -108,7 +111,7 @@ pub const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL
     );
     INSERT INTO fleet (id, version) VALUES (1, 0);",
-    // 3: the catalog of capture files.
+    // 4: the catalog of capture files.
     "CREATE TABLE files (
         id BIGSERIAL PRIMARY KEY,
         collector TEXT NOT NULL,
@@ -798,16 +801,21 @@ impl Transaction for PgTx<'_> {
     // -----------------------------------------------------------------------------------------
     // Tokens
 
-    fn active_tokens(&mut self) -> Result<Vec<(String, Role, Vec<u8>)>, StoreError> {
+    fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError> {
         let rows = self.rows(
-            "SELECT name, role, hash FROM tokens WHERE revoked_at IS NULL",
+            "SELECT name, role, hash, probe FROM tokens WHERE revoked_at IS NULL",
             &[],
         )?;
         let mut out = Vec::new();
         for r in &rows {
             let role: String = get(r, 1)?;
             if let Some(role) = Role::parse(&role) {
-                out.push((get(r, 0)?, role, get(r, 2)?));
+                out.push(ActiveToken {
+                    name: get(r, 0)?,
+                    role,
+                    hash: get(r, 2)?,
+                    probe: get(r, 3)?,
+                });
             }
         }
         Ok(out)
@@ -815,7 +823,7 @@ impl Transaction for PgTx<'_> {
 
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = self.rows(
-            "SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id",
+            "SELECT name, role, created_at, created_by, revoked_at, probe FROM tokens ORDER BY id",
             &[],
         )?;
         all(rows, |r| {
@@ -826,6 +834,7 @@ impl Transaction for PgTx<'_> {
                 created: get(r, 2)?,
                 created_by: get(r, 3)?,
                 revoked: get(r, 4)?,
+                probe: get(r, 5)?,
                 token: None,
             })
         })
@@ -848,8 +857,8 @@ impl Transaction for PgTx<'_> {
 
     fn insert_token(&mut self, t: &NewToken<'_>) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
-            &[&t.name, &t.role.name(), &t.hash, &t.created, &t.created_by],
+            "INSERT INTO tokens (name, role, hash, created_at, created_by, probe) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&t.name, &t.role.name(), &t.hash, &t.created, &t.created_by, &t.probe],
         )?;
         Ok(())
     }

@@ -14,7 +14,7 @@ use tapwire_api_types::control::{AuditEntry, Role, TokenInfo};
 use tapwire_api_types::probe::Encapsulation;
 
 use super::{
-    AuditRow, CatalogFile, FileState, Heartbeat, Load, NewToken, Store, StoreError,
+    ActiveToken, AuditRow, CatalogFile, FileState, Heartbeat, Load, NewToken, Store, StoreError,
     StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
 };
 
@@ -72,7 +72,39 @@ pub const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
-    // 2: the fleet: collectors with leases, where each session runs, who served each change,
+    // 2: a probe token is bound to one probe (those made before were usable only as the probe
+    // of their own name, which is what they are bound to); and what the API may no longer
+    // define is taken out of the stored sessions, each with an audit row that names the
+    // fields and not their values: on-finish commands (they ran as the collector), directories
+    // that are absolute or climb with '..', namespace paths.
+    "ALTER TABLE tokens ADD COLUMN probe TEXT;
+    UPDATE tokens SET probe = name WHERE role = 'probe';
+    CREATE TEMP TABLE legacy AS SELECT name,
+        coalesce(json_valid(files) AND json_type(files, '$.on_finish') IS NOT NULL, 0) AS command,
+        coalesce(json_valid(files) AND json_type(files, '$.dir') = 'text' AND (
+            json_extract(files, '$.dir') LIKE '/%'
+            OR json_extract(files, '$.dir') = ''
+            OR '/' || json_extract(files, '$.dir') || '/' LIKE '%/../%'), 0) AS dir,
+        coalesce(json_valid(tap) AND json_type(tap, '$.netns') = 'text'
+            AND instr(json_extract(tap, '$.netns'), '/') > 0, 0) AS netns
+        FROM sessions;
+    DELETE FROM legacy WHERE NOT (command OR dir OR netns);
+    INSERT INTO audit (at, token, role, action, target, detail)
+        SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'upgrade', 'admin', 'session.update', name,
+            json_object('removed', rtrim(
+                CASE WHEN command THEN 'files.on_finish ' ELSE '' END
+                || CASE WHEN dir THEN 'files.dir ' ELSE '' END
+                || CASE WHEN netns THEN 'tap.netns' ELSE '' END),
+              'why', 'the API may no longer run commands or name paths: name a hook of the configuration file, a directory beneath --out, a namespace of ip netns')
+        FROM legacy ORDER BY name;
+    UPDATE sessions SET files = json_remove(files, '$.on_finish')
+        WHERE name IN (SELECT name FROM legacy WHERE command);
+    UPDATE sessions SET files = json_remove(files, '$.dir')
+        WHERE name IN (SELECT name FROM legacy WHERE dir);
+    UPDATE sessions SET tap = json_remove(tap, '$.netns')
+        WHERE name IN (SELECT name FROM legacy WHERE netns);
+    DROP TABLE legacy;",
+    // 3: the fleet: collectors with leases, where each session runs, who served each change,
     // the change counter.
     "ALTER TABLE sessions ADD COLUMN pin TEXT;
     ALTER TABLE sessions ADD COLUMN owner TEXT;
@@ -95,7 +127,7 @@ pub const MIGRATIONS: &[&str] = &[
         version INTEGER NOT NULL
     );
     INSERT INTO fleet (id, version) VALUES (1, 0);",
-    // 3: the catalog of capture files. `files_session_time` answers "the files of session S
+    // 4: the catalog of capture files. `files_session_time` answers "the files of session S
     // that overlap [from, to]" from the index.
     "CREATE TABLE files (
         id INTEGER PRIMARY KEY,
@@ -168,7 +200,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating) the database at `path` and brings its schema up to date. The file and
-    /// its -wal and -shm files are its owner's alone ([`restrict_files`]).
+    /// its -wal and -shm files are its owner's alone (see `restrict_files`).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let open = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
@@ -417,19 +449,24 @@ impl Transaction for SqliteTx<'_> {
     // -----------------------------------------------------------------------------------------
     // Tokens
 
-    fn active_tokens(&mut self) -> Result<Vec<(String, Role, Vec<u8>)>, StoreError> {
+    fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError> {
         let mut st = self
             .0
-            .prepare("SELECT name, role, hash FROM tokens WHERE revoked_at IS NULL")?;
+            .prepare("SELECT name, role, hash, probe FROM tokens WHERE revoked_at IS NULL")?;
         let rows = st.query_map([], |r| {
             let role: String = r.get(1)?;
-            Ok((r.get(0)?, role, r.get(2)?))
+            Ok((r.get(0)?, role, r.get(2)?, r.get(3)?))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, hash): (String, String, Vec<u8>) = row?;
+            let (name, role, hash, probe): (String, String, Vec<u8>, Option<String>) = row?;
             if let Some(role) = Role::parse(&role) {
-                out.push((name, role, hash));
+                out.push(ActiveToken {
+                    name,
+                    role,
+                    probe,
+                    hash,
+                });
             }
         }
         Ok(out)
@@ -437,13 +474,14 @@ impl Transaction for SqliteTx<'_> {
 
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError> {
         let mut st = self.0.prepare(
-            "SELECT name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id",
+            "SELECT name, role, created_at, created_by, revoked_at, probe FROM tokens ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             let role: String = r.get(1)?;
             Ok(TokenInfo {
                 name: r.get(0)?,
                 role: Role::parse(&role).unwrap_or(Role::Viewer),
+                probe: r.get(5)?,
                 created: r.get(2)?,
                 created_by: r.get(3)?,
                 revoked: r.get(4)?,
@@ -475,8 +513,8 @@ impl Transaction for SqliteTx<'_> {
 
     fn insert_token(&mut self, t: &NewToken<'_>) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![t.name, t.role.name(), t.hash, t.created, t.created_by],
+            "INSERT INTO tokens (name, role, hash, created_at, created_by, probe) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.name, t.role.name(), t.hash, t.created, t.created_by, t.probe],
         )?;
         Ok(())
     }

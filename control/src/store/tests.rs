@@ -24,7 +24,7 @@ pub(crate) fn pg_url(tag: &str) -> Option<String> {
 pub(crate) struct Backend {
     pub(crate) location: Location,
     /// Holds the SQLite file; removed with the backend.
-    pub(crate) _dir: tapwire_tests::TempDir,
+    pub(crate) dir: tapwire_tests::TempDir,
 }
 
 impl Backend {
@@ -32,14 +32,14 @@ impl Backend {
         let dir = tapwire_tests::TempDir::new(tag);
         Backend {
             location: Location::Sqlite(dir.join("c.db")),
-            _dir: dir,
+            dir,
         }
     }
 
     pub(crate) fn postgres(tag: &str) -> Option<Backend> {
         Some(Backend {
             location: Location::Postgres(pg_url(tag)?),
-            _dir: tapwire_tests::TempDir::new(tag),
+            dir: tapwire_tests::TempDir::new(tag),
         })
     }
 

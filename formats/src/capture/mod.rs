@@ -4,14 +4,18 @@
 //! the link-type handling, lenient record decoding and the tapwire-specific metadata (one
 //! interface per source, direction flags, comments on gaps and truncation).
 
+pub mod pcapng;
 mod reader;
+pub mod walk;
 mod writer;
 
 pub use reader::{
     CaptureReader, PcapFraming, PcapParse, PcapSlice, ReadError, Record, RecordHeader, SkipReason,
     is_pcap,
 };
-pub use writer::{EncodeError, Encoder, Format, InterfaceInfo, PacketInfo, SNAPLEN};
+pub use writer::{
+    EncodeError, Encoder, Format, InterfaceInfo, InterfaceStats, PacketInfo, SNAPLEN,
+};
 
 use core::fmt;
 

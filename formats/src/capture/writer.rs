@@ -91,6 +91,28 @@ pub struct PacketInfo<'a> {
     pub comment: Option<&'a str>,
 }
 
+/// One interface's counters at a moment: a pcapng Interface Statistics Block. Each count is
+/// from the start of the capture (`start_ns`) to `end_ns`; absent ones are left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterfaceStats {
+    /// When the counts were taken (the block's timestamp), nanoseconds since the epoch.
+    pub ts_ns: u64,
+    /// `isb_starttime`.
+    pub start_ns: Option<u64>,
+    /// `isb_endtime`.
+    pub end_ns: Option<u64>,
+    /// `isb_ifrecv`: packets the interface received.
+    pub received: Option<u64>,
+    /// `isb_ifdrop`: packets the interface lost.
+    pub dropped: Option<u64>,
+    /// `isb_filteraccept`: packets the capture filter accepted.
+    pub filter_accepted: Option<u64>,
+    /// `isb_osdrop`: packets lost between the interface and the reader.
+    pub os_dropped: Option<u64>,
+    /// `isb_usrdeliv`: packets delivered to the reader.
+    pub delivered: Option<u64>,
+}
+
 enum Kind {
     Pcap {
         nanos: bool,
@@ -220,6 +242,18 @@ impl Encoder {
     /// buffer.
     #[inline]
     pub fn packet(&mut self, interface: u32, p: &PacketInfo<'_>) -> Result<(), EncodeError> {
+        self.packet_after_drops(interface, p, None)
+    }
+
+    /// [`Encoder::packet`], with pcapng's `epb_dropcount`: how many packets were lost between
+    /// the previous one and this (pcap has no place for it and leaves it out).
+    #[inline]
+    pub fn packet_after_drops(
+        &mut self,
+        interface: u32,
+        p: &PacketInfo<'_>,
+        drop_count: Option<u64>,
+    ) -> Result<(), EncodeError> {
         if interface as usize >= self.links.len() {
             return Err(EncodeError::NoInterface(interface));
         }
@@ -252,10 +286,38 @@ impl Encoder {
                         "comment longer than a pcapng option (65535 bytes)".into(),
                     ));
                 }
-                write_epb(w.get_mut(), interface, orig_len, p);
+                write_epb(w.get_mut(), interface, orig_len, p, drop_count);
                 Ok(())
             }
         }
+    }
+
+    /// Appends an Interface Statistics Block for `interface` (pcapng; classic pcap has no
+    /// place for statistics and writes nothing). Like every block it is appended whole.
+    pub fn statistics(&mut self, interface: u32, s: &InterfaceStats) -> Result<(), EncodeError> {
+        self.statistics_with_comment(interface, s, None)
+    }
+
+    /// [`Encoder::statistics`] with an `opt_comment` (a live stream's last blocks say why it
+    /// ended).
+    pub fn statistics_with_comment(
+        &mut self,
+        interface: u32,
+        s: &InterfaceStats,
+        comment: Option<&str>,
+    ) -> Result<(), EncodeError> {
+        if interface as usize >= self.links.len() {
+            return Err(EncodeError::NoInterface(interface));
+        }
+        if comment.is_some_and(|c| c.len() > usize::from(u16::MAX)) {
+            return Err(EncodeError::Encode(
+                "comment longer than a pcapng option (65535 bytes)".into(),
+            ));
+        }
+        if let Kind::Pcapng(w) = &mut self.kind {
+            write_isb(w.get_mut(), interface, s, comment.map(str::as_bytes));
+        }
+        Ok(())
     }
 
     /// The encoded bytes not yet taken. The caller may write and `clear()` them; only whole
@@ -290,6 +352,70 @@ impl Encoder {
 
 /// Data lengths up to this are written through one stack block (a single copy into the buffer).
 const SMALL_EPB_DATA: usize = 128;
+const OPT_END: u16 = 0;
+const OPT_COMMENT: u16 = 1;
+
+fn put32(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&v.to_ne_bytes());
+}
+
+fn put_opt_header(buf: &mut Vec<u8>, code: u16, len: u16) {
+    buf.extend_from_slice(&code.to_ne_bytes());
+    buf.extend_from_slice(&len.to_ne_bytes());
+}
+
+/// Appends an Interface Statistics Block in native byte order; times are in the interface's
+/// resolution, nanoseconds (`if_tsresol` 9), as two 32-bit words, high first.
+fn write_isb(buf: &mut Vec<u8>, interface: u32, s: &InterfaceStats, comment: Option<&[u8]>) {
+    const ISB: u32 = 5;
+    let options = [
+        (2u16, s.start_ns),
+        (3, s.end_ns),
+        (4, s.received),
+        (5, s.dropped),
+        (6, s.filter_accepted),
+        (7, s.os_dropped),
+        (8, s.delivered),
+    ];
+    let n = options.iter().filter(|o| o.1.is_some()).count();
+    let comment_len = comment.map_or(0, |c| 4 + c.len().next_multiple_of(4));
+    let options_len = if n > 0 || comment.is_some() {
+        12 * n + comment_len + 4
+    } else {
+        0
+    };
+    let block_len = 8 + 12 + options_len + 4;
+    buf.reserve(block_len);
+    for v in [
+        ISB,
+        block_len as u32,
+        interface,
+        (s.ts_ns >> 32) as u32,
+        s.ts_ns as u32,
+    ] {
+        put32(buf, v);
+    }
+    if let Some(c) = comment {
+        put_opt_header(buf, OPT_COMMENT, c.len() as u16);
+        buf.extend_from_slice(c);
+        buf.extend_from_slice(&[0; 3][..c.len().next_multiple_of(4) - c.len()]);
+    }
+    for (code, value) in options {
+        let Some(v) = value else { continue };
+        put_opt_header(buf, code, 8);
+        if code <= 3 {
+            // Timestamps: high word, then low word.
+            put32(buf, (v >> 32) as u32);
+            put32(buf, v as u32);
+        } else {
+            buf.extend_from_slice(&v.to_ne_bytes());
+        }
+    }
+    if options_len > 0 {
+        put_opt_header(buf, OPT_END, 0);
+    }
+    put32(buf, block_len as u32);
+}
 
 /// Appends an Enhanced Packet Block in native byte order with nanosecond timestamps, the same
 /// bytes pcap-file's `PcapNgWriter::write_block` produces for the interfaces this encoder
@@ -298,16 +424,24 @@ const SMALL_EPB_DATA: usize = 128;
 /// the decapsulation. Options: `epb_flags` (direction), then `opt_comment`, then the end marker.
 /// The caller has checked the interface and that the comment fits an option.
 #[inline]
-fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_>) {
+fn write_epb(
+    buf: &mut Vec<u8>,
+    interface: u32,
+    orig_len: u32,
+    p: &PacketInfo<'_>,
+    drop_count: Option<u64>,
+) {
     const EPB: u32 = 6;
-    const OPT_END: u16 = 0;
-    const OPT_COMMENT: u16 = 1;
     const EPB_FLAGS: u16 = 2;
+    const EPB_DROPCOUNT: u16 = 4;
     let comment = p.comment.map(str::as_bytes);
     let data_len = p.data.len();
     let mut options_len = 0;
     if p.direction.is_some() {
         options_len += 8;
+    }
+    if drop_count.is_some() {
+        options_len += 12;
     }
     if let Some(c) = comment {
         options_len += 4 + c.len().next_multiple_of(4);
@@ -353,11 +487,6 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
         buf.extend_from_slice(&tail[..pad + 4]);
         return;
     }
-    let put32 = |buf: &mut Vec<u8>, v: u32| buf.extend_from_slice(&v.to_ne_bytes());
-    let put_opt_header = |buf: &mut Vec<u8>, code: u16, len: u16| {
-        buf.extend_from_slice(&code.to_ne_bytes());
-        buf.extend_from_slice(&len.to_ne_bytes());
-    };
     buf.extend_from_slice(&[0; 3][..pad]);
     if let Some(d) = p.direction {
         put_opt_header(buf, EPB_FLAGS, 4);
@@ -369,6 +498,10 @@ fn write_epb(buf: &mut Vec<u8>, interface: u32, orig_len: u32, p: &PacketInfo<'_
                 Direction::Egress => 2,
             },
         );
+    }
+    if let Some(n) = drop_count {
+        put_opt_header(buf, EPB_DROPCOUNT, 8);
+        buf.extend_from_slice(&n.to_ne_bytes());
     }
     if let Some(c) = comment {
         put_opt_header(buf, OPT_COMMENT, c.len() as u16);
@@ -460,7 +593,11 @@ mod tests {
         let mut n = 0u64;
         for len in [0, 1, 2, 3, 4, 5, 60, 61, 70] {
             for direction in [None, Some(Direction::Ingress), Some(Direction::Egress)] {
-                for comment in [None].into_iter().chain(comments.map(Some)) {
+                for (comment, drops) in [None]
+                    .into_iter()
+                    .chain(comments.map(Some))
+                    .flat_map(|c| [(c, None), (c, Some(0)), (c, Some(1 << 40 | 7))])
+                {
                     n += 1;
                     let p = PacketInfo {
                         ts_ns: 1_700_000_000_123_456_789 + n * 0x1_0000_0001,
@@ -469,13 +606,16 @@ mod tests {
                         direction,
                         comment,
                     };
-                    ours.packet((n % 2) as u32, &p).unwrap();
+                    ours.packet_after_drops((n % 2) as u32, &p, drops).unwrap();
                     let mut options = Vec::new();
                     if let Some(d) = direction {
                         options.push(EnhancedPacketOption::Flags(match d {
                             Direction::Ingress => 1,
                             Direction::Egress => 2,
                         }));
+                    }
+                    if let Some(n) = drops {
+                        options.push(EnhancedPacketOption::DropCount(n));
                     }
                     if let Some(c) = comment {
                         options.push(EnhancedPacketOption::Common(CommonOption::Comment(
@@ -494,6 +634,86 @@ mod tests {
             }
         }
         assert_eq!(ours.take_bytes(), theirs.take_bytes());
+    }
+
+    /// Statistics blocks read back with pcap-file as written, between packets and in a pcap
+    /// file (which has no place for them) as nothing.
+    #[test]
+    fn statistics_round_trip() {
+        use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as O;
+        let mut enc = Encoder::new(Format::Pcapng);
+        let info = InterfaceInfo {
+            link: LinkType::Ethernet,
+            name: "a".into(),
+            description: "a".into(),
+            snaplen: SNAPLEN,
+        };
+        enc.add_interface(&info).unwrap();
+        enc.add_interface(&info).unwrap();
+        let ts = 1_700_000_000_123_456_789;
+        let full = InterfaceStats {
+            ts_ns: ts,
+            start_ns: Some(ts - 5_000_000_001),
+            end_ns: Some(ts),
+            received: Some(1000),
+            dropped: Some(7),
+            filter_accepted: Some(900),
+            os_dropped: Some(3),
+            delivered: Some(897),
+        };
+        enc.statistics(1, &full).unwrap();
+        enc.statistics(
+            0,
+            &InterfaceStats {
+                ts_ns: ts,
+                ..InterfaceStats::default()
+            },
+        )
+        .unwrap();
+        enc.statistics_with_comment(0, &full, Some("ended: why"))
+            .unwrap();
+        assert!(matches!(
+            enc.statistics(2, &full),
+            Err(EncodeError::NoInterface(2))
+        ));
+        let bytes = enc.take_bytes();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut isbs = Vec::new();
+        while let Some(block) = r.next_block() {
+            if let (Block::InterfaceStatistics(isb), _) = block.unwrap() {
+                isbs.push(isb.into_owned());
+            }
+        }
+        assert_eq!(isbs.len(), 3);
+        assert_eq!(
+            isbs[2].options[..2],
+            [
+                O::Common(CommonOption::Comment("ended: why".into())),
+                O::IsbStartTime(Duration::from_nanos(ts - 5_000_000_001)),
+            ]
+        );
+        assert_eq!(isbs[2].options.len(), 8);
+        assert_eq!(isbs[0].interface_id, 1);
+        assert_eq!(isbs[0].timestamp.as_nanos(), u128::from(ts));
+        assert_eq!(
+            isbs[0].options,
+            vec![
+                O::IsbStartTime(Duration::from_nanos(ts - 5_000_000_001)),
+                O::IsbEndTime(Duration::from_nanos(ts)),
+                O::IsbIfRecv(1000),
+                O::IsbIfDrop(7),
+                O::IsbFilterAccept(900),
+                O::IsbOsDrop(3),
+                O::IsbUsrDeliv(897),
+            ]
+        );
+        assert_eq!((isbs[1].interface_id, isbs[1].options.len()), (0, 0));
+
+        let mut pcap = Encoder::new(Format::Pcap { nanos: true });
+        pcap.add_interface(&info).unwrap();
+        let before = pcap.pending_len();
+        pcap.statistics(0, &full).unwrap();
+        assert_eq!(pcap.pending_len(), before);
     }
 
     #[test]

@@ -17,9 +17,7 @@ mod parse;
 
 use std::cell::Cell;
 use std::io;
-use std::mem;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,7 +25,7 @@ use parse::{BLOCK_DESC_LEN, BLOCK_STATUS_OFFSET, BlockHeader, PACKET_HEADER_LEN}
 pub use parse::{Direction, Packet, Packets, VlanTag};
 
 use crate::error::context;
-use crate::sys::{self, cvt};
+use crate::sys::{self, Mmap};
 use crate::{bpf, ifindex};
 
 /// The largest ring [`RingConfig::validate`] accepts: 4 GiB keeps every kernel count in 32 bits.
@@ -236,49 +234,6 @@ pub struct RingStats {
     pub n_corrupt_blocks: u64,
 }
 
-/// The mapped ring; unmapped on drop.
-#[derive(Debug)]
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; nothing about it is tied to a thread.
-unsafe impl Send for Mmap {}
-
-impl Mmap {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
-        // SAFETY: a fresh shared mapping of the packet socket's ring; no existing memory is
-        // affected. MAP_POPULATE faults the pages in now rather than on the first packets.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, and no slice into it
-        // outlives the `Ring` (blocks borrow the ring mutably).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 /// A TPACKET_V3 receive ring bound to one interface.
 #[derive(Debug)]
 pub struct Ring {
@@ -342,13 +297,8 @@ impl Ring {
                 (None, None) => None,
             };
 
-        // Protocol 0: the kernel hooks the socket into nothing until `bind` names a protocol,
-        // so no packet is queued while the socket is being set up.
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        let raw = cvt(raw).map_err(on("socket(AF_PACKET, SOCK_RAW)"))?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Protocol 0: nothing is queued to the socket while it is being set up.
+        let fd = sys::packet_socket().map_err(on("socket(AF_PACKET, SOCK_RAW)"))?;
         let sock = fd.as_fd();
 
         let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
@@ -382,20 +332,8 @@ impl Ring {
                 .map_err(on("setsockopt(PACKET_IGNORE_OUTGOING)"))?;
         }
 
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
-        let ret = unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        cvt(ret).map_err(on(&format!("bind(AF_PACKET, ifindex {ifindex})")))?;
+        sys::bind_packet(sock, ifindex, libc::ETH_P_ALL as u16)
+            .map_err(on(&format!("bind(AF_PACKET, ifindex {ifindex})")))?;
 
         if let Some(fanout) = config.fanout {
             // The kernel only lets a bound socket join a group.

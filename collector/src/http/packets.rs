@@ -1,0 +1,472 @@
+//! `GET /api/v1/packets?session=&source=&from=&to=&filter=`: a query's pcapng, streamed.
+//!
+//! The request is checked here; the query (reading indexes, then the captures) runs on a
+//! thread of its own, never on the engine or the API's runtime, and hands its output over a
+//! small bounded channel: it goes at the reader's speed, with a few MiB in flight at most.
+//! A refusal comes before the first byte: 400 (request, filter: libpcap's message), 422 (over
+//! the limit, with the index's estimate), 503 (too many queries at once). Sessions are named,
+//! never given as paths: only files of the collector's output directories are read.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::auth::{Authed, Read};
+use super::{ApiState, reply};
+use crate::live::engine::now_ns;
+use crate::query::catalog::LocalDirs;
+use crate::query::{self, QueryError, Request};
+
+/// Queries running at once; more are refused with 503.
+pub const MAX_QUERIES: usize = 4;
+/// Pieces of output in flight between the query's thread and the connection.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What the API needs to answer queries.
+#[derive(Debug)]
+pub struct QueryState {
+    /// The collector's output directory (auto-discovered sessions, and sessions without their
+    /// own directory); the snapshot adds the directories sessions are configured with.
+    pub out: PathBuf,
+    /// A query whose estimate exceeds this is refused.
+    pub max_bytes: Option<u64>,
+    running: AtomicUsize,
+}
+
+impl QueryState {
+    pub fn new(out: PathBuf, max_bytes: Option<u64>) -> QueryState {
+        QueryState {
+            out,
+            max_bytes,
+            running: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Holds one of the [`MAX_QUERIES`] slots until dropped.
+struct Slot(Arc<QueryState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request's parameters, each at most once; unknown ones are refused.
+fn parse(q: Option<&str>, now: u64) -> Result<Request, String> {
+    let mut req = Request {
+        to_ns: now,
+        ..Request::default()
+    };
+    let (mut from, mut to) = (None, None);
+    let mut seen = HashSet::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| format!("{k}: not percent-encoded UTF-8"))?;
+        if !seen.insert(k.to_string()) {
+            return Err(format!("{k}: given twice"));
+        }
+        match k {
+            "session" => req.session = Some(v),
+            "source" => {
+                req.source = Some(
+                    v.parse::<IpAddr>()
+                        .map_err(|_| format!("source: {v:?} is not an IP address"))?,
+                )
+            }
+            "from" => from = Some(v),
+            "to" => to = Some(v),
+            "filter" => req.filter = Some(v).filter(|f| !f.trim().is_empty()),
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    let from = from.ok_or("from: required (RFC 3339, -15m, or seconds since the epoch)")?;
+    req.from_ns =
+        tapwire_api_types::time::parse_time(&from, now).map_err(|e| format!("from: {e}"))?;
+    if let Some(t) = to {
+        req.to_ns = tapwire_api_types::time::parse_time(&t, now).map_err(|e| format!("to: {e}"))?;
+    }
+    Ok(req)
+}
+
+/// `%XX` and `+` (a space, as forms send it) decoded.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The local files' catalog: the output directory and every session's, with the files the
+/// engine writes now marked live.
+fn catalog(s: &ApiState, q: &QueryState) -> LocalDirs {
+    let snap = s.snapshot.load();
+    let mut dirs = vec![q.out.clone()];
+    let mut live = HashSet::new();
+    for x in &snap.sessions {
+        if let Some(f) = &x.files {
+            let d = PathBuf::from(&f.dir);
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+            if let Some(c) = &f.current {
+                live.insert(PathBuf::from(c));
+            }
+        }
+    }
+    LocalDirs {
+        dirs,
+        live,
+        any_name: false,
+    }
+}
+
+/// Output handed to the connection in pieces; blocks while the reader is behind.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Vec<u8>, io::Error>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(buf.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The receiving end as a body stream.
+struct Chunks(mpsc::Receiver<Result<Vec<u8>, io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Vec<u8>, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+pub(super) async fn packets(
+    State(s): State<ApiState>,
+    _: Authed<Read>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let Some(qs) = s.query.clone() else {
+        return reply(StatusCode::NOT_FOUND, "queries are not served here".into());
+    };
+    let req = match parse(q.as_deref(), now_ns()) {
+        Ok(r) => r,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    };
+    if qs.running.fetch_add(1, Ordering::AcqRel) >= MAX_QUERIES {
+        qs.running.fetch_sub(1, Ordering::AcqRel);
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_QUERIES} queries are running: try again when one is done"),
+        );
+    }
+    let slot = Slot(Arc::clone(&qs));
+    let local = catalog(&s, &qs);
+    let (planned_tx, planned) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let spawned = std::thread::Builder::new()
+        .name("tapwire-query".into())
+        .spawn(move || {
+            let _slot = slot;
+            let prepared = match query::prepare(&local, &req, qs.max_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            if planned_tx.send(Ok(prepared.estimate())).is_err() {
+                return;
+            }
+            let mut w = ChannelWriter { tx: tx.clone() };
+            match prepared.write(&mut w) {
+                Ok(sum) => tracing::info!(
+                    session = req.session.as_deref().unwrap_or("*"),
+                    packets = sum.packets,
+                    bytes = sum.bytes,
+                    bytes_read = sum.bytes_read,
+                    "query served"
+                ),
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    tracing::debug!("query: the client went away")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "query failed while writing");
+                    // The body ends with an error: the client sees a broken transfer, not a
+                    // short but valid file.
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot start a query: {e}"),
+        );
+    }
+    match planned.await {
+        Ok(Ok(estimate)) => (
+            [
+                (header::CONTENT_TYPE, "application/x-pcapng".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"tapwire-query.pcapng\"".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-tapwire-estimate-bytes"),
+                    estimate.bytes.to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-tapwire-estimate-packets"),
+                    estimate.packets.to_string(),
+                ),
+            ],
+            Body::from_stream(Chunks(rx)),
+        )
+            .into_response(),
+        Ok(Err(QueryError::TooLarge {
+            estimate,
+            limit_bytes,
+        })) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "ok": false,
+                "message": QueryError::TooLarge { estimate, limit_bytes }.to_string(),
+                "estimate": estimate,
+                "limit_bytes": limit_bytes,
+            })),
+        )
+            .into_response(),
+        Ok(Err(e @ (QueryError::BadRequest(_) | QueryError::Filter(_)))) => {
+            reply(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the query stopped".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::http::{Peer, router};
+    use arc_swap::ArcSwap;
+    use axum::extract::ConnectInfo;
+    use tapwire_formats::capture::{Encoder, Format, InterfaceInfo, LinkType, PacketInfo};
+    use tower::ServiceExt;
+
+    /// A router serving queries over `dir`, holding one session's file of 100 packets (hosts
+    /// 10.0.0.1 and 10.0.0.2 in turn, at 1000 + i ns).
+    fn app(dir: &std::path::Path, max_bytes: Option<u64>) -> axum::Router {
+        let mut enc = Encoder::new(Format::Pcapng);
+        enc.add_interface(&InterfaceInfo {
+            link: LinkType::Ethernet,
+            name: "10.0.0.5 erspan-ii session 1".into(),
+            description: String::new(),
+            snaplen: 65535,
+        })
+        .unwrap();
+        for i in 0..100u8 {
+            let mut f = vec![0u8; 12];
+            f.extend_from_slice(&[
+                8,
+                0,
+                0x45,
+                0,
+                0,
+                20,
+                0,
+                0,
+                0,
+                0,
+                64,
+                17,
+                0,
+                0,
+                10,
+                0,
+                0,
+                1 + i % 2,
+                10,
+                9,
+                9,
+                9,
+            ]);
+            f.extend_from_slice(&[i; 20]);
+            enc.packet(
+                0,
+                &PacketInfo {
+                    ts_ns: 1000 + u64::from(i),
+                    orig_len: 56,
+                    data: &f,
+                    direction: None,
+                    comment: None,
+                },
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("web_20260101T000000Z.pcapng"), enc.take_bytes()).unwrap();
+        let (control, _) = crossbeam_channel::unbounded();
+        let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
+            version: "t".into(),
+            started: String::new(),
+            uptime_s: 0.0,
+            totals: Default::default(),
+            inputs: Vec::new(),
+            sessions: Vec::new(),
+            control: None,
+            page: None,
+        }));
+        router(
+            ApiState::new(snapshot, control, None, None)
+                .with_query(Arc::new(QueryState::new(dir.to_path_buf(), max_bytes))),
+        )
+    }
+
+    async fn get(app: &axum::Router, uri: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut req = axum::http::Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(Peer("127.0.0.1:5000".parse().unwrap())));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 26)
+            .await
+            .unwrap();
+        (status, headers, body.to_vec())
+    }
+
+    #[tokio::test]
+    async fn the_route_streams_a_query_and_refuses_before_the_first_byte() {
+        let dir = std::env::temp_dir().join(format!("tapwire-http-packets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = app(&dir, None);
+        let (status, headers, body) = get(
+            &a,
+            "/api/v1/packets?session=web&from=0&to=1&filter=host%2010.0.0.2",
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "content-type" && v == "application/x-pcapng")
+        );
+        let mut r = tapwire_formats::capture::CaptureReader::new(&body[..]).unwrap();
+        let mut n = 0;
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!(rec.data[29], 2);
+            n += 1;
+        }
+        assert_eq!(n, 50);
+        let (status, _, body) =
+            get(&a, "/api/v1/packets?session=web&from=0&filter=tcp%20port").await;
+        assert_eq!(status, 400);
+        assert!(
+            String::from_utf8_lossy(&body).contains("syntax error"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let (status, _, _) = get(&a, "/api/v1/packets?session=../../etc&from=0").await;
+        assert_eq!(status, 400);
+        let (status, _, _) = get(&a, "/api/v1/packets?session=web&from=0&dir=/etc").await;
+        assert_eq!(status, 400);
+        // A range with no data: an empty, valid pcapng.
+        let (status, _, body) = get(&a, "/api/v1/packets?session=web&from=5&to=6").await;
+        assert_eq!(status, 200);
+        let mut r = tapwire_formats::capture::CaptureReader::new(&body[..]).unwrap();
+        assert!(r.next_record().unwrap().is_none());
+        let small = app(&dir, Some(100));
+        let (status, _, body) = get(&small, "/api/v1/packets?session=web&from=0").await;
+        assert_eq!(status, 422);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["estimate"]["packets"], 100);
+        assert_eq!(v["limit_bytes"], 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn parameters() {
+        let now = 1_765_029_720_000_000_000;
+        let r = parse(
+            Some("session=web&from=-15m&filter=host%2010.0.0.5+and+port%2080&source=10.0.0.9"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(r.session.as_deref(), Some("web"));
+        assert_eq!((r.from_ns, r.to_ns), (now - 900_000_000_000, now));
+        assert_eq!(r.filter.as_deref(), Some("host 10.0.0.5 and port 80"));
+        assert_eq!(r.source, Some("10.0.0.9".parse().unwrap()));
+        assert!(
+            parse(Some("session=web"), now)
+                .unwrap_err()
+                .starts_with("from: required")
+        );
+        assert!(
+            parse(Some("from=-1m&path=/etc"), now)
+                .unwrap_err()
+                .contains("unknown parameter")
+        );
+        assert!(
+            parse(Some("from=-1m&from=-2m"), now)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            parse(Some("from=yesterday"), now)
+                .unwrap_err()
+                .starts_with("from:")
+        );
+        assert!(parse(Some("from=-1m&source=x"), now).is_err());
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}

@@ -1,0 +1,362 @@
+//! End-to-end: `tapwire collect --xdp col0`, the AF_XDP input, in a lab namespace.
+//!
+//! - every encapsulation (ERSPAN I/II/III, GRE-TEB, VXLAN, GENEVE, TZSP over IPv4 and IPv6,
+//!   outer fragments included) from the scapy sender is written exactly once, byte-identical
+//!   to tshark's decode of what was sent and to what the raw-socket input writes of the same
+//!   packets replayed, in the order sent; every frame took the XDP path and the IP stack saw
+//!   none (nstat) and answered no sender with ICMP;
+//! - ping and TCP to the collector's namespace work while the program is attached, and the
+//!   program is gone after the collector exits (SIGTERM and kill -9: `ip link`, bpftool);
+//! - a flood of non-mirror traffic is passed by the program and never counted as mirror;
+//! - an interface that vanishes is reported and survived, and taken again when it is back;
+//! - an interface whose XDP slot is taken falls back to the sockets with a log line.
+//!
+//! Run as root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tapwire_tests::collector::{self, Collector};
+use tapwire_tests::netns::{COL_V4, COL_V6, Lab, poll_until, wait_until};
+use tapwire_tests::oracle::assert_same_frames;
+use tapwire_tests::senders::{self, MirrorSend};
+
+const STOP_WITHIN: Duration = Duration::from_millis(2500);
+const ATTACHED: &str = "XDP input: mirror traffic on col0 is read before the IP stack";
+
+/// `tapwire collect --xdp col0` in `col`, once its XDP input says it is attached.
+fn start_xdp<'l>(lab: &'l Lab, col: &str, out: &std::path::Path) -> Collector<'l> {
+    let c = Collector::start(lab, col, out, &["--xdp", "col0"]);
+    wait_until(Duration::from_secs(5), "the XDP input's start line", || {
+        c.proc.stderr().contains(ATTACHED).then_some(())
+    });
+    c
+}
+
+/// Whether `ip link show IF` in `ns` shows an XDP program; with bpftool, it must agree.
+fn xdp_on(lab: &Lab, ns: &str, ifname: &str) -> bool {
+    let link = lab.exec_ok(ns, &["ip", "link", "show", ifname]);
+    let on = link.contains(" xdp");
+    let bpftool = std::process::Command::new("sh")
+        .args(["-c", "command -v bpftool"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if bpftool {
+        let net = lab.exec_ok(ns, &["bpftool", "net", "show", "dev", ifname]);
+        // "xdp:\n col0(2) driver id 42\n\ntc:..." (generic mode says "generic").
+        let prog = net
+            .split("xdp:")
+            .nth(1)
+            .and_then(|rest| rest.split("tc:").next())
+            .is_some_and(|x| x.contains(&format!("{ifname}(")) && x.contains(" id "));
+        assert_eq!(on, prog, "ip link and bpftool disagree:\n{link}\n{net}");
+    }
+    on
+}
+
+/// `nstat -asz` in `ns`: the namespace's absolute SNMP counters, zeros included.
+fn nstat(lab: &Lab, ns: &str) -> BTreeMap<String, u64> {
+    lab.exec_ok(ns, &["nstat", "-asz"])
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (k, v) = (it.next()?, it.next()?);
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, key: &str) -> u64 {
+    b.get(key).copied().unwrap_or(0) - a.get(key).copied().unwrap_or(0)
+}
+
+/// The API's input named `name`.
+fn input(api: &Value, name: &str) -> Value {
+    api["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no input {name}: {}", api["inputs"]))
+        .clone()
+}
+
+/// ping (IPv4 and IPv6) and a TCP connection from `snd` to the collector's namespace.
+fn host_reachable(lab: &Lab, snd: &str, col: &str) {
+    lab.exec_ok(snd, &["ping", "-c", "2", "-W", "2", "-i", "0.2", COL_V4]);
+    lab.exec_ok(
+        snd,
+        &["ping", "-6", "-c", "2", "-W", "2", "-i", "0.2", COL_V6],
+    );
+    let server = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{COL_V4}', 7777))\ns.listen(1)\nc, _ = s.accept()\nc.sendall(c.recv(16))\n"
+    );
+    let mut srv = lab.spawn(col, &["/usr/bin/python3", "-c", &server]);
+    let client = format!(
+        "import socket, time\nfor _ in range(50):\n    try:\n        c = socket.create_connection(('{COL_V4}', 7777), timeout=2)\n        break\n    except OSError:\n        time.sleep(0.1)\n\
+         c.sendall(b'tapwire')\nprint(c.recv(16).decode())\n"
+    );
+    let echoed = lab.exec_ok(snd, &["/usr/bin/python3", "-c", &client]);
+    assert_eq!(echoed.trim(), "tapwire", "TCP echo through col0");
+    srv.wait_ok(Duration::from_secs(5));
+}
+
+#[test]
+fn every_packet_is_written_once_byte_identical_to_the_raw_sockets_and_the_stack_never_sees_it() {
+    let lab = Lab::new("xdp-once");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("xdp");
+    let mut c = start_xdp(&lab, &col, &out);
+    let log = c.proc.stderr();
+    assert!(log.contains("native mode"), "veth has native XDP:\n{log}");
+    assert!(xdp_on(&lab, &col, "col0"));
+
+    let before = nstat(&lab, &col);
+    let sent = senders::send_mirror(
+        &lab,
+        &snd,
+        &MirrorSend::default(),
+        &lab.dir().join("sent.pcap"),
+        false,
+    );
+    // Nothing else talks in the namespace until `after` (the API polls below go over lo).
+    std::thread::sleep(Duration::from_millis(500));
+    let after = nstat(&lab, &col);
+    let expected = sent.oracle();
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    assert_eq!(collector::source_packets(&api), sent.sources, "per source");
+    let xdp = input(&api, "xdp col0");
+    assert!(xdp["error"].is_null(), "{xdp}");
+    assert_eq!(xdp["kernel_drops"], 0, "{xdp}");
+    // Every frame, outer fragments included, took the XDP path; the stack saw none of them (a
+    // few frames of the namespace's own IPv6 housekeeping may come in the same window).
+    assert_eq!(xdp["packets"], sent.frames, "{xdp}");
+    let stack = delta(&before, &after, "IpInReceives") + delta(&before, &after, "Ip6InReceives");
+    assert!(stack <= 4, "the stack saw {stack} frames");
+    for key in ["IpReasmReqds", "Ip6ReasmReqds"] {
+        assert_eq!(
+            delta(&before, &after, key),
+            0,
+            "{key}: the kernel reassembled"
+        );
+    }
+    for key in [
+        "IcmpOutDestUnreachs",
+        "Icmp6OutDestUnreachs",
+        "IpInUnknownProtos",
+        "UdpNoPorts",
+        "Udp6NoPorts",
+    ] {
+        assert_eq!(delta(&before, &after, key), 0, "{key}");
+    }
+    host_reachable(&lab, &snd, &col);
+    std::thread::sleep(Duration::from_millis(1500));
+    c.stop("TERM", STOP_WITHIN);
+    assert!(!xdp_on(&lab, &col, "col0"), "program left after SIGTERM");
+    let files = c.session_frames(&api);
+    // In order: a sender's packets, fragmented or not, all came through the one input.
+    assert_same_frames("the XDP input's files", &expected, &files);
+
+    // The same packets replayed into the raw-socket input: the same files, byte for byte.
+    let raw_out = lab.dir().join("raw");
+    let mut raw = Collector::start(&lab, &col, &raw_out, &[]);
+    senders::tcpreplay(&lab, &snd, "snd0", &sent.pcap, 2000);
+    let raw_api = raw.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    raw.stop("TERM", STOP_WITHIN);
+    let raw_files = raw.session_frames(&raw_api);
+    assert_eq!(collector::source_packets(&raw_api), sent.sources);
+    assert_same_frames("raw sockets against tshark", &expected, &raw_files);
+    assert_same_frames("raw sockets against the XDP input", &files, &raw_files);
+}
+
+#[test]
+fn after_kill_9_the_program_is_gone_and_the_host_reachable() {
+    let lab = Lab::new("xdp-kill");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = start_xdp(&lab, &col, &out);
+    assert!(xdp_on(&lab, &col, "col0"));
+    host_reachable(&lab, &snd, &col);
+    c.proc.signal("KILL");
+    c.proc.wait_timeout(Duration::from_secs(5)).expect("killed");
+    let gone = poll_until(Duration::from_secs(5), || {
+        (!xdp_on(&lab, &col, "col0")).then_some(())
+    });
+    assert!(gone.is_some(), "program still attached after kill -9");
+    host_reachable(&lab, &snd, &col);
+}
+
+#[test]
+fn a_non_mirror_flood_is_passed_and_never_counted() {
+    let lab = Lab::new("xdp-flood");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let mut c = start_xdp(&lab, &col, &out);
+    // 20,000 UDP datagrams to a port no input has, and to the collector's address.
+    let flood = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range(20000):\n    s.sendto(b'x' * 64, ('{COL_V4}', 9999))\n"
+    );
+    lab.exec_ok(&snd, &["/usr/bin/python3", "-c", &flood]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let api = c.sessions();
+    assert_eq!(input(&api, "xdp col0")["packets"], 0, "{}", api["inputs"]);
+    assert_eq!(api["totals"]["packets"], 0, "{}", api["totals"]);
+    assert_eq!(api["totals"]["not_mirror"], serde_json::json!({}));
+    c.stop("TERM", STOP_WITHIN);
+    // The program's own count, logged at exit: it passed them all.
+    let log = c.proc.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("XDP program counters at exit"))
+        .unwrap_or_else(|| panic!("no counters line:\n{log}"));
+    let passed: u64 = line
+        .split("passed: ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no passed count: {line}"));
+    assert!(passed >= 20_000, "{line}");
+    assert!(line.contains("steered: 0,"), "{line}");
+}
+
+#[test]
+fn an_interface_that_vanishes_is_reported_survived_and_taken_again() {
+    let lab = Lab::new("xdp-vanish");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    // A second link, made inside the namespaces (never in the test's own).
+    let add_mir = |lab: &Lab| {
+        lab.exec_ok(
+            &snd,
+            &[
+                "ip", "link", "add", "snd1", "type", "veth", "peer", "name", "mir0", "netns", &col,
+            ],
+        );
+        lab.exec_ok(&snd, &["ip", "link", "set", "snd1", "up"]);
+        lab.exec_ok(&col, &["ip", "link", "set", "mir0", "up"]);
+        lab.addr(&snd, "snd1", "10.78.0.1/24");
+        lab.addr(&col, "mir0", "10.78.0.2/24");
+    };
+    add_mir(&lab);
+    let out = lab.dir().join("out");
+    let c = Collector::start(&lab, &col, &out, &["--xdp", "col0", "--xdp", "mir0"]);
+    wait_until(Duration::from_secs(5), "both XDP inputs", || {
+        let e = c.proc.stderr();
+        (e.contains(ATTACHED) && e.contains("mirror traffic on mir0")).then_some(())
+    });
+    lab.exec_ok(&snd, &["ip", "link", "del", "snd1"]);
+    let api = wait_until(
+        Duration::from_secs(10),
+        "the vanished interface reported",
+        || {
+            let api = c.sessions();
+            let e = input(&api, "xdp mir0")["error"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            e.contains("gone").then_some(api)
+        },
+    );
+    assert!(input(&api, "xdp col0")["error"].is_null());
+    // The collector goes on through col0.
+    let via_col0 = MirrorSend::erspan_ii(20);
+    let sent = senders::send_mirror(&lab, &snd, &via_col0, &lab.dir().join("a.pcap"), false);
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    // Every frame, outer fragments included, through col0's XDP input.
+    assert_eq!(
+        input(&api, "xdp col0")["packets"],
+        sent.frames,
+        "{}",
+        api["inputs"]
+    );
+    for (k, n) in &sent.sources {
+        assert_eq!(collector::source_packets(&api)[k], *n, "{k:?}: once each");
+    }
+
+    // Back: taken again, and what it carries is steered.
+    add_mir(&lab);
+    wait_until(Duration::from_secs(10), "mir0 taken again", || {
+        input(&c.sessions(), "xdp mir0")["error"]
+            .is_null()
+            .then_some(())
+    });
+    let via_mir0 = MirrorSend {
+        iface: "snd1".into(),
+        dst4: "10.78.0.2".into(),
+        dst_mac: lab.mac(&col, "mir0"),
+        src4: "10.78.0.1x".into(),
+        session_base: 300,
+        ..via_col0
+    };
+    let sent = senders::send_mirror(&lab, &snd, &via_mir0, &lab.dir().join("b.pcap"), false);
+    let api = c.wait_for_packets(&sent.sources, Duration::from_secs(10));
+    assert!(
+        input(&api, "xdp mir0")["packets"].as_u64().unwrap() > 0,
+        "{}",
+        api["inputs"]
+    );
+    for (k, n) in &sent.sources {
+        assert_eq!(collector::source_packets(&api)[k], *n, "{k:?}: once each");
+    }
+}
+
+#[test]
+fn an_interface_whose_xdp_is_taken_falls_back_to_the_sockets() {
+    let lab = Lab::new("xdp-busy");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let first = Collector::start(&lab, &col, &lab.dir().join("first"), &["--xdp", "col0"]);
+    wait_until(
+        Duration::from_secs(5),
+        "the first collector's XDP input",
+        || first.proc.stderr().contains(ATTACHED).then_some(()),
+    );
+    let tapwire = tapwire_tests::bin("tapwire");
+    let second_out = lab.dir().join("second");
+    let mut second = lab.spawn(
+        &col,
+        &[
+            tapwire.to_str().unwrap(),
+            "collect",
+            "--no-tui",
+            "--out",
+            second_out.to_str().unwrap(),
+            "--api",
+            "127.0.0.1:9751",
+            "--xdp",
+            "col0",
+        ],
+    );
+    let log = wait_until(
+        Duration::from_secs(10),
+        "the second collector's fallback",
+        || {
+            let e = second.stderr();
+            e.contains("XDP refused on col0").then_some(e)
+        },
+    );
+    assert!(
+        log.contains("sockets receive its mirror traffic instead"),
+        "{log}"
+    );
+    assert!(
+        second.try_wait().is_none(),
+        "the second collector exited:\n{log}"
+    );
+    second.signal("TERM");
+    second
+        .wait_timeout(STOP_WITHIN)
+        .expect("second collector stops");
+    // The first one's program is untouched.
+    assert!(xdp_on(&lab, &col, "col0"));
+    host_reachable(&lab, &snd, &col);
+}
