@@ -332,7 +332,14 @@ fn tls_connector(
 /// A PostgreSQL error as the store's: the connection's problems are
 /// [`StoreError::Unavailable`] (it may come back), the server's refusals are queries'.
 fn pg_err(e: postgres::Error) -> StoreError {
-    if e.as_db_error().is_some() {
+    if let Some(db) = e.as_db_error() {
+        // Class 08 (connection exception), 57 (operator intervention: the server shuts
+        // down, restarts or ends the session) and 53 (out of connections, memory, disk) are
+        // the server being away, not the request being wrong.
+        let class = &db.code().code()[..2];
+        if matches!(class, "08" | "57" | "53") || e.is_closed() {
+            return StoreError::Unavailable(describe(&e));
+        }
         return StoreError::Query(describe(&e).into());
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());

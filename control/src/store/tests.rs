@@ -1,6 +1,6 @@
 //! The store's behaviour, the same for both back-ends: every test here runs against SQLite
 //! (in memory) and against a real PostgreSQL started by the test support
-//! (`tapwire_tests::pg`), skipped with a message only where PostgreSQL's binaries are absent.
+//! (`tapwire_tests::pg`), which fails without PostgreSQL unless `TAPWIRE_SKIP_POSTGRES` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,8 +48,8 @@ impl Backend {
     }
 }
 
-/// Two tests from one body: `NAME::sqlite` and `NAME::postgres` (which skips, saying so,
-/// only where PostgreSQL is not installed). The body is a function of the [`Backend`].
+/// Two tests from one body: `NAME::sqlite` and `NAME::postgres` (skipped only under
+/// `TAPWIRE_SKIP_POSTGRES`). The body is a function of the [`Backend`].
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:expr) => {
@@ -414,13 +414,13 @@ fn postgres_a_failing_step_leaves_nothing_of_any_step() {
         postgres::migrate(&mut c, &postgres::MIGRATIONS[..1]).unwrap(),
         1
     );
-    // Step 3 cannot run: its table exists. Steps 2 and 3 run in one transaction.
+    // Step 4 cannot run: its table exists. Steps 2 to 4 run in one transaction.
     c.batch_execute("CREATE TABLE files (x INTEGER)").unwrap();
     match PgStore::open(&url) {
-        Err(StoreError::Migration { step: 3, source }) => {
+        Err(StoreError::Migration { step: 4, source }) => {
             assert!(source.to_string().contains("already exists"), "{source}")
         }
-        other => panic!("expected a failed step 3, got {:?}", other.map(drop)),
+        other => panic!("expected a failed step 4, got {:?}", other.map(drop)),
     }
     assert_eq!(schema_version(&url), 1);
     let collectors: Option<String> = c
@@ -429,7 +429,7 @@ fn postgres_a_failing_step_leaves_nothing_of_any_step() {
         .get(0);
     assert_eq!(
         collectors, None,
-        "step 2's table was rolled back with step 3"
+        "step 3's table was rolled back with step 4"
     );
 }
 
@@ -477,15 +477,18 @@ fn postgres_one_placer_at_a_time_and_changes_wait_for_each_other() {
     drop(tb);
     // A waiting change goes on once the holder commits.
     let url2 = url.clone();
+    let (asking, asked) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let mut c = PgStore::open(&url2).unwrap();
         let mut tc = c.begin().unwrap();
         let t0 = std::time::Instant::now();
+        asking.send(()).unwrap();
         assert!(tc.lock_fleet(true).unwrap());
         let v = tc.bump_fleet_version().unwrap();
         tc.commit().unwrap();
         (t0.elapsed(), v)
     });
+    asked.recv().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(ta.bump_fleet_version().unwrap(), 1);
     ta.commit().unwrap();
