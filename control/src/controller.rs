@@ -712,10 +712,16 @@ impl<E: Engine> Controller<E> {
     ) -> Result<Caller, Refused> {
         let caller = match bearer {
             Some(t) => {
-                let found = match self.read_store(|tx| tx.active_tokens()) {
-                    Ok(active) => auth::find(t, &active),
-                    Err(e) if e.is_unavailable() => auth::find(t, &lock(&self.view).tokens),
-                    Err(e) => return Err(e.into()),
+                // Disconnected: the view at once, not a wait on the store's lock behind a
+                // reconnection that may take its whole timeout.
+                let found = if !self.connected.load(Ordering::Relaxed) {
+                    auth::find(t, &lock(&self.view).tokens)
+                } else {
+                    match self.read_store(|tx| tx.active_tokens()) {
+                        Ok(active) => auth::find(t, &active),
+                        Err(e) if e.is_unavailable() => auth::find(t, &lock(&self.view).tokens),
+                        Err(e) => return Err(e.into()),
+                    }
                 };
                 found.ok_or_else(|| {
                     Refused::Unauthorized("the token is unknown or revoked".into())
@@ -1751,7 +1757,7 @@ impl<E: Engine> Controller<E> {
             }
             due
         };
-        if store_it {
+        if store_it && self.connected.load(Ordering::Relaxed) {
             let at = self.now();
             let _ = self.write(|tx| tx.touch_probe(name, &at));
         }
@@ -1761,8 +1767,12 @@ impl<E: Engine> Controller<E> {
     /// flows as the probe may have.
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
         self.check_acts_for(caller, name)?;
-        let p = self
-            .read(|tx| tx.probe(name))?
+        // From the view, which every change refreshes: a report is taken while the database
+        // is away.
+        let p = lock(&self.view)
+            .probes
+            .get(name)
+            .cloned()
             .filter(|p| p.registered.is_some())
             .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
         let max = p.max_flows as usize;

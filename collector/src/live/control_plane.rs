@@ -158,7 +158,8 @@ impl Engine for EngineLink {
         };
         let s = s.load();
         Load {
-            pps: s.sessions.iter().map(|x| x.rates.pps_10s).sum(),
+            // A fold from 0.0: an empty f64 sum is -0.0, shown as "-0".
+            pps: s.sessions.iter().fold(0.0, |a, x| a + x.rates.pps_10s),
             packets: s.totals.packets,
             lost: s.totals.lost,
         }
