@@ -345,6 +345,10 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(live, ["a", "b"], "{table}");
+    assert!(
+        !table.contains("-0"),
+        "an idle collector's rate is 0: {table}"
+    );
 
     // A token made on a works on b.
     let op = t.json(
@@ -448,7 +452,21 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
     assert_eq!(requests(&t.out[1 - o1], "s1", VM1_SIZE), 0);
     assert_eq!(requests(&t.out[1 - o2], "s2", VM2_SIZE), 0);
 
-    // kill -9 of s1's owner: s1 moves to the other within 15 s and the probe follows.
+    // Prometheus' http_sd: one target per live collector, its API.
+    let sd = t.get(0, "/api/v1/fleet/sd").unwrap();
+    let mut targets: Vec<&str> = sd
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["targets"][0].as_str())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, [format!("{A}:9760"), format!("{B}:9760")], "{sd}");
+
+    // kill -9 of s1's owner: s1 moves to the other within 15 s and the probe follows. Ties
+    // go by name, so s1 (made first) is on a, the probe's first controller: the probe also
+    // has to turn to its second.
+    assert_eq!(o1, 0, "{owners:?}");
     let dead = o1;
     let alive = 1 - o1;
     let before_kill = requests(&t.out[dead], "s1", VM1_SIZE);
@@ -546,6 +564,30 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
         "the failover is in the audit log"
     );
 
+    // A change made on one collector reaches the probe long-polling the other through
+    // LISTEN/NOTIFY: the probe talks to the live one since the kill; the change is made on
+    // the restarted one.
+    let flows_now = t.probe_flows();
+    let t0 = Instant::now();
+    let (code, _, err) = t.cli(addr[dead], &op, &["flow", "disable", "h1/vm2"]);
+    assert_eq!(code, 0, "{err}");
+    let reached = wait_until(Duration::from_secs(10), "the probe to stop vm2", || {
+        let f = t.probe_flows();
+        (f.len() == 1 && f[0].0 == "vm1").then(|| t0.elapsed())
+    });
+    eprintln!("a change on the other collector reached the probe after {reached:?}");
+    assert!(
+        reached < Duration::from_secs(2),
+        "the change took {reached:?} to reach the probe"
+    );
+    let (code, _, err) = t.cli(addr[dead], &op, &["flow", "enable", "h1/vm2"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        Duration::from_secs(10),
+        "the probe to run vm2 again",
+        || (t.probe_flows() == flows_now).then_some(()),
+    );
+
     // PostgreSQL stopped for 30 s: capture of running sessions goes on, health says so.
     let before_s1 = requests(&t.out[alive], "s1", VM1_SIZE);
     let before_s2 = requests(&t.out[alive], "s2", VM2_SIZE);
@@ -602,4 +644,79 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
     assert!(placed.is_some(), "s3 placed after the outage");
     all_valid(&t.out[alive]);
     drop(cols);
+}
+
+/// A database `collect` cannot use is a clear error at start and exit 2, and leaves the
+/// database as it was: a wrong password, a database that does not exist, a schema newer than
+/// the binary.
+#[test]
+fn a_database_collect_cannot_use_stops_it_at_start_with_exit_2() {
+    let pg = Pg::start("fleet-bad").expect("PostgreSQL");
+    let mut lab = Lab::empty("fleet-bad");
+    let ns = lab.add_ns("col");
+    let out = lab.dir().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let url = |user_pw: &str, db: &str| {
+        format!(
+            "host={} port={} {user_pw} dbname={db}",
+            pg.socket_dir().display(),
+            pg.port()
+        )
+    };
+    let newer = pg.database("newer");
+    let good = format!("user={} password={}", pg::ROLE, pg::PASSWORD);
+    // Made by a newer tapwire: its schema version is past this binary's.
+    run_ok(Command::new(bin("tapwire")).args([
+        "token",
+        "create",
+        "--db",
+        &url(&good, &newer),
+        "--name",
+        "root",
+        "--role",
+        "admin",
+    ]));
+    pg.psql(&newer, "UPDATE tapwire_schema SET version = version + 10");
+    let version_before = pg.psql(&newer, "SELECT version FROM tapwire_schema");
+    let cases = [
+        (
+            url(&format!("user={} password=wrong", pg::ROLE), &newer),
+            "password authentication failed",
+        ),
+        (
+            url(&good, "no_such_db"),
+            "database \"no_such_db\" does not exist",
+        ),
+        (url(&good, &newer), "is newer than this tapwire knows"),
+        ("mysql://x@y/z".to_string(), "not a database tapwire knows"),
+    ];
+    for (db, says) in &cases {
+        let exe = bin("tapwire");
+        let o = lab.exec(
+            &ns,
+            &[
+                exe.to_str().unwrap(),
+                "collect",
+                "--no-tui",
+                "--out",
+                out.to_str().unwrap(),
+                "--api",
+                collector::API,
+                "--db",
+                db,
+                "--name",
+                "a",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{db}: {err}");
+        assert!(err.contains(says), "{db}: {err}");
+        assert!(!err.contains("wrong"), "the password is not shown: {err}");
+    }
+    assert_eq!(
+        pg.psql(&newer, "SELECT version FROM tapwire_schema"),
+        version_before,
+        "the newer database was not touched"
+    );
+    drop(lab);
 }

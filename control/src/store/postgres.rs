@@ -438,6 +438,9 @@ pub fn migrate(client: &mut postgres::Client, migrations: &[&str]) -> Result<u32
     let mut tx = client.transaction().map_err(fail(0))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(fail(0))?;
+    // `IF NOT EXISTS` of a table that exists is a NOTICE, logged at every start otherwise.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .map_err(fail(0))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS tapwire_schema (version INTEGER NOT NULL);
          INSERT INTO tapwire_schema (version)
