@@ -642,6 +642,18 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
         o.iter().any(|(s, _)| s == "s3").then_some(o)
     });
     assert!(placed.is_some(), "s3 placed after the outage");
+    // A session pinned with --collector runs there, whoever is least loaded.
+    let pinned_to = ["a", "b"][alive];
+    t.json(
+        addr[dead],
+        &op,
+        &["session", "create", "s4", "--collector", pinned_to],
+    );
+    let pinned = wait_until(Duration::from_secs(5), "s4 on its collector", || {
+        let o = t.owners(dead)?;
+        o.iter().find(|(s, _)| s == "s4").map(|(_, c)| c.clone())
+    });
+    assert_eq!(pinned, pinned_to);
     all_valid(&t.out[alive]);
     drop(cols);
 }
