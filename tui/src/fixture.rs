@@ -502,6 +502,7 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
         ],
         sessions,
+        control: None,
         page: None,
     }
 }
