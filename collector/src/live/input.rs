@@ -41,6 +41,12 @@ const SLOT_BYTES: usize = 65_536;
 const SOCKET_BUFFER_BYTES: usize = 32 << 20;
 /// How often a thread wakes up to notice shutdown.
 const POLL: Duration = Duration::from_millis(100);
+/// How long an input rests after a read that took less than half a batch: the kernel's queue
+/// (socket buffer, ring, AF_XDP rx ring) gathers the next batch meanwhile, instead of waking
+/// this thread, and through it the engine on the same core, every few packets. Every input
+/// keeps the kernel's receive time of each packet, and each queue holds far more than arrives
+/// in this time at any rate the core can take.
+const COALESCE: Duration = Duration::from_micros(200);
 /// Frames per AF_XDP batch, over all of an interface's sockets: one rx ring's worth.
 const XDP_BATCH: u32 = 4096;
 /// How often the AF_XDP input reads its counters, looks up the local addresses again and
@@ -384,9 +390,11 @@ fn socket_loop(
                         .kernel_drops
                         .fetch_max(u64::from(d), Ordering::Relaxed);
                 }
+                let capacity = b.capacity();
                 if !hand_over(index, Payload::Socket(b), to_engine, back_tx) {
                     return;
                 }
+                rest_after(n, capacity);
             }
             Ok(_) => {
                 let _ = back_tx.send(Payload::Socket(b));
@@ -486,6 +494,18 @@ fn ring_loop(
         } else {
             let _ = back_tx.send(Payload::Frames(frames));
         }
+    }
+}
+
+/// How long to rest after a read that filled `n` of a batch's `capacity`: [`COALESCE`] below
+/// half a batch, nothing otherwise (the queue is filling faster than batches are read).
+fn rest(n: usize, capacity: usize) -> Option<Duration> {
+    (n < capacity / 2).then_some(COALESCE)
+}
+
+fn rest_after(n: usize, capacity: usize) {
+    if let Some(d) = rest(n, capacity) {
+        std::thread::sleep(d);
     }
 }
 
@@ -750,13 +770,13 @@ impl XdpInput {
                 let _ = back_tx.send(Payload::Frames(frames));
                 continue;
             }
-            counters
-                .packets
-                .fetch_add(frames.frames.len() as u64, Ordering::Relaxed);
+            let n = frames.frames.len();
+            counters.packets.fetch_add(n as u64, Ordering::Relaxed);
             counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
+            rest_after(n, XDP_BATCH as usize);
         }
         if let Some(a) = &self.attached
             && let Ok(c) = a.prog.counters()
@@ -812,6 +832,18 @@ mod tests {
             expand_dests(&[Dest::Gre(ip("::"))], &local),
             vec![Dest::Gre(ip("fd77::2")), Dest::Gre(ip("fe80::1"))]
         );
+    }
+
+    #[test]
+    fn small_batches_rest_full_ones_read_on() {
+        // A few packets per read: rest so that the next read takes a batch.
+        assert_eq!(rest(1, BATCH), Some(COALESCE));
+        assert_eq!(rest(BATCH / 2 - 1, BATCH), Some(COALESCE));
+        assert_eq!(rest(100, XDP_BATCH as usize), Some(COALESCE));
+        // Half a batch or more: the kernel's queue is filling, read on at once.
+        assert_eq!(rest(BATCH / 2, BATCH), None);
+        assert_eq!(rest(BATCH, BATCH), None);
+        assert_eq!(rest(XDP_BATCH as usize, XDP_BATCH as usize), None);
     }
 
     #[test]
