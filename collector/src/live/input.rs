@@ -580,14 +580,16 @@ impl Attached {
 }
 
 /// UMEM chunks per socket: 8192 (32 MiB) for up to four queues, less beyond so that an
-/// interface's UMEMs stay near 128 MiB, never below 1024.
+/// interface's UMEMs stay near 128 MiB, never below 1024. The rx ring has a slot for every
+/// chunk: the thread copies frames out and gives their chunks back at once, so what the UMEM
+/// can hold of a burst while the thread rests or waits for the CPU is what the rx ring can.
 fn xsk_config(queues: u32) -> XskConfig {
     let chunks = (32_768 / queues.max(1)).clamp(1024, 8192);
     let chunks = 1 << (31 - chunks.leading_zeros());
     XskConfig {
         chunk_count: chunks,
         fill_ring_size: chunks,
-        rx_ring_size: chunks / 2,
+        rx_ring_size: chunks,
         ..XskConfig::default()
     }
 }
@@ -851,6 +853,8 @@ mod tests {
         for (queues, chunks) in [(1, 8192), (4, 8192), (8, 4096), (12, 2048), (64, 1024)] {
             let c = xsk_config(queues);
             assert_eq!(c.chunk_count, chunks, "{queues} queues");
+            // A burst can fill every chunk before the kernel drops (rx ring full).
+            assert_eq!(c.rx_ring_size, chunks, "{queues} queues");
             c.validate().expect("valid");
         }
     }
