@@ -214,6 +214,7 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         post(stats::action),
     )
     .add("GET", "/api/v1/packets", get(packets::packets))
+    .add("POST", "/api/v1/packets/save", post(packets::save))
     .add("GET", "/api/v1/sessions/{name}/stream", get(stream::stream))
     .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
     .add("GET", "/metrics", get(metrics::metrics))

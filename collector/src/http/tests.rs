@@ -1859,3 +1859,21 @@ async fn a_caller_is_authenticated_before_the_request_is_read() {
     let (s, v) = h.admin("POST", "/api/v1/sessions/web/explode", None).await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// Saving the last minutes of a session writes a file: an operator's token, not a viewer's
+/// (nor localhost's, a viewer).
+#[tokio::test]
+async fn saving_packets_needs_an_operator() {
+    let h = harness("save-auth", None);
+    let viewer = h.token("ro", "viewer").await;
+    let operator = h.token("ops", "operator").await;
+    let path = "/api/v1/packets/save?session=web&minutes=5";
+    assert_eq!(h.call("POST", path, REMOTE, None, None).await.0, 401);
+    assert_eq!(
+        h.call("POST", path, REMOTE, Some(&viewer), None).await.0,
+        403
+    );
+    assert_eq!(h.call("POST", path, LOCAL, None, None).await.0, 403);
+    let (s, v) = h.call("POST", path, REMOTE, Some(&operator), None).await;
+    assert_eq!(s, 404, "an operator gets past the role check: {v}");
+}
