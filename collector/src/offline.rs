@@ -14,7 +14,7 @@ use tapwire_formats::capture::{
 use tapwire_formats::decap::{self, Kind, SourceKey};
 use tapwire_formats::defrag;
 
-use crate::capfile::{CaptureFile, Done, Writer};
+use crate::capfile::CaptureFile;
 use crate::demux::{SequenceMode, SourceId};
 use crate::mapfile::MappedFile;
 use crate::pipeline::{AdmitAll, Delivery, MAX_SOURCES, Pipeline};
@@ -304,19 +304,7 @@ struct Outputs {
     dropped: u64,
     errors: Vec<String>,
     comment: String,
-    /// Writes the blocks on a thread of its own: the copy into the page cache took a third of
-    /// decap's time (perf), now beside the parsing.
-    writer: Writer,
-    /// Emptied buffers back from the writer, for the next blocks.
-    spares: Vec<Vec<u8>>,
-    /// The single file's writes failed: its later packets are dropped.
-    single_failed: bool,
 }
-
-/// The writer's job key of the single file (per-source files use their source's slot).
-const SINGLE: usize = usize::MAX;
-/// Spare buffers kept: a few more than the writer holds at once.
-const MAX_SPARES: usize = 8;
 
 const MAX_FLUSH: usize = 1 << 20;
 const MIN_FLUSH: usize = 64 << 10;
@@ -381,12 +369,6 @@ impl Outputs {
             dropped: 0,
             errors: Vec::new(),
             comment: String::new(),
-            writer: Writer::start().map_err(|e| DecapError::Output {
-                path: PathBuf::from("."),
-                reason: format!("cannot start the writer thread: {e}"),
-            })?,
-            spares: Vec::new(),
-            single_failed: false,
         })
     }
 
@@ -408,7 +390,7 @@ impl Outputs {
             self.failed.resize(id + 1, false);
             self.last_used.resize(id + 1, 0);
         }
-        if self.failed[id] || self.single_failed {
+        if self.failed[id] {
             self.dropped += 1;
             return;
         }
@@ -504,54 +486,16 @@ impl Outputs {
         if file.pending_bytes() < flush_at {
             return;
         }
-        let key = match self.target {
-            Target::Single(_) => SINGLE,
-            Target::PerSource(_) => id,
-        };
-        let spare = self.spares.pop().unwrap_or_default();
-        if let Err(e) = file.flush_to(&mut self.writer, key, spare) {
+        if let Err(e) = file.flush() {
+            let path = file.path().to_path_buf();
             let lost = file.discard_pending();
-            self.write_failed(key, &e, lost);
-        }
-        self.collect();
-    }
-
-    /// Takes in what the writer finished: failures, and the buffers for reuse.
-    fn collect(&mut self) {
-        let done: Vec<Done> = self.writer.finished().collect();
-        self.done(done);
-    }
-
-    fn done(&mut self, done: Vec<Done>) {
-        for d in done {
-            if let Err(e) = &d.result {
-                self.write_failed(d.key, e, d.len_bytes);
+            self.errors.push(format!(
+                "{}: {e} ({lost} buffered bytes lost)",
+                path.display()
+            ));
+            if let Target::PerSource(_) = self.target {
+                self.failed[id] = true;
             }
-            if self.spares.len() < MAX_SPARES {
-                self.spares.push(d.buf);
-            }
-        }
-    }
-
-    /// Writing `lost` bytes for writer key `key` failed: the first failure of a file is
-    /// reported, and its later packets are dropped (the writer skips its queued blocks).
-    fn write_failed(&mut self, key: usize, e: &io::Error, lost: usize) {
-        let first = if key == SINGLE {
-            !std::mem::replace(&mut self.single_failed, true)
-        } else {
-            !std::mem::replace(&mut self.failed[key], true)
-        };
-        if !first {
-            return;
-        }
-        let path = match (key, &self.target) {
-            (SINGLE, _) | (_, Target::Single(_)) => self.single.as_ref().map(CaptureFile::path),
-            _ => self.per_source[key].as_ref().map(CaptureFile::path),
-        };
-        let path = path.map(|p| p.display().to_string()).unwrap_or_default();
-        if self.errors.len() < MAX_ERRORS {
-            self.errors
-                .push(format!("{path}: {e} ({lost} buffered bytes lost)"));
         }
     }
 
@@ -568,15 +512,14 @@ impl Outputs {
             let Some(v) = victim else { break };
             let mut failure = None;
             if let Some(f) = self.per_source[v].as_mut() {
-                // The writer keeps the handle open until the last block is written.
-                if let Err(e) = f.flush_to(&mut self.writer, v, Vec::new()) {
-                    failure = Some((e, f.discard_pending()));
+                if let Err(e) = f.close_handle() {
+                    f.discard_pending();
+                    failure = Some((f.path().to_path_buf(), e));
                 }
-                f.drop_handle();
                 f.shrink(0);
             }
-            if let Some((e, lost)) = failure {
-                self.write_failed(v, &e, lost);
+            if let Some((path, e)) = failure {
+                self.fail(v, &path, &e);
             }
             self.open_handles -= 1;
         }
@@ -588,25 +531,21 @@ impl Outputs {
     }
 
     fn finish(&mut self) {
-        let mut failures = Vec::new();
-        if let Some(f) = self.single.as_mut() {
-            if let Err(e) = f.flush_to(&mut self.writer, SINGLE, Vec::new()) {
-                failures.push((SINGLE, e, f.discard_pending()));
+        let files = self
+            .single
+            .iter_mut()
+            .chain(self.per_source.iter_mut().flatten());
+        let mut errors = Vec::new();
+        for f in files {
+            if let Err(e) = f.close_handle() {
+                let lost = f.discard_pending();
+                errors.push(format!(
+                    "{}: {e} ({lost} buffered bytes lost)",
+                    f.path().display()
+                ));
             }
-            f.drop_handle();
         }
-        for (i, f) in self.per_source.iter_mut().enumerate() {
-            let Some(f) = f else { continue };
-            if let Err(e) = f.flush_to(&mut self.writer, i, Vec::new()) {
-                failures.push((i, e, f.discard_pending()));
-            }
-            f.drop_handle();
-        }
-        let done = self.writer.join();
-        self.done(done);
-        for (key, e, lost) in failures {
-            self.write_failed(key, &e, lost);
-        }
+        self.errors.extend(errors);
     }
 }
 
