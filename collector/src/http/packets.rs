@@ -577,6 +577,7 @@ mod tests {
             totals: Default::default(),
             inputs: Vec::new(),
             sessions: vec![web_session()],
+            control: None,
             page: None,
         }));
         router(
