@@ -908,8 +908,23 @@ fn tapwire_stream_ends_cleanly_when_the_session_goes_or_the_collector_stops() {
     );
     c.wait_for_packets(&a.sources, Duration::from_secs(10));
     c.wait_for_packets(&b.sources, Duration::from_secs(10));
-    // Statistics come once a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // While the stream lives, a statistics block comes once a second (one source: one block
+    // each time), counting what the stream got, and more of them while nothing flows.
+    let live = || {
+        let isbs = statistics(&deleted);
+        let last = isbs.last()?.clone();
+        (last["received"] == a.total() && last["delivered_to_user"] == a.total())
+            .then_some(isbs.len())
+    };
+    let first = poll_until(Duration::from_secs(10), &live)
+        .unwrap_or_else(|| panic!("no statistics while live: {:?}", statistics(&deleted)));
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = live().expect("statistics while live");
+    assert!(
+        later >= first + 2,
+        "{first} statistics blocks, then {later} 2.5 s later"
+    );
+    assert_eq!(validate_capture(&deleted), a.total());
 
     lab.exec_ok(
         lab.ns("col"),
