@@ -846,6 +846,37 @@ fn bad_input_gives_errors_wireshark_shows() {
     assert_eq!(validate_capture(&out), sent.total());
 }
 
+/// The nice value of each thread of process `pid`, by thread name.
+fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap();
+            // After the parenthesised name: state is field 3, nice field 19.
+            let (name, rest) = stat.split_once(" (").unwrap().1.rsplit_once(") ").unwrap();
+            let nice = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name.to_string(), nice)
+        })
+        .collect()
+}
+
+/// The API's thread, which writes every live stream, runs at a lower priority than the
+/// capture's threads, so that serving streams on the capture's CPU cannot take its time
+/// (scripts/bench-stream.sh measures what it would cost).
+#[test]
+fn the_api_thread_yields_to_capture() {
+    let (lab, cfg) = lab_with_config("stream-nice", WEB_CONFIG);
+    let mut c = start_collector(&lab, &cfg, &[]);
+    c.sessions();
+    let nice = thread_nice(c.proc.pid());
+    assert_eq!(nice.get("tapwire-api"), Some(&10), "{nice:?}");
+    for capture in ["tapwire", "tapwire-in0", "tapwire-disk"] {
+        assert_eq!(nice.get(capture), Some(&0), "{capture}: {nice:?}");
+    }
+    c.stop("TERM", STOP_WITHIN);
+}
+
 /// `tapwire stream` writes a valid capture and ends it cleanly, with its statistics, when
 /// the session is deleted (the control plane) or the collector stops, saying which.
 #[test]
