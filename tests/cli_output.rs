@@ -244,6 +244,14 @@ files = { rotate = { packets = 5 }, max_files = 3 }
             .collect::<Vec<_>>()
             .join("\n")
     };
+    // The bounds the collector runs with, defaults included.
+    for want in [
+        "limits: 4096 sources, 256 auto-discovered sessions, idle after 10m, 64 live streams",
+        "packet index: on; queries refused above",
+        "hooks (by name): none",
+    ] {
+        assert!(out.contains(want), "{want:?} not in\n{out}");
+    }
     let inherits = block("inherits");
     for want in [
         "files: pcap-ns in",

@@ -37,6 +37,26 @@ pub fn describe(o: &CollectOptions) -> String {
             Timestamps::Erspan => "erspan",
         }
     );
+    let l = &s.limits;
+    let _ = writeln!(
+        t,
+        "limits: {} sources, {} auto-discovered sessions, idle after {}, {} live streams",
+        l.max_sources,
+        l.max_auto_sessions,
+        humantime::format_duration(std::time::Duration::from_nanos(l.idle_timeout_ns)),
+        s.max_streams
+    );
+    let _ = writeln!(
+        t,
+        "packet index: {}; queries refused above {}",
+        if o.index { "on" } else { "off (--no-index)" },
+        o.query_max_bytes.map_or("no limit".into(), size)
+    );
+    let hooks: Vec<String> = o.config.hooks.keys().cloned().collect();
+    let _ = writeln!(t, "hooks (by name): {}", list_or(&hooks, "none"));
+    if let Some(c) = &o.controller {
+        let _ = writeln!(t, "probes: at most {}", c.max_probes);
+    }
     if s.auto_discover {
         let _ = writeln!(t, "auto-discovered sessions:");
         files(&mut t, Some(&s.default_files), &s.out);

@@ -226,7 +226,7 @@ where
         {
             // The flags allowed it: say what it means.
             if opts.api_token.is_some() {
-                tracing::warn!(%api, "API reachable from other hosts: reads are open to anyone who reaches it; actions need the API token");
+                tracing::info!(%api, "API reachable from other hosts: reads and actions from them need the API token");
             } else {
                 tracing::warn!(%api, "API reachable from other hosts without authentication (--allow-unauthenticated-api): anyone who reaches it reads the stats; actions only from localhost");
             }

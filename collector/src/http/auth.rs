@@ -4,9 +4,10 @@
 //! With the control plane (`--db`) a caller is a bearer token's (its role decides), or
 //! `localhost`, a viewer, for a connection from the loopback without one; the token is looked
 //! up on the blocking pool, since the database may be held by a change for a moment. Without
-//! it, reads are open and actions need the loopback or the `--api-token`. Secrets are compared
-//! as SHA-256 digests in constant time ([`tapwire_control::auth::constant_time_eq`], the one
-//! comparison): equal lengths, so the time tells nothing of the secret's length either.
+//! it, actions need the loopback or the `--api-token`, and so do reads from other hosts once an
+//! `--api-token` is set. Secrets are compared as SHA-256 digests in constant time
+//! ([`tapwire_control::auth::constant_time_eq`], the one comparison): equal lengths, so the time
+//! tells nothing of the secret's length either.
 //!
 //! Every route authenticates its caller before it looks at its request: an anonymous client
 //! gets 401 or 403, never a 400 that tells what the route would accept.
@@ -118,8 +119,10 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// Without the control plane: reads are open; actions need the loopback or the API token (a
-/// malformed `Authorization` counts as none).
+/// Without the control plane: with an `--api-token`, reads from other hosts need it too (the
+/// stream and the packet query serve payloads); without one, reads are open (other hosts reach
+/// such an API only with `--allow-unauthenticated-api`). Actions need the loopback or the API
+/// token (a malformed `Authorization` counts as none).
 fn without_controller(
     s: &ApiState,
     loopback: bool,
@@ -127,7 +130,15 @@ fn without_controller(
     need: Need,
 ) -> Result<Caller, (StatusCode, &'static str)> {
     match need {
-        Need::Read => Ok(Caller::localhost()),
+        Need::Read => match (&s.token, bearer(headers).ok().flatten()) {
+            (None, _) => Ok(Caller::localhost()),
+            (Some(t), Some(b)) if t.matches(b) => Ok(Caller::system("api-token")),
+            (Some(_), None) if loopback => Ok(Caller::localhost()),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                "reads from another host need the API token (Authorization: Bearer TOKEN)",
+            )),
+        },
         Need::Change => {
             let authorised = match (&s.token, bearer(headers).ok().flatten()) {
                 (Some(t), Some(b)) => t.matches(b),

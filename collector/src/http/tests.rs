@@ -1785,6 +1785,36 @@ async fn the_api_token_is_compared_as_a_digest_and_shown_nowhere() {
 }
 
 #[tokio::test]
+async fn with_an_api_token_reads_from_other_hosts_need_it_too() {
+    // The stream and the packet query serve payloads: a token set means other hosts read with it.
+    let app = router(plain_state(Some("t0ken")));
+    for path in [
+        "/api/v1/sessions",
+        "/metrics",
+        "/api/v1/sessions/web/stream",
+    ] {
+        for token in [None, Some("t0ke"), Some("t0ken0")] {
+            let (s, v) = send(app.clone(), "GET", path, REMOTE, token, None).await;
+            assert_eq!(s, 401, "{path} {token:?}: {v}");
+        }
+        let (s, v) = send(app.clone(), "GET", path, LOCAL, Some("wrong"), None).await;
+        assert_eq!(s, 401, "{path} wrong token from localhost: {v}");
+    }
+    for (peer, token) in [
+        (REMOTE, Some("t0ken")),
+        (LOCAL, Some("t0ken")),
+        (LOCAL, None),
+    ] {
+        let (s, v) = send(app.clone(), "GET", "/api/v1/sessions", peer, token, None).await;
+        assert_eq!(s, 200, "{peer} {token:?}: {v}");
+    }
+    // Without a token (only served to other hosts with --allow-unauthenticated-api), reads are open.
+    let open = router(plain_state(None));
+    let (s, v) = send(open, "GET", "/api/v1/sessions", REMOTE, None, None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
 async fn a_caller_is_authenticated_before_the_request_is_read() {
     let h = harness("auth-first", None);
     for path in [
