@@ -718,6 +718,46 @@ fn bad_input_gives_errors_wireshark_shows() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("404: no session named \"nosuch\""), "{err}");
+    // Wireshark's GUI starts dumpcap on the fifo after the extcap, which may have failed by
+    // then: dumpcap must still end (an empty capture), or the GUI waits for ever and never
+    // shows the error.
+    let late = lab.dir().join("fifo-late");
+    run_ok(Command::new("mkfifo").arg(&late));
+    let mut failed = lab.spawn(
+        lab.ns("col"),
+        &[
+            tapwire,
+            "extcap",
+            "--capture",
+            "--extcap-interface",
+            "tapwire-nosuch",
+            "--fifo",
+            late.to_str().unwrap(),
+        ],
+    );
+    wait_until(Duration::from_secs(10), "the extcap's error", || {
+        failed
+            .stderr()
+            .contains("404: no session named")
+            .then_some(())
+    });
+    let mut dumpcap = lab.spawn(
+        lab.ns("col"),
+        &[
+            "dumpcap",
+            "-i",
+            late.to_str().unwrap(),
+            "-w",
+            lab.dir().join("late.pcapng").to_str().unwrap(),
+        ],
+    );
+    dumpcap
+        .wait_timeout(Duration::from_secs(10))
+        .expect("dumpcap ends on the fifo of an extcap that failed");
+    let status = failed
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the extcap ends");
+    assert_eq!(status.code(), Some(1), "{}", failed.stderr());
     // A bad filter: 400 with libpcap's message, shown by tshark.
     let bad = curl(
         lab.ns("col"),
