@@ -19,11 +19,12 @@
 # Readers, all in `col`, pinned to READER_CPU (default 0, the generator's: a reader is
 # normally on another machine, and on CPU 1 it would take the capturer's CPU itself), spread
 # round robin over the 8 sessions, each reading its own stream from the API on 127.0.0.1:
-#   - most: `curl -sN URL -o /dev/null` (the raw stream as fast as it comes);
-#   - every 5th: `tapwire stream S -w /dev/null` (the CLI's block-by-block copy);
-#   - every 10th of those: with the filter `udp port 1001` (runs on the collector, per packet);
 #   - SLOW (5): `curl --limit-rate 64k`, falling behind and dropping;
-#   - STALLED (5): curl into a pipe nobody reads (`| sleep`): its queue fills and stays full.
+#   - STALLED (5): curl into a pipe nobody reads (`| sleep`): its queue fills and stays full;
+#   - of the others, every 5th `tapwire stream S -w /dev/null` (the CLI's block-by-block
+#     copy), every 10th of them all with the filter `udp port 1001` (run on the collector,
+#     per packet); the rest `curl -sN URL -o /dev/null`. With 50: 32 curl, 8 tapwire stream
+#     (4 filtered), 5 slow, 5 stalled.
 # The API thread (tapwire-api, which writes every stream, at nice 10 so that the capture
 # wins the CPU they share) stays with the collector on CPU 1 unless API_CPU names another CPU:
 # it is moved there after the start (taskset -p on its TID). API_NICE=N renices it (0: the
