@@ -39,6 +39,9 @@ WORK=$(mktemp -d /tmp/tapwire-screenshot.XXXXXX)
 DISPLAY_NO=$((90 + $$ % 9))
 PIDS=()
 cleanup() {
+    # TERM first: Wireshark then removes its extcap fifo from /tmp.
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 1
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for ns in "$GEN" "$COL"; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
