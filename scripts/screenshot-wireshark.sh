@@ -39,7 +39,8 @@ WORK=$(mktemp -d /tmp/tapwire-screenshot.XXXXXX)
 DISPLAY_NO=$((90 + $$ % 9))
 PIDS=()
 cleanup() {
-    # TERM first: Wireshark then removes its extcap fifo from /tmp.
+    # TERM first, a chance to end cleanly (Wireshark 4.0 still leaves its extcap fifo,
+    # /tmp/wireshark_extcap_tapwire-web*, behind: not removed here, it may be another's).
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     sleep 1
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
