@@ -88,8 +88,9 @@ RSS_SECONDS=${RSS_SECONDS:-60}
 PROFILE=${PROFILE:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 GEN_CPU=0 RX_CPU=1
-# Extra flags for tapwire collect (the memory runs lift the session and source caps).
-TAPWIRE_ARGS=()
+# Extra flags for tapwire collect (the memory runs lift the session and source caps;
+# TAPWIRE_EXTRA_ARGS adds some to every tapwire run, e.g. --no-index for bench-index-cost.sh).
+read -r -a TAPWIRE_ARGS <<<"${TAPWIRE_EXTRA_ARGS:-}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 [[ $(id -u) == 0 ]] || { echo "bench-collect: run as root (network namespaces)" >&2; exit 2; }

@@ -35,6 +35,9 @@ for cmd in "${!need[@]}"; do
 done
 [ -x /usr/bin/time ] || missing+=(time)
 /usr/bin/python3 -c 'import scapy' 2>/dev/null || missing+=(python3-scapy)
+# The fleet's tests start throw-away PostgreSQL servers (tests/support/pg.rs) from these
+# binaries, run as the package's `postgres` user when the tests run as root.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -12,7 +12,10 @@ use std::time::Duration;
 use tapwire_tests::collector::{API, Collector, read_captures};
 use tapwire_tests::netns::{COL_V4, Lab};
 use tapwire_tests::senders::{self, MirrorSend};
-use tapwire_tests::{TempDir, bin, require, run_ok, validate_capture};
+use tapwire_tests::{
+    TempDir, bin, capture_files as public_files, captures_dir, require, run, run_ok,
+    validate_capture,
+};
 
 /// Packets per file: 60 per session leave 4 in the file still being written.
 const ROTATE: usize = 7;
@@ -249,6 +252,14 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         query_dir(&out, &range, filter, &w);
         let got = packets(&w);
         assert_same(&format!("--dir {filter:?}"), &expected, &got);
+        // tcpdump's meaning: `host X` does not look inside an 802.1Q tag, `vlan and host X`
+        // looks only inside one (the sender tags the frames of one direction).
+        let tagged = |p: &Packet| p.1.get(12..14) == Some(&[0x81, 0x00][..]);
+        match filter {
+            "host 192.0.2.1" => assert!(!got.iter().any(tagged), "host X matched a tagged frame"),
+            "vlan and host 192.0.2.1" => assert!(got.iter().all(tagged), "an untagged frame"),
+            _ => {}
+        }
         if filter.is_empty() {
             for t in &open {
                 assert!(got.iter().any(|p| p.0 == *t), "the open files' packets");
@@ -396,4 +407,312 @@ fn query_by_time_and_filter_equals_tcpdump_and_mergecap_over_the_rotated_files()
         ],
     );
     assert_same("tapwire query --api", &expected, &packets(&w));
+
+    // With no --api: the local collector's API (on the collector's host, no token needed).
+    let w = lab.dir().join("cli-local.pcapng");
+    lab.exec_ok(
+        &col,
+        &[
+            tapwire.to_str().unwrap(),
+            "query",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "-w",
+            w.to_str().unwrap(),
+            filter,
+        ],
+    );
+    assert_same("tapwire query (local API)", &expected, &packets(&w));
+}
+
+/// The public captures (`../shared/captures`: pcap and pcapng, Ethernet and raw IP, from
+/// tcpdump, Zeek, Suricata, Arkime and a Cisco lab), put in one folder as an analyst would and
+/// read with `tapwire query --dir`: each filter's answer is, frame for frame and in the same
+/// order, `tcpdump -r` over every file and then `mergecap` of the parts. A file whose link
+/// type cannot take the filter (tcpdump refuses it: `vlan` on raw IP) gives nothing.
+#[test]
+fn query_over_the_public_captures_equals_tcpdump_and_mergecap() {
+    let Some(src) = captures_dir() else { return };
+    for tool in ["tcpdump", "tshark", "mergecap", "capinfos", "captype"] {
+        require(tool);
+    }
+    let tmp = TempDir::new("query-public");
+    let dir = tmp.join("captures");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Copies in a temporary folder (the query writes indexes beside them), named by origin:
+    // two origins have a vxlan.pcap.
+    let mut files = Vec::new();
+    for f in public_files(&src) {
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "-");
+        let to = dir.join(rel);
+        std::fs::copy(&f, &to).unwrap();
+        files.push(to);
+    }
+    files.sort();
+    assert!(files.len() >= 30, "{} public captures", files.len());
+    let links: std::collections::BTreeSet<String> = run_ok(
+        Command::new("capinfos")
+            .args(["-T", "-E", "-r"])
+            .args(&files),
+    )
+    .lines()
+    .filter_map(|l| l.rsplit('\t').next().map(str::to_string))
+    .collect();
+    assert!(
+        links.contains("ether") && links.contains("rawip"),
+        "link types: {links:?}"
+    );
+    let (from, to) = ("0", "4102444800");
+    for (i, filter) in [
+        "",
+        "udp",
+        "vlan",
+        "ip6 or icmp",
+        "ip proto 47 and len > 200",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let parts_dir = tmp.join(format!("parts{i}"));
+        std::fs::create_dir_all(&parts_dir).unwrap();
+        let mut parts = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            let part = parts_dir.join(format!("{k:02}.pcap"));
+            let mut cmd = Command::new("tcpdump");
+            cmd.args(["-Z", "root", "--time-stamp-precision=nano", "-r"])
+                .arg(f)
+                .arg("-w")
+                .arg(&part);
+            if !filter.is_empty() {
+                cmd.arg(filter);
+            }
+            let o = run(&mut cmd);
+            if o.status.success() {
+                parts.push(part);
+            } else {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    err.contains("no VLAN support"),
+                    "tcpdump -r {} {filter:?}: {err}",
+                    f.display()
+                );
+            }
+        }
+        let merged = parts_dir.join("merged.pcapng");
+        run_ok(
+            Command::new("mergecap")
+                .args(["-F", "pcapng", "-w"])
+                .arg(&merged)
+                .args(&parts),
+        );
+        let expected = packets(&merged);
+        assert!(!expected.is_empty(), "{filter:?}: tcpdump found nothing");
+        let w = tmp.join(format!("q{i}.pcapng"));
+        query_dir(&dir, &["--from", from, "--to", to], filter, &w);
+        // Some files are not in time order themselves: mergecap keeps each file's order, and so
+        // must the query.
+        let got = packets(&w);
+        if got != expected {
+            let at = got
+                .iter()
+                .zip(&expected)
+                .take_while(|(g, e)| g == e)
+                .count();
+            panic!(
+                "public captures {filter:?}: {} packets expected (tcpdump -r + mergecap), {} returned; the first difference at packet {at}: expected {:?}, got {:?}",
+                expected.len(),
+                got.len(),
+                expected.get(at).map(|p| p.0),
+                got.get(at).map(|p| p.0)
+            );
+        }
+    }
+    // Every file was indexed after the fact (none is a session's file still being written),
+    // and the second pass, from the indexes, gives the same.
+    for f in &files {
+        assert!(
+            Path::new(&format!("{}.twidx", f.display())).exists(),
+            "no index written for {}",
+            f.display()
+        );
+    }
+    let w = tmp.join("again.pcapng");
+    query_dir(&dir, &["--from", from, "--to", to], "udp", &w);
+    assert_eq!(packets(&w), packets(&tmp.join("q1.pcapng")));
+    // Over the limit: refused before anything is written, with the index's estimate.
+    let o = run(Command::new(bin("tapwire"))
+        .arg("query")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--from", from, "--to", to, "--max-bytes", "1000"])
+        .arg("-w")
+        .arg(tmp.join("refused.pcapng")));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("would read up to") && err.contains("more than the limit of 1000 bytes"),
+        "{err}"
+    );
+    assert!(!tmp.join("refused.pcapng").exists(), "nothing written");
+}
+
+/// After `kill -9`, with an on-finish command that compresses each finished file: the
+/// compressed files (read by a full scan of their decompressed stream) and the file the kill
+/// cut are answered as `tcpdump -r` + `mergecap` answers them (the compressed ones
+/// decompressed first with `gzip -dc`); once the restarted collector has written newer files,
+/// the cut file is no session's newest any more and gets a whole index after the fact.
+#[test]
+fn after_kill_9_compressed_and_cut_files_are_answered_and_indexed() {
+    for tool in [
+        "tcpdump", "tshark", "mergecap", "capinfos", "captype", "gzip",
+    ] {
+        require(tool);
+    }
+    let lab = Lab::new("query-kill9");
+    let snd = lab.ns("snd").to_string();
+    let col = lab.ns("col").to_string();
+    let out = lab.dir().join("out");
+    let gzip = r#"gzip "$1""#;
+    let args = ["--rotate-packets", &ROTATE.to_string(), "--on-finish", gzip];
+    let mut c = Collector::start(&lab, &col, &out, &args);
+    let opts = MirrorSend {
+        families: "4".into(),
+        kinds: "erspan-ii".into(),
+        sources: 2,
+        count: PER_SESSION,
+        ..MirrorSend::default()
+    };
+    let sent = senders::send_mirror(&lab, &snd, &opts, &lab.dir().join("sent.pcap"), false);
+    c.wait_for_packets(&sent.sources, Duration::from_secs(15));
+    c.wait_written(Duration::from_secs(10));
+    // Every finished file compressed (the hook ran), the newest of each session still open.
+    let finished = 2 * (PER_SESSION as usize / ROTATE);
+    let names = |dir: &Path| -> Vec<PathBuf> { tapwire_tests::collector::files_in(dir) };
+    let mut waited = 0;
+    while names(&out)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+        .count()
+        < finished
+        || names(&out).len() != finished + 2
+    {
+        assert!(
+            waited < 100,
+            "the on-finish gzip did not run: {:?}",
+            names(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    c.proc.signal("KILL");
+    c.proc.wait_timeout(Duration::from_secs(5)).expect("killed");
+    let files = names(&out);
+    let cut: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .cloned()
+        .collect();
+    assert_eq!(cut.len(), 2, "{files:?}");
+    // The kill may come between a buffer of the capture and its index records: the first
+    // file's index is cut here to half (the second keeps what the kill left).
+    let ix0 = PathBuf::from(format!("{}.twidx", cut[0].display()));
+    let b = std::fs::read(&ix0).unwrap();
+    std::fs::write(&ix0, &b[..b.len() / 2]).unwrap();
+
+    let tmp = TempDir::new("query-kill9");
+    // The oracle reads plain captures: the compressed ones decompressed by gzip.
+    let plain: Vec<PathBuf> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.extension().is_some_and(|e| e == "gz") {
+                let to = tmp.join(format!("{i:02}.pcapng"));
+                let o = run(Command::new("gzip").arg("-dc").arg(f));
+                assert!(o.status.success(), "gzip -dc {}", f.display());
+                std::fs::write(&to, o.stdout).unwrap();
+                to
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    let (from_ns, to_ns) = (0, u64::MAX / 2);
+    let range = ["--from", "0", "--to", "4102444800"];
+    for (i, filter) in ["", "host 192.0.2.1", "vlan and host 192.0.2.1"]
+        .into_iter()
+        .enumerate()
+    {
+        let oracle = tmp.join(format!("oracle{i}"));
+        std::fs::create_dir_all(&oracle).unwrap();
+        let expected = tcpdump_mergecap(&plain, filter, from_ns, to_ns, &oracle);
+        if filter.is_empty() {
+            assert_eq!(expected.len(), 2 * PER_SESSION as usize);
+        }
+        let w = tmp.join(format!("q{i}.pcapng"));
+        query_dir(&out, &range, filter, &w);
+        assert_same(
+            &format!("after kill -9 {filter:?}"),
+            &expected,
+            &packets(&w),
+        );
+    }
+    // The compressed files' indexes were written whole by the collector before the hook ran:
+    // the query rewrote none of them.
+    for f in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+    {
+        let name = f.file_name().unwrap().to_string_lossy();
+        let ix = out.join(format!("{}.twidx", name.strip_suffix(".gz").unwrap()));
+        let parsed = tapwire_formats::index::parse(&std::fs::read(&ix).unwrap());
+        assert!(
+            parsed.stop.is_none()
+                && matches!(
+                    parsed.records.last(),
+                    Some(tapwire_formats::index::Record::End { .. })
+                ),
+            "{}: not a whole index",
+            ix.display()
+        );
+    }
+
+    // Restarted, with newer files: the cut files are finished now and get whole indexes.
+    let c2 = Collector::start(&lab, &col, &out, &args);
+    let again = MirrorSend {
+        start: PER_SESSION,
+        count: 3,
+        ..opts
+    };
+    let sent = senders::send_mirror(&lab, &snd, &again, &lab.dir().join("again.pcap"), false);
+    c2.wait_for_packets(&sent.sources, Duration::from_secs(15));
+    c2.wait_written(Duration::from_secs(10));
+    let w = tmp.join("after-restart.pcapng");
+    let summary = query_dir(&out, &range, "", &w);
+    assert_eq!(
+        packets(&w).len(),
+        2 * (PER_SESSION + 3) as usize,
+        "{summary}"
+    );
+    for f in &cut {
+        let ix = tapwire_formats::index::parse(
+            &std::fs::read(format!("{}.twidx", f.display())).unwrap(),
+        );
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(
+            matches!(
+                ix.records.last(),
+                Some(tapwire_formats::index::Record::End { capture_len }) if *capture_len == len
+            ),
+            "{}: no whole index after the fact ({} records, stop {:?})",
+            f.display(),
+            ix.records.len(),
+            ix.stop
+        );
+    }
 }

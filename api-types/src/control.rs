@@ -92,7 +92,14 @@ pub struct SessionCreate {
     /// The `tap` of a `[[session]]`: a name, or a table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<serde_json::Value>,
+    /// The collector that runs it (`--name` of a collector of the fleet), or `auto` (the
+    /// default): the least loaded live collector, and another when that one dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
 }
+
+/// The `collector` of a session that is placed by the fleet rather than pinned.
+pub const AUTO: &str = "auto";
 
 /// `PATCH /api/v1/sessions/{name}`: a JSON merge patch (RFC 7386) of the definition. A field
 /// left out stays as it is; `filter: Some(None)` (`null`) removes the filter, and a `null`
@@ -112,6 +119,9 @@ pub struct SessionPatch {
     pub files: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tap: Option<serde_json::Value>,
+    /// A collector's name, or `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
 }
 
 /// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
@@ -154,6 +164,16 @@ pub struct SessionInfo {
     pub flows: Vec<String>,
     pub created: String,
     pub updated: String,
+    /// The collector it is pinned to, or `auto`.
+    #[serde(default = "auto")]
+    pub collector: String,
+    /// The collector that runs it now (`None`: not placed yet, no collector is live).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+fn auto() -> String {
+    AUTO.to_string()
 }
 
 /// `POST /api/v1/flows`: mirror an interface of a named probe into a session.
@@ -300,6 +320,79 @@ pub struct AuditEntry {
     /// What it acted on: a session, `probe/flow`, a token's name.
     pub target: String,
     pub detail: serde_json::Value,
+    /// The collector that served the change (`None`: made offline, `tapwire token --db`).
+    #[serde(default)]
+    pub collector: Option<String>,
+}
+
+/// Whether a collector's lease is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectorState {
+    /// It renewed its lease in time.
+    Live,
+    /// Its lease ran out: its auto sessions are moved to live collectors.
+    Dead,
+}
+
+/// The control plane's link to its database, as the collector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlState {
+    /// No `--db`: no control plane.
+    Off,
+    Connected,
+    /// The database cannot be reached: capture goes on with the last state, changes wait.
+    Disconnected,
+}
+
+/// `GET /api/v1/health`: answered from memory, without the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub control: ControlState,
+    /// This collector's name in its fleet (with `--db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+}
+
+/// One collector of the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetMember {
+    pub name: String,
+    pub state: CollectorState,
+    /// Seconds since it last renewed its lease.
+    pub lease_age_s: f64,
+    /// Where probes send it mirrored traffic (`--advertise`).
+    pub advertise: Option<String>,
+    /// Its API (`--listen`, as URL).
+    pub api_url: Option<String>,
+    pub version: String,
+    pub started: String,
+    /// The sessions it runs (owns), by name.
+    pub sessions: Vec<String>,
+    /// Packets per second received over the last 10 s, as it last reported.
+    pub pps: f64,
+    /// Packets lost (sequence gaps) since it started, as it last reported.
+    pub lost: u64,
+    /// Packets received since it started, as it last reported.
+    pub packets: u64,
+}
+
+/// `GET /api/v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// The collector that answered.
+    pub collector: String,
+    pub control: ControlState,
+    pub collectors: Vec<FleetMember>,
+}
+
+/// One entry of `GET /api/v1/fleet/sd` (Prometheus `http_sd_config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdTarget {
+    pub targets: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /api/v1/probes/register`.
@@ -384,6 +477,7 @@ mod tests {
             filter: None,
             files: Some(serde_json::Value::Bool(false)),
             tap: None,
+            collector: None,
         };
         assert_eq!(
             serde_json::to_value(&req).expect("json"),

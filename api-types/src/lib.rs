@@ -382,9 +382,21 @@ pub struct Snapshot {
     pub inputs: Vec<InputStats>,
     /// Ordered by name; over HTTP, one page of them.
     pub sessions: Vec<SessionStats>,
+    /// The control plane (`collect --db`): this collector's name in its fleet and whether its
+    /// database answers. Absent without `--db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlInfo>,
     /// Over HTTP: where this page of sessions stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<Page>,
+}
+
+/// The control plane as a snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlInfo {
+    pub state: control::ControlState,
+    /// This collector's `--name`.
+    pub collector: String,
 }
 
 /// A page of a list: `next` is the cursor to pass as `after` for the following page (the last

@@ -26,7 +26,7 @@ use tapwire_netio::outln;
 use tapwire_collector::http::Listen;
 use tapwire_collector::live::control_plane::SystemClock;
 use tapwire_control::auth::Caller;
-use tapwire_control::store::sqlite::SqliteStore;
+use tapwire_control::store::Location;
 use tapwire_control::{Clock, ControllerOptions, Refused, tokens};
 
 // ---------------------------------------------------------------------------------------------
@@ -34,11 +34,17 @@ use tapwire_control::{Clock, ControllerOptions, Refused, tokens};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ControlArgs {
-    /// Turn on the control plane: sessions and probe flows managed over the API, kept in this
-    /// SQLite database (created with its schema when absent). At first start an admin token
-    /// is written to PATH.admin-token.
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// Turn on the control plane: sessions and probe flows managed over the API, kept in
+    /// this SQLite database (a path or sqlite:PATH, created with its schema when absent; at
+    /// first start an admin token is written to PATH.admin-token), or in a PostgreSQL
+    /// database shared by a fleet of collectors (postgres://USER:PASSWORD@HOST:PORT/DB, or
+    /// "host=... dbname=..."; TLS with ?sslmode=require, verify-full, sslrootcert=FILE).
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: Option<String>,
+    /// This collector's name in its fleet, unique among live collectors [default: the host
+    /// name].
+    #[arg(long, value_name = "NAME", requires = "db")]
+    pub name: Option<String>,
     /// Also serve the API here, for probes and remote clients (TLS with --tls-cert).
     #[arg(long, value_name = "ADDR:PORT", requires = "db")]
     pub listen: Option<SocketAddr>,
@@ -68,13 +74,50 @@ pub struct ControlArgs {
     pub probe_report_interval: String,
 }
 
+/// The host's name, the default `--name`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tapwire".into())
+}
+
+/// Where the fleet and Prometheus reach this collector's API: `--listen` (https with a
+/// certificate), its address or else `--advertise`; without `--listen`, `--api` when it is
+/// not the loopback.
+fn api_url(
+    listen: Option<SocketAddr>,
+    tls: bool,
+    advertise: Option<IpAddr>,
+    api: Option<SocketAddr>,
+) -> Option<String> {
+    let (addr, scheme) = match (listen, api) {
+        (Some(l), _) => (l, if tls { "https" } else { "http" }),
+        (None, Some(a)) if !a.ip().is_loopback() => (a, "http"),
+        _ => return None,
+    };
+    let ip = if addr.ip().is_unspecified() {
+        advertise?
+    } else {
+        addr.ip()
+    };
+    Some(format!("{scheme}://{}", SocketAddr::new(ip, addr.port())))
+}
+
 /// The control plane's options and its listener, from the flags; `None` without `--db`.
+/// `api`: the `--api` address.
 pub fn collect_options(
     a: &ControlArgs,
+    api: Option<SocketAddr>,
 ) -> Result<(Option<ControllerOptions>, Option<Listen>), String> {
-    let Some(db) = a.db.clone() else {
+    let Some(db) = a.db.as_deref() else {
         return Ok((None, None));
     };
+    let db = Location::parse(db)?;
+    let name = a.name.clone().unwrap_or_else(host_name);
+    tapwire_api_types::control::validate_name(&name)
+        .map_err(|e| format!("--name {name:?}: {e}"))?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(tapwire_collector::http::tls::server_config(c, k)?),
         _ => None,
@@ -105,11 +148,15 @@ pub fn collect_options(
     Ok((
         Some(ControllerOptions {
             db,
+            name,
             advertise,
+            api_url: api_url(a.listen, tls.is_some(), advertise, api),
             max_probes: a.max_probes,
             max_flows_per_probe: a.probe_max_flows,
             max_pps_per_probe: max_pps,
             report_interval,
+            lease: tapwire_control::fleet::LEASE,
+            heartbeat: tapwire_control::fleet::HEARTBEAT,
         }),
         a.listen.map(|addr| Listen { addr, tls }),
     ))
@@ -175,6 +222,13 @@ pub struct Audit {
     pub client: ClientArgs,
 }
 
+/// `tapwire collectors`: the fleet's collectors.
+#[derive(Args, Debug)]
+pub struct Collectors {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 #[derive(Args, Debug)]
 pub struct Tokens {
     #[command(subcommand)]
@@ -234,6 +288,10 @@ pub struct SessionCreateArgs {
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
+    /// The collector that runs it (a collector's --name), or auto: the least loaded live
+    /// collector of the fleet, and another when that one dies [default: auto].
+    #[arg(long, value_name = "NAME|auto")]
+    pub collector: Option<String>,
     /// More fields, as JSON (the `files` and `tap` tables of a [[session]]).
     #[arg(long, value_name = "JSON")]
     pub spec: Option<String>,
@@ -246,6 +304,9 @@ pub struct SessionUpdateArgs {
     pub filter: Option<String>,
     #[arg(long)]
     pub no_filter: bool,
+    /// Pin it to this collector, or auto (placed by the fleet).
+    #[arg(long, value_name = "NAME|auto")]
+    pub collector: Option<String>,
     /// A JSON merge patch: {"files": {"rotate": {"size": "1GiB"}}, "tap": null}.
     #[arg(long, value_name = "JSON")]
     pub spec: Option<String>,
@@ -370,19 +431,19 @@ pub enum TokenCmd {
         #[arg(long, value_name = "NAME")]
         probe: Option<String>,
         /// Work on the database directly (no collector needed): how the first admin token can
-        /// be made too.
-        #[arg(long, value_name = "PATH")]
-        db: Option<PathBuf>,
+        /// be made too (an SQLite path, or a fleet's postgres:// URL).
+        #[arg(long, value_name = "PATH|URL")]
+        db: Option<String>,
     },
     List {
-        #[arg(long, value_name = "PATH")]
-        db: Option<PathBuf>,
+        #[arg(long, value_name = "PATH|URL")]
+        db: Option<String>,
     },
     /// Revoke a token: it is refused at once, a probe using it is disconnected.
     Revoke {
         name: String,
-        #[arg(long, value_name = "PATH")]
-        db: Option<PathBuf>,
+        #[arg(long, value_name = "PATH|URL")]
+        db: Option<String>,
     },
 }
 
@@ -516,6 +577,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                         (!f.is_empty()).then_some(Value::Object(f))
                     },
                     tap: a.tap.clone().map(Value::String),
+                    collector: a.collector.clone(),
                 };
                 // --spec is the operator's own JSON, merged over the flags' typed request.
                 let body = match &a.spec {
@@ -551,6 +613,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                         "lost": s.lost,
                         "dropped": s.drops.total(),
                         "file": s.files.as_ref().and_then(|f| f.current.clone()),
+                        "collector": def.and_then(|d| d.owner.clone()).or_else(|| snap.control.as_ref().map(|c| c.collector.clone())),
                     }));
                 }
                 // Defined but not (yet) in the engine's snapshot (published once a second).
@@ -562,18 +625,37 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                         "name": d.name, "origin": "api", "state": if d.enabled { "idle" } else { "disabled" },
                         "mirror": format!("{} {}", d.encap.name(), d.mirror_id), "flows": d.flows.len(),
                         "packets": 0, "written": 0, "lost": 0, "dropped": 0, "file": null,
+                        "collector": d.owner,
                     }));
                 }
                 cx.show(&rows, |rows| {
                     table(
                         &[
-                            "NAME", "ORIGIN", "STATE", "MIRROR", "FLOWS", "PACKETS", "WRITTEN",
-                            "LOST", "DROPPED", "FILE",
+                            "NAME",
+                            "ORIGIN",
+                            "STATE",
+                            "COLLECTOR",
+                            "MIRROR",
+                            "FLOWS",
+                            "PACKETS",
+                            "WRITTEN",
+                            "LOST",
+                            "DROPPED",
+                            "FILE",
                         ],
                         rows.iter().map(|r| {
                             [
-                                "name", "origin", "state", "mirror", "flows", "packets", "written",
-                                "lost", "dropped", "file",
+                                "name",
+                                "origin",
+                                "state",
+                                "collector",
+                                "mirror",
+                                "flows",
+                                "packets",
+                                "written",
+                                "lost",
+                                "dropped",
+                                "file",
                             ]
                             .iter()
                             .map(|k| cell(&r[*k]))
@@ -651,6 +733,7 @@ pub fn session(Sessions { cmd, client }: Sessions) -> ExitCode {
                         (Some(f), false) => Some(Some(f.clone())),
                         (None, false) => None,
                     },
+                    collector: a.collector.clone(),
                     ..SessionPatch::default()
                 };
                 let mut patch = to_json(&typed);
@@ -948,6 +1031,54 @@ pub fn audit(Audit { args: a, client }: Audit) -> ExitCode {
     })())
 }
 
+/// `tapwire collectors`
+pub fn collectors(Collectors { client }: Collectors) -> ExitCode {
+    let cx = match Cx::new(&client, "collectors") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    done((|| {
+        let fleet: tapwire_api_types::control::Fleet = cx.get("/api/v1/fleet")?;
+        Ok(cx.show(&fleet, |f| {
+            if f.control == tapwire_api_types::control::ControlState::Disconnected {
+                outln!(
+                    "control: disconnected ({} cannot reach the database; as last read)",
+                    f.collector
+                );
+            }
+            table(
+                &[
+                    "NAME",
+                    "STATE",
+                    "LEASE",
+                    "SESSIONS",
+                    "PPS",
+                    "LOST",
+                    "ADVERTISE",
+                    "API",
+                ],
+                f.collectors.iter().map(|c| {
+                    let me = if c.name == f.collector { " *" } else { "" };
+                    vec![
+                        format!("{}{me}", c.name),
+                        cell(&json!(c.state)),
+                        format!("{:.1}s ago", c.lease_age_s),
+                        if c.sessions.is_empty() {
+                            "-".into()
+                        } else {
+                            c.sessions.join(",")
+                        },
+                        format!("{:.0}", c.pps),
+                        c.lost.to_string(),
+                        c.advertise.clone().unwrap_or_else(|| "-".into()),
+                        c.api_url.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                }),
+            )
+        }))
+    })())
+}
+
 /// `tapwire token ...`: through the API, or with `--db` on the database itself.
 pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
     let args = &client;
@@ -956,8 +1087,8 @@ pub fn token(Tokens { cmd, client }: Tokens) -> ExitCode {
             db.clone()
         }
     };
-    if let Some(path) = db {
-        return token_offline(cmd, &path, args.json);
+    if let Some(db) = db {
+        return token_offline(cmd, &db, args.json);
     }
     let cx = match Cx::new(args, "token") {
         Ok(c) => c,
@@ -1025,20 +1156,29 @@ fn token_table(t: &[TokenInfo]) {
     );
 }
 
-fn token_offline(cmd: TokenCmd, path: &std::path::Path, json: bool) -> ExitCode {
+fn token_offline(cmd: TokenCmd, db: &str, json: bool) -> ExitCode {
     let fail = |e: String| {
         eprintln!("tapwire token: {e}");
         ExitCode::FAILURE
     };
-    if !path.exists() {
+    let at = match Location::parse(db) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tapwire token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Location::Sqlite(path) = &at
+        && !path.exists()
+    {
         return fail(format!(
             "{}: no such database (the collector creates it at its first start with --db)",
             path.display()
         ));
     }
-    let mut store = match SqliteStore::open(path) {
+    let mut store = match tapwire_control::store::open(&at) {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(format!("--db {}: {e}", at.display())),
     };
     let who = Caller::system("offline (--db)");
     let now_ns = SystemClock.now_ns();
@@ -1051,10 +1191,10 @@ fn token_offline(cmd: TokenCmd, path: &std::path::Path, json: bool) -> ExitCode 
                 role: role.role(),
                 probe,
             };
-            tokens::create_offline(&mut store, &who, &req, now_ns).map(|t| json!(t))
+            tokens::create_offline(&mut *store, &who, &req, now_ns).map(|t| json!(t))
         }
-        TokenCmd::List { .. } => tokens::list_offline(&mut store).map(|t| json!(t)),
-        TokenCmd::Revoke { name, .. } => tokens::revoke_offline(&mut store, &who, &name, now_ns)
+        TokenCmd::List { .. } => tokens::list_offline(&mut *store).map(|t| json!(t)),
+        TokenCmd::Revoke { name, .. } => tokens::revoke_offline(&mut *store, &who, &name, now_ns)
             .map(|()| json!({ "ok": true, "message": format!("token {name} revoked") })),
     };
     let v = match result {
@@ -1110,7 +1250,7 @@ mod tests {
     #[test]
     fn advertise_must_be_an_address_probes_can_send_to() {
         let args = |advertise: &str| ControlArgs {
-            db: Some(PathBuf::from("/nonexistent/c.db")),
+            db: Some("/nonexistent/c.db".into()),
             advertise: Some(advertise.parse().expect("address")),
             probe_report_interval: "5s".into(),
             probe_max_flows: 64,
@@ -1118,7 +1258,7 @@ mod tests {
             ..ControlArgs::default()
         };
         for bad in ["0.0.0.0", "::", "239.1.2.3", "ff02::1"] {
-            let e = collect_options(&args(bad))
+            let e = collect_options(&args(bad), None)
                 .err()
                 .unwrap_or_else(|| panic!("{bad} accepted"));
             assert_eq!(
@@ -1126,7 +1266,7 @@ mod tests {
                 format!("--advertise: {bad} is not a unicast address probes can send to")
             );
         }
-        let (opts, _) = collect_options(&args("192.0.2.10")).expect("unicast");
+        let (opts, _) = collect_options(&args("192.0.2.10"), None).expect("unicast");
         assert_eq!(
             opts.and_then(|o| o.advertise),
             Some("192.0.2.10".parse().expect("address"))

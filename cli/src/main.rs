@@ -66,6 +66,9 @@ enum Command {
     Audit(control::Audit),
     /// API tokens: create, list, revoke (through the API, or --db on the database).
     Token(control::Tokens),
+    /// The collectors of a fleet sharing one PostgreSQL (collect --db postgres://...): live or
+    /// dead, lease, the sessions each runs, load.
+    Collectors(control::Collectors),
     /// A session's packets, live from the collector, as pcapng into a file or a pipe
     /// (`tapwire stream web -w - | wireshark -k -i -`).
     Stream(stream::StreamArgs),
@@ -288,6 +291,7 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => control::probe(cmd),
         Command::Audit(args) => control::audit(args),
         Command::Token(cmd) => control::token(cmd),
+        Command::Collectors(cmd) => control::collectors(cmd),
         Command::Stream(args) => stream::run(args),
         Command::Extcap(args) => extcap::run(args),
     }
@@ -531,7 +535,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
     if let Some(p) = &settings.tap_prefix {
         config::validate_tap_name(&format!("{p}999")).map_err(|e| format!("--tap-prefix: {e}"))?;
     }
-    let (controller, listen) = control::collect_options(&a.control)?;
+    let (controller, listen) = control::collect_options(&a.control, api)?;
     if controller.is_some() && a.api_token.is_some() {
         return Err(
             "--api-token: with --db, tokens come from the database (tapwire token create)".into(),

@@ -18,7 +18,6 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use tapwire_control::Controller;
 use tapwire_control::auth::Caller;
-use tapwire_control::store::sqlite::SqliteStore;
 
 use crate::config::Config;
 use crate::http;
@@ -167,7 +166,7 @@ where
     let file_flags = opts.settings.file_flags.clone();
     let ctl_tx_reload = ctl_tx.clone();
     let pipeline = Pipeline::new(opts.decap, opts.settings.limits.max_sources);
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         pipeline,
         opts.settings,
         opts.config,
@@ -181,15 +180,24 @@ where
     // before the first packet is routed.
     let controller = match opts.controller {
         Some(c) => {
-            let store = SqliteStore::open(&c.db).map_err(|e| StartError(e.to_string()))?;
-            let link = EngineLink::new(ctl_tx.clone(), engine.file_config(), default_files);
-            Some(
-                Controller::start(c, Box::new(store), link, Box::new(SystemClock))
-                    .map_err(StartError)?,
-            )
+            let store = tapwire_control::store::open(&c.db)
+                .map_err(|e| StartError(format!("--db {}: {e}", c.db.display())))?;
+            let link = EngineLink::new(ctl_tx.clone(), engine.file_config(), default_files)
+                .with_snapshot(snapshot.clone());
+            let ctl =
+                Controller::start(c, store, link, Box::new(SystemClock)).map_err(StartError)?;
+            let info = Arc::clone(&ctl);
+            engine.set_control(Arc::new(move || tapwire_api_types::ControlInfo {
+                state: info.control_state(),
+                collector: info.name().to_string(),
+            }));
+            // Heartbeats, the fleet's changes, failover: never on the packet path.
+            ctl.spawn_fleet(stop.clone())?;
+            Some(ctl)
         }
         None => None,
     };
+    let leave = controller.clone();
     let ui = match ui {
         Some(ui) => {
             let handles = Handles {
@@ -261,6 +269,9 @@ where
     let live_streams = engine.live_streams();
     let reloader = reloader(config_path, file_flags, reload, stop.clone(), ctl_tx_reload)?;
     engine.run(&batch_rx, &ev_rx, &buf_rx, &ctl_rx, &stop);
+    if let Some(c) = leave {
+        c.leave();
+    }
     let _ = reloader.join();
 
     let deadline = Instant::now() + Duration::from_millis(1800);
@@ -354,6 +365,7 @@ fn empty_snapshot() -> tapwire_api_types::Snapshot {
         totals: tapwire_api_types::Totals::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        control: None,
         page: None,
     }
 }

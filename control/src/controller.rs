@@ -2,27 +2,35 @@
 //! stored change, the engine and the probes.
 //!
 //! Every change is validated first (names, filters compiled by libpcap, flow fields by the
-//! probe's own checks, limits), then written in one transaction together with its audit row
-//! and the probes' re-rendered flow sets, and only after the commit applied to the engine and
-//! announced to the probes. A refused change leaves nothing behind.
+//! probe's own checks, limits), then written in one transaction together with its audit row,
+//! the placement of new sessions and the probes' re-rendered flow sets, and only after the
+//! commit applied to the engine and announced to the probes (and, through the database, to
+//! the other collectors of the fleet). A refused change leaves nothing behind.
 //!
 //! A session made here gets a mirror id (ERSPAN session id / GRE key, 1 to 1023, unique) and
-//! one source rule: its encapsulation and that id, from any address. A flow names a probe, an
-//! interface and a session; the probe receives it as a complete [`FlowSpec`] whose collector
-//! is the address given with `--advertise` and whose session id is the session's mirror id.
+//! one source rule: its encapsulation and that id, from any address. It runs on one collector
+//! of the fleet ([`crate::fleet`]): the one it is pinned to, or the least loaded live one. A
+//! flow names a probe, an interface and a session; the probe receives it as a complete
+//! [`FlowSpec`] whose collector is the `--advertise` address of the collector that runs the
+//! session, and whose session id is the session's mirror id.
+//!
+//! What the API reads most (tokens, the probes' flow sets, sessions, collectors) is kept in a
+//! [`View`] read after every change the collector hears of: a long-poll wakes, checks its
+//! token and its probe's version in memory, and the probes keep being served while the
+//! database is away.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tapwire_api_types::control::{
-    AuditEntry, FlowCreate, FlowInfo, FlowSet, FlowStatus, MAX_INTERFACES, ProbeInfo, ProbeLimits,
-    ProbeReport, Register, Registered, Role, SessionCreate, SessionInfo, TokenCreate, TokenInfo,
-    merge_patch, validate_name,
+    AUTO, AuditEntry, CollectorState, ControlState, Fleet, FleetMember, FlowCreate, FlowInfo,
+    FlowSet, FlowStatus, MAX_INTERFACES, ProbeInfo, ProbeLimits, ProbeReport, Register, Registered,
+    Role, SdTarget, SessionCreate, SessionInfo, TokenCreate, TokenInfo, merge_patch, validate_name,
 };
 use tapwire_api_types::flow::FlowFields;
 use tapwire_api_types::probe::{Encapsulation, FlowSpec, FlowState};
@@ -30,7 +38,11 @@ use tapwire_api_types::time::rfc3339_ns;
 
 use crate::auth::{self, Caller, Need};
 use crate::engine::{Clock, Engine, EngineError};
-use crate::store::{Store, StoreError, StoredFlow, StoredSession, Transaction};
+use crate::fleet::{self, Move};
+use crate::store::{
+    ActiveToken, Heartbeat, Listener, Location, Store, StoreError, StoredCollector, StoredFlow,
+    StoredProbe, StoredSession, Transaction,
+};
 use crate::tokens;
 
 /// Why a request was refused; each maps to one HTTP status.
@@ -52,7 +64,7 @@ pub enum Refused {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
-    /// 503: the engine did not answer.
+    /// 503: the engine did not answer, or the database is away.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -97,15 +109,24 @@ impl ProbeRefusal {
 
 impl From<StoreError> for Refused {
     fn from(e: StoreError) -> Refused {
-        Refused::Internal(format!("database: {e}"))
+        match e {
+            StoreError::Unavailable(m) => Refused::Unavailable(format!(
+                "control: disconnected: the database is unreachable ({m}); capture goes on with the last state, changes wait"
+            )),
+            e => Refused::Internal(format!("database: {e}")),
+        }
     }
 }
 
 /// How the control plane runs.
 pub struct ControllerOptions {
-    pub db: PathBuf,
+    pub db: Location,
+    /// This collector's name in the fleet (unique among live collectors).
+    pub name: String,
     /// The collector's address as probes should send to it.
     pub advertise: Option<IpAddr>,
+    /// Where other collectors, clients and Prometheus reach its API.
+    pub api_url: Option<String>,
     /// Probes the controller knows at most (registered, or named by a flow): a name past it
     /// is refused, so that invented names cannot grow the database and the reports kept.
     pub max_probes: u32,
@@ -114,6 +135,9 @@ pub struct ControllerOptions {
     pub max_pps_per_probe: Option<u64>,
     /// How often probes report their stats.
     pub report_interval: Duration,
+    /// How long the collector stays live without a heartbeat, and how often it beats.
+    pub lease: Duration,
+    pub heartbeat: Duration,
 }
 
 /// What the controller knows of a probe beyond the database: its last report and whether it
@@ -126,15 +150,53 @@ struct Live {
     report: Option<ProbeReport>,
 }
 
+/// The database as of the last change this collector heard of: what the API reads most.
+#[derive(Debug, Default)]
+pub struct View {
+    /// The fleet's change counter when it was read.
+    pub version: i64,
+    tokens: Vec<ActiveToken>,
+    probes: HashMap<String, StoredProbe>,
+    sessions: Vec<StoredSession>,
+    collectors: Vec<StoredCollector>,
+}
+
+impl View {
+    fn load(tx: &mut dyn Transaction) -> Result<View, StoreError> {
+        Ok(View {
+            version: tx.fleet_version()?,
+            tokens: tx.active_tokens()?,
+            probes: tx
+                .probes()?
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
+            sessions: tx.sessions()?,
+            collectors: tx.collectors()?,
+        })
+    }
+}
+
+/// This process as a member of the fleet.
+struct Member {
+    incarnation: String,
+    started_ns: i64,
+}
+
 pub struct Controller<E: Engine> {
     store: Mutex<Box<dyn Store>>,
     opts: ControllerOptions,
     engine: E,
     clock: Box<dyn Clock>,
-    /// The API sessions the engine was last given.
+    me: Member,
+    /// The API sessions the engine was last given (those this collector runs).
     applied: Mutex<Vec<E::Session>>,
-    /// Bumped after every commit that changed a flow set or a token: long-polls wake up,
-    /// look again, and re-check their token.
+    view: Mutex<Arc<View>>,
+    /// Whether the last use of the database worked, and since when it has (monotonic).
+    connected: AtomicBool,
+    connected_since: Mutex<Option<Instant>>,
+    /// Bumped after every change this collector heard of: long-polls wake up, look again,
+    /// and re-check their token.
     changes: tokio::sync::watch::Sender<u64>,
     live: Mutex<HashMap<String, Live>>,
     /// Probe requests refused, by [`ProbeRefusal`] (indexed as [`ProbeRefusal::ALL`]).
@@ -167,45 +229,63 @@ pub fn bootstrap_token_path(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+/// Each collector's address for probes (`--advertise`), by name.
+type Destinations = BTreeMap<String, Option<String>>;
+
+fn ns_i64(ns: u64) -> i64 {
+    i64::try_from(ns).unwrap_or(i64::MAX)
+}
+
 impl<E: Engine> Controller<E> {
-    /// Takes the opened database, makes the first admin token when there is none, brings the
-    /// probes' flow sets up to date (`--advertise` may have changed) and queues the API's
-    /// sessions for the engine, which applies them before its first packet.
+    /// Takes the opened database, makes the first admin token when there is none (SQLite;
+    /// a fleet's first is made with `tapwire token create --db URL`), joins the fleet (a
+    /// live collector of the same name refuses it), places sessions nobody runs, brings the
+    /// probes' flow sets up to date (`--advertise` may have changed) and queues the sessions
+    /// this collector runs for the engine, which applies them before its first packet.
     pub fn start(
         opts: ControllerOptions,
         store: Box<dyn Store>,
         engine: E,
         clock: Box<dyn Clock>,
     ) -> Result<Arc<Controller<E>>, String> {
+        validate_name(&opts.name).map_err(|e| format!("--name {:?}: {e}", opts.name))?;
         let (changes, _) = tokio::sync::watch::channel(0);
+        let me = Member {
+            incarnation: fleet::incarnation()?,
+            started_ns: ns_i64(clock.now_ns()),
+        };
         let ctl = Arc::new(Controller {
             store: Mutex::new(store),
             opts,
             engine,
             clock,
+            me,
             applied: Mutex::new(Vec::new()),
+            view: Mutex::new(Arc::new(View::default())),
+            connected: AtomicBool::new(true),
+            connected_since: Mutex::new(None),
             changes,
             live: Mutex::new(HashMap::new()),
             probe_refusals: Default::default(),
         });
         ctl.bootstrap().map_err(|e| e.to_string())?;
-        let sessions = {
-            let mut store = lock(&ctl.store);
-            let mut tx = store.begin().map_err(|e| e.to_string())?;
-            let sessions = ctl.session_configs(&mut *tx).map_err(|e| e.to_string())?;
-            ctl.engine.check(&sessions).map_err(|e| {
-                format!(
-                    "{}: the database's sessions clash with the file's: {e}",
-                    ctl.opts.db.display()
-                )
-            })?;
-            ctl.render_flowsets(&mut *tx).map_err(|e| e.to_string())?;
-            tx.commit().map_err(|e| e.to_string())?;
-            sessions
-        };
+        ctl.join().map_err(|e| e.to_string())?;
+        *lock(&ctl.connected_since) = Some(ctl.clock.monotonic());
+        let view = ctl.read(View::load).map_err(|e| e.to_string())?;
+        let view = Arc::new(view);
+        *lock(&ctl.view) = Arc::clone(&view);
+        let sessions = ctl.owned_configs(&view.sessions);
+        ctl.engine.check(&sessions).map_err(|e| {
+            format!(
+                "{}: the database's sessions clash with the file's: {e}",
+                ctl.opts.db.display()
+            )
+        })?;
         tracing::info!(
             db = %ctl.opts.db.display(),
+            collector = ctl.opts.name,
             sessions = sessions.len(),
+            fleet = view.collectors.iter().filter(|c| fleet::is_live(c, ctl.now_ns())).count(),
             "control plane ready"
         );
         ctl.engine
@@ -215,9 +295,38 @@ impl<E: Engine> Controller<E> {
         Ok(ctl)
     }
 
+    /// This collector's name in the fleet.
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
     /// Now, as stored and shown.
     fn now(&self) -> String {
         rfc3339_ns(self.clock.now_ns())
+    }
+
+    fn now_ns(&self) -> i64 {
+        ns_i64(self.clock.now_ns())
+    }
+
+    /// Notes whether the database answered: the health route and the TUI show it, and a
+    /// collector that was cut off waits a lease before it moves anything.
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Err(e) if e.is_unavailable() => {
+                if self.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "control: disconnected from the database; capture goes on with the last state");
+                }
+                *lock(&self.connected_since) = None;
+            }
+            _ => {
+                if !self.connected.swap(true, Ordering::Relaxed) {
+                    tracing::info!("control: connected to the database again");
+                }
+                lock(&self.connected_since).get_or_insert_with(|| self.clock.monotonic());
+            }
+        }
+        r
     }
 
     /// `f` in a transaction that is then dropped (rolled back): reads.
@@ -225,9 +334,17 @@ impl<E: Engine> Controller<E> {
         &self,
         f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
     ) -> Result<T, Refused> {
+        Ok(self.read_store(f)?)
+    }
+
+    /// [`Controller::read`] with the store's error, which tells an absent database apart.
+    fn read_store<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Transaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut store = lock(&self.store);
-        let mut tx = store.begin()?;
-        Ok(f(&mut *tx)?)
+        let r = store.begin().and_then(|mut tx| f(&mut *tx));
+        self.note(r)
     }
 
     /// `f` in a transaction that is committed: a write that needs no checks.
@@ -236,12 +353,14 @@ impl<E: Engine> Controller<E> {
         f: impl FnOnce(&mut dyn Transaction) -> Result<(), StoreError>,
     ) -> Result<(), Refused> {
         let mut store = lock(&self.store);
-        let mut tx = store.begin()?;
-        f(&mut *tx)?;
-        Ok(tx.commit()?)
+        let r = store.begin().and_then(|mut tx| {
+            f(&mut *tx)?;
+            tx.commit()
+        });
+        Ok(self.note(r)?)
     }
 
-    /// Writes one audit row (in the caller's transaction), stamped now.
+    /// Writes one audit row (in the caller's transaction), stamped now, naming this collector.
     fn audit_row(
         &self,
         tx: &mut dyn Transaction,
@@ -250,7 +369,15 @@ impl<E: Engine> Controller<E> {
         target: &str,
         detail: &Value,
     ) -> Result<(), Refused> {
-        tokens::audit(tx, caller, &self.now(), action, target, detail)
+        tokens::audit(
+            tx,
+            caller,
+            Some(&self.opts.name),
+            &self.now(),
+            action,
+            target,
+            detail,
+        )
     }
 
     fn bootstrap(&self) -> Result<(), Refused> {
@@ -259,12 +386,19 @@ impl<E: Engine> Controller<E> {
         if tx.has_admin()? {
             return Ok(());
         }
-        let path = bootstrap_token_path(&self.opts.db);
+        let Location::Sqlite(db) = &self.opts.db else {
+            tracing::warn!(
+                "no admin token in the fleet's database: make one with `tapwire token create --db URL --name NAME --role admin`"
+            );
+            return Ok(());
+        };
+        let path = bootstrap_token_path(db);
         let token = auth::generate().map_err(Refused::Internal)?;
         let name = unused_token_name(&mut *tx, "bootstrap-admin")?;
         tokens::insert(
             &mut *tx,
             &Caller::system("bootstrap"),
+            Some(&self.opts.name),
             &TokenCreate {
                 name: name.clone(),
                 role: Role::Admin,
@@ -288,8 +422,288 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
+    /// This collector as its row in the collectors table, its lease running from now.
+    fn member_row(&self) -> StoredCollector {
+        let now = self.now_ns();
+        StoredCollector {
+            name: self.opts.name.clone(),
+            incarnation: self.me.incarnation.clone(),
+            advertise: self.opts.advertise.map(|a| a.to_string()),
+            api_url: self.opts.api_url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ns: self.me.started_ns,
+            heartbeat_ns: now,
+            lease_until_ns: now.saturating_add(self.opts.lease.as_nanos() as i64),
+            load: self.engine.load(),
+        }
+    }
+
+    /// Registers this collector; refused while another process holds the name with a live
+    /// lease. SQLite's database is one collector's, so there the name is taken over.
+    fn join(&self) -> Result<(), Refused> {
+        let mut store = lock(&self.store);
+        let mut tx = store.begin()?;
+        tx.lock_fleet(true)?;
+        let now = self.now_ns();
+        if self.opts.db.is_postgres()
+            && let Some(c) = tx
+                .collectors()?
+                .into_iter()
+                .find(|c| c.name == self.opts.name && fleet::is_live(c, now))
+        {
+            let left_s = (c.lease_until_ns - now) as f64 / 1e9;
+            return Err(Refused::Conflict(format!(
+                "collector {:?} is live in this fleet (its lease was renewed {:.1} s ago, at {}): another collector runs under this name; give this one another --name, or, if that one has just died, start again in {left_s:.0} s",
+                c.name,
+                (now - c.heartbeat_ns) as f64 / 1e9,
+                c.advertise.as_deref().unwrap_or("no address"),
+            )));
+        }
+        tx.put_collector(&self.member_row())?;
+        self.place(&mut *tx, false)?;
+        self.render_flowsets(&mut *tx)?;
+        tx.bump_fleet_version()?;
+        tx.commit()?;
+        tracing::info!(
+            collector = self.opts.name,
+            incarnation = self.me.incarnation,
+            "joined the fleet"
+        );
+        Ok(())
+    }
+
+    /// Gives up the lease at a clean stop: the fleet moves this collector's sessions at once
+    /// instead of after the lease, and a restart under the same name is not refused.
+    pub fn leave(&self) {
+        let beat = Heartbeat {
+            name: &self.opts.name,
+            incarnation: &self.me.incarnation,
+            at_ns: self.now_ns(),
+            lease_until_ns: self.now_ns(),
+            load: self.engine.load(),
+        };
+        match self.write(|tx| tx.heartbeat(&beat).map(drop)) {
+            Ok(()) => tracing::info!(collector = self.opts.name, "left the fleet"),
+            Err(e) => tracing::warn!(error = %e, "could not give up the lease"),
+        }
+    }
+
+    /// Places what [`fleet::plan`] says in `tx`, each move audited as the placer's.
+    /// `move_from_dead`: also the sessions of dead collectors (the placer's tick only).
+    fn place(&self, tx: &mut dyn Transaction, move_from_dead: bool) -> Result<Vec<Move>, Refused> {
+        let moves = fleet::plan(
+            &tx.sessions()?,
+            &tx.collectors()?,
+            self.now_ns(),
+            move_from_dead,
+        );
+        for m in &moves {
+            tx.set_session_owner(&m.session, Some(&m.to))?;
+            // A session placed in the change that makes it: that change's own audit row says
+            // so (`collector: auto`); every later move has a row of its own.
+            let first = m.from.is_none() && !move_from_dead;
+            if !first {
+                self.audit_row(
+                    tx,
+                    &Caller::system("placer"),
+                    "session.place",
+                    &m.session,
+                    &json!({ "from": m.from, "to": m.to, "reason": m.reason.describe() }),
+                )?;
+            }
+            tracing::info!(
+                session = m.session,
+                from = m.from.as_deref().unwrap_or("-"),
+                to = m.to,
+                reason = m.reason.describe(),
+                "session placed"
+            );
+        }
+        Ok(moves)
+    }
+
+    /// One heartbeat: renews the lease with the engine's load, takes the changes this
+    /// collector missed, and (once connected for a whole lease) moves the sessions of dead
+    /// collectors, if no other collector is placing. The fleet thread calls it every
+    /// [`ControllerOptions::heartbeat`]; tests call it with their clock.
+    pub fn tick(&self) {
+        let beat = Heartbeat {
+            name: &self.opts.name,
+            incarnation: &self.me.incarnation,
+            at_ns: self.now_ns(),
+            lease_until_ns: self
+                .now_ns()
+                .saturating_add(self.opts.lease.as_nanos() as i64),
+            load: self.engine.load(),
+        };
+        let was_connected = self.connected.load(Ordering::Relaxed);
+        let beat = {
+            let mut store = lock(&self.store);
+            let r = store.begin().and_then(|mut tx| {
+                let mine = tx.heartbeat(&beat)?;
+                let v = tx.fleet_version()?;
+                tx.commit()?;
+                Ok((mine, v))
+            });
+            self.note(r)
+        };
+        let (mine, version) = match beat {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat not stored");
+                return;
+            }
+        };
+        if !mine {
+            self.rejoin();
+        }
+        if !was_connected || version != lock(&self.view).version {
+            self.refresh_logged();
+        }
+        let settled = lock(&self.connected_since)
+            .is_some_and(|t| self.clock.monotonic().duration_since(t) >= self.opts.lease);
+        if settled {
+            self.place_dead();
+        }
+    }
+
+    /// The row under this name is not this process's: taken over by another collector, or
+    /// gone. Registers again unless a live collector holds the name.
+    fn rejoin(&self) {
+        match self.join() {
+            Ok(()) => tracing::warn!(collector = self.opts.name, "registered again"),
+            Err(e) => tracing::error!(error = %e, "this collector's name was taken over"),
+        }
+    }
+
+    /// The placer's part of a tick: moves the sessions of dead collectors, if this collector
+    /// holds the fleet's lock (else another is placing now).
+    fn place_dead(&self) {
+        let r = (|| -> Result<usize, Refused> {
+            let mut store = lock(&self.store);
+            let mut tx = self.note(store.begin())?;
+            if !tx.lock_fleet(false)? {
+                return Ok(0);
+            }
+            let moves = self.place(&mut *tx, true)?;
+            if moves.is_empty() {
+                return Ok(0);
+            }
+            self.render_flowsets(&mut *tx)?;
+            tx.bump_fleet_version()?;
+            tx.commit()?;
+            Ok(moves.len())
+        })();
+        match r {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(moved = n, "moved the sessions of dead collectors");
+                self.refresh_logged();
+            }
+            Err(e) => tracing::warn!(error = %e, "placement failed"),
+        }
+    }
+
+    /// Reads the [`View`] again, gives the engine the sessions this collector runs now, and
+    /// wakes the long-polls.
+    fn refresh(&self) -> Result<(), Refused> {
+        let view = Arc::new(self.read(View::load)?);
+        *lock(&self.view) = Arc::clone(&view);
+        let r = self.apply_owned(&view);
+        self.changes.send_modify(|v| *v += 1);
+        r
+    }
+
+    fn refresh_logged(&self) {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(error = %e, "control: could not take the fleet's changes");
+        }
+    }
+
+    /// Takes the changes other collectors announce (PostgreSQL's NOTIFY) as they come, and
+    /// ticks every heartbeat, until `stop` is set. Without a listener (SQLite), ticks only.
+    pub fn spawn_fleet(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let ctl = Arc::clone(self);
+        let mut listener: Option<Box<dyn Listener>> = lock(&self.store).listener();
+        std::thread::Builder::new()
+            .name("tapwire-fleet".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now >= next {
+                        ctl.tick();
+                        next = now + ctl.opts.heartbeat;
+                        continue;
+                    }
+                    let wait = (next - now).min(Duration::from_millis(250));
+                    match listener.as_mut() {
+                        Some(l) => {
+                            if let Ok(true) = l.wait(wait) {
+                                ctl.refresh_logged();
+                            }
+                        }
+                        None => std::thread::sleep(wait),
+                    }
+                }
+            })
+    }
+
+    /// The engine's sessions for the API sessions this collector runs.
+    fn owned_configs(&self, sessions: &[StoredSession]) -> Vec<E::Session> {
+        sessions
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some(self.opts.name.as_str()))
+            .filter_map(|s| match self.engine.session(s) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(session = s.name, error = e, "stored session not usable");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Gives the engine the sessions this collector runs per `view`, if they changed.
+    fn apply_owned(&self, view: &View) -> Result<(), Refused> {
+        let sessions = self.owned_configs(&view.sessions);
+        let mut applied = lock(&self.applied);
+        if *applied == sessions {
+            return Ok(());
+        }
+        match self.engine.apply(sessions.clone()) {
+            Ok(()) => {
+                *applied = sessions;
+                Ok(())
+            }
+            Err(EngineError::Stopped) => {
+                Err(Refused::Unavailable("the collector is stopping".into()))
+            }
+            Err(EngineError::Refused(e)) => Err(Refused::Internal(format!(
+                "stored, but the engine refused it (the configuration file changed?): {e}"
+            ))),
+            Err(EngineError::NoAnswer) => Err(Refused::Unavailable(
+                "stored; the engine did not answer within 5 s".into(),
+            )),
+        }
+    }
+
+    /// Whether the database answered last time, for `/api/v1/health`: memory only.
+    pub fn control_state(&self) -> ControlState {
+        if self.connected.load(Ordering::Relaxed) {
+            ControlState::Connected
+        } else {
+            ControlState::Disconnected
+        }
+    }
+
     /// Who is asking, and may they: a bearer token, else `localhost` (a viewer) for a
-    /// connection from the loopback.
+    /// connection from the loopback. Tokens are looked up in the database, so that a
+    /// revocation anywhere in the fleet holds at once; only while the database is away are
+    /// they looked up in the [`View`] (probes and viewers are served with the last state).
     pub fn authenticate(
         &self,
         bearer: Option<&str>,
@@ -298,8 +712,18 @@ impl<E: Engine> Controller<E> {
     ) -> Result<Caller, Refused> {
         let caller = match bearer {
             Some(t) => {
-                let active = self.read(|tx| tx.active_tokens())?;
-                auth::find(t, &active).ok_or_else(|| {
+                // Disconnected: the view at once, not a wait on the store's lock behind a
+                // reconnection that may take its whole timeout.
+                let found = if !self.connected.load(Ordering::Relaxed) {
+                    auth::find(t, &lock(&self.view).tokens)
+                } else {
+                    match self.read_store(|tx| tx.active_tokens()) {
+                        Ok(active) => auth::find(t, &active),
+                        Err(e) if e.is_unavailable() => auth::find(t, &lock(&self.view).tokens),
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                found.ok_or_else(|| {
                     Refused::Unauthorized("the token is unknown or revoked".into())
                 })?
             }
@@ -326,55 +750,52 @@ impl<E: Engine> Controller<E> {
         self.changes.subscribe()
     }
 
-    /// One change: `f` in a transaction, then the checks of the whole (the sessions merge
+    /// One change: `f` in a transaction that holds the fleet's lock, then the placement of
+    /// sessions nobody runs, the checks of the whole (the sessions this collector runs merge
     /// with the file's, the flow sets render), commit, and only then the engine and the
-    /// probes hear of it.
+    /// probes hear of it (and the fleet, through the database).
     fn change<T>(
         &self,
         f: impl FnOnce(&mut dyn Transaction) -> Result<T, Refused>,
     ) -> Result<T, Refused> {
         let mut store = lock(&self.store);
-        let mut tx = store.begin()?;
+        let mut tx = self.note(store.begin())?;
+        tx.lock_fleet(true)?;
+        // Live for its own placement, whatever the last heartbeat managed.
+        tx.heartbeat(&Heartbeat {
+            name: &self.opts.name,
+            incarnation: &self.me.incarnation,
+            at_ns: self.now_ns(),
+            lease_until_ns: self
+                .now_ns()
+                .saturating_add(self.opts.lease.as_nanos() as i64),
+            load: self.engine.load(),
+        })?;
         let out = f(&mut *tx)?;
-        let sessions = self.session_configs(&mut *tx)?;
+        self.place(&mut *tx, false)?;
+        let sessions = self.owned_configs(&tx.sessions()?);
         self.engine.check(&sessions).map_err(Refused::Conflict)?;
         self.render_flowsets(&mut *tx)?;
-        tx.commit()?;
-        let mut applied = lock(&self.applied);
-        if *applied != sessions {
-            match self.engine.apply(sessions.clone()) {
-                Ok(()) => *applied = sessions,
-                Err(EngineError::Stopped) => {
-                    return Err(Refused::Unavailable("the collector is stopping".into()));
-                }
-                Err(EngineError::Refused(e)) => {
-                    return Err(Refused::Internal(format!(
-                        "stored, but the engine refused it (the configuration file changed?): {e}"
-                    )));
-                }
-                Err(EngineError::NoAnswer) => {
-                    return Err(Refused::Unavailable(
-                        "stored; the engine did not answer within 5 s".into(),
-                    ));
-                }
-            }
-        }
-        drop(applied);
+        tx.bump_fleet_version()?;
+        let committed = tx.commit();
+        self.note(committed)?;
         drop(store);
-        self.changes.send_modify(|v| *v += 1);
+        self.refresh()?;
         Ok(out)
     }
 
-    /// The API's sessions as the engine runs them.
-    fn session_configs(&self, tx: &mut dyn Transaction) -> Result<Vec<E::Session>, Refused> {
-        tx.sessions()?
-            .iter()
-            .map(|s| self.engine.session(s).map_err(Refused::Internal))
-            .collect()
+    /// Every collector's address for probes, by name.
+    fn destinations(tx: &mut dyn Transaction) -> Result<Destinations, Refused> {
+        Ok(tx
+            .collectors()?
+            .into_iter()
+            .map(|c| (c.name, c.advertise))
+            .collect())
     }
 
     /// Renders every probe's enabled flows; a set that changed gets a new version.
     fn render_flowsets(&self, tx: &mut dyn Transaction) -> Result<(), Refused> {
+        let dest = Self::destinations(tx)?;
         let sessions: BTreeMap<String, StoredSession> = tx
             .sessions()?
             .into_iter()
@@ -389,7 +810,7 @@ impl<E: Engine> Controller<E> {
             let Some(s) = sessions.get(&f.session) else {
                 continue;
             };
-            match self.render(&f, s) {
+            match self.render(&f, s, &dest) {
                 Ok(spec) => by_probe.entry(f.probe.clone()).or_default().push(spec),
                 Err(e) => {
                     tracing::error!(flow = f.name, probe = f.probe, error = %e, "flow not rendered")
@@ -404,21 +825,36 @@ impl<E: Engine> Controller<E> {
         Ok(())
     }
 
-    /// A stored flow as its probe runs it. The collector address, session id and encapsulation
-    /// are not the flow's fields: a problem with them names where they come from.
-    fn render(&self, f: &StoredFlow, s: &StoredSession) -> Result<FlowSpec, Refused> {
-        let collector = match self.opts.advertise {
-            Some(ip) if advertisable(ip) => ip,
-            Some(ip) => {
-                return Err(Refused::Conflict(format!(
-                    "the collector advertises {ip} to probes, which is not a unicast address: restart it with --advertise ADDR"
-                )));
-            }
+    /// A stored flow as its probe runs it: sent to the collector that runs the session. The
+    /// collector address, session id and encapsulation are not the flow's fields: a problem
+    /// with them names where they come from.
+    fn render(
+        &self,
+        f: &StoredFlow,
+        s: &StoredSession,
+        dest: &Destinations,
+    ) -> Result<FlowSpec, Refused> {
+        let Some(owner) = s.owner.as_deref() else {
+            return Err(Refused::Conflict(format!(
+                "session {:?} runs on no collector yet (none is live)",
+                s.name
+            )));
+        };
+        let collector = match dest.get(owner).cloned().flatten() {
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(ip) if advertisable(ip) => ip,
+                _ => {
+                    return Err(Refused::Conflict(format!(
+                        "session {:?} runs on {owner}, which advertises {text} to probes, not a unicast address: restart it with --advertise ADDR",
+                        s.name
+                    )));
+                }
+            },
             None => {
-                return Err(Refused::Conflict(
-                    "the collector has no address for probes to send to: start it with --advertise ADDR"
-                        .into(),
-                ));
+                return Err(Refused::Conflict(format!(
+                    "session {:?} runs on {owner}, which has no address for probes to send to: start it with --advertise ADDR",
+                    s.name
+                )));
             }
         };
         let mut fields: FlowFields = serde_json::from_value(f.spec.clone())
@@ -430,6 +866,73 @@ impl<E: Engine> Controller<E> {
         fields
             .resolve(&format!("flow {:?}", f.name))
             .map_err(|e| Refused::BadRequest(e.0))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The fleet
+
+    /// Every collector of the fleet with its state, lease and sessions: from the database
+    /// when it answers, else as last read (`control` says which).
+    pub fn fleet(&self) -> Fleet {
+        let fresh = self.read(|tx| Ok((tx.collectors()?, tx.sessions()?)));
+        let (collectors, sessions) = match fresh {
+            Ok(v) => v,
+            Err(_) => {
+                let view = Arc::clone(&lock(&self.view));
+                (view.collectors.clone(), view.sessions.clone())
+            }
+        };
+        let now = self.now_ns();
+        Fleet {
+            collector: self.opts.name.clone(),
+            control: self.control_state(),
+            collectors: collectors
+                .into_iter()
+                .map(|c| FleetMember {
+                    state: if fleet::is_live(&c, now) {
+                        CollectorState::Live
+                    } else {
+                        CollectorState::Dead
+                    },
+                    lease_age_s: (now - c.heartbeat_ns).max(0) as f64 / 1e9,
+                    sessions: sessions
+                        .iter()
+                        .filter(|s| s.owner.as_deref() == Some(c.name.as_str()))
+                        .map(|s| s.name.clone())
+                        .collect(),
+                    advertise: c.advertise,
+                    api_url: c.api_url,
+                    version: c.version,
+                    started: rfc3339_ns(c.started_ns.max(0) as u64),
+                    pps: c.load.pps,
+                    lost: c.load.lost,
+                    packets: c.load.packets,
+                    name: c.name,
+                })
+                .collect(),
+        }
+    }
+
+    /// Prometheus' HTTP service discovery: one target per live collector with an API URL.
+    pub fn service_discovery(&self) -> Vec<SdTarget> {
+        self.fleet()
+            .collectors
+            .into_iter()
+            .filter(|c| c.state == CollectorState::Live)
+            .filter_map(|c| {
+                let url = c.api_url?;
+                let (scheme, rest) = url.split_once("://")?;
+                let host = rest.split('/').next()?.to_string();
+                let labels = BTreeMap::from([
+                    ("collector".to_string(), c.name),
+                    ("__scheme__".to_string(), scheme.to_string()),
+                ]);
+                Some(SdTarget {
+                    targets: vec![host],
+                    labels,
+                })
+            })
+            .collect()
     }
 
     // -----------------------------------------------------------------------------------------
@@ -488,6 +991,8 @@ impl<E: Engine> Controller<E> {
             tap: req.tap,
             created: at.clone(),
             updated: at,
+            pin: pin_of(req.collector.as_deref())?,
+            owner: None,
         };
         // The definition alone, before anything is written: names the field at fault.
         self.engine
@@ -510,6 +1015,7 @@ impl<E: Engine> Controller<E> {
                 )));
             }
             s.mirror_id = self.mirror_id(tx, req.mirror_id, encap, None)?;
+            check_pin(tx, s.pin.as_deref())?;
             tx.put_session(&s)?;
             self.audit_row(tx, caller, "session.create", &s.name, &session_detail(&s))?;
             Ok(())
@@ -564,7 +1070,15 @@ impl<E: Engine> Controller<E> {
                 "body: a JSON object is expected".into(),
             ));
         };
-        const FIELDS: &[&str] = &["encap", "mirror_id", "enabled", "filter", "files", "tap"];
+        const FIELDS: &[&str] = &[
+            "encap",
+            "mirror_id",
+            "enabled",
+            "filter",
+            "files",
+            "tap",
+            "collector",
+        ];
         if let Some(k) = patch.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(Refused::BadRequest(format!(
                 "unknown field `{k}`, expected one of {}",
@@ -608,6 +1122,14 @@ impl<E: Engine> Controller<E> {
                         }
                     }
                     "files" => s.files = (!v.is_null()).then(|| merge_patch(s.files.take(), v)),
+                    "collector" => {
+                        s.pin = match v {
+                            Value::Null => None,
+                            Value::String(c) => pin_of(Some(c))?,
+                            _ => return Err(bad("a collector's name or \"auto\"".into())),
+                        };
+                        check_pin(tx, s.pin.as_deref())?;
+                    }
                     "tap" => s.tap = (!v.is_null()).then(|| merge_patch(s.tap.take(), v)),
                     _ => {}
                 }
@@ -829,7 +1351,8 @@ impl<E: Engine> Controller<E> {
                 }
             })?;
             // Every field checked by the probe's own rules, with the values it will get.
-            let spec = self.render(&flow, &session)?;
+            let dest = Self::destinations(tx)?;
+            let spec = self.render(&flow, &session, &dest)?;
             self.ensure_probe(tx, &flow.probe)?;
             let existing: Vec<StoredFlow> = tx.flows()?
                 .into_iter()
@@ -886,6 +1409,7 @@ impl<E: Engine> Controller<E> {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        let dest = Self::destinations(tx)?;
         let mut specs = Vec::new();
         for f in tx
             .flows()?
@@ -893,7 +1417,7 @@ impl<E: Engine> Controller<E> {
             .filter(|f| f.probe == probe && f.enabled)
         {
             if let Some(s) = sessions.get(&f.session) {
-                specs.push(self.render(&f, s)?);
+                specs.push(self.render(&f, s, &dest)?);
             }
         }
         specs.extend(extra.cloned());
@@ -937,7 +1461,8 @@ impl<E: Engine> Controller<E> {
                 let session = tx
                     .session(&f.session)?
                     .ok_or_else(|| Refused::Internal("session row vanished".into()))?;
-                let spec = self.render(&f, &session)?;
+                let dest = Self::destinations(tx)?;
+                let spec = self.render(&f, &session, &dest)?;
                 self.check_pps(tx, &f.probe, probe.max_pps, Some(&spec))?;
             }
             tx.set_flow_enabled(id, enabled, &self.now())?;
@@ -1183,10 +1708,13 @@ impl<E: Engine> Controller<E> {
     }
 
     /// The probe's flow set now.
+    /// From the [`View`]: answered while the database is away.
     pub fn flowset(&self, caller: &Caller, name: &str) -> Result<FlowSet, Refused> {
         self.check_acts_for(caller, name)?;
-        let p = self
-            .read(|tx| tx.probe(name))?
+        let p = lock(&self.view)
+            .probes
+            .get(name)
+            .cloned()
             .filter(|p| p.registered.is_some())
             .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
         let flows: Vec<FlowSpec> = serde_json::from_value(p.flowset)
@@ -1229,7 +1757,7 @@ impl<E: Engine> Controller<E> {
             }
             due
         };
-        if store_it {
+        if store_it && self.connected.load(Ordering::Relaxed) {
             let at = self.now();
             let _ = self.write(|tx| tx.touch_probe(name, &at));
         }
@@ -1239,8 +1767,12 @@ impl<E: Engine> Controller<E> {
     /// flows as the probe may have.
     pub fn report(&self, caller: &Caller, name: &str, report: ProbeReport) -> Result<(), Refused> {
         self.check_acts_for(caller, name)?;
-        let p = self
-            .read(|tx| tx.probe(name))?
+        // From the view, which every change refreshes: a report is taken while the database
+        // is away.
+        let p = lock(&self.view)
+            .probes
+            .get(name)
+            .cloned()
             .filter(|p| p.registered.is_some())
             .ok_or_else(|| Refused::NotFound(format!("probe {name:?} is not registered")))?;
         let max = p.max_flows as usize;
@@ -1268,14 +1800,22 @@ impl<E: Engine> Controller<E> {
 
     pub fn create_token(&self, caller: &Caller, req: TokenCreate) -> Result<TokenInfo, Refused> {
         let token = auth::generate().map_err(Refused::Internal)?;
-        let mut info =
-            self.change(|tx| tokens::insert(tx, caller, &req, &auth::hash(&token), &self.now()))?;
+        let mut info = self.change(|tx| {
+            tokens::insert(
+                tx,
+                caller,
+                Some(&self.opts.name),
+                &req,
+                &auth::hash(&token),
+                &self.now(),
+            )
+        })?;
         info.token = Some(token);
         Ok(info)
     }
 
     pub fn revoke_token(&self, caller: &Caller, name: &str) -> Result<(), Refused> {
-        self.change(|tx| tokens::revoke(tx, caller, name, &self.now()))
+        self.change(|tx| tokens::revoke(tx, caller, Some(&self.opts.name), name, &self.now()))
     }
 
     /// Audit entries after `after`. Only an admin sees the on-finish commands that entries
@@ -1406,11 +1946,45 @@ fn session_info(s: StoredSession, flows: &[StoredFlow]) -> SessionInfo {
         tap: s.tap,
         created: s.created,
         updated: s.updated,
+        collector: s.pin.unwrap_or_else(|| AUTO.to_string()),
+        owner: s.owner,
     }
+}
+
+/// A session's `collector` as stored: `None` for `auto`.
+fn pin_of(collector: Option<&str>) -> Result<Option<String>, Refused> {
+    match collector {
+        None | Some(AUTO) => Ok(None),
+        Some(c) => {
+            validate_name(c).map_err(|e| Refused::BadRequest(format!("collector: {e}")))?;
+            Ok(Some(c.to_string()))
+        }
+    }
+}
+
+/// A session is pinned only to a collector the fleet knows (live or not).
+fn check_pin(tx: &mut dyn Transaction, pin: Option<&str>) -> Result<(), Refused> {
+    let Some(pin) = pin else {
+        return Ok(());
+    };
+    let known = tx.collectors()?;
+    if known.iter().any(|c| c.name == pin) {
+        return Ok(());
+    }
+    let names: Vec<String> = known.into_iter().map(|c| c.name).collect();
+    Err(Refused::BadRequest(format!(
+        "collector: no collector named {pin:?} in the fleet (known: {}; `tapwire collectors` lists them), or \"auto\"",
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )))
 }
 
 fn session_detail(s: &StoredSession) -> Value {
     json!({
+        "collector": s.pin.as_deref().unwrap_or(AUTO),
         "encap": s.encap,
         "mirror_id": s.mirror_id,
         "enabled": s.enabled,

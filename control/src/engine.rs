@@ -9,7 +9,7 @@ use std::time::Instant;
 use tapwire_api_types::Action;
 use tapwire_api_types::probe::Encapsulation;
 
-use crate::store::StoredSession;
+use crate::store::{Load, StoredSession};
 
 /// Why the engine did not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,11 @@ pub trait Engine: Send + Sync + 'static {
     fn file_session_gathering(&self, encap: Encapsulation, id: u32) -> Option<String>;
     /// Checks a tcpdump expression as the collector compiles its filters.
     fn check_filter(&self, expr: &str) -> Result<(), String>;
+    /// What the collector carries now, reported with each heartbeat: the fleet places new
+    /// sessions on the least loaded collector. Read from memory, never waits.
+    fn load(&self) -> Load {
+        Load::default()
+    }
 }
 
 /// Where the controller's time comes from: no clock is read inside the control plane.

@@ -1,4 +1,4 @@
-//! tapwire-control: the control plane (`tapwire collect --db PATH`): sessions and probe flows
+//! tapwire-control: the control plane (`tapwire collect --db PATH|URL`): sessions and probe flows
 //! managed over the HTTP API, kept in a [`store`], pushed to the collector's engine and to the
 //! probes, every change audited.
 //!
@@ -17,18 +17,20 @@
 //! [`Engine`] trait and reads time from a [`Clock`], both given to [`Controller::start`].
 //!
 //! - [`controller`]: every operation, its checks and its audit row.
-//! - [`store`]: the [`Store`] a back-end implements ([`store::sqlite`]).
+//! - [`store`]: the [`Store`] a back-end implements ([`store::sqlite`], [`store::postgres`]).
+//! - [`fleet`]: collectors sharing one database: leases, and where each session runs.
 //! - [`auth`]: tokens, callers and what each role may; [`tokens`]: tokens in a store.
 //! - [`engine`]: what the control plane needs of the engine, and its clock.
 
 pub mod auth;
 pub mod controller;
 pub mod engine;
+pub mod fleet;
 pub mod store;
 pub mod tokens;
 
 pub use controller::{
-    Controller, ControllerOptions, PollGuard, ProbeRefusal, Refused, advertisable,
+    Controller, ControllerOptions, PollGuard, ProbeRefusal, Refused, View, advertisable,
     bootstrap_token_path, write_secret,
 };
 pub use engine::{Clock, Engine, EngineError};

@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tapwire_api_types::Action;
 use tapwire_api_types::control::{
-    FlowCreate, ProbeReport, Refusal, Register, Role, SessionCreate, TokenCreate,
+    ControlState, FlowCreate, ProbeReport, Refusal, Register, Role, SessionCreate, SessionInfo,
+    TokenCreate,
 };
 use tapwire_api_types::probe::{Encapsulation, FlowCounters, FlowState, FlowStats, ProbeStats};
 use tapwire_api_types::time::rfc3339_ns;
 
+use std::sync::Arc;
+
 use super::*;
 use crate::auth::{Caller, Need};
+use crate::both_backends;
 use crate::controller::HIDDEN;
-use crate::store::StoredSession;
 use crate::store::sqlite::SqliteStore;
+use crate::store::tests::Backend;
+use crate::store::{Location, StoredSession};
 
 /// 2026-11-21T06:00:00Z.
 const T0_NS: u64 = 1_795_240_800_000_000_000;
@@ -148,12 +153,16 @@ fn harness_on(
     });
     let ctl = Controller::start(
         ControllerOptions {
-            db: dir.join("c.db"),
+            db: Location::Sqlite(dir.join("c.db")),
+            name: "c1".into(),
             advertise: Some("10.0.0.1".parse().unwrap()),
+            api_url: None,
             max_probes: 3,
             max_flows_per_probe: 4,
             max_pps_per_probe: None,
             report_interval: Duration::from_secs(1),
+            lease: crate::fleet::LEASE,
+            heartbeat: crate::fleet::HEARTBEAT,
         },
         store,
         std::sync::Arc::clone(&engine),
@@ -177,6 +186,7 @@ fn create(name: &str) -> SessionCreate {
         filter: None,
         files: None,
         tap: None,
+        collector: None,
     }
 }
 
@@ -574,4 +584,479 @@ fn an_older_database_loses_its_commands_and_paths_and_only_admins_see_old_ones()
         .authenticate(Some("tw_h1"), false, Need::Probe)
         .unwrap();
     assert_eq!(h1.probe.as_deref(), Some("h1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fleet: two collectors on one database, one clock.
+
+fn clock() -> Arc<FakeClock> {
+    Arc::new(FakeClock {
+        wall_ns: AtomicU64::new(T0_NS),
+        base: Instant::now(),
+        mono_ms: AtomicU64::new(0),
+    })
+}
+
+/// A collector named `name` advertising `advertise`, on `b`'s database, with the given clock.
+/// A PostgreSQL fleet's first admin token is made offline, as an operator would.
+fn member(
+    b: &Backend,
+    name: &str,
+    advertise: &str,
+    engine: FakeEngine,
+    clock: Arc<FakeClock>,
+) -> Harness {
+    let engine = Arc::new(engine);
+    let mut store = b.open();
+    if b.location.is_postgres() && !store.begin().unwrap().has_admin().unwrap() {
+        tokens::create_offline(
+            &mut *store,
+            &Caller::system("ops"),
+            &TokenCreate {
+                name: "admin".into(),
+                role: Role::Admin,
+                probe: None,
+            },
+            T0_NS,
+        )
+        .unwrap();
+    }
+    let dir = b.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctl = Controller::start(
+        ControllerOptions {
+            db: b.location.clone(),
+            name: name.into(),
+            advertise: Some(advertise.parse().unwrap()),
+            api_url: Some(format!("http://{advertise}:9760")),
+            max_probes: 3,
+            max_flows_per_probe: 4,
+            max_pps_per_probe: None,
+            report_interval: Duration::from_secs(1),
+            lease: crate::fleet::LEASE,
+            heartbeat: crate::fleet::HEARTBEAT,
+        },
+        store,
+        Arc::clone(&engine),
+        Box::new(Arc::clone(&clock)),
+    )
+    .unwrap();
+    Harness {
+        ctl,
+        engine,
+        clock,
+        dir,
+    }
+}
+
+fn probe_caller(name: &str) -> Caller {
+    Caller {
+        name: name.into(),
+        role: Role::Probe,
+        probe: Some(name.into()),
+    }
+}
+
+fn register_on(h: &Harness, probe: &str) {
+    h.ctl
+        .register(
+            &probe_caller(probe),
+            Register {
+                name: probe.into(),
+                version: "1".into(),
+                interfaces: vec!["eth0".into(), "eth1".into()],
+            },
+        )
+        .unwrap();
+}
+
+fn flow(probe: &str, name: &str, session: &str) -> tapwire_api_types::control::FlowCreate {
+    serde_json::from_value(json!({
+        "probe": probe, "name": name, "interface": name, "session": session
+    }))
+    .unwrap()
+}
+
+/// (flow name, collector address) of a probe's flow set, and its version.
+fn destinations(h: &Harness, probe: &str) -> (u64, Vec<(String, String)>) {
+    let set = h.ctl.flowset(&probe_caller(probe), probe).unwrap();
+    let mut d: Vec<(String, String)> = set
+        .flows
+        .iter()
+        .map(|f| (f.name.clone(), f.collector.to_string()))
+        .collect();
+    d.sort();
+    (set.version, d)
+}
+
+fn last_given(h: &Harness) -> Vec<String> {
+    let mut v: Vec<String> = h
+        .engine
+        .given
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    v.sort();
+    v
+}
+
+both_backends!(
+    sessions_spread_over_the_fleet_and_move_when_a_collector_dies,
+    |b| {
+        let clock = clock();
+        let a = member(
+            &b,
+            "a",
+            "10.0.0.1",
+            FakeEngine::default(),
+            Arc::clone(&clock),
+        );
+        let c = member(
+            &b,
+            "b",
+            "10.0.0.2",
+            FakeEngine::default(),
+            Arc::clone(&clock),
+        );
+        let ops = Caller::system("ops");
+        let x = a.ctl.create_session(&ops, create("x")).unwrap();
+        let y = a.ctl.create_session(&ops, create("y")).unwrap();
+        let mut owners = vec![x.owner.clone().unwrap(), y.owner.clone().unwrap()];
+        owners.sort();
+        assert_eq!(owners, ["a", "b"], "two auto sessions, two collectors");
+        assert_eq!(
+            (x.collector.as_str(), y.collector.as_str()),
+            ("auto", "auto")
+        );
+        let on = |s: &SessionInfo| {
+            if s.owner.as_deref() == Some("a") {
+                "10.0.0.1"
+            } else {
+                "10.0.0.2"
+            }
+        };
+        register_on(&a, "h1");
+        a.ctl.create_flow(&ops, flow("h1", "eth0", "x")).unwrap();
+        a.ctl.create_flow(&ops, flow("h1", "eth1", "y")).unwrap();
+        let (v1, d) = destinations(&a, "h1");
+        assert_eq!(
+            d,
+            [
+                ("eth0".to_string(), on(&x).to_string()),
+                ("eth1".to_string(), on(&y).to_string())
+            ],
+            "each flow goes to the collector that runs its session"
+        );
+        // Each engine runs only what its collector owns; b hears of a's changes at its tick.
+        c.ctl.tick();
+        let mine = |h: &Harness, name: &str| -> Vec<String> {
+            let mut v: Vec<String> = [&x, &y]
+                .iter()
+                .filter(|s| s.owner.as_deref() == Some(name))
+                .map(|s| s.name.clone())
+                .collect();
+            v.sort();
+            let _ = h;
+            v
+        };
+        assert_eq!(last_given(&a), mine(&a, "a"));
+        assert_eq!(last_given(&c), mine(&c, "b"));
+        assert_eq!(
+            destinations(&c, "h1"),
+            (v1, d.clone()),
+            "b serves the same flow set"
+        );
+
+        // a dies (no more heartbeats). Within the lease nothing moves.
+        clock.advance(Duration::from_secs(3));
+        c.ctl.tick();
+        assert_eq!(a.ctl.session("x").unwrap().owner, x.owner);
+        clock.advance(crate::fleet::LEASE);
+        c.ctl.tick();
+        for s in ["x", "y"] {
+            assert_eq!(c.ctl.session(s).unwrap().owner.as_deref(), Some("b"), "{s}");
+        }
+        assert_eq!(last_given(&c), ["x", "y"]);
+        let (v2, d) = destinations(&c, "h1");
+        assert!(v2 > v1);
+        assert!(d.iter().all(|(_, addr)| addr == "10.0.0.2"), "{d:?}");
+        let moved: Vec<_> = c
+            .ctl
+            .audit(&Caller::system("root"), 0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "session.place" && e.detail["reason"] == "collector a is dead")
+            .collect();
+        assert_eq!(moved.len(), 1, "one session was on a");
+        assert_eq!(
+            moved[0].collector.as_deref(),
+            Some("b"),
+            "the placer that served it"
+        );
+        assert_eq!(moved[0].token, "placer");
+
+        // a comes back: it runs nothing now, and nothing moves back, however long both live.
+        a.ctl.tick();
+        assert!(last_given(&a).is_empty(), "{:?}", last_given(&a));
+        let before = c.ctl.audit(&Caller::system("root"), 0, 1000).unwrap().len();
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(1));
+            a.ctl.tick();
+            c.ctl.tick();
+        }
+        assert_eq!(
+            c.ctl.audit(&Caller::system("root"), 0, 1000).unwrap().len(),
+            before,
+            "no flapping"
+        );
+        let fleet = a.ctl.fleet();
+        let state: Vec<(String, Vec<String>)> = fleet
+            .collectors
+            .iter()
+            .map(|m| (m.name.clone(), m.sessions.clone()))
+            .collect();
+        assert_eq!(
+            state,
+            [
+                ("a".to_string(), vec![]),
+                ("b".to_string(), vec!["x".to_string(), "y".to_string()])
+            ]
+        );
+        assert!(
+            fleet
+                .collectors
+                .iter()
+                .all(|m| m.state == tapwire_api_types::control::CollectorState::Live)
+        );
+        // A new session goes to the emptier collector.
+        assert_eq!(
+            c.ctl
+                .create_session(&ops, create("z"))
+                .unwrap()
+                .owner
+                .as_deref(),
+            Some("a")
+        );
+    }
+);
+
+both_backends!(a_pinned_session_runs_where_it_is_pinned, |b| {
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let _c = member(
+        &b,
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let ops = Caller::system("ops");
+    let mut req = create("x");
+    req.collector = Some("b".into());
+    let x = a.ctl.create_session(&ops, req).unwrap();
+    assert_eq!((x.collector.as_str(), x.owner.as_deref()), ("b", Some("b")));
+    let mut req = create("y");
+    req.collector = Some("nobody".into());
+    match a.ctl.create_session(&ops, req) {
+        Err(Refused::BadRequest(m)) => assert!(m.contains("no collector named \"nobody\""), "{m}"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    // Pinned elsewhere, then back to auto: it stays where it runs.
+    let x = a
+        .ctl
+        .update_session(&ops, "x", json!({ "collector": "a" }))
+        .unwrap();
+    assert_eq!(x.owner.as_deref(), Some("a"));
+    let x = a
+        .ctl
+        .update_session(&ops, "x", json!({ "collector": "auto" }))
+        .unwrap();
+    assert_eq!(
+        (x.collector.as_str(), x.owner.as_deref()),
+        ("auto", Some("a"))
+    );
+});
+
+both_backends!(tokens_are_the_fleets, |b| {
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let c = member(
+        &b,
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let admin = Caller::system("ops");
+    let t = a
+        .ctl
+        .create_token(
+            &admin,
+            tapwire_api_types::control::TokenCreate {
+                name: "viewer".into(),
+                role: Role::Viewer,
+                probe: None,
+            },
+        )
+        .unwrap();
+    let secret = t.token.unwrap();
+    // Known on b at once (looked up in the database when b has not heard of it yet).
+    let who = c
+        .ctl
+        .authenticate(Some(&secret), false, Need::Read)
+        .unwrap();
+    assert_eq!(who.name, "viewer");
+    assert!(matches!(
+        c.ctl.authenticate(Some(&secret), false, Need::Change),
+        Err(Refused::Forbidden(_))
+    ));
+    a.ctl.revoke_token(&admin, "viewer").unwrap();
+    c.ctl.tick();
+    assert!(matches!(
+        c.ctl.authenticate(Some(&secret), false, Need::Read),
+        Err(Refused::Unauthorized(_))
+    ));
+    let audit = c.ctl.audit(&Caller::system("root"), 0, 100).unwrap();
+    let revoke = audit.iter().find(|e| e.action == "token.revoke").unwrap();
+    assert_eq!(revoke.collector.as_deref(), Some("a"));
+});
+
+#[test]
+fn postgres_a_second_collector_with_a_live_name_is_refused() {
+    let Some(b) = Backend::postgres("live_name") else {
+        return;
+    };
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let start = || {
+        Controller::start(
+            ControllerOptions {
+                db: b.location.clone(),
+                name: "a".into(),
+                advertise: Some("10.0.0.9".parse().unwrap()),
+                api_url: None,
+                max_probes: 3,
+                max_flows_per_probe: 4,
+                max_pps_per_probe: None,
+                report_interval: Duration::from_secs(1),
+                lease: crate::fleet::LEASE,
+                heartbeat: crate::fleet::HEARTBEAT,
+            },
+            b.open(),
+            Arc::new(FakeEngine::default()),
+            Box::new(Arc::clone(&clock)),
+        )
+    };
+    match start() {
+        Err(e) => assert!(e.contains("collector \"a\" is live in this fleet"), "{e}"),
+        Ok(_) => panic!("a second live \"a\" was let in"),
+    }
+    // Once the first has left (a clean stop), the name is free again.
+    a.ctl.leave();
+    let again = start().unwrap();
+    assert_eq!(
+        again.fleet().collectors[0].advertise.as_deref(),
+        Some("10.0.0.9")
+    );
+}
+
+/// The database goes away and comes back: the probes are served meanwhile, the health says
+/// so, and no collector moves anything until every live one had the time to renew its lease.
+#[test]
+fn postgres_an_outage_changes_nothing_and_ends_by_itself() {
+    let Some(pg) = tapwire_tests::pg::Pg::start("outage") else {
+        return;
+    };
+    let b = Backend {
+        location: crate::store::Location::Postgres(pg.url(&pg.database("outage"))),
+        dir: tapwire_tests::TempDir::new("outage"),
+    };
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let c = member(
+        &b,
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let ops = Caller::system("ops");
+    a.ctl.create_session(&ops, create("x")).unwrap();
+    a.ctl.create_session(&ops, create("y")).unwrap();
+    register_on(&a, "h1");
+    a.ctl.create_flow(&ops, flow("h1", "eth0", "x")).unwrap();
+    c.ctl.tick();
+    let before = (destinations(&a, "h1"), destinations(&c, "h1"));
+    let placed = |h: &Harness| -> Vec<(String, Option<String>)> {
+        h.ctl
+            .sessions()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.owner))
+            .collect()
+    };
+    let owners = placed(&a);
+
+    pg.stop();
+    clock.advance(Duration::from_secs(30));
+    a.ctl.tick();
+    c.ctl.tick();
+    for h in [&a, &c] {
+        assert_eq!(h.ctl.control_state(), ControlState::Disconnected);
+        assert!(
+            matches!(h.ctl.sessions(), Err(Refused::Unavailable(m)) if m.starts_with("control: disconnected"))
+        );
+    }
+    assert_eq!(
+        (destinations(&a, "h1"), destinations(&c, "h1")),
+        before,
+        "probes are served"
+    );
+
+    pg.restart();
+    // The store tries again at most once a second.
+    std::thread::sleep(crate::store::postgres::RECONNECT_EVERY + Duration::from_millis(100));
+    // a is back first: b's lease looks long dead, but a has not been connected for a lease.
+    a.ctl.tick();
+    assert_eq!(a.ctl.control_state(), ControlState::Connected);
+    assert_eq!(placed(&a), owners);
+    c.ctl.tick();
+    for _ in 0..8 {
+        clock.advance(Duration::from_secs(1));
+        a.ctl.tick();
+        c.ctl.tick();
+    }
+    assert_eq!(placed(&a), owners, "nothing moved");
+    assert_eq!(c.ctl.control_state(), ControlState::Connected);
+    // Changes go through again.
+    a.ctl.create_session(&ops, create("z")).unwrap();
 }

@@ -10,10 +10,12 @@ use crate::auth::{self, Caller};
 use crate::controller::check_probe_name;
 use crate::store::{AuditRow, NewToken, Store, Transaction};
 
-/// Writes one audit row (in the caller's transaction).
+/// Writes one audit row (in the caller's transaction); `collector`: the one that served it
+/// (`None` offline).
 pub fn audit(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     at: &str,
     action: &str,
     target: &str,
@@ -26,6 +28,7 @@ pub fn audit(
         action,
         target,
         detail,
+        collector,
     })?;
     Ok(())
 }
@@ -35,6 +38,7 @@ pub fn audit(
 pub fn insert(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     req: &TokenCreate,
     hash: &[u8],
     at: &str,
@@ -72,7 +76,7 @@ pub fn insert(
         Some(p) => serde_json::json!({ "role": role.name(), "probe": p }),
         None => serde_json::json!({ "role": role.name() }),
     };
-    audit(tx, caller, at, "token.create", name, &detail)?;
+    audit(tx, caller, collector, at, "token.create", name, &detail)?;
     Ok(TokenInfo {
         name: name.to_string(),
         role,
@@ -87,13 +91,22 @@ pub fn insert(
 pub fn revoke(
     tx: &mut dyn Transaction,
     caller: &Caller,
+    collector: Option<&str>,
     name: &str,
     at: &str,
 ) -> Result<(), Refused> {
     if !tx.revoke_token(name, at)? {
         return Err(Refused::NotFound(format!("no active token named {name:?}")));
     }
-    audit(tx, caller, at, "token.revoke", name, &Value::Null)
+    audit(
+        tx,
+        caller,
+        collector,
+        at,
+        "token.revoke",
+        name,
+        &Value::Null,
+    )
 }
 
 /// `tapwire token create --db`: a new token, its secret in the answer (shown once).
@@ -108,10 +121,13 @@ pub fn create_offline(
     let mut info = insert(
         &mut *tx,
         caller,
+        None,
         req,
         &auth::hash(&secret),
         &rfc3339_ns(now_ns),
     )?;
+    // Collectors that run take the new token at their next look (the fleet's counter).
+    tx.bump_fleet_version()?;
     tx.commit()?;
     info.token = Some(secret);
     Ok(info)
@@ -130,6 +146,7 @@ pub fn revoke_offline(
     now_ns: u64,
 ) -> Result<(), Refused> {
     let mut tx = store.begin()?;
-    revoke(&mut *tx, caller, name, &rfc3339_ns(now_ns))?;
+    revoke(&mut *tx, caller, None, name, &rfc3339_ns(now_ns))?;
+    tx.bump_fleet_version()?;
     Ok(tx.commit()?)
 }

@@ -1,4 +1,8 @@
-//! The probe's link to a controller (`--controller URL --token T --name HOST`).
+//! The probe's link to a controller (`--controller URL[,URL...] --token T --name HOST`).
+//!
+//! Several URLs are the collectors of one fleet (they share one database, so any live one
+//! serves the same flow set): the link uses one, and turns to the next when it stops
+//! answering, without waiting while some of them have not been tried in this round.
 //!
 //! Two threads: **sync** registers (name, version, interfaces) and then long-polls
 //! `GET /api/v1/probes/{name}/flows?after=VERSION`, handing every new flow set to the main
@@ -26,7 +30,8 @@ use tapwire_client::{Client, HttpError};
 use crate::manager::FlowManager;
 
 pub struct LinkOptions {
-    pub url: String,
+    /// The controllers, in the order they are tried.
+    pub urls: Vec<String>,
     pub token: Option<String>,
     pub ca: Option<PathBuf>,
     pub name: String,
@@ -114,13 +119,22 @@ fn sleep_unless(d: Duration, stop: &AtomicBool, wake: Option<&AtomicBool>) -> bo
     stop.load(Ordering::Relaxed)
 }
 
-/// Between the two threads: the report interval the controller asked for, and whether a
-/// report just got through (the controller is back: the sync thread, backing off, retries at
-/// once instead of waiting out its backoff).
+/// Between the two threads: the report interval the controller asked for, whether a report
+/// just got through (the controller is back: the sync thread, backing off, retries at once
+/// instead of waiting out its backoff), and which controller the sync thread uses now (the
+/// report thread follows it).
 #[derive(Default)]
 struct Signals {
     interval_s: AtomicU64,
     reachable: AtomicBool,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+/// One controller: a client for short requests and one for the long-poll.
+#[derive(Clone)]
+struct Controller {
+    short: Client,
+    poll: Client,
 }
 
 /// Starts the sync and report threads. `known`: the version of the flow set already running
@@ -134,35 +148,60 @@ pub fn spawn(
     events: std::sync::mpsc::Sender<Event>,
 ) -> Result<(), String> {
     let wait = Duration::from_secs(DEFAULT_WAIT_S);
-    let poll = Client::new(
-        &opts.url,
-        opts.token.clone(),
-        opts.ca.as_deref(),
-        wait + Duration::from_secs(10),
-    )?;
-    let short = Client::new(
-        &opts.url,
-        opts.token.clone(),
-        opts.ca.as_deref(),
-        Duration::from_secs(10),
-    )?;
+    if opts.urls.is_empty() {
+        return Err("--controller: no URL".into());
+    }
+    let controllers = opts
+        .urls
+        .iter()
+        .map(|url| {
+            Ok(Controller {
+                poll: Client::new(
+                    url,
+                    opts.token.clone(),
+                    opts.ca.as_deref(),
+                    wait + Duration::from_secs(10),
+                )?,
+                short: Client::new(
+                    url,
+                    opts.token.clone(),
+                    opts.ca.as_deref(),
+                    Duration::from_secs(10),
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let signals = Arc::new(Signals {
         interval_s: AtomicU64::new(5),
-        reachable: AtomicBool::new(false),
+        ..Signals::default()
     });
     let name = opts.name.clone();
     {
-        let (stop, events, signals, short) =
-            (stop.clone(), events.clone(), signals.clone(), short.clone());
+        let (stop, events, signals, controllers) = (
+            stop.clone(),
+            events.clone(),
+            signals.clone(),
+            controllers.clone(),
+        );
         std::thread::Builder::new()
             .name("probe-sync".into())
-            .spawn(move || sync(&name, &short, &poll, known, &signals, &stop, &events))
+            .spawn(move || sync(&name, &controllers, known, &signals, &stop, &events))
             .map_err(|e| format!("sync thread: {e}"))?;
     }
     let name = opts.name;
     std::thread::Builder::new()
         .name("probe-report".into())
-        .spawn(move || report(&name, &short, &stats, &applied, &signals, &stop, &events))
+        .spawn(move || {
+            report(
+                &name,
+                &controllers,
+                &stats,
+                &applied,
+                &signals,
+                &stop,
+                &events,
+            )
+        })
         .map_err(|e| format!("report thread: {e}"))?;
     Ok(())
 }
@@ -181,10 +220,30 @@ fn interfaces() -> Vec<String> {
     v
 }
 
+/// After a failure: the next controller, at once while some were not tried since the last
+/// success; after a whole round, the backoff.
+fn next_controller(
+    n: usize,
+    signals: &Signals,
+    untried: &mut usize,
+    backoff: &mut Backoff,
+    stop: &AtomicBool,
+) {
+    if n > 1 {
+        let next = (signals.current.load(Ordering::Relaxed) + 1) % n;
+        signals.current.store(next, Ordering::Relaxed);
+    }
+    if *untried > 1 {
+        *untried -= 1;
+        return;
+    }
+    *untried = n;
+    sleep_unless(backoff.next_wait(), stop, Some(&signals.reachable));
+}
+
 fn sync(
     name: &str,
-    short: &Client,
-    poll: &Client,
+    controllers: &[Controller],
     mut version: Option<u64>,
     signals: &Signals,
     stop: &AtomicBool,
@@ -192,11 +251,14 @@ fn sync(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), seed());
     let mut failing = false;
+    let mut untried = controllers.len();
     let revoked = |e: &HttpError| {
         tracing::error!(error = %e, "the controller refused this probe's token");
         let _ = events.send(Event::Revoked(e.message.clone()));
     };
     'register: while !stop.load(Ordering::Relaxed) {
+        let c = &controllers[signals.current.load(Ordering::Relaxed) % controllers.len()];
+        let (short, poll) = (&c.short, &c.poll);
         let req = Register {
             name: name.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -213,17 +275,17 @@ fn sync(
                     "registered with the controller"
                 );
                 backoff.reset();
+                untried = controllers.len();
             }
             Err(e) if e.is_auth() => return revoked(&e),
             Err(e) => {
-                let wait = backoff.next_wait();
                 if !failing {
-                    tracing::warn!(error = %e, "controller unreachable; running the last known flows, retrying");
+                    tracing::warn!(controller = short.base(), error = %e, "controller unreachable; running the last known flows, retrying");
                     failing = true;
                 } else {
-                    tracing::debug!(error = %e, retry_ms = wait.as_millis() as u64, "controller still unreachable");
+                    tracing::debug!(controller = short.base(), error = %e, "controller still unreachable");
                 }
-                sleep_unless(wait, stop, Some(&signals.reachable));
+                next_controller(controllers.len(), signals, &mut untried, &mut backoff, stop);
                 continue;
             }
         }
@@ -243,10 +305,9 @@ fn sync(
                 }
                 Err(e) if e.is_auth() => return revoked(&e),
                 Err(e) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "lost the controller; running the last known flows");
+                    tracing::warn!(controller = poll.base(), error = %e, "lost the controller; running the last known flows");
                     failing = true;
-                    sleep_unless(wait, stop, Some(&signals.reachable));
+                    next_controller(controllers.len(), signals, &mut untried, &mut backoff, stop);
                     continue 'register;
                 }
             }
@@ -256,7 +317,7 @@ fn sync(
 
 fn report(
     name: &str,
-    client: &Client,
+    controllers: &[Controller],
     stats: &ArcSwap<ProbeStats>,
     applied: &ArcSwap<Applied>,
     signals: &Signals,
@@ -277,6 +338,8 @@ fn report(
             continue;
         }
         last = Some((std::time::Instant::now(), a.version));
+        let client =
+            &controllers[signals.current.load(Ordering::Relaxed) % controllers.len()].short;
         let body = ProbeReport {
             applied_version: a.version,
             stats: ProbeStats::clone(&stats.load()),

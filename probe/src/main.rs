@@ -29,7 +29,8 @@ use tapwire_probe::{api, privs, stats};
 )]
 struct Cli {
     /// Flows from a controller (`tapwire collect --db`): register as --name, receive every
-    /// flow and change, report stats. Flows are not given here then.
+    /// flow and change, report stats. Flows are not given here then. Several URLs, comma
+    /// separated, are the collectors of one fleet: any live one is used.
     #[arg(long, value_name = "URL", conflicts_with_all = ["config", "iface", "direction", "vlan", "untagged", "filter", "snaplen", "sample", "rate_pps", "rate_bps", "burst", "session", "collector", "encap", "hardware_id", "erspan_time", "promisc", "threads", "block_size", "block_count", "block_timeout_ms"])]
     controller: Option<String>,
     /// The probe's token (`tapwire token create --role probe --name HOST`).
@@ -248,13 +249,28 @@ fn controlled(cli: &Cli) -> ExitCode {
             .state
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/tapwire/probe-{name}.json")));
-        // The client is built once here so that a bad --ca or URL is a start-up error.
-        tapwire_client::Client::new(
-            cli.controller.as_deref().unwrap_or_default(),
-            cli.token.clone(),
-            cli.ca.as_deref(),
-            Duration::from_secs(1),
-        )?;
+        let urls: Vec<String> = cli
+            .controller
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if urls.is_empty() {
+            return Err("--controller: give a URL (or several, comma separated)".into());
+        }
+        // The clients are built once here so that a bad --ca or URL is a start-up error.
+        for url in &urls {
+            tapwire_client::Client::new(
+                url,
+                cli.token.clone(),
+                cli.ca.as_deref(),
+                Duration::from_secs(1),
+            )
+            .map_err(|e| format!("--controller {url}: {e}"))?;
+        }
         Ok((
             ProbeConfig {
                 settings,
@@ -262,7 +278,7 @@ fn controlled(cli: &Cli) -> ExitCode {
             },
             Link {
                 opts: LinkOptions {
-                    url: cli.controller.clone().unwrap_or_default(),
+                    urls,
                     token: cli.token.clone(),
                     ca: cli.ca.clone(),
                     name,

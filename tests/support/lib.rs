@@ -8,6 +8,7 @@ pub mod netns;
 pub mod oracle;
 #[path = "../senders/ovs.rs"]
 pub mod ovs;
+pub mod pg;
 pub mod probe;
 pub mod senders;
 pub mod spoof;

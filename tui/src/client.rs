@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tapwire_api_types::{Action, MAX_PAGE, Message, SESSIONS_PATH, Snapshot};
 pub use tapwire_client::base_url;
-use tapwire_client::{Answer, Client, segment};
+use tapwire_client::{Answer, Client, query_string, segment};
+
+/// Where saves are asked for.
+pub const SAVE_PATH: &str = "/api/v1/packets/save";
 
 /// Gives the collector's latest snapshot, or says why it cannot (shown as "disconnected").
 pub trait Source {
@@ -25,6 +28,12 @@ impl<F: FnMut() -> Result<Arc<Snapshot>, String>> Source for F {
 /// Carries out an action on a session; `Ok` and `Err` hold the collector's message.
 pub trait Actions {
     fn act(&mut self, session: &str, action: Action) -> Result<String, String>;
+
+    /// Saves the session's last `minutes` into a file the collector names; `Ok` says where.
+    fn save(&mut self, session: &str, minutes: u32) -> Result<String, String> {
+        let _ = (session, minutes);
+        Err("saving needs the collector's API: use tapwire top".into())
+    }
 }
 
 impl<F: FnMut(&str, Action) -> Result<String, String>> Actions for F {
@@ -118,18 +127,43 @@ impl Source for HttpSource {
     }
 }
 
-/// `POST /api/v1/sessions/{name}/{action}`, with the bearer token when one is given (the
-/// collector accepts actions from localhost without one).
+/// `POST /api/v1/sessions/{name}/{action}` and `POST /api/v1/packets/save`, with the bearer
+/// token when one is given (the collector accepts actions from localhost without one).
 pub struct HttpActions {
     client: Client,
+    /// For saves, which read captures and may take a while.
+    saves: Client,
 }
+
+/// How long a save may take before the UI stops waiting (the collector finishes it anyway).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl HttpActions {
     pub fn new(base: &str, token: Option<String>) -> HttpActions {
         HttpActions {
             // The collector waits up to 5 s for its engine to answer.
-            client: client(base, token, Duration::from_secs(6), 1 << 20),
+            client: client(base, token.clone(), Duration::from_secs(6), 1 << 20),
+            saves: client(base, token, SAVE_TIMEOUT, 1 << 20),
         }
+    }
+}
+
+/// The collector's message out of an answer, `Err` unless it says ok.
+fn message(answer: Result<Answer, tapwire_client::Failed>, what: &str) -> Result<String, String> {
+    let answer = match answer {
+        Ok(a) => a,
+        // An answer whose body could not be read: judged by its status alone.
+        Err(f) if f.status != 0 => Answer {
+            status: f.status,
+            body: String::new(),
+        },
+        Err(f) => return Err(f.reason),
+    };
+    let status = answer.status_line();
+    match serde_json::from_str::<Message>(&answer.body) {
+        Ok(m) if m.ok && answer.is_success() => Ok(m.message),
+        Ok(m) => Err(m.message),
+        Err(_) => Err(format!("{what}: collector answered {status}")),
     }
 }
 
@@ -141,21 +175,24 @@ impl Actions for HttpActions {
             Action::Rotate => "rotate",
         };
         let path = format!("{SESSIONS_PATH}/{}/{verb}", segment(session));
-        let answer = match self.client.send("POST", &path, None::<&()>) {
-            Ok(a) => a,
-            // An answer whose body could not be read: judged by its status alone.
-            Err(f) if f.status != 0 => Answer {
-                status: f.status,
-                body: String::new(),
-            },
-            Err(f) => return Err(f.reason),
-        };
-        let status = answer.status_line();
-        match serde_json::from_str::<Message>(&answer.body) {
-            Ok(m) if m.ok && answer.is_success() => Ok(m.message),
-            Ok(m) => Err(m.message),
-            Err(_) => Err(format!("{verb} {session}: collector answered {status}")),
-        }
+        message(
+            self.client.send("POST", &path, None::<&()>),
+            &format!("{verb} {session}"),
+        )
+    }
+
+    fn save(&mut self, session: &str, minutes: u32) -> Result<String, String> {
+        let path = format!(
+            "{SAVE_PATH}{}",
+            query_string(&[
+                ("session", Some(session)),
+                ("minutes", Some(&minutes.to_string())),
+            ])
+        );
+        message(
+            self.saves.send("POST", &path, None::<&()>),
+            &format!("save {session}"),
+        )
     }
 }
 
@@ -311,6 +348,27 @@ mod tests {
             "{req}"
         );
         assert!(!req.contains("authorization"), "{req}");
+    }
+
+    #[test]
+    fn saves_post_the_session_and_minutes_and_give_the_collectors_message() {
+        let ok = r#"{"ok":true,"message":"saved 3 packets of the last 15 min of web 2 to /out/saved/x.pcapng","path":"/out/saved/x.pcapng","packets":3,"bytes":900,"notes":[]}"#;
+        let (base, server) = serve_once("200 OK", ok.into());
+        let msg = HttpActions::new(&base, Some("op".into()))
+            .save("web 2", 15)
+            .unwrap();
+        assert!(msg.ends_with("to /out/saved/x.pcapng"), "{msg}");
+        let req = server.join().unwrap().to_lowercase();
+        assert!(
+            req.starts_with("post /api/v1/packets/save?session=web%202&minutes=15 http/1.1"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nauthorization: bearer op\r\n"), "{req}");
+        let no = r#"{"ok":false,"message":"an operator or admin token is needed"}"#;
+        let (base, server) = serve_once("403 Forbidden", no.into());
+        let e = HttpActions::new(&base, None).save("web", 5).unwrap_err();
+        assert_eq!(e, "an operator or admin token is needed");
+        server.join().unwrap();
     }
 
     #[test]

@@ -492,6 +492,7 @@ pub fn snapshot(t: u64) -> Snapshot {
             },
         ],
         sessions,
+        control: None,
         page: None,
     }
 }

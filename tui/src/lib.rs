@@ -155,6 +155,10 @@ fn run<B: Backend>(
                 // Show the effect as soon as the collector publishes it.
                 next_poll = clock.now();
             }
+            Some(Command::Save { session, minutes }) => {
+                let result = actions.save(&session, minutes);
+                app.action_done(result, clock.now());
+            }
             None => {}
         }
     }

@@ -13,7 +13,7 @@ use tapwire_api_types::{Action, Drops, SessionState, SessionStats, Snapshot, Sou
 
 use crate::format::{self, count, percent};
 use crate::logs::LogBuffer;
-use crate::state::{App, Column, Link, Mode, Row, state_name};
+use crate::state::{App, Column, Link, Mode, Row, SAVE_MINUTES_MAX, SaveAsk, state_name};
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const BAD: Style = Style::new().fg(Color::Red);
@@ -70,6 +70,7 @@ pub fn draw(f: &mut Frame<'_>, app: &mut App, logs: Option<&LogBuffer>) {
     match &app.mode {
         Mode::Help => draw_help(f, app, area),
         Mode::Confirm(c) => draw_confirm(f, &c.session, c.action, area),
+        Mode::Save(ask) => draw_save(f, ask, area),
         _ => {}
     }
 }
@@ -536,7 +537,14 @@ fn draw_detail(f: &mut Frame<'_>, app: &App, area: Rect) {
                 .unwrap_or_default()
         )),
     ]);
-    let block = Block::bordered().title(title).border_style(DIM);
+    let mut block = Block::bordered().title(title).border_style(DIM);
+    if s.files.is_some() {
+        block = block.title_bottom(Line::from(vec![
+            Span::raw(" "),
+            Span::styled("w", BOLD),
+            Span::raw(" save the last N minutes to a file "),
+        ]));
+    }
     let inner = block.inner(area);
     f.render_widget(block, area);
     let [left, right] =
@@ -1012,13 +1020,13 @@ pub fn keys(app: &App) -> [(&'static str, &'static str); 18] {
         ("x", "show / hide every session's sources"),
         ("s  S", "sort by the next / previous column"),
         ("i", "invert the sort order"),
-        ("/", "filter by text (Enter keeps, Esc clears)"),
-        ("Esc", "clear the filter"),
+        ("/  Esc", "filter by text (Enter keeps) / clear it"),
         ("Tab", "detail pane on / off"),
         ("L", logs),
         ("e", "enable the session"),
         ("d", "disable the session (asks first)"),
         ("r", "rotate the session's file now (asks first)"),
+        ("w", "save the last N minutes to a file"),
         ("y  n", "answer a question"),
         ("?", "this help (Esc closes)"),
         ("q", quit),
@@ -1096,6 +1104,33 @@ fn draw_confirm(f: &mut Frame<'_>, session: &str, action: Action, area: Rect) {
         Paragraph::new(lines)
             .wrap(ratatui::widgets::Wrap { trim: true })
             .block(Block::bordered().title(" confirm ").border_style(WARN)),
+        r,
+    );
+}
+
+fn draw_save(f: &mut Frame<'_>, ask: &SaveAsk, area: Rect) {
+    let lines = vec![
+        Line::styled(format!("Save the last minutes of {}", ask.session), BOLD),
+        Line::from(vec![
+            Span::raw("Minutes: "),
+            Span::styled(format!("{}▏", ask.minutes), BOLD),
+            Span::styled(format!(" (1 to {SAVE_MINUTES_MAX})"), DIM),
+        ]),
+        Line::raw("One pcapng, in a file the collector names under its --out."),
+        Line::from(vec![
+            Span::styled("Enter", BOLD),
+            Span::raw(" save    "),
+            Span::styled("Esc", BOLD),
+            Span::raw(" cancel"),
+        ]),
+    ];
+    let w = 64.min(area.width);
+    let r = centered(area, w, 6.min(area.height));
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: true })
+            .block(Block::bordered().title(" save ").border_style(WARN)),
         r,
     );
 }

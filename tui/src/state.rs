@@ -147,6 +147,19 @@ pub struct Confirm {
     pub action: Action,
 }
 
+/// "Save the last N minutes" of a session, N being typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveAsk {
+    pub session: String,
+    /// The digits typed so far.
+    pub minutes: String,
+}
+
+/// The minutes a save offers first.
+pub const SAVE_MINUTES_DEFAULT: &str = "5";
+/// The most a save takes (the collector's bound too).
+pub const SAVE_MINUTES_MAX: u32 = 24 * 60;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Normal,
@@ -154,13 +167,22 @@ pub enum Mode {
     Filter,
     Help,
     Confirm(Confirm),
+    Save(SaveAsk),
 }
 
 /// What the runner must do after a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Quit,
-    Act { session: String, action: Action },
+    Act {
+        session: String,
+        action: Action,
+    },
+    /// Save the session's last `minutes` into a file the collector names.
+    Save {
+        session: String,
+        minutes: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -463,6 +485,39 @@ impl App {
                 }
                 None
             }
+            Mode::Save(mut ask) => {
+                match k.code {
+                    KeyCode::Char(c @ '0'..='9') if ask.minutes.len() < 4 => {
+                        ask.minutes.push(c);
+                        self.mode = Mode::Save(ask);
+                    }
+                    KeyCode::Backspace => {
+                        ask.minutes.pop();
+                        self.mode = Mode::Save(ask);
+                    }
+                    KeyCode::Enter => {
+                        self.mode = Mode::Normal;
+                        match ask.minutes.parse::<u32>() {
+                            Ok(m) if (1..=SAVE_MINUTES_MAX).contains(&m) => {
+                                return Some(Command::Save {
+                                    session: ask.session,
+                                    minutes: m,
+                                });
+                            }
+                            _ => {
+                                let text = format!(
+                                    "save: minutes from 1 to {SAVE_MINUTES_MAX}, not {:?}",
+                                    ask.minutes
+                                );
+                                self.action_done(Err(text), self.now);
+                            }
+                        }
+                    }
+                    KeyCode::Esc | KeyCode::Char('q') => self.mode = Mode::Normal,
+                    _ => self.mode = Mode::Save(ask),
+                }
+                None
+            }
             Mode::Normal => self.normal_key(k),
         }
     }
@@ -528,6 +583,7 @@ impl App {
             }
             KeyCode::Char('d') => self.ask(Action::Disable),
             KeyCode::Char('r') => self.ask(Action::Rotate),
+            KeyCode::Char('w') => self.ask_save(),
             _ => {}
         }
         None
@@ -551,6 +607,22 @@ impl App {
         self.mode = Mode::Confirm(Confirm {
             session: s.name.clone(),
             action,
+        });
+    }
+
+    /// Asks how many of the last minutes of the selected session to save.
+    fn ask_save(&mut self) {
+        let Some(s) = self.selected_session() else {
+            return;
+        };
+        if s.files.is_none() {
+            let text = format!("session {} writes no files: nothing to save from", s.name);
+            self.action_done(Err(text), self.now);
+            return;
+        }
+        self.mode = Mode::Save(SaveAsk {
+            session: s.name.clone(),
+            minutes: SAVE_MINUTES_DEFAULT.into(),
         });
     }
 
@@ -894,6 +966,35 @@ mod tests {
         assert!(!app.expire(Duration::from_secs(5)));
         assert!(app.expire(Duration::from_secs(6)));
         assert_eq!(app.status, None);
+    }
+
+    #[test]
+    fn w_asks_how_many_minutes_then_saves() {
+        let mut app = app_at(0);
+        press(&mut app, KeyCode::Char('w'));
+        let Mode::Save(ask) = &app.mode else {
+            panic!("{:?}", app.mode)
+        };
+        let session = ask.session.clone();
+        assert_eq!(ask.minutes, SAVE_MINUTES_DEFAULT);
+        press(&mut app, KeyCode::Backspace);
+        type_keys(&mut app, "15x");
+        assert_eq!(
+            press(&mut app, KeyCode::Enter),
+            Some(Command::Save {
+                session,
+                minutes: 15
+            })
+        );
+        assert_eq!(app.mode, Mode::Normal);
+        // Out of bounds: said, nothing asked of the collector.
+        press(&mut app, KeyCode::Char('w'));
+        type_keys(&mut app, "0000");
+        assert_eq!(press(&mut app, KeyCode::Enter), None);
+        assert!(app.status.as_ref().is_some_and(|s| s.error));
+        press(&mut app, KeyCode::Char('w'));
+        assert_eq!(press(&mut app, KeyCode::Esc), None);
+        assert_eq!(app.mode, Mode::Normal);
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct Fake {
     fail_from: Option<(u64, String)>,
     /// The same snapshot every time (nothing changes).
     frozen: Option<Arc<Snapshot>>,
+    /// Saves asked for: session and minutes.
+    saves: Vec<(String, u32)>,
 }
 
 fn source(fake: &Rc<RefCell<Fake>>) -> impl FnMut() -> Result<Arc<Snapshot>, String> {
@@ -74,6 +76,25 @@ fn actions(fake: &Rc<RefCell<Fake>>) -> impl FnMut(&str, Action) -> Result<Strin
     }
 }
 
+/// The fake collector's actions, with saves ("save last N minutes").
+struct FakeActions<F>(Rc<RefCell<Fake>>, F);
+
+impl<F: FnMut(&str, Action) -> Result<String, String>> tapwire_tui::Actions for FakeActions<F> {
+    fn act(&mut self, session: &str, action: Action) -> Result<String, String> {
+        (self.1)(session, action)
+    }
+
+    fn save(&mut self, session: &str, minutes: u32) -> Result<String, String> {
+        self.0
+            .borrow_mut()
+            .saves
+            .push((session.to_string(), minutes));
+        Ok(format!(
+            "saved 1234 packets of the last {minutes} min of {session} to /var/lib/tapwire/saved/{session}_last{minutes}m_20261206T081500.000Z.pcapng"
+        ))
+    }
+}
+
 /// Runs the UI on a `width`x`height` TestBackend with the keys `script` adds; returns the
 /// terminal (its buffer is the last frame) and the run's counters.
 fn run(
@@ -105,7 +126,7 @@ fn run_with(
     let stats = start(
         &mut terminal,
         &mut source(fake),
-        &mut actions(fake),
+        &mut FakeActions(fake.clone(), actions(fake)),
         &mut events,
         &clock,
         opts,
@@ -463,4 +484,42 @@ fn redraws_only_on_change_or_input() {
     let fake = Rc::default();
     let (_, stats) = run(&fake, 120, 40, |s| s.idle(10).key(KeyCode::Char('q')));
     assert_eq!((stats.n_polls, stats.n_draws), (11, 11));
+}
+
+/// The session detail offers "save last N minutes": `w` asks how many (5 first), Enter asks
+/// the collector, and the footer shows the path of the file it wrote.
+#[test]
+fn save_last_minutes_from_the_session_detail() {
+    let fake = Rc::default();
+    let (t, _) = run(&fake, 120, 40, |s| {
+        s.idle(2)
+            .keys("jjj")
+            .key(KeyCode::Char('w'))
+            .key(KeyCode::Backspace)
+            .keys("15")
+            .event(Event::FocusGained)
+            .ctrl('c')
+    });
+    let sc = screen(&t);
+    assert!(sc.contains("w save the last N minutes to a file"), "{sc}");
+    assert!(sc.contains("Save the last minutes of edge-sw1"), "{sc}");
+    assert!(sc.contains("Minutes: 15"), "{sc}");
+    let f: &RefCell<Fake> = &fake;
+    assert!(f.borrow().saves.is_empty(), "nothing saved before Enter");
+    insta::assert_snapshot!(t.backend());
+    let (t, _) = run(&fake, 120, 40, |s| {
+        s.idle(2)
+            .keys("jjj")
+            .key(KeyCode::Char('w'))
+            .key(KeyCode::Enter)
+            .event(Event::FocusGained)
+            .ctrl('c')
+    });
+    assert_eq!(f.borrow().saves, [("edge-sw1".to_string(), 5)]);
+    let sc = screen(&t);
+    assert!(
+        line_with(&sc, "saved 1234 packets")
+            .contains("/var/lib/tapwire/saved/edge-sw1_last5m_20261206T081500.000Z.pcapng"),
+        "{sc}"
+    );
 }

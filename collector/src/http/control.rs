@@ -68,6 +68,8 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add("POST", "/api/v1/tokens", post(create_token))
         .add("DELETE", "/api/v1/tokens/{name}", delete(revoke_token))
         .add("GET", "/api/v1/audit", get(audit))
+        .add("GET", "/api/v1/fleet", get(fleet))
+        .add("GET", "/api/v1/fleet/sd", get(service_discovery))
 }
 
 /// The body as `T`; the error names the field (`body: files.rotate.size: ...`).
@@ -529,6 +531,17 @@ async fn audit(
         c.audit(who, after, limit)
     })
     .await
+}
+
+/// Every collector of the fleet: state, lease age, sessions, load. Answered from the last
+/// state read while the database is away (`control` says so).
+async fn fleet(State(s): State<ApiState>, Authed(who, ..): Authed<Read>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| Ok(c.fleet())).await
+}
+
+/// Prometheus `http_sd_config`: a target per live collector with its API's address.
+async fn service_discovery(State(s): State<ApiState>, Authed(who, ..): Authed<Read>) -> Response {
+    run(s, who, StatusCode::OK, |c, _| Ok(c.service_discovery())).await
 }
 
 pub(super) async fn openapi() -> Response {

@@ -234,8 +234,9 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
         post(stats::action),
     )
     .add("GET", "/api/v1/packets", get(packets::packets))
+    .add("POST", "/api/v1/packets/save", post(packets::save))
     .add("GET", "/api/v1/sessions/{name}/stream", get(stream::stream))
-    .add("GET", "/api/v1/health", get(|| async { "ok\n" }))
+    .add("GET", "/api/v1/health", get(health))
     .add("GET", "/metrics", get(metrics::metrics))
     .add("GET", "/api/v1/openapi.json", get(control::openapi));
     if with_controller {
@@ -243,6 +244,22 @@ pub(crate) fn routes(with_controller: bool) -> Routes {
     } else {
         r
     }
+}
+
+/// `GET /api/v1/health`: from memory only, never the database, so that it answers (and says
+/// `"control": "disconnected"`) while the database is away.
+async fn health(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
+    use tapwire_api_types::control::{ControlState, Health};
+    let (control, collector) = match &s.controller {
+        Some(c) => (c.control_state(), Some(c.name().to_string())),
+        None => (ControlState::Off, None),
+    };
+    axum::Json(Health {
+        ok: true,
+        control,
+        collector,
+    })
+    .into_response()
 }
 
 pub(crate) fn router(state: ApiState) -> Router {

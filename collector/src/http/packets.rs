@@ -6,6 +6,12 @@
 //! A refusal comes before the first byte: 400 (request, filter: libpcap's message), 422 (over
 //! the limit, with the index's estimate), 503 (too many queries at once). Sessions are named,
 //! never given as paths: only files of the collector's output directories are read.
+//!
+//! `POST /api/v1/packets/save?session=&minutes=[&filter=]` (operator and up: it writes a file)
+//! runs the same query over the session's last N minutes into a file the collector names,
+//! under `<--out>/saved/`, and answers with its path (the TUI's "save last N minutes"). It
+//! takes one of the same query slots, at most [`MAX_SAVE_MINUTES`], the same byte limit
+//! (or [`SAVE_MAX_BYTES`] without one) and at most [`MAX_SAVED_FILES`] files in that folder.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -23,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::{Authed, Read};
+use super::auth::{Authed, Change, Read};
 use super::{ApiState, reply};
 use crate::live::engine::now_ns;
 use crate::query::catalog::LocalDirs;
@@ -33,6 +39,14 @@ use crate::query::{self, QueryError, Request};
 pub const MAX_QUERIES: usize = 4;
 /// Pieces of output in flight between the query's thread and the connection.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// The longest "last N minutes" a save takes.
+pub const MAX_SAVE_MINUTES: u32 = 24 * 60;
+/// A save's byte limit when queries have none.
+pub const SAVE_MAX_BYTES: u64 = 4 << 30;
+/// Files kept in the saved folder; a save beyond them is refused.
+pub const MAX_SAVED_FILES: usize = 100;
+/// The folder under `--out` that saves go to (not a session's: no query reads it).
+pub const SAVED_DIR: &str = "saved";
 
 /// What the API needs to answer queries.
 #[derive(Debug)]
@@ -179,6 +193,224 @@ impl futures_core::Stream for Chunks {
     }
 }
 
+/// Takes one of the [`MAX_QUERIES`] slots, if one is free.
+fn take_slot(qs: &Arc<QueryState>) -> Option<Slot> {
+    if qs.running.fetch_add(1, Ordering::AcqRel) >= MAX_QUERIES {
+        qs.running.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Slot(Arc::clone(qs)))
+}
+
+fn busy() -> Response {
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{MAX_QUERIES} queries are running: try again when one is done"),
+    )
+}
+
+/// Why a save failed.
+enum SaveFailed {
+    Refused(QueryError),
+    Status(StatusCode, String),
+}
+
+impl SaveFailed {
+    fn answer(self) -> Response {
+        match self {
+            SaveFailed::Refused(e) => refusal(e),
+            SaveFailed::Status(code, m) => reply(code, m),
+        }
+    }
+}
+
+/// The refusal of a query as its HTTP answer.
+fn refusal(e: QueryError) -> Response {
+    match e {
+        QueryError::TooLarge {
+            estimate,
+            limit_bytes,
+        } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "ok": false,
+                "message": QueryError::TooLarge { estimate, limit_bytes }.to_string(),
+                "estimate": estimate,
+                "limit_bytes": limit_bytes,
+            })),
+        )
+            .into_response(),
+        e @ (QueryError::BadRequest(_) | QueryError::Filter(_)) => {
+            reply(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        e => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A save's parameters: `session` (required), `minutes` (1 to [`MAX_SAVE_MINUTES`]),
+/// `filter`; the request is the last `minutes` before `now`.
+fn parse_save(q: Option<&str>, now: u64) -> Result<(Request, u32), String> {
+    let mut req = Request {
+        to_ns: now,
+        ..Request::default()
+    };
+    let mut minutes = None;
+    let mut seen = HashSet::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| format!("{k}: not percent-encoded UTF-8"))?;
+        if !seen.insert(k.to_string()) {
+            return Err(format!("{k}: given twice"));
+        }
+        match k {
+            "session" => req.session = Some(v),
+            "minutes" => minutes = Some(v),
+            "filter" => req.filter = Some(v).filter(|f| !f.trim().is_empty()),
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    if req.session.is_none() {
+        return Err("session: required (a session's name)".into());
+    }
+    let minutes = minutes
+        .ok_or("minutes: required")?
+        .parse::<u32>()
+        .ok()
+        .filter(|m| (1..=MAX_SAVE_MINUTES).contains(m))
+        .ok_or(format!(
+            "minutes: a whole number from 1 to {MAX_SAVE_MINUTES}"
+        ))?;
+    req.from_ns = now.saturating_sub(u64::from(minutes) * 60_000_000_000);
+    Ok((req, minutes))
+}
+
+/// The file a save goes to: `<dir>/<session>_last<N>m_<time>Z.pcapng`, a new name (`-2`, ...
+/// when taken); refused when the folder holds [`MAX_SAVED_FILES`] already.
+fn save_path(
+    dir: &std::path::Path,
+    session: &str,
+    minutes: u32,
+    now: u64,
+) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let n = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pcapng"))
+        .count();
+    if n >= MAX_SAVED_FILES {
+        return Err(format!(
+            "{} holds {n} saved files, the most kept: remove some first",
+            dir.display()
+        ));
+    }
+    let stamp = crate::live::output::compact_utc(now);
+    let base = format!("{session}_last{minutes}m_{stamp}");
+    for k in 1..=MAX_SAVED_FILES {
+        let name = if k == 1 {
+            format!("{base}.pcapng")
+        } else {
+            format!("{base}-{k}.pcapng")
+        };
+        let p = dir.join(name);
+        if !p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!("no free name for {base} in {}", dir.display()))
+}
+
+/// Runs `req` into `path` (written beside it under a hidden name, renamed when whole).
+fn save_to(
+    local: &LocalDirs,
+    req: &Request,
+    max_bytes: u64,
+    path: &std::path::Path,
+) -> Result<query::Summary, SaveFailed> {
+    let prepared = query::prepare(local, req, Some(max_bytes)).map_err(SaveFailed::Refused)?;
+    let tmp = path.with_file_name(format!(
+        ".{}.part",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = io::BufWriter::new(f);
+        let sum = prepared.write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(sum)
+    });
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SaveFailed::Status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+pub(super) async fn save(
+    State(s): State<ApiState>,
+    Authed(caller, ..): Authed<Change>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let Some(qs) = s.query.clone() else {
+        return reply(StatusCode::NOT_FOUND, "queries are not served here".into());
+    };
+    let now = now_ns();
+    let (req, minutes) = match parse_save(q.as_deref(), now) {
+        Ok(r) => r,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+    };
+    let session = req.session.clone().unwrap_or_default();
+    if let Err(e) = crate::config::validate_name(&session) {
+        return reply(StatusCode::BAD_REQUEST, format!("session {session:?}: {e}"));
+    }
+    if !s.snapshot.load().sessions.iter().any(|x| x.name == session) {
+        return reply(StatusCode::NOT_FOUND, format!("no session {session:?}"));
+    }
+    let Some(slot) = take_slot(&qs) else {
+        return busy();
+    };
+    let local = catalog(&s, &qs);
+    let dir = qs.out.join(SAVED_DIR);
+    let max_bytes = qs.max_bytes.unwrap_or(SAVE_MAX_BYTES);
+    let by = caller.name.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let path = save_path(&dir, &session, minutes, now)
+            .map_err(|e| SaveFailed::Status(StatusCode::CONFLICT, e))?;
+        let sum = save_to(&local, &req, max_bytes, &path)?;
+        tracing::info!(
+            session,
+            minutes,
+            by,
+            path = %path.display(),
+            packets = sum.packets,
+            bytes = sum.bytes,
+            "last minutes saved"
+        );
+        let message = format!(
+            "saved {} packets of the last {minutes} min of {session} to {}",
+            sum.packets,
+            path.display()
+        );
+        Ok::<_, SaveFailed>(axum::Json(json!({
+            "ok": true,
+            "message": message,
+            "path": path.display().to_string(),
+            "packets": sum.packets,
+            "bytes": sum.bytes,
+            "notes": sum.notes,
+        })))
+    })
+    .await;
+    match done {
+        Ok(Ok(answer)) => answer.into_response(),
+        Ok(Err(e)) => e.answer(),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 pub(super) async fn packets(
     State(s): State<ApiState>,
     _: Authed<Read>,
@@ -191,14 +423,9 @@ pub(super) async fn packets(
         Ok(r) => r,
         Err(e) => return reply(StatusCode::BAD_REQUEST, e),
     };
-    if qs.running.fetch_add(1, Ordering::AcqRel) >= MAX_QUERIES {
-        qs.running.fetch_sub(1, Ordering::AcqRel);
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_QUERIES} queries are running: try again when one is done"),
-        );
-    }
-    let slot = Slot(Arc::clone(&qs));
+    let Some(slot) = take_slot(&qs) else {
+        return busy();
+    };
     let local = catalog(&s, &qs);
     let (planned_tx, planned) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -262,23 +489,7 @@ pub(super) async fn packets(
             Body::from_stream(Chunks(rx)),
         )
             .into_response(),
-        Ok(Err(QueryError::TooLarge {
-            estimate,
-            limit_bytes,
-        })) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({
-                "ok": false,
-                "message": QueryError::TooLarge { estimate, limit_bytes }.to_string(),
-                "estimate": estimate,
-                "limit_bytes": limit_bytes,
-            })),
-        )
-            .into_response(),
-        Ok(Err(e @ (QueryError::BadRequest(_) | QueryError::Filter(_)))) => {
-            reply(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => refusal(e),
         Err(_) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the query stopped".into(),
@@ -299,6 +510,17 @@ mod tests {
     /// A router serving queries over `dir`, holding one session's file of 100 packets (hosts
     /// 10.0.0.1 and 10.0.0.2 in turn, at 1000 + i ns).
     fn app(dir: &std::path::Path, max_bytes: Option<u64>) -> axum::Router {
+        app_at(dir, max_bytes, 1000, None)
+    }
+
+    /// [`app`] with the packets from `t0_ns` on, the session `web` in the snapshot, and the
+    /// API token `token` (actions without it need the loopback).
+    fn app_at(
+        dir: &std::path::Path,
+        max_bytes: Option<u64>,
+        t0_ns: u64,
+        token: Option<&str>,
+    ) -> axum::Router {
         let mut enc = Encoder::new(Format::Pcapng);
         enc.add_interface(&InterfaceInfo {
             link: LinkType::Ethernet,
@@ -337,7 +559,7 @@ mod tests {
             enc.packet(
                 0,
                 &PacketInfo {
-                    ts_ns: 1000 + u64::from(i),
+                    ts_ns: t0_ns + u64::from(i),
                     orig_len: 56,
                     data: &f,
                     direction: None,
@@ -354,22 +576,49 @@ mod tests {
             uptime_s: 0.0,
             totals: Default::default(),
             inputs: Vec::new(),
-            sessions: Vec::new(),
+            sessions: vec![web_session()],
+            control: None,
             page: None,
         }));
         router(
-            ApiState::new(snapshot, control, None, None)
-                .with_query(Arc::new(QueryState::new(dir.to_path_buf(), max_bytes))),
+            ApiState::new(
+                snapshot,
+                control,
+                token.map(crate::http::ApiToken::new),
+                None,
+            )
+            .with_query(Arc::new(QueryState::new(dir.to_path_buf(), max_bytes))),
         )
     }
 
+    fn web_session() -> tapwire_api_types::SessionStats {
+        serde_json::from_value(json!({
+            "name": "web", "state": "receiving", "enabled": true, "auto": true, "filter": null,
+            "packets": 100, "bytes": 5600, "written": 100, "lost": 0, "truncated": 0,
+            "drops": tapwire_api_types::Drops::default(),
+            "rates": tapwire_api_types::Rates::default(),
+            "last_seen": null, "files": null, "sources": [],
+        }))
+        .unwrap()
+    }
+
     async fn get(app: &axum::Router, uri: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        send(app, "GET", uri, "127.0.0.1:5000").await
+    }
+
+    async fn send(
+        app: &axum::Router,
+        method: &str,
+        uri: &str,
+        peer: &str,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
         let mut req = axum::http::Request::builder()
+            .method(method)
             .uri(uri)
             .body(Body::empty())
             .unwrap();
         req.extensions_mut()
-            .insert(ConnectInfo(Peer("127.0.0.1:5000".parse().unwrap())));
+            .insert(ConnectInfo(Peer(peer.parse().unwrap())));
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
         let headers = resp
@@ -430,6 +679,90 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["estimate"]["packets"], 100);
         assert_eq!(v["limit_bytes"], 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// "Save the last N minutes": operators only (here: the loopback or the API token), into
+    /// a file the collector names under `--out`/saved, answered with its path; bounded.
+    #[tokio::test]
+    async fn save_writes_the_last_minutes_into_a_file_the_collector_names() {
+        let dir = std::env::temp_dir().join(format!("tapwire-http-save-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Packets a minute old: inside the last 5 minutes.
+        let a = app_at(&dir, None, now_ns() - 60_000_000_000, Some("secret"));
+        let save = "/api/v1/packets/save?session=web&minutes=5&filter=host%2010.0.0.2";
+        // Another host without the token: refused before anything is written.
+        let (status, _, _) = send(&a, "POST", save, "192.0.2.9:5000").await;
+        assert_eq!(status, 403);
+        assert!(!dir.join(SAVED_DIR).exists());
+        let (status, _, body) = send(&a, "POST", save, "127.0.0.1:5000").await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["packets"], 50);
+        let path = PathBuf::from(v["path"].as_str().unwrap());
+        assert_eq!(path.parent(), Some(dir.join(SAVED_DIR).as_path()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("web_last5m_") && name.ends_with("Z.pcapng"),
+            "{name}"
+        );
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains(&path.display().to_string())
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = tapwire_formats::capture::CaptureReader::new(&bytes[..]).unwrap();
+        let mut n = 0;
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!(rec.data[29], 2);
+            n += 1;
+        }
+        assert_eq!(n, 50);
+        // A second save in the same instant: another name, never the first file overwritten.
+        let (status, _, body) = send(&a, "POST", save, "127.0.0.1:5000").await;
+        assert_eq!(status, 200);
+        let v2: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_ne!(v2["path"], v["path"]);
+        // Saves never become query input: the session still has its one file.
+        let local = LocalDirs {
+            dirs: vec![dir.clone()],
+            ..LocalDirs::default()
+        };
+        use crate::query::catalog::Catalog as _;
+        assert_eq!(local.files(Some("web"), 0, u64::MAX).unwrap().len(), 1);
+        // Bad requests: names only, minutes bounded, unknown sessions and parameters.
+        for (q, code) in [
+            ("session=web&minutes=0", 400),
+            ("session=web&minutes=1441", 400),
+            ("session=web&minutes=5&path=/etc/x", 400),
+            ("session=../web&minutes=5", 400),
+            ("minutes=5", 400),
+            ("session=nosuch&minutes=5", 404),
+        ] {
+            let (status, _, body) = send(
+                &a,
+                "POST",
+                &format!("/api/v1/packets/save?{q}"),
+                "127.0.0.1:5000",
+            )
+            .await;
+            assert_eq!(status, code, "{q}: {}", String::from_utf8_lossy(&body));
+        }
+        // Over the byte limit: refused with the estimate, nothing written.
+        let small = app_at(&dir, Some(100), now_ns() - 60_000_000_000, None);
+        let (status, _, body) = send(&small, "POST", save, "127.0.0.1:5000").await;
+        assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+        // The folder full: refused.
+        for k in 0..MAX_SAVED_FILES {
+            std::fs::write(dir.join(SAVED_DIR).join(format!("x{k}.pcapng")), b"").unwrap();
+        }
+        let (status, _, body) = send(&a, "POST", save, "127.0.0.1:5000").await;
+        assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+        let n_files = std::fs::read_dir(dir.join(SAVED_DIR)).unwrap().count();
+        assert_eq!(n_files, MAX_SAVED_FILES + 2, "no part file left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -117,6 +117,7 @@ pub(crate) fn page(snap: &Snapshot, q: &Paging) -> Snapshot {
         totals: snap.totals.clone(),
         inputs: snap.inputs.clone(),
         sessions,
+        control: snap.control.clone(),
         page: Some(Page {
             total: snap.sessions.len() as u64,
             limit: q.limit as u64,

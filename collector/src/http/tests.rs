@@ -18,6 +18,7 @@ use tower::ServiceExt;
 
 use tapwire_api_types::control::{FlowStatus, Role};
 use tapwire_control::auth::Caller;
+use tapwire_control::store::Location;
 use tapwire_control::store::sqlite::SqliteStore;
 use tapwire_control::{Controller, ControllerOptions, bootstrap_token_path};
 use tapwire_formats::decap::Kind;
@@ -37,12 +38,16 @@ fn start(
 ) -> Arc<Ctl> {
     Controller::start(
         ControllerOptions {
-            db: db.to_path_buf(),
+            db: Location::Sqlite(db.to_path_buf()),
+            name: "c1".into(),
             advertise: Some(advertise),
+            api_url: None,
             max_probes: 3,
             max_flows_per_probe: 2,
             max_pps_per_probe: max_pps,
             report_interval: Duration::from_secs(1),
+            lease: tapwire_control::fleet::LEASE,
+            heartbeat: tapwire_control::fleet::HEARTBEAT,
         },
         Box::new(SqliteStore::open(db).unwrap()),
         EngineLink::new(
@@ -172,6 +177,7 @@ fn harness_advertising(tag: &str, max_pps: Option<u64>, advertise: IpAddr) -> Ha
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        control: None,
         page: None,
     }));
     let state = ApiState::new(snapshot, tx, None, Some(Arc::clone(&ctl)));
@@ -942,6 +948,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        control: None,
         page: None,
     }));
     let (bound, _) = spawn(
@@ -1443,6 +1450,7 @@ fn plain_state(token: Option<&str>) -> ApiState {
         totals: Default::default(),
         inputs: Vec::new(),
         sessions: Vec::new(),
+        control: None,
         page: None,
     }));
     ApiState::new(snapshot, tx, token.map(ApiToken::new), None)
@@ -1858,4 +1866,22 @@ async fn a_caller_is_authenticated_before_the_request_is_read() {
     assert_eq!(s, 400, "{v}");
     let (s, v) = h.admin("POST", "/api/v1/sessions/web/explode", None).await;
     assert_eq!(s, 400, "{v}");
+}
+
+/// Saving the last minutes of a session writes a file: an operator's token, not a viewer's
+/// (nor localhost's, a viewer).
+#[tokio::test]
+async fn saving_packets_needs_an_operator() {
+    let h = harness("save-auth", None);
+    let viewer = h.token("ro", "viewer").await;
+    let operator = h.token("ops", "operator").await;
+    let path = "/api/v1/packets/save?session=web&minutes=5";
+    assert_eq!(h.call("POST", path, REMOTE, None, None).await.0, 401);
+    assert_eq!(
+        h.call("POST", path, REMOTE, Some(&viewer), None).await.0,
+        403
+    );
+    assert_eq!(h.call("POST", path, LOCAL, None, None).await.0, 403);
+    let (s, v) = h.call("POST", path, REMOTE, Some(&operator), None).await;
+    assert_eq!(s, 404, "an operator gets past the role check: {v}");
 }

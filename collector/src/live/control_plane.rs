@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use tapwire_api_types::Action;
 use tapwire_api_types::probe::Encapsulation;
-use tapwire_control::store::StoredSession;
+use tapwire_control::store::{Load, StoredSession};
 use tapwire_control::{Clock, Engine, EngineError};
 use tapwire_formats::decap::Kind;
 
@@ -26,6 +26,8 @@ pub struct EngineLink {
     file: Arc<ArcSwap<Config>>,
     /// Files settings API sessions start from (the file's defaults and the flags).
     default_files: FilesConfig,
+    /// The engine's latest snapshot: the load reported with each heartbeat.
+    snapshot: Option<Arc<ArcSwap<tapwire_api_types::Snapshot>>>,
 }
 
 impl EngineLink {
@@ -38,7 +40,17 @@ impl EngineLink {
             control,
             file,
             default_files,
+            snapshot: None,
         }
+    }
+
+    /// Reports the load of `snapshot` with each heartbeat.
+    pub fn with_snapshot(
+        mut self,
+        snapshot: Arc<ArcSwap<tapwire_api_types::Snapshot>>,
+    ) -> EngineLink {
+        self.snapshot = Some(snapshot);
+        self
     }
 }
 
@@ -138,6 +150,19 @@ impl Engine for EngineLink {
 
     fn check_filter(&self, expr: &str) -> Result<(), String> {
         config::compile_check(expr)
+    }
+
+    fn load(&self) -> Load {
+        let Some(s) = &self.snapshot else {
+            return Load::default();
+        };
+        let s = s.load();
+        Load {
+            // A fold from 0.0: an empty f64 sum is -0.0, shown as "-0".
+            pps: s.sessions.iter().fold(0.0, |a, x| a + x.rates.pps_10s),
+            packets: s.totals.packets,
+            lost: s.totals.lost,
+        }
     }
 }
 

@@ -145,6 +145,9 @@ enum Got {
     Control(Control),
 }
 
+/// The control plane's state as a snapshot shows it.
+pub type ControlInfoFn = Arc<dyn Fn() -> api::ControlInfo + Send + Sync>;
+
 /// Everything but the pipeline, so that a delivered frame (which borrows the pipeline) can be
 /// handed to it.
 struct Core {
@@ -179,6 +182,7 @@ struct Core {
     started_ns: u64,
     comment: String,
     snapshot: Arc<ArcSwap<api::Snapshot>>,
+    control: Option<ControlInfoFn>,
     /// Streams being served (their bodies not yet dropped), for the stop.
     live_streams: Arc<AtomicUsize>,
     /// Sessions whose open stream chunk is sealed at the end of the batch.
@@ -364,6 +368,7 @@ impl Engine {
             started_ns: now,
             comment: String::new(),
             snapshot,
+            control: None,
             live_streams: Arc::new(AtomicUsize::new(0)),
             streaming: Vec::new(),
         };
@@ -384,6 +389,11 @@ impl Engine {
         let mut e = Engine { pipeline, core };
         e.publish(now);
         Ok(e)
+    }
+
+    /// What each snapshot says of the control plane (read from memory once a second).
+    pub fn set_control(&mut self, info: ControlInfoFn) {
+        self.core.control = Some(info);
     }
 
     /// The configuration file as the engine last loaded it (replaced on each reload).
@@ -1380,6 +1390,7 @@ impl Core {
             },
             inputs,
             sessions,
+            control: self.control.as_ref().map(|f| f()),
             page: None,
         }
     }

@@ -285,6 +285,14 @@ pub fn load(file: &FileRef) -> io::Result<Indexed> {
             ixfile::put_end(&mut whole_ix, s.end);
             write_sidecar(&side, &whole_ix);
         }
+    } else if !complete && !damaged && !file.live && !compressed && prefix.covered > 0 {
+        // Whole but never closed (the collector killed between two buffers): the end record
+        // it lacks, so that a later load (or one after compression) trusts it as it is.
+        if let Some(o) = &old {
+            let mut whole_ix = o[..prefix.bytes_end].to_vec();
+            ixfile::put_end(&mut whole_ix, prefix.covered);
+            write_sidecar(&side, &whole_ix);
+        }
     }
     let mut metas = Vec::new();
     let mut ranges = Vec::new();

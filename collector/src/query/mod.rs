@@ -15,7 +15,7 @@
 //! section header after the packets (tshark and capinfos show its comments).
 //!
 //! The merge takes, at each step, the earliest packet at the head of each file's stream
-//! (equal times: the earlier file), as mergecap does; files are opened when the merge reaches
+//! (equal times: the later file's, as mergecap does: checked against it on the public captures); files are opened when the merge reaches
 //! their first candidate time, so memory is one read buffer per file overlapping in time.
 
 pub mod catalog;
@@ -433,7 +433,8 @@ impl Prepared {
         let mut pending: Vec<Planned> = std::mem::take(&mut self.files);
         pending.sort_by_key(|p| Reverse((p.first_ns, p.order)));
         let mut streams: Vec<(Stream, usize, Vec<Vec<u8>>)> = Vec::new();
-        let mut heap: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
+        // Earliest time first; of equal times, the later file's (mergecap's order).
+        let mut heap: BinaryHeap<Reverse<(u64, Reverse<usize>, usize)>> = BinaryHeap::new();
         let mut iface_ids: HashMap<(usize, u32), u32> = HashMap::new();
         let mut idb_ids: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut notes = Vec::new();
@@ -460,7 +461,7 @@ impl Prepared {
                 let slot = streams.len();
                 if s.advance(&mut self.judge)? {
                     let h = s.head.as_ref().map_or(0, |h| h.ts_ns);
-                    heap.push(Reverse((h, p.order, slot)));
+                    heap.push(Reverse((h, Reverse(p.order), slot)));
                 } else {
                     notes.append(&mut s.notes);
                     self.summary.bytes_read += s.bytes_read;
@@ -468,7 +469,7 @@ impl Prepared {
                 }
                 streams.push((s, p.order, p.idbs));
             }
-            let Some(Reverse((_, order, slot))) = heap.pop() else {
+            let Some(Reverse((_, Reverse(order), slot))) = heap.pop() else {
                 break;
             };
             let (s, _, idbs) = &mut streams[slot];
@@ -492,7 +493,7 @@ impl Prepared {
             }
             if s.advance(&mut self.judge)? {
                 let ts = s.head.as_ref().map_or(0, |h| h.ts_ns);
-                heap.push(Reverse((ts, order, slot)));
+                heap.push(Reverse((ts, Reverse(order), slot)));
             } else {
                 notes.append(&mut s.notes);
                 self.summary.bytes_read += s.bytes_read;

@@ -14,8 +14,8 @@ use tapwire_api_types::control::{AuditEntry, Role, TokenInfo};
 use tapwire_api_types::probe::Encapsulation;
 
 use super::{
-    ActiveToken, AuditRow, NewToken, Store, StoreError, StoredFlow, StoredProbe, StoredSession,
-    Transaction,
+    ActiveToken, AuditRow, CatalogFile, FileState, Heartbeat, Load, NewToken, Store, StoreError,
+    StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
 };
 
 /// The schema, one step per entry; never edit a released step, add one.
@@ -104,6 +104,45 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE sessions SET tap = json_remove(tap, '$.netns')
         WHERE name IN (SELECT name FROM legacy WHERE netns);
     DROP TABLE legacy;",
+    // 3: the fleet: collectors with leases, where each session runs, who served each change,
+    // the change counter.
+    "ALTER TABLE sessions ADD COLUMN pin TEXT;
+    ALTER TABLE sessions ADD COLUMN owner TEXT;
+    ALTER TABLE audit ADD COLUMN collector TEXT;
+    CREATE TABLE collectors (
+        name TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        advertise TEXT,
+        api_url TEXT,
+        version TEXT NOT NULL,
+        started_ns INTEGER NOT NULL,
+        heartbeat_ns INTEGER NOT NULL,
+        lease_until_ns INTEGER NOT NULL,
+        pps REAL NOT NULL DEFAULT 0,
+        packets INTEGER NOT NULL DEFAULT 0,
+        lost INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE fleet (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO fleet (id, version) VALUES (1, 0);",
+    // 4: the catalog of capture files. `files_session_time` answers "the files of session S
+    // that overlap [from, to]" from the index.
+    "CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        collector TEXT NOT NULL,
+        session TEXT NOT NULL,
+        path TEXT NOT NULL,
+        first_ns INTEGER,
+        last_ns INTEGER,
+        packets INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'deleted')),
+        updated_ns INTEGER NOT NULL,
+        UNIQUE (collector, path)
+    );
+    CREATE INDEX files_session_time ON files (session, first_ns);",
 ];
 
 /// The database's mode: it holds token hashes, which no other local user may read.
@@ -263,11 +302,51 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
         tap: json_col(r.get(6)?),
         created: r.get(7)?,
         updated: r.get(8)?,
+        pin: r.get(9)?,
+        owner: r.get(10)?,
     })
 }
 
 const SESSION_COLS: &str =
-    "name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at";
+    "name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at, pin, owner";
+
+fn collector_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCollector> {
+    Ok(StoredCollector {
+        name: r.get(0)?,
+        incarnation: r.get(1)?,
+        advertise: r.get(2)?,
+        api_url: r.get(3)?,
+        version: r.get(4)?,
+        started_ns: r.get(5)?,
+        heartbeat_ns: r.get(6)?,
+        lease_until_ns: r.get(7)?,
+        load: Load {
+            pps: r.get(8)?,
+            packets: r.get::<_, i64>(9)?.max(0) as u64,
+            lost: r.get::<_, i64>(10)?.max(0) as u64,
+        },
+    })
+}
+
+const COLLECTOR_COLS: &str = "name, incarnation, advertise, api_url, version, started_ns, heartbeat_ns, lease_until_ns, pps, packets, lost";
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogFile> {
+    let state: String = r.get(7)?;
+    Ok(CatalogFile {
+        collector: r.get(0)?,
+        session: r.get(1)?,
+        path: r.get(2)?,
+        first_ns: r.get(3)?,
+        last_ns: r.get(4)?,
+        packets: r.get::<_, i64>(5)?.max(0) as u64,
+        bytes: r.get::<_, i64>(6)?.max(0) as u64,
+        state: FileState::parse(&state),
+        updated_ns: r.get(8)?,
+    })
+}
+
+const FILE_COLS: &str =
+    "collector, session, path, first_ns, last_ns, packets, bytes, state, updated_ns";
 
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
     let spec: String = r.get(5)?;
@@ -313,19 +392,42 @@ impl Transaction for SqliteTx<'_> {
     }
 
     // -----------------------------------------------------------------------------------------
+    // The fleet's lock and change counter
+
+    /// One process writes at a time already (SQLite's own lock, waited for up to the busy
+    /// timeout).
+    fn lock_fleet(&mut self, _wait: bool) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    fn fleet_version(&mut self) -> Result<i64, StoreError> {
+        Ok(self
+            .0
+            .query_row("SELECT version FROM fleet WHERE id = 1", [], |r| r.get(0))?)
+    }
+
+    fn bump_fleet_version(&mut self) -> Result<i64, StoreError> {
+        Ok(self.0.query_row(
+            "UPDATE fleet SET version = version + 1 WHERE id = 1 RETURNING version",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Audit
 
     fn audit(&mut self, row: &AuditRow<'_>) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO audit (at, token, role, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![row.at, row.token, row.role.name(), row.action, row.target, row.detail.to_string()],
+            "INSERT INTO audit (at, token, role, action, target, detail, collector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![row.at, row.token, row.role.name(), row.action, row.target, row.detail.to_string(), row.collector],
         )?;
         Ok(())
     }
 
     fn list_audit(&mut self, after: i64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.0.prepare(
-            "SELECT id, at, token, role, action, target, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, at, token, role, action, target, detail, collector FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = st.query_map(params![after, limit], |r| {
             let role: String = r.get(3)?;
@@ -338,6 +440,7 @@ impl Transaction for SqliteTx<'_> {
                 action: r.get(4)?,
                 target: r.get(5)?,
                 detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                collector: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -449,10 +552,10 @@ impl Transaction for SqliteTx<'_> {
     fn put_session(&mut self, s: &StoredSession) -> Result<(), StoreError> {
         let js = |v: &Option<Value>| v.as_ref().map(Value::to_string);
         self.0.execute(
-            "INSERT INTO sessions (name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO sessions (name, encap, mirror_id, enabled, filter, files, tap, created_at, updated_at, pin, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (name) DO UPDATE SET encap = ?2, mirror_id = ?3, enabled = ?4, filter = ?5,
-                 files = ?6, tap = ?7, updated_at = ?9",
+                 files = ?6, tap = ?7, updated_at = ?9, pin = ?10, owner = ?11",
             params![
                 s.name,
                 encap_name(s.encap),
@@ -462,7 +565,9 @@ impl Transaction for SqliteTx<'_> {
                 js(&s.files),
                 js(&s.tap),
                 s.created,
-                s.updated
+                s.updated,
+                s.pin,
+                s.owner
             ],
         )?;
         Ok(())
@@ -615,6 +720,114 @@ impl Transaction for SqliteTx<'_> {
         self.0
             .execute("DELETE FROM probes WHERE name = ?1", [name])?;
         Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Fleet
+
+    fn set_session_owner(&mut self, name: &str, owner: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE sessions SET owner = ?2 WHERE name = ?1",
+            params![name, owner],
+        )?;
+        Ok(())
+    }
+
+    fn collectors(&mut self) -> Result<Vec<StoredCollector>, StoreError> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {COLLECTOR_COLS} FROM collectors ORDER BY name"
+        ))?;
+        let rows = st.query_map([], collector_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_collector(&mut self, c: &StoredCollector) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!(
+                "INSERT OR REPLACE INTO collectors ({COLLECTOR_COLS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ),
+            params![
+                c.name,
+                c.incarnation,
+                c.advertise,
+                c.api_url,
+                c.version,
+                c.started_ns,
+                c.heartbeat_ns,
+                c.lease_until_ns,
+                c.load.pps,
+                clamp_i64(c.load.packets),
+                clamp_i64(c.load.lost)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, b: &Heartbeat<'_>) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "UPDATE collectors SET heartbeat_ns = ?3, lease_until_ns = ?4, pps = ?5, packets = ?6,
+                 lost = ?7
+             WHERE name = ?1 AND incarnation = ?2",
+            params![
+                b.name,
+                b.incarnation,
+                b.at_ns,
+                b.lease_until_ns,
+                b.load.pps,
+                clamp_i64(b.load.packets),
+                clamp_i64(b.load.lost)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Catalog
+
+    fn catalog_put(&mut self, f: &CatalogFile) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!(
+                "INSERT INTO files ({FILE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (collector, path) DO UPDATE SET session = ?2, first_ns = ?4,
+                     last_ns = ?5, packets = ?6, bytes = ?7, state = ?8, updated_ns = ?9"
+            ),
+            params![
+                f.collector,
+                f.session,
+                f.path,
+                f.first_ns,
+                f.last_ns,
+                clamp_i64(f.packets),
+                clamp_i64(f.bytes),
+                f.state.name(),
+                f.updated_ns
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn catalog_of(&mut self, collector: &str) -> Result<Vec<CatalogFile>, StoreError> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {FILE_COLS} FROM files WHERE collector = ?1 ORDER BY id"
+        ))?;
+        let rows = st.query_map([collector], file_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn catalog_range(
+        &mut self,
+        session: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<CatalogFile>, StoreError> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {FILE_COLS} FROM files
+             WHERE session = ?1 AND first_ns <= ?3 AND (last_ns >= ?2 OR state = 'open')
+             ORDER BY first_ns, id"
+        ))?;
+        let rows = st.query_map(params![session, from_ns, to_ns], file_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -16,6 +16,9 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u128) {
 /// bytes it took.
 #[inline]
 pub fn get_varint(b: &[u8], max_bits: u32) -> Option<(u128, usize)> {
+    if max_bits <= 64 {
+        return get_varint64(b, max_bits).map(|(v, n)| (u128::from(v), n));
+    }
     let mut v: u128 = 0;
     for (i, &byte) in b.iter().enumerate() {
         let shift = 7 * i as u32;
@@ -24,6 +27,28 @@ pub fn get_varint(b: &[u8], max_bits: u32) -> Option<(u128, usize)> {
         }
         let part = u128::from(byte & 0x7f);
         // Bits that would land at or past `max_bits`.
+        let room = max_bits - shift;
+        if room < 7 && part >> room != 0 {
+            return None;
+        }
+        v |= part << shift;
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// [`get_varint`] in 64-bit arithmetic (every set but IPv6 addresses): the index's hot loop.
+#[inline]
+fn get_varint64(b: &[u8], max_bits: u32) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    for (i, &byte) in b.iter().enumerate() {
+        let shift = 7 * i as u32;
+        if shift >= max_bits {
+            return None;
+        }
+        let part = u64::from(byte & 0x7f);
         let room = max_bits - shift;
         if room < 7 && part >> room != 0 {
             return None;
@@ -137,14 +162,35 @@ impl<'a> Set<'a> {
     pub fn take(c: &mut Cursor<'a>, bits: u32) -> Option<Set<'a>> {
         let start = c.rest();
         let n = c.len(usize::MAX)?;
-        for _ in 0..n {
-            c.varint(bits)?;
+        // The values end where `n` bytes with the top bit clear have been seen, counted eight
+        // bytes at a time while eight or more values remain (a word holds at most eight ends);
+        // a query parses every record of its range, so this is its hot loop. Each value is
+        // checked against `bits` when it is read.
+        let b = c.rest();
+        let (mut seen, mut i) = (0usize, 0usize);
+        while n - seen >= 8 {
+            let Some(w) = b.get(i..i + 8) else { break };
+            let w = u64::from_le_bytes(w.try_into().ok()?);
+            seen += (!w & 0x8080_8080_8080_8080).count_ones() as usize;
+            i += 8;
         }
+        while seen < n {
+            if *b.get(i)? & 0x80 == 0 {
+                seen += 1;
+            }
+            i += 1;
+        }
+        c.bytes(i)?;
         let used = start.len() - c.rest().len();
         Some(Set {
             bytes: &start[..used],
             bits,
         })
+    }
+
+    /// A set [`Set::take`] split off before (its bytes exactly): not checked again.
+    pub(crate) fn taken(bytes: &'a [u8], bits: u32) -> Set<'a> {
+        Set { bytes, bits }
     }
 
     /// An empty set.
@@ -208,6 +254,15 @@ impl<'a> Ports<'a> {
         match c.bytes(1)?[0] {
             PORTS_LIST => Set::take(c, 16).map(Ports::List),
             PORTS_BITMAP => c.bytes(PORTS_BITMAP_BYTES).map(Ports::Bitmap),
+            _ => None,
+        }
+    }
+
+    /// A port set [`Ports::take`] split off before (its bytes exactly).
+    pub(crate) fn taken(b: &'a [u8]) -> Option<Ports<'a>> {
+        match b.split_first()? {
+            (&PORTS_LIST, rest) => Some(Ports::List(Set::taken(rest, 16))),
+            (&PORTS_BITMAP, rest) if rest.len() == PORTS_BITMAP_BYTES => Some(Ports::Bitmap(rest)),
             _ => None,
         }
     }

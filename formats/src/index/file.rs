@@ -100,9 +100,13 @@ pub struct BlockRecord {
 }
 
 impl BlockRecord {
+    /// Set `i`: its bytes were split off and checked when the record was parsed.
     fn set(&self, i: usize, bits: u32) -> Set<'_> {
-        let mut c = Cursor::new(&self.sets[self.at[i] as usize..]);
-        Set::take(&mut c, bits).unwrap_or(Set::empty(bits))
+        let end = self.at.get(i + 1).map_or(self.sets.len(), |&e| e as usize);
+        match self.sets.get(self.at[i] as usize..end) {
+            Some(b) => Set::taken(b, bits),
+            None => Set::empty(bits),
+        }
     }
 
     /// The interfaces of its packets (file order of interface blocks).
@@ -117,8 +121,10 @@ impl BlockRecord {
 
     /// TCP, UDP and SCTP ports.
     pub fn ports(&self) -> Ports<'_> {
-        let mut c = Cursor::new(&self.sets[self.at[2] as usize..]);
-        Ports::take(&mut c).unwrap_or(Ports::List(Set::empty(16)))
+        self.sets
+            .get(self.at[2] as usize..self.at[3] as usize)
+            .and_then(Ports::taken)
+            .unwrap_or(Ports::List(Set::empty(16)))
     }
 
     /// IPv4 addresses.
