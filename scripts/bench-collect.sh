@@ -7,12 +7,23 @@
 #   RATE=200000 CAPTURERS="tapwire tcpdump" scripts/bench-collect.sh
 #   GENERATOR=tcpreplay RUNS=5 CAPTURERS="tapwire tapwire-xdp tcpdump" RSS_SESSIONS= \
 #       scripts/bench-collect.sh                          # the same file replayed to each
+#   GENERATOR=tcpreplay SEARCH=1 RUNS=5 SIZES=60 PROFILE=0 CAPTURERS="tapwire-xdp tcpdump-B" \
+#       RSS_SESSIONS= scripts/bench-collect.sh            # the highest rate with no loss
+#   TAPWIRE=/path/new TAPWIRE_B=/path/old CAPTURERS="tapwire-xdp@b tapwire-xdp" ...
+#                                                         # two builds, interleaved run by run
 #
 # GENERATOR=tcpreplay: instead of trafgen running for SECONDS_RUN, every run replays the same
 # file of COUNT (1,000,000) packets, made once per frame size from the same sessions as the
 # trafgen configuration (8 sessions, contiguous GRE sequences), with `tcpreplay --topspeed`
-# pinned to CPU 0. Frames the receiving side cannot take are lost (no retry): "loss" is then
-# what the whole path, kernel included, failed to keep of an identical input.
+# pinned to CPU 0, or `--pps=RATE` when RATE is a number. Frames the receiving side cannot
+# take are lost: "loss" is then what the whole path, kernel included, failed to keep of an
+# identical input.
+#
+# SEARCH=1: for each size and capturer, the highest RATE at which none of RUNS runs lost a
+# packet (written < sent), by bisection: SEARCH_LO (50,000) is tried first,
+# then the middle of what is known, down to SEARCH_STEP pps, below SEARCH_HI_60 (small frames)
+# or SEARCH_HI_LARGE. A rate fails at its first run with loss, so a failing step costs one run.
+# The table gives the rate the generator achieved at the rate found (tcpreplay may fall short).
 #
 # Lab (namespaces made here, removed on exit, also on failure): `gen` --veth--> `col`. trafgen
 # (netsniff-ng) runs in `gen` on CPU 0 and sends ERSPAN II to col's address: GRE with the S bit
@@ -52,20 +63,28 @@
 # CPU 0, not CPU 1 (on a NIC it runs on the CPU of the queue's interrupt). The fair figure for
 # every column is therefore "receive": the capturer's samples plus every softirq sample on
 # either CPU outside it, per packet sent. "CPU-1 busy" is CPU 1's non-idle time from
-# /proc/stat, from just before the traffic to 0.2 s after it, per packet sent (it includes whatever else ran on CPU 1 on a shared machine:
-# "CPU-1 other" is that, from the samples of other tasks outside softirq). With
-# GENERATOR=tcpreplay and PROFILE=1 perf wraps the replay, so that window also holds perf's own
-# start and exit (measured: about 0.2 s of CPU and 1.2 s of wall time in which other work runs):
-# over 1,000,000 packets up to a few hundred ns per packet, over 100,000 most of the figure.
-# Take CPU-1 busy from a PROFILE=0 run.
+# /proc/stat, from just before the traffic to 0.2 s after it, per packet sent (it includes
+# whatever else ran on CPU 1 on a shared machine: "CPU-1 other" is that, from the samples of
+# other tasks outside softirq). perf itself runs on CPU 0 and starts and stops outside that
+# window. PERF_DIR=DIR keeps each run's perf.data there (`perf report -i FILE --comm ...`).
+#
+# Per run, also: the capturer's context switches (all threads, voluntary or not) and minor
+# page faults per 1000 packets written (wake-ups per small batch, fresh memory), and a
+# "where:" line (printed before the run's summary line) of the counters that say where frames
+# that were not written went: softnet backlog drops and squeezes of both CPUs
+# (/proc/net/softnet_stat: netdev_max_backlog full), col0's rx_dropped (an AF_XDP rx ring full),
+# the generator's ENOBUFS retries and failures, and col's nstat counters that moved
+# (IpInUnknownProtos: a raw socket's queue full, or no raw socket).
 #
 # Memory: RSS_SESSIONS (default "1024 4096") sessions (session ids 0-1023 from one or more
 # outer sources) of 1414-byte frames at trafgen's maximum rate for RSS_SECONDS (60); VmRSS and
 # VmHWM from /proc/PID/status every second.
 #
 # Environment: SIZES (inner frame bytes, "60 1414"), SESSIONS (8), SECONDS_RUN (10), RUNS (3),
-# RATE (max, or packets per second), CAPTURERS, RSS_SESSIONS, RSS_SECONDS, PROFILE, BENCH_DIR
-# (where the capture files go, default /var/tmp: a disk, as in production). Needs root.
+# RATE (max, or packets per second), GENERATOR, COUNT, SEARCH and SEARCH_*, CAPTURERS,
+# RSS_SESSIONS, RSS_SECONDS, PROFILE, PERF_DIR, TAPWIRE (a built binary instead of this tree's
+# release build) and TAPWIRE_B (the binary of capturers named NAME@b), BENCH_DIR (where the
+# capture files go, default /var/tmp: a disk, as in production). Needs root.
 # Installs netsniff-ng, tcpdump, tshark (captype, capinfos), jq, curl, bc and linux-perf when
 # missing.
 set -euo pipefail
@@ -75,6 +94,12 @@ SESSIONS=${SESSIONS:-8}
 SECONDS_RUN=${SECONDS_RUN:-10}
 RUNS=${RUNS:-3}
 RATE=${RATE:-max}
+# SEARCH=1: instead of runs at one RATE, the highest rate with no loss in any of RUNS runs.
+SEARCH=${SEARCH:-0}
+SEARCH_LO=${SEARCH_LO:-50000}
+SEARCH_HI_60=${SEARCH_HI_60:-800000}
+SEARCH_HI_LARGE=${SEARCH_HI_LARGE:-400000}
+SEARCH_STEP=${SEARCH_STEP:-20000}
 GENERATOR=${GENERATOR:-trafgen}
 COUNT=${COUNT:-1000000}
 case ${INPUT:-} in
@@ -103,7 +128,7 @@ case $GENERATOR in
 trafgen | tcpreplay) ;;
 *) echo "bench-collect: GENERATOR is trafgen or tcpreplay, not $GENERATOR" >&2; exit 2 ;;
 esac
-build_tapwire
+if [[ -n ${TAPWIRE:-} ]]; then echo "bench-collect: measuring $TAPWIRE" >&2; else build_tapwire; fi
 
 ID=twbc-$$
 GEN=$ID-gen COL=$ID-col
@@ -123,6 +148,37 @@ gen_col_lab
 
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# softnet CPU: "processed dropped squeezed" of CPU's backlog (/proc/net/softnet_stat, hex):
+# dropped is a frame refused because netdev_max_backlog frames were already queued.
+softnet() {
+    local f
+    read -r -a f < <(sed -n "$(($1 + 1))p" /proc/net/softnet_stat)
+    echo "$((16#${f[0]})) $((16#${f[1]})) $((16#${f[2]}))"
+}
+# where_lost: one line of the counters that say where frames went during the last run: the
+# softnet backlog of both CPUs, col0's drops, the sender's ENOBUFS retries and failures, and
+# the collector namespace's IP/ICMP counters that moved (nstat since the run's start).
+where_lost() {
+    local s0 s1
+    read -r -a s0 <<<"$SOFTNET0_0"
+    read -r -a s1 <<<"$(softnet "$GEN_CPU")"
+    local t0 t1
+    read -r -a t0 <<<"$SOFTNET1_0"
+    read -r -a t1 <<<"$(softnet "$RX_CPU")"
+    local replay=""
+    [[ $GENERATOR == tcpreplay ]] && replay=$(awk '/Retried packets \(ENOBUFS\)|Failed packets:/ {printf "%s%s ", $1 == "Failed" ? "failed=" : "enobufs_retried=", $NF}' "$WORK/replay.out")
+    echo "  where: CPU$GEN_CPU backlog dropped=$((s1[1] - s0[1])) squeezed=$((s1[2] - s0[2]));" \
+        "CPU$RX_CPU backlog dropped=$((t1[1] - t0[1])) squeezed=$((t1[2] - t0[2]));" \
+        "col0 rx_dropped=$(($(link_stat "$COL" col0 rx_dropped) - COL_RXDROP0)); $replay" \
+        "nstat: $(ip netns exec "$COL" nstat 2>/dev/null | awk 'NR > 1 && $1 ~ /^(Ip|Icmp|Udp|TcpExt)/ && $1 !~ /Octets|Bcast|Mcast|ECT/ {printf "%s=%s ", $1, $2}')" >&2
+}
+# sched_counts PID: "context_switches minor_faults" of the whole process so far (switches
+# summed over its threads, voluntary and not; faults as the kernel sums them for the process).
+sched_counts() {
+    local cs
+    cs=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}')
+    echo "$cs $(awk '{print $10}' "/proc/$1/stat")"
+}
 link_stat() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
 
 # replay_file LEN: COUNT ERSPAN II packets with LEN-byte inner frames, the sessions of
@@ -167,19 +223,33 @@ EOF
     echo "$f"
 }
 
-# replay_run FILE: tcpreplay --topspeed of FILE from GEN on GEN_CPU, under `perf record` of
-# both CPUs when PROFILE=1; prints "packets seconds" (its own count of frames sent, and time).
+# replay_run FILE: tcpreplay of FILE from GEN on GEN_CPU, --topspeed (RATE=max) or --pps=RATE;
+# prints "packets seconds" (its own count of frames sent, and time).
 replay_run() {
-    local cmd=(ip netns exec "$GEN" taskset -c "$GEN_CPU" tcpreplay --topspeed -i gen0 "$1")
-    if [[ $PROFILE == 1 ]]; then
-        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" -- \
-            "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
-    else
-        "${cmd[@]}" >"$WORK/replay.out" 2>&1 || true
-    fi
+    local speed=(--topspeed)
+    [[ $RATE != max ]] && speed=(--pps="$RATE")
+    ip netns exec "$GEN" taskset -c "$GEN_CPU" tcpreplay "${speed[@]}" -i gen0 "$1" \
+        >"$WORK/replay.out" 2>&1 || true
     awk '/Successful packets:/ {p = $3}
         /^Actual:/ {for (i = 1; i <= NF; i++) if ($i == "seconds") s = $(i - 1)}
         END {print p + 0, s + 0}' "$WORK/replay.out"
+}
+
+# perf_start: `perf record` of both CPUs (on GEN_CPU itself) until perf_stop, so that perf's own
+# start and exit (about 0.2 s of CPU) fall outside the measured window; sets PERF_PID.
+perf_start() {
+    rm -f "$WORK/perf.data"
+    taskset -c "$GEN_CPU" perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g \
+        -o "$WORK/perf.data" -- sleep 3600 >/dev/null 2>&1 &
+    PERF_PID=$!
+    for _ in $(seq 50); do [[ -s $WORK/perf.data ]] && break; sleep 0.1; done
+    sleep 0.3
+}
+
+perf_stop() {
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    PERF_PID=
 }
 
 # profile_split PERF_DATA COMM_REGEX: "n s soft_rx soft_gen other_rx": samples of the matching
@@ -204,7 +274,9 @@ profile_split() {
 cpu_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 start_capturer() {
-    local who=$1 out=$2
+    local who=$1 out=$2 bin=$TAPWIRE
+    # NAME@b: the same capturer, run from the binary TAPWIRE_B (a before/after comparison).
+    [[ $who == *@b ]] && { who=${who%@b}; bin=$TAPWIRE_B; }
     rm -rf "$out"
     mkdir -p "$out"
     SINK_PID=
@@ -214,7 +286,7 @@ start_capturer() {
         local inputs=(--gre-v4 0.0.0.0)
         [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
         [[ $who == tapwire-xdp ]] && inputs=(--gre-v4 0.0.0.0 --xdp col0)
-        ip netns exec "$COL" taskset -c "$RX_CPU" "$TAPWIRE" collect --no-tui --out "$out" \
+        ip netns exec "$COL" taskset -c "$RX_CPU" "$bin" collect --no-tui --out "$out" \
             "${inputs[@]}" --gre-v6 off --vxlan off --geneve off --tzsp off \
             --api 127.0.0.1:9750 "${TAPWIRE_ARGS[@]}" 2>"$WORK/capturer.err" &
         CAP_PID=$!
@@ -282,13 +354,14 @@ measure() {
     bp0=$(link_stat "$GEN" gen0 tx_dropped)
     cpu0=$(cpu_ticks "$CAP_PID")
     threads0=$(thread_ticks "$CAP_PID")
-    busy0=$(cpu_busy "$RX_CPU")
+    local cs0 mf0
+    read -r cs0 mf0 <<<"$(sched_counts "$CAP_PID")"
     PERF_PID=
-    if [[ $PROFILE == 1 && $GENERATOR == trafgen ]]; then
-        perf record -q -e cpu-clock -F 999 -C "$GEN_CPU,$RX_CPU" -g -o "$WORK/perf.data" \
-            -- sleep "$SECONDS_RUN" >/dev/null 2>&1 &
-        PERF_PID=$!
-    fi
+    [[ $PROFILE == 1 ]] && perf_start
+    busy0=$(cpu_busy "$RX_CPU")
+    SOFTNET0_0=$(softnet "$GEN_CPU") SOFTNET1_0=$(softnet "$RX_CPU")
+    COL_RXDROP0=$(link_stat "$COL" col0 rx_dropped)
+    ip netns exec "$COL" nstat -n >/dev/null 2>&1 || true
     local sent secs
     if [[ $GENERATOR == tcpreplay ]]; then
         read -r sent secs <<<"$(replay_run "$(replay_file "$len")")"
@@ -300,7 +373,8 @@ measure() {
     sleep 0.2
     local busy1
     busy1=$(cpu_busy "$RX_CPU")
-    [[ -n $PERF_PID ]] && { wait "$PERF_PID" || true; PERF_PID=; }
+    [[ -n $PERF_PID ]] && perf_stop
+    where_lost
     local got kdrops written lost snap=""
     if [[ $who == tapwire* ]]; then
         snap=$(tapwire_settled)
@@ -317,6 +391,8 @@ measure() {
     local cpu1 threads1 rx1 bp1
     cpu1=$(cpu_ticks "$CAP_PID")
     threads1=$(thread_ticks "$CAP_PID")
+    local cs1 mf1
+    read -r cs1 mf1 <<<"$(sched_counts "$CAP_PID")"
     rx1=$(link_stat "$COL" col0 rx_packets)
     bp1=$(link_stat "$GEN" gen0 tx_dropped)
     stop_capturer "$who"
@@ -350,29 +426,68 @@ measure() {
         gen_softirq_ns=$(echo "$sgen * $per" | bc -l)
         receive_ns=$(echo "($n - $s + $srx + $sgen) * $per" | bc -l)
         other_ns=$(echo "$other * $per" | bc -l)
-        rm -f "$WORK/perf.data"
+        if [[ -n ${PERF_DIR:-} ]]; then
+            mkdir -p "$PERF_DIR"
+            mv "$WORK/perf.data" "$PERF_DIR/$who-$len-$(date +%H%M%S).data"
+        else
+            rm -f "$WORK/perf.data"
+        fi
     fi
     local per_thread="-"
     if [[ $who == tapwire* ]]; then
         per_thread=$(join <(sort <<<"$threads0") <(sort <<<"$threads1") | awk -v w="$written" -v hz="$CLK_TCK" '
-            { d = $3 - $2; if (d > 0) printf "%s%s=%.0f", sep, $1, d * 1e9 / hz / w; sep = "," }')
+            { d = $3 - $2; if (d > 0) { printf "%s%s=%.0f", sep, $1, d * 1e9 / hz / w; sep = "," } }')
     fi
     local loss
     loss=$(echo "100 * ($sent - $written) / $sent" | bc -l)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
+    # Context switches and minor page faults of the capturer per 1000 packets written.
+    local cs_k mf_k
+    cs_k=$(echo "($cs1 - $cs0) * 1000 / ($written + 0.000001)" | bc -l)
+    mf_k=$(echo "($mf1 - $mf0) * 1000 / ($written + 0.000001)" | bc -l)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$len" "$sent" "$secs" \
         "$written" "$kdrops" "$lost" "$loss" "$cpu_ns" "$own_ns" "$softirq_ns" "$((bp1 - bp0))" \
-        "$load" "$per_thread" "$gen_softirq_ns" "$receive_ns" "$busy_ns" "$other_ns" >>"$RESULTS"
+        "$load" "$per_thread" "$gen_softirq_ns" "$receive_ns" "$busy_ns" "$other_ns" "$cs_k" "$mf_k" "$RATE" >>"$RESULTS"
     fmt_ns() { [[ $1 == - ]] && echo - || printf "%.0f" "$1"; }
-    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s, CPU-0 softirq %s; receive %s)  CPU-1 busy %s (other %s)  backpressure %s  load %s  %s\n' \
+    printf '%-12s %5s B  sent %9s in %5.2f s (%7.0f pps)  written %9s  kernel drops %8s  lost %s  loss %6.2f %%  CPU %5.0f ns/pkt (own %s, CPU-1 softirq %s, CPU-0 softirq %s; receive %s)  CPU-1 busy %s (other %s)  switches %.1f and faults %.1f per 1000  backpressure %s  load %s  %s\n' \
         "$who" "$len" "$sent" "$secs" "$(echo "$sent / $secs" | bc -l)" "$written" "$kdrops" "$lost" \
         "$loss" "$cpu_ns" "$(fmt_ns "$own_ns")" "$(fmt_ns "$softirq_ns")" "$(fmt_ns "$gen_softirq_ns")" \
         "$(fmt_ns "$receive_ns")" "$(fmt_ns "$busy_ns")" "$(fmt_ns "$other_ns")" \
-        "$((bp1 - bp0))" "$load" "$per_thread" >&2
+        "$cs_k" "$mf_k" "$((bp1 - bp0))" "$load" "$per_thread" >&2
+}
+
+# passes WHO LEN: RUNS runs at RATE, stopping at the first that lost a packet (fewer written
+# than sent); true when none did.
+passes() {
+    local run
+    for ((run = 1; run <= RUNS; run++)); do
+        measure "$1" "$2"
+        tail -1 "$RESULTS" | awk -F'\t' '{exit !($5 >= $3)}' || return 1
+    done
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+SEARCH_ROWS=()
 for len in $SIZES; do
     trafgen_config "$len" "$SESSIONS" 1 >"$WORK/t-$len.cfg"
+    if [[ $SEARCH == 1 ]]; then
+        # The highest rate at which no packet was lost in any of RUNS runs, by bisection
+        # between SEARCH_LO (checked first) and SEARCH_HI, down to SEARCH_STEP pps.
+        hi_default=$SEARCH_HI_60
+        ((len > 500)) && hi_default=$SEARCH_HI_LARGE
+        for who in $CAPTURERS; do
+            lo=0 hi=${SEARCH_HI:-$hi_default}
+            RATE=$SEARCH_LO
+            if passes "$who" "$len"; then lo=$SEARCH_LO; else hi=$SEARCH_LO; fi
+            while ((lo > 0 && hi - lo > SEARCH_STEP)); do
+                RATE=$(((lo + hi) / 2 / 1000 * 1000))
+                if passes "$who" "$len"; then lo=$RATE; else hi=$RATE; fi
+            done
+            echo "search $who ${len} B: no loss in $RUNS runs at $lo pps, loss at $hi pps" >&2
+            SEARCH_ROWS+=("$len	$who	$lo	$hi")
+        done
+        RATE=max
+        continue
+    fi
     for ((run = 1; run <= RUNS; run++)); do
         for who in $CAPTURERS; do
             measure "$who" "$len"
@@ -421,12 +536,40 @@ for n in $RSS_SESSIONS; do
 done
 
 # --- report ------------------------------------------------------------------------------------
+per_run="${SECONDS_RUN} s"
+[[ $GENERATOR == tcpreplay ]] && per_run="$COUNT packets"
 echo
 echo "Load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg); $RUNS run(s) of"
-echo "${SECONDS_RUN} s per point, trafgen rate: $RATE. Medians, with the range over the runs in brackets."
-echo
-echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | CPU-0 softirq ns/packet | receive ns/packet | CPU-1 busy ns/packet | CPU-1 other ns/packet | backpressure | load |"
-echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "$per_run per point, $GENERATOR, rate: $RATE. Medians, with the range over the runs in brackets."
+if [[ $SEARCH == 1 ]]; then
+    echo
+    echo "Highest rate with no loss in any of $RUNS runs (bisection from $SEARCH_LO pps, step $SEARCH_STEP);"
+    echo "offered: the generator's achieved rate in those runs (median [range])."
+    echo
+    echo "| inner frame | capturer | no-loss rate (pps) | offered at it (pps) | CPU-1 busy ns/packet at it | lost at (pps) |"
+    echo "| ---: | --- | ---: | ---: | ---: | ---: |"
+    for row in "${SEARCH_ROWS[@]}"; do
+        IFS=$'\t' read -r len who lo hi <<<"$row"
+        awk -F'\t' -v who="$who" -v len="$len" -v lo="$lo" -v hi="$hi" '
+            function med(a, n,   i, j, t) {
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $1 == who && $2 == len && $21 == lo { n++; pps[n] = $3 / $4; busy[n] = $17 }
+            END {
+                if (n == 0) { printf "| %s | %s | %s | - | - | %s |\n", len, who, lo, hi; exit }
+                b = med(busy, n); p = med(pps, n)
+                lo_p = hi_p = pps[1]
+                for (i = 2; i <= n; i++) { if (pps[i] < lo_p) lo_p = pps[i]; if (pps[i] > hi_p) hi_p = pps[i] }
+                printf "| %s | %s | %s | %.0f [%.0f-%.0f] | %.0f | %s |\n", len, who, lo, p, lo_p, hi_p, b, hi
+            }' "$RESULTS"
+    done
+    SIZES=""
+else
+    echo
+    echo "| inner frame | capturer | sent (pps) | loss % | kernel drops | seq. lost, all runs | CPU ns/packet | own ns/packet | CPU-1 softirq ns/packet | CPU-0 softirq ns/packet | receive ns/packet | CPU-1 busy ns/packet | CPU-1 other ns/packet | switches per 1000 | minor faults per 1000 | backpressure | load |"
+    echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+fi
 for len in $SIZES; do
     for who in $CAPTURERS; do
         awk -F'\t' -v who="$who" -v len="$len" '
@@ -443,16 +586,17 @@ for len in $SIZES; do
             }
             $1 == who && $2 == len {
                 n++; pps[n] = $3 / $4; loss[n] = $8; kd[n] = $6; cpu[n] = $9; bp[n] = $12; ld[n] = $13
-                busy[n] = $17
+                busy[n] = $17; cs[n] = $19; mf[n] = $20
                 if ($7 != "-") { haslost = 1; lostsum += $7 }
                 if ($10 != "-") { m++; own[m] = $10; sirq[m] = $11; gsirq[m] = $15; recv[m] = $16; oth[m] = $18 }
             }
             END {
                 if (n == 0) exit
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who,
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len, who,
                     cell(pps, n, "%.0f"), cell(loss, n, "%.2f"), cell(kd, n, "%.0f"), haslost ? lostsum : "-",
                     cell(cpu, n, "%.0f"), cell(own, m, "%.0f"), cell(sirq, m, "%.0f"), cell(gsirq, m, "%.0f"),
-                    cell(recv, m, "%.0f"), cell(busy, n, "%.0f"), cell(oth, m, "%.0f"), cell(bp, n, "%.0f"),
+                    cell(recv, m, "%.0f"), cell(busy, n, "%.0f"), cell(oth, m, "%.0f"), cell(cs, n, "%.1f"),
+                    cell(mf, n, "%.1f"), cell(bp, n, "%.0f"),
                     cell(ld, n, "%.1f")
             }' "$RESULTS"
     done

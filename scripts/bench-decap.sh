@@ -6,18 +6,25 @@
 #   BENCH_DIR=/dev/shm scripts/bench-decap.sh   # files in memory: no disk writeback in the times
 #   PACKETS=200000 RUNS=3 scripts/bench-decap.sh
 #   TAPWIRE=/path/to/other/tapwire scripts/bench-decap.sh   # measure another build on the same inputs
+#   PACKETS=1000000 SIZES=60 DECAP_ARGS="--format pcap" scripts/bench-decap.sh   # the issue's point
 #
 # The large-frame input is ~3 GB and each output about as much: BENCH_DIR needs ~6.5 GB free.
 #
 # Environment: BENCH_DIR (parent of the temporary work directory, default /tmp), PACKETS,
 # SESSIONS, RUNS (hyperfine runs per command), TSHARK_PACKETS (tshark runs on this prefix only,
 # and its time is scaled to the whole input), TAPWIRE (the binary measured, default this tree's
-# release build). Installs missing Debian tools when run as root.
+# release build), SIZES (inner frame bytes, "60 1414"), DECAP_ARGS (extra flags for tapwire
+# decap). Besides hyperfine's medians of each tool alone, RUNS pairs of runs (tapwire, then
+# editcap) give the ratio of their wall times pair by pair, which load on a shared machine
+# skews less. Installs missing Debian tools when run as root.
 set -euo pipefail
 
 PACKETS=${PACKETS:-2000000}
 SESSIONS=${SESSIONS:-8}
+SIZES=${SIZES:-60 1414}
 RUNS=${RUNS:-5}
+# Extra flags for tapwire decap, e.g. "--format pcap".
+DECAP_ARGS=${DECAP_ARGS:-}
 TSHARK_PACKETS=${TSHARK_PACKETS:-200000}
 ((TSHARK_PACKETS > PACKETS)) && TSHARK_PACKETS=$PACKETS
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,7 +100,33 @@ usage() {
                 END {printf "%d %.3f\n", rss, min}' "$WORK/$name.time".{1,2,3}
 }
 
+# paired NAME PREP_A CMD_A PREP_B CMD_B: RUNS pairs of runs, A then B, each timed alone
+# (nanosecond clock); prints "median min max" of the ratios time(A) / time(B). Load on a shared
+# machine slows both runs of a pair alike, so the ratio holds up better than either time.
+paired() {
+    local name=$1 prep_a=$2 cmd_a=$3 prep_b=$4 cmd_b=$5 i t0 t1 t2
+    : >"$WORK/$name.pairs"
+    for ((i = 0; i < RUNS; i++)); do
+        bash -c "$prep_a"
+        t0=$(date +%s%N)
+        bash -c "$cmd_a" >/dev/null 2>&1
+        t1=$(date +%s%N)
+        bash -c "$prep_b"
+        t2=$(date +%s%N)
+        bash -c "$cmd_b" >/dev/null 2>&1
+        echo "$(((t1 - t0) / 1000)) $((($(date +%s%N) - t2) / 1000))" >>"$WORK/$name.pairs"
+    done
+    echo "paired $name (microseconds, A B): $(tr '\n' ';' <"$WORK/$name.pairs")" >&2
+    awk '{r[NR] = $1 / $2}
+        END {
+            for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+            m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+            printf "%.3f %.3f %.3f\n", m, r[1], r[NR]
+        }' "$WORK/$name.pairs"
+}
+
 ROWS=()
+PAIRS=()
 # row TOOL INPUT SECONDS MPPS RATIO CPU_S RSS_MIB: CPU_S also gives Mpps per CPU-second, which
 # holds up better than wall time when other work shares the machine.
 row() {
@@ -118,7 +151,7 @@ check_tapwire() {
     echo "ok: tapwire wrote $total packets in $(ls "$out" | wc -l) files, $sources sources, lost $lost" >&2
 }
 
-for inner in 60 1414; do
+for inner in $SIZES; do
     in=$WORK/erspan-$inner.pcap
     small=$WORK/erspan-$inner-head.pcap
     "$GEN" --packets "$PACKETS" --sessions "$SESSIONS" --inner-bytes "$inner" --out "$in"
@@ -128,7 +161,7 @@ for inner in 60 1414; do
 
     out=$WORK/out-$inner
     prep_tw="rm -rf $out"
-    cmd_tw="$TAPWIRE decap $in --out $out"
+    cmd_tw="$TAPWIRE decap $in --out $out $DECAP_ARGS"
     t_tw=$(seconds "tapwire-$inner" "$prep_tw" "$cmd_tw")
     read -r rss_tw cpu_tw < <(usage "tapwire-$inner" "$prep_tw" "$cmd_tw --json")
     check_tapwire "$out" "$WORK/tapwire-$inner.stdout"
@@ -142,6 +175,10 @@ for inner in 60 1414; do
     n=$(capinfos -c -M -T -r "$strip" | awk -F'\t' '{print $2}')
     [[ $n == "$PACKETS" ]] || { echo "FAIL: editcap wrote $n packets" >&2; exit 1; }
     rm -f "$strip"
+
+    read -r r_med r_min r_max < <(paired "pair-$inner" "$prep_tw" "$cmd_tw" "$prep_ec" "$cmd_ec")
+    rm -rf "$out" "$strip"
+    PAIRS+=("$(printf '| %s | %.2fx | %.2f-%.2fx |' "$label" "$r_med" "$r_min" "$r_max")")
 
     cmd_ts="tshark -r $small -T fields -e erspan.spanid > /dev/null"
     t_ts_head=$(seconds "tshark-$inner" "true" "$cmd_ts" 2)
@@ -167,3 +204,10 @@ echo
 echo "| tool | input | seconds | Mpps | ratio vs editcap | CPU s | Mpps per CPU-s | peak RSS MiB |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
+echo
+echo "tapwire decap's wall time as a fraction of editcap -C 50's, $RUNS pairs of runs (tapwire, then"
+echo "editcap, each alone; the ratio of each pair), median and range:"
+echo
+echo "| input | tapwire / editcap | range |"
+echo "|---|---:|---:|"
+printf '%s\n' "${PAIRS[@]}"

@@ -126,6 +126,28 @@ fn help_lists_every_value_with_its_meaning_and_the_defaults() {
     );
 }
 
+/// `tapwire stream` writes pcapng, never JSON: `--json` (which the table-printing client
+/// commands take) is not one of its flags, and giving it is a usage error, not ignored.
+#[test]
+fn stream_refuses_json_as_a_usage_error() {
+    let help = run_ok(Command::new(bin("tapwire")).args(["stream", "--help"]));
+    assert!(
+        help.contains("--controller") && help.contains("--token"),
+        "{help}"
+    );
+    assert!(!help.contains("--json"), "{help}");
+    let o = run(Command::new(bin("tapwire")).args(["stream", "web", "--json", "-w", "-"]));
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(
+        text(&o.stderr).contains("unexpected argument '--json'"),
+        "{}",
+        text(&o.stderr)
+    );
+    let session = run_ok(Command::new(bin("tapwire")).args(["session", "list", "--help"]));
+    assert!(session.contains("--json"), "{session}");
+}
+
 #[test]
 fn probe_check_prints_the_names_a_user_types() {
     let out = run_ok(Command::new(bin("tapwire-probe")).args([

@@ -718,6 +718,46 @@ fn bad_input_gives_errors_wireshark_shows() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("404: no session named \"nosuch\""), "{err}");
+    // Wireshark's GUI starts dumpcap on the fifo after the extcap, which may have failed by
+    // then: dumpcap must still end (an empty capture), or the GUI waits for ever and never
+    // shows the error.
+    let late = lab.dir().join("fifo-late");
+    run_ok(Command::new("mkfifo").arg(&late));
+    let mut failed = lab.spawn(
+        lab.ns("col"),
+        &[
+            tapwire,
+            "extcap",
+            "--capture",
+            "--extcap-interface",
+            "tapwire-nosuch",
+            "--fifo",
+            late.to_str().unwrap(),
+        ],
+    );
+    wait_until(Duration::from_secs(10), "the extcap's error", || {
+        failed
+            .stderr()
+            .contains("404: no session named")
+            .then_some(())
+    });
+    let mut dumpcap = lab.spawn(
+        lab.ns("col"),
+        &[
+            "dumpcap",
+            "-i",
+            late.to_str().unwrap(),
+            "-w",
+            lab.dir().join("late.pcapng").to_str().unwrap(),
+        ],
+    );
+    dumpcap
+        .wait_timeout(Duration::from_secs(10))
+        .expect("dumpcap ends on the fifo of an extcap that failed");
+    let status = failed
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the extcap ends");
+    assert_eq!(status.code(), Some(1), "{}", failed.stderr());
     // A bad filter: 400 with libpcap's message, shown by tshark.
     let bad = curl(
         lab.ns("col"),
@@ -846,6 +886,37 @@ fn bad_input_gives_errors_wireshark_shows() {
     assert_eq!(validate_capture(&out), sent.total());
 }
 
+/// The nice value of each thread of process `pid`, by thread name.
+fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap();
+            // After the parenthesised name: state is field 3, nice field 19.
+            let (name, rest) = stat.split_once(" (").unwrap().1.rsplit_once(") ").unwrap();
+            let nice = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name.to_string(), nice)
+        })
+        .collect()
+}
+
+/// The API's thread, which writes every live stream, runs at a lower priority than the
+/// capture's threads, so that serving streams on the capture's CPU cannot take its time
+/// (scripts/bench-stream.sh measures what it would cost).
+#[test]
+fn the_api_thread_yields_to_capture() {
+    let (lab, cfg) = lab_with_config("stream-nice", WEB_CONFIG);
+    let mut c = start_collector(&lab, &cfg, &[]);
+    c.sessions();
+    let nice = thread_nice(c.proc.pid());
+    assert_eq!(nice.get("tapwire-api"), Some(&10), "{nice:?}");
+    for capture in ["tapwire", "tapwire-in0", "tapwire-disk"] {
+        assert_eq!(nice.get(capture), Some(&0), "{capture}: {nice:?}");
+    }
+    c.stop("TERM", STOP_WITHIN);
+}
+
 /// `tapwire stream` writes a valid capture and ends it cleanly, with its statistics, when
 /// the session is deleted (the control plane) or the collector stops, saying which.
 #[test]
@@ -908,8 +979,23 @@ fn tapwire_stream_ends_cleanly_when_the_session_goes_or_the_collector_stops() {
     );
     c.wait_for_packets(&a.sources, Duration::from_secs(10));
     c.wait_for_packets(&b.sources, Duration::from_secs(10));
-    // Statistics come once a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // While the stream lives, a statistics block comes once a second (one source: one block
+    // each time), counting what the stream got, and more of them while nothing flows.
+    let live = || {
+        let isbs = statistics(&deleted);
+        let last = isbs.last()?.clone();
+        (last["received"] == a.total() && last["delivered_to_user"] == a.total())
+            .then_some(isbs.len())
+    };
+    let first = poll_until(Duration::from_secs(10), &live)
+        .unwrap_or_else(|| panic!("no statistics while live: {:?}", statistics(&deleted)));
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = live().expect("statistics while live");
+    assert!(
+        later >= first + 2,
+        "{first} statistics blocks, then {later} 2.5 s later"
+    );
+    assert_eq!(validate_capture(&deleted), a.total());
 
     lab.exec_ok(
         lab.ns("col"),

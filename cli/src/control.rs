@@ -165,8 +165,9 @@ pub fn collect_options(
 // ---------------------------------------------------------------------------------------------
 // Client commands
 
+/// Which collector and how to authenticate: the flags of every command that talks to the API.
 #[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
+pub struct Endpoint {
     /// The collector's API: ADDR:PORT or a URL (https:// with --listen and --tls-cert).
     #[arg(long, global = true, env = "TAPWIRE_CONTROLLER", default_value = tapwire_api_types::DEFAULT_ADDR)]
     pub controller: String,
@@ -176,6 +177,13 @@ pub struct ClientArgs {
     /// Trust this CA certificate (PEM) for https.
     #[arg(long, global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+/// The endpoint and `--json`, for the commands that print the API's answers.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub endpoint: Endpoint,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -471,9 +479,9 @@ struct Cx {
 impl Cx {
     fn new(args: &ClientArgs, what: &'static str) -> Result<Cx, ExitCode> {
         let client = Client::new(
-            &args.controller,
-            args.token.clone(),
-            args.ca.as_deref(),
+            &args.endpoint.controller,
+            args.endpoint.token.clone(),
+            args.endpoint.ca.as_deref(),
             Duration::from_secs(15),
         )
         .map_err(|e| {

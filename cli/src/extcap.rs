@@ -266,17 +266,23 @@ fn capture(p: &Protocol) -> ExitCode {
     let (Some(iface), Some(fifo)) = (&p.extcap_interface, &p.fifo) else {
         return fail("--capture needs --extcap-interface and --fifo".into());
     };
+    // An error before the stream is there: said, then the fifo is let go of.
+    let refused = |msg: String| {
+        let code = fail(msg);
+        release_fifo(fifo);
+        code
+    };
     let stop = match stop_flag() {
         Ok(s) => s,
-        Err(e) => return fail(format!("signal handler: {e}")),
+        Err(e) => return refused(format!("signal handler: {e}")),
     };
     let client = match client(p) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return refused(e),
     };
     let Some(session) = iface.strip_prefix(PREFIX) else {
         // The interface that stands for a collector that could not be listed: say why.
-        return fail(
+        return refused(
             match client.get::<Snapshot>(tapwire_api_types::SESSIONS_PATH) {
                 Err(e) => format!("the collector at {} refused: {}", client.base(), e.message),
                 Ok(_) => format!(
@@ -289,7 +295,7 @@ fn capture(p: &Protocol) -> ExitCode {
     let stream = match client.stream(session, p.extcap_capture_filter.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            return fail(format!(
+            return refused(format!(
                 "session {session} at {}: {}",
                 client.base(),
                 e.message
@@ -315,6 +321,35 @@ fn capture(p: &Protocol) -> ExitCode {
         Ended::Output(e) => fail(format!("--fifo {}: {e}", fifo.display())),
     }
 }
+
+/// Opens Wireshark's fifo for writing once dumpcap has opened its end (waiting at most
+/// [`RELEASE_WAIT`]) and closes it: dumpcap then reads an empty capture and ends, and
+/// Wireshark's GUI shows the error the extcap printed. Otherwise dumpcap waits on a fifo no
+/// writer ever opened, and the GUI with it, for ever (tshark notices the extcap's exit by
+/// itself).
+fn release_fifo(fifo: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        // Non-blocking: ENXIO while nobody reads it yet.
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(fifo);
+        match opened {
+            Ok(_) => return,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
+            Err(_) => return,
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long an extcap that failed waits for dumpcap to open the fifo.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// What `tshark -G folders` and `tshark -v` say about where Wireshark loads extcaps.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use tapwire_client::stream::{
 };
 use tapwire_client::{Client, segment};
 
-use crate::control::ClientArgs;
+use crate::control::Endpoint;
 
 #[derive(Args, Debug)]
 pub struct StreamArgs {
@@ -35,7 +35,7 @@ pub struct StreamArgs {
     #[arg(short = 'c', long, value_name = "N")]
     pub count: Option<u64>,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub client: Endpoint,
 }
 
 /// How a copy ended.

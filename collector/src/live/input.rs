@@ -41,6 +41,12 @@ const SLOT_BYTES: usize = 65_536;
 const SOCKET_BUFFER_BYTES: usize = 32 << 20;
 /// How often a thread wakes up to notice shutdown.
 const POLL: Duration = Duration::from_millis(100);
+/// How long an input rests after a read that took less than half a batch: the kernel's queue
+/// (socket buffer, ring, AF_XDP rx ring) gathers the next batch meanwhile, instead of waking
+/// this thread, and through it the engine on the same core, every few packets. Every input
+/// keeps the kernel's receive time of each packet, and each queue holds far more than arrives
+/// in this time at any rate the core can take.
+const COALESCE: Duration = Duration::from_micros(200);
 /// Frames per AF_XDP batch, over all of an interface's sockets: one rx ring's worth.
 const XDP_BATCH: u32 = 4096;
 /// How often the AF_XDP input reads its counters, looks up the local addresses again and
@@ -471,9 +477,11 @@ fn socket_loop(
                         .kernel_drops
                         .fetch_max(u64::from(d), Ordering::Relaxed);
                 }
+                let capacity = b.capacity();
                 if !hand_over(index, Payload::Socket(b), to_engine, back_tx) {
                     return;
                 }
+                rest_after(n, capacity);
             }
             Ok(_) => {
                 let _ = back_tx.send(Payload::Socket(b));
@@ -576,6 +584,18 @@ fn ring_loop(
     }
 }
 
+/// How long to rest after a read that filled `n` of a batch's `capacity`: [`COALESCE`] below
+/// half a batch, nothing otherwise (the queue is filling faster than batches are read).
+fn rest(n: usize, capacity: usize) -> Option<Duration> {
+    (n < capacity / 2).then_some(COALESCE)
+}
+
+fn rest_after(n: usize, capacity: usize) {
+    if let Some(d) = rest(n, capacity) {
+        std::thread::sleep(d);
+    }
+}
+
 /// The engine dropped its end of the batch channels: the input thread ends.
 struct EngineGone;
 
@@ -654,14 +674,16 @@ impl Attached {
 }
 
 /// UMEM chunks per socket: 8192 (32 MiB) for up to four queues, less beyond so that an
-/// interface's UMEMs stay near 128 MiB, never below 1024.
+/// interface's UMEMs stay near 128 MiB, never below 1024. The rx ring has a slot for every
+/// chunk: the thread copies frames out and gives their chunks back at once, so what the UMEM
+/// can hold of a burst while the thread rests or waits for the CPU is what the rx ring can.
 fn xsk_config(queues: u32) -> XskConfig {
     let chunks = (32_768 / queues.max(1)).clamp(1024, 8192);
     let chunks = 1 << (31 - chunks.leading_zeros());
     XskConfig {
         chunk_count: chunks,
         fill_ring_size: chunks,
-        rx_ring_size: chunks / 2,
+        rx_ring_size: chunks,
         ..XskConfig::default()
     }
 }
@@ -863,13 +885,13 @@ impl XdpInput {
                 let _ = back_tx.send(Payload::Frames(frames));
                 continue;
             }
-            counters
-                .packets
-                .fetch_add(frames.frames.len() as u64, Ordering::Relaxed);
+            let n = frames.frames.len();
+            counters.packets.fetch_add(n as u64, Ordering::Relaxed);
             counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
+            rest_after(n, XDP_BATCH as usize);
         }
         if let Some(a) = &self.attached
             && let Ok(c) = a.prog.counters()
@@ -928,10 +950,24 @@ mod tests {
     }
 
     #[test]
+    fn small_batches_rest_full_ones_read_on() {
+        // A few packets per read: rest so that the next read takes a batch.
+        assert_eq!(rest(1, BATCH), Some(COALESCE));
+        assert_eq!(rest(BATCH / 2 - 1, BATCH), Some(COALESCE));
+        assert_eq!(rest(100, XDP_BATCH as usize), Some(COALESCE));
+        // Half a batch or more: the kernel's queue is filling, read on at once.
+        assert_eq!(rest(BATCH / 2, BATCH), None);
+        assert_eq!(rest(BATCH, BATCH), None);
+        assert_eq!(rest(XDP_BATCH as usize, XDP_BATCH as usize), None);
+    }
+
+    #[test]
     fn umem_per_socket_shrinks_with_many_queues() {
         for (queues, chunks) in [(1, 8192), (4, 8192), (8, 4096), (12, 2048), (64, 1024)] {
             let c = xsk_config(queues);
             assert_eq!(c.chunk_count, chunks, "{queues} queues");
+            // A burst can fill every chunk before the kernel drops (rx ring full).
+            assert_eq!(c.rx_ring_size, chunks, "{queues} queues");
             c.validate().expect("valid");
         }
     }
