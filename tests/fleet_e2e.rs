@@ -622,9 +622,15 @@ fn a_fleet_places_sessions_fails_over_survives_the_database_and_shares_tokens() 
         std::thread::sleep(left);
     }
     pg.restart();
+    // Each collector reconnects on its own schedule: both must say so before changes go to either.
     wait_until(Duration::from_secs(15), "health to say connected", || {
-        let h = t.get(alive, "/api/v1/health")?;
-        (h["control"] == "connected").then_some(())
+        [alive, dead]
+            .iter()
+            .all(|&i| {
+                t.get(i, "/api/v1/health")
+                    .is_some_and(|h| h["control"] == "connected")
+            })
+            .then_some(())
     });
     wait_until(
         Duration::from_secs(5),
