@@ -373,6 +373,8 @@ pub struct LocalInterface {
     pub ethernet: bool,
     /// Its IPv4 and IPv6 addresses, sorted.
     pub addrs: Vec<IpAddr>,
+    /// Its MTU (`/sys/class/net/NAME/mtu`), 0 when unknown.
+    pub mtu: u32,
 }
 
 /// Every interface of this network namespace with its link type and addresses (`getifaddrs`),
@@ -440,6 +442,10 @@ pub fn interfaces() -> io::Result<Vec<LocalInterface>> {
     for i in &mut out {
         i.addrs.sort();
         i.addrs.dedup();
+        i.mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", i.name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -140,6 +140,10 @@ pub fn plan(host: &Host, req: &Request) -> Vec<Choice> {
             skipped.push((None, why.to_string()));
         } else {
             for &p in faster {
+                if p == Pick::Xdp && too_long_for_xdp(i) {
+                    skipped.push((Some(p), format!("MTU {}: frames over {} bytes would reach the sockets, out of order with the rest", i.mtu, tapwire_netio::xdp::MAX_STEERED_FRAME_BYTES)));
+                    continue;
+                }
                 match refusal(p, host) {
                     Some(why) => skipped.push((Some(p), why.to_string())),
                     None => tries.push(p),
@@ -179,6 +183,13 @@ fn unfit(i: &tapwire_netio::xdp::LocalInterface) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Whether the interface's MTU lets through frames (with an Ethernet header and one VLAN tag)
+/// longer than the XDP program steers: those would pass to the sockets, and a source's frames
+/// would then arrive by two inputs, out of order.
+fn too_long_for_xdp(i: &tapwire_netio::xdp::LocalInterface) -> bool {
+    i.mtu as usize + 18 > tapwire_netio::xdp::MAX_STEERED_FRAME_BYTES
 }
 
 /// Why input `p` cannot run on this host, known before trying.
@@ -274,7 +285,32 @@ mod tests {
             loopback: name == "lo",
             ethernet: name != "lo" && name != "tun0",
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            mtu: 1500,
         }
+    }
+
+    #[test]
+    fn a_jumbo_mtu_keeps_af_xdp_off_so_no_source_arrives_by_two_inputs() {
+        let mut h = host();
+        for i in &mut h.interfaces {
+            i.mtu = 9000;
+        }
+        let req = Request {
+            dests: vec![Dest::Gre("0.0.0.0".parse().unwrap())],
+            ..Request::default()
+        };
+        let p = plan(&h, &req);
+        let eth0 = p.iter().find(|c| c.interface == "eth0").unwrap();
+        assert_eq!(eth0.tries, vec![Pick::Ring, Pick::Sockets]);
+        assert!(
+            eth0.skipped[0].1.starts_with("MTU 9000"),
+            "{:?}",
+            eth0.skipped
+        );
+        // At 1500 AF_XDP comes first.
+        let p = plan(&host(), &req);
+        let eth0 = p.iter().find(|c| c.interface == "eth0").unwrap();
+        assert_eq!(eth0.tries[0], Pick::Xdp);
     }
 
     fn host() -> Host {
