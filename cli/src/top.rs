@@ -12,6 +12,7 @@ use clap::Args;
 use tapwire_api_types::{SessionStats, Snapshot};
 
 use tapwire_tui::client::{self, HttpActions, HttpSource, Source};
+use tapwire_tui::fleet::HttpFleet;
 use tapwire_tui::input::{SystemClock, Terminal};
 use tapwire_tui::logs::LogBuffer;
 use tapwire_tui::state::state_name;
@@ -39,6 +40,10 @@ pub struct TopArgs {
     /// Seconds between polls.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = interval)]
     pub interval: f64,
+    /// Show every collector of the fleet `--connect` belongs to (`GET /api/v1/fleet`); Enter
+    /// shows one collector's sessions (on its API URL, with the same token), Esc comes back.
+    #[arg(long, conflicts_with_all = ["json", "raw", "once"])]
+    pub fleet: bool,
 }
 
 fn interval(s: &str) -> Result<f64, String> {
@@ -69,10 +74,15 @@ pub fn top(args: TopArgs) -> ExitCode {
         eprintln!("tapwire top: stdout is not a terminal; use --raw or --json for scripts");
         return ExitCode::from(2);
     }
-    let mut actions = HttpActions::new(&base, args.token);
-    let mut opts = Options::new(base);
+    let mut opts = Options::new(base.clone());
     opts.poll_every = every;
-    match interactive(&mut source, &mut actions, opts) {
+    let result = if args.fleet {
+        fleet(&base, args.token, opts)
+    } else {
+        let mut actions = HttpActions::new(&base, args.token);
+        interactive(&mut source, &mut actions, opts)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Not eprintln!: the terminal may be the thing that went away.
@@ -88,15 +98,23 @@ pub fn interactive(
     actions: &mut dyn Actions,
     opts: Options,
 ) -> io::Result<()> {
+    on_terminal(|terminal| {
+        tapwire_tui::start(
+            terminal,
+            source,
+            actions,
+            &mut Terminal,
+            &SystemClock::new(),
+            opts,
+        )
+        .map(|_| ())
+    })
+}
+
+/// Runs `ui` on the real terminal, restored afterwards.
+fn on_terminal(ui: impl FnOnce(&mut ratatui::DefaultTerminal) -> io::Result<()>) -> io::Result<()> {
     let mut terminal = ratatui::try_init()?;
-    let result = tapwire_tui::start(
-        &mut terminal,
-        source,
-        actions,
-        &mut Terminal,
-        &SystemClock::new(),
-        opts,
-    );
+    let result = ui(&mut terminal);
     let restored = ratatui::try_restore();
     // A terminal that went away cannot show its cursor again, and ratatui's Drop would then
     // eprintln! to it, which panics: leave it be.
@@ -105,6 +123,28 @@ pub fn interactive(
     }
     result?;
     restored
+}
+
+/// `tapwire top --fleet` on the real terminal: each collector opened with the same token.
+fn fleet(base: &str, token: Option<String>, opts: Options) -> io::Result<()> {
+    let mut source = HttpFleet::new(base, token.clone());
+    let mut opener = move |url: &str| -> (Box<dyn Source>, Box<dyn Actions>) {
+        (
+            Box::new(HttpSource::new(url).with_token(token.clone())),
+            Box::new(HttpActions::new(url, token.clone())),
+        )
+    };
+    on_terminal(|terminal| {
+        tapwire_tui::fleet::start(
+            terminal,
+            &mut source,
+            &mut opener,
+            &mut Terminal,
+            &SystemClock::new(),
+            opts,
+        )
+        .map(|_| ())
+    })
 }
 
 /// The inline UI of `tapwire collect`: the engine's snapshot and control come in as closures,

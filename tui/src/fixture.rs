@@ -507,6 +507,46 @@ pub fn snapshot(t: u64) -> Snapshot {
     }
 }
 
+/// A fleet of three collectors as `GET /api/v1/fleet` on `edge-a` answers at second `t`:
+/// `edge-a` and `edge-b` live with two sessions each, `edge-c` dead for `t + 9` seconds with
+/// none (its sessions were moved), its last load kept.
+pub fn fleet(t: u64) -> tapwire_api_types::control::Fleet {
+    use tapwire_api_types::control::{CollectorState, ControlState, Fleet, FleetMember};
+    let member = |name: &str, ip: &str, sessions: &[&str], pps: u64, lost: u64| FleetMember {
+        name: name.into(),
+        state: CollectorState::Live,
+        lease_age_s: 0.4,
+        advertise: Some(ip.into()),
+        api_url: Some(format!("https://{ip}:9760")),
+        version: "0.9.0".into(),
+        started: "2026-11-21T05:00:00Z".into(),
+        sessions: sessions.iter().map(|s| s.to_string()).collect(),
+        pps: pps as f64,
+        lost,
+        packets: (UPTIME0_S + t) * pps,
+    };
+    let p = pps_at(t);
+    let mut dead = member("edge-c", "10.0.9.3", &[], 2100, 0);
+    dead.state = CollectorState::Dead;
+    dead.lease_age_s = 9.0 + t as f64;
+    dead.pps = 0.0;
+    Fleet {
+        collector: "edge-a".into(),
+        control: ControlState::Connected,
+        collectors: vec![
+            member("edge-b", "10.0.9.2", &["dc1-span", "vm3-ingress"], p[2], 0),
+            dead,
+            member(
+                "edge-a",
+                "10.0.9.1",
+                &["edge-sw1", "lab-tap"],
+                p[0] + p[1],
+                17,
+            ),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

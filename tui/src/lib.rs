@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod fixture;
+pub mod fleet;
 pub mod format;
 pub mod history;
 pub mod input;
@@ -92,10 +93,12 @@ pub fn start<B: Backend>(
     run(
         terminal, &mut app, source, actions, events, clock, &opts.logs, &opts.stop,
     )
+    .map(|(stats, _)| stats)
 }
 
+/// The session view's loop; ends with what ended it (`Quit`, or `Back` to the fleet view).
 #[allow(clippy::too_many_arguments)]
-fn run<B: Backend>(
+pub(crate) fn run<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
     source: &mut dyn Source,
@@ -104,7 +107,7 @@ fn run<B: Backend>(
     clock: &dyn Clock,
     logs: &Option<LogBuffer>,
     stop: &Option<Arc<AtomicBool>>,
-) -> io::Result<RunStats> {
+) -> io::Result<(RunStats, Command)> {
     let mut stats = RunStats::default();
     let mut next_poll = clock.now();
     let mut dirty = true;
@@ -148,7 +151,7 @@ fn run<B: Backend>(
         };
         dirty = true;
         match app.key(key) {
-            Some(Command::Quit) => break,
+            Some(c @ (Command::Quit | Command::Back)) => return Ok((stats, c)),
             Some(Command::Act { session, action }) => {
                 let result = actions.act(&session, action);
                 app.action_done(result, clock.now());
@@ -162,5 +165,5 @@ fn run<B: Backend>(
             None => {}
         }
     }
-    Ok(stats)
+    Ok((stats, Command::Quit))
 }

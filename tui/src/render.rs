@@ -9,6 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{
     Block, Cell, Clear, Paragraph, RenderDirection, Row as TableRow, Sparkline, Table,
 };
+use tapwire_api_types::control::ControlState;
 use tapwire_api_types::{Action, Drops, SessionState, SessionStats, Snapshot, SourceStats};
 
 use crate::format::{self, count, percent};
@@ -105,6 +106,17 @@ fn draw_header(f: &mut Frame<'_>, app: &App, area: Rect) {
             format::duration(s.uptime_s),
             s.version
         )));
+        // A collector of a fleet: which one, and whether its database answers.
+        if let Some(c) = &s.control {
+            first.push(Span::raw(format!("  collector {}  ", c.collector)));
+            first.push(match c.state {
+                ControlState::Disconnected => {
+                    Span::styled("control: disconnected", BAD.add_modifier(Modifier::BOLD))
+                }
+                ControlState::Connected => Span::styled("control: connected", GOOD),
+                ControlState::Off => Span::styled("control: off", DIM),
+            });
+        }
     }
     let mut lines = vec![Line::from(first)];
     if let Some(s) = &app.snapshot {
@@ -986,6 +998,9 @@ fn draw_footer(f: &mut Frame<'_>, app: &App, area: Rect) {
             " ? help  q quit  ↑↓ select  Enter sources  s sort  / filter  Tab detail  e/d/r enable/disable/rotate",
             DIM,
         )];
+        if app.back {
+            spans.insert(0, Span::styled(" Esc fleet ", WARN));
+        }
         if !app.filter.is_empty() {
             spans.insert(
                 0,

@@ -174,6 +174,8 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Quit,
+    /// Back to the fleet view (`top --fleet`).
+    Back,
     Act {
         session: String,
         action: Action,
@@ -214,6 +216,8 @@ pub struct App {
     pub show_detail: bool,
     /// The UI of `tapwire collect` (quitting stops the collector), not of `tapwire top`.
     pub inline: bool,
+    /// Opened from the fleet view: Esc (with no filter) goes back to it.
+    pub back: bool,
     /// Whether there is a log pane to show (the inline UI of `collect`) and whether it is shown.
     pub has_logs: bool,
     pub show_logs: bool,
@@ -245,6 +249,7 @@ impl App {
             selected_index: 0,
             show_detail: true,
             inline: false,
+            back: false,
             has_logs: false,
             show_logs: false,
             status: None,
@@ -561,6 +566,7 @@ impl App {
                 self.resolve_selection();
             }
             KeyCode::Char('/') => self.mode = Mode::Filter,
+            KeyCode::Esc if self.back && self.filter.is_empty() => return Some(Command::Back),
             KeyCode::Esc => {
                 self.filter.clear();
                 self.resolve_selection();
