@@ -1,10 +1,10 @@
-//! `tapwire lab up|down|status|top`: the flags; the work is `tapwire-lab`'s.
+//! `tapwire lab up|down|status|top|fail|revive`: the flags; the work is `tapwire-lab`'s.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use tapwire_lab::{down, keeper, plan, status, up};
+use tapwire_lab::{down, fleet, keeper, plan, status, up};
 
 /// `tapwire lab`.
 #[derive(Args, Debug)]
@@ -23,8 +23,15 @@ pub enum LabCommand {
     /// What is up: namespaces, processes, sessions and their counts. Exit status 0 when every
     /// part is up and every session receiving, 1 when something is not, 3 when no lab is up.
     Status(StatusArgs),
-    /// Show the collector's UI of a running lab (`tapwire top` inside its namespace).
+    /// Show the collector's UI of a running lab (`tapwire top` inside its namespace; with
+    /// `--fleet`, `tapwire top --fleet`).
     Top(NameArg),
+    /// Kill a collector of a fleet lab with SIGKILL and show its sessions move to live
+    /// collectors (within the 6 s lease).
+    Fail(CollectorArg),
+    /// Start a killed collector of a fleet lab again; the sessions that moved stay where they
+    /// are.
+    Revive(CollectorArg),
     /// The lab's keeper, started by `up`: starts the lab's processes and reaps them.
     #[command(hide = true)]
     Keep,
@@ -36,6 +43,14 @@ pub struct NameArg {
     /// run side by side.
     #[arg(long, default_value = plan::DEFAULT_NAME, value_parser = name)]
     pub name: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CollectorArg {
+    /// The collector: col1, col2 or col3.
+    pub collector: String,
+    #[command(flatten)]
+    pub name: NameArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -52,6 +67,11 @@ pub struct UpArgs {
     /// Leave out the Open vSwitch host even when Open vSwitch is installed.
     #[arg(long)]
     pub no_ovs: bool,
+    /// A fleet: a throw-away PostgreSQL and three collectors (col1, col2, col3) in namespaces,
+    /// sessions placed `auto` and probes that take their flows from any live collector
+    /// (no Open vSwitch host, no monitoring VM). `lab fail` and `lab revive` show a failover.
+    #[arg(long)]
+    pub fleet: bool,
     /// How long to wait for every session to receive, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub wait: u64,
@@ -83,10 +103,13 @@ pub fn run(args: LabArgs) -> ExitCode {
             no_ovs: a.no_ovs,
             wait: a.wait,
             probe: a.probe,
+            fleet: a.fleet,
         }),
         LabCommand::Down(a) => down::run(&a.name),
         LabCommand::Status(a) => status::run(&a.name.name, a.json),
         LabCommand::Top(a) => up::top(&a.name),
+        LabCommand::Fail(a) => fleet::fail(&a.name.name, &a.collector),
+        LabCommand::Revive(a) => fleet::revive(&a.name.name, &a.collector),
         LabCommand::Keep => keeper::keep(),
     })
 }

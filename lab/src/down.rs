@@ -58,12 +58,18 @@ pub fn down(name: &str) -> Result<Removed> {
     let collector = || {
         records
             .iter()
-            .filter(|r| r.name == "collector" && r.alive())
+            .filter(|r| r.name.starts_with("collector") && r.alive())
     };
     for r in collector() {
         sys::kill_group(r.pid, "TERM");
     }
     wait(Duration::from_secs(5), || collector().next().is_none());
+    // A fleet's PostgreSQL after its clients: a fast shutdown (SIGINT) leaves no shared memory.
+    let database = || records.iter().filter(|r| r.name == "postgres" && r.alive());
+    for r in database() {
+        sys::kill_group(r.pid, "INT");
+    }
+    wait(Duration::from_secs(5), || database().next().is_none());
     for r in records.iter().filter(|r| r.alive()) {
         sys::kill_group(r.pid, "TERM");
     }

@@ -22,8 +22,10 @@
 //! result to [`exit`].
 
 pub mod down;
+pub mod fleet;
 pub mod keeper;
 pub mod ovs;
+pub mod pg;
 pub mod plan;
 pub mod record;
 pub mod status;
@@ -48,6 +50,8 @@ pub struct UpOptions {
     pub wait: u64,
     /// The tapwire-probe binary [default: beside this binary, else on the PATH].
     pub probe: Option<PathBuf>,
+    /// A fleet: PostgreSQL and three collectors instead of one (see [`fleet`]).
+    pub fleet: bool,
 }
 
 /// The exit status of `tapwire lab ...`: 0 on success; 1 when the lab did not come up (or is

@@ -37,6 +37,45 @@ pub const MIRROR_NET: &str = "10.99.0.0/24";
 /// Every mirror-network link: an ERSPAN III copy of a 1514-byte frame needs 1562 bytes.
 pub const UNDERLAY_MTU: u32 = 9000;
 
+/// A collector of the fleet lab (`lab up --fleet`): its `--name`, which is also its
+/// namespace's role and its port on the mirror network's switch, and its address there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetCollector {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub mac: &'static str,
+}
+
+/// The fleet lab's collectors, all on one PostgreSQL.
+pub const COLLECTORS: [FleetCollector; 3] = [
+    FleetCollector {
+        name: "col1",
+        ip: "10.99.0.11",
+        mac: "02:99:00:00:00:11",
+    },
+    FleetCollector {
+        name: "col2",
+        ip: "10.99.0.12",
+        mac: "02:99:00:00:00:12",
+    },
+    FleetCollector {
+        name: "col3",
+        ip: "10.99.0.13",
+        mac: "02:99:00:00:00:13",
+    },
+];
+
+/// Where the fleet's collectors serve their API (`--listen`) to probes, each other and
+/// `top --fleet`.
+pub const FLEET_API_PORT: u16 = 9760;
+/// The PostgreSQL role and database of the fleet lab.
+pub const FLEET_DB: &str = "tapwire";
+
+/// The fleet lab's collector named `name`.
+pub fn fleet_collector(name: &str) -> Option<&'static FleetCollector> {
+    COLLECTORS.iter().find(|c| c.name == name)
+}
+
 /// The VM network on host1 and host2.
 pub const VM_NET: &str = "10.10.0.0/24";
 pub const VM_BROADCAST: &str = "10.10.0.255";
@@ -317,6 +356,9 @@ pub struct Plan {
     pub name: String,
     pub out: PathBuf,
     pub ovs: bool,
+    /// A fleet: PostgreSQL in namespace `db`, the [`COLLECTORS`] instead of `col`, sessions
+    /// placed `auto`, probes that take their flows from the fleet (no OVS host, no monitor).
+    pub fleet: bool,
 }
 
 impl Plan {
@@ -327,7 +369,15 @@ impl Plan {
             name: name.to_string(),
             out,
             ovs,
+            fleet: false,
         })
+    }
+
+    /// A fleet lab named `name` (see [`Plan::fleet`]).
+    pub fn new_fleet(name: &str, out: PathBuf) -> Result<Plan, String> {
+        let mut p = Plan::new(name, out, false)?;
+        p.fleet = true;
+        Ok(p)
     }
 
     /// Every namespace of the lab starts with this.
@@ -346,7 +396,14 @@ impl Plan {
 
     /// Every namespace role, in creation order.
     pub fn roles(&self) -> Vec<&'static str> {
-        let mut roles = vec!["underlay", "col", "mon", "host1", "host2"];
+        let mut roles = if self.fleet {
+            let mut r = vec!["underlay", "db"];
+            r.extend(COLLECTORS.iter().map(|c| c.name));
+            r.extend(["host1", "host2"]);
+            r
+        } else {
+            vec!["underlay", "col", "mon", "host1", "host2"]
+        };
         if self.ovs {
             roles.push("host3");
         }
@@ -406,16 +463,37 @@ impl Plan {
                 mtu: UNDERLAY_MTU,
             });
         }
-        links.push(Link {
-            a_role: "col",
-            a_if: "eth0",
-            a_mac: Some(COLLECTOR_MAC),
-            b_role: "underlay",
-            b_if: "col",
-            b_mac: None,
-            mtu: UNDERLAY_MTU,
-        });
+        if self.fleet {
+            links.extend(COLLECTORS.iter().map(|c| Link {
+                a_role: c.name,
+                a_if: "eth0",
+                a_mac: Some(c.mac),
+                b_role: "underlay",
+                b_if: c.name,
+                b_mac: None,
+                mtu: UNDERLAY_MTU,
+            }));
+        } else {
+            links.push(Link {
+                a_role: "col",
+                a_if: "eth0",
+                a_mac: Some(COLLECTOR_MAC),
+                b_role: "underlay",
+                b_if: "col",
+                b_mac: None,
+                mtu: UNDERLAY_MTU,
+            });
+        }
         links
+    }
+
+    /// The namespace where the lab's keeper runs and `top` reads the collector's API.
+    pub fn home_role(&self) -> &'static str {
+        if self.fleet {
+            COLLECTORS[0].name
+        } else {
+            "col"
+        }
     }
 
     /// `ip -batch` lines (run in the caller's namespace) that make every Linux bridge and veth
@@ -483,7 +561,12 @@ impl Plan {
         };
         match role {
             "underlay" => {
-                let sw: Vec<&str> = self.hosts().map(|h| h.switch_port).chain(["col"]).collect();
+                let cols: Vec<&str> = if self.fleet {
+                    COLLECTORS.iter().map(|c| c.name).collect()
+                } else {
+                    vec!["col"]
+                };
+                let sw: Vec<&str> = self.hosts().map(|h| h.switch_port).chain(cols).collect();
                 ports(&mut s, "sw0", &sw);
             }
             "host1" | "host2" => {
@@ -504,6 +587,10 @@ impl Plan {
             }
             "col" => {
                 line(&mut s, &format!("ip addr add {COLLECTOR_IP}/24 dev eth0"));
+            }
+            r if fleet_collector(r).is_some() => {
+                let ip = fleet_collector(r).map_or("", |c| c.ip);
+                line(&mut s, &format!("ip addr add {ip}/24 dev eth0"));
             }
             r if r.starts_with("vm") => {
                 let v = vm_named(r);
@@ -595,6 +682,129 @@ impl Plan {
             }
         }
         t
+    }
+
+    /// The fleet lab's `tapwire collect` of collector `c`: on PostgreSQL at `db`, its API on
+    /// its mirror-network address (probes and the other collectors reach it there) and on
+    /// the loopback, files under `<out>/<name>/`.
+    pub fn fleet_collector_argv(
+        &self,
+        tapwire: &Path,
+        c: &FleetCollector,
+        db: &str,
+    ) -> Vec<String> {
+        let logs = self.state_dir().join("logs");
+        [
+            tapwire.display().to_string().as_str(),
+            "collect",
+            "--db",
+            db,
+            "--name",
+            c.name,
+            "--advertise",
+            c.ip,
+            "--listen",
+            &format!("{}:{FLEET_API_PORT}", c.ip),
+            "--api",
+            API,
+            "--out",
+            &self.out.join(c.name).display().to_string(),
+            "--allow",
+            MIRROR_NET,
+            "--no-tui",
+            "--log-file",
+            &logs.join(format!("{}.log", c.name)).display().to_string(),
+            "--probe-report-interval",
+            "1s",
+            "--gre-v6",
+            "off",
+            "--vxlan",
+            "off",
+            "--geneve",
+            "off",
+            "--tzsp",
+            "off",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Every collector's API, as probes are given it (`--controller`, comma-separated).
+    pub fn fleet_controllers(&self) -> String {
+        COLLECTORS
+            .iter()
+            .map(|c| format!("http://{}:{FLEET_API_PORT}", c.ip))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `tapwire session create ...` of `s` on the fleet: placed `auto`, the lab's mirror id
+    /// and encapsulation.
+    pub fn fleet_session_args(s: &Session) -> Vec<String> {
+        let encap = match s.sender {
+            Sender::Probe(f) => f.encap,
+            Sender::Ovs => s.kind,
+        };
+        [
+            "session",
+            "create",
+            s.name,
+            "--encap",
+            encap,
+            "--mirror-id",
+            &s.id.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// `tapwire flow create ...` of `s`'s probe flow `f`: the flow is named after its session.
+    pub fn fleet_flow_args(s: &Session, f: &Flow) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "flow",
+            "create",
+            "--probe",
+            f.host,
+            "--name",
+            s.name,
+            "--interface",
+            f.interface,
+            "--session",
+            s.name,
+            "--direction",
+            f.direction,
+        ]
+        .map(String::from)
+        .to_vec();
+        if f.promiscuous {
+            a.push("--promisc".into());
+        }
+        if let Some(filter) = f.filter {
+            a.extend(["--filter".into(), filter.into()]);
+        }
+        a
+    }
+
+    /// The fleet lab's `tapwire-probe` on `host`: its flows come from any live collector.
+    pub fn fleet_probe_argv(&self, probe: &Path, host: &str, token: &str) -> Vec<String> {
+        let state = self.state_dir().join(format!("probe-{host}.state.json"));
+        [
+            probe.display().to_string().as_str(),
+            "--controller",
+            &self.fleet_controllers(),
+            "--token",
+            token,
+            "--name",
+            host,
+            "--state",
+            &state.display().to_string(),
+            "--stats",
+            "127.0.0.1:9751",
+            "--stats-interval",
+            "off",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// The probe flows on `host`, with their sessions.
@@ -937,6 +1147,60 @@ mod tests {
                 .contains("ip link set h3 master sw0")
         );
         assert!(!plan(false).setup_script("underlay").contains("h3"));
+    }
+
+    #[test]
+    fn a_fleet_has_three_collectors_on_the_mirror_network_and_no_single_one() {
+        let p = Plan::new_fleet("f", PathBuf::from("/cap")).unwrap();
+        let roles = p.roles();
+        for r in ["db", "col1", "col2", "col3", "host1", "host2", "vm4"] {
+            assert!(roles.contains(&r), "{r} in {roles:?}");
+        }
+        for r in ["col", "mon", "host3", "vm5"] {
+            assert!(!roles.contains(&r), "{r} in {roles:?}");
+        }
+        let under = p.setup_script("underlay");
+        for c in &COLLECTORS {
+            assert!(
+                under.contains(&format!("ip link set {} master sw0", c.name)),
+                "{under}"
+            );
+            assert!(
+                p.setup_script(c.name)
+                    .contains(&format!("ip addr add {}/24 dev eth0", c.ip))
+            );
+        }
+        assert!(!p.sessions().iter().any(|s| s.sender == Sender::Ovs));
+        let argv =
+            p.fleet_collector_argv(Path::new("/bin/tapwire"), &COLLECTORS[1], "postgres://x");
+        let flag = |f: &str| argv[argv.iter().position(|a| a == f).unwrap() + 1].clone();
+        assert_eq!(flag("--name"), "col2");
+        assert_eq!(flag("--advertise"), "10.99.0.12");
+        assert_eq!(flag("--listen"), "10.99.0.12:9760");
+        assert_eq!(flag("--out"), "/cap/col2");
+        assert_eq!(flag("--db"), "postgres://x");
+        assert_eq!(
+            p.fleet_controllers(),
+            "http://10.99.0.11:9760,http://10.99.0.12:9760,http://10.99.0.13:9760"
+        );
+    }
+
+    #[test]
+    fn fleet_sessions_and_flows_carry_the_lab_s_encapsulation_direction_and_filter() {
+        let midonet = SESSIONS.iter().find(|s| s.name == "midonet-vm2").unwrap();
+        assert_eq!(
+            Plan::fleet_session_args(midonet).join(" "),
+            "session create midonet-vm2 --encap erspan-ii --mirror-id 11"
+        );
+        let Sender::Probe(f) = midonet.sender else {
+            panic!("a probe's session")
+        };
+        let a = Plan::fleet_flow_args(midonet, &f);
+        assert_eq!(
+            a[..12].join(" "),
+            "flow create --probe host1 --name midonet-vm2 --interface tap-vm2 --session midonet-vm2 --direction in"
+        );
+        assert_eq!(a[12..], ["--filter", LOCAL_IP_FILTER]);
     }
 
     #[test]

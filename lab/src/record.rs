@@ -13,6 +13,9 @@ pub struct Info {
     pub name: String,
     pub out: PathBuf,
     pub ovs: bool,
+    /// `lab up --fleet`: collectors on PostgreSQL.
+    #[serde(default)]
+    pub fleet: bool,
     /// The `tapwire` binary that brought it up (its `top` reads the collector's API).
     pub tapwire: PathBuf,
     /// Seconds since the Unix epoch.
@@ -30,6 +33,7 @@ impl Info {
             name: self.name.clone(),
             out: self.out.clone(),
             ovs: self.ovs,
+            fleet: self.fleet,
         }
     }
 }

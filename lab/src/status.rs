@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use tapwire_api_types::control::CollectorState;
 use tapwire_api_types::{SessionState, Snapshot};
 use tapwire_netio::outln;
 
@@ -15,8 +16,13 @@ use crate::sys;
 
 /// The collector's snapshot, read with `tapwire top --once --json` inside its namespace.
 pub fn snapshot(plan: &Plan, tapwire: &Path) -> Result<Snapshot> {
+    snapshot_in(&plan.ns(plan.home_role()), tapwire)
+}
+
+/// The snapshot of the collector in namespace `ns` (its API on [`API`]).
+pub fn snapshot_in(ns: &str, tapwire: &Path) -> Result<Snapshot> {
     let out = Command::new("ip")
-        .args(["netns", "exec", &plan.ns("col")])
+        .args(["netns", "exec", ns])
         .arg(tapwire)
         .args(["top", "--once", "--json", "--connect", API])
         .output()
@@ -42,6 +48,19 @@ struct Status {
     processes: Vec<ProcStatus>,
     sessions: Vec<SessionStatus>,
     api_error: Option<String>,
+    /// `lab up --fleet`: each collector as the fleet sees it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fleet: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberStatus {
+    name: String,
+    /// `live` or `dead`.
+    state: String,
+    lease_age_s: f64,
+    sessions: Vec<String>,
+    api_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +90,9 @@ struct SessionStatus {
     written: u64,
     lost: u64,
     file: Option<String>,
+    /// With a fleet: the collector that owns it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collector: Option<String>,
 }
 
 pub fn run(name: &str, json: bool) -> Result<ExitCode> {
@@ -92,7 +114,12 @@ pub fn run(name: &str, json: bool) -> Result<ExitCode> {
 fn collect(name: &str) -> Status {
     let info = Info::load(name);
     let present = sys::namespaces(&plan::prefix(name));
-    let records = sys::records(&plan::state_dir(name));
+    // A collector started again (`lab revive`) is recorded again: its last record counts.
+    let mut records = sys::records(&plan::state_dir(name));
+    let mut seen = std::collections::BTreeSet::new();
+    records.reverse();
+    records.retain(|r| r.name == crate::keeper::NAME || seen.insert(r.name.clone()));
+    records.reverse();
     let mut st = Status {
         name: name.to_string(),
         up: info.is_some() || !present.is_empty(),
@@ -111,6 +138,7 @@ fn collect(name: &str) -> Status {
             .collect(),
         sessions: Vec::new(),
         api_error: None,
+        fleet: Vec::new(),
     };
     let Some(info) = info else {
         st.namespaces = present
@@ -134,6 +162,10 @@ fn collect(name: &str) -> Status {
             }
         })
         .collect();
+    if plan.fleet {
+        fleet_sessions(&plan, &info.tapwire, &mut st);
+        return st;
+    }
     let snap = snapshot(&plan, &info.tapwire);
     if let Err(e) = &snap {
         st.api_error = Some(format!("{e:#}"));
@@ -155,12 +187,59 @@ fn collect(name: &str) -> Status {
             file: live
                 .and_then(|l| l.files.as_ref())
                 .and_then(|f| f.current.clone()),
+            collector: None,
         });
     }
+    whole(&mut st);
+    st
+}
+
+fn whole(st: &mut Status) {
     st.whole = st.namespaces.iter().all(|n| n.present)
         && st.processes.iter().all(|p| p.running)
         && st.sessions.iter().all(|s| s.state == "receiving");
-    st
+}
+
+/// The sessions of a fleet lab on their owners, and the fleet.
+fn fleet_sessions(plan: &Plan, tapwire: &Path, st: &mut Status) {
+    match crate::fleet::fleet(plan) {
+        Ok(f) => {
+            st.fleet = f
+                .collectors
+                .iter()
+                .map(|c| MemberStatus {
+                    name: c.name.clone(),
+                    state: match c.state {
+                        CollectorState::Live => "live".into(),
+                        CollectorState::Dead => "dead".into(),
+                    },
+                    lease_age_s: c.lease_age_s,
+                    sessions: c.sessions.clone(),
+                    api_url: c.api_url.clone(),
+                })
+                .collect();
+        }
+        Err(e) => st.api_error = Some(format!("{e:#}")),
+    }
+    let placed = crate::fleet::sessions(plan, tapwire).unwrap_or_default();
+    for s in plan.sessions() {
+        let p = placed.iter().find(|p| p.session == s.name);
+        st.sessions.push(SessionStatus {
+            name: s.name.to_string(),
+            workflow: s.workflow.to_string(),
+            sender: sender(s),
+            state: p
+                .and_then(|p| p.state)
+                .map_or("missing".into(), |x| state_name(x).into()),
+            packets: p.map_or(0, |p| p.packets),
+            bytes: p.map_or(0, |p| p.bytes),
+            written: p.map_or(0, |p| p.written),
+            lost: p.map_or(0, |p| p.lost),
+            file: p.and_then(|p| p.file.clone()),
+            collector: p.and_then(|p| p.owner.clone()),
+        });
+    }
+    whole(st);
 }
 
 fn state_name(s: SessionState) -> &'static str {
@@ -205,6 +284,26 @@ fn print(st: &Status) {
     if let Some(e) = &st.api_error {
         outln!("collector  API not answering: {e}");
     }
+    if !st.fleet.is_empty() {
+        outln!();
+        outln!(
+            "{:<10} {:<5} {:>7}  {:<24} SESSIONS",
+            "COLLECTOR",
+            "STATE",
+            "LEASE",
+            "API"
+        );
+        for c in &st.fleet {
+            outln!(
+                "{:<10} {:<5} {:>6.1}s  {:<24} {}",
+                c.name,
+                c.state,
+                c.lease_age_s,
+                c.api_url.as_deref().unwrap_or("-"),
+                c.sessions.join(", ")
+            );
+        }
+    }
     if st.sessions.is_empty() {
         return;
     }
@@ -218,6 +317,10 @@ fn print(st: &Status) {
         "LOST"
     );
     for s in &st.sessions {
+        let sender = match &s.collector {
+            Some(c) => format!("{} → {c}", s.sender),
+            None => s.sender.clone(),
+        };
         outln!(
             "{:<12} {:<10} {:>10} {:>12} {:>6}  {}",
             s.name,
@@ -225,7 +328,7 @@ fn print(st: &Status) {
             s.packets,
             s.bytes,
             s.lost,
-            s.sender
+            sender
         );
     }
 }

@@ -13,7 +13,7 @@ use crate::keeper::{self, Keeper};
 use crate::plan::{self, API, Plan, Sender};
 use crate::record::{self, Info, invoked_as};
 use crate::sys::{self, Output};
-use crate::{Refused, UpOptions, down, ovs, status};
+use crate::{Refused, UpOptions, down, fleet, ovs, status};
 
 /// `println!` for progress: a reader that went away (`| head`) must not stop `up` half-way,
 /// so what cannot be shown is dropped and the lab is built.
@@ -56,16 +56,26 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         ))
         .into());
     }
+    let pg = if a.fleet {
+        Some(fleet::preflight()?)
+    } else {
+        None
+    };
     let tapwire = std::env::current_exe().context("find the tapwire binary")?;
     let probe = probe_binary(a.probe.as_deref(), &tapwire)?;
-    let ovs = !a.no_ovs && ovs::installed();
+    let ovs = !a.fleet && !a.no_ovs && ovs::installed();
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| Path::new("captures").join(name));
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let out = std::path::absolute(&out).context("absolute path of the captures directory")?;
-    let plan = Plan::new(name, out, ovs).map_err(Refused)?;
+    let plan = if a.fleet {
+        Plan::new_fleet(name, out)
+    } else {
+        Plan::new(name, out, ovs)
+    }
+    .map_err(Refused)?;
     let state = plan.state_dir();
     let lab = format!("{} lab", invoked_as());
     let left = sys::namespaces(&plan.prefix());
@@ -80,7 +90,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         ))
         .into());
     }
-    if !ovs && !a.no_ovs {
+    if !ovs && !a.no_ovs && !a.fleet {
         say!(
             "Open vSwitch is not installed: no host3 (apt-get install openvswitch-switch adds it)"
         );
@@ -91,6 +101,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         name: name.clone(),
         out: plan.out.clone(),
         ovs,
+        fleet: a.fleet,
         tapwire: tapwire.clone(),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -101,7 +112,7 @@ pub fn up(a: &UpOptions) -> Result<ExitCode> {
         .context("write the lab's state")?;
 
     let mut keeper = None;
-    let built = build(&plan, &tapwire, &probe, t0, &mut keeper);
+    let built = build(&plan, &tapwire, &probe, t0, &mut keeper, pg);
     if let Some(k) = keeper {
         k.finish();
     }
@@ -159,8 +170,12 @@ pub fn top(name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tapwire top` inside the collector's namespace, on this terminal.
+/// `tapwire top` inside the collector's namespace (with a fleet: `top --fleet`), on this
+/// terminal.
 fn ui(plan: &Plan, tapwire: &Path) -> Result<()> {
+    if plan.fleet {
+        return fleet::ui(plan, tapwire);
+    }
     let status = Command::new("ip")
         .args(["netns", "exec", &plan.ns("col")])
         .arg(tapwire)
@@ -196,13 +211,15 @@ fn step(t0: Instant, what: &str) {
     say!("[{:5.1} s] {what}", t0.elapsed().as_secs_f64());
 }
 
-/// Namespaces, links, addresses, the keeper, OVS, collector, IDS, probes, traffic.
+/// Namespaces, links, addresses, the keeper, OVS, collector, IDS, probes, traffic; with a
+/// fleet, PostgreSQL and the collectors, sessions and flows on it instead.
 fn build(
     plan: &Plan,
     tapwire: &Path,
     probe: &Path,
     t0: Instant,
     keeper: &mut Option<Keeper>,
+    pg: Option<(PathBuf, (u32, u32))>,
 ) -> Result<()> {
     let state = plan.state_dir();
     let logs = state.join("logs");
@@ -227,9 +244,21 @@ fn build(
             plan.links().len()
         ),
     );
+    let home = plan.ns(if plan.fleet { "db" } else { "col" });
+    let k = keeper.insert(Keeper::start(tapwire, &home, &logs.join("keeper.log"))?);
+    sys::record(&state, k.pid(), &home, keeper::NAME)?;
+    match pg {
+        Some(pg) => fleet::build(plan, tapwire, probe, k, t0, pg)?,
+        None => single(plan, tapwire, probe, t0, k)?,
+    }
+    traffic(plan, t0, k)
+}
+
+/// OVS, the collector, IDS and probes of the lab of one collector.
+fn single(plan: &Plan, tapwire: &Path, probe: &Path, t0: Instant, k: &mut Keeper) -> Result<()> {
+    let state = plan.state_dir();
+    let logs = state.join("logs");
     let col = plan.ns("col");
-    let k = keeper.insert(Keeper::start(tapwire, &col, &logs.join("keeper.log"))?);
-    sys::record(&state, k.pid(), &col, keeper::NAME)?;
 
     if plan.ovs {
         let key = plan
@@ -329,7 +358,13 @@ fn build(
             plan.flows("host2").len()
         ),
     );
+    Ok(())
+}
 
+/// The steady traffic between the VMs.
+fn traffic(plan: &Plan, t0: Instant, k: &mut Keeper) -> Result<()> {
+    let state = plan.state_dir();
+    let logs = state.join("logs");
     let www = state.join("www");
     std::fs::create_dir_all(&www).context("create the web root")?;
     std::fs::write(
@@ -364,9 +399,24 @@ fn wait_receiving(plan: &Plan, tapwire: &Path, timeout: Duration, t0: Instant) -
     let deadline = Instant::now() + timeout;
     let mut shown = usize::MAX;
     loop {
-        let waiting: Vec<&str> = match status::snapshot(plan, tapwire) {
-            Ok(snap) => not_receiving(&snap, &names),
-            Err(_) => names.clone(),
+        let waiting: Vec<&str> = if plan.fleet {
+            match fleet::sessions(plan, tapwire) {
+                Ok(placed) => names
+                    .iter()
+                    .filter(|n| {
+                        !placed
+                            .iter()
+                            .any(|p| p.session == **n && p.state == Some(SessionState::Receiving))
+                    })
+                    .copied()
+                    .collect(),
+                Err(_) => names.clone(),
+            }
+        } else {
+            match status::snapshot(plan, tapwire) {
+                Ok(snap) => not_receiving(&snap, &names),
+                Err(_) => names.clone(),
+            }
         };
         if waiting.is_empty() {
             step(t0, &format!("all {} sessions receiving", names.len()));
@@ -416,6 +466,17 @@ fn summary(plan: &Plan) {
         say!("{:<12} {:<52} {}", s.name, s.workflow, record::sender(s));
     }
     say!("");
+    if plan.fleet {
+        say!("captures   {}/<collector>/", plan.out.display());
+        say!(
+            "failover   {} lab fail col1   (SIGKILL; its sessions move within the {} s lease), then {} lab revive col1",
+            invoked_as(),
+            fleet::LEASE_S,
+            invoked_as()
+        );
+        say!("logs       {}", plan.state_dir().join("logs").display());
+        return;
+    }
     say!("captures   {}", plan.out.display());
     say!(
         "monitor    ip netns exec {} tcpdump -i {} -nn   (IDS stand-in: {})",

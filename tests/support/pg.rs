@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tapwire_lab::pg::{bin_dir, user_ids};
+
 /// The password of the superuser `postgres` and of the role tests connect as.
 pub const PASSWORD: &str = "tapwire-test-secret";
 /// The role the tests' collectors connect as (owner of every database made here).
@@ -31,38 +33,6 @@ pub struct Pg {
     owner: Option<(u32, u32)>,
     server: Mutex<Option<Child>>,
     watchdog: Option<Child>,
-}
-
-/// Where the PostgreSQL binaries are: the highest version under /usr/lib/postgresql, else
-/// `pg_config --bindir`.
-pub fn bin_dir() -> Option<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").exists().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, bin)) = versions.pop() {
-        return Some(bin);
-    }
-    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
-    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    bin.join("postgres").exists().then_some(bin)
-}
-
-/// `(uid, gid)` of `user` from /etc/passwd.
-fn user_ids(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&user))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
 }
 
 fn free_port() -> u16 {
@@ -87,7 +57,8 @@ impl Pg {
                 return None;
             }
             panic!(
-                "no PostgreSQL binaries (/usr/lib/postgresql/*/bin): scripts/setup.sh installs the postgresql package (TAPWIRE_SKIP_POSTGRES=1 skips these tests)"
+                "{} (TAPWIRE_SKIP_POSTGRES=1 skips these tests)",
+                tapwire_lab::pg::missing()
             );
         };
         static N: AtomicU32 = AtomicU32::new(0);
@@ -121,16 +92,7 @@ impl Pg {
         let data = pg.data_dir();
         let out = pg
             .command("initdb")
-            .args(["-D", data.to_str().unwrap()])
-            .args([
-                "-U",
-                "postgres",
-                "--auth=scram-sha-256",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(tapwire_lab::pg::initdb_args(&data, &pwfile))
             .output()
             .expect("run initdb");
         assert!(
@@ -179,12 +141,12 @@ impl Pg {
         }
         let child = self
             .command("postgres")
-            .args(["-D", self.data_dir().to_str().unwrap()])
-            .args(["-k", self.dir.to_str().unwrap()])
-            .args(["-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=400"])
+            .args(tapwire_lab::pg::server_args(
+                &self.data_dir(),
+                &self.dir,
+                self.port,
+                "127.0.0.1",
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -306,11 +268,7 @@ impl Pg {
 
     /// The same over the Unix socket, which processes in any network namespace reach.
     pub fn socket_url(&self, db: &str) -> String {
-        format!(
-            "postgres://{ROLE}:{PASSWORD}@localhost:{}/{db}?host={}",
-            self.port,
-            self.dir.display()
-        )
+        tapwire_lab::pg::socket_url(ROLE, PASSWORD, &self.dir, self.port, db)
     }
 
     /// Stops the server (fast shutdown: sessions are ended) and waits for it to exit.
