@@ -15,14 +15,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tapwire_tests::labrun::{LabRun, assert_gone, assert_reaped};
 use tapwire_tests::netns::{Lab, Proc, wait_until};
 use tapwire_tests::tmux::{Tmux, row};
-use tapwire_tests::{bin, require, run, validate_capture};
+use tapwire_tests::{require, run, validate_capture};
 
 /// One lab at a time: each is a dozen namespaces and twenty processes on a two-core machine.
 static ONE_LAB: Mutex<()> = Mutex::new(());
@@ -67,142 +68,24 @@ fn ovs_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A lab brought up by the test, brought down (and, if `down` left anything, removed by its
-/// namespace prefix) when dropped, also on panic.
-struct LabRun {
-    name: String,
-    tapwire: PathBuf,
-}
-
-impl LabRun {
-    fn new(tag: char) -> LabRun {
-        LabRun {
-            name: format!("{tag}{}", std::process::id() % 100_000_000),
-            tapwire: bin("tapwire"),
-        }
-    }
-
-    fn ns(&self, role: &str) -> String {
-        format!("tw-{}-{role}", self.name)
-    }
-
-    fn state(&self) -> PathBuf {
-        Path::new("/run/tapwire-lab").join(&self.name)
-    }
-
-    /// `tapwire lab <args> --name NAME`.
-    fn lab(&self, args: &[&str]) -> Output {
-        run(Command::new(&self.tapwire)
-            .arg("lab")
-            .args(args)
-            .args(["--name", &self.name])
-            .stdin(Stdio::null()))
-    }
-
-    /// Its namespaces as `ip netns list` shows them.
-    fn namespaces(&self) -> Vec<String> {
-        let out = run(Command::new("ip").args(["netns", "list"]));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("tw-{}-", self.name)))
-            .map(String::from)
-            .collect()
-    }
-
-    /// Every process inside its namespaces, with its start time.
-    fn processes(&self) -> Vec<(u32, u64)> {
-        self.namespaces()
-            .iter()
-            .flat_map(|ns| {
-                let out = run(Command::new("ip").args(["netns", "pids", ns]));
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .filter_map(|pid| start_time(pid).map(|s| (pid, s)))
-            .collect()
-    }
-
-    fn exec(&self, role: &str, argv: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.ns(role)])
-            .args(argv)
-            .stdin(Stdio::null()))
-    }
-
-    /// `GET /api/v1/sessions` of the lab's collector.
-    fn api(&self) -> Value {
-        let out = self.exec(
-            "col",
-            &[
-                "curl",
-                "-sSf",
-                "--max-time",
-                "3",
-                "http://127.0.0.1:9750/api/v1/sessions",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "the lab's API: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for LabRun {
-    fn drop(&mut self) {
-        let _ = self.lab(&["down"]);
-        // Whatever `down` left (the test failed on it, or it was never reached).
-        for ns in self.namespaces() {
-            let _ = Command::new("sh")
-                .args(["-c", &format!("ip netns pids {ns} | xargs -r kill -9")])
-                .status();
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(self.state());
-    }
-}
-
-/// `/proc/PID/stat` start time (field 22), `None` once the process is gone or a zombie.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f.first() != Some(&"Z"))
-        .then(|| f.get(19)?.parse().ok())
-        .flatten()
-}
-
-/// Every process of `procs` (pid, start time) has exited and been reaped: not even a zombie is
-/// left (its parent waited for it).
-fn assert_reaped(procs: &[(u32, u64)]) {
-    let defunct: Vec<String> = procs
-        .iter()
-        .filter_map(|(pid, start)| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            (f.get(19)?.parse::<u64>().ok()? == *start).then(|| format!("{pid} {}", f[0]))
-        })
-        .collect();
-    assert!(
-        defunct.is_empty(),
-        "processes not reaped after down (pid, state): {defunct:?}"
+/// `GET /api/v1/sessions` of the lab's collector.
+fn api(l: &LabRun) -> Value {
+    let out = l.exec(
+        "col",
+        &[
+            "curl",
+            "-sSf",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:9750/api/v1/sessions",
+        ],
     );
-}
-
-/// Every process of `procs` (pid, start time) has exited.
-fn assert_gone(procs: &[(u32, u64)]) {
-    let left: Vec<u32> = procs
-        .iter()
-        .filter(|(pid, start)| start_time(*pid) == Some(*start))
-        .map(|(pid, _)| *pid)
-        .collect();
-    assert!(left.is_empty(), "processes left after down: {left:?}");
+    assert!(
+        out.status.success(),
+        "the lab's API: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Link names in the test's own namespace.
@@ -413,7 +296,7 @@ fn up(tag: char) -> Up {
         "lab up took {took:?}:\n{text}"
     );
 
-    let api = l.api();
+    let api = api(&l);
     let sessions = api["sessions"].as_array().unwrap();
     let got: BTreeSet<&str> = sessions
         .iter()
@@ -726,7 +609,7 @@ fn ui_and_status_show_every_session_and_down_leaves_nothing_behind() {
     eprintln!("vm2's web server answered right after up: {answer}");
 
     // Every session receiving, nothing lost or dropped.
-    for s in l.api()["sessions"].as_array().unwrap() {
+    for s in api(l)["sessions"].as_array().unwrap() {
         assert_eq!(s["state"], "receiving", "{s}");
         assert_eq!(s["lost"], 0, "{s}");
         // Traffic flows on: what is not on disk yet is pending, none of it dropped.

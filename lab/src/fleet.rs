@@ -515,7 +515,7 @@ pub fn fail(name: &str, collector: &str) -> Result<ExitCode> {
         bail!("not moved after {} s: {}", LEASE_S * 3, left.join(", "));
     }
     say!(
-        "`{} lab status --name {name}` shows the fleet; `{} lab revive {}` starts it again",
+        "`{} lab status --name {name}` shows the fleet; `{} lab revive {} --name {name}` starts it again",
         invoked_as(),
         invoked_as(),
         c.name

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod collector;
+pub mod labrun;
 pub mod netns;
 pub mod oracle;
 #[path = "../senders/ovs.rs"]

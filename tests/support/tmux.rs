@@ -139,10 +139,11 @@ impl Drop for Tmux {
     }
 }
 
-/// The screen line of a table row whose first word (after a `▸`/`▾` marker) is `name`.
+/// The screen line of a table row whose first word (after a `▸`/`▾` marker, or the `▶` of a
+/// selected row) is `name`.
 pub fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
     screen.lines().find(|l| {
-        let l = l.trim_start_matches(['▸', '▾', ' ']);
+        let l = l.trim_start_matches(['▸', '▾', '▶', ' ']);
         l.split_whitespace().next() == Some(name)
     })
 }
