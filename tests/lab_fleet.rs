@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -28,6 +29,9 @@ const COLLECTORS: [&str; 3] = ["col1", "col2", "col3"];
 const BEFORE: u32 = 1101;
 const AFTER: u32 = 1102;
 const N: u64 = 5;
+
+/// One lab at a time: each is a dozen namespaces, PostgreSQL and twenty processes.
+static ONE_LAB: Mutex<()> = Mutex::new(());
 
 /// Without PostgreSQL's binaries: a skip when TAPWIRE_SKIP_POSTGRES is set, else a failure
 /// (scripts/setup.sh installs them and CI runs this).
@@ -137,6 +141,7 @@ fn text(o: &std::process::Output) -> String {
 
 #[test]
 fn a_fleet_lab_fails_over_live_revives_without_flapping_and_goes_down_whole() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     if !have_postgres() {
         return;
     }
@@ -281,4 +286,56 @@ fn a_fleet_lab_fails_over_live_revives_without_flapping_and_goes_down_whole() {
     for f in &files {
         validate_capture(f);
     }
+}
+
+#[test]
+fn down_stops_the_database_of_a_fleet_lab_whose_up_was_killed_half_way() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    if !have_postgres() {
+        return;
+    }
+    let scratch = Lab::empty("lab-fleet-crash");
+    let l = LabRun::new('g');
+    let out = scratch.dir().join("captures");
+    let mut up = Command::new(&l.tapwire)
+        .args([
+            "lab", "up", "--fleet", "--detach", "--name", &l.name, "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once PostgreSQL runs: the server and the keeper are detached and outlive `up`.
+    let procs = l.state().join("procs");
+    wait_until(
+        Duration::from_secs(30),
+        "lab up to start PostgreSQL",
+        || {
+            std::fs::read_to_string(&procs)
+                .ok()
+                .filter(|p| p.contains(" postgres"))
+                .map(|_| ())
+        },
+    );
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let pg_dir = l.state().join("pg");
+    let postgres = || {
+        let o = run(Command::new("pgrep")
+            .args(["-f", &pg_dir.display().to_string()])
+            .stdin(Stdio::null()));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    wait_until(Duration::from_secs(10), "PostgreSQL running", || {
+        (!postgres().is_empty()).then_some(())
+    });
+    let running = l.processes();
+    let down = l.lab(&["down"]);
+    assert!(down.status.success(), "lab down:\n{}", text(&down));
+    assert_eq!(l.namespaces(), Vec::<String>::new());
+    assert_gone(&running);
+    assert_eq!(postgres(), "", "PostgreSQL survived down");
+    assert!(!l.state().exists(), "state (and PostgreSQL's data) removed");
 }
