@@ -26,6 +26,7 @@ pub mod auth;
 pub mod controller;
 pub mod engine;
 pub mod fleet;
+pub mod peer;
 pub mod store;
 pub mod tokens;
 

@@ -162,6 +162,9 @@ pub trait Transaction {
     fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError>;
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError>;
     fn has_admin(&mut self) -> Result<bool, StoreError>;
+    /// The fleet's secret for peer tokens: `fresh` is stored if there is none yet (the first
+    /// collector to ask makes it), else the stored one is returned.
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Whether a token of this name exists, revoked or not (names are never reused).
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError>;
     fn insert_token(&mut self, token: &NewToken<'_>) -> Result<(), StoreError>;

@@ -126,6 +126,11 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (collector, path)
     );
     CREATE INDEX files_session_time ON files (session, first_ns);",
+    // 5: the fleet's secret, from which collectors sign their short-lived peer tokens.
+    "CREATE TABLE fleet_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BYTEA NOT NULL
+    );",
 ];
 
 /// The key of the advisory lock migrations run under ("tapwire" in ASCII).
@@ -857,6 +862,18 @@ impl Transaction for PgTx<'_> {
                 &[],
             )?
             .is_some())
+    }
+
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.exec(
+            "INSERT INTO fleet_secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+            &[&fresh],
+        )?;
+        let row = self.row("SELECT secret FROM fleet_secret WHERE id = 1", &[])?;
+        match row {
+            Some(r) => get(&r, 0),
+            None => Err(StoreError::Query("the fleet secret was not stored".into())),
+        }
     }
 
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError> {

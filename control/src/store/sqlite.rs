@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (collector, path)
     );
     CREATE INDEX files_session_time ON files (session, first_ns);",
+    // 5: the fleet's secret, from which collectors sign their short-lived peer tokens.
+    "CREATE TABLE fleet_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BLOB NOT NULL
+    );",
 ];
 
 /// The database's mode: it holds token hashes, which no other local user may read.
@@ -501,6 +506,18 @@ impl Transaction for SqliteTx<'_> {
             )
             .optional()?
             .is_some())
+    }
+
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.0.execute(
+            "INSERT INTO fleet_secret (id, secret) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+            [fresh],
+        )?;
+        Ok(self
+            .0
+            .query_row("SELECT secret FROM fleet_secret WHERE id = 1", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?)
     }
 
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError> {

@@ -523,3 +523,14 @@ fn postgres_a_commit_wakes_every_listener() {
     assert!(la.wait(std::time::Duration::from_secs(2)).unwrap());
     eprintln!("notification after {:?}", t0.elapsed());
 }
+
+both_backends!(the_fleet_secret_is_made_once_and_kept, |b| {
+    let mut store = b.open();
+    let mut tx = store.begin().unwrap();
+    let first = tx.fleet_secret(&[1; 32]).unwrap();
+    assert_eq!(first, vec![1; 32]);
+    tx.commit().unwrap();
+    let mut again = b.open();
+    let mut tx = again.begin().unwrap();
+    assert_eq!(tx.fleet_secret(&[2; 32]).unwrap(), vec![1; 32]);
+});
