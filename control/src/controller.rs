@@ -41,8 +41,8 @@ use crate::engine::{Clock, Engine, EngineError};
 use crate::fleet::{self, Move};
 use crate::peer::{self, PeerKey};
 use crate::store::{
-    ActiveToken, CatalogFile, FileState, Heartbeat, Listener, Location, Store, StoreError, StoredCollector, StoredFlow,
-    StoredProbe, StoredSession, Transaction,
+    ActiveToken, CatalogFile, FileState, Heartbeat, Listener, Location, Store, StoreError,
+    StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
 };
 use crate::tokens;
 
@@ -787,10 +787,7 @@ impl<E: Engine> Controller<E> {
                     .peer_key
                     .verify(t, self.clock.now_ns())
                     .map_err(|e| Refused::Unauthorized(e.to_string()))?;
-                let known = lock(&self.view)
-                    .collectors
-                    .iter()
-                    .any(|c| c.name == issuer);
+                let known = lock(&self.view).collectors.iter().any(|c| c.name == issuer);
                 if !known && !self.peers().contains_key(&issuer) {
                     return Err(Refused::Unauthorized(format!(
                         "a peer token of {issuer:?}, which is no collector of this fleet"

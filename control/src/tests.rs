@@ -1087,7 +1087,8 @@ fn peer_tokens_read_query_parts_and_streams_only() {
     let other = crate::peer::PeerKey::derive(b"not this fleet's secret at all!!");
     let forged = other.sign("c1", T0_NS);
     assert!(matches!(
-        h.ctl.authenticate_as(Some(&forged), false, Need::Read, true),
+        h.ctl
+            .authenticate_as(Some(&forged), false, Need::Read, true),
         Err(Refused::Unauthorized(_))
     ));
     // After its seconds: refused.

@@ -22,6 +22,7 @@ mod auth;
 mod control;
 mod metrics;
 pub mod packets;
+mod parts;
 pub mod serve;
 mod stats;
 mod stream;

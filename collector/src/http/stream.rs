@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tapwire_formats::capture::{Encoder, Format, InterfaceInfo, InterfaceStats, PacketInfo};
 use tokio::sync::oneshot;
 
-use super::auth::{Authed, Read};
+use super::auth::{Authed, ReadPart};
 use super::serve::{LiveStreamMark, ThisConnection};
 use super::{ApiState, Peer, reply};
 use crate::demux::SourceId;
@@ -56,7 +56,7 @@ pub(super) struct StreamQuery {
 
 pub(super) async fn stream(
     State(s): State<ApiState>,
-    _: Authed<Read>,
+    _: Authed<ReadPart>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
