@@ -1178,6 +1178,87 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A part asked of another collector over HTTP: its answer in pieces; a refusal (a bad
+    /// filter) passed on; a collector that refuses connections named as unreachable.
+    #[tokio::test]
+    async fn a_part_is_asked_over_http_and_failures_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("tapwire-http-part-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = app(&dir, None);
+        let (control, _) = crossbeam_channel::unbounded();
+        let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
+            version: "t".into(),
+            started: String::new(),
+            uptime_s: 0.0,
+            totals: Default::default(),
+            inputs: Vec::new(),
+            sessions: vec![web_session()],
+            control: None,
+            page: None,
+        }));
+        let state = ApiState::new(snapshot, control, None, None)
+            .with_query(Arc::new(QueryState::new(dir.clone(), None)));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = crate::http::serve::Limits::for_descriptor_limit(1024);
+        let _gate = crate::http::serve_on(vec![(l, None)], state, limits).unwrap();
+        let url = format!("http://{addr}");
+        let req = Request {
+            session: Some("web".into()),
+            from_ns: 0,
+            to_ns: 10_000,
+            filter: Some("host 10.0.0.2".into()),
+            ..Request::default()
+        };
+        let mut a = parts::ask(&url, &part_path(&req), "twp1_test")
+            .await
+            .unwrap();
+        assert!(a.estimate_packets >= 50);
+        let mut body = Vec::new();
+        while let Some(c) = a.chunks.recv().await {
+            body.extend(c.unwrap());
+        }
+        let mut r = tapwire_formats::capture::CaptureReader::new(&body[..]).unwrap();
+        let mut n = 0;
+        while r.next_record().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 50);
+        let bad = Request {
+            filter: Some("tcp port".into()),
+            ..req.clone()
+        };
+        match parts::ask(&url, &part_path(&bad), "t").await {
+            Err(parts::Failed::Refused(code, m)) => {
+                assert_eq!(code, StatusCode::BAD_REQUEST);
+                assert!(m.contains("syntax error"), "{m}");
+            }
+            _ => panic!("a bad filter is a refusal"),
+        }
+        // A port nobody listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        assert!(matches!(
+            parts::ask(&gone, &part_path(&req), "t").await,
+            Err(parts::Failed::Unreachable(_))
+        ));
+        assert!(matches!(
+            parts::ask("https://127.0.0.1:1", &part_path(&req), "t").await,
+            Err(parts::Failed::Unreachable(m)) if m.contains("http://")
+        ));
+        assert_eq!(
+            unreachable_value(&[Missing {
+                collector: "a".into(),
+                why: "gone\naway \u{e9}".into(),
+            }]),
+            "a (gone?away ?)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn parameters() {
         let now = 1_765_029_720_000_000_000;

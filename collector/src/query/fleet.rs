@@ -308,3 +308,108 @@ pub fn merge(
     w.flush()?;
     Ok(merged)
 }
+
+/// Finds, in a query's pcapng as it passes (`tapwire query` copying it to its output), the
+/// comments that name collectors left out, without holding more than a section header.
+#[derive(Debug, Default)]
+pub struct LeftOutScan {
+    head: Vec<u8>,
+    /// Bytes of the current block still to pass (not a section header).
+    skip: usize,
+    /// The current section header's length, while it is gathered in `head`.
+    shb_len: Option<usize>,
+    endian: Option<Endian>,
+    /// The comments found, in order, each once.
+    pub found: Vec<String>,
+}
+
+impl LeftOutScan {
+    /// Looks at the next bytes of the stream.
+    pub fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(b.len());
+                self.skip -= n;
+                b = &b[n..];
+                continue;
+            }
+            let want = self.shb_len.unwrap_or(12);
+            let n = (want - self.head.len()).min(b.len());
+            self.head.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.head.len() < want {
+                continue;
+            }
+            if self.shb_len.take().is_some() {
+                let e = self.endian.unwrap_or(Endian::native());
+                for c in shb_comments(&self.head, e) {
+                    if c.contains(" could not be read: ") && !self.found.contains(&c) {
+                        self.found.push(c);
+                    }
+                }
+                self.head.clear();
+                continue;
+            }
+            match pcapng::frame(&self.head, self.endian.unwrap_or(Endian::native())) {
+                Framed::Incomplete { needed } => {
+                    let kind = u32::from_le_bytes([
+                        self.head[0],
+                        self.head[1],
+                        self.head[2],
+                        self.head[3],
+                    ]);
+                    let section = kind == pcapng::SHB;
+                    if section {
+                        self.endian = match self.head[8..12] {
+                            [0x4d, 0x3c, 0x2b, 0x1a] => Some(Endian::Little),
+                            _ => Some(Endian::Big),
+                        };
+                    }
+                    if section && needed <= 1 << 20 {
+                        self.shb_len = Some(needed);
+                    } else {
+                        self.skip = needed - 12;
+                        self.head.clear();
+                    }
+                }
+                // A block of twelve bytes (none in a query's answer), or not pcapng: stop.
+                Framed::Block { .. } => self.head.clear(),
+                Framed::Corrupt => {
+                    self.skip = usize::MAX;
+                    self.head.clear();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scan_finds_collectors_left_out_in_any_piece_size() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.try_send(Err("the connection broke".into())).unwrap();
+        drop(tx);
+        let parts = vec![Part {
+            collector: "a".into(),
+            chunks: rx,
+        }];
+        let missing = vec![Missing {
+            collector: "c".into(),
+            why: "refused".into(),
+        }];
+        let mut out = Vec::new();
+        merge(parts, missing, "tapwire query: from x".into(), &mut out).unwrap();
+        for piece in [1, 5, 13, 1 << 20] {
+            let mut scan = LeftOutScan::default();
+            for p in out.chunks(piece) {
+                scan.feed(p);
+            }
+            assert_eq!(scan.found.len(), 2, "{piece}: {:?}", scan.found);
+            assert!(scan.found[0].starts_with("collector c could not be read: refused"));
+            assert!(scan.found[1].starts_with("collector a could not be read: its part broke off"));
+        }
+    }
+}
