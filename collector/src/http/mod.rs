@@ -23,6 +23,7 @@ mod control;
 mod metrics;
 pub mod packets;
 mod parts;
+mod relay;
 pub mod serve;
 mod stats;
 mod stream;
@@ -65,6 +66,8 @@ pub(crate) struct ApiState {
     pub(crate) query: Option<Arc<packets::QueryState>>,
     /// Long-polls waiting now, at most [`Limits::max_long_polls`].
     pub(crate) long_polls: Arc<Semaphore>,
+    /// Live streams relayed from the fleet's other collectors, at most [`relay::MAX_RELAYS`].
+    pub(crate) relays: Arc<Semaphore>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
     pub(crate) gate: Option<Arc<Gate>>,
 }
@@ -85,6 +88,7 @@ impl ApiState {
             controller,
             query: None,
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
+            relays: Arc::new(Semaphore::new(relay::MAX_RELAYS)),
             gate: None,
         }
     }

@@ -717,9 +717,13 @@ async fn fleet_query(
                     chunks: a.chunks,
                 });
             }
-            Ok(Err(parts::Failed::Refused(code, m))) => {
+            Ok(Err(parts::Failed::Refused(code, m))) if code != StatusCode::NOT_FOUND => {
                 return reply(code, format!("collector {name}: {m}"));
             }
+            Ok(Err(parts::Failed::Refused(code, m))) => missing.push(Missing {
+                collector: name,
+                why: format!("it answered {}: {m}", code.as_u16()),
+            }),
             Ok(Err(parts::Failed::Unreachable(why))) => missing.push(Missing {
                 collector: name,
                 why,

@@ -43,6 +43,16 @@ pub enum Failed {
 
 /// Asks the collector at `api_url` for `path_and_query` with `token` as its bearer.
 pub async fn ask(api_url: &str, path_and_query: &str, token: &str) -> Result<Answered, Failed> {
+    ask_within(api_url, path_and_query, token, IDLE).await
+}
+
+/// [`ask`], the body counting as broken off after `idle` without a byte.
+pub async fn ask_within(
+    api_url: &str,
+    path_and_query: &str,
+    token: &str,
+    idle: Duration,
+) -> Result<Answered, Failed> {
     let base = api_url.trim_end_matches('/');
     let uri: Uri = format!("{base}{path_and_query}")
         .parse()
@@ -109,9 +119,10 @@ pub async fn ask(api_url: &str, path_and_query: &str, token: &str) -> Result<Ans
             .map(|m| m.message)
             .unwrap_or_else(|_| text.trim().chars().take(300).collect());
         return Err(match status {
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
-                Failed::Refused(status, message)
-            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::NOT_FOUND
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::SERVICE_UNAVAILABLE => Failed::Refused(status, message),
             s => Failed::Unreachable(format!("it answered {}: {message}", s.as_u16())),
         });
     }
@@ -120,11 +131,11 @@ pub async fn ask(api_url: &str, path_and_query: &str, token: &str) -> Result<Ans
         use futures_core::Stream;
         loop {
             let next = poll_fn(|cx| Pin::new(&mut body).poll_next(cx));
-            let item = match tokio::time::timeout(IDLE, next).await {
+            let item = match tokio::time::timeout(idle, next).await {
                 Ok(Some(Ok(b))) => Ok(b.to_vec()),
                 Ok(Some(Err(e))) => Err(format!("the connection broke: {e}")),
                 Ok(None) => return,
-                Err(_) => Err(format!("nothing arrived for {IDLE:?}")),
+                Err(_) => Err(format!("nothing arrived for {idle:?}")),
             };
             let stop = item.is_err();
             if tx.send(item).await.is_err() || stop {
