@@ -68,6 +68,8 @@ pub(crate) struct ApiState {
     pub(crate) long_polls: Arc<Semaphore>,
     /// Live streams relayed from the fleet's other collectors, at most [`relay::MAX_RELAYS`].
     pub(crate) relays: Arc<Semaphore>,
+    /// How the fleet's other collectors' HTTPS APIs are checked (`None`: http:// only).
+    pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
     pub(crate) gate: Option<Arc<Gate>>,
 }
@@ -89,6 +91,7 @@ impl ApiState {
             query: None,
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
             relays: Arc::new(Semaphore::new(relay::MAX_RELAYS)),
+            peer_tls: None,
             gate: None,
         }
     }
@@ -108,6 +111,8 @@ pub struct Peer(pub SocketAddr);
 pub struct Listen {
     pub addr: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How the fleet's other collectors' HTTPS APIs are checked (query parts, streams).
+    pub peers: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Binds `addr` (and `listen`) now, so that a taken port is an error at start, and serves
@@ -115,9 +120,12 @@ pub struct Listen {
 pub(crate) fn spawn(
     addr: Option<SocketAddr>,
     listen: Option<Listen>,
-    state: ApiState,
+    mut state: ApiState,
     limits: Limits,
 ) -> std::io::Result<(Vec<SocketAddr>, Arc<Gate>)> {
+    if let Some(p) = listen.as_ref().and_then(|l| l.peers.clone()) {
+        state.peer_tls = Some(p);
+    }
     let mut bound = Vec::new();
     let tls = listen.as_ref().and_then(|l| l.tls.clone());
     for (a, tls) in addr

@@ -449,8 +449,7 @@ pub(super) async fn packets(
     if let Some(f) = fleet
         && !(f.others.is_empty() && f.missing.is_empty())
     {
-        let ctl = s.controller.clone();
-        return fleet_query(f, ctl, local, req, qs, slot, caller).await;
+        return fleet_query(&s, f, local, req, qs, slot, caller).await;
     }
     let (planned_tx, planned) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -671,17 +670,18 @@ fn unreachable_value(missing: &[Missing]) -> String {
 /// not be read are named in the output, in the `x-tapwire-unreachable` header (those known
 /// before the first byte) and in the trailer of that name (all of them).
 async fn fleet_query(
+    s: &ApiState,
     plan: FleetPlan,
-    ctl: Option<Arc<super::Ctl>>,
     local: WithCatalog,
     req: Request,
     qs: Arc<QueryState>,
     slot: Slot,
     caller: tapwire_control::auth::Caller,
 ) -> Response {
-    let Some(ctl) = ctl else {
+    let Some(ctl) = s.controller.clone() else {
         return reply(StatusCode::INTERNAL_SERVER_ERROR, "no control plane".into());
     };
+    let peer_tls = s.peer_tls.clone();
     let me = ctl.name().to_string();
     let mut missing = plan.missing;
     let path = part_path(&req);
@@ -697,10 +697,12 @@ async fn fleet_query(
                 why: "it registered no API URL (--api-url)".into(),
             }),
             (Some(url), true) => {
-                let (path, token) = (path.clone(), ctl.peer_token());
+                let (path, token, tls) = (path.clone(), ctl.peer_token(), peer_tls.clone());
                 asked.push((
                     name,
-                    tokio::spawn(async move { parts::ask(&url, &path, &token).await }),
+                    tokio::spawn(
+                        async move { parts::ask(&url, &path, &token, tls.as_ref()).await },
+                    ),
                 ));
             }
         }
@@ -1216,7 +1218,7 @@ mod tests {
             filter: Some("host 10.0.0.2".into()),
             ..Request::default()
         };
-        let mut a = parts::ask(&url, &part_path(&req), "twp1_test")
+        let mut a = parts::ask(&url, &part_path(&req), "twp1_test", None)
             .await
             .unwrap();
         assert!(a.estimate_packets >= 50);
@@ -1234,7 +1236,7 @@ mod tests {
             filter: Some("tcp port".into()),
             ..req.clone()
         };
-        match parts::ask(&url, &part_path(&bad), "t").await {
+        match parts::ask(&url, &part_path(&bad), "t", None).await {
             Err(parts::Failed::Refused(code, m)) => {
                 assert_eq!(code, StatusCode::BAD_REQUEST);
                 assert!(m.contains("syntax error"), "{m}");
@@ -1246,11 +1248,11 @@ mod tests {
         let gone = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
         assert!(matches!(
-            parts::ask(&gone, &part_path(&req), "t").await,
+            parts::ask(&gone, &part_path(&req), "t", None).await,
             Err(parts::Failed::Unreachable(_))
         ));
         assert!(matches!(
-            parts::ask("https://127.0.0.1:1", &part_path(&req), "t").await,
+            parts::ask("ftp://127.0.0.1:1", &part_path(&req), "t", None).await,
             Err(parts::Failed::Unreachable(m)) if m.contains("http://")
         ));
         assert_eq!(

@@ -6,6 +6,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,9 +42,38 @@ pub enum Failed {
     Unreachable(String),
 }
 
-/// Asks the collector at `api_url` for `path_and_query` with `token` as its bearer.
-pub async fn ask(api_url: &str, path_and_query: &str, token: &str) -> Result<Answered, Failed> {
-    ask_within(api_url, path_and_query, token, IDLE).await
+/// Asks the collector at `api_url` for `path_and_query` with `token` as its bearer (over
+/// HTTPS checked with `tls`).
+pub async fn ask(
+    api_url: &str,
+    path_and_query: &str,
+    token: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Answered, Failed> {
+    ask_within(api_url, path_and_query, token, tls, IDLE).await
+}
+
+/// Sends `req` over `io` (a new HTTP/1.1 connection).
+async fn send<IO>(
+    io: IO,
+    req: Request<Body>,
+    authority: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, Failed>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "fleet: connection to a collector ended");
+        }
+    });
+    tokio::time::timeout(ANSWER, sender.send_request(req))
+        .await
+        .map_err(|_| Failed::Unreachable(format!("{authority} did not answer within {ANSWER:?}")))?
+        .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))
 }
 
 /// [`ask`], the body counting as broken off after `idle` without a byte.
@@ -51,47 +81,68 @@ pub async fn ask_within(
     api_url: &str,
     path_and_query: &str,
     token: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     idle: Duration,
 ) -> Result<Answered, Failed> {
     let base = api_url.trim_end_matches('/');
     let uri: Uri = format!("{base}{path_and_query}")
         .parse()
         .map_err(|e| Failed::Unreachable(format!("its API URL {api_url:?}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(Failed::Unreachable(format!(
-            "its API URL {api_url:?} is not http:// (parts are asked for over plain HTTP only)"
-        )));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(Failed::Unreachable(format!(
+                "its API URL {api_url:?} is not http:// or https://"
+            )));
+        }
+    };
     let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
         return Err(Failed::Unreachable(format!(
             "its API URL {api_url:?} names no host"
         )));
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let tcp = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| {
-            Failed::Unreachable(format!("no connection to {authority} within {CONNECT:?}"))
-        })?
-        .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "fleet part: connection ended");
-        }
-    });
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = authority.as_str().to_string();
+    let tcp = tokio::time::timeout(
+        CONNECT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| Failed::Unreachable(format!("no connection to {authority} within {CONNECT:?}")))?
+    .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
     let req = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(header::HOST, authority.as_str())
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())
         .map_err(|e| Failed::Unreachable(e.to_string()))?;
-    let resp = tokio::time::timeout(ANSWER, sender.send_request(req))
+    let resp = if https {
+        let Some(tls) = tls else {
+            return Err(Failed::Unreachable(format!(
+                "its API URL {api_url:?} is https:// and this collector has no CA to check it with (--peer-ca, or --tls-cert)"
+            )));
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
+        let stream = tokio::time::timeout(
+            CONNECT,
+            tokio_rustls::TlsConnector::from(Arc::clone(tls)).connect(name, tcp),
+        )
         .await
-        .map_err(|_| Failed::Unreachable(format!("{authority} did not answer within {ANSWER:?}")))?
-        .map_err(|e| Failed::Unreachable(format!("{authority}: {e}")))?;
+        .map_err(|_| {
+            Failed::Unreachable(format!(
+                "no TLS handshake with {authority} within {CONNECT:?}"
+            ))
+        })?
+        .map_err(|e| Failed::Unreachable(format!("{authority}: TLS: {e}")))?;
+        send(stream, req, &authority).await?
+    } else {
+        send(tcp, req, &authority).await?
+    };
     let status = resp.status();
     let number = |name: &str| {
         resp.headers()

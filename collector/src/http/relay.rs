@@ -59,9 +59,11 @@ fn owner_of(ctl: &Ctl, name: &str) -> Result<Option<(String, String)>, (StatusCo
 }
 
 /// The stream of `name` from its owner, or `None` when no other collector runs it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn relay(
     ctl: Arc<Ctl>,
     relays: Arc<Semaphore>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     name: String,
     path_and_query: String,
     by: String,
@@ -84,7 +86,8 @@ pub(super) async fn relay(
             format!("{MAX_RELAYS} streams are relayed from other collectors already"),
         ));
     };
-    let answered = match parts::ask_within(&url, &path_and_query, &token, IDLE).await {
+    let answered = match parts::ask_within(&url, &path_and_query, &token, tls.as_ref(), IDLE).await
+    {
         Ok(a) => a,
         Err(parts::Failed::Refused(code, m)) => {
             return Some(reply(code, format!("collector {owner}: {m}")));

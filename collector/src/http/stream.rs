@@ -107,6 +107,7 @@ pub(super) async fn stream(
                 let relayed = super::relay::relay(
                     Arc::clone(ctl),
                     Arc::clone(&s.relays),
+                    s.peer_tls.clone(),
                     session,
                     path,
                     caller.name.clone(),
