@@ -19,7 +19,7 @@
 //! their first candidate time, so memory is one read buffer per file overlapping in time.
 
 pub mod catalog;
-mod indexed;
+pub(crate) mod indexed;
 pub mod plan;
 mod read;
 #[cfg(test)]
