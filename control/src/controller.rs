@@ -1918,6 +1918,64 @@ impl<E: Engine> Controller<E> {
         }
         Ok(entries)
     }
+
+    /// Writes catalog changes of this collector's files in one transaction.
+    pub fn catalog_write(&self, changes: &[CatalogChange]) -> Result<(), StoreError> {
+        let me = self.opts.name.as_str();
+        let mut store = lock(&self.store);
+        let r = store.begin().and_then(|mut tx| {
+            for c in changes {
+                match c {
+                    CatalogChange::Put(f) => tx.catalog_put(&CatalogFile {
+                        collector: me.to_string(),
+                        ..f.clone()
+                    })?,
+                    CatalogChange::Mark { path, state, at_ns } => {
+                        tx.catalog_mark(me, path, *state, *at_ns)?;
+                    }
+                    CatalogChange::Remove { path } => tx.catalog_remove(me, path)?,
+                }
+            }
+            tx.commit()
+        });
+        self.note(r)
+    }
+
+    /// This collector's rows of the catalog.
+    pub fn catalog_mine(&self) -> Result<Vec<CatalogFile>, StoreError> {
+        self.read_store(|tx| tx.catalog_of(&self.opts.name))
+    }
+
+    /// The files of `session` (any collector's) whose packets overlap `from_ns..=to_ns`,
+    /// oldest first, at most `limit`; the flag says more matched.
+    pub fn catalog_files(
+        &self,
+        session: &str,
+        from_ns: i64,
+        to_ns: i64,
+        limit: usize,
+    ) -> Result<(Vec<CatalogFile>, bool), Refused> {
+        validate_name(session).map_err(|e| Refused::BadRequest(format!("session: {e}")))?;
+        let mut files = self.read(|tx| tx.catalog_range(session, from_ns, to_ns))?;
+        let more = files.len() > limit;
+        files.truncate(limit);
+        Ok((files, more))
+    }
+}
+
+/// One change to this collector's rows of the catalog of capture files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogChange {
+    /// The row as it is now (its `collector` is set to this collector's name).
+    Put(CatalogFile),
+    /// Only the state changes: what the row says of the file's packets stays.
+    Mark {
+        path: String,
+        state: FileState,
+        at_ns: i64,
+    },
+    /// The row goes (the file was renamed, or never held a capture).
+    Remove { path: String },
 }
 
 /// A long-poll in flight: the probe counts as online while one lives.

@@ -127,7 +127,7 @@ fn parse(q: Option<&str>, now: u64) -> Result<(Request, bool), String> {
 }
 
 /// `%XX` and `+` (a space, as forms send it) decoded.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

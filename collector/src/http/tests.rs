@@ -2092,3 +2092,103 @@ async fn a_fleet_query_merges_the_parts_and_names_who_is_missing() {
         .collect();
     assert_eq!(named, ["c3", "c4"], "{:?}", scan.found);
 }
+
+/// The catalog over the API: a viewer lists a session's files overlapping a range (times in
+/// RFC 3339 or seconds), with paths as stored (relative); the session is a name, never a path.
+#[tokio::test]
+async fn the_catalog_lists_a_sessions_files_overlapping_a_range_to_viewers() {
+    use tapwire_control::CatalogChange;
+    use tapwire_control::store::{CatalogFile, FileState};
+    let h = harness("catalog", None);
+    let t0: i64 = 1_700_000_000_000_000_000;
+    let s = 1_000_000_000;
+    let row = |session: &str, path: &str, first: i64, last: i64, state| {
+        CatalogChange::Put(CatalogFile {
+            collector: String::new(),
+            session: session.into(),
+            path: path.into(),
+            first_ns: Some(first),
+            last_ns: Some(last),
+            packets: 3,
+            bytes: 300,
+            state,
+            updated_ns: last,
+        })
+    };
+    h.ctl
+        .catalog_write(&[
+            row("web", "web_1.pcapng", t0, t0 + 10 * s, FileState::Deleted),
+            row(
+                "web",
+                "web_2.pcapng.gz",
+                t0 + 10 * s,
+                t0 + 20 * s,
+                FileState::Closed,
+            ),
+            row(
+                "web",
+                "web_3.pcapng",
+                t0 + 20 * s,
+                t0 + 21 * s,
+                FileState::Open,
+            ),
+            row("db", "db_1.pcapng", t0, t0 + 30 * s, FileState::Closed),
+        ])
+        .unwrap();
+    let viewer = h.token("v", "viewer").await;
+    let get = |q: &str| {
+        let path = format!("/api/v1/files{q}");
+        let viewer = viewer.clone();
+        let h = &h;
+        async move { h.call("GET", &path, REMOTE, Some(&viewer), None).await }
+    };
+    let (st, v) = get("?session=web").await;
+    assert_eq!(st, 200, "{v}");
+    let paths: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["web_1.pcapng", "web_2.pcapng.gz", "web_3.pcapng"]);
+    assert_eq!(v["truncated"], false);
+    let f = &v["files"][1];
+    assert_eq!(f["collector"], h.ctl.name());
+    assert_eq!(
+        (
+            f["state"].as_str(),
+            f["first_ns"].as_i64(),
+            f["packets"].as_u64()
+        ),
+        (Some("closed"), Some(t0 + 10 * s), Some(3))
+    );
+    // 15 s to 16 s after t0, in seconds since the epoch: only the compressed file, and the
+    // open one (an open file reaches to now) does not start before 20 s.
+    let (st, v) = get(&format!(
+        "?session=web&from={}&to={}",
+        t0 / s + 15,
+        t0 / s + 16
+    ))
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["files"][0]["path"], "web_2.pcapng.gz");
+    let (st, v) = get("?session=web&from=2023-11-14T22:13:45Z").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["files"][0]["path"], "web_3.pcapng", "{v}");
+    for (q, says) in [
+        ("", "session: required"),
+        ("?session=../etc", "session:"),
+        ("?session=web&from=yesterday", "from:"),
+        ("?session=web&session=db", "session: given twice"),
+        ("?session=web&path=/etc/passwd", "unknown parameter"),
+    ] {
+        let (st, v) = get(q).await;
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(v.to_string().contains(says), "{q}: {v}");
+    }
+    let (st, _) = h
+        .call("GET", "/api/v1/files?session=web", REMOTE, None, None)
+        .await;
+    assert_eq!(st, 401);
+}

@@ -20,7 +20,7 @@
 
 pub mod catalog;
 pub mod fleet;
-mod indexed;
+pub(crate) mod indexed;
 pub mod plan;
 mod read;
 #[cfg(test)]

@@ -1181,6 +1181,28 @@ impl Transaction for PgTx<'_> {
         Ok(())
     }
 
+    fn catalog_mark(
+        &mut self,
+        collector: &str,
+        path: &str,
+        state: FileState,
+        updated_ns: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE files SET state = $3, updated_ns = $4 WHERE collector = $1 AND path = $2",
+            &[&collector, &path, &state.name(), &updated_ns],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn catalog_remove(&mut self, collector: &str, path: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM files WHERE collector = $1 AND path = $2",
+            &[&collector, &path],
+        )?;
+        Ok(())
+    }
+
     fn catalog_of(&mut self, collector: &str) -> Result<Vec<CatalogFile>, StoreError> {
         let rows = self.rows(
             &format!("SELECT {FILE_COLS} FROM files WHERE collector = $1 ORDER BY id"),
