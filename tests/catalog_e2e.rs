@@ -301,6 +301,9 @@ fn the_catalog_follows_rotation_deletion_compression_kill_and_an_absent_database
     send(&lab, &c, 320, 200, 320);
     let health = c.get_json("/api/v1/health");
     assert_eq!(health["control"], "disconnected", "{health}");
+    // The files' changes wait, one per file.
+    assert!(health["catalog"]["pending"].as_u64() > Some(0), "{health}");
+    assert_eq!(health["catalog"]["overflowed"], 0, "{health}");
     let missing = on_disk(&out, &session);
     pg.restart();
     // No manual step: the catalog catches up by itself.
@@ -313,5 +316,7 @@ fn the_catalog_follows_rotation_deletion_compression_kill_and_an_absent_database
         |s| s.open == 1 && s.closed == 2,
     );
     eprintln!("after the database came back: {s:?} (files on disk while it was away: {missing:?})");
+    let health = c.get_json("/api/v1/health");
+    assert_eq!(health["catalog"]["pending"], 0, "{health}");
     c.stop("TERM", Duration::from_secs(10));
 }

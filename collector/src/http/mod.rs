@@ -66,6 +66,8 @@ pub(crate) struct ApiState {
     pub(crate) long_polls: Arc<Semaphore>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
     pub(crate) gate: Option<Arc<Gate>>,
+    /// The catalog of capture files' counters (with `--db`), for `/api/v1/health`.
+    pub(crate) catalog: Option<Arc<crate::live::catalog::Counters>>,
 }
 
 impl ApiState {
@@ -85,7 +87,17 @@ impl ApiState {
             query: None,
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
             gate: None,
+            catalog: None,
         }
+    }
+
+    /// Reports the catalog's backlog in `/api/v1/health`.
+    pub(crate) fn with_catalog(
+        mut self,
+        c: Option<Arc<crate::live::catalog::Counters>>,
+    ) -> ApiState {
+        self.catalog = c;
+        self
     }
 
     /// Answers packet queries (`/api/v1/packets`) with `query`.
@@ -258,6 +270,7 @@ async fn health(axum::extract::State(s): axum::extract::State<ApiState>) -> Resp
         ok: true,
         control,
         collector,
+        catalog: s.catalog.as_deref().map(|c| c.backlog()),
     })
     .into_response()
 }
