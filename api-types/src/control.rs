@@ -354,6 +354,19 @@ pub struct Health {
     /// This collector's name in its fleet (with `--db`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector: Option<String>,
+    /// The catalog of capture files' backlog (with `--db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogBacklog>,
+}
+
+/// What the catalog of capture files has not written to the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogBacklog {
+    /// Files whose latest change waits for the database.
+    pub pending: u64,
+    /// Changes dropped since the start (too many waiting): reconciled with the output
+    /// directory once the database answers.
+    pub overflowed: u64,
 }
 
 /// One collector of the fleet.

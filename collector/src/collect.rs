@@ -160,9 +160,11 @@ where
     let mut disk = io::DiskThread::new(io_rx, ev_tx, buf_tx, shared.clone());
     // The catalog of capture files (with --db): the disk thread tells it, never waits for it.
     let mut catalog = None;
+    let mut catalog_counters = None;
     if opts.controller.is_some() {
         let (tx, rx, counters) = catalog::channel();
         disk = disk.with_catalog(tx);
+        catalog_counters = Some(Arc::clone(&counters));
         catalog = Some((rx, counters));
     }
     let disk = std::thread::Builder::new()
@@ -291,7 +293,8 @@ where
             .with_query(Arc::new(http::packets::QueryState::new(
                 out_dir,
                 opts.query_max_bytes,
-            ))),
+            )))
+            .with_catalog(catalog_counters),
             limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;

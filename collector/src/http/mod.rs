@@ -72,6 +72,8 @@ pub(crate) struct ApiState {
     pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
     pub(crate) gate: Option<Arc<Gate>>,
+    /// The catalog of capture files' counters (with `--db`), for `/api/v1/health`.
+    pub(crate) catalog: Option<Arc<crate::live::catalog::Counters>>,
 }
 
 impl ApiState {
@@ -93,7 +95,17 @@ impl ApiState {
             relays: Arc::new(Semaphore::new(relay::MAX_RELAYS)),
             peer_tls: None,
             gate: None,
+            catalog: None,
         }
+    }
+
+    /// Reports the catalog's backlog in `/api/v1/health`.
+    pub(crate) fn with_catalog(
+        mut self,
+        c: Option<Arc<crate::live::catalog::Counters>>,
+    ) -> ApiState {
+        self.catalog = c;
+        self
     }
 
     /// Answers packet queries (`/api/v1/packets`) with `query`.
@@ -271,6 +283,7 @@ async fn health(axum::extract::State(s): axum::extract::State<ApiState>) -> Resp
         ok: true,
         control,
         collector,
+        catalog: s.catalog.as_deref().map(|c| c.backlog()),
     })
     .into_response()
 }

@@ -100,6 +100,15 @@ pub struct Counters {
     resync: AtomicBool,
 }
 
+impl Counters {
+    pub fn backlog(&self) -> tapwire_api_types::control::CatalogBacklog {
+        tapwire_api_types::control::CatalogBacklog {
+            pending: self.pending.load(Ordering::Relaxed),
+            overflowed: self.overflowed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The disk thread's end of the channel: never blocks.
 #[derive(Debug, Clone)]
 pub struct CatalogTx {

@@ -791,21 +791,20 @@ impl DiskThread {
             self.n_open -= 1;
         }
         f.stats.bytes = f.extent.len_bytes();
-        if f.extent.len_bytes() == 0 {
-            self.tell(FileEvent::Dropped {
-                path: f.path.clone(),
-            });
-        } else if f.path.exists() {
-            self.tell(FileEvent::Now {
-                path: f.path.clone(),
-                session: f.session.clone(),
-                stats: f.stats,
-                state: FileState::Closed,
-            });
-        } else {
-            // Its directory was removed meanwhile.
-            self.tell(FileEvent::Deleted {
-                path: f.path.clone(),
+        if self.catalog.is_some() {
+            let path = f.path.clone();
+            self.tell(if f.extent.len_bytes() == 0 {
+                FileEvent::Dropped { path }
+            } else if path.exists() {
+                FileEvent::Now {
+                    path,
+                    session: f.session.clone(),
+                    stats: f.stats,
+                    state: FileState::Closed,
+                }
+            } else {
+                // Its directory was removed meanwhile.
+                FileEvent::Deleted { path }
             });
         }
         if let Some(cmd) = on_finish
