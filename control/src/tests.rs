@@ -606,8 +606,19 @@ fn member(
     engine: FakeEngine,
     clock: Arc<FakeClock>,
 ) -> Harness {
+    member_on(b, b.open(), name, advertise, engine, clock)
+}
+
+/// [`member`] on a store opened by the caller.
+fn member_on(
+    b: &Backend,
+    mut store: Box<dyn crate::store::Store>,
+    name: &str,
+    advertise: &str,
+    engine: FakeEngine,
+    clock: Arc<FakeClock>,
+) -> Harness {
     let engine = Arc::new(engine);
-    let mut store = b.open();
     if b.location.is_postgres() && !store.begin().unwrap().has_admin().unwrap() {
         tokens::create_offline(
             &mut *store,
@@ -1070,6 +1081,63 @@ fn postgres_a_revocation_reaches_the_other_collector_by_notification() {
     assert!(
         refused < crate::fleet::TOKEN_CACHE,
         "refused {refused:?} after the revocation"
+    );
+}
+
+/// Behind a pooler in transaction mode (PgBouncer) `LISTEN` hears nothing: a collector whose
+/// store tells of no commits still takes another's change, at its next heartbeat.
+#[test]
+fn postgres_without_notifications_a_change_arrives_by_heartbeat() {
+    /// The database without its notifications.
+    struct Deaf(Box<dyn crate::store::Store>);
+    impl crate::store::Store for Deaf {
+        fn begin(
+            &mut self,
+        ) -> Result<Box<dyn crate::store::Transaction + '_>, crate::store::StoreError> {
+            self.0.begin()
+        }
+    }
+    let Some(b) = Backend::postgres("deaf") else {
+        return;
+    };
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let c = member_on(
+        &b,
+        Box::new(Deaf(b.open())),
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let fleet = c.ctl.spawn_fleet(Arc::clone(&stop)).unwrap();
+    let mut req = create("x");
+    req.collector = Some("b".into());
+    let t0 = Instant::now();
+    a.ctl.create_session(&Caller::system("ops"), req).unwrap();
+    let taken = loop {
+        if last_given(&c) == ["x"] {
+            break Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop.store(true, Ordering::Relaxed);
+    fleet.join().unwrap();
+    let taken = taken.expect("b never ran the session pinned to it");
+    // One heartbeat, and the time to read the view under a loaded test run.
+    assert!(
+        taken < crate::fleet::HEARTBEAT * 3,
+        "b ran it {taken:?} after the change"
     );
 }
 
