@@ -1511,6 +1511,16 @@ async fn closed_after(c: &mut tokio::net::TcpStream, within: Duration) -> Option
     }
 }
 
+/// How many connections `gate` closed for `why`. A connection is counted just after its socket
+/// closes, so a client may see the close first: wait up to 2 s for the count.
+async fn counted(gate: &Gate, why: Closed) -> u64 {
+    let t0 = Instant::now();
+    while gate.closed(why) == 0 && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.closed(why)
+}
+
 /// Whether the server has closed `c` already (EOF or reset seen within 50 ms).
 async fn is_closed(c: &mut tokio::net::TcpStream) -> bool {
     closed_after(c, Duration::from_millis(50)).await.is_some()
@@ -1728,7 +1738,7 @@ async fn slowloris_idle_and_silent_tls_connections_are_cut_at_their_timeouts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(cut >= Duration::from_millis(400), "cut at {cut:?}");
-    assert_eq!(gate.closed(Closed::HeaderTimeout), 1);
+    assert_eq!(counted(&gate, Closed::HeaderTimeout).await, 1);
 
     let mut idle = tiny(16, 16);
     idle.idle = Duration::from_millis(300);
@@ -1739,7 +1749,7 @@ async fn slowloris_idle_and_silent_tls_connections_are_cut_at_their_timeouts() {
         cut.is_some_and(|d| d >= Duration::from_millis(250)),
         "{cut:?}"
     );
-    assert_eq!(gate.closed(Closed::Idle), 1);
+    assert_eq!(counted(&gate, Closed::Idle).await, 1);
 
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = std::env::temp_dir().join(format!("tapwire-tls-cut-{}", std::process::id()));
@@ -1762,7 +1772,7 @@ async fn slowloris_idle_and_silent_tls_connections_are_cut_at_their_timeouts() {
         cut.is_some_and(|d| d >= Duration::from_millis(250)),
         "{cut:?}"
     );
-    assert_eq!(gate.closed(Closed::TlsHandshake), 1);
+    assert_eq!(counted(&gate, Closed::TlsHandshake).await, 1);
 }
 
 #[tokio::test]
