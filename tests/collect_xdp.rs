@@ -365,3 +365,52 @@ fn an_mtu_raised_past_what_is_steered_leaves_the_interface_to_the_sockets() {
     });
     assert!(xdp_on(&lab, &col, "dum0"));
 }
+
+/// Without CAP_IPC_LOCK the kernel charges the UMEM to RLIMIT_MEMLOCK: a limit below the
+/// default 64 MiB (6 MiB, under the usual 8 MiB hard limit, which only CAP_SYS_RESOURCE may
+/// raise) cuts the UMEM to what fits (halved down to 4 MiB), says so, and the input runs.
+#[test]
+fn a_locked_memory_limit_cuts_the_umem_and_says_so() {
+    for tool in ["setpriv", "prlimit"] {
+        tapwire_tests::require(tool);
+    }
+    let lab = Lab::new("xdp-memlock");
+    let col = lab.ns("col").to_string();
+    let tapwire = tapwire_tests::bin("tapwire");
+    let out = lab.dir().join("out");
+    let mut p = lab.spawn(
+        &col,
+        &[
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "prlimit",
+            "--memlock=6291456:6291456",
+            tapwire.to_str().unwrap(),
+            "collect",
+            "--no-tui",
+            "--out",
+            out.to_str().unwrap(),
+            "--api",
+            "off",
+            "--xdp",
+            "col0",
+        ],
+    );
+    let log = wait_until(
+        Duration::from_secs(10),
+        "the XDP input's start line",
+        || {
+            let e = p.stderr();
+            e.contains(ATTACHED).then_some(e)
+        },
+    );
+    assert!(
+        log.contains("XDP UMEM on col0 cut to 4 MiB by the locked-memory limit"),
+        "{log}"
+    );
+    assert!(log.contains("4 MiB of UMEM in 2048-byte chunks"), "{log}");
+    assert!(xdp_on(&lab, &col, "col0"));
+    p.signal("TERM");
+    p.wait_timeout(STOP_WITHIN).expect("collector stops");
+}
