@@ -21,6 +21,7 @@ use serde_json::Value;
 use tapwire_tests::collector::{self, Collector};
 use tapwire_tests::netns::{Lab, Proc, poll_until, wait_until};
 use tapwire_tests::pg::{self, Pg};
+use tapwire_tests::query::{Packet, assert_same, packets, tcpdump_mergecap};
 use tapwire_tests::{bin, require, run_ok};
 
 const A: &str = "10.90.1.2";
@@ -737,4 +738,344 @@ fn a_database_collect_cannot_use_stops_it_at_start_with_exit_2() {
         "the newer database was not touched"
     );
     drop(lab);
+}
+
+/// Nanoseconds since the epoch, now.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// `t_ns` as RFC 3339 with nanoseconds.
+fn rfc3339(t_ns: u64) -> String {
+    run_ok(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{}.{:09}", t_ns / 1_000_000_000, t_ns % 1_000_000_000),
+        "+%Y-%m-%dT%H:%M:%S.%NZ",
+    ]))
+    .trim()
+    .to_string()
+}
+
+/// Capture files (not indexes) of `session` in each of `outs`, a's first.
+fn session_files(outs: &[&PathBuf], session: &str) -> Vec<PathBuf> {
+    outs.iter()
+        .flat_map(|o| collector::files_with_prefix(o, &format!("{session}_")))
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .collect()
+}
+
+impl Fleet {
+    /// `tapwire query` asked of collector `addr` over HTTPS with `token`, from host1: its
+    /// answer's packets and its stderr.
+    fn query(&self, addr: &str, token: &str, args: &[&str], out: &Path) -> (Vec<Packet>, String) {
+        let tapwire = bin("tapwire");
+        let url = format!("https://{addr}:9760");
+        let mut cmd = vec![tapwire.to_str().unwrap(), "query", "--api", &url];
+        cmd.extend_from_slice(&["--ca", self.cert.to_str().unwrap(), "--token", token]);
+        cmd.extend_from_slice(&["-w", out.to_str().unwrap()]);
+        cmd.extend_from_slice(args);
+        let o = self.lab.exec(&self.host1, &cmd);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "tapwire query on {addr}: {err}");
+        tapwire_tests::validate_capture(out);
+        (packets(out), err)
+    }
+}
+
+/// Issues 17 and 18 in a fleet. A session owned by a receives traffic; a is killed; the
+/// session moves to b and traffic goes on there; a comes back. One query for the range that
+/// spans the failover, asked of b and of a (`tapwire query` and `GET /api/v1/packets`),
+/// returns the packets of both collectors' files exactly as `tcpdump -r` over all of them
+/// and `mergecap` do. With a stopped, b's answer names a (comment, trailer, the CLI's
+/// stderr) and still holds b's part. `tshark -i tapwire-s1` through the extcap pointed at
+/// a, which does not own the session, records its live packets (relayed from b).
+#[test]
+fn a_query_spans_a_failover_and_a_live_stream_comes_through_a_non_owner() {
+    for tool in ["tcpdump", "mergecap", "tshark", "curl"] {
+        require(tool);
+    }
+    let pg = Pg::start("fleet-query").expect("PostgreSQL");
+    let t = Fleet::new(&pg);
+    // The collectors reach each other's APIs through host1.
+    t.lab
+        .exec_ok(&t.host1, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    t.lab
+        .exec_ok(&t.ns[0], &["ip", "route", "add", "10.90.2.0/24", "via", HA]);
+    t.lab
+        .exec_ok(&t.ns[1], &["ip", "route", "add", "10.90.1.0/24", "via", HB]);
+    let made = run_ok(Command::new(bin("tapwire")).args([
+        "token", "create", "--db", &t.db, "--name", "root", "--role", "admin", "--json",
+    ]));
+    let admin: Value = serde_json::from_str(&made).unwrap();
+    let admin = admin["token"].as_str().unwrap().to_string();
+    let mut cols = vec![Some(t.collector(0)), Some(t.collector(1))];
+    let both_live = |from: usize| {
+        wait_until(Duration::from_secs(15), "both collectors live", || {
+            let f = t.get(from, "/api/v1/fleet")?;
+            let live = f["collectors"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["state"] == "live")
+                .count();
+            (live == 2).then_some(())
+        })
+    };
+    both_live(0);
+    let token = |name: &str, role: &str| {
+        let v = t.json(
+            A,
+            &admin,
+            &["token", "create", "--name", name, "--role", role],
+        );
+        v["token"].as_str().unwrap().to_string()
+    };
+    let (op, viewer, h1) = (
+        token("op", "operator"),
+        token("v", "viewer"),
+        token("h1", "probe"),
+    );
+    t.json(B, &op, &["session", "create", "s1"]);
+    let owners = wait_until(Duration::from_secs(5), "s1 placed", || {
+        let o = t.owners(0)?;
+        (o.len() == 1).then_some(o)
+    });
+    // Ties go by name: a.
+    assert_eq!(owners, [("s1".to_string(), "a".to_string())]);
+    t.json(
+        A,
+        &op,
+        &[
+            "flow",
+            "create",
+            "--probe",
+            "h1",
+            "--name",
+            "vm1",
+            "--interface",
+            "tap1",
+            "--session",
+            "s1",
+        ],
+    );
+    let _probe = t.probe(&h1);
+    wait_until(Duration::from_secs(15), "the probe to send s1 to a", || {
+        let f = t.probe_flows();
+        (f.first().map(|x| (x.1.as_str(), x.2.as_str())) == Some((A, "running"))).then_some(())
+    });
+    let from_ns = now_ns();
+    assert_eq!(t.ping(&t.vm1, VM1_SIZE, 20, "0.02"), 20);
+    wait_until(Duration::from_secs(5), "the pings in a's files", || {
+        (requests(&t.out[0], "s1", VM1_SIZE) == 20).then_some(())
+    });
+    // Traffic on while a is killed: s1 moves to b, the probe follows.
+    let mut pinger = t.lab.spawn(
+        &t.vm1,
+        &["ping", "-q", "-c", "200", "-i", "0.05", "-s", "111", TAP1],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_ns = now_ns();
+    cols[0].as_mut().unwrap().proc.signal("KILL");
+    cols[0]
+        .as_mut()
+        .unwrap()
+        .proc
+        .wait_timeout(Duration::from_secs(5));
+    wait_until(Duration::from_secs(15), "the probe to send s1 to b", || {
+        let f = t.probe_flows();
+        (f.first().map(|x| x.1.as_str()) == Some(B)).then_some(())
+    });
+    pinger.wait_ok(Duration::from_secs(60));
+    wait_until(Duration::from_secs(5), "pings in b's files", || {
+        (requests(&t.out[1], "s1", VM1_SIZE) > 0).then_some(())
+    });
+    // a comes back (s1 stays on b).
+    cols[0] = None;
+    cols[0] = Some(t.collector(0));
+    both_live(1);
+    std::thread::sleep(Duration::from_secs(1));
+    let to_ns = now_ns();
+    let range = [
+        "--session",
+        "s1",
+        "--from",
+        &rfc3339(from_ns),
+        "--to",
+        &rfc3339(to_ns),
+    ];
+    let mut args = range.to_vec();
+    args.push("icmp");
+
+    let files = session_files(&[&t.out[0], &t.out[1]], "s1");
+    let oracle = t.dir.join("oracle");
+    std::fs::create_dir_all(&oracle).unwrap();
+    let expected = tcpdump_mergecap(&files, "icmp", from_ns, to_ns, &oracle);
+    let before = expected.iter().filter(|p| p.0 < killed_ns).count();
+    assert!(
+        before >= 40 && before < expected.len(),
+        "packets on both sides of the failover: {before} of {}",
+        expected.len()
+    );
+    for (addr, name) in [(B, "b"), (A, "a")] {
+        let out = t.dir.join(format!("query-{name}.pcapng"));
+        let (got, err) = t.query(addr, &viewer, &args, &out);
+        assert!(!err.contains("could not be read"), "{err}");
+        let comments = run_ok(Command::new("capinfos").arg("-k").arg(&out));
+        assert!(
+            comments.contains("parts from collectors a, b"),
+            "{name}'s answer:\n{comments}\ncatalog: {:?}",
+            t.get(1, "/api/v1/files?session=s1")
+        );
+        assert_same(&format!("tapwire query asked of {name}"), &expected, &got);
+    }
+    // The API itself, with curl: the same packets; the trailer, asked for, names nobody.
+    let url = format!(
+        "https://{B}:9760/api/v1/packets?session=s1&from={}&to={}&filter=icmp",
+        rfc3339(from_ns),
+        rfc3339(to_ns)
+    );
+    let curl = |out: &Path, raw: bool| {
+        let auth = format!("Authorization: Bearer {viewer}");
+        let mut cmd = vec!["curl", "-sSf", "--max-time", "30", "--cacert"];
+        cmd.push(t.cert.to_str().unwrap());
+        cmd.extend_from_slice(&[
+            "-H",
+            &auth,
+            "-H",
+            "TE: trailers",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        if raw {
+            cmd.push("--raw");
+        }
+        cmd.push(&url);
+        let o = t.lab.exec(&t.host1, &cmd);
+        assert!(
+            o.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let api_out = t.dir.join("api.pcapng");
+    curl(&api_out, false);
+    let got = packets(&api_out);
+    assert_same("GET /api/v1/packets on b", &expected, &got);
+    // Without a token, from another host: 401 as before (the fleet adds no open path).
+    let o = t.lab.exec(
+        &t.host1,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            t.cert.to_str().unwrap(),
+            &url,
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "401");
+
+    // Live: tshark through the extcap, pointed at a (its loopback API), records s1's packets,
+    // which b runs.
+    let home = t.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env_home = format!("HOME={}", home.display());
+    t.lab.exec_ok(
+        &t.ns[0],
+        &[
+            "env",
+            &env_home,
+            bin("tapwire").to_str().unwrap(),
+            "extcap",
+            "install",
+        ],
+    );
+    let listed = t.lab.exec(&t.ns[0], &["env", &env_home, "tshark", "-D"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed
+            .contains("tapwire-s1 (tapwire session s1: on collector b (live), streamed through a)"),
+        "tshark -D on a:\n{listed}"
+    );
+    let live = t.dir.join("live.pcapng");
+    let n = 10;
+    let mut tshark = t.lab.spawn(
+        &t.ns[0],
+        &[
+            "env",
+            &env_home,
+            "tshark",
+            "-i",
+            "tapwire-s1",
+            "-a",
+            &format!("packets:{n}"),
+            "-a",
+            "duration:60",
+            "-w",
+            live.to_str().unwrap(),
+        ],
+    );
+    // Streaming once b has a subscriber (the relay).
+    wait_until(
+        Duration::from_secs(20),
+        "b to serve the relayed stream",
+        || {
+            let s = t.get(1, "/api/v1/sessions")?;
+            let s1 = s["sessions"]
+                .as_array()?
+                .iter()
+                .find(|x| x["name"] == "s1")?
+                .clone();
+            (!s1["streams"]["subscribers"].as_array()?.is_empty()).then_some(())
+        },
+    );
+    let before_live = now_ns();
+    t.ping(&t.vm1, VM1_SIZE, 20, "0.05");
+    tshark.wait_ok(Duration::from_secs(60));
+    let recorded = packets(&live);
+    assert_eq!(recorded.len(), n, "tshark through a recorded");
+    let b_files = session_files(&[&t.out[1]], "s1");
+    let in_b = tcpdump_mergecap(&b_files, "", before_live, now_ns(), &oracle);
+    for p in &recorded {
+        assert!(
+            in_b.contains(p),
+            "a live packet (t {}) not in b's files as recorded",
+            p.0
+        );
+    }
+
+    // a stopped: b answers with its part and names a, in the output, the trailer and on
+    // tapwire query's stderr.
+    cols[0].as_mut().unwrap().proc.signal("KILL");
+    cols[0]
+        .as_mut()
+        .unwrap()
+        .proc
+        .wait_timeout(Duration::from_secs(5));
+    let out = t.dir.join("query-without-a.pcapng");
+    let (got, err) = t.query(B, &viewer, &args, &out);
+    assert!(err.contains("collector a could not be read"), "{err}");
+    let only_b = tcpdump_mergecap(&b_files, "icmp", from_ns, to_ns, &oracle);
+    let only_b: Vec<Packet> = only_b.into_iter().filter(|p| p.0 <= to_ns).collect();
+    assert_same("b's part without a", &only_b, &got);
+    let comments = run_ok(Command::new("capinfos").arg("-k").arg(&out));
+    assert!(
+        comments.contains("collector a could not be read"),
+        "{comments}"
+    );
+    let raw = t.dir.join("raw.txt");
+    curl(&raw, true);
+    let raw = std::fs::read(&raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.contains("x-tapwire-unreachable: a ("),
+        "no trailer naming a in the raw response"
+    );
+    drop(cols);
 }

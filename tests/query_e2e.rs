@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tapwire_tests::collector::{API, Collector, read_captures};
 use tapwire_tests::netns::{COL_V4, Lab};
+use tapwire_tests::query::{Packet, assert_same, packets, tcpdump_mergecap};
 use tapwire_tests::senders::{self, MirrorSend};
 use tapwire_tests::{
     TempDir, bin, capture_files as public_files, captures_dir, require, run, run_ok,
@@ -23,77 +24,6 @@ const PER_SESSION: u32 = 60;
 /// The second API listener, reached from the sender's namespace (not the loopback, so a
 /// request without a token is refused).
 const LISTEN_PORT: u16 = 9760;
-
-/// One packet as tshark reads it: nanoseconds since the epoch and the frame's bytes.
-type Packet = (u64, Vec<u8>);
-
-/// The packets of `files`, each file cut with `tcpdump -r FILE -w PART FILTER` at nanosecond
-/// precision, the parts merged by `mergecap`, and then kept in `from_ns..=to_ns`.
-fn tcpdump_mergecap(
-    files: &[PathBuf],
-    filter: &str,
-    from_ns: u64,
-    to_ns: u64,
-    tmp: &Path,
-) -> Vec<Packet> {
-    let mut parts = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        let part = tmp.join(format!("part{i}.pcap"));
-        let mut cmd = Command::new("tcpdump");
-        cmd.args(["-Z", "root", "--time-stamp-precision=nano", "-r"])
-            .arg(f)
-            .arg("-w")
-            .arg(&part);
-        if !filter.is_empty() {
-            cmd.arg(filter);
-        }
-        run_ok(&mut cmd);
-        parts.push(part);
-    }
-    let merged = tmp.join("merged.pcapng");
-    run_ok(
-        Command::new("mergecap")
-            .args(["-F", "pcapng", "-w"])
-            .arg(&merged)
-            .args(&parts),
-    );
-    packets(&merged)
-        .into_iter()
-        .filter(|(t, _)| (from_ns..=to_ns).contains(t))
-        .collect()
-}
-
-/// The packets of one capture (checked with captype and capinfos, read with tshark).
-fn packets(path: &Path) -> Vec<Packet> {
-    let (frames, times) = read_captures(&[path.to_path_buf()]).pop().unwrap();
-    times.into_iter().zip(frames).collect()
-}
-
-/// The query's answer is the oracle's: the same packets with the same timestamps, in time
-/// order (mergecap's order up to packets with equal timestamps).
-fn assert_same(what: &str, expected: &[Packet], got: &[Packet]) {
-    assert!(
-        got.windows(2).all(|w| w[0].0 <= w[1].0),
-        "{what}: not in time order: {:?}",
-        got.iter().map(|p| p.0).collect::<Vec<_>>()
-    );
-    let sorted = |v: &[Packet]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    let (e, g) = (sorted(expected), sorted(got));
-    if e != g {
-        let times = |v: &[Packet]| v.iter().map(|p| p.0).collect::<Vec<_>>();
-        panic!(
-            "{what}: {} packets expected (tcpdump -r + mergecap), {} returned\n expected times {:?}\n got times      {:?}",
-            e.len(),
-            g.len(),
-            times(&e),
-            times(&g)
-        );
-    }
-}
 
 /// `tapwire query --dir OUT ... -w FILE`; its stderr summary.
 fn query_dir(out: &Path, args: &[&str], filter: &str, w: &Path) -> String {

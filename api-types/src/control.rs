@@ -354,6 +354,19 @@ pub struct Health {
     /// This collector's name in its fleet (with `--db`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector: Option<String>,
+    /// The catalog of capture files' backlog (with `--db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogBacklog>,
+}
+
+/// What the catalog of capture files has not written to the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogBacklog {
+    /// Files whose latest change waits for the database.
+    pub pending: u64,
+    /// Changes dropped since the start (too many waiting): reconciled with the output
+    /// directory once the database answers.
+    pub overflowed: u64,
 }
 
 /// One collector of the fleet.
@@ -387,6 +400,37 @@ pub struct Fleet {
     pub control: ControlState,
     pub collectors: Vec<FleetMember>,
 }
+
+/// One capture file of the catalog (`GET /api/v1/files`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFile {
+    /// The collector that wrote it (its fleet name).
+    pub collector: String,
+    pub session: String,
+    /// Relative to that collector's output directory (`--out`).
+    pub path: String,
+    /// Capture time of its earliest and latest packet, nanoseconds since the epoch.
+    pub first_ns: Option<i64>,
+    pub last_ns: Option<i64>,
+    pub packets: u64,
+    /// Size of the file at `path` (compressed, for a `.gz`).
+    pub bytes: u64,
+    /// `open` (being written), `closed` or `deleted`.
+    pub state: String,
+    /// When the row last changed, nanoseconds since the epoch.
+    pub updated_ns: i64,
+}
+
+/// `GET /api/v1/files`: a session's files whose packets overlap `from..=to`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFiles {
+    pub files: Vec<CaptureFile>,
+    /// More files matched than one answer holds ([`MAX_CATALOG_FILES`]): narrow the range.
+    pub truncated: bool,
+}
+
+/// The most files one `GET /api/v1/files` answer lists.
+pub const MAX_CATALOG_FILES: usize = 10_000;
 
 /// One entry of `GET /api/v1/fleet/sd` (Prometheus `http_sd_config`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,6 +58,11 @@ pub struct ControlArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs the fleet's collector certificates: this collector checks the
+    /// others' HTTPS APIs with it when it asks them for query parts and live streams
+    /// [default: the --tls-cert file].
+    #[arg(long, value_name = "FILE", requires = "db")]
+    pub peer_ca: Option<PathBuf>,
     /// Flows a probe may have, unless changed per probe (`tapwire probe set`).
     #[arg(long, value_name = "N", default_value_t = 64, requires = "db")]
     pub probe_max_flows: u32,
@@ -122,6 +127,17 @@ pub fn collect_options(
         (Some(c), Some(k)) => Some(tapwire_collector::http::tls::server_config(c, k)?),
         _ => None,
     };
+    let peers = match (&a.peer_ca, &a.tls_cert) {
+        (Some(ca), _) => Some(tapwire_collector::http::tls::peer_client_config(
+            ca,
+            "--peer-ca",
+        )?),
+        (None, Some(cert)) => Some(tapwire_collector::http::tls::peer_client_config(
+            cert,
+            "--tls-cert",
+        )?),
+        (None, None) => None,
+    };
     if let Some(ip) = a.advertise.filter(|ip| !tapwire_control::advertisable(*ip)) {
         return Err(format!(
             "--advertise: {ip} is not a unicast address probes can send to"
@@ -158,7 +174,7 @@ pub fn collect_options(
             lease: tapwire_control::fleet::LEASE,
             heartbeat: tapwire_control::fleet::HEARTBEAT,
         }),
-        a.listen.map(|addr| Listen { addr, tls }),
+        a.listen.map(|addr| Listen { addr, tls, peers }),
     ))
 }
 

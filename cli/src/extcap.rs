@@ -22,6 +22,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use tapwire_api_types::control::{CollectorState, Fleet};
 use tapwire_api_types::{SessionState, SessionStats, Snapshot};
 use tapwire_client::Client;
 use tapwire_netio::outln;
@@ -170,12 +171,52 @@ pub fn run(args: ExtcapArgs) -> ExitCode {
 /// one interface `tapwire` whose name says why (capturing it gives the error in full), so
 /// that Wireshark shows the problem instead of nothing.
 fn interfaces(p: &Protocol) -> ExitCode {
+    let mut fleet = None;
     let listed = client(p).and_then(|c| {
-        c.get::<Snapshot>(tapwire_api_types::SESSIONS_PATH)
-            .map_err(|e| format!("{}: {}", c.base(), e.message))
+        let snap = c
+            .get::<Snapshot>(tapwire_api_types::SESSIONS_PATH)
+            .map_err(|e| format!("{}: {}", c.base(), e.message))?;
+        // With a control plane, the fleet's other collectors' sessions too (streamed from
+        // their owner through this collector); a collector without one has no fleet.
+        if snap.control.is_some() {
+            fleet = c.get::<Fleet>("/api/v1/fleet").ok();
+        }
+        Ok(snap)
     });
-    tapwire_netio::stdout::write_all(&interface_lines(&listed));
+    let mut out = interface_lines(&listed);
+    if let (Ok(snap), Some(f)) = (&listed, &fleet) {
+        out += &fleet_lines(snap, f);
+    }
+    tapwire_netio::stdout::write_all(&out);
     ExitCode::SUCCESS
+}
+
+/// One interface per session that another collector of the fleet runs (not in `snap`).
+pub fn fleet_lines(snap: &Snapshot, fleet: &Fleet) -> String {
+    let mut out = String::new();
+    for c in fleet
+        .collectors
+        .iter()
+        .filter(|c| c.name != fleet.collector)
+    {
+        let state = match c.state {
+            CollectorState::Live => "live",
+            CollectorState::Dead => "dead",
+        };
+        for s in &c.sessions {
+            if snap.sessions.iter().any(|x| &x.name == s) {
+                continue;
+            }
+            out += &format!(
+                "interface {{value={PREFIX}{s}}}{{display={}}}\n",
+                escape(&format!(
+                    "tapwire session {s}: on collector {} ({state}), streamed through {}",
+                    c.name, fleet.collector
+                ))
+            );
+        }
+    }
+    out
 }
 
 /// The `--extcap-interfaces` answer for a listing (or the error listing it).
@@ -486,6 +527,7 @@ pub fn started_as_extcap(argv0: &std::ffi::OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tapwire_api_types::control::FleetMember;
 
     const FOLDERS_4_0: &str = "Temp:                \t/tmp\n\
         Personal configuration:\t/home/u/.config/wireshark\n\
@@ -543,6 +585,42 @@ mod tests {
         ));
         assert!(
             config_lines("http://x:1").contains("{call=--token}{display=API token}{type=password}")
+        );
+    }
+
+    #[test]
+    fn the_fleets_other_sessions_are_interfaces_too() {
+        let snap: Snapshot = serde_json::from_str(
+            &serde_json::to_string(&tapwire_tui::fixture::snapshot(0)).unwrap(),
+        )
+        .unwrap();
+        let here = snap.sessions[0].name.clone();
+        let member = |name: &str, state, sessions: Vec<String>| FleetMember {
+            name: name.into(),
+            state,
+            lease_age_s: 0.0,
+            advertise: None,
+            api_url: None,
+            version: String::new(),
+            started: String::new(),
+            sessions,
+            pps: 0.0,
+            lost: 0,
+            packets: 0,
+        };
+        let fleet = Fleet {
+            collector: "a".into(),
+            control: tapwire_api_types::control::ControlState::Connected,
+            collectors: vec![
+                member("a", CollectorState::Live, vec![here.clone()]),
+                member("b", CollectorState::Live, vec!["web".into(), here]),
+                member("c", CollectorState::Dead, vec!["db".into()]),
+            ],
+        };
+        assert_eq!(
+            fleet_lines(&snap, &fleet),
+            "interface {value=tapwire-web}{display=tapwire session web: on collector b (live), streamed through a}\n\
+             interface {value=tapwire-db}{display=tapwire session db: on collector c (dead), streamed through a}\n"
         );
     }
 

@@ -17,6 +17,7 @@ use tapwire_api_types::time::{parse_time, rfc3339_ns};
 use tapwire_client::{Client, query_string};
 use tapwire_collector::live::engine::now_ns;
 use tapwire_collector::query::catalog::LocalDirs;
+use tapwire_collector::query::fleet::LeftOutScan;
 use tapwire_collector::query::{self, QueryError, Request};
 
 #[derive(Args, Debug)]
@@ -170,6 +171,24 @@ fn from_dir(dir: &std::path::Path, req: &Request, a: &QueryArgs) -> Result<Strin
     }
 }
 
+/// The output, with the answer looked through for collectors left out.
+struct Scanned {
+    out: Box<dyn Write>,
+    scan: LeftOutScan,
+}
+
+impl Write for Scanned {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.scan.feed(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 fn from_api(req: &Request, a: &QueryArgs) -> Result<String, ExitCode> {
     let base = a
         .api
@@ -202,8 +221,16 @@ fn from_api(req: &Request, a: &QueryArgs) -> Result<String, ExitCode> {
     let estimate = answer
         .header("x-tapwire-estimate-bytes")
         .map(str::to_string);
-    let mut out = output(a)?;
-    match io::copy(&mut answer.body, &mut out).and_then(|n| out.flush().map(|()| n)) {
+    let mut out = Scanned {
+        out: output(a)?,
+        scan: LeftOutScan::default(),
+    };
+    let copied = io::copy(&mut answer.body, &mut out).and_then(|n| out.flush().map(|()| n));
+    // Collectors of a fleet the answer had to leave out: said whatever happened after.
+    for c in &out.scan.found {
+        eprintln!("tapwire query: {c}");
+    }
+    match copied {
         Ok(n) => Ok(format!(
             "{n} bytes written (the index estimated at most {} bytes of capture to read)",
             estimate.as_deref().unwrap_or("?")

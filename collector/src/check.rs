@@ -87,8 +87,32 @@ pub fn describe(o: &CollectOptions) -> String {
             t,
             "sessions of the control plane: in its database (tapwire session list)"
         );
+        catalog(&mut t, &s.out, &o.config.sessions);
     }
     t
+}
+
+/// Which files the catalog of capture files (with `--db`) lists: those beneath `out`; a
+/// session writing elsewhere is named.
+fn catalog(t: &mut String, out: &Path, sessions: &[SessionConfig]) {
+    let _ = writeln!(
+        t,
+        "catalog of capture files: in the database, the files beneath {} (GET /api/v1/files)",
+        out.display()
+    );
+    for c in sessions {
+        if let Some(d) = c.files.as_ref().and_then(|f| f.dir.as_deref())
+            && d.is_absolute()
+            && !d.starts_with(out)
+        {
+            let _ = writeln!(
+                t,
+                "  session {}: not catalogued (its files go to {}, outside --out)",
+                c.name,
+                d.display()
+            );
+        }
+    }
 }
 
 fn session(t: &mut String, c: &SessionConfig, out: &Path) {
@@ -205,6 +229,36 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn sessions_writing_outside_out_are_named_as_not_catalogued() {
+        let session = |name: &str, dir: Option<&str>| SessionConfig {
+            name: name.into(),
+            enabled: true,
+            sources: Vec::new(),
+            filter: None,
+            files: Some(FilesConfig {
+                dir: dir.map(Into::into),
+                ..FilesConfig::default()
+            }),
+            tap: None,
+        };
+        let mut t = String::new();
+        catalog(
+            &mut t,
+            Path::new("/srv/cap"),
+            &[
+                session("a", None),
+                session("b", Some("web")),
+                session("c", Some("/srv/cap/c")),
+                session("d", Some("/var/d")),
+            ],
+        );
+        assert_eq!(
+            t,
+            "catalog of capture files: in the database, the files beneath /srv/cap (GET /api/v1/files)\n  session d: not catalogued (its files go to /var/d, outside --out)\n"
+        );
+    }
 
     #[test]
     fn settings_read_as_a_user_writes_them() {

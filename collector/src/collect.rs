@@ -21,6 +21,7 @@ use tapwire_control::auth::Caller;
 
 use crate::config::Config;
 use crate::http;
+use crate::live::catalog;
 use crate::live::control_plane::{EngineLink, SystemClock};
 use crate::live::coverage::{self, Covered, coverages, describe};
 use crate::live::engine::{self, Engine, Settings};
@@ -162,7 +163,16 @@ where
     let (io_tx, io_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
     let (buf_tx, buf_rx) = unbounded();
-    let disk = io::DiskThread::new(io_rx, ev_tx, buf_tx, shared.clone());
+    let mut disk = io::DiskThread::new(io_rx, ev_tx, buf_tx, shared.clone());
+    // The catalog of capture files (with --db): the disk thread tells it, never waits for it.
+    let mut catalog = None;
+    let mut catalog_counters = None;
+    if opts.controller.is_some() {
+        let (tx, rx, counters) = catalog::channel();
+        disk = disk.with_catalog(tx);
+        catalog_counters = Some(Arc::clone(&counters));
+        catalog = Some((rx, counters));
+    }
     let disk = std::thread::Builder::new()
         .name("tapwire-disk".into())
         .spawn(move || disk.run())?;
@@ -206,6 +216,7 @@ where
     engine.prefault_output_buffers(PREFAULT_OUTPUT_BUFFERS);
     // The controller queues the API's sessions before the engine runs: they are in place
     // before the first packet is routed.
+    let mut catalog_thread = None;
     let controller = match opts.controller {
         Some(c) => {
             let store = tapwire_control::store::open(&c.db)
@@ -221,6 +232,14 @@ where
             }));
             // Heartbeats, the fleet's changes, failover: never on the packet path.
             ctl.spawn_fleet(stop.clone())?;
+            if let Some((rx, counters)) = catalog.take() {
+                catalog_thread = Some(catalog::spawn(
+                    Arc::clone(&ctl),
+                    rx,
+                    out_dir.clone(),
+                    counters,
+                )?);
+            }
             Some(ctl)
         }
         None => None,
@@ -281,7 +300,8 @@ where
             .with_query(Arc::new(http::packets::QueryState::new(
                 out_dir,
                 opts.query_max_bytes,
-            ))),
+            )))
+            .with_catalog(catalog_counters),
             limits,
         )
         .map_err(|e| StartError(format!("{what}: {e}")))?;
@@ -305,6 +325,17 @@ where
     let deadline = Instant::now() + Duration::from_millis(1800);
     let _ = io_tx.send(io::Cmd::Shutdown { deadline });
     let _ = disk.join();
+    // The disk thread told the catalog of the files it closed: written if the database
+    // answers soon; otherwise the next start reconciles them.
+    if let Some(t) = catalog_thread {
+        let until = Instant::now() + Duration::from_secs(2);
+        while !t.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
     // The engine ended every live stream; their last statistics and the end of each response
     // are written before the process exits (a reader that stopped reading is not waited for
     // past the deadline).

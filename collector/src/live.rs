@@ -10,8 +10,10 @@
 //!   the engine keeps them.
 //! - [`io`]: the disk thread; [`tap`]: a session's monitor TAP; [`stream`]: a session's live
 //!   streams (the engine's half).
-//! - [`control_plane`]: the engine as the control plane sees it.
+//! - [`control_plane`]: the engine as the control plane sees it; [`catalog`]: the catalog of
+//!   capture files in the control plane's store (with `--db`).
 
+pub mod catalog;
 pub mod control_plane;
 pub mod coverage;
 pub mod engine;

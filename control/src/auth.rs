@@ -16,6 +16,9 @@ pub struct Caller {
     pub role: Role,
     /// A probe token's probe: the only one it may act as.
     pub probe: Option<String>,
+    /// Another collector of the fleet, by a peer token ([`crate::peer`]): a viewer that may
+    /// only read query parts and live streams.
+    pub peer: Option<String>,
 }
 
 impl Caller {
@@ -24,6 +27,17 @@ impl Caller {
             name: "localhost".into(),
             role: Role::Viewer,
             probe: None,
+            peer: None,
+        }
+    }
+
+    /// Another collector of the fleet (by a verified peer token).
+    pub fn peer(issuer: &str) -> Caller {
+        Caller {
+            name: format!("peer:{issuer}"),
+            role: Role::Viewer,
+            probe: None,
+            peer: Some(issuer.into()),
         }
     }
 
@@ -33,6 +47,7 @@ impl Caller {
             name: name.into(),
             role: Role::Admin,
             probe: None,
+            peer: None,
         }
     }
 }
@@ -95,6 +110,7 @@ pub fn find(token: &str, active: &[ActiveToken]) -> Option<Caller> {
                 name: t.name.clone(),
                 role: t.role,
                 probe: t.probe.clone(),
+                peer: None,
             });
         }
     }

@@ -39,9 +39,10 @@ use tapwire_api_types::time::rfc3339_ns;
 use crate::auth::{self, Caller, Need};
 use crate::engine::{Clock, Engine, EngineError};
 use crate::fleet::{self, Move};
+use crate::peer::{self, PeerKey};
 use crate::store::{
-    ActiveToken, Heartbeat, Listener, Location, Store, StoreError, StoredCollector, StoredFlow,
-    StoredProbe, StoredSession, Transaction,
+    ActiveToken, CatalogFile, FileState, Heartbeat, Listener, Location, Store, StoreError,
+    StoredCollector, StoredFlow, StoredProbe, StoredSession, Transaction,
 };
 use crate::tokens;
 
@@ -201,6 +202,8 @@ pub struct Controller<E: Engine> {
     live: Mutex<HashMap<String, Live>>,
     /// Probe requests refused, by [`ProbeRefusal`] (indexed as [`ProbeRefusal::ALL`]).
     probe_refusals: [AtomicU64; 5],
+    /// Signs and checks peer tokens; derived from the fleet's secret.
+    peer_key: PeerKey,
 }
 
 /// Probe names that would clash with a route.
@@ -249,6 +252,8 @@ impl<E: Engine> Controller<E> {
         clock: Box<dyn Clock>,
     ) -> Result<Arc<Controller<E>>, String> {
         validate_name(&opts.name).map_err(|e| format!("--name {:?}: {e}", opts.name))?;
+        let mut store = store;
+        let peer_key = Self::fleet_key(&mut *store).map_err(|e| e.to_string())?;
         let (changes, _) = tokio::sync::watch::channel(0);
         let me = Member {
             incarnation: fleet::incarnation()?,
@@ -267,6 +272,7 @@ impl<E: Engine> Controller<E> {
             changes,
             live: Mutex::new(HashMap::new()),
             probe_refusals: Default::default(),
+            peer_key,
         });
         ctl.bootstrap().map_err(|e| e.to_string())?;
         ctl.join().map_err(|e| e.to_string())?;
@@ -293,6 +299,53 @@ impl<E: Engine> Controller<E> {
             .map_err(|_| "the engine is not running".to_string())?;
         *lock(&ctl.applied) = sessions;
         Ok(ctl)
+    }
+
+    /// The key of the fleet's peer tokens: its secret made by the first collector to ask.
+    fn fleet_key(store: &mut dyn Store) -> Result<PeerKey, StoreError> {
+        let fresh = peer::new_secret().map_err(|e| StoreError::Query(e.into()))?;
+        let mut tx = store.begin()?;
+        let secret = tx.fleet_secret(&fresh)?;
+        tx.commit()?;
+        Ok(PeerKey::derive(&secret))
+    }
+
+    /// A peer token of this collector's, good for [`peer::TTL`]: what it presents to another
+    /// collector of the fleet when it asks for a query's part or relays a stream.
+    pub fn peer_token(&self) -> String {
+        self.peer_key.sign(&self.opts.name, self.clock.now_ns())
+    }
+
+    /// The API URL each collector of the fleet registered, and whether its lease is live, by
+    /// name (as last read when the database is away).
+    pub fn peers(&self) -> BTreeMap<String, (Option<String>, bool)> {
+        let collectors = match self.read(|tx| tx.collectors()) {
+            Ok(c) => c,
+            Err(_) => lock(&self.view).collectors.clone(),
+        };
+        let now = self.now_ns();
+        collectors
+            .into_iter()
+            .map(|c| {
+                let live = fleet::is_live(&c, now);
+                (c.name, (c.api_url, live))
+            })
+            .collect()
+    }
+
+    /// The catalog's files of `session` that overlap `[from_ns, to_ns]`, on any collector,
+    /// those deleted left out.
+    pub fn catalog_range(
+        &self,
+        session: &str,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> Result<Vec<CatalogFile>, Refused> {
+        let files = self.read(|tx| tx.catalog_range(session, ns_i64(from_ns), ns_i64(to_ns)))?;
+        Ok(files
+            .into_iter()
+            .filter(|f| f.state != FileState::Deleted)
+            .collect())
     }
 
     /// This collector's name in the fleet.
@@ -710,7 +763,38 @@ impl<E: Engine> Controller<E> {
         loopback: bool,
         need: Need,
     ) -> Result<Caller, Refused> {
+        self.authenticate_as(bearer, loopback, need, false)
+    }
+
+    /// [`Self::authenticate`], with `peers`: a peer token of a collector of the fleet is a
+    /// caller too (a viewer), for the routes that take them (query parts, live streams).
+    /// Elsewhere a peer token is refused like an unknown one.
+    pub fn authenticate_as(
+        &self,
+        bearer: Option<&str>,
+        loopback: bool,
+        need: Need,
+        peers: bool,
+    ) -> Result<Caller, Refused> {
         let caller = match bearer {
+            Some(t) if peer::is_peer_token(t) => {
+                if !peers {
+                    return Err(Refused::Unauthorized(
+                        "a peer token is good for query parts and live streams only".into(),
+                    ));
+                }
+                let issuer = self
+                    .peer_key
+                    .verify(t, self.clock.now_ns())
+                    .map_err(|e| Refused::Unauthorized(e.to_string()))?;
+                let known = lock(&self.view).collectors.iter().any(|c| c.name == issuer);
+                if !known && !self.peers().contains_key(&issuer) {
+                    return Err(Refused::Unauthorized(format!(
+                        "a peer token of {issuer:?}, which is no collector of this fleet"
+                    )));
+                }
+                Caller::peer(&issuer)
+            }
             Some(t) => {
                 // Disconnected: the view at once, not a wait on the store's lock behind a
                 // reconnection that may take its whole timeout.
@@ -1834,6 +1918,64 @@ impl<E: Engine> Controller<E> {
         }
         Ok(entries)
     }
+
+    /// Writes catalog changes of this collector's files in one transaction.
+    pub fn catalog_write(&self, changes: &[CatalogChange]) -> Result<(), StoreError> {
+        let me = self.opts.name.as_str();
+        let mut store = lock(&self.store);
+        let r = store.begin().and_then(|mut tx| {
+            for c in changes {
+                match c {
+                    CatalogChange::Put(f) => tx.catalog_put(&CatalogFile {
+                        collector: me.to_string(),
+                        ..f.clone()
+                    })?,
+                    CatalogChange::Mark { path, state, at_ns } => {
+                        tx.catalog_mark(me, path, *state, *at_ns)?;
+                    }
+                    CatalogChange::Remove { path } => tx.catalog_remove(me, path)?,
+                }
+            }
+            tx.commit()
+        });
+        self.note(r)
+    }
+
+    /// This collector's rows of the catalog.
+    pub fn catalog_mine(&self) -> Result<Vec<CatalogFile>, StoreError> {
+        self.read_store(|tx| tx.catalog_of(&self.opts.name))
+    }
+
+    /// The files of `session` (any collector's) whose packets overlap `from_ns..=to_ns`,
+    /// oldest first, at most `limit`; the flag says more matched.
+    pub fn catalog_files(
+        &self,
+        session: &str,
+        from_ns: i64,
+        to_ns: i64,
+        limit: usize,
+    ) -> Result<(Vec<CatalogFile>, bool), Refused> {
+        validate_name(session).map_err(|e| Refused::BadRequest(format!("session: {e}")))?;
+        let mut files = self.read(|tx| tx.catalog_range(session, from_ns, to_ns))?;
+        let more = files.len() > limit;
+        files.truncate(limit);
+        Ok((files, more))
+    }
+}
+
+/// One change to this collector's rows of the catalog of capture files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogChange {
+    /// The row as it is now (its `collector` is set to this collector's name).
+    Put(CatalogFile),
+    /// Only the state changes: what the row says of the file's packets stays.
+    Mark {
+        path: String,
+        state: FileState,
+        at_ns: i64,
+    },
+    /// The row goes (the file was renamed, or never held a capture).
+    Remove { path: String },
 }
 
 /// A long-poll in flight: the probe counts as online while one lives.

@@ -26,12 +26,13 @@ pub mod auth;
 pub mod controller;
 pub mod engine;
 pub mod fleet;
+pub mod peer;
 pub mod store;
 pub mod tokens;
 
 pub use controller::{
-    Controller, ControllerOptions, PollGuard, ProbeRefusal, Refused, View, advertisable,
-    bootstrap_token_path, write_secret,
+    CatalogChange, Controller, ControllerOptions, PollGuard, ProbeRefusal, Refused, View,
+    advertisable, bootstrap_token_path, write_secret,
 };
 pub use engine::{Clock, Engine, EngineError};
 pub use store::Store;

@@ -230,6 +230,7 @@ fn a_probe_is_online_while_heard_from_within_its_window() {
         name: "h1".into(),
         role: Role::Probe,
         probe: Some("h1".into()),
+        peer: None,
     };
     h.ctl
         .register(
@@ -654,6 +655,7 @@ fn probe_caller(name: &str) -> Caller {
         name: name.into(),
         role: Role::Probe,
         probe: Some(name.into()),
+        peer: None,
     }
 }
 
@@ -1059,4 +1061,42 @@ fn postgres_an_outage_changes_nothing_and_ends_by_itself() {
     assert_eq!(c.ctl.control_state(), ControlState::Connected);
     // Changes go through again.
     a.ctl.create_session(&ops, create("z")).unwrap();
+}
+
+/// Peer tokens: a viewer on the routes that take them, refused elsewhere and for changes,
+/// useless after their seconds, and unforgeable without the fleet's secret.
+#[test]
+fn peer_tokens_read_query_parts_and_streams_only() {
+    let h = harness("peer-tokens", FakeEngine::default());
+    let t = h.ctl.peer_token();
+    assert!(t.starts_with(crate::peer::PREFIX));
+    let c = h
+        .ctl
+        .authenticate_as(Some(&t), false, Need::Read, true)
+        .unwrap();
+    assert_eq!((c.role, c.peer.as_deref()), (Role::Viewer, Some("c1")));
+    assert!(matches!(
+        h.ctl.authenticate(Some(&t), false, Need::Read),
+        Err(Refused::Unauthorized(_))
+    ));
+    assert!(matches!(
+        h.ctl.authenticate_as(Some(&t), false, Need::Change, true),
+        Err(Refused::Forbidden(_))
+    ));
+    // Signed with another secret (another fleet, or someone guessing): refused.
+    let other = crate::peer::PeerKey::derive(b"not this fleet's secret at all!!");
+    let forged = other.sign("c1", T0_NS);
+    assert!(matches!(
+        h.ctl
+            .authenticate_as(Some(&forged), false, Need::Read, true),
+        Err(Refused::Unauthorized(_))
+    ));
+    // After its seconds: refused.
+    h.clock
+        .wall_ns
+        .fetch_add(crate::peer::TTL.as_nanos() as u64 + 1, Ordering::Relaxed);
+    assert!(matches!(
+        h.ctl.authenticate_as(Some(&t), false, Need::Read, true),
+        Err(Refused::Unauthorized(m)) if m.contains("expired")
+    ));
 }

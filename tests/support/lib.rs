@@ -10,6 +10,7 @@ pub mod oracle;
 pub mod ovs;
 pub mod pg;
 pub mod probe;
+pub mod query;
 pub mod senders;
 pub mod spoof;
 pub mod tmux;

@@ -47,6 +47,8 @@ impl std::fmt::Debug for ApiToken {
 /// What a route needs, as a type: `Authed<Read>`, `Authed<Change>`, ...
 pub(crate) trait Needs: Send + Sync + 'static {
     const NEED: Need;
+    /// Whether another collector of the fleet may call it with a peer token (as a viewer).
+    const PEERS: bool = false;
 }
 
 /// Read sessions, flows, probes, stats, the audit log.
@@ -57,6 +59,8 @@ pub(crate) struct Change;
 pub(crate) struct Probe;
 /// Tokens.
 pub(crate) struct Admin;
+/// Read a query's part or a live stream: viewers, and the fleet's other collectors.
+pub(crate) struct ReadPart;
 
 impl Needs for Read {
     const NEED: Need = Need::Read;
@@ -69,6 +73,10 @@ impl Needs for Probe {
 }
 impl Needs for Admin {
     const NEED: Need = Need::Admin;
+}
+impl Needs for ReadPart {
+    const NEED: Need = Need::Read;
+    const PEERS: bool = true;
 }
 
 /// The caller of a route that needs `N`; extracting it refuses everyone else with the answer
@@ -88,7 +96,7 @@ impl<N: Needs> FromRequestParts<ApiState> for Authed<N> {
                 ));
             }
         };
-        authenticate(s, peer, &parts.headers, N::NEED)
+        authenticate_as(s, peer, &parts.headers, N::NEED, N::PEERS)
             .await
             .map(|c| Authed(c, PhantomData))
     }
@@ -101,6 +109,17 @@ pub(crate) async fn authenticate(
     headers: &HeaderMap,
     need: Need,
 ) -> Result<Caller, Response> {
+    authenticate_as(s, peer, headers, need, false).await
+}
+
+/// [`authenticate`]; with `peers`, a peer token of the fleet is a caller too (a viewer).
+pub(crate) async fn authenticate_as(
+    s: &ApiState,
+    peer: Peer,
+    headers: &HeaderMap,
+    need: Need,
+    peers: bool,
+) -> Result<Caller, Response> {
     let loopback = peer.0.ip().to_canonical().is_loopback();
     let Some(ctl) = s.controller.as_ref().map(Arc::clone) else {
         return without_controller(s, loopback, headers, need)
@@ -110,8 +129,10 @@ pub(crate) async fn authenticate(
         Ok(t) => t.map(str::to_string),
         Err(m) => return Err(reply(StatusCode::UNAUTHORIZED, m)),
     };
-    match tokio::task::spawn_blocking(move || ctl.authenticate(token.as_deref(), loopback, need))
-        .await
+    match tokio::task::spawn_blocking(move || {
+        ctl.authenticate_as(token.as_deref(), loopback, need, peers)
+    })
+    .await
     {
         Ok(Ok(caller)) => Ok(caller),
         Ok(Err(r)) => Err(refused(r)),

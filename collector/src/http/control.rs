@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tapwire_api_types::Action;
 use tapwire_api_types::control::{
-    DEFAULT_WAIT_S, FlowCreate, MAX_PROBE_BODY_BYTES, MAX_WAIT_S, ProbeLimits, ProbeReport,
-    Register, SessionCreate, TokenCreate,
+    CaptureFile, CaptureFiles, DEFAULT_WAIT_S, FlowCreate, MAX_CATALOG_FILES, MAX_PROBE_BODY_BYTES,
+    MAX_WAIT_S, ProbeLimits, ProbeReport, Register, SessionCreate, TokenCreate,
 };
 
 use tapwire_control::auth::{Caller, Need};
@@ -68,6 +68,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add("POST", "/api/v1/tokens", post(create_token))
         .add("DELETE", "/api/v1/tokens/{name}", delete(revoke_token))
         .add("GET", "/api/v1/audit", get(audit))
+        .add("GET", "/api/v1/files", get(files))
         .add("GET", "/api/v1/fleet", get(fleet))
         .add("GET", "/api/v1/fleet/sd", get(service_discovery))
 }
@@ -531,6 +532,74 @@ async fn audit(
         c.audit(who, after, limit)
     })
     .await
+}
+
+/// The catalog: a session's capture files (every collector's) whose packets overlap
+/// `from..=to`. The session is named, never a path; paths in the answer are relative to each
+/// collector's output directory.
+async fn files(
+    State(s): State<ApiState>,
+    Authed(who, ..): Authed<Read>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    match files_query(q.as_deref(), crate::live::engine::now_ns()) {
+        Ok((session, from_ns, to_ns)) => {
+            run(s, who, StatusCode::OK, move |c, _| {
+                let (rows, truncated) =
+                    c.catalog_files(&session, from_ns, to_ns, MAX_CATALOG_FILES)?;
+                Ok(CaptureFiles {
+                    files: rows.into_iter().map(capture_file).collect(),
+                    truncated,
+                })
+            })
+            .await
+        }
+        Err(e) => refused(Refused::BadRequest(e)),
+    }
+}
+
+/// `session` (required), `from` and `to` (RFC 3339, -15m or seconds since the epoch; default:
+/// all time), each at most once.
+fn files_query(q: Option<&str>, now_ns: u64) -> Result<(String, i64, i64), String> {
+    let (mut session, mut from_ns, mut to_ns) = (None, 0i64, i64::MAX);
+    let mut seen = std::collections::HashSet::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = super::packets::percent_decode(v)
+            .ok_or_else(|| format!("{k}: not percent-encoded UTF-8"))?;
+        if !seen.insert(k.to_string()) {
+            return Err(format!("{k}: given twice"));
+        }
+        let time = |v: &str| {
+            tapwire_api_types::time::parse_time(v, now_ns)
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+        };
+        match k {
+            "session" => session = Some(v),
+            "from" => from_ns = time(&v).map_err(|e| format!("from: {e}"))?,
+            "to" => to_ns = time(&v).map_err(|e| format!("to: {e}"))?,
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    let session = session.ok_or("session: required (a session's name)")?;
+    if from_ns > to_ns {
+        return Err("from: after to".into());
+    }
+    Ok((session, from_ns, to_ns))
+}
+
+fn capture_file(f: tapwire_control::store::CatalogFile) -> CaptureFile {
+    CaptureFile {
+        collector: f.collector,
+        session: f.session,
+        path: f.path,
+        first_ns: f.first_ns,
+        last_ns: f.last_ns,
+        packets: f.packets,
+        bytes: f.bytes,
+        state: f.state.name().to_string(),
+        updated_ns: f.updated_ns,
+    }
 }
 
 /// Every collector of the fleet: state, lease age, sessions, load. Answered from the last

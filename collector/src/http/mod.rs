@@ -22,6 +22,8 @@ mod auth;
 mod control;
 mod metrics;
 pub mod packets;
+mod parts;
+mod relay;
 pub mod serve;
 mod stats;
 mod stream;
@@ -64,8 +66,14 @@ pub(crate) struct ApiState {
     pub(crate) query: Option<Arc<packets::QueryState>>,
     /// Long-polls waiting now, at most [`Limits::max_long_polls`].
     pub(crate) long_polls: Arc<Semaphore>,
+    /// Live streams relayed from the fleet's other collectors, at most [`relay::MAX_RELAYS`].
+    pub(crate) relays: Arc<Semaphore>,
+    /// How the fleet's other collectors' HTTPS APIs are checked (`None`: http:// only).
+    pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// The connections' gate, for `/metrics` (`None` for a router served by a test).
     pub(crate) gate: Option<Arc<Gate>>,
+    /// The catalog of capture files' counters (with `--db`), for `/api/v1/health`.
+    pub(crate) catalog: Option<Arc<crate::live::catalog::Counters>>,
 }
 
 impl ApiState {
@@ -84,8 +92,20 @@ impl ApiState {
             controller,
             query: None,
             long_polls: Arc::new(Semaphore::new(limits.max_long_polls)),
+            relays: Arc::new(Semaphore::new(relay::MAX_RELAYS)),
+            peer_tls: None,
             gate: None,
+            catalog: None,
         }
+    }
+
+    /// Reports the catalog's backlog in `/api/v1/health`.
+    pub(crate) fn with_catalog(
+        mut self,
+        c: Option<Arc<crate::live::catalog::Counters>>,
+    ) -> ApiState {
+        self.catalog = c;
+        self
     }
 
     /// Answers packet queries (`/api/v1/packets`) with `query`.
@@ -103,6 +123,8 @@ pub struct Peer(pub SocketAddr);
 pub struct Listen {
     pub addr: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How the fleet's other collectors' HTTPS APIs are checked (query parts, streams).
+    pub peers: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Binds `addr` (and `listen`) now, so that a taken port is an error at start, and serves
@@ -110,9 +132,12 @@ pub struct Listen {
 pub(crate) fn spawn(
     addr: Option<SocketAddr>,
     listen: Option<Listen>,
-    state: ApiState,
+    mut state: ApiState,
     limits: Limits,
 ) -> std::io::Result<(Vec<SocketAddr>, Arc<Gate>)> {
+    if let Some(p) = listen.as_ref().and_then(|l| l.peers.clone()) {
+        state.peer_tls = Some(p);
+    }
     let mut bound = Vec::new();
     let tls = listen.as_ref().and_then(|l| l.tls.clone());
     for (a, tls) in addr
@@ -258,6 +283,7 @@ async fn health(axum::extract::State(s): axum::extract::State<ApiState>) -> Resp
         ok: true,
         control,
         collector,
+        catalog: s.catalog.as_deref().map(|c| c.backlog()),
     })
     .into_response()
 }

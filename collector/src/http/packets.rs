@@ -14,6 +14,7 @@
 //! (or [`SAVE_MAX_BYTES`] without one) and at most [`MAX_SAVED_FILES`] files in that folder.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -29,10 +30,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::{Authed, Change, Read};
-use super::{ApiState, reply};
+use super::auth::{Authed, Change, ReadPart};
+use super::{ApiState, parts, reply};
 use crate::live::engine::now_ns;
-use crate::query::catalog::LocalDirs;
+use crate::query::catalog::{FileRef, LocalDirs, WithCatalog, confined};
+use crate::query::fleet::{Missing, Part};
 use crate::query::{self, QueryError, Request};
 
 /// Queries running at once; more are refused with 503.
@@ -78,12 +80,14 @@ impl Drop for Slot {
     }
 }
 
-/// The request's parameters, each at most once; unknown ones are refused.
-fn parse(q: Option<&str>, now: u64) -> Result<Request, String> {
+/// The request's parameters, each at most once; unknown ones are refused. `local=1`: this
+/// collector's own files only (what the fleet's other collectors ask for: their part).
+fn parse(q: Option<&str>, now: u64) -> Result<(Request, bool), String> {
     let mut req = Request {
         to_ns: now,
         ..Request::default()
     };
+    let mut local = false;
     let (mut from, mut to) = (None, None);
     let mut seen = HashSet::new();
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -103,6 +107,13 @@ fn parse(q: Option<&str>, now: u64) -> Result<Request, String> {
             "from" => from = Some(v),
             "to" => to = Some(v),
             "filter" => req.filter = Some(v).filter(|f| !f.trim().is_empty()),
+            "local" => {
+                local = match v.as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(format!("local: {v:?} is not 1 or 0")),
+                }
+            }
             other => return Err(format!("unknown parameter {other:?}")),
         }
     }
@@ -112,11 +123,11 @@ fn parse(q: Option<&str>, now: u64) -> Result<Request, String> {
     if let Some(t) = to {
         req.to_ns = tapwire_api_types::time::parse_time(&t, now).map_err(|e| format!("to: {e}"))?;
     }
-    Ok(req)
+    Ok((req, local))
 }
 
 /// `%XX` and `+` (a space, as forms send it) decoded.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -413,22 +424,36 @@ pub(super) async fn save(
 
 pub(super) async fn packets(
     State(s): State<ApiState>,
-    _: Authed<Read>,
+    Authed(caller, ..): Authed<ReadPart>,
     RawQuery(q): RawQuery,
 ) -> Response {
     let Some(qs) = s.query.clone() else {
         return reply(StatusCode::NOT_FOUND, "queries are not served here".into());
     };
-    let req = match parse(q.as_deref(), now_ns()) {
+    let (req, local_only) = match parse(q.as_deref(), now_ns()) {
         Ok(r) => r,
         Err(e) => return reply(StatusCode::BAD_REQUEST, e),
     };
     let Some(slot) = take_slot(&qs) else {
         return busy();
     };
-    let local = catalog(&s, &qs);
+    // Another collector asking for its part gets this one's files only (never a fan-out).
+    let fleet = match (&s.controller, local_only || caller.peer.is_some()) {
+        (Some(ctl), false) => Some(plan_fleet(Arc::clone(ctl), &qs.out, &req).await),
+        _ => None,
+    };
+    let local = WithCatalog {
+        local: catalog(&s, &qs),
+        extra: fleet.as_ref().map(|f| f.mine.clone()).unwrap_or_default(),
+    };
+    if let Some(f) = fleet
+        && !(f.others.is_empty() && f.missing.is_empty())
+    {
+        return fleet_query(&s, f, local, req, qs, slot, caller).await;
+    }
     let (planned_tx, planned) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let by = caller.name.clone();
     let spawned = std::thread::Builder::new()
         .name("tapwire-query".into())
         .spawn(move || {
@@ -447,6 +472,8 @@ pub(super) async fn packets(
             match prepared.write(&mut w) {
                 Ok(sum) => tracing::info!(
                     session = req.session.as_deref().unwrap_or("*"),
+                    by,
+                    local_only,
                     packets = sum.packets,
                     bytes = sum.bytes,
                     bytes_read = sum.bytes_read,
@@ -471,21 +498,7 @@ pub(super) async fn packets(
     }
     match planned.await {
         Ok(Ok(estimate)) => (
-            [
-                (header::CONTENT_TYPE, "application/x-pcapng".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"tapwire-query.pcapng\"".to_string(),
-                ),
-                (
-                    header::HeaderName::from_static("x-tapwire-estimate-bytes"),
-                    estimate.bytes.to_string(),
-                ),
-                (
-                    header::HeaderName::from_static("x-tapwire-estimate-packets"),
-                    estimate.packets.to_string(),
-                ),
-            ],
+            answer_headers(estimate.bytes, estimate.packets),
             Body::from_stream(Chunks(rx)),
         )
             .into_response(),
@@ -494,6 +507,411 @@ pub(super) async fn packets(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the query stopped".into(),
         ),
+    }
+}
+
+/// The head of a query's answer.
+fn answer_headers(bytes: u64, packets: u64) -> [(header::HeaderName, String); 4] {
+    [
+        (header::CONTENT_TYPE, "application/x-pcapng".to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"tapwire-query.pcapng\"".to_string(),
+        ),
+        (
+            header::HeaderName::from_static("x-tapwire-estimate-bytes"),
+            bytes.to_string(),
+        ),
+        (
+            header::HeaderName::from_static("x-tapwire-estimate-packets"),
+            packets.to_string(),
+        ),
+    ]
+}
+
+/// The header (and trailer) naming the collectors a fleet query left out.
+pub const UNREACHABLE: &str = "x-tapwire-unreachable";
+
+/// What the fleet's catalog says of a query: this collector's files it names, the other
+/// collectors that hold some (name, API URL, live), and what could not be known.
+struct FleetPlan {
+    mine: Vec<FileRef>,
+    others: Vec<(String, Option<String>, bool)>,
+    missing: Vec<Missing>,
+}
+
+/// Reads the catalog for `req` (every session's rows when it names none).
+async fn plan_fleet(ctl: Arc<super::Ctl>, out: &std::path::Path, req: &Request) -> FleetPlan {
+    let (out, req) = (out.to_path_buf(), req.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        let me = ctl.name().to_string();
+        let sessions = match &req.session {
+            Some(s) => vec![s.clone()],
+            None => ctl.sessions()?.into_iter().map(|s| s.name).collect(),
+        };
+        let mut rows = Vec::new();
+        for s in &sessions {
+            rows.extend(ctl.catalog_range(s, req.from_ns, req.to_ns)?);
+        }
+        let peers = ctl.peers();
+        let mut mine = Vec::new();
+        let mut others = std::collections::BTreeSet::new();
+        for r in rows {
+            if r.collector != me {
+                others.insert(r.collector);
+                continue;
+            }
+            // What the catalog says is confined to the output root; anything else is left.
+            match confined(&out, &r.path) {
+                Some(path) => mine.push(FileRef {
+                    collector: None,
+                    session: Some(r.session),
+                    path,
+                    first_ns: r.first_ns.map(|t| t.max(0) as u64),
+                    last_ns: r.last_ns.map(|t| t.max(0) as u64),
+                    live: r.state == tapwire_control::store::FileState::Open,
+                }),
+                None => tracing::debug!(
+                    path = r.path,
+                    "catalog: a path outside the output root, or gone"
+                ),
+            }
+        }
+        let others = others
+            .into_iter()
+            .map(|c| {
+                let (url, live) = peers.get(&c).cloned().unwrap_or((None, false));
+                (c, url, live)
+            })
+            .collect();
+        Ok::<_, tapwire_control::Refused>(FleetPlan {
+            mine,
+            others,
+            missing: Vec::new(),
+        })
+    })
+    .await;
+    let why = match planned {
+        Ok(Ok(p)) => return p,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    FleetPlan {
+        mine: Vec::new(),
+        others: Vec::new(),
+        missing: vec![Missing {
+            collector: "(the fleet's catalog)".into(),
+            why: format!(
+                "the catalog could not be read ({why}); only this collector's files are in the answer"
+            ),
+        }],
+    }
+}
+
+/// A part request for `req`: this collector's files only, times to the nanosecond.
+fn part_path(req: &Request) -> String {
+    let mut q = vec![
+        format!(
+            "from={}",
+            enc(&tapwire_api_types::time::rfc3339_ns(req.from_ns))
+        ),
+        format!(
+            "to={}",
+            enc(&tapwire_api_types::time::rfc3339_ns(req.to_ns))
+        ),
+        "local=1".to_string(),
+    ];
+    if let Some(s) = &req.session {
+        q.push(format!("session={}", enc(s)));
+    }
+    if let Some(s) = &req.source {
+        q.push(format!("source={}", enc(&s.to_string())));
+    }
+    if let Some(f) = &req.filter {
+        q.push(format!("filter={}", enc(f)));
+    }
+    format!("/api/v1/packets?{}", q.join("&"))
+}
+
+/// Percent-encoding of everything but unreserved characters.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A header value naming the collectors left out: `A (why); B (why)`, visible ASCII only.
+fn unreachable_value(missing: &[Missing]) -> String {
+    missing
+        .iter()
+        .map(|m| format!("{} ({})", m.collector, m.why))
+        .collect::<Vec<_>>()
+        .join("; ")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(4000)
+        .collect()
+}
+
+/// A fleet query: asks every other collector that holds files of the range for its part,
+/// reads this one's, merges them by timestamp and streams the result; collectors that could
+/// not be read are named in the output, in the `x-tapwire-unreachable` header (those known
+/// before the first byte) and in the trailer of that name (all of them).
+async fn fleet_query(
+    s: &ApiState,
+    plan: FleetPlan,
+    local: WithCatalog,
+    req: Request,
+    qs: Arc<QueryState>,
+    slot: Slot,
+    caller: tapwire_control::auth::Caller,
+) -> Response {
+    let Some(ctl) = s.controller.clone() else {
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "no control plane".into());
+    };
+    let peer_tls = s.peer_tls.clone();
+    let me = ctl.name().to_string();
+    let mut missing = plan.missing;
+    let path = part_path(&req);
+    let mut asked = Vec::new();
+    for (name, url, live) in plan.others {
+        match (url, live) {
+            (_, false) => missing.push(Missing {
+                collector: name,
+                why: "its lease ran out (it is not live)".into(),
+            }),
+            (None, true) => missing.push(Missing {
+                collector: name,
+                why: "it registered no API URL (--api-url)".into(),
+            }),
+            (Some(url), true) => {
+                let (path, token, tls) = (path.clone(), ctl.peer_token(), peer_tls.clone());
+                asked.push((
+                    name,
+                    tokio::spawn(
+                        async move { parts::ask(&url, &path, &token, tls.as_ref()).await },
+                    ),
+                ));
+            }
+        }
+    }
+    let mut remote = Vec::new();
+    let (mut est_bytes, mut est_packets) = (0u64, 0u64);
+    for (name, task) in asked {
+        match task.await {
+            Ok(Ok(a)) => {
+                est_bytes = est_bytes.saturating_add(a.estimate_bytes);
+                est_packets = est_packets.saturating_add(a.estimate_packets);
+                remote.push(Part {
+                    collector: name,
+                    chunks: a.chunks,
+                });
+            }
+            Ok(Err(parts::Failed::Refused(code, m))) if code != StatusCode::NOT_FOUND => {
+                return reply(code, format!("collector {name}: {m}"));
+            }
+            Ok(Err(parts::Failed::Refused(code, m))) => missing.push(Missing {
+                collector: name,
+                why: format!("it answered {}: {m}", code.as_u16()),
+            }),
+            Ok(Err(parts::Failed::Unreachable(why))) => missing.push(Missing {
+                collector: name,
+                why,
+            }),
+            Err(e) => missing.push(Missing {
+                collector: name,
+                why: e.to_string(),
+            }),
+        }
+    }
+    for m in &missing {
+        tracing::warn!(
+            collector = m.collector,
+            why = m.why,
+            "fleet query: a collector left out"
+        );
+    }
+    let (planned_tx, planned) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let (trailer_tx, trailer_rx) = oneshot::channel::<String>();
+    let head_missing = unreachable_value(&missing);
+    let by = caller.name.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tapwire-query".into())
+        .spawn(move || {
+            let _slot = slot;
+            let prepared = match query::prepare(&local, &req, None) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut estimate = prepared.estimate();
+            estimate.bytes = estimate.bytes.saturating_add(est_bytes);
+            estimate.packets = estimate.packets.saturating_add(est_packets);
+            if let Some(limit) = qs.max_bytes
+                && estimate.bytes > limit
+            {
+                let _ = planned_tx.send(Err(QueryError::TooLarge {
+                    estimate,
+                    limit_bytes: limit,
+                }));
+                return;
+            }
+            if planned_tx.send(Ok(estimate)).is_err() {
+                return;
+            }
+            // This collector's part, on a thread of its own, into the merge like the others.
+            let (part_tx, part_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+            let local_part = std::thread::Builder::new()
+                .name("tapwire-query-part".into())
+                .spawn(move || {
+                    let mut w = PartWriter { tx: part_tx.clone() };
+                    if let Err(e) = prepared.write(&mut w)
+                        && e.kind() != io::ErrorKind::BrokenPipe
+                    {
+                        let _ = part_tx.blocking_send(Err(e.to_string()));
+                    }
+                });
+            let mut parts = remote;
+            match local_part {
+                Ok(_) => parts.push(Part {
+                    collector: me.clone(),
+                    chunks: part_rx,
+                }),
+                Err(e) => missing.push(Missing {
+                    collector: me.clone(),
+                    why: format!("cannot start its part: {e}"),
+                }),
+            }
+            parts.sort_by(|a, b| a.collector.cmp(&b.collector));
+            let mut w = ChannelWriter { tx: tx.clone() };
+            match query::fleet::merge(parts, missing, query::describe(&req), &mut w) {
+                Ok(m) => {
+                    tracing::info!(
+                        session = req.session.as_deref().unwrap_or("*"),
+                        by,
+                        packets = m.packets,
+                        bytes = m.bytes,
+                        parts = ?m.by_collector,
+                        missing = ?m.missing.iter().map(|x| x.collector.as_str()).collect::<Vec<_>>(),
+                        "fleet query served"
+                    );
+                    let _ = trailer_tx.send(unreachable_value(&m.missing));
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    tracing::debug!("query: the client went away")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet query failed while writing");
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot start a query: {e}"),
+        );
+    }
+    match planned.await {
+        Ok(Ok(estimate)) => {
+            let mut resp = (
+                answer_headers(estimate.bytes, estimate.packets),
+                Body::new(WithTrailer {
+                    chunks: rx,
+                    trailer: Some(trailer_rx),
+                }),
+            )
+                .into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::TRAILER,
+                header::HeaderValue::from_static(UNREACHABLE),
+            );
+            if !head_missing.is_empty()
+                && let Ok(v) = header::HeaderValue::from_str(&head_missing)
+            {
+                h.insert(UNREACHABLE, v);
+            }
+            resp
+        }
+        Ok(Err(e)) => refusal(e),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the query stopped".into(),
+        ),
+    }
+}
+
+/// This collector's part, handed to the merge in pieces.
+struct PartWriter {
+    tx: mpsc::Sender<query::fleet::Chunk>,
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(buf.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the merge stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A fleet query's body: its pieces, then the trailer naming the collectors left out (sent
+/// when the client asked for trailers with `TE: trailers`).
+struct WithTrailer {
+    chunks: mpsc::Receiver<Result<Vec<u8>, io::Error>>,
+    trailer: Option<oneshot::Receiver<String>>,
+}
+
+impl hyper::body::Body for WithTrailer {
+    type Data = axum::body::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(b.into()))));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(rx) = self.trailer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let value = match Pin::new(rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(v) => v.unwrap_or_default(),
+        };
+        self.trailer = None;
+        let mut t = header::HeaderMap::new();
+        // Always sent: empty means nobody was left out.
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            t.insert(UNREACHABLE, v);
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::trailers(t))))
     }
 }
 
@@ -766,14 +1184,98 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A part asked of another collector over HTTP: its answer in pieces; a refusal (a bad
+    /// filter) passed on; a collector that refuses connections named as unreachable.
+    #[tokio::test]
+    async fn a_part_is_asked_over_http_and_failures_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("tapwire-http-part-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = app(&dir, None);
+        let (control, _) = crossbeam_channel::unbounded();
+        let snapshot = Arc::new(ArcSwap::from_pointee(tapwire_api_types::Snapshot {
+            version: "t".into(),
+            started: String::new(),
+            uptime_s: 0.0,
+            totals: Default::default(),
+            inputs: Vec::new(),
+            sessions: vec![web_session()],
+            control: None,
+            page: None,
+        }));
+        let state = ApiState::new(snapshot, control, None, None)
+            .with_query(Arc::new(QueryState::new(dir.clone(), None)));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = crate::http::serve::Limits::for_descriptor_limit(1024);
+        let _gate = crate::http::serve_on(vec![(l, None)], state, limits).unwrap();
+        let url = format!("http://{addr}");
+        let req = Request {
+            session: Some("web".into()),
+            from_ns: 0,
+            to_ns: 10_000,
+            filter: Some("host 10.0.0.2".into()),
+            ..Request::default()
+        };
+        let mut a = parts::ask(&url, &part_path(&req), "twp1_test", None)
+            .await
+            .unwrap();
+        assert!(a.estimate_packets >= 50);
+        let mut body = Vec::new();
+        while let Some(c) = a.chunks.recv().await {
+            body.extend(c.unwrap());
+        }
+        let mut r = tapwire_formats::capture::CaptureReader::new(&body[..]).unwrap();
+        let mut n = 0;
+        while r.next_record().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 50);
+        let bad = Request {
+            filter: Some("tcp port".into()),
+            ..req.clone()
+        };
+        match parts::ask(&url, &part_path(&bad), "t", None).await {
+            Err(parts::Failed::Refused(code, m)) => {
+                assert_eq!(code, StatusCode::BAD_REQUEST);
+                assert!(m.contains("syntax error"), "{m}");
+            }
+            _ => panic!("a bad filter is a refusal"),
+        }
+        // A port nobody listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        assert!(matches!(
+            parts::ask(&gone, &part_path(&req), "t", None).await,
+            Err(parts::Failed::Unreachable(_))
+        ));
+        assert!(matches!(
+            parts::ask("ftp://127.0.0.1:1", &part_path(&req), "t", None).await,
+            Err(parts::Failed::Unreachable(m)) if m.contains("http://")
+        ));
+        assert_eq!(
+            unreachable_value(&[Missing {
+                collector: "a".into(),
+                why: "gone\naway \u{e9}".into(),
+            }]),
+            "a (gone?away ?)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn parameters() {
         let now = 1_765_029_720_000_000_000;
-        let r = parse(
+        let (r, local) = parse(
             Some("session=web&from=-15m&filter=host%2010.0.0.5+and+port%2080&source=10.0.0.9"),
             now,
         )
         .unwrap();
+        assert!(!local);
+        assert!(parse(Some("from=-1m&local=1"), now).unwrap().1);
+        assert!(parse(Some("from=-1m&local=yes"), now).is_err());
         assert_eq!(r.session.as_deref(), Some("web"));
         assert_eq!((r.from_ns, r.to_ns), (now - 900_000_000_000, now));
         assert_eq!(r.filter.as_deref(), Some("host 10.0.0.5 and port 80"));

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tapwire_formats::capture::{Encoder, Format, InterfaceInfo, InterfaceStats, PacketInfo};
 use tokio::sync::oneshot;
 
-use super::auth::{Authed, Read};
+use super::auth::{Authed, ReadPart};
 use super::serve::{LiveStreamMark, ThisConnection};
 use super::{ApiState, Peer, reply};
 use crate::demux::SourceId;
@@ -56,13 +56,15 @@ pub(super) struct StreamQuery {
 
 pub(super) async fn stream(
     State(s): State<ApiState>,
-    _: Authed<Read>,
+    Authed(caller, ..): Authed<ReadPart>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
+    RawQuery(raw): RawQuery,
     this: Option<Extension<ThisConnection>>,
 ) -> Response {
     let expr = q.filter.filter(|f| !f.trim().is_empty());
+    let session = name.clone();
     let filter = match expr.clone() {
         None => None,
         // Compiled (or taken from the cache) within the filter limits, off the engine thread
@@ -92,6 +94,30 @@ pub(super) async fn stream(
     let sub = match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(Ok(sub))) => sub,
         Ok(Ok(Err(r @ Refusal::NoSession(_)))) => {
+            // In a fleet, a session another collector runs is streamed from it (never for
+            // a collector that asks itself: no relay of a relay).
+            if let (Some(ctl), None) = (&s.controller, &caller.peer) {
+                let path = match raw.as_deref() {
+                    Some(q) if !q.is_empty() => {
+                        format!("/api/v1/sessions/{}/stream?{q}", segment(&session))
+                    }
+                    _ => format!("/api/v1/sessions/{}/stream", segment(&session)),
+                };
+                let mark = this.map(|Extension(c)| c.live_stream());
+                let relayed = super::relay::relay(
+                    Arc::clone(ctl),
+                    Arc::clone(&s.relays),
+                    s.peer_tls.clone(),
+                    session,
+                    path,
+                    caller.name.clone(),
+                    mark,
+                )
+                .await;
+                if let Some(answer) = relayed {
+                    return answer;
+                }
+            }
             return reply(StatusCode::NOT_FOUND, r.to_string());
         }
         Ok(Ok(Err(r @ Refusal::Full(_)))) => {
@@ -116,6 +142,19 @@ pub(super) async fn stream(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// One subscriber's response body.

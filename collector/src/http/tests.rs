@@ -956,6 +956,7 @@ async fn tls_listener_serves_with_a_given_certificate_and_clients_trust_only_the
         Some(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
+            peers: None,
         }),
         ApiState::new(snapshot, tx, None, None),
         Limits::for_descriptor_limit(1 << 20),
@@ -1895,4 +1896,309 @@ async fn saving_packets_needs_an_operator() {
     assert_eq!(h.call("POST", path, LOCAL, None, None).await.0, 403);
     let (s, v) = h.call("POST", path, REMOTE, Some(&operator), None).await;
     assert_eq!(s, 404, "an operator gets past the role check: {v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet: peer tokens and queries across collectors
+
+/// A session file of `n` packets of host 10.0.0.`host`, one every `step_ns` from `t0_ns`.
+fn write_session_file(path: &std::path::Path, host: u8, t0_ns: u64, step_ns: u64, n: u64) {
+    use tapwire_formats::capture::{Encoder, Format, InterfaceInfo, LinkType, PacketInfo};
+    let mut enc = Encoder::new(Format::Pcapng);
+    enc.add_interface(&InterfaceInfo {
+        link: LinkType::Ethernet,
+        name: format!("10.0.0.{host} erspan-ii session 1"),
+        description: String::new(),
+        snaplen: 65535,
+    })
+    .unwrap();
+    for i in 0..n {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[8, 0, 0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, host, 10, 9, 9, 9]);
+        f.extend_from_slice(&i.to_be_bytes());
+        enc.packet(
+            0,
+            &PacketInfo {
+                ts_ns: t0_ns + i * step_ns,
+                orig_len: f.len() as u32,
+                data: &f,
+                direction: None,
+                comment: None,
+            },
+        )
+        .unwrap();
+    }
+    std::fs::write(path, enc.take_bytes()).unwrap();
+}
+
+/// Peer tokens open the packet query and live streams, nothing else; a forged one nothing.
+#[tokio::test]
+async fn peer_tokens_open_query_parts_and_streams_only() {
+    let h = harness("peer-routes", None);
+    let out = h.dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let app = router(
+        h.state
+            .clone()
+            .with_query(Arc::new(packets::QueryState::new(out, None))),
+    );
+    let peer = h.ctl.peer_token();
+    let forged = tapwire_control::peer::PeerKey::derive(b"not this fleet's secret at all!!")
+        .sign("c1", crate::live::engine::now_ns());
+    let get = |path: &'static str, token: Option<String>| {
+        let app = app.clone();
+        async move { send(app, "GET", path, REMOTE, token.as_deref(), None).await }
+    };
+    for path in [
+        "/api/v1/sessions",
+        "/api/v1/tokens",
+        "/api/v1/audit",
+        "/metrics",
+    ] {
+        let (s, v) = get(path, Some(peer.clone())).await;
+        assert_eq!(s, 401, "{path}: {v}");
+    }
+    let (s, _) = send(
+        app.clone(),
+        "POST",
+        "/api/v1/sessions/x/rotate",
+        REMOTE,
+        Some(&peer),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, v) = get("/api/v1/packets?from=0&local=1", Some(peer.clone())).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = get("/api/v1/packets?from=0&local=1", Some(forged)).await;
+    assert_eq!(s, 401);
+    let (s, _) = get("/api/v1/packets?from=0&local=1", None).await;
+    assert_eq!(s, 401, "no token from another host: refused as before");
+    // A stream for a peer is never relayed on: this collector runs no "web".
+    let (s, _) = get("/api/v1/sessions/web/stream", Some(peer)).await;
+    assert_eq!(s, 404);
+}
+
+/// A fleet query on c1: its own file, the part of c2 (a collector the catalog names, asked
+/// over HTTP), merged by time; c3 (its lease ran out) and c4 (nobody listens) named in the
+/// output and the header; a catalog path out of the output root not read.
+#[tokio::test]
+async fn a_fleet_query_merges_the_parts_and_names_who_is_missing() {
+    use tapwire_control::store::{CatalogFile, FileState, Load, Store, StoredCollector};
+    let h = harness("fleet-query", None);
+    let (out1, out2) = (h.dir.join("out1"), h.dir.join("out2"));
+    std::fs::create_dir_all(&out1).unwrap();
+    std::fs::create_dir_all(&out2).unwrap();
+    let t0 = 1_765_000_000_000_000_000u64;
+    // c1 holds the even microseconds, c2 the odd ones.
+    write_session_file(&out1.join("web_20261206T000000Z.pcapng"), 1, t0, 2_000, 50);
+    write_session_file(
+        &out2.join("web_20261206T000000Z.pcapng"),
+        2,
+        t0 + 1_000,
+        2_000,
+        50,
+    );
+    std::fs::write(h.dir.join("outside.pcapng"), b"not a capture").unwrap();
+    // c2 serves its files (no control plane there: reads are open).
+    let (c2_tx, _) = crossbeam_channel::unbounded();
+    let snap = Arc::clone(&h.state.snapshot);
+    let c2 = ApiState::new(snap, c2_tx, None, None)
+        .with_query(Arc::new(packets::QueryState::new(out2.clone(), None)));
+    let (c2_addr, _gate) = serve_local(c2, None, Limits::for_descriptor_limit(1024));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c4_addr = closed.local_addr().unwrap();
+    drop(closed);
+    {
+        let mut store = SqliteStore::open(&h.dir.join("c.db")).unwrap();
+        let mut tx = store.begin().unwrap();
+        let now = crate::live::engine::now_ns() as i64;
+        for (name, url, until) in [
+            ("c2", format!("http://{c2_addr}"), now + 60_000_000_000),
+            ("c3", "http://127.0.0.1:1".to_string(), now - 1),
+            ("c4", format!("http://{c4_addr}"), now + 60_000_000_000),
+        ] {
+            tx.put_collector(&StoredCollector {
+                name: name.into(),
+                incarnation: "x".into(),
+                advertise: None,
+                api_url: Some(url),
+                version: String::new(),
+                started_ns: now,
+                heartbeat_ns: now,
+                lease_until_ns: until,
+                load: Load::default(),
+            })
+            .unwrap();
+        }
+        for (collector, path) in [
+            ("c1", "web_20261206T000000Z.pcapng"),
+            ("c1", "../outside.pcapng"),
+            ("c2", "web_20261206T000000Z.pcapng"),
+            ("c3", "web_20261206T000000Z.pcapng"),
+            ("c4", "web_20261206T000000Z.pcapng"),
+        ] {
+            tx.catalog_put(&CatalogFile {
+                collector: collector.into(),
+                session: "web".into(),
+                path: path.into(),
+                first_ns: Some(t0 as i64),
+                last_ns: Some(t0 as i64 + 100_000),
+                packets: 50,
+                bytes: 5000,
+                state: FileState::Closed,
+                updated_ns: now,
+            })
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let app = router(
+        h.state
+            .clone()
+            .with_query(Arc::new(packets::QueryState::new(out1, None))),
+    );
+    let mut req = Request::builder()
+        .uri(format!(
+            "/api/v1/packets?session=web&from={}&to={}",
+            t0 / 1_000_000_000,
+            t0 / 1_000_000_000 + 1
+        ))
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(Peer(LOCAL.parse().unwrap())));
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let head = resp
+        .headers()
+        .get(packets::UNREACHABLE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(head.contains("c3 (its lease ran out"), "{head}");
+    assert!(head.contains("c4 ("), "{head}");
+    assert!(!head.contains("c2"), "{head}");
+    assert_eq!(resp.headers().get("trailer").unwrap(), packets::UNREACHABLE);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let mut r = tapwire_formats::capture::CaptureReader::new(&body[..]).unwrap();
+    let mut times = Vec::new();
+    let mut hosts = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        times.push(rec.ts_ns);
+        hosts.push(rec.data[29]);
+    }
+    assert_eq!(times.len(), 100, "both parts, merged");
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "in time order");
+    assert_eq!(hosts[..4], [1, 2, 1, 2], "interleaved from both collectors");
+    let mut scan = crate::query::fleet::LeftOutScan::default();
+    scan.feed(&body);
+    let named: Vec<&str> = scan
+        .found
+        .iter()
+        .filter_map(|c| c.strip_prefix("collector ")?.split(' ').next())
+        .collect();
+    assert_eq!(named, ["c3", "c4"], "{:?}", scan.found);
+}
+
+/// The catalog over the API: a viewer lists a session's files overlapping a range (times in
+/// RFC 3339 or seconds), with paths as stored (relative); the session is a name, never a path.
+#[tokio::test]
+async fn the_catalog_lists_a_sessions_files_overlapping_a_range_to_viewers() {
+    use tapwire_control::CatalogChange;
+    use tapwire_control::store::{CatalogFile, FileState};
+    let h = harness("catalog", None);
+    let t0: i64 = 1_700_000_000_000_000_000;
+    let s = 1_000_000_000;
+    let row = |session: &str, path: &str, first: i64, last: i64, state| {
+        CatalogChange::Put(CatalogFile {
+            collector: String::new(),
+            session: session.into(),
+            path: path.into(),
+            first_ns: Some(first),
+            last_ns: Some(last),
+            packets: 3,
+            bytes: 300,
+            state,
+            updated_ns: last,
+        })
+    };
+    h.ctl
+        .catalog_write(&[
+            row("web", "web_1.pcapng", t0, t0 + 10 * s, FileState::Deleted),
+            row(
+                "web",
+                "web_2.pcapng.gz",
+                t0 + 10 * s,
+                t0 + 20 * s,
+                FileState::Closed,
+            ),
+            row(
+                "web",
+                "web_3.pcapng",
+                t0 + 20 * s,
+                t0 + 21 * s,
+                FileState::Open,
+            ),
+            row("db", "db_1.pcapng", t0, t0 + 30 * s, FileState::Closed),
+        ])
+        .unwrap();
+    let viewer = h.token("v", "viewer").await;
+    let get = |q: &str| {
+        let path = format!("/api/v1/files{q}");
+        let viewer = viewer.clone();
+        let h = &h;
+        async move { h.call("GET", &path, REMOTE, Some(&viewer), None).await }
+    };
+    let (st, v) = get("?session=web").await;
+    assert_eq!(st, 200, "{v}");
+    let paths: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["web_1.pcapng", "web_2.pcapng.gz", "web_3.pcapng"]);
+    assert_eq!(v["truncated"], false);
+    let f = &v["files"][1];
+    assert_eq!(f["collector"], h.ctl.name());
+    assert_eq!(
+        (
+            f["state"].as_str(),
+            f["first_ns"].as_i64(),
+            f["packets"].as_u64()
+        ),
+        (Some("closed"), Some(t0 + 10 * s), Some(3))
+    );
+    // 15 s to 16 s after t0, in seconds since the epoch: only the compressed file, and the
+    // open one (an open file reaches to now) does not start before 20 s.
+    let (st, v) = get(&format!(
+        "?session=web&from={}&to={}",
+        t0 / s + 15,
+        t0 / s + 16
+    ))
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["files"][0]["path"], "web_2.pcapng.gz");
+    let (st, v) = get("?session=web&from=2023-11-14T22:13:45Z").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["files"][0]["path"], "web_3.pcapng", "{v}");
+    for (q, says) in [
+        ("", "session: required"),
+        ("?session=../etc", "session:"),
+        ("?session=web&from=yesterday", "from:"),
+        ("?session=web&session=db", "session: given twice"),
+        ("?session=web&path=/etc/passwd", "unknown parameter"),
+    ] {
+        let (st, v) = get(q).await;
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(v.to_string().contains(says), "{q}: {v}");
+    }
+    let (st, _) = h
+        .call("GET", "/api/v1/files?session=web", REMOTE, None, None)
+        .await;
+    assert_eq!(st, 401);
 }

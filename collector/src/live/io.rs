@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tapwire_formats::index::{self, KeyLog};
 
+use super::catalog::{CatalogTx, FileEvent, FileStats};
 use crate::demux::SourceId;
+use tapwire_control::store::FileState;
 
 pub type FileId = u64;
 
@@ -269,6 +271,8 @@ pub enum Cmd {
         blocks: Vec<Range<usize>>,
         /// The keys of `buf`'s packets by range, for the file's index.
         index: Option<Box<KeyLog>>,
+        /// The earliest and latest packet time in `buf`, for the catalog.
+        ts: Option<(u64, u64)>,
     },
     Close {
         file: FileId,
@@ -417,6 +421,9 @@ struct OpenFile {
     dontcache: bool,
     /// The index beside it.
     index: Option<Sidecar>,
+    /// What is on disk, and what the catalog was last told.
+    stats: FileStats,
+    told: FileStats,
 }
 
 /// A capture file's index (`<file>.twidx`), appended after each buffer of the capture is on
@@ -541,13 +548,23 @@ impl Storage for FileStorage<'_> {
     }
 }
 
+/// A finished file whose on-finish command runs.
+struct Finishing {
+    child: Child,
+    path: PathBuf,
+    session: Arc<str>,
+    stats: FileStats,
+}
+
 pub struct DiskThread {
     cmds: Receiver<Cmd>,
     events: Sender<Event>,
     buffers: Sender<Vec<u8>>,
     shared: Arc<Shared>,
     files: HashMap<FileId, OpenFile>,
-    children: Vec<(Child, PathBuf)>,
+    children: Vec<Finishing>,
+    /// Where the catalog hears of each file (with `--db`).
+    catalog: Option<CatalogTx>,
     last_check: Instant,
     /// Files kept open at once: every session has one, and sessions can outnumber descriptors.
     max_open: usize,
@@ -572,7 +589,20 @@ impl DiskThread {
             n_open: 0,
             tick: 0,
             children: Vec::new(),
+            catalog: None,
             last_check: Instant::now(),
+        }
+    }
+
+    /// Tells `catalog` of every file opened, written, closed, compressed or removed.
+    pub fn with_catalog(mut self, catalog: CatalogTx) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    fn tell(&self, e: FileEvent) {
+        if let Some(c) = &self.catalog {
+            c.send(e);
         }
     }
 
@@ -603,12 +633,18 @@ impl DiskThread {
                 prune,
             } => {
                 self.make_room();
+                let mut pruned = Vec::new();
                 let created = dir.open(true).and_then(|handle| {
                     if let Some(p) = &prune {
-                        prune_old(&handle, &dir.path(), p);
+                        pruned = prune_old(&handle, &dir.path(), p);
                     }
                     create_unique(&handle, &stem, ext)
                 });
+                for name in pruned {
+                    self.tell(FileEvent::Deleted {
+                        path: dir.path().join(name),
+                    });
+                }
                 match created {
                     Ok((f, name)) => {
                         let path = dir.path().join(&name);
@@ -633,8 +669,16 @@ impl DiskThread {
                                 last_use: self.tick,
                                 dontcache: true,
                                 index,
+                                stats: FileStats::default(),
+                                told: FileStats::default(),
                             },
                         );
+                        self.tell(FileEvent::Now {
+                            path: path.clone(),
+                            session: session.clone(),
+                            stats: FileStats::default(),
+                            state: FileState::Open,
+                        });
                         let _ = self.events.send(Event::Opened {
                             session,
                             file,
@@ -659,10 +703,15 @@ impl DiskThread {
                 tally,
                 blocks,
                 index,
+                ts,
             } => {
                 let n = buf.len() as u64;
                 match self.write(file, &buf, &blocks, index) {
                     Ok(()) => {
+                        if let Some(f) = self.files.get_mut(&file) {
+                            f.stats.add(tally.iter().map(|t| t.1).sum(), ts);
+                            f.stats.bytes = f.extent.len_bytes();
+                        }
                         let _ = self.events.send(Event::Written {
                             session,
                             file,
@@ -741,6 +790,23 @@ impl DiskThread {
         if f.file.take().is_some() {
             self.n_open -= 1;
         }
+        f.stats.bytes = f.extent.len_bytes();
+        if self.catalog.is_some() {
+            let path = f.path.clone();
+            self.tell(if f.extent.len_bytes() == 0 {
+                FileEvent::Dropped { path }
+            } else if path.exists() {
+                FileEvent::Now {
+                    path,
+                    session: f.session.clone(),
+                    stats: f.stats,
+                    state: FileState::Closed,
+                }
+            } else {
+                // Its directory was removed meanwhile.
+                FileEvent::Deleted { path }
+            });
+        }
         if let Some(cmd) = on_finish
             && f.extent.len_bytes() > 0
         {
@@ -749,7 +815,7 @@ impl DiskThread {
                 .as_ref()
                 .filter(|ix| !ix.failed)
                 .map(|ix| ix.path.as_path());
-            self.spawn_on_finish(cmd, session, &f.path, index);
+            self.spawn_on_finish(cmd, session, &f.path, index, f.stats);
         }
         let _ = self.events.send(Event::Closed {
             session: f.session,
@@ -911,20 +977,77 @@ impl DiskThread {
                 });
             }
         }
-        self.children.retain_mut(|(c, path)| match c.try_wait() {
+        // The catalog's open files: what they hold now, when it changed.
+        let mut changed = Vec::new();
+        for f in self.files.values_mut() {
+            if f.stats != f.told {
+                f.told = f.stats;
+                changed.push(FileEvent::Now {
+                    path: f.path.clone(),
+                    session: f.session.clone(),
+                    stats: f.stats,
+                    state: FileState::Open,
+                });
+            }
+        }
+        for e in changed {
+            self.tell(e);
+        }
+        let mut done = Vec::new();
+        self.children.retain_mut(|c| match c.child.try_wait() {
             Ok(Some(status)) => {
                 if !status.success() {
-                    tracing::warn!(file = %path.display(), %status, "on-finish command failed");
+                    tracing::warn!(file = %c.path.display(), %status, "on-finish command failed");
                 }
-                drop_orphan_index(path);
+                drop_orphan_index(&c.path);
+                done.push((c.path.clone(), c.session.clone(), c.stats));
                 false
             }
             Ok(None) => true,
             Err(_) => false,
         });
+        for (path, session, stats) in done {
+            self.finished(path, session, stats);
+        }
     }
 
-    fn spawn_on_finish(&mut self, cmd: &str, session: &str, path: &Path, index: Option<&Path>) {
+    /// Tells the catalog what an on-finish command left of a file: itself, its compressed
+    /// copy (`.gz`, the name the catalog keeps), or nothing.
+    fn finished(&self, path: PathBuf, session: Arc<str>, mut stats: FileStats) {
+        if self.catalog.is_none() {
+            return;
+        }
+        let gz = compressed_path(&path);
+        if let Ok(m) = std::fs::metadata(&path) {
+            stats.bytes = m.len();
+            self.tell(FileEvent::Now {
+                path,
+                session,
+                stats,
+                state: FileState::Closed,
+            });
+        } else if let Ok(m) = std::fs::metadata(&gz) {
+            stats.bytes = m.len();
+            self.tell(FileEvent::Dropped { path });
+            self.tell(FileEvent::Now {
+                path: gz,
+                session,
+                stats,
+                state: FileState::Closed,
+            });
+        } else {
+            self.tell(FileEvent::Deleted { path });
+        }
+    }
+
+    fn spawn_on_finish(
+        &mut self,
+        cmd: &str,
+        session: &str,
+        path: &Path,
+        index: Option<&Path>,
+        stats: FileStats,
+    ) {
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -939,7 +1062,12 @@ impl DiskThread {
         }
         let child = command.spawn();
         match child {
-            Ok(c) => self.children.push((c, path.to_path_buf())),
+            Ok(child) => self.children.push(Finishing {
+                child,
+                path: path.to_path_buf(),
+                session: session.into(),
+                stats,
+            }),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot run on-finish command")
             }
@@ -957,8 +1085,18 @@ impl DiskThread {
             self.close(id, f, None, &session);
         }
         while !self.children.is_empty() && Instant::now() < deadline {
-            self.children
-                .retain_mut(|(c, _)| matches!(c.try_wait(), Ok(None)));
+            let mut done = Vec::new();
+            self.children.retain_mut(|c| match c.child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(_)) => {
+                    done.push((c.path.clone(), c.session.clone(), c.stats));
+                    false
+                }
+                Err(_) => false,
+            });
+            for (path, session, stats) in done {
+                self.finished(path, session, stats);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         if !self.children.is_empty() {
@@ -1137,15 +1275,17 @@ pub fn is_session_file(name: &str, session: &str) -> bool {
 /// with the one about to be opened, at most `max_files` remain. Names sort in time order. A
 /// capture, its compressed copy (an on-finish hook at work) and its index are one file; indexes
 /// left without their capture go too.
-fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
+/// Returns the names of the captures it removed.
+fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) -> Vec<String> {
     use nix::fcntl::OFlag;
+    let mut removed = Vec::new();
     let Ok(mut listing) = nix::dir::Dir::openat(
         dir,
         ".",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     ) else {
-        return;
+        return removed;
     };
     let mut present: std::collections::HashSet<String> = listing
         .iter()
@@ -1171,6 +1311,7 @@ fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
                 match unlink(&name) {
                     Ok(()) => {
                         present.remove(&name);
+                        removed.push(name.clone());
                         tracing::info!(
                             file = name,
                             dir = %shown.display(),
@@ -1195,15 +1336,21 @@ fn prune_old(dir: &OwnedFd, shown: &Path, p: &Prune) {
             tracing::debug!(index = name, dir = %shown.display(), "removed the index of a capture that is gone");
         }
     }
+    removed
+}
+
+/// `dir/x.pcapng` -> `dir/x.pcapng.gz`: where a compressing on-finish command leaves it.
+fn compressed_path(capture: &Path) -> PathBuf {
+    capture.with_file_name(format!(
+        "{}.gz",
+        capture.file_name().unwrap_or_default().to_string_lossy()
+    ))
 }
 
 /// Removes the index of `capture` when neither the capture nor its compressed copy exists
 /// (max_files removed it, or an on-finish command moved or deleted it).
 fn drop_orphan_index(capture: &Path) {
-    let gz = capture.with_file_name(format!(
-        "{}.gz",
-        capture.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let gz = compressed_path(capture);
     let index = sidecar_path(capture);
     if !capture.exists() && !gz.exists() && std::fs::remove_file(&index).is_ok() {
         tracing::debug!(index = %index.display(), "removed the index of a capture that is gone");
@@ -1475,6 +1622,7 @@ mod tests {
             tally: vec![(SourceId::new(3, 0), 2)],
             blocks,
             index: None,
+            ts: None,
         };
         disk.handle(open(1));
         let Ok(Event::Opened { path, .. }) = ev_rx.try_recv() else {
@@ -1523,6 +1671,107 @@ mod tests {
             Ok(Event::Closed { bytes: 0, .. })
         ));
         assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The catalog hears of each file's life: opened, its packets and times as written
+    /// (refreshed periodically, not per buffer), closed, compressed by its on-finish command
+    /// (the row moves to the `.gz`), and removed by `max_files`.
+    #[test]
+    fn the_disk_thread_tells_the_catalog_of_each_file() {
+        use super::super::catalog::{self, FileEvent, FileStats};
+        let dir = std::env::temp_dir().join(format!("tapwire-io-catalog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s_20260101T000000Z.pcap"), b"x").unwrap();
+        std::fs::write(dir.join("s_20260101T000001Z.pcap.gz"), b"x").unwrap();
+        let (_cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, _ev_rx) = crossbeam_channel::unbounded();
+        let (buf_tx, _buf_rx) = crossbeam_channel::unbounded();
+        let (tx, rx, _) = catalog::channel();
+        let mut disk =
+            DiskThread::new(cmd_rx, ev_tx, buf_tx, Arc::new(Shared::default())).with_catalog(tx);
+        let session: Arc<str> = "s".into();
+        disk.handle(Cmd::Open {
+            file: 1,
+            session: session.clone(),
+            dir: OutDir::of(Some(&dir), Path::new("/nonexistent")),
+            stem: "s_20260101T000002Z".into(),
+            ext: "pcap",
+            prune: Some(Prune {
+                session: "s".into(),
+                max_files: 1,
+            }),
+        });
+        let path = dir.join("s_20260101T000002Z.pcap");
+        let now = |stats, state| FileEvent::Now {
+            path: path.clone(),
+            session: session.clone(),
+            stats,
+            state,
+        };
+        let deleted = |name: &str| FileEvent::Deleted {
+            path: dir.join(name),
+        };
+        let events: Vec<FileEvent> = rx.try_iter().collect();
+        assert_eq!(
+            events,
+            vec![
+                deleted("s_20260101T000000Z.pcap"),
+                deleted("s_20260101T000001Z.pcap.gz"),
+                now(FileStats::default(), FileState::Open)
+            ]
+        );
+        for (buf, n, ts) in [(&b"HHHHr1r2"[..], 2, (50, 70)), (b"r3", 1, (40, 45))] {
+            disk.handle(Cmd::Write {
+                file: 1,
+                session: session.clone(),
+                buf: buf.to_vec(),
+                tally: vec![(SourceId::new(3, 0), n)],
+                blocks: if n == 2 { vec![0..4] } else { Vec::new() },
+                index: None,
+                ts: Some(ts),
+            });
+        }
+        assert!(rx.is_empty(), "not per buffer");
+        let written = FileStats {
+            first_ns: Some(40),
+            last_ns: Some(70),
+            packets: 3,
+            bytes: 10,
+        };
+        disk.periodic();
+        assert_eq!(rx.try_recv(), Ok(now(written, FileState::Open)));
+        disk.periodic();
+        assert!(rx.is_empty(), "unchanged: not told again");
+        disk.handle(Cmd::Close {
+            file: 1,
+            session: "s".into(),
+            on_finish: Some("gzip \"$1\"".into()),
+        });
+        assert_eq!(rx.try_recv(), Ok(now(written, FileState::Closed)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !disk.children.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            disk.periodic();
+        }
+        let gz = dir.join("s_20260101T000002Z.pcap.gz");
+        let gz_bytes = std::fs::metadata(&gz).unwrap().len();
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            vec![
+                FileEvent::Dropped { path: path.clone() },
+                FileEvent::Now {
+                    path: gz,
+                    session: session.clone(),
+                    stats: FileStats {
+                        bytes: gz_bytes,
+                        ..written
+                    },
+                    state: FileState::Closed,
+                }
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1610,6 +1859,7 @@ mod tests {
                 tally: vec![(SourceId::new(0, 0), u64::from(n))],
                 blocks,
                 index: Some(log),
+                ts: None,
             });
         }
         disk.handle(Cmd::Close {
@@ -1943,6 +2193,7 @@ mod tests {
             tally: vec![(SourceId::new(0, 0), 1)],
             blocks: vec![0..4],
             index: None,
+            ts: None,
         });
         match ev_rx.try_recv() {
             Ok(Event::WriteFailed { file: 1, error, .. }) => {

@@ -157,6 +157,8 @@ struct Current {
     packets: u64,
     /// The keys of the packets in the buffer, for the file's index (`None`: not indexed).
     keys: Option<Box<KeyLog>>,
+    /// The earliest and latest packet time in the buffer, for the catalog.
+    ts: Option<(u64, u64)>,
 }
 
 impl Current {
@@ -296,6 +298,9 @@ impl FileOutput {
             log.packet(end, packet.ts_ns, iface, keys, gap);
         }
         cur.packets += 1;
+        cur.ts = Some(cur.ts.map_or((packet.ts_ns, packet.ts_ns), |(lo, hi)| {
+            (lo.min(packet.ts_ns), hi.max(packet.ts_ns))
+        }));
         cur.slots[slot].1 += 1;
         cur.spans[slot].last = counted.after;
         if cur.enc.pending_len() >= ctx.flush_bytes {
@@ -359,6 +364,7 @@ impl FileOutput {
             last_flush_ns: now_ns,
             packets: 0,
             keys: ctx.shared.index.then(|| Box::new(KeyLog::new(0))),
+            ts: None,
         });
     }
 
@@ -388,6 +394,7 @@ impl FileOutput {
             tally: cur.take_tally(),
             blocks: std::mem::take(&mut cur.blocks),
             index,
+            ts: cur.ts.take(),
         });
     }
 

@@ -133,9 +133,87 @@ impl Catalog for LocalDirs {
     }
 }
 
+/// Where a path the fleet's catalog names (relative to the collector's output root) is on
+/// this machine: `None` for an absolute path, one that climbs (`..`) or one that leads out
+/// of `root` through a symbolic link. The catalog is shared by every collector of a fleet:
+/// what it says is not trusted with a path outside the output root.
+pub fn confined(root: &Path, relative: &str) -> Option<PathBuf> {
+    use std::path::Component;
+    let rel = Path::new(relative);
+    if relative.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return None;
+    }
+    let root = root.canonicalize().ok()?;
+    let real = root.join(rel).canonicalize().ok()?;
+    (real.starts_with(&root) && real.is_file()).then_some(real)
+}
+
+/// This collector's files: those in its directories, and those the fleet's catalog names
+/// for it that the directories do not hold (confined to the output root).
+#[derive(Debug, Clone, Default)]
+pub struct WithCatalog {
+    pub local: LocalDirs,
+    pub extra: Vec<FileRef>,
+}
+
+impl Catalog for WithCatalog {
+    fn files(&self, session: Option<&str>, from_ns: u64, to_ns: u64) -> io::Result<Vec<FileRef>> {
+        let mut files = self.local.files(session, from_ns, to_ns)?;
+        let known: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.path.canonicalize().ok())
+            .collect();
+        for f in &self.extra {
+            if session.is_none_or(|s| f.session.as_deref() == Some(s)) && !known.contains(&f.path) {
+                files.push(f.clone());
+            }
+        }
+        files.sort_by_key(FileRef::name);
+        Ok(files)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_paths_stay_inside_the_output_root() {
+        let base = std::env::temp_dir().join(format!("tapwire-confined-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("out");
+        std::fs::create_dir_all(root.join("web")).unwrap();
+        std::fs::write(root.join("web/web_20260101T000000Z.pcapng"), b"x").unwrap();
+        std::fs::write(base.join("secret.pcapng"), b"x").unwrap();
+        std::os::unix::fs::symlink(base.join("secret.pcapng"), root.join("link.pcapng")).unwrap();
+        std::os::unix::fs::symlink(&base, root.join("up")).unwrap();
+        assert_eq!(
+            confined(&root, "web/web_20260101T000000Z.pcapng"),
+            Some(
+                root.canonicalize()
+                    .unwrap()
+                    .join("web/web_20260101T000000Z.pcapng")
+            )
+        );
+        for bad in [
+            "../secret.pcapng",
+            "web/../../secret.pcapng",
+            "/etc/passwd",
+            &base.join("secret.pcapng").display().to_string(),
+            "link.pcapng",
+            "up/secret.pcapng",
+            "web",
+            "",
+            "missing.pcapng",
+        ] {
+            assert_eq!(confined(&root, bad), None, "{bad}");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn sessions_files_in_order_and_the_last_one_live() {

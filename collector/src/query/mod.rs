@@ -19,7 +19,8 @@
 //! their first candidate time, so memory is one read buffer per file overlapping in time.
 
 pub mod catalog;
-mod indexed;
+pub mod fleet;
+pub(crate) mod indexed;
 pub mod plan;
 mod read;
 #[cfg(test)]
@@ -367,7 +368,7 @@ pub fn prepare(
 }
 
 /// The first comment of the output: what was asked.
-fn describe(req: &Request) -> String {
+pub fn describe(req: &Request) -> String {
     let mut s = format!(
         "tapwire query: from {} to {}",
         rfc3339_ns(req.from_ns),

@@ -982,3 +982,162 @@ proptest! {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fleet queries: parts merged
+
+/// A query's answer over `dir`, as the pieces a part's channel carries.
+fn part_of(dir: &Path, req: &Request, collector: &str, piece_bytes: usize) -> fleet::Part {
+    let local = LocalDirs {
+        dirs: vec![dir.to_path_buf()],
+        ..LocalDirs::default()
+    };
+    let mut out = Vec::new();
+    prepare(&local, req, None).unwrap().write(&mut out).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(out.len() / piece_bytes + 2);
+    for piece in out.chunks(piece_bytes) {
+        tx.try_send(Ok(piece.to_vec())).unwrap();
+    }
+    fleet::Part {
+        collector: collector.into(),
+        chunks: rx,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// One session's files split over two collectors: their parts merged equal one query
+    /// over all the files (and so the reference merge: mergecap of tcpdump's output), ties
+    /// and all, however the parts arrive in pieces.
+    #[test]
+    fn parts_merged_equal_the_reference_merge_of_all_files(
+        files in packets_strategy(),
+        split in 0usize..4,
+        filter in prop_oneof![Just(None), Just(Some("host 10.0.0.3")), Just(Some("udp port 80"))],
+        piece_bytes in prop_oneof![Just(7usize), Just(100), Just(1 << 20)],
+    ) {
+        let split = split.min(files.len());
+        let (a, b) = (temp_dir("part-a"), temp_dir("part-b"));
+        for (i, f) in files.iter().enumerate() {
+            let dir = if i < split { &a } else { &b };
+            let path = dir.join(format!("s_20260101T00000{i}Z.pcapng"));
+            write_capture(&path, Format::Pcapng, f, true, 7);
+        }
+        let req = Request {
+            session: Some("s".into()),
+            from_ns: 0,
+            to_ns: u64::MAX,
+            filter: filter.map(String::from),
+            ..Request::default()
+        };
+        let parts = vec![
+            part_of(&a, &req, "a", piece_bytes),
+            part_of(&b, &req, "b", piece_bytes),
+        ];
+        let mut out = Vec::new();
+        let m = fleet::merge(parts, Vec::new(), describe(&req), &mut out).unwrap();
+        let (got, comments) = read_out(&out);
+        prop_assert_eq!(&got, &reference(&files, filter, 0, u64::MAX));
+        prop_assert_eq!(m.packets, got.len() as u64);
+        prop_assert!(m.missing.is_empty());
+        prop_assert!(comments[0].starts_with("tapwire query: from"));
+        prop_assert_eq!(&comments[1], "tapwire query: parts from collectors a, b");
+        // Interfaces carried once each, whichever part they came from.
+        let idbs = count_idbs(&out);
+        prop_assert!(idbs <= 2, "{} interface blocks", idbs);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}
+
+fn count_idbs(b: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while at + 8 <= b.len() {
+        let kind = u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        let len = u32::from_ne_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
+        n += usize::from(kind == pcapng::IDB);
+        at += len;
+    }
+    n
+}
+
+/// A part that breaks off mid-stream and a collector that could not be asked are both named
+/// in the output (its last section header); the packets that did arrive are kept.
+#[test]
+fn a_part_that_breaks_off_and_a_collector_not_asked_are_named() {
+    let dir = temp_dir("part-broken");
+    let pkts: Vec<Pkt> = (0..50u32)
+        .map(|i| {
+            (
+                1_000 + u64::from(i),
+                "10.0.0.5 erspan-ii session 1",
+                1,
+                frame(1, 80, i),
+            )
+        })
+        .collect();
+    write_capture(
+        &dir.join("s_20260101T000000Z.pcapng"),
+        Format::Pcapng,
+        &pkts,
+        true,
+        0,
+    );
+    let req = Request {
+        session: Some("s".into()),
+        from_ns: 0,
+        to_ns: u64::MAX,
+        ..Request::default()
+    };
+    let whole = part_of(&dir, &req, "b", 1 << 20);
+    // "a" sends its first 1000 bytes, then its connection breaks.
+    let mut local = Vec::new();
+    let l = LocalDirs {
+        dirs: vec![dir.clone()],
+        ..LocalDirs::default()
+    };
+    prepare(&l, &req, None).unwrap().write(&mut local).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.try_send(Ok(local[..1000].to_vec())).unwrap();
+    tx.try_send(Err("the connection broke: reset".into()))
+        .unwrap();
+    let broken = fleet::Part {
+        collector: "a".into(),
+        chunks: rx,
+    };
+    let not_asked = fleet::Missing {
+        collector: "c".into(),
+        why: "its lease ran out (it is not live)".into(),
+    };
+    let mut out = Vec::new();
+    let m = fleet::merge(
+        vec![broken, whole],
+        vec![not_asked],
+        describe(&req),
+        &mut out,
+    )
+    .unwrap();
+    let (got, comments) = read_out(&out);
+    let from_a = m.by_collector[0].1;
+    assert_eq!(m.by_collector[1], ("b".to_string(), 50));
+    assert!(from_a > 0 && from_a < 50, "{from_a}");
+    assert_eq!(got.len() as u64, 50 + from_a);
+    let missing: Vec<&str> = m.missing.iter().map(|x| x.collector.as_str()).collect();
+    assert_eq!(missing, ["c", "a"]);
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.starts_with("collector c could not be read: its lease ran out")),
+        "{comments:?}"
+    );
+    assert!(
+        comments.iter().any(|c| c
+            .starts_with("collector a could not be read: its part broke off after")
+            && c.contains("reset")),
+        "{comments:?}"
+    );
+    // The output stays a valid capture: capinfos-like reading above went to its end.
+    std::fs::remove_dir_all(&dir).unwrap();
+}

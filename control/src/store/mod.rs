@@ -162,6 +162,9 @@ pub trait Transaction {
     fn active_tokens(&mut self) -> Result<Vec<ActiveToken>, StoreError>;
     fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, StoreError>;
     fn has_admin(&mut self) -> Result<bool, StoreError>;
+    /// The fleet's secret for peer tokens: `fresh` is stored if there is none yet (the first
+    /// collector to ask makes it), else the stored one is returned.
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Whether a token of this name exists, revoked or not (names are never reused).
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError>;
     fn insert_token(&mut self, token: &NewToken<'_>) -> Result<(), StoreError>;
@@ -227,6 +230,17 @@ pub trait Transaction {
 
     /// Adds a capture file to the catalog, or updates it (by collector and path).
     fn catalog_put(&mut self, f: &CatalogFile) -> Result<(), StoreError>;
+    /// Sets the state of `collector`'s file `path`, keeping what the row says of its packets;
+    /// false when there is no such row.
+    fn catalog_mark(
+        &mut self,
+        collector: &str,
+        path: &str,
+        state: FileState,
+        updated_ns: i64,
+    ) -> Result<bool, StoreError>;
+    /// Removes `collector`'s row of `path` (the file was renamed, or never held a capture).
+    fn catalog_remove(&mut self, collector: &str, path: &str) -> Result<(), StoreError>;
     /// The files of `collector` in the catalog, oldest first.
     fn catalog_of(&mut self, collector: &str) -> Result<Vec<CatalogFile>, StoreError>;
     /// The files of `session` whose packets overlap `[from_ns, to_ns]` (an open file's range

@@ -126,6 +126,11 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (collector, path)
     );
     CREATE INDEX files_session_time ON files (session, first_ns);",
+    // 5: the fleet's secret, from which collectors sign their short-lived peer tokens.
+    "CREATE TABLE fleet_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BYTEA NOT NULL
+    );",
 ];
 
 /// The key of the advisory lock migrations run under ("tapwire" in ASCII).
@@ -859,6 +864,18 @@ impl Transaction for PgTx<'_> {
             .is_some())
     }
 
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.exec(
+            "INSERT INTO fleet_secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+            &[&fresh],
+        )?;
+        let row = self.row("SELECT secret FROM fleet_secret WHERE id = 1", &[])?;
+        match row {
+            Some(r) => get(&r, 0),
+            None => Err(StoreError::Query("the fleet secret was not stored".into())),
+        }
+    }
+
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError> {
         Ok(self
             .row("SELECT 1 FROM tokens WHERE name = $1", &[&name])?
@@ -1160,6 +1177,28 @@ impl Transaction for PgTx<'_> {
                 &f.state.name(),
                 &f.updated_ns,
             ],
+        )?;
+        Ok(())
+    }
+
+    fn catalog_mark(
+        &mut self,
+        collector: &str,
+        path: &str,
+        state: FileState,
+        updated_ns: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE files SET state = $3, updated_ns = $4 WHERE collector = $1 AND path = $2",
+            &[&collector, &path, &state.name(), &updated_ns],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn catalog_remove(&mut self, collector: &str, path: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM files WHERE collector = $1 AND path = $2",
+            &[&collector, &path],
         )?;
         Ok(())
     }

@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (collector, path)
     );
     CREATE INDEX files_session_time ON files (session, first_ns);",
+    // 5: the fleet's secret, from which collectors sign their short-lived peer tokens.
+    "CREATE TABLE fleet_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BLOB NOT NULL
+    );",
 ];
 
 /// The database's mode: it holds token hashes, which no other local user may read.
@@ -503,6 +508,18 @@ impl Transaction for SqliteTx<'_> {
             .is_some())
     }
 
+    fn fleet_secret(&mut self, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.0.execute(
+            "INSERT INTO fleet_secret (id, secret) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+            [fresh],
+        )?;
+        Ok(self
+            .0
+            .query_row("SELECT secret FROM fleet_secret WHERE id = 1", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?)
+    }
+
     fn token_exists(&mut self, name: &str) -> Result<bool, StoreError> {
         Ok(self
             .0
@@ -803,6 +820,28 @@ impl Transaction for SqliteTx<'_> {
                 f.state.name(),
                 f.updated_ns
             ],
+        )?;
+        Ok(())
+    }
+
+    fn catalog_mark(
+        &mut self,
+        collector: &str,
+        path: &str,
+        state: FileState,
+        updated_ns: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "UPDATE files SET state = ?3, updated_ns = ?4 WHERE collector = ?1 AND path = ?2",
+            params![collector, path, state.name(), updated_ns],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn catalog_remove(&mut self, collector: &str, path: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "DELETE FROM files WHERE collector = ?1 AND path = ?2",
+            params![collector, path],
         )?;
         Ok(())
     }

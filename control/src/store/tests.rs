@@ -279,6 +279,35 @@ both_backends!(the_catalog_answers_which_files_overlap_a_time_range, |b| {
     assert_eq!(tx.catalog_range("web", 550, 560).unwrap()[0].collector, "b");
 });
 
+both_backends!(
+    catalog_rows_are_marked_and_removed_by_collector_and_path,
+    |b| {
+        let mut store = b.open();
+        let mut tx = store.begin().unwrap();
+        tx.catalog_put(&file("a", "web", "web_1.pcapng", 100, 200))
+            .unwrap();
+        tx.catalog_put(&file("b", "web", "web_1.pcapng", 100, 200))
+            .unwrap();
+        // Only the state and the time of the change: the packets stay as they were.
+        assert!(
+            tx.catalog_mark("a", "web_1.pcapng", FileState::Deleted, 900)
+                .unwrap()
+        );
+        assert!(
+            !tx.catalog_mark("a", "web_9.pcapng", FileState::Deleted, 900)
+                .unwrap()
+        );
+        let mut want = file("a", "web", "web_1.pcapng", 100, 200);
+        want.state = FileState::Deleted;
+        want.updated_ns = 900;
+        assert_eq!(tx.catalog_of("a").unwrap(), [want]);
+        assert_eq!(tx.catalog_of("b").unwrap()[0].state, FileState::Closed);
+        tx.catalog_remove("a", "web_1.pcapng").unwrap();
+        assert!(tx.catalog_of("a").unwrap().is_empty());
+        assert_eq!(tx.catalog_of("b").unwrap().len(), 1);
+    }
+);
+
 #[test]
 fn locations_are_read_from_paths_and_urls() {
     use std::path::PathBuf;
@@ -523,3 +552,14 @@ fn postgres_a_commit_wakes_every_listener() {
     assert!(la.wait(std::time::Duration::from_secs(2)).unwrap());
     eprintln!("notification after {:?}", t0.elapsed());
 }
+
+both_backends!(the_fleet_secret_is_made_once_and_kept, |b| {
+    let mut store = b.open();
+    let mut tx = store.begin().unwrap();
+    let first = tx.fleet_secret(&[1; 32]).unwrap();
+    assert_eq!(first, vec![1; 32]);
+    tx.commit().unwrap();
+    let mut again = b.open();
+    let mut tx = again.begin().unwrap();
+    assert_eq!(tx.fleet_secret(&[2; 32]).unwrap(), vec![1; 32]);
+});
