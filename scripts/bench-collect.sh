@@ -39,7 +39,9 @@
 #
 # Capturers, each started before and stopped after the traffic, pinned to CPU 1:
 #
-#   tapwire        tapwire collect --no-tui --out DIR (release build): the raw GRE socket input
+#   tapwire        tapwire collect --no-tui --out DIR (release build) with no input flag: the
+#                  default, --input auto, which picks AF_XDP on col0 where it can
+#   tapwire-raw    the same with --input sockets: the raw GRE socket input alone
 #   tapwire-ring   the same with --gre-v4 off --interface col0 (AF_PACKET TPACKET_V3 ring)
 #   tapwire-xdp    the same with --xdp col0 (AF_XDP; the raw GRE socket stays open for what the
 #                  XDP program passes). INPUT=xdp (or ring, raw) runs that tapwire column alone.
@@ -105,7 +107,7 @@ COUNT=${COUNT:-1000000}
 case ${INPUT:-} in
 xdp) CAPTURERS=${CAPTURERS:-tapwire-xdp} ;;
 ring) CAPTURERS=${CAPTURERS:-tapwire-ring} ;;
-raw) CAPTURERS=${CAPTURERS:-tapwire} ;;
+raw) CAPTURERS=${CAPTURERS:-tapwire-raw} ;;
 esac
 CAPTURERS=${CAPTURERS:-tapwire tapwire-ring tapwire-xdp tcpdump tcpdump-B}
 RSS_SESSIONS=${RSS_SESSIONS-1024 4096}
@@ -280,10 +282,11 @@ start_capturer() {
     rm -rf "$out"
     mkdir -p "$out"
     SINK_PID=
-    [[ $who != tapwire && $who != tapwire-xdp ]] && start_sink "$COL"
+    [[ $who != tapwire && $who != tapwire-raw && $who != tapwire-xdp ]] && start_sink "$COL"
     case $who in
-    tapwire | tapwire-ring | tapwire-xdp)
+    tapwire | tapwire-raw | tapwire-ring | tapwire-xdp)
         local inputs=(--gre-v4 0.0.0.0)
+        [[ $who == tapwire-raw ]] && inputs=(--gre-v4 0.0.0.0 --input sockets)
         [[ $who == tapwire-ring ]] && inputs=(--gre-v4 off --interface col0)
         [[ $who == tapwire-xdp ]] && inputs=(--gre-v4 0.0.0.0 --xdp col0)
         ip netns exec "$COL" taskset -c "$RX_CPU" "$bin" collect --no-tui --out "$out" \

@@ -3,8 +3,9 @@
 # PostgreSQL of this script's, PROBES simulated probes (long-polls only, no capture) spread
 # over them, CHANGES flow changes that reach every probe. Reports the time from a change
 # (made on the first collector) to each probe's long-poll answering with it (median, p99,
-# max), the database's connections, and the CPU of PostgreSQL and of the collectors while
-# idle (heartbeats only) and over the changes.
+# max), the database's connections, the CPU of PostgreSQL and of the collectors while idle
+# (heartbeats only) and over the changes, and the queries (pg_stat_statements): per second
+# while idle, per change during the changes, the costliest statements.
 #
 #   sudo scripts/bench-fleet.sh                      # 20 collectors, 1000 probes, 10 changes
 #   COLLECTORS=5 PROBES=200 CHANGES=5 scripts/bench-fleet.sh
@@ -44,10 +45,12 @@ mkdir -p "$work/pg"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 as_pg "$pgbin/initdb" -D "$work/pg/data" -U postgres --auth=trust --no-sync >/dev/null
 as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w -o \
-  "-k $work/pg -p $port -c listen_addresses='' -c max_connections=300 -c fsync=off -c synchronous_commit=off" \
+  "-k $work/pg -p $port -c listen_addresses='' -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" \
   start >/dev/null
 psql() { as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -qAt -v ON_ERROR_STOP=1 "$@"; }
 psql -d postgres -c "CREATE DATABASE fleet"
+# Queries counted by statement (heartbeats while idle, per change during the changes).
+psql -d fleet -c "CREATE EXTENSION pg_stat_statements"
 db="host=$work/pg port=$port user=postgres dbname=fleet"
 admin=$("$TAPWIRE" token create --db "$db" --name root --role admin --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')

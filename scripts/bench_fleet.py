@@ -63,6 +63,23 @@ def pg_pids():
     return [PG_PID] + [int(x) for x in out.split()]
 
 
+def statements():
+    """(calls, total ms) per statement since the last reset, excluding this script's own."""
+    out = sql(
+        "SELECT calls, round(total_exec_time::numeric, 1), regexp_replace(left(query, 90), '\\s+', ' ', 'g')"
+        " FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat%' ORDER BY total_exec_time DESC"
+    )
+    rows = []
+    for line in out.splitlines():
+        calls, ms, q = line.split("|", 2)
+        rows.append((int(calls), float(ms), q))
+    return rows
+
+
+def connections():
+    return int(sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'fleet'"))
+
+
 def main():
     # One session, auto; probe p0 registered and given one flow through the API.
     api(0, "POST", "/api/v1/sessions", ADMIN, {"name": "s"})
@@ -120,19 +137,26 @@ def main():
     for th in threads:
         th.start()
     time.sleep(5)  # every probe in its long-poll
-    conns = sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'fleet'")
+    conns = connections()
 
+    sql("SELECT pg_stat_statements_reset()")
     cpu0 = (cpu_s(pg_pids()), cpu_s(COLLECTOR_PIDS))
     time.sleep(IDLE_S)
     cpu1 = (cpu_s(pg_pids()), cpu_s(COLLECTOR_PIDS))
+    idle_calls = sum(c for c, _, _ in statements())
     print(f"idle (heartbeats of {C} collectors, {P} probes waiting) over {IDLE_S:.0f} s: "
           f"PostgreSQL {100 * (cpu1[0] - cpu0[0]) / IDLE_S:.1f}% of a CPU, "
-          f"collectors {100 * (cpu1[1] - cpu0[1]) / IDLE_S:.1f}%")
+          f"collectors {100 * (cpu1[1] - cpu0[1]) / IDLE_S:.1f}%, "
+          f"{idle_calls / IDLE_S:.0f} queries/s")
     print(f"database connections: {conns} ({C} collectors, {P} probes)")
+    sql("SELECT pg_stat_statements_reset()")
+    cpu1 = (cpu_s(pg_pids()), cpu_s(COLLECTOR_PIDS))
 
     delays = []
     worst = []
+    peak_conns = 0
     t_changes = time.time()
+    me0 = os.times()
     for k in range(CHANGES):
         for a in arrivals.values():
             a.clear()
@@ -148,8 +172,11 @@ def main():
         worst.append(max(got) if got else float("nan"))
         print(f"change {k + 1}: {len(got)}/{P} probes in {max(got) if got else 0:.3f} s"
               + (f", {missing} missing after 30 s" if missing else ""))
+        peak_conns = max(peak_conns, connections())
         time.sleep(1)
     span = time.time() - t_changes
+    me1 = os.times()
+    me_s = (me1.user - me0.user) + (me1.system - me0.system)
     cpu2 = (cpu_s(pg_pids()), cpu_s(COLLECTOR_PIDS))
     stop.set()
     delays.sort()
@@ -158,7 +185,14 @@ def main():
           f"p99 {p(0.99):.3f} s, max {delays[-1]:.3f} s; slowest probe per change: "
           + ", ".join(f"{w:.2f}" for w in worst))
     print(f"over the changes ({span:.1f} s): PostgreSQL {100 * (cpu2[0] - cpu1[0]) / span:.1f}% "
-          f"of a CPU, collectors {100 * (cpu2[1] - cpu1[1]) / span:.1f}%")
+          f"of a CPU, collectors {100 * (cpu2[1] - cpu1[1]) / span:.1f}%, "
+          f"this simulator {100 * me_s / span:.1f}%")
+    stmts = statements()
+    print(f"database connections during the changes: up to {peak_conns}")
+    print(f"queries over the changes: {sum(c for c, _, _ in stmts) / CHANGES:.0f} per change "
+          f"(heartbeats included); costliest statements (calls per change, ms per change):")
+    for calls, ms, q in stmts[:8]:
+        print(f"  {calls / CHANGES:8.1f} {ms / CHANGES:8.1f}  {q}")
     print(f"long-poll errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
 
 

@@ -148,6 +148,35 @@ fn stream_refuses_json_as_a_usage_error() {
     assert!(session.contains("--json"), "{session}");
 }
 
+/// `tapwire token --db` with a database it cannot open is a bad flag, as for `collect --db`:
+/// exit 2 with the problem named, nothing on stdout, no password printed.
+#[test]
+fn token_with_a_database_it_cannot_open_exits_2() {
+    let missing = std::env::temp_dir().join(format!("tapwire-no-such-{}.db", std::process::id()));
+    let missing = missing.to_str().unwrap();
+    // Port 1 of the loopback: nothing listens, so the connection is refused at once.
+    let refused = "postgres://tapwire:s3cret@127.0.0.1:1/tapwire";
+    for (db, says) in [(missing, "no such database"), (refused, "127.0.0.1")] {
+        for cmd in [
+            &["token", "list", "--db", db][..],
+            &[
+                "token", "create", "--db", db, "--name", "x", "--role", "viewer",
+            ],
+        ] {
+            let o = run(Command::new(bin("tapwire")).args(cmd));
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{cmd:?}: {o:?}");
+            assert!(o.stdout.is_empty(), "{o:?}");
+            assert!(err.contains(says), "{cmd:?}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+    assert!(
+        !std::path::Path::new(missing).exists(),
+        "token list created {missing}"
+    );
+}
+
 #[test]
 fn probe_check_prints_the_names_a_user_types() {
     let out = run_ok(Command::new(bin("tapwire-probe")).args([

@@ -290,3 +290,127 @@ fn an_interface_whose_xdp_is_taken_falls_back_to_the_sockets() {
     assert!(xdp_on(&lab, &col, "col0"));
     host_reachable(&lab, &snd, &col);
 }
+
+/// `--xdp IF` on an interface whose MTU passes frames longer than the program steers would
+/// split a source over two inputs (the long frames reach the sockets, out of order with the
+/// rest): refused at start, naming the MTU and the fix, and nothing is left attached.
+#[test]
+fn a_named_interface_whose_mtu_passes_longer_frames_than_steered_is_refused_at_start() {
+    let lab = Lab::new("xdp-mtu");
+    lab.jumbo();
+    let col = lab.ns("col").to_string();
+    let tapwire = tapwire_tests::bin("tapwire");
+    let out = lab.dir().join("out");
+    let mut p = lab.spawn(
+        &col,
+        &[
+            tapwire.to_str().unwrap(),
+            "collect",
+            "--no-tui",
+            "--out",
+            out.to_str().unwrap(),
+            "--api",
+            "off",
+            "--xdp",
+            "col0",
+        ],
+    );
+    let status = p.wait_timeout(Duration::from_secs(10));
+    let err = p.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("input xdp col0: col0 has MTU 9500"), "{err}");
+    assert!(err.contains("ip link set col0 mtu 3822"), "{err}");
+    assert!(!xdp_on(&lab, &col, "col0"));
+}
+
+/// An MTU raised past what the program steers while the XDP input runs: it lets go of the
+/// interface (the sockets then receive all of it, long frames and short, in order) and says
+/// why; lowered again, it is taken again. A bridge (no ports) runs the program in generic mode,
+/// where the kernel lets the MTU change (on veth a native program caps it).
+#[test]
+fn an_mtu_raised_past_what_is_steered_leaves_the_interface_to_the_sockets() {
+    let lab = Lab::new("xdp-mtu-up");
+    let col = lab.ns("col").to_string();
+    lab.exec_ok(&col, &["ip", "link", "add", "dum0", "type", "bridge"]);
+    lab.exec_ok(&col, &["ip", "link", "set", "dum0", "up"]);
+    lab.addr(&col, "dum0", "10.79.0.2/24");
+    let out = lab.dir().join("out");
+    let c = Collector::start(&lab, &col, &out, &["--xdp", "dum0"]);
+    let attached = "XDP input: mirror traffic on dum0 is read before the IP stack";
+    wait_until(Duration::from_secs(5), "the XDP input on dum0", || {
+        c.proc.stderr().contains(attached).then_some(())
+    });
+    assert!(xdp_on(&lab, &col, "dum0"));
+    lab.exec_ok(&col, &["ip", "link", "set", "dum0", "mtu", "9000"]);
+    let log = wait_until(Duration::from_secs(10), "the MTU change noticed", || {
+        let e = c.proc.stderr();
+        e.contains("XDP refused on dum0").then_some(e)
+    });
+    assert!(
+        log.contains("MTU of dum0 changed from 1500 to 9000"),
+        "{log}"
+    );
+    assert!(log.contains("dum0 has MTU 9000"), "{log}");
+    assert!(!xdp_on(&lab, &col, "dum0"));
+    // The API's snapshot is published once a second.
+    wait_until(Duration::from_secs(5), "the refusal in the API", || {
+        input(&c.sessions(), "xdp dum0")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("dum0 has MTU 9000"))
+            .then_some(())
+    });
+    lab.exec_ok(&col, &["ip", "link", "set", "dum0", "mtu", "1500"]);
+    wait_until(Duration::from_secs(10), "dum0 taken again", || {
+        (c.proc.stderr().matches(attached).count() == 2).then_some(())
+    });
+    assert!(xdp_on(&lab, &col, "dum0"));
+}
+
+/// Without CAP_IPC_LOCK the kernel charges the UMEM to RLIMIT_MEMLOCK: a limit below the
+/// default 64 MiB (6 MiB, under the usual 8 MiB hard limit, which only CAP_SYS_RESOURCE may
+/// raise) cuts the UMEM to what fits (halved down to 4 MiB), says so, and the input runs.
+#[test]
+fn a_locked_memory_limit_cuts_the_umem_and_says_so() {
+    for tool in ["setpriv", "prlimit"] {
+        tapwire_tests::require(tool);
+    }
+    let lab = Lab::new("xdp-memlock");
+    let col = lab.ns("col").to_string();
+    let tapwire = tapwire_tests::bin("tapwire");
+    let out = lab.dir().join("out");
+    let mut p = lab.spawn(
+        &col,
+        &[
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "prlimit",
+            "--memlock=6291456:6291456",
+            tapwire.to_str().unwrap(),
+            "collect",
+            "--no-tui",
+            "--out",
+            out.to_str().unwrap(),
+            "--api",
+            "off",
+            "--xdp",
+            "col0",
+        ],
+    );
+    let log = wait_until(
+        Duration::from_secs(10),
+        "the XDP input's start line",
+        || {
+            let e = p.stderr();
+            e.contains(ATTACHED).then_some(e)
+        },
+    );
+    assert!(
+        log.contains("XDP UMEM on col0 cut to 4 MiB by the locked-memory limit"),
+        "{log}"
+    );
+    assert!(log.contains("4 MiB of UMEM in 2048-byte chunks"), "{log}");
+    assert!(xdp_on(&lab, &col, "col0"));
+    p.signal("TERM");
+    p.wait_timeout(STOP_WITHIN).expect("collector stops");
+}

@@ -740,6 +740,98 @@ fn a_database_collect_cannot_use_stops_it_at_start_with_exit_2() {
     drop(lab);
 }
 
+/// TLS to the database, against real servers: one that takes TCP clients only over TLS (its
+/// certificate signed by a CA made here), one without TLS. `collect` refuses at start, exit 2,
+/// saying why, when the server's certificate is not the CA's, when TLS is off but required by
+/// the server, or required by the URL but the server has none; the CLI works over verified TLS.
+#[test]
+fn tls_to_the_database_is_verified_and_refusals_stop_collect_with_exit_2() {
+    let ca = pg::TestCa::new("tapwire test CA");
+    let tls = Pg::start_tls("fleet-tls", &ca, true).expect("PostgreSQL");
+    let plain = Pg::start("fleet-notls").expect("PostgreSQL");
+    let dir = tapwire_tests::TempDir::new("fleet-tls");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let other = dir.join("other-ca.pem");
+    std::fs::write(&other, pg::TestCa::new("another CA").ca_pem).unwrap();
+    let (tls_db, plain_db) = (tls.database("tls"), plain.database("notls"));
+    let url = |pg: &Pg, db: &str, q: String| format!("{}?{q}", pg.url(db));
+    let verified = url(
+        &tls,
+        &tls_db,
+        format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+    );
+    let made = run_ok(Command::new(bin("tapwire")).args([
+        "token", "create", "--db", &verified, "--name", "root", "--role", "admin", "--json",
+    ]));
+    assert!(made.contains("\"token\""), "{made}");
+    let listed = run_ok(Command::new(bin("tapwire")).args(["token", "list", "--db", &verified]));
+    assert!(listed.contains("root"), "{listed}");
+    // The server holds it: written over TLS (TCP clients cannot connect without it).
+    assert_eq!(
+        tls.psql(&tls_db, "SELECT name FROM tokens"),
+        "root",
+        "stored over TLS"
+    );
+
+    let cases = [
+        (
+            url(&tls, &tls_db, "sslmode=disable".into()),
+            "no pg_hba.conf entry",
+        ),
+        (
+            url(
+                &tls,
+                &tls_db,
+                format!("sslmode=verify-full&sslrootcert={}", other.display()),
+            ),
+            "not signed by a CA in sslrootcert",
+        ),
+        (
+            url(
+                &plain,
+                &plain_db,
+                format!("sslmode=require&sslrootcert={}", ca_file.display()),
+            ),
+            "the server does not support TLS",
+        ),
+    ];
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .to_string()
+    };
+    for (db, says) in &cases {
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let o = Command::new(bin("tapwire"))
+            .args(["collect", "--no-tui", "--out", out.to_str().unwrap()])
+            .args([
+                "--api",
+                &free(),
+                "--vxlan",
+                &free(),
+                "--db",
+                db,
+                "--name",
+                "a",
+            ])
+            .args([
+                "--gre-v4", "off", "--gre-v6", "off", "--geneve", "off", "--tzsp", "off",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{db}: {err}");
+        assert!(err.contains(says), "{db}: {err}");
+        assert!(
+            !err.contains(pg::PASSWORD),
+            "the password is not shown: {err}"
+        );
+    }
+}
+
 /// Nanoseconds since the epoch, now.
 fn now_ns() -> u64 {
     std::time::SystemTime::now()

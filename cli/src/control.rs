@@ -1184,17 +1184,22 @@ fn token_offline(cmd: TokenCmd, db: &str, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A database that cannot be opened is a bad --db, as for `collect`: exit 2.
+    let bad_db = |e: String| {
+        eprintln!("tapwire token: {e}");
+        ExitCode::from(2)
+    };
     if let Location::Sqlite(path) = &at
         && !path.exists()
     {
-        return fail(format!(
+        return bad_db(format!(
             "{}: no such database (the collector creates it at its first start with --db)",
             path.display()
         ));
     }
     let mut store = match tapwire_control::store::open(&at) {
         Ok(s) => s,
-        Err(e) => return fail(format!("--db {}: {e}", at.display())),
+        Err(e) => return bad_db(format!("--db {}: {e}", at.display())),
     };
     let who = Caller::system("offline (--db)");
     let now_ns = SystemClock.now_ns();

@@ -129,6 +129,12 @@ struct CollectArgs {
     /// line, where the driver refuses XDP; refused at start by a build made without clang.
     #[arg(long, value_name = "IF")]
     xdp: Vec<String>,
+    /// UMEM of each AF_XDP interface (--xdp and --input's picks), shared by its queues: frames
+    /// wait there while tapwire is busy, one per 2 KiB chunk (MTU up to 1774) or 4 KiB chunk.
+    /// The kernel pins it; without CAP_IPC_LOCK it is cut to fit RLIMIT_MEMLOCK, with a log
+    /// line [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    xdp_umem: Option<String>,
     /// What reads the mirror traffic on each interface holding an address the GRE and UDP
     /// inputs listen on (loopback excepted), other than those --xdp and --interface name:
     /// auto tries AF_XDP, then an AF_PACKET ring, then leaves it to the sockets; xdp and ring
@@ -488,6 +494,13 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         return Err("--vxlan, --geneve and --tzsp must use different ports".into());
     }
     let dests = tapwire_collector::live::input::xdp_dests(&inputs);
+    let xdp_umem_bytes = match &a.xdp_umem {
+        Some(v) => match size_flag("xdp-umem", v)? {
+            n if n >= 4 << 20 => n,
+            _ => return Err(format!("--xdp-umem: {v:?} is below the 4MiB minimum")),
+        },
+        None => tapwire_collector::live::input::DEFAULT_XDP_UMEM_BYTES,
+    };
     for name in &a.xdp {
         if dests.is_empty() {
             return Err(
@@ -503,6 +516,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         inputs.push(InputKind::Xdp {
             name: name.clone(),
             dests: dests.clone(),
+            umem_bytes: xdp_umem_bytes,
         });
     }
     let input_mode = match a.input {
@@ -603,6 +617,7 @@ fn collect_options(a: &CollectArgs) -> Result<CollectOptions, String> {
         inputs,
         input_mode,
         workers: a.workers,
+        xdp_umem_bytes,
         decap: decap::Config {
             ports,
             strict_gre_checksum: a.strict_gre_checksum,

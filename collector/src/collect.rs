@@ -39,6 +39,8 @@ pub struct CollectOptions {
     pub input_mode: InputMode,
     /// AF_PACKET capture threads per interface (`--workers`), for the rings `--input` picks.
     pub workers: u16,
+    /// UMEM per AF_XDP interface that `--input` picks (`--xdp-umem`).
+    pub xdp_umem_bytes: u64,
     pub decap: tapwire_formats::decap::Config,
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
@@ -52,6 +54,10 @@ pub struct CollectOptions {
     /// `GET /api/v1/packets` refuses a query whose estimate exceeds this.
     pub query_max_bytes: Option<u64>,
 }
+
+/// Output buffers (1 MiB each) made resident at start: one per session of an 8-session
+/// burst and as many on their way to the disk.
+const PREFAULT_OUTPUT_BUFFERS: usize = 16;
 
 /// An error that should end `collect` with exit status 2 (bad flag, configuration, address).
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +213,7 @@ where
         snapshot.clone(),
     )
     .map_err(StartError)?;
+    engine.prefault_output_buffers(PREFAULT_OUTPUT_BUFFERS);
     // The controller queues the API's sessions before the engine runs: they are in place
     // before the first packet is routed.
     let mut catalog_thread = None;
@@ -415,7 +422,8 @@ fn pick_inputs(opts: &CollectOptions, covered: &Arc<Covered>) -> (Vec<Input>, Ve
         let mut not = choice.skipped.clone();
         for pick in &choice.tries {
             let got = match pick {
-                Pick::Xdp => Input::try_xdp(name, &dests, Arc::clone(covered)).map(|i| vec![i]),
+                Pick::Xdp => Input::try_xdp(name, &dests, opts.xdp_umem_bytes, Arc::clone(covered))
+                    .map(|i| vec![i]),
                 Pick::Ring => (0..opts.workers)
                     .map(|worker| {
                         let kind = InputKind::Interface {

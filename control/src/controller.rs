@@ -193,6 +193,10 @@ pub struct Controller<E: Engine> {
     /// The API sessions the engine was last given (those this collector runs).
     applied: Mutex<Vec<E::Session>>,
     view: Mutex<Arc<View>>,
+    /// When (monotonic, the [`Clock`]'s) the [`View`] was last known to hold every change:
+    /// the fleet's change counter read at or after this instant equalled the view's. Tokens
+    /// are checked against the view while this is younger than [`fleet::TOKEN_CACHE`].
+    view_current_at: Mutex<Option<Instant>>,
     /// Whether the last use of the database worked, and since when it has (monotonic).
     connected: AtomicBool,
     connected_since: Mutex<Option<Instant>>,
@@ -267,6 +271,7 @@ impl<E: Engine> Controller<E> {
             me,
             applied: Mutex::new(Vec::new()),
             view: Mutex::new(Arc::new(View::default())),
+            view_current_at: Mutex::new(None),
             connected: AtomicBool::new(true),
             connected_since: Mutex::new(None),
             changes,
@@ -277,9 +282,11 @@ impl<E: Engine> Controller<E> {
         ctl.bootstrap().map_err(|e| e.to_string())?;
         ctl.join().map_err(|e| e.to_string())?;
         *lock(&ctl.connected_since) = Some(ctl.clock.monotonic());
+        let read_at = ctl.clock.monotonic();
         let view = ctl.read(View::load).map_err(|e| e.to_string())?;
         let view = Arc::new(view);
         *lock(&ctl.view) = Arc::clone(&view);
+        *lock(&ctl.view_current_at) = Some(read_at);
         let sessions = ctl.owned_configs(&view.sessions);
         ctl.engine.check(&sessions).map_err(|e| {
             format!(
@@ -590,6 +597,7 @@ impl<E: Engine> Controller<E> {
             load: self.engine.load(),
         };
         let was_connected = self.connected.load(Ordering::Relaxed);
+        let read_at = self.clock.monotonic();
         let beat = {
             let mut store = lock(&self.store);
             let r = store.begin().and_then(|mut tx| {
@@ -612,6 +620,9 @@ impl<E: Engine> Controller<E> {
         }
         if !was_connected || version != lock(&self.view).version {
             self.refresh_logged();
+        } else {
+            // Nothing changed since the view was read: its tokens stay trusted.
+            *lock(&self.view_current_at) = Some(read_at);
         }
         let settled = lock(&self.connected_since)
             .is_some_and(|t| self.clock.monotonic().duration_since(t) >= self.opts.lease);
@@ -660,8 +671,10 @@ impl<E: Engine> Controller<E> {
     /// Reads the [`View`] again, gives the engine the sessions this collector runs now, and
     /// wakes the long-polls.
     fn refresh(&self) -> Result<(), Refused> {
+        let read_at = self.clock.monotonic();
         let view = Arc::new(self.read(View::load)?);
         *lock(&self.view) = Arc::clone(&view);
+        *lock(&self.view_current_at) = Some(read_at);
         let r = self.apply_owned(&view);
         self.changes.send_modify(|v| *v += 1);
         r
@@ -754,9 +767,13 @@ impl<E: Engine> Controller<E> {
     }
 
     /// Who is asking, and may they: a bearer token, else `localhost` (a viewer) for a
-    /// connection from the loopback. Tokens are looked up in the database, so that a
-    /// revocation anywhere in the fleet holds at once; only while the database is away are
-    /// they looked up in the [`View`] (probes and viewers are served with the last state).
+    /// connection from the loopback. Tokens are looked up in the [`View`] while it is known
+    /// to be current (read, or its version confirmed by a heartbeat, less than
+    /// [`fleet::TOKEN_CACHE`] ago; every change this collector hears of reads it again), and
+    /// in the database when the view does not hold them (a token just made elsewhere works at
+    /// once) or is older: a revocation anywhere in the fleet holds on every connected
+    /// collector within that bound. While the database is away, the view is used however old
+    /// (probes and viewers are served with the last state).
     pub fn authenticate(
         &self,
         bearer: Option<&str>,
@@ -798,14 +815,22 @@ impl<E: Engine> Controller<E> {
             Some(t) => {
                 // Disconnected: the view at once, not a wait on the store's lock behind a
                 // reconnection that may take its whole timeout.
-                let found = if !self.connected.load(Ordering::Relaxed) {
+                let disconnected = !self.connected.load(Ordering::Relaxed);
+                let cached = if disconnected || self.view_is_current() {
                     auth::find(t, &lock(&self.view).tokens)
                 } else {
-                    match self.read_store(|tx| tx.active_tokens()) {
+                    None
+                };
+                // Not in the view: the database, where a token made on another collector a
+                // moment ago already is.
+                let found = match cached {
+                    Some(c) => Some(c),
+                    None if disconnected => None,
+                    None => match self.read_store(|tx| tx.active_tokens()) {
                         Ok(active) => auth::find(t, &active),
                         Err(e) if e.is_unavailable() => auth::find(t, &lock(&self.view).tokens),
                         Err(e) => return Err(e.into()),
-                    }
+                    },
                 };
                 found.ok_or_else(|| {
                     Refused::Unauthorized("the token is unknown or revoked".into())
@@ -828,6 +853,14 @@ impl<E: Engine> Controller<E> {
             )));
         }
         Ok(caller)
+    }
+
+    /// Whether the [`View`] was known to hold every change less than [`fleet::TOKEN_CACHE`]
+    /// ago.
+    fn view_is_current(&self) -> bool {
+        let now = self.clock.monotonic();
+        lock(&self.view_current_at)
+            .is_some_and(|t| now.saturating_duration_since(t) < fleet::TOKEN_CACHE)
     }
 
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {

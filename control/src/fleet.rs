@@ -21,6 +21,14 @@ pub const LEASE: Duration = Duration::from_secs(6);
 /// How often a collector renews its lease, looks for dead ones and for changes it missed.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long a collector trusts the tokens it read: a token revoked anywhere in the fleet is
+/// refused by every connected collector at most this long after the revocation's commit
+/// (usually at once: the change's notification makes each collector read them again, and each
+/// heartbeat that finds the fleet's change counter moved does too). Older than this, tokens
+/// are looked up in the database. Two heartbeats, so that a late one does not send every
+/// request to the database.
+pub const TOKEN_CACHE: Duration = Duration::from_secs(2);
+
 /// Why a session moves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {

@@ -3,7 +3,7 @@
 //! in the collector's `http` module.)
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -607,8 +607,19 @@ fn member(
     engine: FakeEngine,
     clock: Arc<FakeClock>,
 ) -> Harness {
+    member_on(b, b.open(), name, advertise, engine, clock)
+}
+
+/// [`member`] on a store opened by the caller.
+fn member_on(
+    b: &Backend,
+    mut store: Box<dyn crate::store::Store>,
+    name: &str,
+    advertise: &str,
+    engine: FakeEngine,
+    clock: Arc<FakeClock>,
+) -> Harness {
     let engine = Arc::new(engine);
-    let mut store = b.open();
     if b.location.is_postgres() && !store.begin().unwrap().has_admin().unwrap() {
         tokens::create_offline(
             &mut *store,
@@ -939,6 +950,198 @@ both_backends!(tokens_are_the_fleets, |b| {
     let revoke = audit.iter().find(|e| e.action == "token.revoke").unwrap();
     assert_eq!(revoke.collector.as_deref(), Some("a"));
 });
+
+// A token revoked on one collector is refused on another within `fleet::TOKEN_CACHE` even
+// when that one hears nothing (no notification, no heartbeat): tokens are taken from memory
+// only while it is known to be current.
+both_backends!(
+    a_revoked_token_is_refused_elsewhere_within_the_cache_bound,
+    |b| {
+        let clock = clock();
+        let a = member(
+            &b,
+            "a",
+            "10.0.0.1",
+            FakeEngine::default(),
+            Arc::clone(&clock),
+        );
+        let c = member(
+            &b,
+            "b",
+            "10.0.0.2",
+            FakeEngine::default(),
+            Arc::clone(&clock),
+        );
+        let admin = Caller::system("ops");
+        let secret = a
+            .ctl
+            .create_token(
+                &admin,
+                TokenCreate {
+                    name: "viewer".into(),
+                    role: Role::Viewer,
+                    probe: None,
+                },
+            )
+            .unwrap()
+            .token
+            .unwrap();
+        c.ctl.tick();
+        assert!(c.ctl.authenticate(Some(&secret), false, Need::Read).is_ok());
+        a.ctl.revoke_token(&admin, "viewer").unwrap();
+        // b has heard nothing: within the bound it may still take the token from memory ...
+        clock.advance(crate::fleet::TOKEN_CACHE - Duration::from_millis(1));
+        assert!(c.ctl.authenticate(Some(&secret), false, Need::Read).is_ok());
+        // ... and not a moment longer.
+        clock.advance(Duration::from_millis(1));
+        assert!(matches!(
+            c.ctl.authenticate(Some(&secret), false, Need::Read),
+            Err(Refused::Unauthorized(_))
+        ));
+        // A heartbeat that finds nothing new keeps the view trusted; one after the revocation
+        // (read again) refuses at once.
+        let t2 = a
+            .ctl
+            .create_token(
+                &admin,
+                TokenCreate {
+                    name: "viewer2".into(),
+                    role: Role::Viewer,
+                    probe: None,
+                },
+            )
+            .unwrap()
+            .token
+            .unwrap();
+        c.ctl.tick();
+        a.ctl.revoke_token(&admin, "viewer2").unwrap();
+        c.ctl.tick();
+        assert!(matches!(
+            c.ctl.authenticate(Some(&t2), false, Need::Read),
+            Err(Refused::Unauthorized(_))
+        ));
+    }
+);
+
+/// With the fleet thread running, the revocation's notification makes the other collector
+/// read the tokens again: refused well within the bound, its clock standing still.
+#[test]
+fn postgres_a_revocation_reaches_the_other_collector_by_notification() {
+    let Some(b) = Backend::postgres("revoke_notify") else {
+        return;
+    };
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let c = member(
+        &b,
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let admin = Caller::system("ops");
+    let secret = a
+        .ctl
+        .create_token(
+            &admin,
+            TokenCreate {
+                name: "viewer".into(),
+                role: Role::Viewer,
+                probe: None,
+            },
+        )
+        .unwrap()
+        .token
+        .unwrap();
+    c.ctl.tick();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fleet = c.ctl.spawn_fleet(Arc::clone(&stop)).unwrap();
+    assert!(c.ctl.authenticate(Some(&secret), false, Need::Read).is_ok());
+    let t0 = Instant::now();
+    a.ctl.revoke_token(&admin, "viewer").unwrap();
+    let refused = loop {
+        if c.ctl
+            .authenticate(Some(&secret), false, Need::Read)
+            .is_err()
+        {
+            break Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop.store(true, Ordering::Relaxed);
+    fleet.join().unwrap();
+    let refused = refused.expect("the revoked token was still taken after 10 s");
+    assert!(
+        refused < crate::fleet::TOKEN_CACHE,
+        "refused {refused:?} after the revocation"
+    );
+}
+
+/// Behind a pooler in transaction mode (PgBouncer) `LISTEN` hears nothing: a collector whose
+/// store tells of no commits still takes another's change, at its next heartbeat.
+#[test]
+fn postgres_without_notifications_a_change_arrives_by_heartbeat() {
+    /// The database without its notifications.
+    struct Deaf(Box<dyn crate::store::Store>);
+    impl crate::store::Store for Deaf {
+        fn begin(
+            &mut self,
+        ) -> Result<Box<dyn crate::store::Transaction + '_>, crate::store::StoreError> {
+            self.0.begin()
+        }
+    }
+    let Some(b) = Backend::postgres("deaf") else {
+        return;
+    };
+    let clock = clock();
+    let a = member(
+        &b,
+        "a",
+        "10.0.0.1",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let c = member_on(
+        &b,
+        Box::new(Deaf(b.open())),
+        "b",
+        "10.0.0.2",
+        FakeEngine::default(),
+        Arc::clone(&clock),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let fleet = c.ctl.spawn_fleet(Arc::clone(&stop)).unwrap();
+    let mut req = create("x");
+    req.collector = Some("b".into());
+    let t0 = Instant::now();
+    a.ctl.create_session(&Caller::system("ops"), req).unwrap();
+    let taken = loop {
+        if last_given(&c) == ["x"] {
+            break Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop.store(true, Ordering::Relaxed);
+    fleet.join().unwrap();
+    let taken = taken.expect("b never ran the session pinned to it");
+    // One heartbeat, and the time to read the view under a loaded test run.
+    assert!(
+        taken < crate::fleet::HEARTBEAT * 3,
+        "b ran it {taken:?} after the change"
+    );
+}
 
 #[test]
 fn postgres_a_second_collector_with_a_live_name_is_refused() {

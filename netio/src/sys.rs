@@ -260,9 +260,8 @@ struct EthtoolChannels {
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GCHANNELS: u32 = 0x3c;
 
-/// (rx-only, combined) channel counts of `interface` (ETHTOOL_GCHANNELS), `None` when the
-/// driver does not report channels.
-pub(crate) fn ethtool_channels(interface: &str) -> io::Result<Option<(u32, u32)>> {
+/// A datagram socket for interface ioctls and an `ifreq` naming `interface`.
+fn ifreq_for(interface: &str, what: &str) -> io::Result<(std::os::fd::OwnedFd, libc::ifreq)> {
     let name = CString::new(interface)
         .ok()
         .filter(|n| n.as_bytes().len() < libc::IFNAMSIZ)
@@ -272,20 +271,27 @@ pub(crate) fn ethtool_channels(interface: &str) -> io::Result<Option<(u32, u32)>
                 format!("interface name {interface:?}"),
             )
         })?;
-    // SAFETY: plain socket(2); closed below.
+    // SAFETY: plain socket(2); closed when the OwnedFd drops.
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
-        .map_err(|e| context(e, "socket for SIOCETHTOOL"))?;
+        .map_err(|e| context(e, format!("socket for {what}")))?;
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut channels = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..EthtoolChannels::default()
-    };
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
+    Ok((fd, ifr))
+}
+
+/// (rx-only, combined) channel counts of `interface` (ETHTOOL_GCHANNELS), `None` when the
+/// driver does not report channels.
+pub(crate) fn ethtool_channels(interface: &str) -> io::Result<Option<(u32, u32)>> {
+    let (fd, mut ifr) = ifreq_for(interface, "SIOCETHTOOL")?;
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..EthtoolChannels::default()
+    };
     ifr.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
     // SAFETY: `ifr` names the interface and points at `channels`, which the kernel fills and
     // which lives for the call.
@@ -298,6 +304,22 @@ pub(crate) fn ethtool_channels(interface: &str) -> io::Result<Option<(u32, u32)>
         };
     }
     Ok(Some((channels.rx_count, channels.combined_count)))
+}
+
+/// The MTU of `interface` in this network namespace (SIOCGIFMTU: unlike `/sys/class/net`, it
+/// does not depend on which namespace sysfs was mounted in).
+pub fn mtu(interface: &str) -> io::Result<u32> {
+    let (fd, mut ifr) = ifreq_for(interface, "SIOCGIFMTU")?;
+    // SAFETY: `ifr` names the interface; the kernel writes the MTU into it.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU as _, &mut ifr) };
+    if ret < 0 {
+        return Err(context(
+            io::Error::last_os_error(),
+            format!("SIOCGIFMTU on {interface}"),
+        ));
+    }
+    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member.
+    Ok(unsafe { ifr.ifr_ifru.ifru_mtu }.max(0) as u32)
 }
 
 /// Writes `buf` at the file's current offset (appending on an `O_APPEND` file) as one

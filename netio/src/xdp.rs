@@ -56,8 +56,26 @@ pub const MAX_QUEUES: u32 = 256;
 /// Entries of the destination map (`MAX_DESTS` in steer.c).
 pub const MAX_DESTS: usize = 4096;
 /// Longest frame the program steers (`MAX_FRAME_BYTES` in steer.c): a 4096-byte chunk less
-/// the kernel's headroom. Sockets fed by it need [`crate::xsk::XskConfig`]'s 4096-byte chunks.
+/// the kernel's headroom. [`crate::xsk::XskConfig::for_budget`] picks 2048-byte chunks only
+/// where the interface's MTU keeps every frame shorter than one.
 pub const MAX_STEERED_FRAME_BYTES: usize = 3840;
+
+/// The largest MTU whose frames (with an Ethernet header and one VLAN tag) the program steers.
+pub const MAX_MTU: u32 = MAX_STEERED_FRAME_BYTES as u32 - 18;
+
+/// Why AF_XDP must not read an interface of MTU `mtu`, if it must not: its longer frames would
+/// pass to the kernel's sockets while the rest of their source is steered, and arrive out of
+/// order with it.
+pub fn mtu_refusal(interface: &str, mtu: u32) -> Option<String> {
+    (mtu > MAX_MTU).then(|| {
+        format!(
+            "{interface} has MTU {mtu}: frames over {MAX_STEERED_FRAME_BYTES} bytes would bypass \
+             the XDP program and reach the sockets, out of order with the rest of their source \
+             (AF_XDP reads MTUs up to {MAX_MTU}; lower it with `ip link set {interface} mtu \
+             {MAX_MTU}`, or read {interface} with --interface)"
+        )
+    })
+}
 
 /// How the program runs on the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,10 +460,7 @@ pub fn interfaces() -> io::Result<Vec<LocalInterface>> {
     for i in &mut out {
         i.addrs.sort();
         i.addrs.dedup();
-        i.mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", i.name))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        i.mtu = crate::mtu(&i.name).unwrap_or(0);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -494,6 +509,16 @@ mod tests {
                 "{name} missing from the compiled object"
             );
         }
+    }
+
+    #[test]
+    fn an_mtu_past_what_the_program_steers_is_refused_with_the_fix() {
+        assert_eq!(mtu_refusal("eth0", 1500), None);
+        assert_eq!(mtu_refusal("eth0", MAX_MTU), None);
+        let why = mtu_refusal("eth0", MAX_MTU + 1).expect("refused");
+        assert!(why.contains("MTU 3823"), "{why}");
+        assert!(why.contains("ip link set eth0 mtu 3822"), "{why}");
+        assert!(mtu_refusal("eth0", 9000).is_some());
     }
 
     #[test]

@@ -24,6 +24,38 @@ pub const PASSWORD: &str = "tapwire-test-secret";
 /// The role the tests' collectors connect as (owner of every database made here).
 pub const ROLE: &str = "tapwire";
 
+/// A certificate authority made for one test and a server certificate it signed for
+/// 127.0.0.1 and `localhost`, as PEM.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl TestCa {
+    /// A new authority named `name` and its server certificate (fresh keys each time: two
+    /// authorities never trust each other's certificates).
+    pub fn new(name: &str) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("server")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        TestCa {
+            ca_pem: ca.pem(),
+            server_cert_pem: server.pem(),
+            server_key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 /// A running PostgreSQL of the test's.
 pub struct Pg {
     dir: PathBuf,
@@ -51,6 +83,17 @@ impl Pg {
 
     /// A server of the caller's own, stopped and removed when dropped.
     pub fn start(tag: &str) -> Option<Pg> {
+        Pg::start_with(tag, None)
+    }
+
+    /// A server of the caller's own with TLS on, its certificate signed by `ca`; with
+    /// `only`, clients on TCP must use TLS (`hostssl` lines only in pg_hba.conf; the Unix
+    /// socket stays plain, for [`Pg::psql`]).
+    pub fn start_tls(tag: &str, ca: &TestCa, only: bool) -> Option<Pg> {
+        Pg::start_with(tag, Some((ca, only)))
+    }
+
+    fn start_with(tag: &str, tls: Option<(&TestCa, bool)>) -> Option<Pg> {
         let Some(bin) = bin_dir() else {
             if std::env::var_os("TAPWIRE_SKIP_POSTGRES").is_some() {
                 eprintln!("SKIP: no PostgreSQL binaries, and TAPWIRE_SKIP_POSTGRES is set");
@@ -100,6 +143,9 @@ impl Pg {
             "initdb failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((ca, only)) = tls {
+            pg.configure_tls(ca, only);
+        }
         pg.spawn_server();
         pg.watchdog = Some(pg.spawn_watchdog());
         pg.wait_ready(Duration::from_secs(30));
@@ -108,6 +154,47 @@ impl Pg {
             &format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"),
         );
         Some(pg)
+    }
+
+    /// The server's certificate and key in its data directory, `ssl = on`, and with `only`
+    /// every TCP line of pg_hba.conf made `hostssl`.
+    fn configure_tls(&self, ca: &TestCa, only: bool) {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, pem) in [
+            ("server.crt", &ca.server_cert_pem),
+            ("server.key", &ca.server_key_pem),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).expect("server certificate");
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = self.owner {
+                chown(&path, uid, gid);
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap();
+        if only {
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}"),
+                    None => l.to_string(),
+                })
+                .collect();
+            std::fs::write(&hba, lines.join("\n") + "\n").expect("pg_hba.conf");
+        }
     }
 
     fn data_dir(&self) -> PathBuf {

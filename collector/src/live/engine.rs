@@ -24,7 +24,8 @@ use tapwire_formats::index::Inner;
 use super::input::{Batch, InputCounters, InputKind, Payload};
 use super::io::{self, Event, FileId, Loss, Shared, Tally};
 use super::output::{
-    Counted, Ctx, FLUSH_BYTES, FileOutput, Refusal, SourceCounts, buffer_fits, format_name,
+    BUFFER_SLACK_BYTES, Counted, Ctx, FLUSH_BYTES, FileOutput, Refusal, SourceCounts, buffer_fits,
+    format_name,
 };
 use super::rates::History;
 use super::stream::{self, End, Streams};
@@ -41,6 +42,8 @@ use tapwire_formats::decap::SourceKey;
 /// Memory for buffered output across all open files; each file's flush threshold is this
 /// divided among them (between [`MIN_FLUSH_BYTES`] and [`FLUSH_BYTES`]).
 const BUFFER_BUDGET_BYTES: usize = 64 << 20;
+/// Output buffers kept for reuse at most.
+const POOL_BUFFERS: usize = 64;
 /// Distinct refused addresses remembered; the rest are counted under `other`.
 const MAX_REFUSED_ADDRS: usize = 1024;
 /// How often freed heap memory is given back to the kernel.
@@ -391,6 +394,18 @@ impl Engine {
         Ok(e)
     }
 
+    /// Fills the output buffer pool with `n` buffers whose pages are touched now: the first
+    /// burst then writes its records into resident memory instead of faulting in a page per
+    /// 4 KiB (on a VM a host fault each) while the input's queue fills.
+    pub fn prefault_output_buffers(&mut self, n: usize) {
+        let bytes = self.core.flush_bytes + BUFFER_SLACK_BYTES;
+        while self.core.pool.len() < n.min(POOL_BUFFERS) {
+            let mut b = vec![0u8; bytes];
+            b.clear();
+            self.core.pool.push(b);
+        }
+    }
+
     /// What each snapshot says of the control plane (read from memory once a second).
     pub fn set_control(&mut self, info: ControlInfoFn) {
         self.core.control = Some(info);
@@ -707,7 +722,7 @@ impl Engine {
 
 impl Core {
     fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.pool.len() < 64 && buffer_fits(b.capacity(), self.flush_bytes) {
+        if self.pool.len() < POOL_BUFFERS && buffer_fits(b.capacity(), self.flush_bytes) {
             b.clear();
             self.pool.push(b);
         }

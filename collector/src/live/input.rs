@@ -47,8 +47,17 @@ const POLL: Duration = Duration::from_millis(100);
 /// keeps the kernel's receive time of each packet, and each queue holds far more than arrives
 /// in this time at any rate the core can take.
 const COALESCE: Duration = Duration::from_micros(200);
-/// Frames per AF_XDP batch, over all of an interface's sockets: one rx ring's worth.
+/// Frames per AF_XDP batch, over all of an interface's sockets.
 const XDP_BATCH: u32 = 4096;
+/// Bytes of frames per batch of the AF_XDP and ring inputs, at most (a ring block, 1 MiB, may
+/// exceed it by its VLAN tags). Every batch of the pool is allocated and touched at start:
+/// a burst then copies into memory that is resident, not into fresh pages (a page fault each,
+/// on a VM a host fault too), which is what a fresh collector lost large frames to.
+const FRAME_BATCH_BYTES: usize = 2 << 20;
+/// UMEM per AF_XDP interface unless `--xdp-umem` says otherwise: what holds a burst while the
+/// input thread waits for the CPU (tcpdump -B 65536 holds 64 MiB too). With 2 KiB chunks (MTU
+/// up to 1774) 32,768 frames of any size, a 46 MiB burst of 1.4 KB frames.
+pub const DEFAULT_XDP_UMEM_BYTES: u64 = 64 << 20;
 /// How often the AF_XDP input reads its counters, looks up the local addresses again and
 /// checks that its interface is still the one it attached to.
 const XDP_TICK: Duration = Duration::from_secs(1);
@@ -71,8 +80,13 @@ pub enum InputKind {
         workers: u16,
     },
     /// AF_XDP on an interface, one socket per receive queue, steering `dests` (an unspecified
-    /// address stands for every local address); see [`xdp_dests`].
-    Xdp { name: String, dests: Vec<Dest> },
+    /// address stands for every local address; see [`xdp_dests`]), with `umem_bytes` of UMEM
+    /// shared by its sockets.
+    Xdp {
+        name: String,
+        dests: Vec<Dest>,
+        umem_bytes: u64,
+    },
 }
 
 impl InputKind {
@@ -199,12 +213,27 @@ impl InputCounters {
     }
 }
 
-/// Frames copied out of an AF_PACKET ring block.
+/// Frames copied out of an AF_PACKET ring block or AF_XDP rx rings.
 #[derive(Debug, Default)]
 pub struct Frames {
     pub data: Vec<u8>,
     /// (offset, captured length, wire length, time)
     pub frames: Vec<(u32, u32, u32, u64)>,
+}
+
+impl Frames {
+    /// Room for `data_bytes` of frames and `frames` records, its pages touched now so that
+    /// filling it never faults.
+    pub fn prefaulted(data_bytes: usize, frames: usize) -> Frames {
+        let mut data = vec![0u8; data_bytes];
+        data.clear();
+        let mut f = Frames {
+            data,
+            frames: vec![(0, 0, 0, 0); frames],
+        };
+        f.frames.clear();
+        f
+    }
 }
 
 #[derive(Debug)]
@@ -270,11 +299,20 @@ impl Input {
                 let ring = open_ring(name, &config, filter.as_deref()).map_err(|e| ctx(e, name))?;
                 Opened::Ring(Box::new(ring), config, filter)
             }
-            InputKind::Xdp { name, dests } => {
+            InputKind::Xdp {
+                name,
+                dests,
+                umem_bytes,
+            } => {
                 // A missing interface is a bad flag (exit 2), as for --interface; a driver
-                // that refuses XDP is not: its traffic still reaches the sockets.
+                // that refuses XDP is not: its traffic still reaches the sockets. An MTU past
+                // what the program steers is: one source would arrive by two inputs.
                 tapwire_netio::ifindex(name).map_err(|e| ctx(e, name))?;
-                Opened::Xdp(Box::new(XdpInput::new(name, dests)))
+                let mtu = tapwire_netio::mtu(name).map_err(|e| ctx(e, name))?;
+                if let Some(why) = xdp::mtu_refusal(name, mtu) {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+                }
+                Opened::Xdp(Box::new(XdpInput::new(name, dests, *umem_bytes)))
             }
         };
         let counters = Arc::new(InputCounters::default());
@@ -291,14 +329,20 @@ impl Input {
 
     /// The AF_XDP input of interface `name` if its program attaches now, else why not (not
     /// logged: the caller tries the next input).
-    pub fn try_xdp(name: &str, dests: &[Dest], covered: Arc<Covered>) -> Result<Input, String> {
-        let mut x = XdpInput::new(name, dests);
+    pub fn try_xdp(
+        name: &str,
+        dests: &[Dest],
+        umem_bytes: u64,
+        covered: Arc<Covered>,
+    ) -> Result<Input, String> {
+        let mut x = XdpInput::new(name, dests, umem_bytes);
         let counters = Arc::new(InputCounters::default());
         x.attach(&counters, false)?;
         Ok(Input {
             kind: InputKind::Xdp {
                 name: name.to_string(),
                 dests: dests.to_vec(),
+                umem_bytes,
             },
             counters,
             opened: Opened::Xdp(Box::new(x)),
@@ -328,7 +372,10 @@ impl Input {
             }
             Opened::Ring(ring, config, filter) => {
                 for _ in 0..POOL {
-                    let _ = back_tx.send(Payload::Frames(Frames::default()));
+                    let _ = back_tx.send(Payload::Frames(Frames::prefaulted(
+                        config.block_size_bytes as usize + (64 << 10),
+                        XDP_BATCH as usize,
+                    )));
                 }
                 ring_loop(
                     index,
@@ -344,7 +391,10 @@ impl Input {
             }
             Opened::Xdp(x) => {
                 for _ in 0..POOL {
-                    let _ = back_tx.send(Payload::Frames(Frames::default()));
+                    let _ = back_tx.send(Payload::Frames(Frames::prefaulted(
+                        FRAME_BATCH_BYTES,
+                        XDP_BATCH as usize,
+                    )));
                 }
                 x.run(index, &self.counters, &to_engine, &back_tx, &back_rx, &stop);
             }
@@ -590,6 +640,12 @@ fn rest(n: usize, capacity: usize) -> Option<Duration> {
     (n < capacity / 2).then_some(COALESCE)
 }
 
+/// How full an AF_XDP batch of `n` frames and `bytes` is, in frames of [`XDP_BATCH`]: full by
+/// bytes counts as full, since large frames fill a batch's bytes first.
+fn xdp_filled(n: usize, bytes: usize) -> usize {
+    n.max(bytes * XDP_BATCH as usize / FRAME_BATCH_BYTES)
+}
+
 fn rest_after(n: usize, capacity: usize) {
     if let Some(d) = rest(n, capacity) {
         std::thread::sleep(d);
@@ -635,15 +691,25 @@ fn hand_over(
 struct XdpInput {
     name: String,
     dests: Vec<Dest>,
+    umem_bytes: u64,
     attached: Option<Attached>,
-    /// The interface index of the last attach attempt: another is made only for a new one.
-    tried_ifindex: Option<u32>,
+    /// The interface index and MTU of the last attach attempt: another is made only for a new
+    /// interface or a changed MTU.
+    tried: Option<(u32, u32)>,
     /// Kernel drops of sockets closed since, so that the counter stays monotonic.
     drops_before: u64,
     /// Drops when the last warning was logged, and when.
     warned: (u64, Option<Instant>),
     /// Frames passed to the kernel by programs detached since.
     passed_before: u64,
+}
+
+/// The index and MTU of interface `name` now, if it exists.
+fn interface_now(name: &str) -> Option<(u32, u32)> {
+    Some((
+        tapwire_netio::ifindex(name).ok()?,
+        tapwire_netio::mtu(name).ok()?,
+    ))
 }
 
 /// What the program left to the kernel.
@@ -656,6 +722,9 @@ struct Attached {
     xsks: Vec<Xsk>,
     /// The local addresses the destinations were expanded with.
     local: Vec<IpAddr>,
+    /// The MTU the UMEM's chunks were sized for.
+    mtu: u32,
+    config: XskConfig,
 }
 
 impl Attached {
@@ -673,43 +742,70 @@ impl Attached {
     }
 }
 
-/// UMEM chunks per socket: 8192 (32 MiB) for up to four queues, less beyond so that an
-/// interface's UMEMs stay near 128 MiB, never below 1024. The rx ring has a slot for every
-/// chunk: the thread copies frames out and gives their chunks back at once, so what the UMEM
-/// can hold of a burst while the thread rests or waits for the CPU is what the rx ring can.
-fn xsk_config(queues: u32) -> XskConfig {
-    let chunks = (32_768 / queues.max(1)).clamp(1024, 8192);
-    let chunks = 1 << (31 - chunks.leading_zeros());
-    XskConfig {
-        chunk_count: chunks,
-        fill_ring_size: chunks,
-        rx_ring_size: chunks,
-        ..XskConfig::default()
+/// Attaches the program and opens a socket per queue, with a UMEM of `umem_bytes` for the
+/// interface's current MTU (refused past [`xdp::MAX_MTU`]). Where the locked-memory limit
+/// (RLIMIT_MEMLOCK, without CAP_IPC_LOCK) refuses that, the soft limit is raised to the hard
+/// one and then the UMEM halved until it fits, down to [`xsk::MIN_CHUNKS`] chunks.
+fn open_xdp(name: &str, dests: &[Dest], umem_bytes: u64) -> std::io::Result<Attached> {
+    let mtu = tapwire_netio::mtu(name)?;
+    if let Some(why) = xdp::mtu_refusal(name, mtu) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
     }
-}
-
-fn open_xdp(name: &str, dests: &[Dest]) -> std::io::Result<Attached> {
     let mut prog = XdpProgram::attach(name)?;
     let queues = xsk::rx_queues(name)?.min(xdp::MAX_QUEUES);
-    let config = xsk_config(queues);
-    let mut xsks = Vec::new();
-    for q in 0..queues {
-        let x = Xsk::open(name, q, &config)?;
-        prog.register(&x)?;
-        xsks.push(x);
+    let mut budget = umem_bytes;
+    let (mut raised, mut cut) = (false, false);
+    let (xsks, config) = loop {
+        let config = XskConfig::for_budget(budget, queues, mtu);
+        match (0..queues)
+            .map(|q| Xsk::open(name, q, &config))
+            .collect::<std::io::Result<Vec<Xsk>>>()
+        {
+            Ok(xsks) => break (xsks, config),
+            Err(e) if xsk::is_memlock_refusal(&e) && !raised => {
+                raised = true;
+                let _ = xsk::raise_memlock_limit();
+            }
+            Err(e) if xsk::is_memlock_refusal(&e) && config.chunk_count > xsk::MIN_CHUNKS => {
+                budget = config.umem_bytes() * u64::from(queues) / 2;
+                cut = true;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let total = config.umem_bytes() * u64::from(queues);
+    if cut {
+        tracing::warn!(
+            interface = name,
+            umem_bytes = total,
+            asked_bytes = umem_bytes,
+            memlock_bytes = ?xsk::raise_memlock_limit().ok().flatten(),
+            "XDP UMEM on {name} cut to {} MiB by the locked-memory limit (RLIMIT_MEMLOCK; CAP_IPC_LOCK lifts it): bursts overflow sooner",
+            total >> 20
+        );
+    }
+    for x in &xsks {
+        prog.register(x)?;
     }
     let local = xdp::local_addrs()?;
     prog.set_dests(&expand_dests(dests, &local))?;
-    Ok(Attached { prog, xsks, local })
+    Ok(Attached {
+        prog,
+        xsks,
+        local,
+        mtu,
+        config,
+    })
 }
 
 impl XdpInput {
-    fn new(name: &str, dests: &[Dest]) -> XdpInput {
+    fn new(name: &str, dests: &[Dest], umem_bytes: u64) -> XdpInput {
         XdpInput {
             name: name.to_string(),
             dests: dests.to_vec(),
+            umem_bytes,
             attached: None,
-            tried_ifindex: None,
+            tried: None,
             drops_before: 0,
             warned: (0, None),
             passed_before: 0,
@@ -720,8 +816,8 @@ impl XdpInput {
     /// says why.
     fn attach(&mut self, counters: &InputCounters, log_refusal: bool) -> Result<(), String> {
         let name = &self.name;
-        self.tried_ifindex = tapwire_netio::ifindex(name).ok();
-        match open_xdp(name, &self.dests) {
+        self.tried = interface_now(name);
+        match open_xdp(name, &self.dests, self.umem_bytes) {
             Ok(a) => {
                 let zero_copy = a.xsks.iter().all(Xsk::zero_copy);
                 let steering: Vec<String> = expand_dests(&self.dests, &a.local)
@@ -737,9 +833,14 @@ impl XdpInput {
                     sockets = if zero_copy { "zero-copy" } else { "copy" },
                     queues = a.xsks.len(),
                     steering = steering.join(", "),
-                    "XDP input: mirror traffic on {name} is read before the IP stack ({} mode, {} sockets)",
+                    umem_bytes = a.config.umem_bytes() * a.xsks.len() as u64,
+                    chunk_bytes = a.config.chunk_size_bytes,
+                    "XDP input: mirror traffic on {name} is read before the IP stack ({} mode, {} sockets, {} MiB of UMEM in {}-byte chunks for MTU {})",
                     a.prog.mode(),
                     if zero_copy { "zero-copy" } else { "copy" },
+                    (a.config.umem_bytes() * a.xsks.len() as u64) >> 20,
+                    a.config.chunk_size_bytes,
+                    a.mtu,
                 );
                 let sockets = if zero_copy { "zero-copy" } else { "copy" };
                 set(
@@ -785,17 +886,27 @@ impl XdpInput {
     /// Once a second: counters, local addresses, the interface still being the same one; or,
     /// detached, whether an interface of that name came (back).
     fn tick(&mut self, counters: &InputCounters) {
+        let now = interface_now(&self.name);
         let Some(a) = &mut self.attached else {
-            if let Ok(i) = tapwire_netio::ifindex(&self.name)
-                && Some(i) != self.tried_ifindex
-            {
+            if now.is_some() && now != self.tried {
                 let _ = self.attach(counters, true);
             }
             return;
         };
-        match tapwire_netio::ifindex(&self.name) {
-            Ok(i) if i == a.prog.ifindex() => {}
-            _ => return self.detach(&format!("interface {} is gone", self.name), counters),
+        match now {
+            Some((i, _)) if i != a.prog.ifindex() => {
+                return self.detach(&format!("interface {} is gone", self.name), counters);
+            }
+            None => return self.detach(&format!("interface {} is gone", self.name), counters),
+            Some((_, mtu)) if mtu != a.mtu => {
+                // The chunks were sized for the old MTU, and past MAX_MTU the program would
+                // leave the longer frames to the sockets: start again (or leave it to them).
+                let why = format!("MTU of {} changed from {} to {mtu}", self.name, a.mtu);
+                self.detach(&why, counters);
+                let _ = self.attach(counters, true);
+                return;
+            }
+            Some(_) => {}
         }
         if let Ok(local) = xdp::local_addrs()
             && local != a.local
@@ -857,19 +968,29 @@ impl XdpInput {
             };
             let mut failure = xsk::wait_any(&mut a.xsks, POLL).err();
             let mut bytes = 0u64;
+            // No frame is longer than a chunk: whatever `room` lets in fits the batch's
+            // prefaulted bytes.
+            let longest = a.config.chunk_size_bytes as usize;
             for x in &mut a.xsks {
-                if failure.is_some() {
-                    break;
+                while failure.is_none() {
+                    let room = XDP_BATCH.saturating_sub(frames.frames.len() as u32).min(
+                        (FRAME_BATCH_BYTES.saturating_sub(frames.data.len()) / longest) as u32,
+                    );
+                    if room == 0 {
+                        break;
+                    }
+                    match x.receive(room, |f| {
+                        let off = frames.data.len() as u32;
+                        frames.data.extend_from_slice(f.data);
+                        let len = f.data.len() as u32;
+                        frames.frames.push((off, len, len, f.ts_ns));
+                        bytes += u64::from(len);
+                    }) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => failure = Some(e),
+                    }
                 }
-                let room = XDP_BATCH.saturating_sub(frames.frames.len() as u32);
-                let got = x.receive(room, |f| {
-                    let off = frames.data.len() as u32;
-                    frames.data.extend_from_slice(f.data);
-                    let len = f.data.len() as u32;
-                    frames.frames.push((off, len, len, f.ts_ns));
-                    bytes += u64::from(len);
-                });
-                failure = got.err();
             }
             if let Some(e) = failure {
                 let _ = back_tx.send(Payload::Frames(frames));
@@ -886,12 +1007,13 @@ impl XdpInput {
                 continue;
             }
             let n = frames.frames.len();
+            let filled = xdp_filled(n, frames.data.len());
             counters.packets.fetch_add(n as u64, Ordering::Relaxed);
             counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             if !hand_over(index, Payload::Frames(frames), to_engine, back_tx) {
                 return;
             }
-            rest_after(n, XDP_BATCH as usize);
+            rest_after(filled, XDP_BATCH as usize);
         }
         if let Some(a) = &self.attached
             && let Ok(c) = a.prog.counters()
@@ -962,13 +1084,30 @@ mod tests {
     }
 
     #[test]
-    fn umem_per_socket_shrinks_with_many_queues() {
-        for (queues, chunks) in [(1, 8192), (4, 8192), (8, 4096), (12, 2048), (64, 1024)] {
-            let c = xsk_config(queues);
-            assert_eq!(c.chunk_count, chunks, "{queues} queues");
-            // A burst can fill every chunk before the kernel drops (rx ring full).
-            assert_eq!(c.rx_ring_size, chunks, "{queues} queues");
-            c.validate().expect("valid");
-        }
+    fn a_batch_full_of_bytes_reads_on() {
+        // 1024 large frames fill the batch's bytes: no rest, however few frames that is.
+        assert_eq!(
+            rest(xdp_filled(1024, FRAME_BATCH_BYTES), XDP_BATCH as usize),
+            None
+        );
+        assert_eq!(
+            rest(xdp_filled(700, FRAME_BATCH_BYTES / 2), XDP_BATCH as usize),
+            None
+        );
+        // Few frames and few bytes: rest.
+        assert_eq!(
+            rest(xdp_filled(100, 100 * 1500), XDP_BATCH as usize),
+            Some(COALESCE)
+        );
+        // Many small frames: by their count, as before.
+        assert_eq!(rest(xdp_filled(4096, 4096 * 110), XDP_BATCH as usize), None);
+    }
+
+    #[test]
+    fn prefaulted_frames_hold_a_batch_without_growing() {
+        let f = Frames::prefaulted(FRAME_BATCH_BYTES, XDP_BATCH as usize);
+        assert!(f.data.is_empty() && f.frames.is_empty());
+        assert!(f.data.capacity() >= FRAME_BATCH_BYTES);
+        assert!(f.frames.capacity() >= XDP_BATCH as usize);
     }
 }

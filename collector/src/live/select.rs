@@ -140,7 +140,7 @@ pub fn plan(host: &Host, req: &Request) -> Vec<Choice> {
             skipped.push((None, why.to_string()));
         } else {
             for &p in faster {
-                if p == Pick::Xdp && too_long_for_xdp(i) {
+                if p == Pick::Xdp && i.mtu > tapwire_netio::xdp::MAX_MTU {
                     skipped.push((Some(p), format!("MTU {}: frames over {} bytes would reach the sockets, out of order with the rest", i.mtu, tapwire_netio::xdp::MAX_STEERED_FRAME_BYTES)));
                     continue;
                 }
@@ -183,13 +183,6 @@ fn unfit(i: &tapwire_netio::xdp::LocalInterface) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// Whether the interface's MTU lets through frames (with an Ethernet header and one VLAN tag)
-/// longer than the XDP program steers: those would pass to the sockets, and a source's frames
-/// would then arrive by two inputs, out of order.
-fn too_long_for_xdp(i: &tapwire_netio::xdp::LocalInterface) -> bool {
-    i.mtu as usize + 18 > tapwire_netio::xdp::MAX_STEERED_FRAME_BYTES
 }
 
 /// Why input `p` cannot run on this host, known before trying.

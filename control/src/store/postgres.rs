@@ -190,6 +190,8 @@ fn redact_params(s: &str, sep: char) -> String {
 /// The connection settings: the URL as tokio-postgres reads it, and how to do TLS.
 #[derive(Clone)]
 pub struct Settings {
+    /// `sslrootcert`, for the errors that concern it.
+    rootcert: Option<String>,
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// The URL without its password.
@@ -241,12 +243,38 @@ impl Settings {
                 )));
             }
         };
-        Ok(Settings { config, tls, shown })
+        Ok(Settings {
+            config,
+            tls,
+            shown,
+            rootcert,
+        })
     }
 
     /// The URL without its password.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Why a connection could not be made, with what to do for the TLS problems whose own
+    /// words (rustls', tokio-postgres') do not say it.
+    fn describe_connect(&self, e: &postgres::Error) -> String {
+        let text = describe(e);
+        let hint = if text.contains("UnknownIssuer") {
+            match &self.rootcert {
+                Some(p) => format!(
+                    "the server's certificate is not signed by a CA in sslrootcert={p}"
+                ),
+                None => "the server's certificate is not signed by a public CA: give its CA with sslrootcert=FILE".into(),
+            }
+        } else if text.contains("NotValidForName") {
+            "the server's certificate does not name the host in the URL (verify-full and verify-ca both check it)".into()
+        } else if text.contains("server does not support TLS") {
+            "the server does not support TLS, which this URL's sslmode requires: turn ssl on in the server, or use sslmode=prefer or disable".into()
+        } else {
+            return text;
+        };
+        format!("{text} ({hint})")
     }
 
     fn connect(&self) -> Result<postgres::Client, postgres::Error> {
@@ -383,7 +411,7 @@ impl PgStore {
         let settings = Settings::parse(url)?;
         let mut client = settings.connect().map_err(|e| StoreError::Open {
             path: settings.shown.clone(),
-            source: describe(&e).into(),
+            source: settings.describe_connect(&e).into(),
         })?;
         migrate(&mut client, MIGRATIONS)?;
         Ok(PgStore {
@@ -420,7 +448,7 @@ impl PgStore {
                 }
                 Err(e) => {
                     self.failed_at = Some(Instant::now());
-                    return Err(StoreError::Unavailable(describe(&e)));
+                    return Err(StoreError::Unavailable(self.settings.describe_connect(&e)));
                 }
             }
         }

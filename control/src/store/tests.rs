@@ -553,6 +553,91 @@ fn postgres_a_commit_wakes_every_listener() {
     eprintln!("notification after {:?}", t0.elapsed());
 }
 
+// ---------------------------------------------------------------------------------------------
+// TLS to PostgreSQL, against real servers: one that requires TLS on TCP (its certificate signed
+// by a CA made here), the shared one without TLS.
+
+/// TLS to a server that requires it: verified against the CA given, refused with a clear
+/// error for a wrong CA, without TLS, or (`require`) by a server without TLS.
+#[test]
+fn postgres_tls_is_verified_and_refused_clearly() {
+    let ca = tapwire_tests::pg::TestCa::new("tapwire test CA");
+    let Some(pg) = Pg::start_tls("tls", &ca, true) else {
+        return;
+    };
+    let dir = tapwire_tests::TempDir::new("pg-tls");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let other = dir.join("other-ca.pem");
+    std::fs::write(&other, tapwire_tests::pg::TestCa::new("another CA").ca_pem).unwrap();
+    let db = pg.database("tls");
+    let url = |query: &str| format!("{}?{query}", pg.url(&db));
+    let open_err = |u: String| PgStore::open(&u).err().expect("refused").to_string();
+
+    for (i, mode) in ["verify-full", "verify-ca", "require"]
+        .into_iter()
+        .enumerate()
+    {
+        let u = url(&format!("sslmode={mode}&sslrootcert={}", ca_file.display()));
+        let mut store = PgStore::open(&u).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let mut tx = store.begin().unwrap();
+        tx.insert_token(&NewToken {
+            name: mode,
+            role: Role::Viewer,
+            probe: None,
+            hash: &[i as u8; 32],
+            created: "2026-12-06T00:00:00Z",
+            created_by: "test",
+        })
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    // Stored over TLS: the server saw encrypted connections (its own view of them).
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM tokens"),
+        "3",
+        "three tokens stored over TLS"
+    );
+
+    // Without TLS, refused by the server's pg_hba.conf.
+    let e = open_err(url("sslmode=disable"));
+    assert!(
+        e.contains("no pg_hba.conf entry") && e.contains("no encryption"),
+        "{e}"
+    );
+    // A CA that did not sign the server's certificate.
+    let e = open_err(url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other.display()
+    )));
+    assert!(
+        e.contains(&format!(
+            "not signed by a CA in sslrootcert={}",
+            other.display()
+        )),
+        "{e}"
+    );
+    // No CA given: the public roots, which did not sign it either.
+    let e = open_err(url("sslmode=verify-full"));
+    assert!(e.contains("not signed by a public CA"), "{e}");
+
+    // A server without TLS: `require` is refused, `prefer` goes on in the clear.
+    let plain = Pg::shared().unwrap();
+    let plain_db = plain.database("notls");
+    let e = open_err(format!(
+        "{}?sslmode=require&sslrootcert={}",
+        plain.url(&plain_db),
+        ca_file.display()
+    ));
+    assert!(e.contains("the server does not support TLS, which"), "{e}");
+    PgStore::open(&format!(
+        "{}?sslmode=prefer&sslrootcert={}",
+        plain.url(&plain_db),
+        ca_file.display()
+    ))
+    .unwrap();
+}
+
 both_backends!(the_fleet_secret_is_made_once_and_kept, |b| {
     let mut store = b.open();
     let mut tx = store.begin().unwrap();

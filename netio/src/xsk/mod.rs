@@ -59,6 +59,73 @@ impl Default for XskConfig {
     }
 }
 
+/// Bytes the kernel keeps free in front of each frame in a chunk (`XDP_PACKET_HEADROOM`); the
+/// program's 16 bytes of metadata sit in it.
+const KERNEL_HEADROOM_BYTES: u32 = 256;
+/// Ethernet header with one VLAN tag: what a frame adds to the interface's MTU.
+const ETHERNET_VLAN_BYTES: u32 = 18;
+/// Never fewer chunks per socket than this, whatever the budget: a smaller UMEM overflows on
+/// the first burst.
+pub const MIN_CHUNKS: u32 = 1024;
+/// Never more (the rings are sized to hold every chunk; 4 GiB of 4 KiB chunks).
+const MAX_CHUNKS: u32 = 1 << 20;
+
+impl XskConfig {
+    /// The configuration for a UMEM budget of `umem_bytes` shared by `queues` sockets on an
+    /// interface of MTU `mtu`: 2048-byte chunks where the MTU's longest frame fits one (after
+    /// the kernel's headroom), which holds twice the frames in the same memory, else 4096;
+    /// as many chunks as the budget pays for (a power of two, at least [`MIN_CHUNKS`]); rx and
+    /// fill rings with a slot for every chunk, since the reader copies frames out and returns
+    /// their chunks at once, so a burst waits only in the rx ring.
+    pub fn for_budget(umem_bytes: u64, queues: u32, mtu: u32) -> XskConfig {
+        let chunk = if u64::from(mtu) + u64::from(ETHERNET_VLAN_BYTES + KERNEL_HEADROOM_BYTES)
+            <= 2048
+            && page_size_bytes() >= 2048
+        {
+            2048
+        } else {
+            4096
+        };
+        let per_socket = umem_bytes / u64::from(queues.max(1)) / u64::from(chunk);
+        let chunks = per_socket.clamp(u64::from(MIN_CHUNKS), u64::from(MAX_CHUNKS)) as u32;
+        let chunks = 1 << (31 - chunks.leading_zeros());
+        XskConfig {
+            chunk_size_bytes: chunk,
+            chunk_count: chunks,
+            rx_ring_size: chunks,
+            fill_ring_size: chunks,
+        }
+    }
+
+    /// Bytes of UMEM this configuration maps (and the kernel pins) per socket.
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.chunk_size_bytes) * u64::from(self.chunk_count)
+    }
+}
+
+/// Whether `e` is the kernel refusing a UMEM for the locked-memory limit (`RLIMIT_MEMLOCK`,
+/// which a UMEM is charged against unless the process has CAP_IPC_LOCK).
+pub fn is_memlock_refusal(e: &io::Error) -> bool {
+    crate::raw_os_error(e) == Some(libc::ENOBUFS)
+}
+
+/// Raises the soft `RLIMIT_MEMLOCK` to the hard one (a UMEM is charged against it unless the
+/// process has CAP_IPC_LOCK); returns the soft limit in bytes now, `None` for unlimited.
+pub fn raise_memlock_limit() -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    if lim.rlim_cur != lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
+    }
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
 /// The smallest ring the kernel accepts for the unused completion ring.
 const COMPLETION_RING_SIZE: u32 = 64;
 
@@ -685,6 +752,33 @@ mod tests {
         for (config, needle) in cases {
             let msg = config.validate().expect_err(needle).to_string();
             assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn the_budget_buys_chunks_of_the_size_the_mtu_needs() {
+        let c = XskConfig::for_budget(64 << 20, 1, 1500);
+        assert_eq!((c.chunk_size_bytes, c.chunk_count), (2048, 32768));
+        assert_eq!((c.rx_ring_size, c.fill_ring_size), (32768, 32768));
+        assert_eq!(c.umem_bytes(), 64 << 20);
+        c.validate().expect("valid");
+        // 1774 + 18 + 256 = 2048: the longest MTU whose frames fit a 2 KiB chunk.
+        assert_eq!(
+            XskConfig::for_budget(64 << 20, 1, 1774).chunk_size_bytes,
+            2048
+        );
+        let c = XskConfig::for_budget(64 << 20, 1, 1775);
+        assert_eq!((c.chunk_size_bytes, c.chunk_count), (4096, 16384));
+        // Shared by the queues, rounded down to a power of two, never below the minimum.
+        assert_eq!(XskConfig::for_budget(64 << 20, 3, 9000).chunk_count, 4096);
+        assert_eq!(
+            XskConfig::for_budget(1 << 20, 64, 1500).chunk_count,
+            MIN_CHUNKS
+        );
+        for (bytes, queues, mtu) in [(0, 0, 0), (u64::MAX, 1, 9000), (96 << 20, 7, 1500)] {
+            XskConfig::for_budget(bytes, queues, mtu)
+                .validate()
+                .expect("every budget gives a valid configuration");
         }
     }
 
