@@ -4,7 +4,8 @@
 # with VMs, a tapwire-probe on each, an Open vSwitch host, a monitoring VM and a collector, in
 # network namespaces, with steady traffic; then the collector's UI. Run it as root.
 #
-# Arguments go to `tapwire lab up` (--detach, --name, --out, --no-ovs). Quitting the UI leaves
+# Arguments go to `tapwire lab up` (--detach, --name, --out, --no-ovs, --fleet: three collectors
+# on a throw-away PostgreSQL; `tapwire lab fail col2` shows a failover). Quitting the UI leaves
 # the lab running: `target/release/tapwire lab status` counts, `... lab top` shows it again,
 # `... lab down` removes it. Session files stay in ./captures/lab.
 set -euo pipefail

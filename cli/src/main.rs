@@ -53,8 +53,9 @@ enum Command {
     /// The packets of a time range (a session, a source, a tcpdump filter) across rotated
     /// files, as one pcapng: from the local collector, or --dir a folder of captures.
     Query(query::QueryArgs),
-    /// The whole system on this machine: hosts, VMs, probes, a collector and traffic in
-    /// network namespaces (`tapwire lab up`, `status`, `top`, `down`; as root).
+    /// The whole system on this machine: hosts, VMs, probes, a collector (or with `up
+    /// --fleet` three on PostgreSQL) and traffic in network namespaces (`tapwire lab up`,
+    /// `status`, `top`, `fail`, `revive`, `down`; as root).
     Lab(lab::LabArgs),
     /// Sessions of the control plane (collect --db): create, list, show, update, enable,
     /// disable, delete.
