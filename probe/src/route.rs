@@ -82,6 +82,9 @@ impl PathWatch {
 #[derive(Debug, Default)]
 struct Shared {
     watches: Mutex<Vec<Arc<PathWatch>>>,
+    /// A watch was added: the thread must learn its next hop before it judges notifications,
+    /// or the one that resolves it is thrown away as irrelevant until the next refresh.
+    added: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -121,6 +124,7 @@ impl Tracker {
         };
         let w = Arc::new(PathWatch::new(dst, path));
         watches.push(Arc::clone(&w));
+        self.shared.added.store(true, Ordering::Release);
         w
     }
 }
@@ -156,6 +160,7 @@ fn run(shared: &Shared) {
         if rtnl.is_none() {
             rtnl = Rtnl::open().ok();
         }
+        dirty |= shared.added.swap(false, Ordering::AcqRel);
         if dirty || last.elapsed() >= REFRESH {
             let watches: Vec<Arc<PathWatch>> = {
                 let mut w = shared.watches.lock().unwrap_or_else(|p| p.into_inner());
