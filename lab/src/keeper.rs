@@ -137,6 +137,9 @@ fn append(p: &Path) -> Result<File> {
 /// `tapwire lab keep`: start what `up` asks for, reap every child as it ends, exit after the
 /// last one once `up` has closed the pipe.
 pub fn keep() -> Result<ExitCode> {
+    // What `up`'s caller held (a `flock` lock, a harness's files) must not live on in the
+    // keeper and every process of the lab.
+    tapwire_netio::close_inherited_fds().context("close inherited descriptors")?;
     nix::sys::prctl::set_child_subreaper(true).context("become a child subreaper")?;
     if let Err(e) = serve() {
         // `up` went away half-way: what was started is still reaped below.

@@ -54,4 +54,4 @@ pub mod xsk;
 pub use error::{is_interface_gone, raw_os_error};
 pub use ring::page_size_bytes;
 pub use socket2;
-pub use sys::{ifindex, mtu, release_free_heap, write_dontcache};
+pub use sys::{close_inherited_fds, ifindex, mtu, release_free_heap, write_dontcache};

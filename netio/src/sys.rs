@@ -360,9 +360,61 @@ pub fn release_free_heap() {
     }
 }
 
+/// Closes every descriptor above stderr that this process inherited. For a daemon started by
+/// a command that may hold files, sockets or locks (`flock`, a test harness, a shell script):
+/// kept open, they would live as long as the daemon and everything it starts. Call it first,
+/// before anything of this process is opened.
+pub fn close_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and only closes descriptors; the caller owns
+    // none above 2 yet (it is called before the process opens anything).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inherited_descriptors_are_closed() {
+        // In a child process: the test harness's own descriptors must stay open.
+        let me = std::env::current_exe().unwrap();
+        if std::env::var_os("TAPWIRE_CLOSE_FDS_CHILD").is_some() {
+            close_inherited_fds().unwrap();
+            let open: Vec<_> = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .collect();
+            // 0, 1, 2 and read_dir's own descriptor.
+            assert_eq!(open.len(), 4, "{open:?}");
+            return;
+        }
+        let _kept = std::fs::File::open("/proc/self/status").unwrap();
+        let held = std::fs::File::open("/dev/null").unwrap();
+        // Not close-on-exec, as a lock from `flock` would be.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+        // SAFETY: fcntl on a descriptor this test owns.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let out = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "sys::tests::inherited_descriptors_are_closed",
+                "--nocapture",
+            ])
+            .env("TAPWIRE_CLOSE_FDS_CHILD", "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("1 passed"), "the child ran no test: {said}");
+    }
 
     #[test]
     fn ifindex_rejects_bad_names_before_the_syscall() {
